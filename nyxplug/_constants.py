@@ -1,0 +1,96 @@
+"""Frame types, permissions, status codes and limits shared by both dispatcher twins.
+
+The compiled module mirrors a few of these as C constants; ``tests/test_public_api.py``
+checks that the mirrors agree with the values here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = (
+    "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "DEFAULT_MAX_PAYLOAD_SIZE",
+    "DEFAULT_FRAME_PERMISSIONS",
+    "PLUGIN_FRAME_MIN",
+    "PLUGIN_FRAME_MAX",
+    "MAX_PLUGIN_ID",
+    "MAX_FLAGS",
+    "FLAG_REQUIRED",
+    "DispatchStatus",
+    "FrameType",
+    "Permission",
+    "frame_type_name",
+)
+
+
+class FrameType(enum.IntEnum):
+    """The Nyx plugin frame types (the protocol reserves ``0x50..0x5F`` for plugins)."""
+
+    HANDSHAKE = 0x51
+    DATA = 0x52
+    CONTROL = 0x53
+    ERROR = 0x54
+
+
+class Permission(enum.Flag):
+    """What a plugin may receive; each frame type requires one of these."""
+
+    HANDSHAKE = 1
+    DATA_ACCESS = 2
+    CONTROL = 4
+    ERROR_REPORTING = 8
+
+
+class DispatchStatus(enum.IntEnum):
+    """What ``Dispatcher.try_dispatch`` returns instead of raising.
+
+    Every member but ``OK`` names the exception ``dispatch_nowait`` would have raised.
+    """
+
+    OK = 0
+    WOULD_BLOCK = 1
+    PLUGIN_CLOSED = 2
+    PLUGIN_NOT_REGISTERED = 3
+    PLUGIN_NOT_LOADED = 4
+    PERMISSION_DENIED = 5
+    SANDBOX_VIOLATION = 6
+    HEADER_DECODE_ERROR = 7
+    FRAME_TOO_LARGE = 8
+    UNKNOWN_FRAME_TYPE = 9
+
+
+#: Frame types a dispatcher knows from the start, and the permission each requires.
+DEFAULT_FRAME_PERMISSIONS: dict[int, Permission] = {
+    FrameType.HANDSHAKE: Permission.HANDSHAKE,
+    FrameType.DATA: Permission.DATA_ACCESS,
+    FrameType.CONTROL: Permission.CONTROL,
+    FrameType.ERROR: Permission.ERROR_REPORTING,
+}
+
+#: The protocol's plugin frame range; ``register_frame_type`` accepts only these codes.
+PLUGIN_FRAME_MIN = 0x50
+PLUGIN_FRAME_MAX = 0x5F
+
+#: Queue capacity of a plugin when ``load_plugin`` is not told otherwise (Nyx's default).
+DEFAULT_CAPACITY = 100
+#: Largest encoded header accepted (Nyx's ``parse_plugin_header`` bound).
+DEFAULT_MAX_HEADER_SIZE = 4096
+#: Largest payload accepted per frame.
+DEFAULT_MAX_PAYLOAD_SIZE = 16 * 1024 * 1024
+
+MAX_PLUGIN_ID = 2**32 - 1
+MAX_FLAGS = 255
+#: Bit 0 of ``flags``: the peer requires this plugin.
+FLAG_REQUIRED = 0x01
+
+
+def frame_type_name(code: int | None) -> str:
+    """Render a frame type for messages: ``0x52 (DATA)`` or ``0x5a``."""
+    if code is None:
+        return "?"
+    try:
+        return f"0x{code:02x} ({FrameType(code).name})"
+    except ValueError:
+        return f"0x{code:02x}" if code >= 0 else str(code)

@@ -1,0 +1,835 @@
+"""The pure-Python dispatcher: the executable specification of ``_dispatch.pyx``.
+
+Both files define the same classes, in the same order, with the same behaviour and
+messages; a change to one lands in the other in the same commit. This one is used
+when the extension is missing or ``NYXPLUG_NO_EXTENSIONS=1``.
+
+How a frame travels: ``_prepare`` runs the checks of SPEC 3 in order and leaves the
+decoded header and the target runtime in ``self._p_*``; the caller then enqueues
+(or parks, or fails). Each plugin's worker takes every queued frame without
+awaiting between them and only parks when the queue is empty.
+
+Backpressure is a reservation scheme. A sender that finds the queue full parks in
+the plugin's FIFO of waiters. Whenever a slot frees, the oldest waiter is granted it
+at once (``reserved`` + 1), so ``dispatch_nowait`` can never take a slot a waiter is
+owed. The woken sender enqueues its own frame; if it is cancelled before it runs, it
+hands its reservation to the next waiter. So a cancelled ``dispatch`` enqueued
+nothing, and a returned one enqueued exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import inspect
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from ._constants import (
+    DEFAULT_CAPACITY,
+    DEFAULT_FRAME_PERMISSIONS,
+    DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    FLAG_REQUIRED,
+    MAX_FLAGS,
+    MAX_PLUGIN_ID,
+    PLUGIN_FRAME_MAX,
+    PLUGIN_FRAME_MIN,
+    DispatchStatus,
+    FrameType,
+    Permission,
+)
+from ._errors import (
+    AlreadyLoaded,
+    AlreadyRegistered,
+    DispatchError,
+    FrameTooLarge,
+    HeaderDecodeError,
+    NotRegistered,
+    PermissionDenied,
+    PluginClosed,
+    PluginNotLoaded,
+    PluginNotRegistered,
+    SandboxViolation,
+    UnknownFrameType,
+    WouldBlock,
+)
+from ._frames import canonical_header_size, decode_header_fields, encode_header
+from ._handlers import log_handler_error, resolve_handler
+from ._info import PluginInfo, permission_mask
+from ._stats import DispatchStats, PluginStats
+
+__all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
+
+_OK = DispatchStatus.OK
+_WOULD_BLOCK = DispatchStatus.WOULD_BLOCK
+_NOT_REGISTERED = DispatchStatus.PLUGIN_NOT_REGISTERED
+_NOT_LOADED = DispatchStatus.PLUGIN_NOT_LOADED
+_PERMISSION_DENIED = DispatchStatus.PERMISSION_DENIED
+_SANDBOX_VIOLATION = DispatchStatus.SANDBOX_VIOLATION
+_HEADER_DECODE_ERROR = DispatchStatus.HEADER_DECODE_ERROR
+_FRAME_TOO_LARGE = DispatchStatus.FRAME_TOO_LARGE
+_UNKNOWN_FRAME_TYPE = DispatchStatus.UNKNOWN_FRAME_TYPE
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _check_uint(name: str, value: object, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected `{name}` to be an int, got {type(value).__name__}")
+    if not 0 <= value <= limit:
+        raise ValueError(f"Expected `{name}` in 0..{limit}, got {value}")
+    return int(value)
+
+
+def _as_bytes(name: str, value: object) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, _BYTES_LIKE):
+        return bytes(value)
+    raise TypeError(f"Expected `{name}` to be bytes-like, got {type(value).__name__}")
+
+
+class _Ready:
+    """The already-finished awaitable ``dispatch`` returns when it did not have to wait.
+
+    Awaiting it costs one call instead of a coroutine per frame. It is registered as
+    a ``Coroutine`` so ``asyncio.create_task`` and ``asyncio.run`` accept it too.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> _Ready:
+        return self
+
+    def __iter__(self) -> _Ready:
+        return self
+
+    def __next__(self) -> None:
+        raise StopIteration
+
+    def send(self, value: object) -> None:
+        raise StopIteration
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> None:
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "<nyxplug dispatch: enqueued>"
+
+
+collections.abc.Coroutine.register(_Ready)
+_READY = _Ready()
+
+
+class PluginHeader:
+    """The Nyx plugin header ``{"id", "flags", "data"}`` that names a frame's plugin."""
+
+    __slots__ = ("_id", "_flags", "_data", "_size")
+
+    def __init__(self, id: int, flags: int = 0, data: bytes = b"") -> None:
+        self._id = _check_uint("id", id, MAX_PLUGIN_ID)
+        self._flags = _check_uint("flags", flags, MAX_FLAGS)
+        self._data = _as_bytes("data", data)
+        self._size = canonical_header_size(self._id, self._flags, len(self._data))
+
+    @classmethod
+    def required(cls, id: int, data: bytes = b"") -> PluginHeader:
+        """A header with the "required" flag (bit 0) set."""
+        return cls(id, FLAG_REQUIRED, data)
+
+    @classmethod
+    def optional(cls, id: int, data: bytes = b"") -> PluginHeader:
+        """A header with no flags set."""
+        return cls(id, 0, data)
+
+    @property
+    def id(self) -> int:
+        """The unsigned 32-bit id of the target plugin."""
+        return self._id
+
+    @property
+    def flags(self) -> int:
+        """The 8-bit flag field; bit 0 means "required"."""
+        return self._flags
+
+    @property
+    def data(self) -> bytes:
+        """Opaque plugin data carried in the header."""
+        return self._data
+
+    @property
+    def is_required(self) -> bool:
+        """True when bit 0 of ``flags`` is set."""
+        return bool(self._flags & FLAG_REQUIRED)
+
+    def encode(self) -> bytes:
+        """The canonical CBOR encoding, byte-for-byte what ``cbor2.dumps`` gives."""
+        return encode_header(self._id, self._flags, self._data)
+
+    @classmethod
+    def decode(cls, buf: bytes, *, max_size: int = DEFAULT_MAX_HEADER_SIZE) -> PluginHeader:
+        """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
+        id_, flags, data = decode_header_fields(_as_bytes("buf", buf), max_size)
+        return _new_header(id_, flags, data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PluginHeader):
+            return NotImplemented
+        return (
+            self._id == other._id and self._flags == other._flags and self._data == other._data
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._id, self._flags, self._data))
+
+    def __repr__(self) -> str:
+        return f"PluginHeader(id={self._id}, flags={self._flags}, data={self._data!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PluginHeader, (self._id, self._flags, self._data))
+
+
+def _new_header(id_: int, flags: int, data: bytes) -> PluginHeader:
+    """Build a header from fields the decoder already validated."""
+    header = PluginHeader.__new__(PluginHeader)
+    header._id = id_
+    header._flags = flags
+    header._data = data
+    header._size = canonical_header_size(id_, flags, len(data))
+    return header
+
+
+class PluginMessage:
+    """What a plugin's handler receives: the frame type, its header and its payload."""
+
+    __slots__ = ("_frame_type", "_header", "_payload", "_size")
+
+    def __init__(self, frame_type: int, header: PluginHeader, payload: bytes = b"") -> None:
+        if not isinstance(header, PluginHeader):
+            raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
+        self._frame_type = _check_uint("frame_type", frame_type, 255)
+        self._header = header
+        self._payload = _as_bytes("payload", payload)
+        self._size = header._size + len(self._payload)
+
+    @property
+    def frame_type(self) -> int:
+        """The frame type (a ``FrameType`` member for the four built-in types)."""
+        return self._frame_type
+
+    @property
+    def header(self) -> PluginHeader:
+        """The decoded plugin header."""
+        return self._header
+
+    @property
+    def payload(self) -> bytes:
+        """The frame's payload bytes."""
+        return self._payload
+
+    @property
+    def plugin_id(self) -> int:
+        """The id of the plugin the header names."""
+        return self._header._id
+
+    @property
+    def is_required(self) -> bool:
+        """True when the header's "required" flag is set."""
+        return bool(self._header._flags & FLAG_REQUIRED)
+
+    @property
+    def size(self) -> int:
+        """Header bytes as received (canonical size for a ready header) + payload bytes."""
+        return self._size
+
+    def __repr__(self) -> str:
+        return (
+            f"PluginMessage(frame_type=0x{int(self._frame_type):02x}, "
+            f"header={self._header!r}, payload={self._payload!r})"
+        )
+
+
+class _Entry:
+    """A registry entry; runtimes hold it so a permission change reaches the next frame."""
+
+    __slots__ = ("info", "mask", "alive")
+
+    def __init__(self, info: PluginInfo) -> None:
+        self.info = info
+        self.mask = info.permissions.value
+        self.alive = True
+
+
+class PluginRegistry:
+    """Which plugins exist and which frame permissions each holds."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[int, _Entry] = {}
+
+    def register(self, info: PluginInfo) -> None:
+        """Add ``info``; ``AlreadyRegistered`` if its id is taken."""
+        if not isinstance(info, PluginInfo):
+            raise TypeError(f"Expected a PluginInfo, got {type(info).__name__}")
+        entry = self._entries.get(info.id)
+        if entry is not None:
+            raise AlreadyRegistered(info.id, entry.info.name)
+        self._entries[info.id] = _Entry(info)
+
+    def unregister(self, plugin_id: int) -> PluginInfo:
+        """Remove the plugin and return its info; ``NotRegistered`` if unknown."""
+        entry = self._entries.pop(plugin_id, None)
+        if entry is None:
+            raise NotRegistered(plugin_id)
+        entry.alive = False
+        return entry.info
+
+    def set_permissions(self, plugin_id: int, permissions: Any) -> PluginInfo:
+        """Replace a registered plugin's permissions; applies to the next frame."""
+        entry = self._entries.get(plugin_id)
+        if entry is None:
+            raise NotRegistered(plugin_id)
+        info = PluginInfo(entry.info.id, entry.info.name, Permission(permission_mask(permissions)))
+        entry.info = info
+        entry.mask = info.permissions.value
+        return info
+
+    def is_registered(self, plugin_id: int) -> bool:
+        """True if the id is registered."""
+        return plugin_id in self._entries
+
+    def has_permission(self, plugin_id: int, permission: Permission) -> bool:
+        """True if the plugin holds every bit of ``permission``; False for unknown ids."""
+        entry = self._entries.get(plugin_id)
+        if entry is None:
+            return False
+        wanted = permission.value
+        return (entry.mask & wanted) == wanted
+
+    def get(self, plugin_id: int) -> PluginInfo | None:
+        """The plugin's info, or None."""
+        entry = self._entries.get(plugin_id)
+        return None if entry is None else entry.info
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, plugin_id: object) -> bool:
+        return plugin_id in self._entries
+
+    def __iter__(self) -> Iterator[PluginInfo]:
+        return iter([self._entries[key].info for key in sorted(self._entries)])
+
+    def __repr__(self) -> str:
+        return f"<nyxplug.PluginRegistry plugins={len(self._entries)}>"
+
+
+class _Runtime:
+    """One loaded plugin: its queue, waiting senders, worker and counters."""
+
+    __slots__ = (
+        "id", "entry", "capacity", "queue", "reserved", "waiters", "handler", "batch",
+        "loop", "worker", "wakeup", "idle_waiters", "closed", "guard",
+        "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
+        "dropped", "high_watermark",
+    )  # fmt: skip
+
+    def __init__(self, plugin_id: int, entry: _Entry, capacity: int, handler: Any,
+                 batch: bool, loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+        self.id = plugin_id
+        self.entry = entry
+        self.capacity = capacity
+        self.queue: deque[PluginMessage] = deque()
+        self.reserved = 0
+        self.waiters: deque[asyncio.Future[bool]] = deque()
+        self.handler = handler
+        self.batch = batch
+        self.loop = loop
+        self.worker: asyncio.Task[None] | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.idle_waiters: list[asyncio.Future[None]] = []
+        self.closed = False
+        self.guard: Any = None
+        self.processed = 0
+        self.errors = 0
+        self.bytes = 0
+        self.permission_violations = 0
+        self.sandbox_violations = 0
+        self.dropped = 0
+        self.high_watermark = 0
+
+    def stats(self) -> PluginStats:
+        return PluginStats(
+            messages_processed=self.processed,
+            errors=self.errors,
+            bytes_processed=self.bytes,
+            permission_violations=self.permission_violations,
+            sandbox_violations=self.sandbox_violations,
+            dropped=self.dropped,
+            queue_depth=len(self.queue),
+            high_watermark=self.high_watermark,
+        )
+
+
+class Dispatcher:
+    """Routes typed frames into per-plugin bounded queues, checked and counted (SPEC 3)."""
+
+    def __init__(
+        self,
+        registry: PluginRegistry | None = None,
+        *,
+        sandbox: Any = None,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+    ) -> None:
+        if registry is None:
+            registry = PluginRegistry()
+        elif not isinstance(registry, PluginRegistry):
+            raise TypeError(
+                "Expected `registry` to be a PluginRegistry of the same implementation as "
+                f"the Dispatcher, got {type(registry).__module__}.{type(registry).__name__}"
+            )
+        if sandbox is not None:
+            raise NotImplementedError(
+                "Sandbox policies are enforced by the plugin runtime (SPEC 7), which is not "
+                "built yet - pass sandbox=None"
+            )
+        self._registry = registry
+        self._sandbox = sandbox
+        self._max_header = _check_uint("max_header_size", max_header_size, 2**62)
+        self._max_payload = _check_uint("max_payload_size", max_payload_size, 2**62)
+        self._required: list[int] = [0] * 256
+        self._type_objects: list[int] = list(range(256))
+        for code, permission in DEFAULT_FRAME_PERMISSIONS.items():
+            self._required[code] = permission.value
+            self._type_objects[code] = FrameType(code)
+        self._runtimes: dict[int, _Runtime] = {}
+        self._unloading: dict[int, _Runtime] = {}
+        self._plugins_loaded = 0
+        self._plugins_unloaded = 0
+        self._frames_dispatched = 0
+        self._dispatch_errors = 0
+        # Left by _prepare for its caller (the message and the error details).
+        self._p_rt: _Runtime | None = None
+        self._p_header: Any = None
+        self._p_ft: Any = None
+        self._p_size = 0
+        self._p_payload = b""
+        self._p_error: Any = None
+
+    # -- frame types -------------------------------------------------------------
+
+    def register_frame_type(self, code: int, permission: Permission) -> None:
+        """Route plugin-range frame type ``code`` (``0x50..0x5F``), requiring ``permission``."""
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"Expected `code` to be an int, got {type(code).__name__}")
+        if not PLUGIN_FRAME_MIN <= code <= PLUGIN_FRAME_MAX:
+            raise UnknownFrameType(code, None, True)
+        if not isinstance(permission, Permission) or not permission.value:
+            raise TypeError(f"Expected `permission` to be a non-empty Permission, got {permission!r}")
+        if code in DEFAULT_FRAME_PERMISSIONS and DEFAULT_FRAME_PERMISSIONS[code] != permission:
+            raise ValueError(
+                f"Frame type 0x{code:02x} ({FrameType(code).name}) is built in and requires "
+                f"{DEFAULT_FRAME_PERMISSIONS[code].name}; it cannot be remapped"
+            )
+        self._required[code] = permission.value
+
+    # -- plugins -----------------------------------------------------------------
+
+    async def load_plugin(
+        self, info: PluginInfo, handler: Any = None, *, capacity: int = DEFAULT_CAPACITY
+    ) -> None:
+        """Register ``info`` if needed, create the plugin's bounded queue, start its worker."""
+        if not isinstance(info, PluginInfo):
+            raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"Expected `capacity` to be an int, got {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"Expected `capacity` >= 1, got {capacity} - for plugin {info.id}")
+        plugin_id = info.id
+        if plugin_id in self._runtimes:
+            raise AlreadyLoaded(plugin_id)
+        if plugin_id in self._unloading:
+            raise AlreadyLoaded(plugin_id, True)
+        call, batch = resolve_handler(handler)
+        loop = asyncio.get_running_loop()
+        registry = self._registry
+        if not registry.is_registered(plugin_id):
+            registry.register(info)
+        entry = registry._entries[plugin_id]
+        rt = _Runtime(plugin_id, entry, capacity, call, batch, loop)
+        self._runtimes[plugin_id] = rt
+        self._plugins_loaded += 1
+        rt.worker = loop.create_task(self._work(rt), name=f"nyxplug-worker-{plugin_id}")
+
+    async def unload_plugin(self, plugin_id: int, *, drain: bool = True) -> PluginStats:
+        """Stop taking frames for ``plugin_id``, drain or drop its queue, unregister it.
+
+        Cancelling this call does not reopen the plugin: the worker finishes in the
+        background and the unload completes there.
+        """
+        rt = self._runtimes.pop(plugin_id, None)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id)
+        self._unloading[plugin_id] = rt
+        rt.closed = True
+        for waiter in rt.waiters:
+            if not waiter.done():
+                waiter.set_result(False)
+        rt.waiters.clear()
+        if not drain:
+            rt.dropped += len(rt.queue)
+            rt.queue.clear()
+        self._wake_worker(rt)
+        worker = rt.worker
+        assert worker is not None
+        try:
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            if not worker.done():
+                worker.add_done_callback(lambda _task: self._finish_unload(rt))
+                raise
+        return self._finish_unload(rt)
+
+    def _finish_unload(self, rt: _Runtime) -> PluginStats:
+        if self._unloading.get(rt.id) is rt:
+            del self._unloading[rt.id]
+            if self._registry.is_registered(rt.id):
+                self._registry.unregister(rt.id)
+            self._plugins_unloaded += 1
+        return rt.stats()
+
+    async def aclose(self) -> None:
+        """Unload every plugin, draining each queue."""
+        for plugin_id in sorted(self._runtimes):
+            if plugin_id in self._runtimes:
+                await self.unload_plugin(plugin_id)
+
+    async def __aenter__(self) -> Dispatcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def wait_idle(self, plugin_id: int | None = None) -> None:
+        """Wait until the plugin (or every plugin) has an empty queue and no handler running."""
+        if plugin_id is None:
+            for rt in list(self._runtimes.values()):
+                await self._wait_idle(rt)
+            return
+        rt = self._runtimes.get(plugin_id)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id)
+        await self._wait_idle(rt)
+
+    async def _wait_idle(self, rt: _Runtime) -> None:
+        if not rt.queue and rt.wakeup is not None:
+            return
+        waiter: asyncio.Future[None] = rt.loop.create_future()
+        rt.idle_waiters.append(waiter)
+        await waiter
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def _prepare(self, frame_type: Any, header: Any, payload: Any) -> int:
+        """Run the checks of SPEC 3 up to (not including) the queue; return a status."""
+        if isinstance(frame_type, bool) or not isinstance(frame_type, int):
+            raise TypeError(f"Expected `frame_type` to be an int, got {type(frame_type).__name__}")
+        if type(payload) is not bytes:
+            payload = _as_bytes("payload", payload)
+        code = frame_type if 0 <= frame_type <= 255 else -1
+        self._p_ft = frame_type
+        # 1. size limits, before any decoding
+        if type(header) is PluginHeader:
+            header_size = header._size
+        elif isinstance(header, _BYTES_LIKE):
+            header = _as_bytes("header", header)
+            header_size = len(header)
+        else:
+            header = self._coerce_header(header)
+            header_size = header._size
+        if header_size > self._max_header:
+            self._p_error = FrameTooLarge("header", header_size, self._max_header, frame_type)
+            return _FRAME_TOO_LARGE
+        if len(payload) > self._max_payload:
+            self._p_error = FrameTooLarge("payload", len(payload), self._max_payload, frame_type)
+            return _FRAME_TOO_LARGE
+        # 2. header decoding
+        if type(header) is not PluginHeader:
+            try:
+                header = PluginHeader.decode(header, max_size=self._max_header)
+            except HeaderDecodeError as exc:
+                self._p_error = exc._with_frame_type(frame_type)
+                return _HEADER_DECODE_ERROR
+        plugin_id = header._id
+        # 3. frame type
+        required = self._required[code] if code >= 0 else 0
+        if not required:
+            self._p_error = UnknownFrameType(frame_type, plugin_id)
+            return _UNKNOWN_FRAME_TYPE
+        # 4. registry and 5. loaded runtime
+        rt = self._runtimes.get(plugin_id)
+        if rt is None:
+            status = _NOT_LOADED if plugin_id in self._registry._entries else _NOT_REGISTERED
+            self._p_error = plugin_id
+            return status
+        entry = rt.entry
+        if not entry.alive:
+            entry = self._registry._entries.get(plugin_id)
+            if entry is None:
+                self._p_error = plugin_id
+                return _NOT_REGISTERED
+            rt.entry = entry
+        # 6. permission
+        if entry.mask & required != required:
+            rt.permission_violations += 1
+            self._p_error = PermissionDenied(plugin_id, frame_type, Permission(required))
+            return _PERMISSION_DENIED
+        # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
+        if rt.guard is not None and code == FrameType.CONTROL:
+            detail = rt.guard.preflight(header)
+            if detail is not None:
+                rt.sandbox_violations += 1
+                self._p_error = SandboxViolation(plugin_id, frame_type, detail)
+                return _SANDBOX_VIOLATION
+        self._p_rt = rt
+        self._p_header = header
+        self._p_payload = payload
+        self._p_size = header_size + len(payload)
+        return _OK
+
+    def _coerce_header(self, header: Any) -> PluginHeader:
+        """Accept the other twin's PluginHeader; refuse anything else with TypeError."""
+        if type(header).__name__ == "PluginHeader" and type(header).__module__.startswith(
+            "nyxplug."
+        ):
+            return PluginHeader(header.id, header.flags, header.data)
+        raise TypeError(
+            f"Expected `header` to be bytes-like or a PluginHeader, got {type(header).__name__}"
+        )
+
+    def _message(self) -> PluginMessage:
+        msg = PluginMessage.__new__(PluginMessage)
+        code = self._p_ft
+        msg._frame_type = self._type_objects[code]
+        msg._header = self._p_header
+        msg._payload = self._p_payload
+        msg._size = self._p_size
+        return msg
+
+    def _error(self, status: int) -> DispatchError:
+        """The exception for a failed ``_prepare`` (built only when raising)."""
+        detail = self._p_error
+        if status == _NOT_REGISTERED:
+            return PluginNotRegistered(detail, self._p_ft)
+        if status == _NOT_LOADED:
+            return PluginNotLoaded(detail, self._p_ft)
+        assert isinstance(detail, DispatchError)
+        return detail
+
+    def _enqueue(self, rt: _Runtime, msg: PluginMessage) -> None:
+        queue = rt.queue
+        queue.append(msg)
+        depth = len(queue)
+        if depth > rt.high_watermark:
+            rt.high_watermark = depth
+        self._frames_dispatched += 1
+        if rt.wakeup is not None:
+            self._wake_worker(rt)
+
+    def dispatch_nowait(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> None:
+        """Route one frame without waiting; a full queue is ``WouldBlock``."""
+        status = self._prepare(frame_type, header, payload)
+        if status == _OK:
+            rt = self._p_rt
+            assert rt is not None
+            if len(rt.queue) + rt.reserved < rt.capacity:
+                self._enqueue(rt, self._message())
+                return
+            self._dispatch_errors += 1
+            raise WouldBlock(rt.id, frame_type, rt.capacity)
+        self._dispatch_errors += 1
+        raise self._error(status)
+
+    def try_dispatch(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> DispatchStatus:
+        """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
+        status = self._prepare(frame_type, header, payload)
+        if status == _OK:
+            rt = self._p_rt
+            assert rt is not None
+            if len(rt.queue) + rt.reserved < rt.capacity:
+                self._enqueue(rt, self._message())
+                return _OK
+            status = _WOULD_BLOCK
+        self._dispatch_errors += 1
+        return DispatchStatus(status)
+
+    def dispatch(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> Any:
+        """Route one frame, waiting for queue space (FIFO among waiting senders).
+
+        Returns an awaitable. When the queue has room the frame is enqueued before
+        this returns and awaiting the result does not yield to the loop; otherwise
+        the awaitable parks until a slot is granted. Check failures raise at once.
+        """
+        status = self._prepare(frame_type, header, payload)
+        if status == _OK:
+            rt = self._p_rt
+            assert rt is not None
+            msg = self._message()
+            if len(rt.queue) + rt.reserved < rt.capacity:
+                self._enqueue(rt, msg)
+                return _READY
+            return self._wait_for_space(rt, msg)
+        self._dispatch_errors += 1
+        raise self._error(status)
+
+    async def _wait_for_space(self, rt: _Runtime, msg: PluginMessage) -> None:
+        if rt.closed:
+            self._dispatch_errors += 1
+            raise PluginClosed(rt.id, msg._frame_type)
+        if not rt.waiters and len(rt.queue) + rt.reserved < rt.capacity:
+            # Space freed between the call and the first await: no need to park.
+            self._enqueue(rt, msg)
+            return
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        rt.waiters.append(waiter)
+        try:
+            granted = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                rt.reserved -= 1
+                self._grant(rt)
+            else:
+                try:
+                    rt.waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+        if granted:
+            rt.reserved -= 1
+        if rt.closed:
+            self._dispatch_errors += 1
+            raise PluginClosed(rt.id, msg._frame_type)
+        self._enqueue(rt, msg)
+
+    def _grant(self, rt: _Runtime) -> None:
+        """Give freed slots to the longest-waiting senders, at once."""
+        waiters = rt.waiters
+        while waiters and len(rt.queue) + rt.reserved < rt.capacity:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                rt.reserved += 1
+
+    def _wake_worker(self, rt: _Runtime) -> None:
+        wakeup = rt.wakeup
+        if wakeup is not None:
+            rt.wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+
+    # -- the worker --------------------------------------------------------------
+
+    async def _work(self, rt: _Runtime) -> None:
+        queue = rt.queue
+        handler = rt.handler
+        try:
+            while True:
+                if not queue:
+                    self._notify_idle(rt)
+                    if rt.closed:
+                        return
+                    rt.wakeup = rt.loop.create_future()
+                    await rt.wakeup
+                    continue
+                if handler is None:
+                    # The no-op consumer takes the whole queue at once.
+                    rt.processed += len(queue)
+                    rt.bytes += sum(msg._size for msg in queue)
+                    queue.clear()
+                    if rt.waiters:
+                        self._grant(rt)
+                elif rt.batch:
+                    batch = list(queue)
+                    queue.clear()
+                    rt.processed += len(batch)
+                    rt.bytes += sum(msg._size for msg in batch)
+                    if rt.waiters:
+                        self._grant(rt)
+                    try:
+                        result = handler(batch)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                    except Exception as exc:
+                        rt.errors += 1
+                        log_handler_error(rt.id, batch[0]._frame_type, len(batch), exc)
+                else:
+                    msg = queue.popleft()
+                    rt.processed += 1
+                    rt.bytes += msg._size
+                    if rt.waiters:
+                        self._grant(rt)
+                    try:
+                        result = handler(msg)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                    except Exception as exc:
+                        rt.errors += 1
+                        log_handler_error(rt.id, msg._frame_type, 1, exc)
+        finally:
+            rt.wakeup = None
+            self._notify_idle(rt, force=True)
+
+    def _notify_idle(self, rt: _Runtime, force: bool = False) -> None:
+        waiters = rt.idle_waiters
+        if waiters and (force or not rt.queue):
+            rt.idle_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def registry(self) -> PluginRegistry:
+        """The registry whose permissions this dispatcher checks."""
+        return self._registry
+
+    def plugin_stats(self, plugin_id: int) -> PluginStats | None:
+        """A snapshot of the plugin's counters, or None if it is not loaded."""
+        rt = self._runtimes.get(plugin_id)
+        return None if rt is None else rt.stats()
+
+    def dispatch_stats(self) -> DispatchStats:
+        """A snapshot of the dispatcher's counters."""
+        return DispatchStats(
+            plugins_loaded=self._plugins_loaded,
+            plugins_unloaded=self._plugins_unloaded,
+            frames_dispatched=self._frames_dispatched,
+            dispatch_errors=self._dispatch_errors,
+        )
+
+    def loaded_plugins(self) -> list[int]:
+        """Ids of the loaded plugins, ascending."""
+        return sorted(self._runtimes)
+
+    def is_loaded(self, plugin_id: int) -> bool:
+        """True if the plugin is loaded (an unloading plugin is not)."""
+        return plugin_id in self._runtimes
+
+    def __len__(self) -> int:
+        return len(self._runtimes)
+
+    def __repr__(self) -> str:
+        return (
+            f"<nyxplug.Dispatcher plugins={len(self._runtimes)} "
+            f"frames_dispatched={self._frames_dispatched} dispatch_errors={self._dispatch_errors}>"
+        )

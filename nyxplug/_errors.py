@@ -1,0 +1,276 @@
+"""Every exception nyxplug raises on purpose, shared by both dispatcher twins.
+
+Each class stores its fields in ``args`` and formats its message in ``__str__``, so
+the compiled and the pure-Python dispatcher produce identical text by construction
+and every exception survives pickling. Messages follow one grammar: what happened,
+where (plugin and frame type), and what to do about it.
+"""
+
+from __future__ import annotations
+
+from ._constants import Permission, frame_type_name
+
+__all__ = (
+    "AlreadyLoaded",
+    "AlreadyRegistered",
+    "DispatchError",
+    "FrameError",
+    "FrameTooLarge",
+    "HeaderDecodeError",
+    "NotRegistered",
+    "NyxplugError",
+    "PermissionDenied",
+    "PluginClosed",
+    "PluginNotLoaded",
+    "PluginNotRegistered",
+    "SandboxViolation",
+    "UnknownFrameType",
+    "WouldBlock",
+)
+
+
+def _where(plugin_id: int | None, frame_type: int | None) -> str:
+    parts = []
+    if frame_type is not None:
+        parts.append(f"frame {frame_type_name(frame_type)}")
+    if plugin_id is not None:
+        parts.append(f"plugin {plugin_id}")
+    return " for ".join(parts)
+
+
+class NyxplugError(Exception):
+    """Base of every error nyxplug raises on purpose (``WouldBlock`` included)."""
+
+
+class DispatchError(NyxplugError):
+    """A frame was not enqueued. ``plugin_id`` and ``frame_type`` are set where known."""
+
+    plugin_id: int | None = None
+    frame_type: int | None = None
+
+
+class WouldBlock(DispatchError):
+    """``dispatch_nowait`` found the plugin's queue full (or senders already waiting)."""
+
+    def __init__(self, plugin_id: int, frame_type: int, capacity: int) -> None:
+        super().__init__(plugin_id, frame_type, capacity)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.capacity = capacity
+
+    def __str__(self) -> str:
+        return (
+            f"Queue of plugin {self.plugin_id} is full (capacity {self.capacity}) - "
+            f"frame {frame_type_name(self.frame_type)} was not enqueued; "
+            "await dispatch() to wait for space, or retry later"
+        )
+
+
+class PluginClosed(DispatchError):
+    """The plugin was unloaded while the sender waited for queue space."""
+
+    def __init__(self, plugin_id: int, frame_type: int) -> None:
+        super().__init__(plugin_id, frame_type)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+
+    def __str__(self) -> str:
+        return (
+            f"Plugin {self.plugin_id} was unloaded while frame "
+            f"{frame_type_name(self.frame_type)} waited for queue space - "
+            "the frame was not enqueued"
+        )
+
+
+class PluginNotRegistered(DispatchError):
+    """The header names a plugin id the registry does not know."""
+
+    def __init__(self, plugin_id: int, frame_type: int) -> None:
+        super().__init__(plugin_id, frame_type)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+
+    def __str__(self) -> str:
+        return (
+            f"Plugin {self.plugin_id} is not registered - frame "
+            f"{frame_type_name(self.frame_type)} was refused; load it with "
+            "Dispatcher.load_plugin() first"
+        )
+
+
+class PluginNotLoaded(DispatchError):
+    """The plugin is registered but has no running queue (never loaded, or unloading)."""
+
+    def __init__(self, plugin_id: int, frame_type: int | None = None) -> None:
+        super().__init__(plugin_id, frame_type)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+
+    def __str__(self) -> str:
+        if self.frame_type is None:
+            return f"Plugin {self.plugin_id} is not loaded - nothing to unload"
+        return (
+            f"Plugin {self.plugin_id} is not loaded - frame "
+            f"{frame_type_name(self.frame_type)} was refused; load it with "
+            "Dispatcher.load_plugin() first"
+        )
+
+
+class PermissionDenied(DispatchError):
+    """The plugin's registry entry lacks the permission the frame type requires."""
+
+    def __init__(self, plugin_id: int, frame_type: int, required: Permission) -> None:
+        super().__init__(plugin_id, frame_type, required)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.required = required
+
+    def __str__(self) -> str:
+        return (
+            f"Plugin {self.plugin_id} lacks permission {_flag_names(self.required)} "
+            f"required by frame {frame_type_name(self.frame_type)} - grant it in the "
+            "plugin's PluginInfo.permissions"
+        )
+
+
+class SandboxViolation(DispatchError):
+    """The plugin's sandbox policy refused an operation (see SPEC 7)."""
+
+    def __init__(self, plugin_id: int | None, frame_type: int | None, detail: str) -> None:
+        super().__init__(plugin_id, frame_type, detail)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.detail = detail
+
+    def __str__(self) -> str:
+        where = _where(self.plugin_id, self.frame_type)
+        suffix = f" - {where}" if where else ""
+        return f"Sandbox refused {self.detail}{suffix}; allow it in the plugin's SandboxPolicy"
+
+
+class FrameError(DispatchError, ValueError):
+    """Malformed input: the frame itself is wrong, whichever plugin it names."""
+
+
+class HeaderDecodeError(FrameError):
+    """The plugin header is not the CBOR ``{"id", "flags", "data"}`` item SPEC 1 describes."""
+
+    def __init__(
+        self,
+        expected: str,
+        found: str,
+        offset: int | None = None,
+        frame_type: int | None = None,
+    ) -> None:
+        super().__init__(expected, found, offset, frame_type)
+        self.expected = expected
+        self.found = found
+        self.offset = offset
+        self.frame_type = frame_type
+
+    def __str__(self) -> str:
+        at = "" if self.offset is None else f" at byte {self.offset}"
+        where = "plugin header"
+        if self.frame_type is not None:
+            where += f" of frame {frame_type_name(self.frame_type)}"
+        return f"Expected {self.expected}, got {self.found}{at} - in {where}"
+
+    def _with_frame_type(self, frame_type: int | None) -> HeaderDecodeError:
+        """A copy that names the frame type (the decoder itself does not know it)."""
+        return HeaderDecodeError(self.expected, self.found, self.offset, frame_type)
+
+
+class FrameTooLarge(FrameError):
+    """The header or payload is longer than the configured limit; nothing was decoded."""
+
+    def __init__(
+        self, part: str, size: int, limit: int, frame_type: int | None = None
+    ) -> None:
+        super().__init__(part, size, limit, frame_type)
+        self.part = part
+        self.size = size
+        self.limit = limit
+        self.frame_type = frame_type
+
+    def __str__(self) -> str:
+        where = "" if self.frame_type is None else f" of frame {frame_type_name(self.frame_type)}"
+        option = "max_header_size" if self.part == "header" else "max_payload_size"
+        return (
+            f"Expected a {self.part} of at most {self.limit} bytes, got {self.size} bytes"
+            f" - in {self.part}{where}; raise {option} or send less"
+        )
+
+
+class UnknownFrameType(FrameError):
+    """The frame type is not one the dispatcher routes (or not in ``0x50..0x5F``)."""
+
+    def __init__(
+        self, frame_type: int, plugin_id: int | None = None, registering: bool = False
+    ) -> None:
+        super().__init__(frame_type, plugin_id, registering)
+        self.frame_type = frame_type
+        self.plugin_id = plugin_id
+        self.registering = registering
+
+    def __str__(self) -> str:
+        code = frame_type_name(self.frame_type)
+        if self.registering:
+            return (
+                f"Expected a frame type in 0x50..0x5f, got {code} - the Nyx protocol "
+                "reserves only that range for plugins"
+            )
+        where = "" if self.plugin_id is None else f" - for plugin {self.plugin_id}"
+        return (
+            f"Expected a frame type this dispatcher routes, got {code}{where}; the "
+            "built-in types are 0x51..0x54, register_frame_type() adds others in 0x50..0x5f"
+        )
+
+
+class AlreadyLoaded(NyxplugError):
+    """``load_plugin`` was called for an id that is loaded (or still unloading)."""
+
+    def __init__(self, plugin_id: int, unloading: bool = False) -> None:
+        super().__init__(plugin_id, unloading)
+        self.plugin_id = plugin_id
+        self.unloading = unloading
+
+    def __str__(self) -> str:
+        if self.unloading:
+            return (
+                f"Plugin {self.plugin_id} is still unloading - await its "
+                "unload_plugin() before loading it again"
+            )
+        return (
+            f"Plugin {self.plugin_id} is already loaded - unload it first or use another id"
+        )
+
+
+class AlreadyRegistered(NyxplugError):
+    """``PluginRegistry.register`` was given an id that is registered."""
+
+    def __init__(self, plugin_id: int, name: str) -> None:
+        super().__init__(plugin_id, name)
+        self.plugin_id = plugin_id
+        self.name = name
+
+    def __str__(self) -> str:
+        return (
+            f"Plugin {self.plugin_id} is already registered (as {self.name!r}) - "
+            "unregister it first or use another id"
+        )
+
+
+class NotRegistered(NyxplugError, LookupError):
+    """``PluginRegistry.unregister`` (or ``set_permissions``) was given an unknown id."""
+
+    def __init__(self, plugin_id: int) -> None:
+        super().__init__(plugin_id)
+        self.plugin_id = plugin_id
+
+    def __str__(self) -> str:
+        return f"Plugin {self.plugin_id} is not registered - register it first"
+
+
+def _flag_names(value: Permission) -> str:
+    names = [member.name for member in Permission if member in value and member.name]
+    return "|".join(names) if names else "NONE"

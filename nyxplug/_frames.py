@@ -1,0 +1,252 @@
+"""The plugin header codec shared by both twins: canonical encoder, strict decoder.
+
+The compiled dispatcher decodes the canonical shape (what ``encode_header`` writes)
+in C and hands every other shape to ``decode_header_fields`` below, so error
+messages come from one place whichever twin runs.
+
+The decoder accepts exactly SPEC 1: a definite-length map with the keys ``id``,
+``flags`` and ``data`` in any order (unknown keys with scalar, text or byte-string
+values are skipped), or the array ``[id, flags, data]``. Tags, indefinite lengths,
+nested arrays or maps, and trailing bytes are refused. Nothing nests, so the depth
+is bounded by construction and no input can make it recurse. cbor2 is not used here
+because it accepts trailing bytes, tags and indefinite lengths, which this format
+must refuse before it builds anything.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ._constants import MAX_FLAGS, MAX_PLUGIN_ID
+from ._errors import FrameTooLarge, HeaderDecodeError
+
+__all__ = ("canonical_header_size", "decode_header_fields", "encode_header")
+
+_MAJOR_NAMES = (
+    "an unsigned integer",
+    "a negative integer",
+    "a byte string",
+    "a text string",
+    "an array",
+    "a map",
+    "a tag",
+    "a simple value or float",
+)
+_TOP_EXPECTED = "a CBOR map {id, flags, data} or array [id, flags, data]"
+
+
+def _uint_head(major: int, value: int) -> bytes:
+    """The shortest CBOR head for ``major`` carrying ``value``."""
+    mt = major << 5
+    if value < 24:
+        return bytes((mt | value,))
+    if value < 0x100:
+        return bytes((mt | 24, value))
+    if value < 0x10000:
+        return bytes((mt | 25,)) + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return bytes((mt | 26,)) + value.to_bytes(4, "big")
+    return bytes((mt | 27,)) + value.to_bytes(8, "big")
+
+
+def _head_size(value: int) -> int:
+    if value < 24:
+        return 1
+    if value < 0x100:
+        return 2
+    if value < 0x10000:
+        return 3
+    if value < 0x100000000:
+        return 5
+    return 9
+
+
+def canonical_header_size(id: int, flags: int, data_len: int) -> int:
+    """Length of ``encode_header(id, flags, data)`` without building it."""
+    # a3 | 62 "id" | id | 65 "flags" | flags | 64 "data" | bstr head | data
+    return 1 + 3 + _head_size(id) + 6 + _head_size(flags) + 5 + _head_size(data_len) + data_len
+
+
+def encode_header(id: int, flags: int, data: bytes) -> bytes:
+    """The canonical encoding: byte-for-byte ``cbor2.dumps({"id":…, "flags":…, "data":…})``."""
+    return b"".join(
+        (
+            b"\xa3\x62id",
+            _uint_head(0, id),
+            b"\x65flags",
+            _uint_head(0, flags),
+            b"\x64data",
+            _uint_head(2, len(data)),
+            data,
+        )
+    )
+
+
+class _Reader:
+    """A cursor over the header bytes; every read checks the bytes are there."""
+
+    __slots__ = ("buf", "pos", "end")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.end = len(buf)
+
+    def need(self, n: int, what: str) -> None:
+        if self.end - self.pos < n:
+            raise HeaderDecodeError(
+                f"{n} more bytes for {what}",
+                f"{self.end - self.pos} left (truncated header)",
+                self.pos,
+            )
+
+    def head(self) -> tuple[int, int, int, int]:
+        """Read one item head: (major type, additional info, argument, offset of head)."""
+        start = self.pos
+        self.need(1, "an item head")
+        initial = self.buf[self.pos]
+        self.pos += 1
+        major = initial >> 5
+        info = initial & 0x1F
+        if info < 24:
+            return major, info, info, start
+        if info <= 27:
+            width = 1 << (info - 24)
+            self.need(width, f"the argument of {_MAJOR_NAMES[major]}")
+            arg = int.from_bytes(self.buf[self.pos : self.pos + width], "big")
+            self.pos += width
+            return major, info, arg, start
+        if info == 31:
+            if major == 7:
+                raise HeaderDecodeError("a CBOR item", "a stray break byte 0xff", start)
+            if major in (2, 3, 4, 5):
+                noun = _MAJOR_NAMES[major].split(" ", 1)[1]
+                raise HeaderDecodeError("a definite-length item", f"an indefinite-length {noun}", start)
+        raise HeaderDecodeError(
+            "well-formed CBOR", f"reserved additional information {info} in byte 0x{initial:02x}",
+            start,
+        )
+
+    def take(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def scalar(self, where: str) -> tuple[int, object, int]:
+        """Read one non-container item; return (major, value, offset)."""
+        major, info, arg, start = self.head()
+        if major == 0:
+            return major, arg, start
+        if major == 1:
+            return major, -1 - arg, start
+        if major == 2:
+            return major, self.take(arg, "a byte string"), start
+        if major == 3:
+            raw = self.take(arg, "a text string")
+            try:
+                return major, raw.decode("utf-8"), start
+            except UnicodeDecodeError:
+                raise HeaderDecodeError("UTF-8 text", "invalid UTF-8 in a text string", start) from None
+        if major == 6:
+            raise HeaderDecodeError("no CBOR tags", f"tag {arg} {where}", start)
+        if major == 7:
+            if info == 25:
+                return major, struct.unpack(">e", arg.to_bytes(2, "big"))[0], start
+            if info == 26:
+                return major, struct.unpack(">f", arg.to_bytes(4, "big"))[0], start
+            if info == 27:
+                return major, struct.unpack(">d", arg.to_bytes(8, "big"))[0], start
+            if info == 24 and arg < 32:
+                raise HeaderDecodeError(
+                    "well-formed CBOR", f"two-byte simple value {arg} (must be >= 32)", start
+                )
+            return major, ("simple", arg), start
+        raise HeaderDecodeError(
+            f"a scalar, text or byte string {where}",
+            f"{_MAJOR_NAMES[major]} (nested containers are not allowed)",
+            start,
+        )
+
+
+def _check_id(major: int, value: object, offset: int) -> int:
+    if major not in (0, 1):
+        raise HeaderDecodeError(
+            f"`id` as an unsigned integer in 0..{MAX_PLUGIN_ID}", _MAJOR_NAMES[major], offset
+        )
+    assert isinstance(value, int)
+    if not 0 <= value <= MAX_PLUGIN_ID:
+        raise HeaderDecodeError(f"`id` in 0..{MAX_PLUGIN_ID}", str(value), offset)
+    return value
+
+
+def _check_flags(major: int, value: object, offset: int) -> int:
+    if major not in (0, 1):
+        raise HeaderDecodeError(
+            f"`flags` as an unsigned integer in 0..{MAX_FLAGS}", _MAJOR_NAMES[major], offset
+        )
+    assert isinstance(value, int)
+    if not 0 <= value <= MAX_FLAGS:
+        raise HeaderDecodeError(f"`flags` in 0..{MAX_FLAGS}", str(value), offset)
+    return value
+
+
+def _check_data(major: int, value: object, offset: int) -> bytes:
+    if major != 2:
+        raise HeaderDecodeError("`data` as a byte string", _MAJOR_NAMES[major], offset)
+    assert isinstance(value, bytes)
+    return value
+
+
+def decode_header_fields(buf: bytes, max_size: int) -> tuple[int, int, bytes]:
+    """Decode any accepted header shape into ``(id, flags, data)``.
+
+    Raises ``FrameTooLarge`` before reading anything when ``len(buf) > max_size``,
+    and ``HeaderDecodeError`` for everything SPEC 1 refuses.
+    """
+    if len(buf) > max_size:
+        raise FrameTooLarge("header", len(buf), max_size)
+    reader = _Reader(buf)
+    if reader.end == 0:
+        raise HeaderDecodeError(_TOP_EXPECTED, "empty input", 0)
+    major, _info, count, start = reader.head()
+    if major == 4:
+        if count != 3:
+            raise HeaderDecodeError(
+                "an array of exactly 3 items [id, flags, data]", f"{count} items", start
+            )
+        m, v, off = reader.scalar("as item 0 of the header array")
+        id_ = _check_id(m, v, off)
+        m, v, off = reader.scalar("as item 1 of the header array")
+        flags = _check_flags(m, v, off)
+        m, v, off = reader.scalar("as item 2 of the header array")
+        data = _check_data(m, v, off)
+    elif major == 5:
+        fields: dict[str, tuple[int, object, int]] = {}
+        # Each entry takes at least two bytes, so a huge declared count fails on
+        # truncation after at most len(buf) / 2 iterations.
+        for _ in range(count):
+            key_major, key, key_off = reader.scalar("as a map key")
+            value = reader.scalar(f"as value of key {key!r}")
+            if key_major == 3 and key in ("id", "flags", "data"):
+                assert isinstance(key, str)
+                if key in fields:
+                    raise HeaderDecodeError(f"key `{key}` once", "a duplicate", key_off)
+                fields[key] = value
+        for key in ("id", "flags", "data"):
+            if key not in fields:
+                raise HeaderDecodeError(f"key `{key}`", "a map without it", start)
+        id_ = _check_id(*fields["id"])
+        flags = _check_flags(*fields["flags"])
+        data = _check_data(*fields["data"])
+    elif major == 6:
+        raise HeaderDecodeError("no CBOR tags", f"tag {count} around the header", start)
+    else:
+        raise HeaderDecodeError(_TOP_EXPECTED, _MAJOR_NAMES[major], start)
+    if reader.pos != reader.end:
+        raise HeaderDecodeError(
+            "the end of the header after one CBOR item",
+            f"{reader.end - reader.pos} trailing bytes",
+            reader.pos,
+        )
+    return id_, flags, data

@@ -1,0 +1,55 @@
+"""Load-time handler resolution and handler-error logging, shared by both twins."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._constants import frame_type_name
+
+__all__ = ("log_handler_error", "logger", "resolve_handler")
+
+logger = logging.getLogger("nyxplug")
+
+
+def resolve_handler(handler: Any) -> tuple[Callable[..., Any] | None, bool]:
+    """Turn what ``load_plugin`` was given into ``(callable, takes_batches)``.
+
+    ``None`` is the no-op consumer. An object with ``handle_batch`` gets runs of
+    frames; one with ``handle`` gets single frames; any other callable is called per
+    frame. Sync and async callables are both fine: the worker awaits whatever
+    awaitable a call returns.
+    """
+    if handler is None:
+        return None, False
+    batch = getattr(handler, "handle_batch", None)
+    if batch is not None:
+        if not callable(batch):
+            raise TypeError(f"Expected `handle_batch` of {handler!r} to be callable")
+        return batch, True
+    handle = getattr(handler, "handle", None)
+    if handle is not None:
+        if not callable(handle):
+            raise TypeError(f"Expected `handle` of {handler!r} to be callable")
+        return handle, False
+    if callable(handler):
+        return handler, False
+    raise TypeError(
+        "Expected a handler: None, a callable taking a PluginMessage, or an object with "
+        f"handle(message) / handle_batch(messages), got {type(handler).__name__}"
+    )
+
+
+def log_handler_error(plugin_id: int, frame_type: int, count: int, exc: BaseException) -> None:
+    """Log a handler's exception with the plugin id and frame type, never hiding it."""
+    if count == 1:
+        what = f"frame {frame_type_name(int(frame_type))}"
+    else:
+        what = f"a batch of {count} frames starting with frame {frame_type_name(int(frame_type))}"
+    logger.error(
+        "Handler of plugin %d raised on %s; counted in PluginStats.errors, the worker goes on",
+        plugin_id,
+        what,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )

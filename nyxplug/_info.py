@@ -1,0 +1,92 @@
+"""``PluginInfo``: a plugin's identity and rights, shared by both dispatcher twins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ._constants import MAX_PLUGIN_ID, Permission
+
+__all__ = ("PluginInfo", "permission_mask")
+
+
+def permission_mask(permissions: Permission | Iterable[Permission]) -> int:
+    """Fold a ``Permission`` value or an iterable of them into an int bitmask."""
+    if isinstance(permissions, Permission):
+        return permissions.value
+    if isinstance(permissions, (str, bytes)) or not isinstance(permissions, Iterable):
+        raise TypeError(
+            f"Expected a Permission or an iterable of Permission, got {type(permissions).__name__}"
+        )
+    mask = 0
+    for item in permissions:
+        if not isinstance(item, Permission):
+            raise TypeError(
+                f"Expected Permission members in permissions, got {item!r} "
+                f"({type(item).__name__})"
+            )
+        mask |= item.value
+    return mask
+
+
+class PluginInfo:
+    """Who a plugin is (``id``, ``name``) and which frame permissions it holds.
+
+    Immutable: give the registry a new ``PluginInfo`` (or call
+    ``PluginRegistry.set_permissions``) to change a plugin's rights.
+    """
+
+    __slots__ = ("_id", "_name", "_permissions")
+
+    def __init__(
+        self,
+        id: int,
+        name: str,
+        permissions: Permission | Iterable[Permission] = Permission(0),
+    ) -> None:
+        if isinstance(id, bool) or not isinstance(id, int):
+            raise TypeError(f"Expected `id` to be an int, got {type(id).__name__}")
+        if not 0 <= id <= MAX_PLUGIN_ID:
+            raise ValueError(f"Expected `id` in 0..{MAX_PLUGIN_ID}, got {id!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"Expected `name` to be a str, got {type(name).__name__}")
+        self._id = int(id)
+        self._name = name
+        self._permissions = Permission(permission_mask(permissions))
+
+    @property
+    def id(self) -> int:
+        """The unsigned 32-bit plugin id that frame headers name."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """A human-readable name, used in logs and listings."""
+        return self._name
+
+    @property
+    def permissions(self) -> Permission:
+        """The frame permissions granted to the plugin."""
+        return self._permissions
+
+    def has_permission(self, permission: Permission) -> bool:
+        """True when every bit of ``permission`` is granted."""
+        return (self._permissions & permission) == permission
+
+    def __repr__(self) -> str:
+        return f"PluginInfo(id={self._id}, name={self._name!r}, permissions={self._permissions!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PluginInfo):
+            return NotImplemented
+        return (self._id, self._name, self._permissions) == (
+            other._id,
+            other._name,
+            other._permissions,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._id, self._name, self._permissions))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PluginInfo, (self._id, self._name, self._permissions))
