@@ -59,6 +59,7 @@ from ._frames import canonical_header_size, decode_header_fields, encode_header
 from ._handlers import log_handler_error, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._stats import DispatchStats, PluginStats
+from ._validate import as_bytes, check_uint, frame_type_object
 
 __all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
 
@@ -73,22 +74,6 @@ _FRAME_TOO_LARGE = DispatchStatus.FRAME_TOO_LARGE
 _UNKNOWN_FRAME_TYPE = DispatchStatus.UNKNOWN_FRAME_TYPE
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-
-
-def _check_uint(name: str, value: object, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected `{name}` to be an int, got {type(value).__name__}")
-    if not 0 <= value <= limit:
-        raise ValueError(f"Expected `{name}` in 0..{limit}, got {value}")
-    return int(value)
-
-
-def _as_bytes(name: str, value: object) -> bytes:
-    if type(value) is bytes:
-        return value
-    if isinstance(value, _BYTES_LIKE):
-        return bytes(value)
-    raise TypeError(f"Expected `{name}` to be bytes-like, got {type(value).__name__}")
 
 
 class _Ready:
@@ -134,9 +119,9 @@ class PluginHeader:
     __slots__ = ("_id", "_flags", "_data", "_size")
 
     def __init__(self, id: int, flags: int = 0, data: bytes = b"") -> None:
-        self._id = _check_uint("id", id, MAX_PLUGIN_ID)
-        self._flags = _check_uint("flags", flags, MAX_FLAGS)
-        self._data = _as_bytes("data", data)
+        self._id = check_uint("id", id, MAX_PLUGIN_ID)
+        self._flags = check_uint("flags", flags, MAX_FLAGS)
+        self._data = as_bytes("data", data)
         self._size = canonical_header_size(self._id, self._flags, len(self._data))
 
     @classmethod
@@ -176,7 +161,7 @@ class PluginHeader:
     @classmethod
     def decode(cls, buf: bytes, *, max_size: int = DEFAULT_MAX_HEADER_SIZE) -> PluginHeader:
         """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
-        id_, flags, data = decode_header_fields(_as_bytes("buf", buf), max_size)
+        id_, flags, data = decode_header_fields(as_bytes("buf", buf), max_size)
         return _new_header(id_, flags, data)
 
     def __eq__(self, other: object) -> bool:
@@ -214,9 +199,9 @@ class PluginMessage:
     def __init__(self, frame_type: int, header: PluginHeader, payload: bytes = b"") -> None:
         if not isinstance(header, PluginHeader):
             raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
-        self._frame_type = _check_uint("frame_type", frame_type, 255)
+        self._frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
         self._header = header
-        self._payload = _as_bytes("payload", payload)
+        self._payload = as_bytes("payload", payload)
         self._size = header._size + len(self._payload)
 
     @property
@@ -404,8 +389,8 @@ class Dispatcher:
             )
         self._registry = registry
         self._sandbox = sandbox
-        self._max_header = _check_uint("max_header_size", max_header_size, 2**62)
-        self._max_payload = _check_uint("max_payload_size", max_payload_size, 2**62)
+        self._max_header = check_uint("max_header_size", max_header_size, 2**62)
+        self._max_payload = check_uint("max_payload_size", max_payload_size, 2**62)
         self._required: list[int] = [0] * 256
         self._type_objects: list[int] = list(range(256))
         for code, permission in DEFAULT_FRAME_PERMISSIONS.items():
@@ -544,14 +529,14 @@ class Dispatcher:
         if isinstance(frame_type, bool) or not isinstance(frame_type, int):
             raise TypeError(f"Expected `frame_type` to be an int, got {type(frame_type).__name__}")
         if type(payload) is not bytes:
-            payload = _as_bytes("payload", payload)
+            payload = as_bytes("payload", payload)
         code = frame_type if 0 <= frame_type <= 255 else -1
         self._p_ft = frame_type
         # 1. size limits, before any decoding
         if type(header) is PluginHeader:
             header_size = header._size
         elif isinstance(header, _BYTES_LIKE):
-            header = _as_bytes("header", header)
+            header = as_bytes("header", header)
             header_size = len(header)
         else:
             header = self._coerce_header(header)

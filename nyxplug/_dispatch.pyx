@@ -1,0 +1,1077 @@
+# cython: language_level=3, binding=True, embedsignature=True
+# cython: autotestdict=False, auto_pickle=False
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled dispatcher: the hot path of ``_dispatch_py.py``, same names and behaviour.
+
+Read ``_dispatch_py.py`` first: it is the specification, and this file follows it
+class by class and method by method. What differs is only how:
+
+* each plugin's queue is a C ring of object pointers, not a deque;
+* the canonical header shape (what ``encode`` writes) is decoded in C; every other
+  shape goes to the shared strict decoder in ``_frames.py``, which also writes all
+  decode error messages;
+* per-frame objects (``PluginHeader``, ``PluginMessage``) are final, free-listed and
+  not tracked by the GC, so a burst of frames never triggers a collection;
+* "queue full" is a status code internally; an exception is built only when one
+  must be raised.
+
+Errors, stats records, constants, handler resolution and argument checks are shared
+with the twin, so messages are identical by construction.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_FromUnsignedLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy
+
+import asyncio
+import collections.abc
+import inspect
+from collections import deque
+
+from nyxplug._constants import (
+    DEFAULT_CAPACITY,
+    DEFAULT_FRAME_PERMISSIONS,
+    DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    DispatchStatus,
+    FrameType,
+    Permission,
+)
+from nyxplug._errors import (
+    AlreadyLoaded,
+    AlreadyRegistered,
+    FrameTooLarge,
+    HeaderDecodeError,
+    NotRegistered,
+    PermissionDenied,
+    PluginClosed,
+    PluginNotLoaded,
+    PluginNotRegistered,
+    SandboxViolation,
+    UnknownFrameType,
+    WouldBlock,
+)
+from nyxplug._frames import decode_header_fields
+from nyxplug._handlers import log_handler_error, resolve_handler
+from nyxplug._info import PluginInfo, permission_mask
+from nyxplug._stats import DispatchStats, PluginStats
+from nyxplug._validate import as_bytes, check_uint, frame_type_object
+
+__all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
+
+cdef extern from "Python.h":
+    long PyLong_AsLongAndOverflow(object, int*) except? -1
+
+# Mirrors of DispatchStatus (checked against it at import, below).
+cdef enum:
+    S_OK = 0
+    S_WOULD_BLOCK = 1
+    S_PLUGIN_CLOSED = 2
+    S_NOT_REGISTERED = 3
+    S_NOT_LOADED = 4
+    S_PERMISSION_DENIED = 5
+    S_SANDBOX_VIOLATION = 6
+    S_HEADER_DECODE_ERROR = 7
+    S_FRAME_TOO_LARGE = 8
+    S_UNKNOWN_FRAME_TYPE = 9
+
+cdef enum:
+    FLAG_REQUIRED = 0x01
+    CONTROL_CODE = 0x53
+    FIRST_RING_SIZE_LIMIT = 1024
+
+cdef uint64_t MAX_PLUGIN_ID = 0xFFFFFFFF
+
+cdef list _STATUS = [DispatchStatus(i) for i in range(10)]
+assert [s.name for s in _STATUS] == [s.name for s in DispatchStatus], "status mirror out of date"
+
+
+@cython.final
+cdef class _Ready:
+    """The already-finished awaitable ``dispatch`` returns when it did not have to wait.
+
+    Awaiting it costs one call instead of a coroutine per frame. It is registered as
+    a ``Coroutine`` so ``asyncio.create_task`` and ``asyncio.run`` accept it too.
+    """
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise StopIteration
+
+    def send(self, value):
+        raise StopIteration
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self):
+        return None
+
+    def __repr__(self):
+        return "<nyxplug dispatch: enqueued>"
+
+
+collections.abc.Coroutine.register(_Ready)
+cdef _Ready _READY = _Ready()
+
+
+# -- the canonical header codec in C ----------------------------------------------
+
+cdef inline Py_ssize_t _head_size(uint64_t value) noexcept:
+    if value < 24:
+        return 1
+    if value < 0x100:
+        return 2
+    if value < 0x10000:
+        return 3
+    if value < 0x100000000:
+        return 5
+    return 9
+
+
+cdef inline Py_ssize_t _canonical_size(uint64_t id_, uint64_t flags, Py_ssize_t data_len) noexcept:
+    return 4 + _head_size(id_) + 6 + _head_size(flags) + 5 + _head_size(data_len) + data_len
+
+
+cdef inline Py_ssize_t _put_head(unsigned char* out, unsigned char major, uint64_t value) noexcept:
+    cdef unsigned char mt = major << 5
+    cdef int width, i
+    if value < 24:
+        out[0] = mt | <unsigned char>value
+        return 1
+    if value < 0x100:
+        out[0] = mt | 24
+        width = 1
+    elif value < 0x10000:
+        out[0] = mt | 25
+        width = 2
+    elif value < 0x100000000:
+        out[0] = mt | 26
+        width = 4
+    else:
+        out[0] = mt | 27
+        width = 8
+    for i in range(width):
+        out[width - i] = <unsigned char>(value >> (8 * i))
+    return width + 1
+
+
+cdef inline Py_ssize_t _read_uint(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                  unsigned char major, uint64_t* out) noexcept:
+    """Read a head of ``major`` with a 0-4 byte argument; the new position, or -1."""
+    cdef unsigned char initial, info
+    if pos >= end:
+        return -1
+    initial = p[pos]
+    if (initial >> 5) != major:
+        return -1
+    info = initial & 0x1F
+    if info < 24:
+        out[0] = info
+        return pos + 1
+    if info == 24:
+        if pos + 2 > end:
+            return -1
+        out[0] = p[pos + 1]
+        return pos + 2
+    if info == 25:
+        if pos + 3 > end:
+            return -1
+        out[0] = (<uint64_t>p[pos + 1] << 8) | p[pos + 2]
+        return pos + 3
+    if info == 26:
+        if pos + 5 > end:
+            return -1
+        out[0] = ((<uint64_t>p[pos + 1] << 24) | (<uint64_t>p[pos + 2] << 16)
+                  | (<uint64_t>p[pos + 3] << 8) | p[pos + 4])
+        return pos + 5
+    return -1
+
+
+cdef PluginHeader _decode_canonical(bytes buf):
+    """Decode ``{"id", "flags", "data"}`` in that order with short heads; None otherwise."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t pos
+    cdef uint64_t id_ = 0, flags = 0, length = 0
+    if end < 18 or memcmp(p, b"\xa3\x62id", 4) != 0:
+        return None
+    pos = _read_uint(p, 4, end, 0, &id_)
+    if pos < 0 or pos + 6 > end or memcmp(p + pos, b"\x65flags", 6) != 0:
+        return None
+    pos = _read_uint(p, pos + 6, end, 0, &flags)
+    if pos < 0 or flags > 255 or pos + 5 > end or memcmp(p + pos, b"\x64data", 5) != 0:
+        return None
+    pos = _read_uint(p, pos + 5, end, 2, &length)
+    if pos < 0 or <uint64_t>(end - pos) != length:
+        return None
+    cdef PluginHeader header = PluginHeader.__new__(PluginHeader)
+    header.id = PyLong_FromUnsignedLong(<unsigned long>id_)
+    header.flags = <int>flags
+    header.data = PyBytes_FromStringAndSize(<const char*>p + pos, <Py_ssize_t>length)
+    header._size = _canonical_size(id_, flags, <Py_ssize_t>length)
+    return header
+
+
+cdef PluginHeader _decode_any(bytes buf, Py_ssize_t max_size):
+    """The C fast path, then the shared strict decoder for every other shape."""
+    cdef PluginHeader header = _decode_canonical(buf)
+    if header is not None:
+        return header
+    id_, flags, data = decode_header_fields(buf, max_size)
+    return _new_header(id_, flags, data)
+
+
+cdef PluginHeader _new_header(object id_, int flags, bytes data):
+    cdef PluginHeader header = PluginHeader.__new__(PluginHeader)
+    header.id = id_
+    header.flags = flags
+    header.data = data
+    header._size = _canonical_size(<uint64_t>id_, <uint64_t>flags, PyBytes_GET_SIZE(data))
+    return header
+
+
+@cython.final
+@cython.no_gc
+@cython.freelist(256)
+cdef class PluginHeader:
+    """The Nyx plugin header ``{"id", "flags", "data"}`` that names a frame's plugin."""
+
+    cdef readonly object id
+    cdef readonly int flags
+    cdef readonly bytes data
+    cdef Py_ssize_t _size
+
+    def __init__(self, id, flags=0, data=b""):
+        self.id = check_uint("id", id, MAX_PLUGIN_ID)
+        self.flags = check_uint("flags", flags, 255)
+        self.data = as_bytes("data", data)
+        self._size = _canonical_size(<uint64_t>self.id, <uint64_t>self.flags,
+                                     PyBytes_GET_SIZE(self.data))
+
+    @classmethod
+    def required(cls, id, data=b""):
+        """A header with the "required" flag (bit 0) set."""
+        return cls(id, FLAG_REQUIRED, data)
+
+    @classmethod
+    def optional(cls, id, data=b""):
+        """A header with no flags set."""
+        return cls(id, 0, data)
+
+    @property
+    def is_required(self):
+        """True when bit 0 of ``flags`` is set."""
+        return bool(self.flags & FLAG_REQUIRED)
+
+    def encode(self):
+        """The canonical CBOR encoding, byte-for-byte what ``cbor2.dumps`` gives."""
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, self._size)
+        cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t length = PyBytes_GET_SIZE(self.data)
+        memcpy(p, b"\xa3\x62id", 4)
+        pos = 4 + _put_head(p + 4, 0, <uint64_t>self.id)
+        memcpy(p + pos, b"\x65flags", 6)
+        pos += 6
+        pos += _put_head(p + pos, 0, <uint64_t>self.flags)
+        memcpy(p + pos, b"\x64data", 5)
+        pos += 5
+        pos += _put_head(p + pos, 2, <uint64_t>length)
+        memcpy(p + pos, PyBytes_AS_STRING(self.data), length)
+        return out
+
+    @classmethod
+    def decode(cls, buf, *, max_size=DEFAULT_MAX_HEADER_SIZE):
+        """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
+        cdef bytes raw = as_bytes("buf", buf)
+        if PyBytes_GET_SIZE(raw) > max_size:
+            raise FrameTooLarge("header", PyBytes_GET_SIZE(raw), max_size)
+        return _decode_any(raw, max_size)
+
+    def __eq__(self, other):
+        if not isinstance(other, PluginHeader):
+            return NotImplemented
+        cdef PluginHeader o = <PluginHeader>other
+        return self.id == o.id and self.flags == o.flags and self.data == o.data
+
+    def __hash__(self):
+        return hash((self.id, self.flags, self.data))
+
+    def __repr__(self):
+        return f"PluginHeader(id={self.id}, flags={self.flags}, data={self.data!r})"
+
+    def __reduce__(self):
+        return (PluginHeader, (self.id, self.flags, self.data))
+
+
+@cython.final
+@cython.no_gc
+@cython.freelist(1024)
+cdef class PluginMessage:
+    """What a plugin's handler receives: the frame type, its header and its payload."""
+
+    cdef readonly object frame_type
+    cdef readonly PluginHeader header
+    cdef readonly bytes payload
+    cdef readonly Py_ssize_t size
+
+    def __init__(self, frame_type, header, payload=b""):
+        if not isinstance(header, PluginHeader):
+            raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
+        self.frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
+        self.header = <PluginHeader>header
+        self.payload = as_bytes("payload", payload)
+        self.size = self.header._size + PyBytes_GET_SIZE(self.payload)
+
+    @property
+    def plugin_id(self):
+        """The id of the plugin the header names."""
+        return self.header.id
+
+    @property
+    def is_required(self):
+        """True when the header's "required" flag is set."""
+        return bool(self.header.flags & FLAG_REQUIRED)
+
+    def __repr__(self):
+        return (
+            f"PluginMessage(frame_type=0x{int(self.frame_type):02x}, "
+            f"header={self.header!r}, payload={self.payload!r})"
+        )
+
+
+# -- registry ---------------------------------------------------------------------
+
+@cython.final
+cdef class _Entry:
+    """A registry entry; runtimes hold it so a permission change reaches the next frame."""
+
+    cdef object info
+    cdef unsigned int mask
+    cdef bint alive
+
+    def __init__(self, info):
+        self.info = info
+        self.mask = info.permissions.value
+        self.alive = True
+
+
+@cython.final
+cdef class PluginRegistry:
+    """Which plugins exist and which frame permissions each holds."""
+
+    cdef dict _entries
+
+    def __init__(self):
+        self._entries = {}
+
+    def register(self, info):
+        """Add ``info``; ``AlreadyRegistered`` if its id is taken."""
+        if not isinstance(info, PluginInfo):
+            raise TypeError(f"Expected a PluginInfo, got {type(info).__name__}")
+        entry = self._entries.get(info.id)
+        if entry is not None:
+            raise AlreadyRegistered(info.id, (<_Entry>entry).info.name)
+        self._entries[info.id] = _Entry(info)
+
+    def unregister(self, plugin_id):
+        """Remove the plugin and return its info; ``NotRegistered`` if unknown."""
+        entry = self._entries.pop(plugin_id, None)
+        if entry is None:
+            raise NotRegistered(plugin_id)
+        (<_Entry>entry).alive = False
+        return (<_Entry>entry).info
+
+    def set_permissions(self, plugin_id, permissions):
+        """Replace a registered plugin's permissions; applies to the next frame."""
+        entry = self._entries.get(plugin_id)
+        if entry is None:
+            raise NotRegistered(plugin_id)
+        old = (<_Entry>entry).info
+        info = PluginInfo(old.id, old.name, Permission(permission_mask(permissions)))
+        (<_Entry>entry).info = info
+        (<_Entry>entry).mask = info.permissions.value
+        return info
+
+    def is_registered(self, plugin_id):
+        """True if the id is registered."""
+        return plugin_id in self._entries
+
+    def has_permission(self, plugin_id, permission):
+        """True if the plugin holds every bit of ``permission``; False for unknown ids."""
+        entry = self._entries.get(plugin_id)
+        if entry is None:
+            return False
+        cdef unsigned int wanted = permission.value
+        return ((<_Entry>entry).mask & wanted) == wanted
+
+    def get(self, plugin_id):
+        """The plugin's info, or None."""
+        entry = self._entries.get(plugin_id)
+        return None if entry is None else (<_Entry>entry).info
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __contains__(self, plugin_id):
+        return plugin_id in self._entries
+
+    def __iter__(self):
+        return iter([(<_Entry>self._entries[key]).info for key in sorted(self._entries)])
+
+    def __repr__(self):
+        return f"<nyxplug.PluginRegistry plugins={len(self._entries)}>"
+
+
+# -- one loaded plugin --------------------------------------------------------------
+
+@cython.final
+cdef class _Runtime:
+    """One loaded plugin: its queue (a C ring), waiting senders, worker and counters."""
+
+    cdef object id
+    cdef _Entry entry
+    cdef Py_ssize_t capacity
+    cdef PyObject** ring
+    cdef Py_ssize_t ring_mask
+    cdef Py_ssize_t head
+    cdef Py_ssize_t count
+    cdef Py_ssize_t reserved
+    cdef object waiters
+    cdef object handler
+    cdef bint batch
+    cdef object loop
+    cdef object worker
+    cdef object wakeup
+    cdef list idle_waiters
+    cdef bint closed
+    cdef object guard
+    cdef unsigned long long processed
+    cdef unsigned long long errors
+    cdef unsigned long long nbytes
+    cdef unsigned long long permission_violations
+    cdef unsigned long long sandbox_violations
+    cdef unsigned long long dropped
+    cdef Py_ssize_t high_watermark
+
+    def __cinit__(self):
+        self.ring = NULL
+
+    def __dealloc__(self):
+        self._release_all()
+        if self.ring is not NULL:
+            PyMem_Free(self.ring)
+            self.ring = NULL
+
+    cdef int setup(self, object plugin_id, _Entry entry, Py_ssize_t capacity, object handler,
+                   bint batch, object loop) except -1:
+        cdef Py_ssize_t size = 1
+        while size < capacity and size < FIRST_RING_SIZE_LIMIT:
+            size <<= 1
+        self.ring = <PyObject**>PyMem_Malloc(size * sizeof(PyObject*))
+        if self.ring is NULL:
+            raise MemoryError()
+        self.ring_mask = size - 1
+        self.id = plugin_id
+        self.entry = entry
+        self.capacity = capacity
+        self.waiters = deque()
+        self.handler = handler
+        self.batch = batch
+        self.loop = loop
+        self.idle_waiters = []
+        return 0
+
+    cdef int _grow(self) except -1:
+        """Double the ring (it starts small so a huge capacity costs nothing up front)."""
+        cdef Py_ssize_t old_size = self.ring_mask + 1
+        cdef Py_ssize_t i
+        cdef PyObject** bigger = <PyObject**>PyMem_Malloc(2 * old_size * sizeof(PyObject*))
+        if bigger is NULL:
+            raise MemoryError()
+        for i in range(self.count):
+            bigger[i] = self.ring[(self.head + i) & self.ring_mask]
+        PyMem_Free(self.ring)
+        self.ring = bigger
+        self.ring_mask = 2 * old_size - 1
+        self.head = 0
+        return 0
+
+    cdef inline int push(self, PluginMessage msg) except -1:
+        if self.count > self.ring_mask:
+            self._grow()
+        Py_INCREF(msg)
+        self.ring[(self.head + self.count) & self.ring_mask] = <PyObject*>msg
+        self.count += 1
+        if self.count > self.high_watermark:
+            self.high_watermark = self.count
+        return 0
+
+    cdef inline PluginMessage pop(self):
+        cdef PyObject* item = self.ring[self.head]
+        self.ring[self.head] = NULL
+        self.head = (self.head + 1) & self.ring_mask
+        self.count -= 1
+        cdef PluginMessage msg = <PluginMessage>item
+        Py_XDECREF(item)
+        return msg
+
+    cdef void consume_all(self) noexcept:
+        """The no-op consumer: count every queued frame as processed and free it."""
+        cdef PyObject* item
+        cdef unsigned long long nbytes = 0
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            item = self.ring[(self.head + i) & self.ring_mask]
+            nbytes += (<PluginMessage>item).size
+            self.ring[(self.head + i) & self.ring_mask] = NULL
+            Py_XDECREF(item)
+        self.processed += self.count
+        self.nbytes += nbytes
+        self.head = 0
+        self.count = 0
+
+    cdef list take_all(self):
+        cdef list batch = []
+        cdef PluginMessage msg
+        while self.count:
+            msg = self.pop()
+            self.nbytes += msg.size
+            batch.append(msg)
+        self.processed += len(batch)
+        return batch
+
+    cdef Py_ssize_t drop_all(self) noexcept:
+        cdef Py_ssize_t n = self.count
+        self._release_all()
+        self.dropped += n
+        return n
+
+    cdef void _release_all(self) noexcept:
+        cdef Py_ssize_t i
+        cdef PyObject* item
+        if self.ring is NULL:
+            return
+        for i in range(self.count):
+            item = self.ring[(self.head + i) & self.ring_mask]
+            self.ring[(self.head + i) & self.ring_mask] = NULL
+            Py_XDECREF(item)
+        self.head = 0
+        self.count = 0
+
+    cdef object stats(self):
+        return PluginStats(
+            messages_processed=self.processed,
+            errors=self.errors,
+            bytes_processed=self.nbytes,
+            permission_violations=self.permission_violations,
+            sandbox_violations=self.sandbox_violations,
+            dropped=self.dropped,
+            queue_depth=self.count,
+            high_watermark=self.high_watermark,
+        )
+
+
+# -- the dispatcher ------------------------------------------------------------------
+
+@cython.final
+cdef class Dispatcher:
+    """Routes typed frames into per-plugin bounded queues, checked and counted (SPEC 3)."""
+
+    cdef PluginRegistry _registry
+    cdef object _sandbox
+    cdef Py_ssize_t _max_header
+    cdef Py_ssize_t _max_payload
+    cdef unsigned int _required[256]
+    cdef list _type_objects
+    cdef dict _runtimes
+    cdef dict _unloading
+    cdef unsigned long long _plugins_loaded
+    cdef unsigned long long _plugins_unloaded
+    cdef unsigned long long _frames_dispatched
+    cdef unsigned long long _dispatch_errors
+    # Left by _prepare for its caller (the message parts and the error details).
+    cdef _Runtime _p_rt
+    cdef PluginHeader _p_header
+    cdef object _p_ft
+    cdef long _p_code
+    cdef bytes _p_payload
+    cdef Py_ssize_t _p_size
+    cdef object _p_error
+
+    def __init__(self, registry=None, *, sandbox=None,
+                 max_header_size=DEFAULT_MAX_HEADER_SIZE,
+                 max_payload_size=DEFAULT_MAX_PAYLOAD_SIZE):
+        cdef int code
+        if registry is None:
+            registry = PluginRegistry()
+        elif not isinstance(registry, PluginRegistry):
+            raise TypeError(
+                "Expected `registry` to be a PluginRegistry of the same implementation as "
+                f"the Dispatcher, got {type(registry).__module__}.{type(registry).__name__}"
+            )
+        if sandbox is not None:
+            raise NotImplementedError(
+                "Sandbox policies are enforced by the plugin runtime (SPEC 7), which is not "
+                "built yet - pass sandbox=None"
+            )
+        self._registry = registry
+        self._sandbox = sandbox
+        self._max_header = check_uint("max_header_size", max_header_size, 2**62)
+        self._max_payload = check_uint("max_payload_size", max_payload_size, 2**62)
+        for code in range(256):
+            self._required[code] = 0
+        self._type_objects = list(range(256))
+        for code, permission in DEFAULT_FRAME_PERMISSIONS.items():
+            self._required[code] = permission.value
+            self._type_objects[code] = FrameType(code)
+        self._runtimes = {}
+        self._unloading = {}
+
+    # -- frame types -------------------------------------------------------------
+
+    def register_frame_type(self, code, permission):
+        """Route plugin-range frame type ``code`` (``0x50..0x5F``), requiring ``permission``."""
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"Expected `code` to be an int, got {type(code).__name__}")
+        if not 0x50 <= code <= 0x5F:
+            raise UnknownFrameType(code, None, True)
+        if not isinstance(permission, Permission) or not permission.value:
+            raise TypeError(f"Expected `permission` to be a non-empty Permission, got {permission!r}")
+        if code in DEFAULT_FRAME_PERMISSIONS and DEFAULT_FRAME_PERMISSIONS[code] != permission:
+            raise ValueError(
+                f"Frame type 0x{code:02x} ({FrameType(code).name}) is built in and requires "
+                f"{DEFAULT_FRAME_PERMISSIONS[code].name}; it cannot be remapped"
+            )
+        self._required[<int>code] = permission.value
+
+    # -- plugins -----------------------------------------------------------------
+
+    async def load_plugin(self, info, handler=None, *, capacity=DEFAULT_CAPACITY):
+        """Register ``info`` if needed, create the plugin's bounded queue, start its worker."""
+        if not isinstance(info, PluginInfo):
+            raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"Expected `capacity` to be an int, got {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"Expected `capacity` >= 1, got {capacity} - for plugin {info.id}")
+        plugin_id = info.id
+        if plugin_id in self._runtimes:
+            raise AlreadyLoaded(plugin_id)
+        if plugin_id in self._unloading:
+            raise AlreadyLoaded(plugin_id, True)
+        call, batch = resolve_handler(handler)
+        loop = asyncio.get_running_loop()
+        cdef PluginRegistry registry = self._registry
+        if not registry.is_registered(plugin_id):
+            registry.register(info)
+        cdef _Runtime rt = _Runtime()
+        rt.setup(plugin_id, <_Entry>registry._entries[plugin_id], capacity, call, batch, loop)
+        self._runtimes[plugin_id] = rt
+        self._plugins_loaded += 1
+        rt.worker = loop.create_task(self._work(rt), name=f"nyxplug-worker-{plugin_id}")
+
+    async def unload_plugin(self, plugin_id, *, drain=True):
+        """Stop taking frames for ``plugin_id``, drain or drop its queue, unregister it.
+
+        Cancelling this call does not reopen the plugin: the worker finishes in the
+        background and the unload completes there.
+        """
+        rt_obj = self._runtimes.pop(plugin_id, None)
+        if rt_obj is None:
+            raise PluginNotLoaded(plugin_id)
+        cdef _Runtime rt = <_Runtime>rt_obj
+        self._unloading[plugin_id] = rt
+        rt.closed = True
+        for waiter in rt.waiters:
+            if not waiter.done():
+                waiter.set_result(False)
+        rt.waiters.clear()
+        if not drain:
+            rt.drop_all()
+        self._wake_worker(rt)
+        worker = rt.worker
+        try:
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            if not worker.done():
+                worker.add_done_callback(lambda _task: self._finish_unload(rt))
+                raise
+        return self._finish_unload(rt)
+
+    def _finish_unload(self, _Runtime rt):
+        if self._unloading.get(rt.id) is rt:
+            del self._unloading[rt.id]
+            if self._registry.is_registered(rt.id):
+                self._registry.unregister(rt.id)
+            self._plugins_unloaded += 1
+        return rt.stats()
+
+    async def aclose(self):
+        """Unload every plugin, draining each queue."""
+        for plugin_id in sorted(self._runtimes):
+            if plugin_id in self._runtimes:
+                await self.unload_plugin(plugin_id)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.aclose()
+
+    async def wait_idle(self, plugin_id=None):
+        """Wait until the plugin (or every plugin) has an empty queue and no handler running."""
+        if plugin_id is None:
+            for rt in list(self._runtimes.values()):
+                await self._wait_idle(rt)
+            return
+        rt = self._runtimes.get(plugin_id)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id)
+        await self._wait_idle(rt)
+
+    async def _wait_idle(self, _Runtime rt):
+        if rt.count == 0 and rt.wakeup is not None:
+            return
+        waiter = rt.loop.create_future()
+        rt.idle_waiters.append(waiter)
+        await waiter
+
+    # -- dispatch ----------------------------------------------------------------
+
+    cdef int _prepare(self, object frame_type, object header, object payload) except -1:
+        """Run the checks of SPEC 3 up to (not including) the queue; return a status."""
+        cdef long code
+        cdef int overflow = 0
+        cdef Py_ssize_t header_size, payload_size
+        cdef PluginHeader hdr
+        cdef bytes raw = None
+        cdef unsigned int required
+        cdef PyObject* found
+        cdef _Runtime rt
+        cdef _Entry entry
+        if not isinstance(frame_type, int) or isinstance(frame_type, bool):
+            raise TypeError(f"Expected `frame_type` to be an int, got {type(frame_type).__name__}")
+        if type(payload) is not bytes:
+            payload = as_bytes("payload", payload)
+        code = PyLong_AsLongAndOverflow(frame_type, &overflow)
+        if overflow or code < 0 or code > 255:
+            code = -1
+        self._p_ft = frame_type
+        # 1. size limits, before any decoding
+        if type(header) is PluginHeader:
+            hdr = <PluginHeader>header
+            header_size = hdr._size
+        else:
+            if type(header) is bytes:
+                raw = <bytes>header
+            elif isinstance(header, (bytearray, memoryview)):
+                raw = as_bytes("header", header)
+            else:
+                hdr = self._coerce_header(header)
+            if raw is not None:
+                header_size = PyBytes_GET_SIZE(raw)
+            else:
+                header_size = hdr._size
+        if header_size > self._max_header:
+            self._p_error = FrameTooLarge("header", header_size, self._max_header, frame_type)
+            return S_FRAME_TOO_LARGE
+        payload_size = PyBytes_GET_SIZE(<bytes>payload)
+        if payload_size > self._max_payload:
+            self._p_error = FrameTooLarge("payload", payload_size, self._max_payload, frame_type)
+            return S_FRAME_TOO_LARGE
+        # 2. header decoding
+        if raw is not None:
+            try:
+                hdr = _decode_any(raw, self._max_header)
+            except HeaderDecodeError as exc:
+                self._p_error = exc._with_frame_type(frame_type)
+                return S_HEADER_DECODE_ERROR
+        plugin_id = hdr.id
+        # 3. frame type
+        required = self._required[code] if code >= 0 else 0
+        if not required:
+            self._p_error = UnknownFrameType(frame_type, plugin_id)
+            return S_UNKNOWN_FRAME_TYPE
+        # 4. registry and 5. loaded runtime
+        found = PyDict_GetItem(self._runtimes, plugin_id)
+        if found is NULL:
+            self._p_error = plugin_id
+            if plugin_id in self._registry._entries:
+                return S_NOT_LOADED
+            return S_NOT_REGISTERED
+        rt = <_Runtime>found
+        entry = rt.entry
+        if not entry.alive:
+            found = PyDict_GetItem(self._registry._entries, plugin_id)
+            if found is NULL:
+                self._p_error = plugin_id
+                return S_NOT_REGISTERED
+            entry = <_Entry>found
+            rt.entry = entry
+        # 6. permission
+        if (entry.mask & required) != required:
+            rt.permission_violations += 1
+            self._p_error = PermissionDenied(plugin_id, frame_type, Permission(required))
+            return S_PERMISSION_DENIED
+        # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
+        if rt.guard is not None and code == CONTROL_CODE:
+            detail = rt.guard.preflight(hdr)
+            if detail is not None:
+                rt.sandbox_violations += 1
+                self._p_error = SandboxViolation(plugin_id, frame_type, detail)
+                return S_SANDBOX_VIOLATION
+        self._p_rt = rt
+        self._p_header = hdr
+        self._p_code = code
+        self._p_payload = <bytes>payload
+        self._p_size = header_size + payload_size
+        return S_OK
+
+    cdef PluginHeader _coerce_header(self, object header):
+        """Accept the other twin's PluginHeader; refuse anything else with TypeError."""
+        if type(header).__name__ == "PluginHeader" and type(header).__module__.startswith(
+            "nyxplug."
+        ):
+            return PluginHeader(header.id, header.flags, header.data)
+        raise TypeError(
+            f"Expected `header` to be bytes-like or a PluginHeader, got {type(header).__name__}"
+        )
+
+    cdef inline PluginMessage _message(self):
+        cdef PluginMessage msg = PluginMessage.__new__(PluginMessage)
+        msg.frame_type = self._type_objects[self._p_code]
+        msg.header = self._p_header
+        msg.payload = self._p_payload
+        msg.size = self._p_size
+        self._p_header = None
+        self._p_payload = None
+        return msg
+
+    cdef object _error(self, int status):
+        """The exception for a failed ``_prepare`` (built only when raising)."""
+        detail = self._p_error
+        self._p_error = None
+        if status == S_NOT_REGISTERED:
+            return PluginNotRegistered(detail, self._p_ft)
+        if status == S_NOT_LOADED:
+            return PluginNotLoaded(detail, self._p_ft)
+        return detail
+
+    cdef inline int _enqueue(self, _Runtime rt, PluginMessage msg) except -1:
+        rt.push(msg)
+        self._frames_dispatched += 1
+        if rt.wakeup is not None:
+            self._wake_worker(rt)
+        return 0
+
+    def dispatch_nowait(self, frame_type, header, payload=b""):
+        """Route one frame without waiting; a full queue is ``WouldBlock``."""
+        cdef int status = self._prepare(frame_type, header, payload)
+        cdef _Runtime rt
+        if status == S_OK:
+            rt = self._p_rt
+            self._p_rt = None
+            if rt.count + rt.reserved < rt.capacity:
+                self._enqueue(rt, self._message())
+                return
+            self._p_header = None
+            self._p_payload = None
+            self._dispatch_errors += 1
+            raise WouldBlock(rt.id, frame_type, rt.capacity)
+        self._dispatch_errors += 1
+        raise self._error(status)
+
+    def try_dispatch(self, frame_type, header, payload=b""):
+        """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
+        cdef int status = self._prepare(frame_type, header, payload)
+        cdef _Runtime rt
+        if status == S_OK:
+            rt = self._p_rt
+            self._p_rt = None
+            if rt.count + rt.reserved < rt.capacity:
+                self._enqueue(rt, self._message())
+                return _STATUS[S_OK]
+            self._p_header = None
+            self._p_payload = None
+            status = S_WOULD_BLOCK
+        self._p_error = None
+        self._dispatch_errors += 1
+        return _STATUS[status]
+
+    def dispatch(self, frame_type, header, payload=b""):
+        """Route one frame, waiting for queue space (FIFO among waiting senders).
+
+        Returns an awaitable. When the queue has room the frame is enqueued before
+        this returns and awaiting the result does not yield to the loop; otherwise
+        the awaitable parks until a slot is granted. Check failures raise at once.
+        """
+        cdef int status = self._prepare(frame_type, header, payload)
+        cdef _Runtime rt
+        cdef PluginMessage msg
+        if status == S_OK:
+            rt = self._p_rt
+            self._p_rt = None
+            msg = self._message()
+            if rt.count + rt.reserved < rt.capacity:
+                self._enqueue(rt, msg)
+                return _READY
+            return self._wait_for_space(rt, msg)
+        self._dispatch_errors += 1
+        raise self._error(status)
+
+    async def _wait_for_space(self, _Runtime rt, PluginMessage msg):
+        if rt.closed:
+            self._dispatch_errors += 1
+            raise PluginClosed(rt.id, msg.frame_type)
+        if not rt.waiters and rt.count + rt.reserved < rt.capacity:
+            # Space freed between the call and the first await: no need to park.
+            self._enqueue(rt, msg)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        rt.waiters.append(waiter)
+        try:
+            granted = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                rt.reserved -= 1
+                self._grant(rt)
+            else:
+                try:
+                    rt.waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+        if granted:
+            rt.reserved -= 1
+        if rt.closed:
+            self._dispatch_errors += 1
+            raise PluginClosed(rt.id, msg.frame_type)
+        self._enqueue(rt, msg)
+
+    cdef int _grant(self, _Runtime rt) except -1:
+        """Give freed slots to the longest-waiting senders, at once."""
+        waiters = rt.waiters
+        while waiters and rt.count + rt.reserved < rt.capacity:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                rt.reserved += 1
+        return 0
+
+    cdef int _wake_worker(self, _Runtime rt) except -1:
+        wakeup = rt.wakeup
+        if wakeup is not None:
+            rt.wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        return 0
+
+    # -- the worker --------------------------------------------------------------
+
+    async def _work(self, _Runtime rt):
+        cdef PluginMessage msg
+        cdef list batch
+        handler = rt.handler
+        try:
+            while True:
+                if rt.count == 0:
+                    self._notify_idle(rt, False)
+                    if rt.closed:
+                        return
+                    rt.wakeup = rt.loop.create_future()
+                    await rt.wakeup
+                    continue
+                if handler is None:
+                    # The no-op consumer takes the whole queue at once.
+                    rt.consume_all()
+                    if rt.waiters:
+                        self._grant(rt)
+                elif rt.batch:
+                    batch = rt.take_all()
+                    if rt.waiters:
+                        self._grant(rt)
+                    try:
+                        result = handler(batch)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                    except Exception as exc:
+                        rt.errors += 1
+                        log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
+                                          len(batch), exc)
+                else:
+                    msg = rt.pop()
+                    rt.processed += 1
+                    rt.nbytes += msg.size
+                    if rt.waiters:
+                        self._grant(rt)
+                    try:
+                        result = handler(msg)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                    except Exception as exc:
+                        rt.errors += 1
+                        log_handler_error(rt.id, msg.frame_type, 1, exc)
+        finally:
+            rt.wakeup = None
+            self._notify_idle(rt, True)
+
+    cdef int _notify_idle(self, _Runtime rt, bint force) except -1:
+        waiters = rt.idle_waiters
+        if waiters and (force or rt.count == 0):
+            rt.idle_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        return 0
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def registry(self):
+        """The registry whose permissions this dispatcher checks."""
+        return self._registry
+
+    def plugin_stats(self, plugin_id):
+        """A snapshot of the plugin's counters, or None if it is not loaded."""
+        rt = self._runtimes.get(plugin_id)
+        return None if rt is None else (<_Runtime>rt).stats()
+
+    def dispatch_stats(self):
+        """A snapshot of the dispatcher's counters."""
+        return DispatchStats(
+            plugins_loaded=self._plugins_loaded,
+            plugins_unloaded=self._plugins_unloaded,
+            frames_dispatched=self._frames_dispatched,
+            dispatch_errors=self._dispatch_errors,
+        )
+
+    def loaded_plugins(self):
+        """Ids of the loaded plugins, ascending."""
+        return sorted(self._runtimes)
+
+    def is_loaded(self, plugin_id):
+        """True if the plugin is loaded (an unloading plugin is not)."""
+        return plugin_id in self._runtimes
+
+    def __len__(self):
+        return len(self._runtimes)
+
+    def __repr__(self):
+        return (
+            f"<nyxplug.Dispatcher plugins={len(self._runtimes)} "
+            f"frames_dispatched={self._frames_dispatched} dispatch_errors={self._dispatch_errors}>"
+        )
