@@ -245,7 +245,7 @@ cdef PluginHeader _new_header(object id_, int flags, bytes data):
 
 @cython.final
 @cython.no_gc
-@cython.freelist(256)
+@cython.freelist(1024)
 cdef class PluginHeader:
     """The Nyx plugin header ``{"id", "flags", "data"}`` that names a frame's plugin."""
 
@@ -603,13 +603,8 @@ cdef class Dispatcher:
     cdef unsigned long long _plugins_unloaded
     cdef unsigned long long _frames_dispatched
     cdef unsigned long long _dispatch_errors
-    # Left by _prepare for its caller (the message parts and the error details).
-    cdef _Runtime _p_rt
-    cdef PluginHeader _p_header
+    # Left by a failed _prepare for _error: the frame type and the error details.
     cdef object _p_ft
-    cdef long _p_code
-    cdef bytes _p_payload
-    cdef Py_ssize_t _p_size
     cdef object _p_error
 
     def __init__(self, registry=None, *, sandbox=None,
@@ -752,8 +747,15 @@ cdef class Dispatcher:
 
     # -- dispatch ----------------------------------------------------------------
 
-    cdef int _prepare(self, object frame_type, object header, object payload) except -1:
-        """Run the checks of SPEC 3 up to (not including) the queue; return a status."""
+    cdef PluginMessage _prepare(self, object frame_type, object header, object payload,
+                                int* status, PyObject** rt_out):
+        """Run the checks of SPEC 3 up to (not including) the queue.
+
+        On success return the message, set ``*status`` to OK and ``*rt_out`` to the
+        target runtime (borrowed from ``_runtimes``: use it before any Python code
+        runs). On failure return None with ``*status`` set and the details in
+        ``_p_error``.
+        """
         cdef long code
         cdef int overflow = 0
         cdef Py_ssize_t header_size, payload_size
@@ -770,7 +772,6 @@ cdef class Dispatcher:
         code = PyLong_AsLongAndOverflow(frame_type, &overflow)
         if overflow or code < 0 or code > 255:
             code = -1
-        self._p_ft = frame_type
         # 1. size limits, before any decoding
         if type(header) is PluginHeader:
             hdr = <PluginHeader>header
@@ -788,58 +789,65 @@ cdef class Dispatcher:
                 header_size = hdr._size
         if header_size > self._max_header:
             self._p_error = FrameTooLarge("header", header_size, self._max_header, frame_type)
-            return S_FRAME_TOO_LARGE
+            return self._fail(frame_type, S_FRAME_TOO_LARGE, status)
         payload_size = PyBytes_GET_SIZE(<bytes>payload)
         if payload_size > self._max_payload:
             self._p_error = FrameTooLarge("payload", payload_size, self._max_payload, frame_type)
-            return S_FRAME_TOO_LARGE
+            return self._fail(frame_type, S_FRAME_TOO_LARGE, status)
         # 2. header decoding
         if raw is not None:
             try:
                 hdr = _decode_any(raw, self._max_header)
             except HeaderDecodeError as exc:
                 self._p_error = exc._with_frame_type(frame_type)
-                return S_HEADER_DECODE_ERROR
+                return self._fail(frame_type, S_HEADER_DECODE_ERROR, status)
         plugin_id = hdr.id
         # 3. frame type
         required = self._required[code] if code >= 0 else 0
         if not required:
             self._p_error = UnknownFrameType(frame_type, plugin_id)
-            return S_UNKNOWN_FRAME_TYPE
+            return self._fail(frame_type, S_UNKNOWN_FRAME_TYPE, status)
         # 4. registry and 5. loaded runtime
         found = PyDict_GetItem(self._runtimes, plugin_id)
         if found is NULL:
             self._p_error = plugin_id
             if plugin_id in self._registry._entries:
-                return S_NOT_LOADED
-            return S_NOT_REGISTERED
+                return self._fail(frame_type, S_NOT_LOADED, status)
+            return self._fail(frame_type, S_NOT_REGISTERED, status)
         rt = <_Runtime>found
         entry = rt.entry
         if not entry.alive:
             found = PyDict_GetItem(self._registry._entries, plugin_id)
             if found is NULL:
                 self._p_error = plugin_id
-                return S_NOT_REGISTERED
+                return self._fail(frame_type, S_NOT_REGISTERED, status)
             entry = <_Entry>found
             rt.entry = entry
         # 6. permission
         if (entry.mask & required) != required:
             rt.permission_violations += 1
             self._p_error = PermissionDenied(plugin_id, frame_type, Permission(required))
-            return S_PERMISSION_DENIED
+            return self._fail(frame_type, S_PERMISSION_DENIED, status)
         # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
         if rt.guard is not None and code == CONTROL_CODE:
             detail = rt.guard.preflight(hdr)
             if detail is not None:
                 rt.sandbox_violations += 1
                 self._p_error = SandboxViolation(plugin_id, frame_type, detail)
-                return S_SANDBOX_VIOLATION
-        self._p_rt = rt
-        self._p_header = hdr
-        self._p_code = code
-        self._p_payload = <bytes>payload
-        self._p_size = header_size + payload_size
-        return S_OK
+                return self._fail(frame_type, S_SANDBOX_VIOLATION, status)
+        cdef PluginMessage msg = PluginMessage.__new__(PluginMessage)
+        msg.frame_type = self._type_objects[code]
+        msg.header = hdr
+        msg.payload = <bytes>payload
+        msg.size = header_size + payload_size
+        rt_out[0] = <PyObject*>rt
+        status[0] = S_OK
+        return msg
+
+    cdef PluginMessage _fail(self, object frame_type, int code, int* status):
+        self._p_ft = frame_type
+        status[0] = code
+        return None
 
     cdef PluginHeader _coerce_header(self, object header):
         """Accept the other twin's PluginHeader; refuse anything else with TypeError."""
@@ -851,24 +859,16 @@ cdef class Dispatcher:
             f"Expected `header` to be bytes-like or a PluginHeader, got {type(header).__name__}"
         )
 
-    cdef inline PluginMessage _message(self):
-        cdef PluginMessage msg = PluginMessage.__new__(PluginMessage)
-        msg.frame_type = self._type_objects[self._p_code]
-        msg.header = self._p_header
-        msg.payload = self._p_payload
-        msg.size = self._p_size
-        self._p_header = None
-        self._p_payload = None
-        return msg
-
     cdef object _error(self, int status):
         """The exception for a failed ``_prepare`` (built only when raising)."""
         detail = self._p_error
+        frame_type = self._p_ft
         self._p_error = None
+        self._p_ft = None
         if status == S_NOT_REGISTERED:
-            return PluginNotRegistered(detail, self._p_ft)
+            return PluginNotRegistered(detail, frame_type)
         if status == S_NOT_LOADED:
-            return PluginNotLoaded(detail, self._p_ft)
+            return PluginNotLoaded(detail, frame_type)
         return detail
 
     cdef inline int _enqueue(self, _Runtime rt, PluginMessage msg) except -1:
@@ -880,16 +880,15 @@ cdef class Dispatcher:
 
     def dispatch_nowait(self, frame_type, header, payload=b""):
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
-        cdef int status = self._prepare(frame_type, header, payload)
+        cdef int status
+        cdef PyObject* found
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
         cdef _Runtime rt
         if status == S_OK:
-            rt = self._p_rt
-            self._p_rt = None
+            rt = <_Runtime>found
             if rt.count + rt.reserved < rt.capacity:
-                self._enqueue(rt, self._message())
+                self._enqueue(rt, msg)
                 return
-            self._p_header = None
-            self._p_payload = None
             self._dispatch_errors += 1
             raise WouldBlock(rt.id, frame_type, rt.capacity)
         self._dispatch_errors += 1
@@ -897,18 +896,19 @@ cdef class Dispatcher:
 
     def try_dispatch(self, frame_type, header, payload=b""):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
-        cdef int status = self._prepare(frame_type, header, payload)
+        cdef int status
+        cdef PyObject* found
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
         cdef _Runtime rt
         if status == S_OK:
-            rt = self._p_rt
-            self._p_rt = None
+            rt = <_Runtime>found
             if rt.count + rt.reserved < rt.capacity:
-                self._enqueue(rt, self._message())
+                self._enqueue(rt, msg)
                 return _STATUS[S_OK]
-            self._p_header = None
-            self._p_payload = None
             status = S_WOULD_BLOCK
-        self._p_error = None
+        else:
+            self._p_error = None
+            self._p_ft = None
         self._dispatch_errors += 1
         return _STATUS[status]
 
@@ -919,13 +919,12 @@ cdef class Dispatcher:
         this returns and awaiting the result does not yield to the loop; otherwise
         the awaitable parks until a slot is granted. Check failures raise at once.
         """
-        cdef int status = self._prepare(frame_type, header, payload)
+        cdef int status
+        cdef PyObject* found
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
         cdef _Runtime rt
-        cdef PluginMessage msg
         if status == S_OK:
-            rt = self._p_rt
-            self._p_rt = None
-            msg = self._message()
+            rt = <_Runtime>found
             if rt.count + rt.reserved < rt.capacity:
                 self._enqueue(rt, msg)
                 return _READY

@@ -1,0 +1,33 @@
+"""The README's example program runs and prints exactly what the README says it prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+EXAMPLE = re.search(r"## Example\n\n```python\n(.*?)```", README, re.S)
+OUTPUT = re.search(r"\nprints\n\n```text\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_example_prints_what_the_readme_says(pure: bool, tmp_path) -> None:
+    assert EXAMPLE is not None and OUTPUT is not None
+    script = tmp_path / "example.py"
+    script.write_text(EXAMPLE.group(1), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NYXPLUG_NO_EXTENSIONS", None)
+    if pure:
+        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
+        env["NYXPLUG_NO_EXTENSIONS"] = "1"
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == OUTPUT.group(1)
