@@ -296,10 +296,11 @@ cdef class PluginHeader:
     @classmethod
     def decode(cls, buf, *, max_size=DEFAULT_MAX_HEADER_SIZE):
         """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
-        cdef bytes raw = as_bytes("buf", buf)
-        if PyBytes_GET_SIZE(raw) > max_size:
+        cdef bytes raw = <bytes>buf if type(buf) is bytes else as_bytes("buf", buf)
+        cdef Py_ssize_t limit = max_size
+        if PyBytes_GET_SIZE(raw) > limit:
             raise FrameTooLarge("header", PyBytes_GET_SIZE(raw), max_size)
-        return _decode_any(raw, max_size)
+        return _decode_any(raw, limit)
 
     def __eq__(self, other):
         if not isinstance(other, PluginHeader):

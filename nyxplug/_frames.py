@@ -198,6 +198,57 @@ def _check_data(major: int, value: object, offset: int) -> bytes:
     return value
 
 
+def _decode_canonical(buf: bytes) -> tuple[int, int, bytes] | None:
+    """The shape ``encode_header`` writes, read with slicing; None for anything else.
+
+    This keeps the pure-Python twin near cbor2's speed on real traffic; any deviation
+    (other key order, array form, long heads, truncation) goes to the strict reader.
+    """
+    end = len(buf)
+    if end < 18 or buf[:4] != b"\xa3\x62id":
+        return None
+    try:
+        head = buf[4]
+        if head < 24:
+            id_, pos = head, 5
+        elif head == 24:
+            id_, pos = buf[5], 6
+        elif head == 25:
+            id_, pos = int.from_bytes(buf[5:7], "big"), 7
+        elif head == 26:
+            id_, pos = int.from_bytes(buf[5:9], "big"), 9
+        else:
+            return None
+        if buf[pos : pos + 6] != b"\x65flags":
+            return None
+        head = buf[pos + 6]
+        if head < 24:
+            flags, pos = head, pos + 7
+        elif head == 24:
+            flags, pos = buf[pos + 7], pos + 8
+        else:
+            return None
+        if buf[pos : pos + 5] != b"\x64data":
+            return None
+        head = buf[pos + 5]
+        pos += 6
+        if 0x40 <= head < 0x58:
+            length = head - 0x40
+        elif head == 0x58:
+            length, pos = buf[pos], pos + 1
+        elif head == 0x59:
+            length, pos = int.from_bytes(buf[pos : pos + 2], "big"), pos + 2
+        elif head == 0x5A:
+            length, pos = int.from_bytes(buf[pos : pos + 4], "big"), pos + 4
+        else:
+            return None
+    except IndexError:
+        return None
+    if end - pos != length:
+        return None
+    return id_, flags, buf[pos:]
+
+
 def decode_header_fields(buf: bytes, max_size: int) -> tuple[int, int, bytes]:
     """Decode any accepted header shape into ``(id, flags, data)``.
 
@@ -206,6 +257,9 @@ def decode_header_fields(buf: bytes, max_size: int) -> tuple[int, int, bytes]:
     """
     if len(buf) > max_size:
         raise FrameTooLarge("header", len(buf), max_size)
+    fields = _decode_canonical(buf)
+    if fields is not None:
+        return fields
     reader = _Reader(buf)
     if reader.end == 0:
         raise HeaderDecodeError(_TOP_EXPECTED, "empty input", 0)

@@ -1,0 +1,1 @@
+"""nyxplug benchmarks: a pytest-benchmark suite and ``compare.py`` (one side-by-side table)."""
