@@ -54,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
+        from .._runner import uvloop_available
         from .demo import print_demo
+
+        if args.loop == "uvloop" and not uvloop_available():
+            parser.error("--loop uvloop: uvloop is not installed (pip install 'nyxplug[uvloop]')")
 
         use_uvloop = {"auto": None, "asyncio": False, "uvloop": True}[args.loop]
         print_demo(frames=args.frames, use_uvloop=use_uvloop)

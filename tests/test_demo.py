@@ -1,0 +1,106 @@
+"""The demo is a newcomer's first run: its numbers must add up, and the CLI must work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import nyxplug
+from nyxplug.cli import main
+from nyxplug.cli.demo import SLOW_BURST, SLOW_CAPACITY, render, run_demo
+
+LOOPS = [
+    pytest.param(False, id="asyncio"),
+    pytest.param(True, id="uvloop", marks=pytest.mark.skipif(
+        sys.platform == "win32", reason="uvloop does not run on Windows")),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def results(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param:
+        pytest.importorskip("uvloop")
+    return run_demo(frames=2000, use_uvloop=request.param)
+
+
+def test_every_enqueued_frame_is_processed_dropped_or_queued(results: dict[str, Any]) -> None:
+    for name, plugin in results["plugins"].items():
+        s = plugin["stats"]
+        assert plugin["enqueued"] == s["messages_processed"] + s["dropped"] + s["queue_depth"], name
+    assert results["plugins"]["fast"]["stats"]["messages_processed"] == 2000
+    assert results["fast_handled"] == 2000
+    # slow was unloaded with drain=False right after try_dispatch filled its queue
+    assert results["plugins"]["slow"]["stats"]["dropped"] == SLOW_CAPACITY
+
+
+def test_every_call_is_a_dispatched_frame_or_an_error(results: dict[str, Any]) -> None:
+    totals = results["dispatch_stats"]
+    assert totals["frames_dispatched"] + totals["dispatch_errors"] == results["calls"]
+    assert totals["frames_dispatched"] == sum(p["enqueued"] for p in results["plugins"].values())
+    assert totals["plugins_loaded"] == totals["plugins_unloaded"] == 3
+
+
+def test_errors_match_what_the_demo_sent(results: dict[str, Any]) -> None:
+    errors = {name: entry["count"] for name, entry in results["errors"].items()}
+    assert errors == {
+        "WouldBlock": SLOW_BURST - SLOW_CAPACITY,
+        "PermissionDenied": results["plugins"]["limited"]["stats"]["permission_violations"],
+        "HeaderDecodeError": 1,
+        "PluginNotRegistered": 1,
+        "UnknownFrameType": 1,
+    }
+    assert errors["PermissionDenied"] > 0
+    assert results["slow_nowait"]["would_block"] == errors["WouldBlock"]
+    assert results["slow_try_dispatch"] == {
+        "OK": SLOW_CAPACITY,
+        "WOULD_BLOCK": errors["WouldBlock"],
+    }
+    assert results["slow_awaited"]["parked"] > 0
+
+
+def test_report_names_the_implementation_and_fits_a_screen(results: dict[str, Any]) -> None:
+    text = render(results)
+    expected = "compiled (Cython)" if nyxplug.USE_EXTENSIONS else "pure Python"
+    assert f"  dispatcher: {expected}" in text.splitlines()
+    assert len(text.splitlines()) <= 40
+
+
+def test_cli_demo_in_a_subprocess() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nyxplug", "demo", "--frames", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    expected = "compiled (Cython)" if nyxplug.USE_EXTENSIONS else "pure Python"
+    assert any(line.startswith(f"  dispatcher: {expected}") for line in lines)
+    assert any(line.startswith("  event loop: ") for line in lines)
+    for needle in (
+        "frames/s",
+        "PluginStats returned by unload_plugin()",
+        "PermissionDenied x",
+        "HeaderDecodeError x1",
+        "PluginNotRegistered x1",
+        "UnknownFrameType x1",
+    ):
+        assert needle in proc.stdout, needle
+
+
+def test_cli_without_a_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_bad_frame_count(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["demo", "--frames", "many"])
+    assert exc_info.value.code == 2
+    assert "expected a whole number, got 'many'" in capsys.readouterr().err
