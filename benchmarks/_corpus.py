@@ -15,7 +15,9 @@ CORPUS_SIZE = 1024
 SEED = 20261122
 
 
-def header_fields(plugin_ids: tuple[int, ...] = (7,), size: int = CORPUS_SIZE) -> list[tuple[int, int, bytes]]:
+def header_fields(
+    plugin_ids: tuple[int, ...] = (7,), size: int = CORPUS_SIZE
+) -> list[tuple[int, int, bytes]]:
     """``(id, flags, data)`` triples: data of 0-16 bytes, flags 0 or 1, ids cycled."""
     rng = random.Random(SEED)
     out = []
@@ -32,6 +34,8 @@ def encoded_headers(plugin_ids: tuple[int, ...] = (7,), size: int = CORPUS_SIZE)
     ]
 
 
-def ready_headers(impl: Any, plugin_ids: tuple[int, ...] = (7,), size: int = CORPUS_SIZE) -> list[Any]:
+def ready_headers(
+    impl: Any, plugin_ids: tuple[int, ...] = (7,), size: int = CORPUS_SIZE
+) -> list[Any]:
     """The corpus as ``PluginHeader`` objects of the given implementation module."""
     return [impl.PluginHeader(i, f, d) for i, f, d in header_fields(plugin_ids, size)]

@@ -72,14 +72,18 @@ async def _nowait(impl: Any, n: int, ready: bool) -> int:
     return elapsed * n // (len(range(0, n, 1000)) * 1000)
 
 
-async def _end_to_end(impl: Any, n: int, ready: bool, capacity: int, plugins: int, wait: bool) -> int:
+async def _end_to_end(
+    impl: Any, n: int, ready: bool, capacity: int, plugins: int, wait: bool
+) -> int:
     """Producer task -> each plugin's worker -> no-op handler, until every frame is handled."""
     from nyxplug import DispatchStatus, Permission, PluginInfo
 
     d = impl.Dispatcher()
     ids = tuple(range(1, plugins + 1))
     for plugin_id in ids:
-        await d.load_plugin(PluginInfo(plugin_id, "bench", Permission.DATA_ACCESS), None, capacity=capacity)
+        await d.load_plugin(
+            PluginInfo(plugin_id, "bench", Permission.DATA_ACCESS), None, capacity=capacity
+        )
     corpus = ready_headers(impl, ids) if ready else encoded_headers(ids)
     frames = itertools.islice(itertools.cycle(corpus), n)
     t0 = time.perf_counter_ns()
@@ -196,7 +200,9 @@ async def _load_unload(impl: Any, count: int) -> int:
 # -- the table ---------------------------------------------------------------------
 
 
-def build_rows(n: int, loops: list[str], impls: dict[str, Any]) -> list[tuple[str, str, int, Callable[[], int]]]:
+def build_rows(
+    n: int, loops: list[str], impls: dict[str, Any]
+) -> list[tuple[str, str, int, Callable[[], int]]]:
     """(group, row name, frames per rep, runner) for every scenario."""
     rows: list[tuple[str, str, int, Callable[[], int]]] = []
 
@@ -206,10 +212,18 @@ def build_rows(n: int, loops: list[str], impls: dict[str, Any]) -> list[tuple[st
     for kind in loops:
         for tag, impl in impls.items():
             small = n if tag == "cython" else max(n // 10, 10_000)
-            add("nowait, CBOR bytes", f"nyxplug {tag} [{kind}]", small,
-                lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, False)))
-            add("nowait, ready header", f"nyxplug {tag} [{kind}]", small,
-                lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, True)))
+            add(
+                "nowait, CBOR bytes",
+                f"nyxplug {tag} [{kind}]",
+                small,
+                lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, False)),
+            )
+            add(
+                "nowait, ready header",
+                f"nyxplug {tag} [{kind}]",
+                small,
+                lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, True)),
+            )
             for label, ready, cap, plugins, wait in (
                 ("e2e, CBOR bytes, cap 1024", False, 1024, 1, False),
                 ("e2e, ready header, cap 1024", True, 1024, 1, False),
@@ -217,9 +231,14 @@ def build_rows(n: int, loops: list[str], impls: dict[str, Any]) -> list[tuple[st
                 ("e2e, 8 plugins, CBOR bytes", False, 1024, 8, True),
                 ("e2e, cap 8, CBOR bytes", False, 8, 1, True),
             ):
-                add(label, f"nyxplug {tag} [{kind}]", small,
-                    lambda impl=impl, k=kind, m=small, r=ready, c=cap, p=plugins, w=wait:
-                    _run(k, _end_to_end(impl, m, r, c, p, w)))
+                add(
+                    label,
+                    f"nyxplug {tag} [{kind}]",
+                    small,
+                    lambda impl=impl, k=kind, m=small, r=ready, c=cap, p=plugins, w=wait: _run(
+                        k, _end_to_end(impl, m, r, c, p, w)
+                    ),
+                )
         base = max(n // 10, 10_000)
         for label, cap, plugins in (
             ("e2e, CBOR bytes, cap 1024", 1024, 1),
@@ -227,29 +246,51 @@ def build_rows(n: int, loops: list[str], impls: dict[str, Any]) -> list[tuple[st
             ("e2e, 8 plugins, CBOR bytes", 1024, 8),
             ("e2e, cap 8, CBOR bytes", 8, 1),
         ):
-            add(label, f"asyncio.Queue + cbor2 [{kind}]", base,
-                lambda k=kind, m=base, c=cap, p=plugins: _run(k, _asyncio_queue(m, c, p)))
+            add(
+                label,
+                f"asyncio.Queue + cbor2 [{kind}]",
+                base,
+                lambda k=kind, m=base, c=cap, p=plugins: _run(k, _asyncio_queue(m, c, p)),
+            )
         try:
             import anyio  # noqa: F401
         except ImportError:
             pass
         else:
             small_anyio = max(n // 40, 5_000)
-            add("e2e, CBOR bytes, cap 1024", f"anyio streams + cbor2 [{kind}]", small_anyio,
-                lambda k=kind, m=small_anyio: _run(k, _anyio_streams(m, 1024)))
+            add(
+                "e2e, CBOR bytes, cap 1024",
+                f"anyio streams + cbor2 [{kind}]",
+                small_anyio,
+                lambda k=kind, m=small_anyio: _run(k, _anyio_streams(m, 1024)),
+            )
     for what in ("decode", "encode"):
         for tag, impl in impls.items():
-            add(f"header {what}", f"PluginHeader.{what} {tag}", n,
-                lambda impl=impl, w=what: _codec(impl, n, w))
-        add(f"header {what}", f"cbor2.{'loads' if what == 'decode' else 'dumps'}", n,
-            lambda w=what: _codec(None, n, w))
+            add(
+                f"header {what}",
+                f"PluginHeader.{what} {tag}",
+                n,
+                lambda impl=impl, w=what: _codec(impl, n, w),
+            )
+        add(
+            f"header {what}",
+            f"cbor2.{'loads' if what == 'decode' else 'dumps'}",
+            n,
+            lambda w=what: _codec(None, n, w),
+        )
     for tag, impl in impls.items():
-        add("load + unload 1000 plugins", f"nyxplug {tag} [{loops[0]}]", 1000,
-            lambda impl=impl: _run(loops[0], _load_unload(impl, 1000)))
+        add(
+            "load + unload 1000 plugins",
+            f"nyxplug {tag} [{loops[0]}]",
+            1000,
+            lambda impl=impl: _run(loops[0], _load_unload(impl, 1000)),
+        )
     return rows
 
 
-def measure(rows: list[tuple[str, str, int, Callable[[], int]]], reps: int) -> dict[str, list[float]]:
+def measure(
+    rows: list[tuple[str, str, int, Callable[[], int]]], reps: int
+) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {f"{g}|{name}": [] for g, name, _, _ in rows}
     for _g, _name, _frames, fn in rows:  # one warm-up each
         fn()
@@ -260,9 +301,14 @@ def measure(rows: list[tuple[str, str, int, Callable[[], int]]], reps: int) -> d
     return samples
 
 
-def render(rows: list[tuple[str, str, int, Callable[[], int]]], samples: dict[str, list[float]]) -> str:
+def render(
+    rows: list[tuple[str, str, int, Callable[[], int]]], samples: dict[str, list[float]]
+) -> str:
     lines = []
-    header = f"{'scenario / implementation':<58} {'median ns':>10} {'min ns':>8} {'frames/s':>12} {'vs asyncio.Queue':>17}"
+    header = (
+        f"{'scenario / implementation':<58} {'median ns':>10} {'min ns':>8} "
+        f"{'frames/s':>12} {'vs asyncio.Queue':>17}"
+    )
     groups: dict[str, list[tuple[str, float, float]]] = {}
     for group, name, _frames, _fn in rows:
         values = samples[f"{group}|{name}"]
@@ -271,7 +317,9 @@ def render(rows: list[tuple[str, str, int, Callable[[], int]]], samples: dict[st
         lines.append("")
         lines.append(f"## {group}")
         lines.append(header)
-        baselines = {name.split("[")[-1]: med for name, med, _ in entries if name.startswith("asyncio.Queue")}
+        baselines = {
+            name.split("[")[-1]: med for name, med, _ in entries if name.startswith("asyncio.Queue")
+        }
         for name, med, low in entries:
             loop = name.split("[")[-1] if "[" in name else ""
             base = baselines.get(loop)
@@ -284,8 +332,11 @@ def render(rows: list[tuple[str, str, int, Callable[[], int]]], samples: dict[st
 def versions() -> str:
     import nyxplug
 
-    parts = [f"Python {platform.python_version()} ({platform.python_implementation()})",
-             f"{platform.machine()}, {platform.processor() or 'cpu'}", f"nyxplug {nyxplug.__version__}"]
+    parts = [
+        f"Python {platform.python_version()} ({platform.python_implementation()})",
+        f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        f"nyxplug {nyxplug.__version__}",
+    ]
     for name in ("Cython", "uvloop", "anyio", "cbor2", "msgspec"):
         try:
             parts.append(f"{name} {importlib.import_module(name).__version__}")
@@ -296,7 +347,9 @@ def versions() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nyxplug bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200_000, help="frames per repetition (compiled rows)")
+    parser.add_argument(
+        "--frames", type=int, default=200_000, help="frames per repetition (compiled rows)"
+    )
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per row")
     parser.add_argument("--loop", choices=["uvloop", "asyncio", "both"], default="uvloop")
     parser.add_argument("--no-pure", action="store_true", help="skip the pure-Python twin")

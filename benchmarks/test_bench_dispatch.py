@@ -14,13 +14,17 @@ from benchmarks._corpus import encoded_headers, ready_headers
 FRAMES = 20_000
 
 
-def test_dispatch_nowait_cbor_bytes(benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop) -> None:
+def test_dispatch_nowait_cbor_bytes(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop
+) -> None:
     benchmark.pedantic(
         lambda: loop.run_until_complete(compare._nowait(impl, FRAMES, ready=False)), rounds=5
     )
 
 
-def test_dispatch_nowait_ready_header(benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop) -> None:
+def test_dispatch_nowait_ready_header(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop
+) -> None:
     benchmark.pedantic(
         lambda: loop.run_until_complete(compare._nowait(impl, FRAMES, ready=True)), rounds=5
     )

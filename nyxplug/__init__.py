@@ -8,39 +8,86 @@ The hot path is compiled with Cython; ``USE_EXTENSIONS`` says whether it is acti
 
 from ._constants import (
     DEFAULT_CAPACITY as DEFAULT_CAPACITY,
+)
+from ._constants import (
     DEFAULT_MAX_HEADER_SIZE as DEFAULT_MAX_HEADER_SIZE,
+)
+from ._constants import (
     DEFAULT_MAX_PAYLOAD_SIZE as DEFAULT_MAX_PAYLOAD_SIZE,
+)
+from ._constants import (
     DispatchStatus as DispatchStatus,
+)
+from ._constants import (
     FrameType as FrameType,
+)
+from ._constants import (
     Permission as Permission,
 )
 from ._errors import (
     AlreadyLoaded as AlreadyLoaded,
+)
+from ._errors import (
     AlreadyRegistered as AlreadyRegistered,
+)
+from ._errors import (
     DispatchError as DispatchError,
+)
+from ._errors import (
     FrameError as FrameError,
+)
+from ._errors import (
     FrameTooLarge as FrameTooLarge,
+)
+from ._errors import (
     HeaderDecodeError as HeaderDecodeError,
+)
+from ._errors import (
     NotRegistered as NotRegistered,
+)
+from ._errors import (
     NyxplugError as NyxplugError,
+)
+from ._errors import (
     PermissionDenied as PermissionDenied,
+)
+from ._errors import (
     PluginClosed as PluginClosed,
+)
+from ._errors import (
     PluginNotLoaded as PluginNotLoaded,
+)
+from ._errors import (
     PluginNotRegistered as PluginNotRegistered,
+)
+from ._errors import (
     SandboxViolation as SandboxViolation,
+)
+from ._errors import (
     UnknownFrameType as UnknownFrameType,
+)
+from ._errors import (
     WouldBlock as WouldBlock,
 )
 from ._impl import (
     USE_EXTENSIONS as USE_EXTENSIONS,
+)
+from ._impl import (
     Dispatcher as Dispatcher,
+)
+from ._impl import (
     PluginHeader as PluginHeader,
+)
+from ._impl import (
     PluginMessage as PluginMessage,
+)
+from ._impl import (
     PluginRegistry as PluginRegistry,
 )
 from ._info import PluginInfo as PluginInfo
 from ._runner import run as run
-from ._stats import DispatchStats as DispatchStats, PluginStats as PluginStats
+from ._stats import DispatchStats as DispatchStats
+from ._stats import PluginStats as PluginStats
 
 __version__ = "0.1.0"
 

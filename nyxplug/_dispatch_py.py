@@ -98,9 +98,11 @@ class _Ready:
         raise StopIteration
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> None:
-        if val is None:
-            raise typ
-        raise val
+        # The frame is already enqueued, so the dispatch has happened: like a finished
+        # future, a late cancellation (a task cancelled before its first step, or
+        # wait_for(..., 0)) cannot undo it. Complete normally - "returned" means
+        # "enqueued exactly once" (SPEC 3), never "cancelled" after enqueuing.
+        raise StopIteration
 
     def close(self) -> None:
         return None
@@ -167,9 +169,7 @@ class PluginHeader:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PluginHeader):
             return NotImplemented
-        return (
-            self._id == other._id and self._flags == other._flags and self._data == other._data
-        )
+        return self._id == other._id and self._flags == other._flags and self._data == other._data
 
     def __hash__(self) -> int:
         return hash((self._id, self._flags, self._data))
@@ -419,7 +419,9 @@ class Dispatcher:
         if not PLUGIN_FRAME_MIN <= code <= PLUGIN_FRAME_MAX:
             raise UnknownFrameType(code, None, True)
         if not isinstance(permission, Permission) or not permission.value:
-            raise TypeError(f"Expected `permission` to be a non-empty Permission, got {permission!r}")
+            raise TypeError(
+                f"Expected `permission` to be a non-empty Permission, got {permission!r}"
+            )
         if code in DEFAULT_FRAME_PERMISSIONS and DEFAULT_FRAME_PERMISSIONS[code] != permission:
             raise ValueError(
                 f"Frame type 0x{code:02x} ({FrameType(code).name}) is built in and requires "
@@ -507,8 +509,8 @@ class Dispatcher:
     async def wait_idle(self, plugin_id: int | None = None) -> None:
         """Wait until the plugin (or every plugin) has an empty queue and no handler running."""
         if plugin_id is None:
-            for rt in list(self._runtimes.values()):
-                await self._wait_idle(rt)
+            for runtime in list(self._runtimes.values()):
+                await self._wait_idle(runtime)
             return
         rt = self._runtimes.get(plugin_id)
         if rt is None:
@@ -568,11 +570,11 @@ class Dispatcher:
             return status
         entry = rt.entry
         if not entry.alive:
-            entry = self._registry._entries.get(plugin_id)
-            if entry is None:
+            fresh = self._registry._entries.get(plugin_id)
+            if fresh is None:
                 self._p_error = plugin_id
                 return _NOT_REGISTERED
-            rt.entry = entry
+            rt.entry = entry = fresh
         # 6. permission
         if entry.mask & required != required:
             rt.permission_violations += 1
@@ -630,7 +632,9 @@ class Dispatcher:
         if rt.wakeup is not None:
             self._wake_worker(rt)
 
-    def dispatch_nowait(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> None:
+    def dispatch_nowait(
+        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+    ) -> None:
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
         status = self._prepare(frame_type, header, payload)
         if status == _OK:
@@ -644,7 +648,9 @@ class Dispatcher:
         self._dispatch_errors += 1
         raise self._error(status)
 
-    def try_dispatch(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> DispatchStatus:
+    def try_dispatch(
+        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+    ) -> DispatchStatus:
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
         status = self._prepare(frame_type, header, payload)
         if status == _OK:

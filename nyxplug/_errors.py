@@ -183,9 +183,7 @@ class HeaderDecodeError(FrameError):
 class FrameTooLarge(FrameError):
     """The header or payload is longer than the configured limit; nothing was decoded."""
 
-    def __init__(
-        self, part: str, size: int, limit: int, frame_type: int | None = None
-    ) -> None:
+    def __init__(self, part: str, size: int, limit: int, frame_type: int | None = None) -> None:
         super().__init__(part, size, limit, frame_type)
         self.part = part
         self.size = size
@@ -240,9 +238,7 @@ class AlreadyLoaded(NyxplugError):
                 f"Plugin {self.plugin_id} is still unloading - await its "
                 "unload_plugin() before loading it again"
             )
-        return (
-            f"Plugin {self.plugin_id} is already loaded - unload it first or use another id"
-        )
+        return f"Plugin {self.plugin_id} is already loaded - unload it first or use another id"
 
 
 class AlreadyRegistered(NyxplugError):

@@ -121,9 +121,12 @@ class _Reader:
                 raise HeaderDecodeError("a CBOR item", "a stray break byte 0xff", start)
             if major in (2, 3, 4, 5):
                 noun = _MAJOR_NAMES[major].split(" ", 1)[1]
-                raise HeaderDecodeError("a definite-length item", f"an indefinite-length {noun}", start)
+                raise HeaderDecodeError(
+                    "a definite-length item", f"an indefinite-length {noun}", start
+                )
         raise HeaderDecodeError(
-            "well-formed CBOR", f"reserved additional information {info} in byte 0x{initial:02x}",
+            "well-formed CBOR",
+            f"reserved additional information {info} in byte 0x{initial:02x}",
             start,
         )
 
@@ -147,7 +150,9 @@ class _Reader:
             try:
                 return major, raw.decode("utf-8"), start
             except UnicodeDecodeError:
-                raise HeaderDecodeError("UTF-8 text", "invalid UTF-8 in a text string", start) from None
+                raise HeaderDecodeError(
+                    "UTF-8 text", "invalid UTF-8 in a text string", start
+                ) from None
         if major == 6:
             raise HeaderDecodeError("no CBOR tags", f"tag {arg} {where}", start)
         if major == 7:
@@ -257,9 +262,9 @@ def decode_header_fields(buf: bytes, max_size: int) -> tuple[int, int, bytes]:
     """
     if len(buf) > max_size:
         raise FrameTooLarge("header", len(buf), max_size)
-    fields = _decode_canonical(buf)
-    if fields is not None:
-        return fields
+    canonical = _decode_canonical(buf)
+    if canonical is not None:
+        return canonical
     reader = _Reader(buf)
     if reader.end == 0:
         raise HeaderDecodeError(_TOP_EXPECTED, "empty input", 0)

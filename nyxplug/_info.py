@@ -9,6 +9,8 @@ from ._constants import MAX_PLUGIN_ID, Permission
 
 __all__ = ("PluginInfo", "permission_mask")
 
+_NO_PERMISSIONS = Permission(0)
+
 
 def permission_mask(permissions: Permission | Iterable[Permission]) -> int:
     """Fold a ``Permission`` value or an iterable of them into an int bitmask."""
@@ -22,8 +24,7 @@ def permission_mask(permissions: Permission | Iterable[Permission]) -> int:
     for item in permissions:
         if not isinstance(item, Permission):
             raise TypeError(
-                f"Expected Permission members in permissions, got {item!r} "
-                f"({type(item).__name__})"
+                f"Expected Permission members in permissions, got {item!r} ({type(item).__name__})"
             )
         mask |= item.value
     return mask
@@ -42,7 +43,7 @@ class PluginInfo:
         self,
         id: int,
         name: str,
-        permissions: Permission | Iterable[Permission] = Permission(0),
+        permissions: Permission | Iterable[Permission] = _NO_PERMISSIONS,
     ) -> None:
         if isinstance(id, bool) or not isinstance(id, int):
             raise TypeError(f"Expected `id` to be an int, got {type(id).__name__}")

@@ -31,7 +31,9 @@ def loop_factory(use_uvloop: bool | None = None) -> Callable[[], asyncio.Abstrac
     return asyncio.new_event_loop
 
 
-def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool | None = None, debug: bool | None = None) -> T:
+def run(
+    main: Coroutine[Any, Any, T], *, use_uvloop: bool | None = None, debug: bool | None = None
+) -> T:
     """Run ``main`` to completion on a fresh loop (uvloop when present) and return its result."""
     with asyncio.Runner(debug=debug, loop_factory=loop_factory(use_uvloop)) as runner:
         return runner.run(main)

@@ -1,4 +1,4 @@
-"""The ``nyxplug`` command line. For now it has one subcommand, ``demo``."""
+"""The ``nyxplug`` command line: ``demo`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -46,13 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="event loop: uvloop when installed (auto, the default), or force one",
     )
+    bench = commands.add_parser(
+        "bench",
+        help="compare nyxplug with asyncio.Queue and anyio in one table (run from a checkout)",
+        description="Run benchmarks/compare.py: every scenario in one process, one table.",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _run_bench(args: list[str]) -> int:
+    """``benchmarks/`` ships with the source, not the wheel: find it from the working directory."""
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        compare = importlib.import_module("benchmarks.compare")
+    except ImportError as exc:
+        print(
+            f"nyxplug bench needs the source checkout's benchmarks/ folder ({exc}) - "
+            "run it from the repository root",
+            file=sys.stderr,
+        )
+        return 2
+    result: int = compare.main(args)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nyxplug`` script and of ``python -m nyxplug``."""
+    import sys
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # Everything after "bench" (--help included) belongs to compare.py's own parser.
+        return _run_bench(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command == "demo":
         from .._runner import uvloop_available
         from .demo import print_demo
@@ -63,5 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_uvloop = {"auto": None, "asyncio": False, "uvloop": True}[args.loop]
         print_demo(frames=args.frames, use_uvloop=use_uvloop)
         return 0
+    if args.command == "bench":
+        return _run_bench(list(args.bench_args))
     parser.print_help()
     return 0
