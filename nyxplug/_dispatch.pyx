@@ -112,9 +112,11 @@ cdef class _Ready:
         raise StopIteration
 
     def throw(self, typ, val=None, tb=None):
-        if val is None:
-            raise typ
-        raise val
+        # The frame is already enqueued, so the dispatch has happened: like a finished
+        # future, a late cancellation (a task cancelled before its first step, or
+        # wait_for(..., 0)) cannot undo it. Complete normally - "returned" means
+        # "enqueued exactly once" (SPEC 3), never "cancelled" after enqueuing.
+        raise StopIteration
 
     def close(self):
         return None

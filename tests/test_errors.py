@@ -1,0 +1,146 @@
+"""SPEC 5: the error hierarchy, pickling, and messages that say where."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import pytest
+
+import nyxplug
+from nyxplug import (
+    AlreadyLoaded,
+    AlreadyRegistered,
+    DispatchError,
+    FrameError,
+    FrameTooLarge,
+    FrameType,
+    HeaderDecodeError,
+    NotRegistered,
+    NyxplugError,
+    Permission,
+    PermissionDenied,
+    PluginClosed,
+    PluginNotLoaded,
+    PluginNotRegistered,
+    SandboxViolation,
+    UnknownFrameType,
+    WouldBlock,
+)
+
+DISPATCH_ERRORS = [WouldBlock, PluginClosed, PluginNotRegistered, PluginNotLoaded,
+                   PermissionDenied, SandboxViolation]  # fmt: skip
+FRAME_ERRORS = [HeaderDecodeError, FrameTooLarge, UnknownFrameType]
+LIFECYCLE_ERRORS = [AlreadyLoaded, AlreadyRegistered, NotRegistered]
+
+#: One instance of every error, built the ways the dispatcher builds them.
+INSTANCES = {
+    "would_block": WouldBlock(7, FrameType.DATA, 100),
+    "closed": PluginClosed(7, FrameType.CONTROL),
+    "not_registered": PluginNotRegistered(7, FrameType.DATA),
+    "not_loaded_frame": PluginNotLoaded(7, FrameType.HANDSHAKE),
+    "not_loaded_unload": PluginNotLoaded(7),
+    "denied": PermissionDenied(7, FrameType.ERROR, Permission.ERROR_REPORTING),
+    "denied_two": PermissionDenied(7, 0x5A, Permission.CONTROL | Permission.DATA_ACCESS),
+    "sandbox": SandboxViolation(7, FrameType.CONTROL, "connect to evil.example:443"),
+    "sandbox_nowhere": SandboxViolation(None, None, "open /etc/shadow for writing"),
+    "header": HeaderDecodeError("key `id`", "a map without it", 0, FrameType.DATA),
+    "header_plain": HeaderDecodeError("a CBOR item", "empty input"),
+    "too_large": FrameTooLarge("header", 5000, 4096, FrameType.DATA),
+    "too_large_payload": FrameTooLarge("payload", 9, 8),
+    "unknown_type": UnknownFrameType(0x10, 7),
+    "unknown_type_nowhere": UnknownFrameType(0x10),
+    "unknown_register": UnknownFrameType(0x60, None, True),
+    "already_loaded": AlreadyLoaded(7),
+    "already_loaded_unloading": AlreadyLoaded(7, True),
+    "already_registered": AlreadyRegistered(7, "seven"),
+    "not_registered_lifecycle": NotRegistered(7),
+}
+
+
+def test_hierarchy() -> None:
+    for cls in DISPATCH_ERRORS + FRAME_ERRORS + LIFECYCLE_ERRORS + [DispatchError, FrameError]:
+        assert issubclass(cls, NyxplugError)
+        assert getattr(nyxplug, cls.__name__) is cls
+    for cls in DISPATCH_ERRORS + FRAME_ERRORS:
+        assert issubclass(cls, DispatchError)
+    for cls in FRAME_ERRORS:
+        assert issubclass(cls, FrameError)
+        assert issubclass(cls, ValueError)
+    assert issubclass(FrameError, ValueError)
+    for cls in DISPATCH_ERRORS:
+        assert not issubclass(cls, FrameError)
+    for cls in LIFECYCLE_ERRORS:
+        assert not issubclass(cls, DispatchError)
+    assert issubclass(NyxplugError, Exception)
+
+
+def test_dispatch_errors_carry_plugin_and_frame_type() -> None:
+    for name, exc in INSTANCES.items():
+        if isinstance(exc, DispatchError):
+            assert hasattr(exc, "plugin_id") and hasattr(exc, "frame_type"), name
+    assert (INSTANCES["would_block"].plugin_id, INSTANCES["would_block"].frame_type) == (7, 0x52)
+    assert INSTANCES["header_plain"].plugin_id is None
+    assert INSTANCES["too_large"].plugin_id is None
+    assert INSTANCES["not_loaded_unload"].frame_type is None
+
+
+@pytest.mark.parametrize("name", list(INSTANCES))
+def test_every_error_pickles(name: str) -> None:
+    exc = INSTANCES[name]
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        clone = pickle.loads(pickle.dumps(exc, protocol))
+        assert type(clone) is type(exc)
+        assert str(clone) == str(exc)
+        assert clone.args == exc.args
+        assert vars(clone) == vars(exc)
+
+
+@pytest.mark.parametrize("name", list(INSTANCES))
+def test_messages_say_where(name: str) -> None:
+    exc = INSTANCES[name]
+    text = str(exc)
+    assert text and "\n" not in text
+    plugin_id = getattr(exc, "plugin_id", None)
+    frame_type = getattr(exc, "frame_type", None)
+    if plugin_id is not None:
+        assert re.search(rf"\bplugin {plugin_id}\b", text, re.IGNORECASE), text
+    if frame_type is not None:
+        assert f"0x{frame_type:02x}" in text, text
+        if frame_type in FrameType._value2member_map_:
+            assert f"0x{frame_type:02x} ({FrameType(frame_type).name})" in text, text
+
+
+def test_messages_exactly() -> None:
+    expected = {
+        "would_block": "Queue of plugin 7 is full (capacity 100) - frame 0x52 (DATA) was not "
+        "enqueued; await dispatch() to wait for space, or retry later",
+        "closed": "Plugin 7 was unloaded while frame 0x53 (CONTROL) waited for queue space - "
+        "the frame was not enqueued",
+        "not_loaded_unload": "Plugin 7 is not loaded - load it with Dispatcher.load_plugin() first",
+        "denied": "Plugin 7 lacks permission ERROR_REPORTING required by frame 0x54 (ERROR) - "
+        "grant it in the plugin's PluginInfo.permissions",
+        "denied_two": "Plugin 7 lacks permission DATA_ACCESS|CONTROL required by frame 0x5a - "
+        "grant it in the plugin's PluginInfo.permissions",
+        "sandbox": "Sandbox refused connect to evil.example:443 - frame 0x53 (CONTROL) for "
+        "plugin 7; allow it in the plugin's SandboxPolicy",
+        "sandbox_nowhere": "Sandbox refused open /etc/shadow for writing; allow it in the "
+        "plugin's SandboxPolicy",
+        "header": "Expected key `id`, got a map without it at byte 0 - in plugin header of "
+        "frame 0x52 (DATA)",
+        "header_plain": "Expected a CBOR item, got empty input - in plugin header",
+        "too_large_payload": "Expected a payload of at most 8 bytes, got 9 bytes - in payload; "
+        "raise max_payload_size or send less",
+        "unknown_type_nowhere": "Expected a frame type this dispatcher routes, got 0x10; the "
+        "built-in types are 0x51..0x54, register_frame_type() adds others in 0x50..0x5f",
+        "already_registered": "Plugin 7 is already registered (as 'seven') - unregister it "
+        "first or use another id",
+        "not_registered_lifecycle": "Plugin 7 is not registered - register it first",
+    }
+    for name, text in expected.items():
+        assert str(INSTANCES[name]) == text, name
+
+
+def test_not_registered_is_also_a_lookup_error() -> None:
+    # PluginRegistry.unregister of an unknown id: usable where a LookupError is caught
+    assert issubclass(NotRegistered, LookupError)
