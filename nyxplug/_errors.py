@@ -108,7 +108,10 @@ class PluginNotLoaded(DispatchError):
 
     def __str__(self) -> str:
         if self.frame_type is None:
-            return f"Plugin {self.plugin_id} is not loaded - load it with Dispatcher.load_plugin() first"
+            return (
+                f"Plugin {self.plugin_id} is not loaded - load it with "
+                "Dispatcher.load_plugin() first"
+            )
         return (
             f"Plugin {self.plugin_id} is not loaded - frame "
             f"{frame_type_name(self.frame_type)} was refused; load it with "

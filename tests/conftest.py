@@ -134,9 +134,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if not inspect.iscoroutinefunction(func):
         return None
     funcargs = pyfuncitem.funcargs
-    kwargs = {
-        name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames if name in funcargs
-    }
+    kwargs = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames if name in funcargs}
     marker = pyfuncitem.get_closest_marker("async_timeout")
     limit = float(marker.args[0]) if marker else ASYNC_TEST_TIMEOUT
     loop_errors: list[dict[str, Any]] = []

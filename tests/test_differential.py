@@ -55,12 +55,15 @@ other_op = st.one_of(
 ops_strategy = st.builds(
     lambda prefix, body: prefix + body,
     # plugin 1 starts gated with a small queue, so senders park; others are random
-    st.tuples(st.tuples(st.just("load"), st.just(1), st.integers(1, 2), st.just(15),
-                        st.just("gated")), st.lists(load_op, max_size=2)).map(
-        lambda t: [t[0], *t[1]]
-    ),  # fmt: skip
-    st.lists(st.integers(0, 9).flatmap(lambda k: dispatch_op if k < 6 else other_op),
-             min_size=12, max_size=40),
+    st.tuples(
+        st.tuples(st.just("load"), st.just(1), st.integers(1, 2), st.just(15), st.just("gated")),
+        st.lists(load_op, max_size=2),
+    ).map(lambda t: [t[0], *t[1]]),  # fmt: skip
+    st.lists(
+        st.integers(0, 9).flatmap(lambda k: dispatch_op if k < 6 else other_op),
+        min_size=12,
+        max_size=40,
+    ),
 )
 
 
@@ -456,8 +459,10 @@ class Model:
     def view(self) -> dict[str, Any]:
         return {
             "dispatch_stats": nyxplug.DispatchStats(
-                plugins_loaded=self.loaded, plugins_unloaded=self.unloaded,
-                frames_dispatched=self.frames, dispatch_errors=self.errors,
+                plugins_loaded=self.loaded,
+                plugins_unloaded=self.unloaded,
+                frames_dispatched=self.frames,
+                dispatch_errors=self.errors,
             ),  # fmt: skip
             "plugin_stats": {
                 pid: (self.plugins[pid].stats() if pid in self.plugins else None) for pid in PIDS

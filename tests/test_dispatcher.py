@@ -1153,8 +1153,9 @@ def test_registry_operations_and_errors(impl) -> None:
     registry.register(info(3, HS, "three"))
     with pytest.raises(
         nyxplug.AlreadyRegistered,
-        match=exact("Plugin 9 is already registered (as 'nine') - unregister it first or use "
-                    "another id"),  # fmt: skip
+        match=exact(
+            "Plugin 9 is already registered (as 'nine') - unregister it first or use another id"
+        ),  # fmt: skip
     ) as excinfo:
         registry.register(info(9, DA, "again"))
     assert excinfo.value.plugin_id == 9

@@ -134,18 +134,21 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "float": (b"\xf9\x3c\x00", f"Expected {TOP}, got a simple value or float at byte 0"),
     "stray break": (b"\xff", "Expected a CBOR item, got a stray break byte 0xff at byte 0"),
     "reserved info": (
-        b"\x1c", "Expected well-formed CBOR, got reserved additional information 28 in byte "
-        "0x1c at byte 0",
+        b"\x1c",
+        "Expected well-formed CBOR, got reserved additional information 28 in byte 0x1c at byte 0",
     ),
     "reserved info in map": (
-        b"\xa3\x62id\x1d", "Expected well-formed CBOR, got reserved additional information 29 "
-        "in byte 0x1d at byte 4",
+        b"\xa3\x62id\x1d",
+        "Expected well-formed CBOR, got reserved additional information 29 in byte 0x1d at byte 4",
     ),
     "tag around": (
-        b"\xd8\x18" + V, "Expected no CBOR tags, got tag 24 around the header at byte 0"
+        b"\xd8\x18" + V,
+        "Expected no CBOR tags, got tag 24 around the header at byte 0",
     ),
-    "self-describe tag": (b"\xd9\xd9\xf7" + V, "Expected no CBOR tags, got tag 55799 around the "
-                          "header at byte 0"),  # fmt: skip
+    "self-describe tag": (
+        b"\xd9\xd9\xf7" + V,
+        "Expected no CBOR tags, got tag 55799 around the header at byte 0",
+    ),  # fmt: skip
     "tag on id": (
         cbor2.dumps({"id": cbor2.CBORTag(2, b"\x01"), "flags": 0, "data": b""}),
         "Expected no CBOR tags, got tag 2 as value of key 'id' at byte 4",
@@ -155,7 +158,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "Expected no CBOR tags, got tag 2 as value of key 'id' at byte 4",
     ),
     "tag on data": (
-        MAP_HEAD + b"\xc0\x40", "Expected no CBOR tags, got tag 0 as value of key 'data' at byte 17"
+        MAP_HEAD + b"\xc0\x40",
+        "Expected no CBOR tags, got tag 0 as value of key 'data' at byte 17",
     ),
     "tag on key": (
         b"\xa3\xc0\x62id\x01\x65flags\x00\x64data\x40",
@@ -206,7 +210,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         f"Expected {ID_TYPE}, got a simple value or float at byte 4",
     ),
     "id array item text": (
-        cbor2.dumps(["1", 0, b""]), f"Expected {ID_TYPE}, got a text string at byte 1"
+        cbor2.dumps(["1", 0, b""]),
+        f"Expected {ID_TYPE}, got a text string at byte 1",
     ),
     "flags bytes": (
         cbor2.dumps({"id": 1, "flags": b"\x00", "data": b""}),
@@ -250,7 +255,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "Expected `flags` in 0..255, got -1 at byte 11",
     ),
     "array flags 2**32": (
-        cbor2.dumps([1, 2**32, b""]), "Expected `flags` in 0..255, got 4294967296 at byte 2"
+        cbor2.dumps([1, 2**32, b""]),
+        "Expected `flags` in 0..255, got 4294967296 at byte 2",
     ),
     "one trailing byte": (
         V + b"\x00",
@@ -304,10 +310,12 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "Expected well-formed CBOR, got two-byte simple value 16 (must be >= 32) at byte 24",
     ),
     "missing data": (
-        cbor2.dumps({"id": 1, "flags": 0}), "Expected key `data`, got a map without it at byte 0"
+        cbor2.dumps({"id": 1, "flags": 0}),
+        "Expected key `data`, got a map without it at byte 0",
     ),
     "missing id": (
-        cbor2.dumps({"flags": 0, "data": b""}), "Expected key `id`, got a map without it at byte 0"
+        cbor2.dumps({"flags": 0, "data": b""}),
+        "Expected key `id`, got a map without it at byte 0",
     ),
     "empty map": (b"\xa0", "Expected key `id`, got a map without it at byte 0"),
     "field under another key type": (
@@ -315,12 +323,12 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "Expected key `id`, got a map without it at byte 0",
     ),
     "array of 2": (
-        cbor2.dumps([1, 0]), "Expected an array of exactly 3 items [id, flags, data], got 2 items "
-        "at byte 0",
+        cbor2.dumps([1, 0]),
+        "Expected an array of exactly 3 items [id, flags, data], got 2 items at byte 0",
     ),
     "array of 4": (
-        cbor2.dumps([1, 0, b"", 0]), "Expected an array of exactly 3 items [id, flags, data], got "
-        "4 items at byte 0",
+        cbor2.dumps([1, 0, b"", 0]),
+        "Expected an array of exactly 3 items [id, flags, data], got 4 items at byte 0",
     ),
     "nested array item": (
         cbor2.dumps([[1], 0, b""]),
@@ -524,11 +532,21 @@ valid_shapes = st.one_of(
     st.builds(lambda i, f, d: cbor2.dumps([i, f, d]), ids, flags, st.binary(max_size=20)),
     st.builds(
         lambda i, f, d, extra: cbor2.dumps({"id": i, **extra, "flags": f, "data": d}),
-        ids, flags, st.binary(max_size=8),
-        st.dictionaries(st.text(max_size=4).filter(lambda k: k not in ("id", "flags", "data")),
-                        st.one_of(st.integers(-(2**64), 2**64 - 1), st.text(max_size=4),
-                                  st.binary(max_size=4), st.none(), st.booleans(),
-                                  st.floats(allow_nan=False)), max_size=3),
+        ids,
+        flags,
+        st.binary(max_size=8),
+        st.dictionaries(
+            st.text(max_size=4).filter(lambda k: k not in ("id", "flags", "data")),
+            st.one_of(
+                st.integers(-(2**64), 2**64 - 1),
+                st.text(max_size=4),
+                st.binary(max_size=4),
+                st.none(),
+                st.booleans(),
+                st.floats(allow_nan=False),
+            ),
+            max_size=3,
+        ),
     ),  # fmt: skip
 )
 hostile_bytes = st.one_of(
