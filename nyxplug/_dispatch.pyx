@@ -21,7 +21,7 @@ with the twin, so messages are identical by construction.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_FromUnsignedLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
@@ -223,6 +223,7 @@ cdef PluginHeader _decode_canonical(bytes buf):
     header.id = PyLong_FromUnsignedLong(<unsigned long>id_)
     header.flags = <int>flags
     header.data = PyBytes_FromStringAndSize(<const char*>p + pos, <Py_ssize_t>length)
+    header._cid = <unsigned long>id_
     header._size = _canonical_size(id_, flags, <Py_ssize_t>length)
     return header
 
@@ -241,6 +242,7 @@ cdef PluginHeader _new_header(object id_, int flags, bytes data):
     header.id = id_
     header.flags = flags
     header.data = data
+    header._cid = <unsigned long>id_
     header._size = _canonical_size(<uint64_t>id_, <uint64_t>flags, PyBytes_GET_SIZE(data))
     return header
 
@@ -255,11 +257,13 @@ cdef class PluginHeader:
     cdef readonly int flags
     cdef readonly bytes data
     cdef Py_ssize_t _size
+    cdef unsigned long _cid  # the id as a C value, for the runtime cache
 
     def __init__(self, id, flags=0, data=b""):
         self.id = check_uint("id", id, MAX_PLUGIN_ID)
         self.flags = check_uint("flags", flags, 255)
         self.data = as_bytes("data", data)
+        self._cid = <unsigned long>self.id
         self._size = _canonical_size(<uint64_t>self.id, <uint64_t>self.flags,
                                      PyBytes_GET_SIZE(self.data))
 
@@ -602,6 +606,10 @@ cdef class Dispatcher:
     cdef list _type_objects
     cdef dict _runtimes
     cdef dict _unloading
+    # The runtime the last frame went to: consecutive frames for one plugin skip the
+    # dict lookup. Closed runtimes never match, so unload and reload stay correct.
+    cdef _Runtime _last_rt
+    cdef unsigned long _last_id
     cdef unsigned long long _plugins_loaded
     cdef unsigned long long _plugins_unloaded
     cdef unsigned long long _frames_dispatched
@@ -811,13 +819,17 @@ cdef class Dispatcher:
             self._p_error = UnknownFrameType(frame_type, plugin_id)
             return self._fail(frame_type, S_UNKNOWN_FRAME_TYPE, status)
         # 4. registry and 5. loaded runtime
-        found = PyDict_GetItem(self._runtimes, plugin_id)
-        if found is NULL:
-            self._p_error = plugin_id
-            if plugin_id in self._registry._entries:
-                return self._fail(frame_type, S_NOT_LOADED, status)
-            return self._fail(frame_type, S_NOT_REGISTERED, status)
-        rt = <_Runtime>found
+        rt = self._last_rt
+        if rt is None or rt.closed or self._last_id != hdr._cid:
+            found = PyDict_GetItemWithError(self._runtimes, plugin_id)
+            if found is NULL:
+                self._p_error = plugin_id
+                if plugin_id in self._registry._entries:
+                    return self._fail(frame_type, S_NOT_LOADED, status)
+                return self._fail(frame_type, S_NOT_REGISTERED, status)
+            rt = <_Runtime>found
+            self._last_rt = rt
+            self._last_id = hdr._cid
         entry = rt.entry
         if not entry.alive:
             found = PyDict_GetItem(self._registry._entries, plugin_id)
