@@ -1171,3 +1171,22 @@ def test_registry_operations_and_errors(impl) -> None:
         ):
             call()
     assert len(registry) == 1
+
+
+async def test_frames_follow_a_reloaded_plugin_to_its_new_queue(impl: Any) -> None:
+    """Unload then load the same id: the next frame reaches the new handler, never the old."""
+    d = impl.Dispatcher()
+    old, new = Recorder(), Recorder()
+    header = impl.PluginHeader(5, 0, b"x")
+    await d.load_plugin(info(5), old)
+    d.dispatch_nowait(DATA, header, b"1")
+    await d.unload_plugin(5)
+    with pytest.raises(PluginNotRegistered):
+        d.dispatch_nowait(DATA, header, b"lost")
+    await d.load_plugin(info(5), new)
+    d.dispatch_nowait(DATA, header.encode(), b"2")
+    d.dispatch_nowait(DATA, header, b"3")
+    await d.wait_idle(5)
+    assert [m.payload for m in old.messages] == [b"1"]
+    assert [m.payload for m in new.messages] == [b"2", b"3"]
+    await d.aclose()
