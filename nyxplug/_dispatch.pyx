@@ -21,7 +21,7 @@ with the twin, so messages are identical by construction.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError
+from cpython.dict cimport PyDict_GetItemWithError
 from cpython.long cimport PyLong_FromUnsignedLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
@@ -465,7 +465,7 @@ cdef class _Runtime:
     cdef object wakeup
     cdef list idle_waiters
     cdef bint closed
-    cdef object guard
+    cdef object guard  # the sandbox seam (SPEC 7): preflight() may refuse CONTROL frames
     cdef unsigned long long processed
     cdef unsigned long long errors
     cdef unsigned long long nbytes
@@ -517,6 +517,10 @@ cdef class _Runtime:
         self.head = 0
         return 0
 
+    cdef inline bint has_room(self) noexcept:
+        """A free slot that no parked sender is owed."""
+        return self.count + self.reserved < self.capacity
+
     cdef inline int push(self, PluginMessage msg) except -1:
         if self.count > self.ring_mask:
             self._grow()
@@ -552,6 +556,7 @@ cdef class _Runtime:
         self.count = 0
 
     cdef list take_all(self):
+        """Hand every queued frame to the worker, counting them as processed."""
         cdef list batch = []
         cdef PluginMessage msg
         while self.count:
@@ -561,11 +566,10 @@ cdef class _Runtime:
         self.processed += len(batch)
         return batch
 
-    cdef Py_ssize_t drop_all(self) noexcept:
-        cdef Py_ssize_t n = self.count
+    cdef void drop_all(self) noexcept:
+        """Discard every queued frame, counting them as dropped."""
+        self.dropped += self.count
         self._release_all()
-        self.dropped += n
-        return n
 
     cdef void _release_all(self) noexcept:
         cdef Py_ssize_t i
@@ -599,7 +603,6 @@ cdef class Dispatcher:
     """Routes typed frames into per-plugin bounded queues, checked and counted (SPEC 3)."""
 
     cdef PluginRegistry _registry
-    cdef object _sandbox
     cdef Py_ssize_t _max_header
     cdef Py_ssize_t _max_payload
     cdef unsigned int _required[256]
@@ -635,15 +638,13 @@ cdef class Dispatcher:
                 "built yet - pass sandbox=None"
             )
         self._registry = registry
-        self._sandbox = sandbox
         self._max_header = check_uint("max_header_size", max_header_size, 2**62)
         self._max_payload = check_uint("max_payload_size", max_payload_size, 2**62)
         for code in range(256):
             self._required[code] = 0
-        self._type_objects = list(range(256))
         for code, permission in DEFAULT_FRAME_PERMISSIONS.items():
             self._required[code] = permission.value
-            self._type_objects[code] = FrameType(code)
+        self._type_objects = [frame_type_object(code) for code in range(256)]
         self._runtimes = {}
         self._unloading = {}
 
@@ -656,7 +657,9 @@ cdef class Dispatcher:
         if not 0x50 <= code <= 0x5F:
             raise UnknownFrameType(code, None, True)
         if not isinstance(permission, Permission) or not permission.value:
-            raise TypeError(f"Expected `permission` to be a non-empty Permission, got {permission!r}")
+            raise TypeError(
+                f"Expected `permission` to be a non-empty Permission, got {permission!r}"
+            )
         if code in DEFAULT_FRAME_PERMISSIONS and DEFAULT_FRAME_PERMISSIONS[code] != permission:
             raise ValueError(
                 f"Frame type 0x{code:02x} ({FrameType(code).name}) is built in and requires "
@@ -794,62 +797,57 @@ cdef class Dispatcher:
                 raw = as_bytes("header", header)
             else:
                 hdr = self._coerce_header(header)
-            if raw is not None:
-                header_size = PyBytes_GET_SIZE(raw)
-            else:
-                header_size = hdr._size
+            header_size = PyBytes_GET_SIZE(raw) if raw is not None else hdr._size
         if header_size > self._max_header:
-            self._p_error = FrameTooLarge("header", header_size, self._max_header, frame_type)
-            return self._fail(frame_type, S_FRAME_TOO_LARGE, status)
+            return self._fail(frame_type, S_FRAME_TOO_LARGE, status,
+                              FrameTooLarge("header", header_size, self._max_header, frame_type))
         payload_size = PyBytes_GET_SIZE(<bytes>payload)
         if payload_size > self._max_payload:
-            self._p_error = FrameTooLarge("payload", payload_size, self._max_payload, frame_type)
-            return self._fail(frame_type, S_FRAME_TOO_LARGE, status)
+            return self._fail(frame_type, S_FRAME_TOO_LARGE, status,
+                              FrameTooLarge("payload", payload_size, self._max_payload, frame_type))
         # 2. header decoding
         if raw is not None:
             try:
                 hdr = _decode_any(raw, self._max_header)
             except HeaderDecodeError as exc:
-                self._p_error = exc._with_frame_type(frame_type)
-                return self._fail(frame_type, S_HEADER_DECODE_ERROR, status)
+                return self._fail(frame_type, S_HEADER_DECODE_ERROR, status,
+                                  exc._with_frame_type(frame_type))
         plugin_id = hdr.id
         # 3. frame type
         required = self._required[code] if code >= 0 else 0
         if not required:
-            self._p_error = UnknownFrameType(frame_type, plugin_id)
-            return self._fail(frame_type, S_UNKNOWN_FRAME_TYPE, status)
+            return self._fail(frame_type, S_UNKNOWN_FRAME_TYPE, status,
+                              UnknownFrameType(frame_type, plugin_id))
         # 4. registry and 5. loaded runtime
         rt = self._last_rt
         if rt is None or rt.closed or self._last_id != hdr._cid:
             found = PyDict_GetItemWithError(self._runtimes, plugin_id)
             if found is NULL:
-                self._p_error = plugin_id
                 if plugin_id in self._registry._entries:
-                    return self._fail(frame_type, S_NOT_LOADED, status)
-                return self._fail(frame_type, S_NOT_REGISTERED, status)
+                    return self._fail(frame_type, S_NOT_LOADED, status, plugin_id)
+                return self._fail(frame_type, S_NOT_REGISTERED, status, plugin_id)
             rt = <_Runtime>found
             self._last_rt = rt
             self._last_id = hdr._cid
         entry = rt.entry
         if not entry.alive:
-            found = PyDict_GetItem(self._registry._entries, plugin_id)
+            found = PyDict_GetItemWithError(self._registry._entries, plugin_id)
             if found is NULL:
-                self._p_error = plugin_id
-                return self._fail(frame_type, S_NOT_REGISTERED, status)
+                return self._fail(frame_type, S_NOT_REGISTERED, status, plugin_id)
             entry = <_Entry>found
             rt.entry = entry
         # 6. permission
         if (entry.mask & required) != required:
             rt.permission_violations += 1
-            self._p_error = PermissionDenied(plugin_id, frame_type, Permission(required))
-            return self._fail(frame_type, S_PERMISSION_DENIED, status)
+            return self._fail(frame_type, S_PERMISSION_DENIED, status,
+                              PermissionDenied(plugin_id, frame_type, Permission(required)))
         # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
         if rt.guard is not None and code == CONTROL_CODE:
             detail = rt.guard.preflight(hdr)
             if detail is not None:
                 rt.sandbox_violations += 1
-                self._p_error = SandboxViolation(plugin_id, frame_type, detail)
-                return self._fail(frame_type, S_SANDBOX_VIOLATION, status)
+                return self._fail(frame_type, S_SANDBOX_VIOLATION, status,
+                                  SandboxViolation(plugin_id, frame_type, detail))
         cdef PluginMessage msg = PluginMessage.__new__(PluginMessage)
         msg.frame_type = self._type_objects[code]
         msg.header = hdr
@@ -859,8 +857,10 @@ cdef class Dispatcher:
         status[0] = S_OK
         return msg
 
-    cdef PluginMessage _fail(self, object frame_type, int code, int* status):
+    cdef PluginMessage _fail(self, object frame_type, int code, int* status, object detail):
+        """Keep what ``_error`` needs to build the exception, only if one is raised."""
         self._p_ft = frame_type
+        self._p_error = detail
         status[0] = code
         return None
 
@@ -876,10 +876,8 @@ cdef class Dispatcher:
 
     cdef object _error(self, int status):
         """The exception for a failed ``_prepare`` (built only when raising)."""
-        detail = self._p_error
-        frame_type = self._p_ft
-        self._p_error = None
-        self._p_ft = None
+        detail, frame_type = self._p_error, self._p_ft
+        self._p_error = self._p_ft = None
         if status == S_NOT_REGISTERED:
             return PluginNotRegistered(detail, frame_type)
         if status == S_NOT_LOADED:
@@ -893,38 +891,39 @@ cdef class Dispatcher:
             self._wake_worker(rt)
         return 0
 
-    def dispatch_nowait(self, frame_type, header, payload=b""):
-        """Route one frame without waiting; a full queue is ``WouldBlock``."""
+    cdef inline int _submit(self, object frame_type, object header, object payload,
+                            PyObject** rt_out) except -1:
+        """Prepare and enqueue without waiting; count a failure. ``*rt_out`` as in _prepare."""
         cdef int status
-        cdef PyObject* found
-        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, rt_out)
         cdef _Runtime rt
         if status == S_OK:
-            rt = <_Runtime>found
-            if rt.count + rt.reserved < rt.capacity:
+            rt = <_Runtime>rt_out[0]
+            if rt.has_room():
                 self._enqueue(rt, msg)
-                return
-            self._dispatch_errors += 1
-            raise WouldBlock(rt.id, frame_type, rt.capacity)
+                return S_OK
+            status = S_WOULD_BLOCK
         self._dispatch_errors += 1
+        return status
+
+    def dispatch_nowait(self, frame_type, header, payload=b""):
+        """Route one frame without waiting; a full queue is ``WouldBlock``."""
+        cdef PyObject* found = NULL
+        cdef int status = self._submit(frame_type, header, payload, &found)
+        cdef _Runtime rt
+        if status == S_OK:
+            return
+        if status == S_WOULD_BLOCK:
+            rt = <_Runtime>found
+            raise WouldBlock(rt.id, frame_type, rt.capacity)
         raise self._error(status)
 
     def try_dispatch(self, frame_type, header, payload=b""):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
-        cdef int status
-        cdef PyObject* found
-        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
-        cdef _Runtime rt
-        if status == S_OK:
-            rt = <_Runtime>found
-            if rt.count + rt.reserved < rt.capacity:
-                self._enqueue(rt, msg)
-                return _STATUS[S_OK]
-            status = S_WOULD_BLOCK
-        else:
-            self._p_error = None
-            self._p_ft = None
-        self._dispatch_errors += 1
+        cdef PyObject* found = NULL
+        cdef int status = self._submit(frame_type, header, payload, &found)
+        if status != S_OK:
+            self._p_error = self._p_ft = None
         return _STATUS[status]
 
     def dispatch(self, frame_type, header, payload=b""):
@@ -940,7 +939,7 @@ cdef class Dispatcher:
         cdef _Runtime rt
         if status == S_OK:
             rt = <_Runtime>found
-            if rt.count + rt.reserved < rt.capacity:
+            if rt.has_room():
                 self._enqueue(rt, msg)
                 return _READY
             return self._wait_for_space(rt, msg)
@@ -951,7 +950,7 @@ cdef class Dispatcher:
         if rt.closed:
             self._dispatch_errors += 1
             raise PluginClosed(rt.id, msg.frame_type)
-        if not rt.waiters and rt.count + rt.reserved < rt.capacity:
+        if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
             return
@@ -979,7 +978,7 @@ cdef class Dispatcher:
     cdef int _grant(self, _Runtime rt) except -1:
         """Give freed slots to the longest-waiting senders, at once."""
         waiters = rt.waiters
-        while waiters and rt.count + rt.reserved < rt.capacity:
+        while waiters and rt.has_room():
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)

@@ -4,10 +4,10 @@ Both files define the same classes, in the same order, with the same behaviour a
 messages; a change to one lands in the other in the same commit. This one is used
 when the extension is missing or ``NYXPLUG_NO_EXTENSIONS=1``.
 
-How a frame travels: ``_prepare`` runs the checks of SPEC 3 in order and leaves the
-decoded header and the target runtime in ``self._p_*``; the caller then enqueues
-(or parks, or fails). Each plugin's worker takes every queued frame without
-awaiting between them and only parks when the queue is empty.
+How a frame travels: ``_prepare`` runs the checks of SPEC 3 in order and returns the
+message and its target runtime (or a failure status, with the details kept for
+``_error``); the caller then enqueues, parks, or fails. Each plugin's worker takes
+every queued frame without awaiting between them and only parks when the queue is empty.
 
 Backpressure is a reservation scheme. A sender that finds the queue full parks in
 the plugin's FIFO of waiters. Whenever a slot frees, the oldest waiter is granted it
@@ -342,6 +342,7 @@ class _Runtime:
         self.wakeup: asyncio.Future[None] | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.closed = False
+        # The sandbox seam (SPEC 7): a guard whose preflight() may refuse CONTROL frames.
         self.guard: Any = None
         self.processed = 0
         self.errors = 0
@@ -350,6 +351,23 @@ class _Runtime:
         self.sandbox_violations = 0
         self.dropped = 0
         self.high_watermark = 0
+
+    def has_room(self) -> bool:
+        """A free slot that no parked sender is owed."""
+        return len(self.queue) + self.reserved < self.capacity
+
+    def take_all(self) -> list[PluginMessage]:
+        """Hand every queued frame to the worker, counting them as processed."""
+        batch = list(self.queue)
+        self.queue.clear()
+        self.processed += len(batch)
+        self.bytes += sum(msg._size for msg in batch)
+        return batch
+
+    def drop_all(self) -> None:
+        """Discard every queued frame, counting them as dropped."""
+        self.dropped += len(self.queue)
+        self.queue.clear()
 
     def stats(self) -> PluginStats:
         return PluginStats(
@@ -388,26 +406,20 @@ class Dispatcher:
                 "built yet - pass sandbox=None"
             )
         self._registry = registry
-        self._sandbox = sandbox
         self._max_header = check_uint("max_header_size", max_header_size, 2**62)
         self._max_payload = check_uint("max_payload_size", max_payload_size, 2**62)
         self._required: list[int] = [0] * 256
-        self._type_objects: list[int] = list(range(256))
         for code, permission in DEFAULT_FRAME_PERMISSIONS.items():
             self._required[code] = permission.value
-            self._type_objects[code] = FrameType(code)
+        self._type_objects = [frame_type_object(code) for code in range(256)]
         self._runtimes: dict[int, _Runtime] = {}
         self._unloading: dict[int, _Runtime] = {}
         self._plugins_loaded = 0
         self._plugins_unloaded = 0
         self._frames_dispatched = 0
         self._dispatch_errors = 0
-        # Left by _prepare for its caller (the message and the error details).
-        self._p_rt: _Runtime | None = None
-        self._p_header: Any = None
+        # Left by a failed _prepare for _error: the frame type and the error details.
         self._p_ft: Any = None
-        self._p_size = 0
-        self._p_payload = b""
         self._p_error: Any = None
 
     # -- frame types -------------------------------------------------------------
@@ -473,8 +485,7 @@ class Dispatcher:
                 waiter.set_result(False)
         rt.waiters.clear()
         if not drain:
-            rt.dropped += len(rt.queue)
-            rt.queue.clear()
+            rt.drop_all()
         self._wake_worker(rt)
         worker = rt.worker
         assert worker is not None
@@ -526,14 +537,19 @@ class Dispatcher:
 
     # -- dispatch ----------------------------------------------------------------
 
-    def _prepare(self, frame_type: Any, header: Any, payload: Any) -> int:
-        """Run the checks of SPEC 3 up to (not including) the queue; return a status."""
+    def _prepare(
+        self, frame_type: Any, header: Any, payload: Any
+    ) -> tuple[int, _Runtime | None, PluginMessage | None]:
+        """Run the checks of SPEC 3 up to (not including) the queue.
+
+        On success return ``(OK, runtime, message)``; on failure ``(status, None,
+        None)`` with the details kept in ``_p_error`` for ``_error``.
+        """
         if isinstance(frame_type, bool) or not isinstance(frame_type, int):
             raise TypeError(f"Expected `frame_type` to be an int, got {type(frame_type).__name__}")
         if type(payload) is not bytes:
             payload = as_bytes("payload", payload)
         code = frame_type if 0 <= frame_type <= 255 else -1
-        self._p_ft = frame_type
         # 1. size limits, before any decoding
         if type(header) is PluginHeader:
             header_size = header._size
@@ -544,54 +560,71 @@ class Dispatcher:
             header = self._coerce_header(header)
             header_size = header._size
         if header_size > self._max_header:
-            self._p_error = FrameTooLarge("header", header_size, self._max_header, frame_type)
-            return _FRAME_TOO_LARGE
+            return self._fail(
+                frame_type,
+                _FRAME_TOO_LARGE,
+                FrameTooLarge("header", header_size, self._max_header, frame_type),
+            )
         if len(payload) > self._max_payload:
-            self._p_error = FrameTooLarge("payload", len(payload), self._max_payload, frame_type)
-            return _FRAME_TOO_LARGE
+            return self._fail(
+                frame_type,
+                _FRAME_TOO_LARGE,
+                FrameTooLarge("payload", len(payload), self._max_payload, frame_type),
+            )
         # 2. header decoding
         if type(header) is not PluginHeader:
             try:
-                header = PluginHeader.decode(header, max_size=self._max_header)
+                header = _new_header(*decode_header_fields(header, self._max_header))
             except HeaderDecodeError as exc:
-                self._p_error = exc._with_frame_type(frame_type)
-                return _HEADER_DECODE_ERROR
+                return self._fail(
+                    frame_type, _HEADER_DECODE_ERROR, exc._with_frame_type(frame_type)
+                )
         plugin_id = header._id
         # 3. frame type
         required = self._required[code] if code >= 0 else 0
         if not required:
-            self._p_error = UnknownFrameType(frame_type, plugin_id)
-            return _UNKNOWN_FRAME_TYPE
+            return self._fail(
+                frame_type, _UNKNOWN_FRAME_TYPE, UnknownFrameType(frame_type, plugin_id)
+            )
         # 4. registry and 5. loaded runtime
         rt = self._runtimes.get(plugin_id)
         if rt is None:
             status = _NOT_LOADED if plugin_id in self._registry._entries else _NOT_REGISTERED
-            self._p_error = plugin_id
-            return status
+            return self._fail(frame_type, status, plugin_id)
         entry = rt.entry
         if not entry.alive:
             fresh = self._registry._entries.get(plugin_id)
             if fresh is None:
-                self._p_error = plugin_id
-                return _NOT_REGISTERED
+                return self._fail(frame_type, _NOT_REGISTERED, plugin_id)
             rt.entry = entry = fresh
         # 6. permission
         if entry.mask & required != required:
             rt.permission_violations += 1
-            self._p_error = PermissionDenied(plugin_id, frame_type, Permission(required))
-            return _PERMISSION_DENIED
+            return self._fail(
+                frame_type,
+                _PERMISSION_DENIED,
+                PermissionDenied(plugin_id, frame_type, Permission(required)),
+            )
         # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
         if rt.guard is not None and code == FrameType.CONTROL:
             detail = rt.guard.preflight(header)
             if detail is not None:
                 rt.sandbox_violations += 1
-                self._p_error = SandboxViolation(plugin_id, frame_type, detail)
-                return _SANDBOX_VIOLATION
-        self._p_rt = rt
-        self._p_header = header
-        self._p_payload = payload
-        self._p_size = header_size + len(payload)
-        return _OK
+                return self._fail(
+                    frame_type, _SANDBOX_VIOLATION, SandboxViolation(plugin_id, frame_type, detail)
+                )
+        msg = PluginMessage.__new__(PluginMessage)
+        msg._frame_type = self._type_objects[code]
+        msg._header = header
+        msg._payload = payload
+        msg._size = header_size + len(payload)
+        return _OK, rt, msg
+
+    def _fail(self, frame_type: Any, status: int, detail: Any) -> tuple[int, None, None]:
+        """Keep what ``_error`` needs to build the exception, only if one is raised."""
+        self._p_ft = frame_type
+        self._p_error = detail
+        return status, None, None
 
     def _coerce_header(self, header: Any) -> PluginHeader:
         """Accept the other twin's PluginHeader; refuse anything else with TypeError."""
@@ -603,22 +636,14 @@ class Dispatcher:
             f"Expected `header` to be bytes-like or a PluginHeader, got {type(header).__name__}"
         )
 
-    def _message(self) -> PluginMessage:
-        msg = PluginMessage.__new__(PluginMessage)
-        code = self._p_ft
-        msg._frame_type = self._type_objects[code]
-        msg._header = self._p_header
-        msg._payload = self._p_payload
-        msg._size = self._p_size
-        return msg
-
     def _error(self, status: int) -> DispatchError:
         """The exception for a failed ``_prepare`` (built only when raising)."""
-        detail = self._p_error
+        detail, frame_type = self._p_error, self._p_ft
+        self._p_error = self._p_ft = None
         if status == _NOT_REGISTERED:
-            return PluginNotRegistered(detail, self._p_ft)
+            return PluginNotRegistered(detail, frame_type)
         if status == _NOT_LOADED:
-            return PluginNotLoaded(detail, self._p_ft)
+            return PluginNotLoaded(detail, frame_type)
         assert isinstance(detail, DispatchError)
         return detail
 
@@ -632,35 +657,37 @@ class Dispatcher:
         if rt.wakeup is not None:
             self._wake_worker(rt)
 
+    def _submit(self, frame_type: Any, header: Any, payload: Any) -> tuple[int, _Runtime | None]:
+        """Prepare and enqueue without waiting; count a failure. Return (status, runtime)."""
+        status, rt, msg = self._prepare(frame_type, header, payload)
+        if status == _OK:
+            assert rt is not None and msg is not None
+            if rt.has_room():
+                self._enqueue(rt, msg)
+                return _OK, rt
+            status = _WOULD_BLOCK
+        self._dispatch_errors += 1
+        return status, rt
+
     def dispatch_nowait(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
     ) -> None:
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
-        status = self._prepare(frame_type, header, payload)
+        status, rt = self._submit(frame_type, header, payload)
         if status == _OK:
-            rt = self._p_rt
+            return
+        if status == _WOULD_BLOCK:
             assert rt is not None
-            if len(rt.queue) + rt.reserved < rt.capacity:
-                self._enqueue(rt, self._message())
-                return
-            self._dispatch_errors += 1
             raise WouldBlock(rt.id, frame_type, rt.capacity)
-        self._dispatch_errors += 1
         raise self._error(status)
 
     def try_dispatch(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
     ) -> DispatchStatus:
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
-        status = self._prepare(frame_type, header, payload)
-        if status == _OK:
-            rt = self._p_rt
-            assert rt is not None
-            if len(rt.queue) + rt.reserved < rt.capacity:
-                self._enqueue(rt, self._message())
-                return _OK
-            status = _WOULD_BLOCK
-        self._dispatch_errors += 1
+        status, _rt = self._submit(frame_type, header, payload)
+        if status != _OK:
+            self._p_error = self._p_ft = None
         return DispatchStatus(status)
 
     def dispatch(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> Any:
@@ -670,12 +697,10 @@ class Dispatcher:
         this returns and awaiting the result does not yield to the loop; otherwise
         the awaitable parks until a slot is granted. Check failures raise at once.
         """
-        status = self._prepare(frame_type, header, payload)
+        status, rt, msg = self._prepare(frame_type, header, payload)
         if status == _OK:
-            rt = self._p_rt
-            assert rt is not None
-            msg = self._message()
-            if len(rt.queue) + rt.reserved < rt.capacity:
+            assert rt is not None and msg is not None
+            if rt.has_room():
                 self._enqueue(rt, msg)
                 return _READY
             return self._wait_for_space(rt, msg)
@@ -686,7 +711,7 @@ class Dispatcher:
         if rt.closed:
             self._dispatch_errors += 1
             raise PluginClosed(rt.id, msg._frame_type)
-        if not rt.waiters and len(rt.queue) + rt.reserved < rt.capacity:
+        if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
             return
@@ -714,7 +739,7 @@ class Dispatcher:
     def _grant(self, rt: _Runtime) -> None:
         """Give freed slots to the longest-waiting senders, at once."""
         waiters = rt.waiters
-        while waiters and len(rt.queue) + rt.reserved < rt.capacity:
+        while waiters and rt.has_room():
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)
@@ -743,16 +768,11 @@ class Dispatcher:
                     continue
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
-                    rt.processed += len(queue)
-                    rt.bytes += sum(msg._size for msg in queue)
-                    queue.clear()
+                    rt.take_all()
                     if rt.waiters:
                         self._grant(rt)
                 elif rt.batch:
-                    batch = list(queue)
-                    queue.clear()
-                    rt.processed += len(batch)
-                    rt.bytes += sum(msg._size for msg in batch)
+                    batch = rt.take_all()
                     if rt.waiters:
                         self._grant(rt)
                     try:
