@@ -303,9 +303,13 @@ cdef class PluginHeader:
     def decode(cls, buf, *, max_size=DEFAULT_MAX_HEADER_SIZE):
         """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
         cdef bytes raw = <bytes>buf if type(buf) is bytes else as_bytes("buf", buf)
-        cdef Py_ssize_t limit = max_size
+        cdef Py_ssize_t limit
+        if type(max_size) is int and 0 <= max_size <= 2**62:
+            limit = max_size
+        else:  # the twin's check and message, for anything unusual
+            limit = check_uint("max_size", max_size, 2**62)
         if PyBytes_GET_SIZE(raw) > limit:
-            raise FrameTooLarge("header", PyBytes_GET_SIZE(raw), max_size)
+            raise FrameTooLarge("header", PyBytes_GET_SIZE(raw), limit)
         return _decode_any(raw, limit)
 
     def __eq__(self, other):

@@ -163,7 +163,8 @@ class PluginHeader:
     @classmethod
     def decode(cls, buf: bytes, *, max_size: int = DEFAULT_MAX_HEADER_SIZE) -> PluginHeader:
         """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
-        id_, flags, data = decode_header_fields(as_bytes("buf", buf), max_size)
+        limit = check_uint("max_size", max_size, 2**62)
+        id_, flags, data = decode_header_fields(as_bytes("buf", buf), limit)
         return _new_header(id_, flags, data)
 
     def __eq__(self, other: object) -> bool:

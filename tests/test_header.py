@@ -597,3 +597,18 @@ def test_both_twins_decode_identically(both_impls: list[Any], buf: bytes, max_si
 def test_hostile_table_is_identical_in_both_twins(both_impls: list[Any]) -> None:
     for buf, _ in HOSTILE.values():
         assert check_outcome(both_impls[0], buf) == check_outcome(both_impls[1], buf)
+
+
+@pytest.mark.parametrize(
+    ("max_size", "error", "message"),
+    [
+        (-1, ValueError, r"^Expected `max_size` in 0\.\.4611686018427387904, got -1$"),
+        (2**70, ValueError, r"^Expected `max_size` in 0\.\.4611686018427387904, got \d+$"),
+        (4096.0, TypeError, r"^Expected `max_size` to be an int, got float$"),
+    ],
+)
+def test_decode_refuses_a_bad_max_size_alike_in_both_twins(
+    impl: Any, max_size: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        impl.PluginHeader.decode(impl.PluginHeader(1).encode(), max_size=max_size)
