@@ -910,6 +910,8 @@ cdef class Dispatcher:
         self._dispatch_errors += 1
         return status
 
+    @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
+    @cython.embedsignature.format("clinic")
     def dispatch_nowait(self, frame_type, header, payload=b""):
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
         cdef PyObject* found = NULL
@@ -922,6 +924,8 @@ cdef class Dispatcher:
             raise WouldBlock(rt.id, frame_type, rt.capacity)
         raise self._error(status)
 
+    @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
+    @cython.embedsignature.format("clinic")
     def try_dispatch(self, frame_type, header, payload=b""):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
         cdef PyObject* found = NULL
@@ -930,6 +934,8 @@ cdef class Dispatcher:
             self._p_error = self._p_ft = None
         return _STATUS[status]
 
+    @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
+    @cython.embedsignature.format("clinic")
     def dispatch(self, frame_type, header, payload=b""):
         """Route one frame, waiting for queue space (FIFO among waiting senders).
 
