@@ -75,17 +75,62 @@ async def _nowait(impl: Any, n: int, ready: bool) -> int:
     return elapsed
 
 
+def _call_floor(n: int) -> int:
+    """A Python->C call that does nothing (``id(x)``): the floor under any dispatch call."""
+    chunk = list(itertools.islice(itertools.cycle(encoded_headers()), 1000))
+    elapsed = 0
+    for _ in range(n // len(chunk)):
+        t0 = time.perf_counter_ns()
+        for header in chunk:
+            id(header)
+        elapsed += time.perf_counter_ns() - t0
+    return elapsed
+
+
+async def _refused_when_full(impl: Any, n: int) -> int:
+    """try_dispatch into a full queue: every check runs, the frame is refused with a status."""
+    from nyxplug import DispatchStatus
+
+    d = impl.Dispatcher()
+    await d.load_plugin(_info(), None, capacity=1024)
+    corpus = encoded_headers()
+    try_dispatch = d.try_dispatch
+    for header in corpus:  # fill the queue; the worker cannot run until we await
+        try_dispatch(DATA, header)
+    frames = itertools.islice(itertools.cycle(corpus), n)
+    t0 = time.perf_counter_ns()
+    for header in frames:
+        try_dispatch(DATA, header)
+    elapsed = time.perf_counter_ns() - t0
+    assert try_dispatch(DATA, corpus[0]) is DispatchStatus.WOULD_BLOCK
+    await d.aclose()
+    return elapsed
+
+
+def _noop(message: Any) -> None:
+    """The smallest real handler: a synchronous Python function that does nothing."""
+
+
 async def _end_to_end(
-    impl: Any, n: int, ready: bool, capacity: int, plugins: int, wait: bool
+    impl: Any,
+    n: int,
+    ready: bool,
+    capacity: int,
+    plugins: int,
+    wait: bool,
+    handler: Callable[[Any], None] | None = None,
 ) -> int:
-    """Producer task -> each plugin's worker -> no-op handler, until every frame is handled."""
+    """Producer task -> each plugin's worker -> handler, until every frame is handled.
+
+    ``handler=None`` is nyxplug's built-in no-op consumer (counts and frees in C).
+    """
     from nyxplug import DispatchStatus, Permission, PluginInfo
 
     d = impl.Dispatcher()
     ids = tuple(range(1, plugins + 1))
     for plugin_id in ids:
         await d.load_plugin(
-            PluginInfo(plugin_id, "bench", Permission.DATA_ACCESS), None, capacity=capacity
+            PluginInfo(plugin_id, "bench", Permission.DATA_ACCESS), handler, capacity=capacity
         )
     corpus = ready_headers(impl, ids) if ready else encoded_headers(ids)
     frames = itertools.islice(itertools.cycle(corpus), n)
@@ -214,7 +259,7 @@ def build_rows(
 
     for kind in loops:
         for tag, impl in impls.items():
-            small = n if tag == "cython" else max(n // 10, 10_000)
+            small = n if tag == "cython" else max(n // 25, 10_000)
             add(
                 "nowait, CBOR bytes",
                 f"nyxplug {tag} [{kind}]",
@@ -227,19 +272,26 @@ def build_rows(
                 small,
                 lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, True)),
             )
-            for label, ready, cap, plugins, wait in (
-                ("e2e, CBOR bytes, cap 1024", False, 1024, 1, False),
-                ("e2e, ready header, cap 1024", True, 1024, 1, False),
-                ("e2e, await dispatch, CBOR bytes", False, 1024, 1, True),
-                ("e2e, 8 plugins, CBOR bytes", False, 1024, 8, True),
-                ("e2e, cap 8, CBOR bytes", False, 8, 1, True),
+            add(
+                "try_dispatch, queue full (refused)",
+                f"nyxplug {tag} [{kind}]",
+                small,
+                lambda impl=impl, k=kind, m=small: _run(k, _refused_when_full(impl, m)),
+            )
+            for label, ready, cap, plugins, wait, handler in (
+                ("e2e, CBOR bytes, cap 1024", False, 1024, 1, False, None),
+                ("e2e, ready header, cap 1024", True, 1024, 1, False, None),
+                ("e2e, await dispatch, CBOR bytes", False, 1024, 1, True, None),
+                ("e2e, 8 plugins, CBOR bytes", False, 1024, 8, True, None),
+                ("e2e, cap 8, CBOR bytes", False, 8, 1, True, None),
+                ("e2e, CBOR bytes, Python no-op handler", False, 1024, 1, False, _noop),
             ):
                 add(
                     label,
                     f"nyxplug {tag} [{kind}]",
                     small,
-                    lambda impl=impl, k=kind, m=small, r=ready, c=cap, p=plugins, w=wait: _run(
-                        k, _end_to_end(impl, m, r, c, p, w)
+                    lambda impl=impl, k=kind, m=small, r=ready, c=cap, p=plugins, w=wait, h=handler: (
+                        _run(k, _end_to_end(impl, m, r, c, p, w, h))
                     ),
                 )
         base = max(n // 10, 10_000)
@@ -248,6 +300,7 @@ def build_rows(
             ("e2e, await dispatch, CBOR bytes", 1024, 1),
             ("e2e, 8 plugins, CBOR bytes", 1024, 8),
             ("e2e, cap 8, CBOR bytes", 8, 1),
+            ("e2e, CBOR bytes, Python no-op handler", 1024, 1),
         ):
             add(
                 label,
@@ -267,6 +320,7 @@ def build_rows(
                 small_anyio,
                 lambda k=kind, m=small_anyio: _run(k, _anyio_streams(m, 1024)),
             )
+    add("floor: a Python->C call doing nothing", "id(x)", n, lambda: _call_floor(n))
     for what in ("decode", "encode"):
         for tag, impl in impls.items():
             add(
@@ -351,10 +405,10 @@ def versions() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nyxplug bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--frames", type=int, default=200_000, help="frames per repetition (compiled rows)"
+        "--frames", type=int, default=1_000_000, help="frames per repetition (compiled rows)"
     )
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per row")
-    parser.add_argument("--loop", choices=["uvloop", "asyncio", "both"], default="uvloop")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio", "both"], default="both")
     parser.add_argument("--no-pure", action="store_true", help="skip the pure-Python twin")
     args = parser.parse_args(argv)
     impls = {"cython": importlib.import_module("nyxplug._dispatch")}

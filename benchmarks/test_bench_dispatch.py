@@ -7,6 +7,7 @@ import itertools
 from typing import Any
 
 import cbor2
+import pytest
 
 from benchmarks import compare
 from benchmarks._corpus import encoded_headers, ready_headers
@@ -35,6 +36,59 @@ def test_end_to_end_cbor_bytes(benchmark: Any, impl: Any, loop: asyncio.Abstract
         lambda: loop.run_until_complete(compare._end_to_end(impl, FRAMES, False, 1024, 1, False)),
         rounds=5,
     )
+
+
+def test_end_to_end_await_dispatch(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(compare._end_to_end(impl, FRAMES, False, 1024, 1, True)),
+        rounds=5,
+    )
+
+
+def test_end_to_end_eight_plugins(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(compare._end_to_end(impl, FRAMES, False, 1024, 8, True)),
+        rounds=5,
+    )
+
+
+def test_end_to_end_capacity_8(benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop) -> None:
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(compare._end_to_end(impl, FRAMES, False, 8, 1, True)),
+        rounds=5,
+    )
+
+
+def test_try_dispatch_refused_when_full(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(compare._refused_when_full(impl, FRAMES)), rounds=5
+    )
+
+
+def test_end_to_end_baseline_anyio_streams(
+    benchmark: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    pytest.importorskip("anyio")
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(compare._anyio_streams(FRAMES // 4, 1024)), rounds=3
+    )
+
+
+def test_load_unload_1000_plugins(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    benchmark.pedantic(lambda: loop.run_until_complete(compare._load_unload(impl, 1000)), rounds=5)
+
+
+def test_header_encode(benchmark: Any, impl: Any) -> None:
+    encoders = [impl.PluginHeader.decode(raw).encode for raw in encoded_headers()]
+    benchmark(lambda: [encode() for encode in encoders])
 
 
 def test_end_to_end_baseline_asyncio_queue(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
