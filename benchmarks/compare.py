@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib
 import itertools
@@ -105,6 +106,10 @@ async def _refused_when_full(impl: Any, n: int) -> int:
     assert try_dispatch(DATA, corpus[0]) is DispatchStatus.WOULD_BLOCK
     await d.aclose()
     return elapsed
+
+
+def _run_end_to_end(kind: str, impl: Any, *args: Any) -> int:
+    return int(_run(kind, _end_to_end(impl, *args)))
 
 
 def _noop(message: Any) -> None:
@@ -290,8 +295,8 @@ def build_rows(
                     label,
                     f"nyxplug {tag} [{kind}]",
                     small,
-                    lambda impl=impl, k=kind, m=small, r=ready, c=cap, p=plugins, w=wait, h=handler: (
-                        _run(k, _end_to_end(impl, m, r, c, p, w, h))
+                    functools.partial(
+                        _run_end_to_end, kind, impl, small, ready, cap, plugins, wait, handler
                     ),
                 )
         base = max(n // 10, 10_000)

@@ -71,9 +71,7 @@ def test_try_dispatch_refused_when_full(
     )
 
 
-def test_end_to_end_baseline_anyio_streams(
-    benchmark: Any, loop: asyncio.AbstractEventLoop
-) -> None:
+def test_end_to_end_baseline_anyio_streams(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
     pytest.importorskip("anyio")
     benchmark.pedantic(
         lambda: loop.run_until_complete(compare._anyio_streams(FRAMES // 4, 1024)), rounds=3
