@@ -6,6 +6,7 @@ from typing import Any, final
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._info import PluginInfo
 from nyxplug._stats import DispatchStats, PluginStats
+from nyxplug.sandbox import SandboxPolicy
 
 __all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
 
@@ -85,13 +86,18 @@ class Dispatcher:
         self,
         registry: PluginRegistry | None = None,
         *,
-        sandbox: None = None,
+        sandbox: SandboxPolicy | None = None,
         max_header_size: int = 4096,
         max_payload_size: int = 16777216,
     ) -> None: ...
     def register_frame_type(self, code: int, permission: Permission) -> None: ...
     async def load_plugin(
-        self, info: PluginInfo, handler: Handler = None, *, capacity: int = 100
+        self,
+        info: PluginInfo,
+        handler: Handler = None,
+        *,
+        capacity: int = 100,
+        sandbox: SandboxPolicy | None = None,
     ) -> None: ...
     async def unload_plugin(self, plugin_id: int, *, drain: bool = True) -> PluginStats: ...
     async def aclose(self) -> None: ...

@@ -60,7 +60,14 @@ from nyxplug._frames import decode_header_fields
 from nyxplug._handlers import log_handler_error, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._stats import DispatchStats, PluginStats
-from nyxplug._validate import as_bytes, check_uint, frame_type_object
+from nyxplug._validate import (
+    as_bytes,
+    check_policy,
+    check_uint,
+    enter_guard,
+    frame_type_object,
+    make_guard,
+)
 
 __all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
 
@@ -469,7 +476,7 @@ cdef class _Runtime:
     cdef object wakeup
     cdef list idle_waiters
     cdef bint closed
-    cdef object guard  # the sandbox seam (SPEC 7): preflight() may refuse CONTROL frames
+    cdef object guard  # the plugin's SandboxGuard (SPEC 7), or None when no policy applies
     cdef unsigned long long processed
     cdef unsigned long long errors
     cdef unsigned long long nbytes
@@ -593,7 +600,8 @@ cdef class _Runtime:
             errors=self.errors,
             bytes_processed=self.nbytes,
             permission_violations=self.permission_violations,
-            sandbox_violations=self.sandbox_violations,
+            sandbox_violations=self.sandbox_violations
+            + (self.guard.violations if self.guard is not None else 0),
             dropped=self.dropped,
             queue_depth=self.count,
             high_watermark=self.high_watermark,
@@ -611,6 +619,7 @@ cdef class Dispatcher:
     cdef Py_ssize_t _max_payload
     cdef unsigned int _required[256]
     cdef list _type_objects
+    cdef object _sandbox
     cdef dict _runtimes
     cdef dict _unloading
     # The runtime the last frame went to: consecutive frames for one plugin skip the
@@ -636,11 +645,7 @@ cdef class Dispatcher:
                 "Expected `registry` to be a PluginRegistry of the same implementation as "
                 f"the Dispatcher, got {type(registry).__module__}.{type(registry).__name__}"
             )
-        if sandbox is not None:
-            raise NotImplementedError(
-                "Sandbox policies are enforced by the plugin runtime (SPEC 7), which is not "
-                "built yet - pass sandbox=None"
-            )
+        self._sandbox = check_policy("sandbox", sandbox)
         self._registry = registry
         self._max_header = check_uint("max_header_size", max_header_size, 2**62)
         self._max_payload = check_uint("max_payload_size", max_payload_size, 2**62)
@@ -673,8 +678,11 @@ cdef class Dispatcher:
 
     # -- plugins -----------------------------------------------------------------
 
-    async def load_plugin(self, info, handler=None, *, capacity=DEFAULT_CAPACITY):
-        """Register ``info`` if needed, create the plugin's bounded queue, start its worker."""
+    async def load_plugin(self, info, handler=None, *, capacity=DEFAULT_CAPACITY, sandbox=None):
+        """Register ``info`` if needed, create the plugin's bounded queue, start its worker.
+
+        ``sandbox`` (a ``SandboxPolicy``) overrides the dispatcher's policy for this plugin.
+        """
         if not isinstance(info, PluginInfo):
             raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
         if isinstance(capacity, bool) or not isinstance(capacity, int):
@@ -686,6 +694,7 @@ cdef class Dispatcher:
             raise AlreadyLoaded(plugin_id)
         if plugin_id in self._unloading:
             raise AlreadyLoaded(plugin_id, True)
+        policy = check_policy("sandbox", sandbox)
         call, batch = resolve_handler(handler)
         loop = asyncio.get_running_loop()
         cdef PluginRegistry registry = self._registry
@@ -693,6 +702,7 @@ cdef class Dispatcher:
             registry.register(info)
         cdef _Runtime rt = _Runtime()
         rt.setup(plugin_id, <_Entry>registry._entries[plugin_id], capacity, call, batch, loop)
+        rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
         rt.worker = loop.create_task(self._work(rt), name=f"nyxplug-worker-{plugin_id}")
@@ -1009,6 +1019,9 @@ cdef class Dispatcher:
         cdef PluginMessage msg
         cdef list batch
         handler = rt.handler
+        if rt.guard is not None:
+            # This task's context only: every handler call (and task it spawns) is checked.
+            enter_guard(rt.guard)
         try:
             while True:
                 if rt.count == 0:

@@ -59,7 +59,14 @@ from ._frames import canonical_header_size, decode_header_fields, encode_header
 from ._handlers import log_handler_error, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._stats import DispatchStats, PluginStats
-from ._validate import as_bytes, check_uint, frame_type_object
+from ._validate import (
+    as_bytes,
+    check_policy,
+    check_uint,
+    enter_guard,
+    frame_type_object,
+    make_guard,
+)
 
 __all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
 
@@ -343,7 +350,7 @@ class _Runtime:
         self.wakeup: asyncio.Future[None] | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.closed = False
-        # The sandbox seam (SPEC 7): a guard whose preflight() may refuse CONTROL frames.
+        # The plugin's SandboxGuard (SPEC 7), or None when no policy applies.
         self.guard: Any = None
         self.processed = 0
         self.errors = 0
@@ -376,7 +383,8 @@ class _Runtime:
             errors=self.errors,
             bytes_processed=self.bytes,
             permission_violations=self.permission_violations,
-            sandbox_violations=self.sandbox_violations,
+            sandbox_violations=self.sandbox_violations
+            + (self.guard.violations if self.guard is not None else 0),
             dropped=self.dropped,
             queue_depth=len(self.queue),
             high_watermark=self.high_watermark,
@@ -401,11 +409,7 @@ class Dispatcher:
                 "Expected `registry` to be a PluginRegistry of the same implementation as "
                 f"the Dispatcher, got {type(registry).__module__}.{type(registry).__name__}"
             )
-        if sandbox is not None:
-            raise NotImplementedError(
-                "Sandbox policies are enforced by the plugin runtime (SPEC 7), which is not "
-                "built yet - pass sandbox=None"
-            )
+        self._sandbox = check_policy("sandbox", sandbox)
         self._registry = registry
         self._max_header = check_uint("max_header_size", max_header_size, 2**62)
         self._max_payload = check_uint("max_payload_size", max_payload_size, 2**62)
@@ -445,9 +449,17 @@ class Dispatcher:
     # -- plugins -----------------------------------------------------------------
 
     async def load_plugin(
-        self, info: PluginInfo, handler: Any = None, *, capacity: int = DEFAULT_CAPACITY
+        self,
+        info: PluginInfo,
+        handler: Any = None,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        sandbox: Any = None,
     ) -> None:
-        """Register ``info`` if needed, create the plugin's bounded queue, start its worker."""
+        """Register ``info`` if needed, create the plugin's bounded queue, start its worker.
+
+        ``sandbox`` (a ``SandboxPolicy``) overrides the dispatcher's policy for this plugin.
+        """
         if not isinstance(info, PluginInfo):
             raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
         if isinstance(capacity, bool) or not isinstance(capacity, int):
@@ -459,6 +471,7 @@ class Dispatcher:
             raise AlreadyLoaded(plugin_id)
         if plugin_id in self._unloading:
             raise AlreadyLoaded(plugin_id, True)
+        policy = check_policy("sandbox", sandbox)
         call, batch = resolve_handler(handler)
         loop = asyncio.get_running_loop()
         registry = self._registry
@@ -466,6 +479,7 @@ class Dispatcher:
             registry.register(info)
         entry = registry._entries[plugin_id]
         rt = _Runtime(plugin_id, entry, capacity, call, batch, loop)
+        rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
         rt.worker = loop.create_task(self._work(rt), name=f"nyxplug-worker-{plugin_id}")
@@ -758,6 +772,9 @@ class Dispatcher:
     async def _work(self, rt: _Runtime) -> None:
         queue = rt.queue
         handler = rt.handler
+        if rt.guard is not None:
+            # This task's context only: every handler call (and task it spawns) is checked.
+            enter_guard(rt.guard)
         try:
             while True:
                 if not queue:

@@ -8,6 +8,8 @@ where (plugin and frame type), and what to do about it.
 
 from __future__ import annotations
 
+import errno
+
 from ._constants import Permission, frame_type_name
 
 __all__ = (
@@ -136,11 +138,19 @@ class PermissionDenied(DispatchError):
         )
 
 
-class SandboxViolation(DispatchError):
-    """The plugin's sandbox policy refused an operation (see SPEC 7)."""
+class SandboxViolation(DispatchError, PermissionError):
+    """The plugin's sandbox policy refused an operation (see SPEC 7).
+
+    Also a ``PermissionError`` (errno ``EACCES``), so code that handles ``OSError`` —
+    including the standard library's own clean-up, such as ``socket.create_connection``
+    closing its socket — treats a refusal like the kernel refusing the call.
+    """
 
     def __init__(self, plugin_id: int | None, frame_type: int | None, detail: str) -> None:
-        super().__init__(plugin_id, frame_type, detail)
+        # BaseException's __init__, not OSError's: that one would turn the fields into
+        # (errno, strerror, filename) and break "fields in args" (and pickling).
+        BaseException.__init__(self, plugin_id, frame_type, detail)
+        self.errno = errno.EACCES
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.detail = detail

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._constants import FrameType
 
-__all__ = ("as_bytes", "check_uint", "frame_type_object")
+__all__ = (
+    "as_bytes",
+    "check_policy",
+    "check_uint",
+    "enter_guard",
+    "frame_type_object",
+    "make_guard",
+)
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _FRAME_TYPES = {member.value: member for member in FrameType}
@@ -31,3 +40,32 @@ def as_bytes(name: str, value: object) -> bytes:
 def frame_type_object(code: int) -> int:
     """The ``FrameType`` member for a built-in code, else the plain int."""
     return _FRAME_TYPES.get(code, code)
+
+
+def check_policy(name: str, policy: object) -> Any:
+    """``policy`` if it is a ``SandboxPolicy`` or None; TypeError otherwise."""
+    if policy is None:
+        return None
+    from .sandbox import SandboxPolicy
+
+    if not isinstance(policy, SandboxPolicy):
+        raise TypeError(
+            f"Expected `{name}` to be a SandboxPolicy or None, got {type(policy).__name__}"
+        )
+    return policy
+
+
+def make_guard(policy: object, plugin_id: int) -> Any:
+    """The plugin's ``SandboxGuard`` for ``policy``, or None when no policy applies."""
+    if policy is None:
+        return None
+    from .sandbox import SandboxGuard
+
+    return SandboxGuard(policy, plugin_id)
+
+
+def enter_guard(guard: object) -> None:
+    """Attribute everything the current task runs to ``guard`` (SPEC 7's audit-hook check)."""
+    from .sandbox import enter_guard as enter
+
+    enter(guard)

@@ -1,0 +1,388 @@
+"""Host (runtime) configuration: one optional TOML file plus ``NYXPLUG_*`` overrides.
+
+Everything is checked when the configuration is loaded, so the runtime never meets a
+bad value later; errors name the file or variable, the key, what was expected and what
+was found. :func:`load_config` returns absolute paths, so later ``chdir`` calls do not
+change which folders are scanned.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from ._constants import DEFAULT_CAPACITY
+from ._errors import NyxplugError
+
+__all__ = (
+    "DEFAULT_HANDLER_TIMEOUT",
+    "ConfigError",
+    "DefaultsSection",
+    "HostConfig",
+    "PolicySection",
+    "RuntimeSection",
+    "load_config",
+)
+
+#: Seconds a plugin handler may run when neither its manifest nor the host says otherwise.
+DEFAULT_HANDLER_TIMEOUT = 5.0
+
+#: Queue capacity of a plugin; shared with ``nyxplug.plugins.manifest``.
+Capacity = Annotated[int, Meta(ge=1)]
+#: Handler timeout in seconds (finite; checked in ``__post_init__``).
+HandlerTimeout = Annotated[float, Meta(gt=0)]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_AT_ROOT_RE = re.compile(r"^(?P<problem>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_AT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `(?P<key>[^`$][^`]*)`$", re.DOTALL)
+_DICT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `key` in `\$(?P<path>[^`]*)`$", re.DOTALL)
+_PATH_PART_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+class ConfigError(NyxplugError, ValueError):
+    """The host configuration has a bad value.
+
+    ``source`` is the file path or the environment variable (``$NYXPLUG_CAPACITY``),
+    ``key`` the dotted key (``defaults.capacity``, or ``$`` for the whole file).
+    """
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(source, key, problem)
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        at = "" if self.key == "$" else f" - at `{self.key}`"
+        return f"Invalid configuration {self.source}: {self.problem}{at}"
+
+
+class _Invalid(ValueError):
+    """Raised by ``__post_init__`` checks; msgspec turns it into a ``ValidationError``.
+
+    Its text ends in `` - at `key` `` so :func:`explain_decode_error` can report the
+    exact key instead of only the table msgspec knows about.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{problem} - at `{key}`")
+
+
+def _check_finite(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise _Invalid(key, f"Expected a finite number of seconds, got `{value}`")
+
+
+def _check_paths(key: str, values: tuple[str, ...]) -> None:
+    for index, value in enumerate(values):
+        if not value.strip():
+            raise _Invalid(f"{key}[{index}]", "Expected a folder path, got an empty string")
+
+
+class RuntimeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where plugins come from and what the runtime remembers between runs."""
+
+    plugin_dirs: tuple[str, ...] = ("plugins",)
+    state_dir: str = ".nyxplug"
+    entry_points: bool = True
+    require_signatures: bool = False
+
+    def __post_init__(self) -> None:
+        _check_paths("plugin_dirs", self.plugin_dirs)
+        if not self.state_dir.strip():
+            raise _Invalid("state_dir", "Expected a folder path, got an empty string")
+
+
+class DefaultsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Values for plugins whose manifest leaves ``[resources]`` keys out."""
+
+    capacity: Capacity = DEFAULT_CAPACITY
+    handler_timeout: HandlerTimeout = DEFAULT_HANDLER_TIMEOUT
+
+    def __post_init__(self) -> None:
+        _check_finite("handler_timeout", self.handler_timeout)
+
+
+class PolicySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the host permits plugins to ask for."""
+
+    allow_process_isolation: bool = True
+
+
+class HostConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole host configuration; every key is optional."""
+
+    runtime: RuntimeSection = msgspec.field(default_factory=RuntimeSection)
+    defaults: DefaultsSection = msgspec.field(default_factory=DefaultsSection)
+    policy: PolicySection = msgspec.field(default_factory=PolicySection)
+
+    @property
+    def plugin_paths(self) -> tuple[Path, ...]:
+        """``runtime.plugin_dirs`` as paths."""
+        return tuple(Path(entry) for entry in self.runtime.plugin_dirs)
+
+    @property
+    def state_path(self) -> Path:
+        """``runtime.state_dir`` as a path."""
+        return Path(self.runtime.state_dir)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> HostConfig:
+    """Read the host configuration file (if any), then apply ``NYXPLUG_*`` overrides.
+
+    ``path=None`` uses ``$NYXPLUG_CONFIG`` if set, else the built-in defaults. Relative
+    paths in the file are resolved against the file's folder; relative paths from the
+    defaults or the environment against the current directory. An empty variable counts
+    as unset. ``NYXPLUG_PLUGIN_DIRS`` (``os.pathsep``-separated) replaces the file's list.
+    """
+    source = None
+    if path is None:
+        named = environ.get("NYXPLUG_CONFIG", "")
+        if named:
+            path = named
+            source = f"{named} (named by $NYXPLUG_CONFIG)"
+    if path is None:
+        config = HostConfig()
+        base = Path.cwd()
+    else:
+        file = Path(path)
+        source = source or str(file)
+        config = _decode_file(file, source)
+        base = file.absolute().parent
+    runtime = msgspec.structs.replace(
+        config.runtime,
+        plugin_dirs=tuple(_absolute(base, entry) for entry in config.runtime.plugin_dirs),
+        state_dir=_absolute(base, config.runtime.state_dir),
+    )
+    config = msgspec.structs.replace(config, runtime=runtime)
+    return _apply_environment(config, environ)
+
+
+def _decode_file(file: Path, source: str) -> HostConfig:
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(source, "$", "Expected an existing file, got nothing there") from None
+    except OSError as exc:
+        raise ConfigError(source, "$", f"Expected a readable file, got `{exc.strerror}`") from None
+    try:
+        return msgspec.toml.decode(data, type=HostConfig)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        key, problem = explain_decode_error(exc, data, HostConfig)
+        raise ConfigError(source, key, problem) from None
+
+
+def _absolute(base: Path, entry: str) -> str:
+    path = Path(entry).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
+
+
+def _apply_environment(config: HostConfig, environ: Mapping[str, str]) -> HostConfig:
+    runtime: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    cwd = Path.cwd()
+    if raw := environ.get("NYXPLUG_PLUGIN_DIRS", ""):
+        runtime["plugin_dirs"] = tuple(
+            _absolute(cwd, entry) for entry in raw.split(os.pathsep) if entry.strip()
+        )
+    if raw := environ.get("NYXPLUG_STATE_DIR", ""):
+        runtime["state_dir"] = _absolute(cwd, raw)
+    for name, key in (
+        ("NYXPLUG_ENTRY_POINTS", "entry_points"),
+        ("NYXPLUG_REQUIRE_SIGNATURES", "require_signatures"),
+    ):
+        if raw := environ.get(name, ""):
+            runtime[key] = _env_value(name, f"runtime.{key}", raw, _parse_flag, bool)
+    if raw := environ.get("NYXPLUG_CAPACITY", ""):
+        defaults["capacity"] = _env_value(
+            "NYXPLUG_CAPACITY", "defaults.capacity", raw, _parse_int, Capacity
+        )
+    if raw := environ.get("NYXPLUG_HANDLER_TIMEOUT", ""):
+        value = _env_value(
+            "NYXPLUG_HANDLER_TIMEOUT", "defaults.handler_timeout", raw, _parse_float, HandlerTimeout
+        )
+        defaults["handler_timeout"] = value
+    if runtime:
+        config = msgspec.structs.replace(
+            config, runtime=msgspec.structs.replace(config.runtime, **runtime)
+        )
+    if defaults:
+        config = msgspec.structs.replace(
+            config, defaults=msgspec.structs.replace(config.defaults, **defaults)
+        )
+    return config
+
+
+def _env_value(name: str, key: str, raw: str, parse: Callable[[str], object], type_: Any) -> Any:
+    """Parse a variable's text, then check it with the same constraints as the file."""
+    source = f"${name}"
+    try:
+        value = parse(raw)
+    except ValueError as exc:
+        raise ConfigError(source, key, f"{exc}, got `{raw}`") from None
+    try:
+        return msgspec.convert(value, type=type_)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(source, key, f"{exc}, got `{raw}`") from None
+
+
+def _parse_flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("Expected one of 1/true/yes/on or 0/false/no/off")
+
+
+def _parse_int(raw: str) -> int:
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+        raise ValueError("Expected an integer")
+    return int(raw)
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("Expected a number of seconds") from None
+    if not math.isfinite(value):
+        raise ValueError("Expected a finite number of seconds")
+    return value
+
+
+# --- msgspec error translation, shared with nyxplug.plugins.manifest -------------------
+
+
+def explain_decode_error(
+    exc: msgspec.DecodeError | UnicodeDecodeError,
+    document: bytes | Mapping[str, Any],
+    root: type[msgspec.Struct],
+) -> tuple[str, str]:
+    """Turn a ``msgspec.toml.decode`` / ``msgspec.convert`` failure into ``(key, problem)``.
+
+    msgspec says where (``- at `$.plugin.id` ``) but not always what it found, and talks
+    about JSON ``object`` / ``field``; this re-reads ``document`` (the TOML bytes already
+    in memory, or the converted data) to add the found value, speaks TOML (table, key),
+    and suggests the valid key for a typo.
+    """
+    if isinstance(exc, UnicodeDecodeError):
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        return "$", f"Expected UTF-8 text, got byte 0x{bad} at offset {exc.start}"
+    if not isinstance(exc, msgspec.ValidationError):
+        return "$", f"Invalid TOML: {exc}"
+    message = str(exc)
+    parts: list[str] = []
+    if match := _DICT_KEY_RE.match(message):
+        return _dotted(_split_path(match["path"]), "<key>"), match["problem"]
+    if match := _AT_ROOT_RE.match(message):
+        message, parts = match["problem"], _split_path(match["path"])
+    if match := _AT_KEY_RE.match(message):  # raised by one of our __post_init__ checks
+        return _dotted(parts, match["key"]), match["problem"]
+    raw = _raw_toml(document) if isinstance(document, bytes) else document
+    if match := re.fullmatch(r"Object missing required field `(.+)`", message):
+        name = match[1]
+        missing = parts + [name]
+        if _is_struct(_type_at(root, missing)):
+            return _dotted(missing), f"Missing required table `[{_dotted(missing)}]`"
+        return _dotted(missing), f"Missing required key `{name}`"
+    if match := re.fullmatch(r"Object contains unknown field `(.+)`", message):
+        name = match[1]
+        unknown = parts + [name]
+        kind = "table" if isinstance(_value_at(raw, unknown), dict) else "key"
+        shown = f"[{_dotted(unknown)}]" if kind == "table" else name
+        known = [field.encode_name for field in msgspec.structs.fields(_struct_at(root, parts))]
+        close = difflib.get_close_matches(name, known, n=1)
+        if close:
+            hint = f" (did you mean `{close[0]}`?)"
+        else:
+            hint = ", expected one of " + ", ".join(f"`{key}`" for key in known)
+        return _dotted(unknown), f"Unknown {kind} `{shown}`{hint}"
+    found = _show(_value_at(raw, parts))
+    if message.startswith("Invalid enum value"):
+        choices = typing.get_args(_type_at(root, parts))
+        expected = ", ".join(f"`{choice}`" for choice in choices)
+        return _dotted(parts), f"Expected one of {expected}, got {found}"
+    message = re.sub(r"matching regex '(.*)'$", r"matching `\1`", message)
+    message = message.replace("`object`", "`table`").replace(" | null`", "`")
+    if ", got " not in message:
+        message = f"{message}, got {found}"
+    return _dotted(parts), message
+
+
+def _split_path(path: str) -> list[str]:
+    return [name if name else f"[{index}]" for name, index in _PATH_PART_RE.findall(path)]
+
+
+def _dotted(parts: list[str], *more: str) -> str:
+    text = ""
+    for part in [*parts, *more]:
+        text += part if part.startswith("[") or not text else f".{part}"
+    return text or "$"
+
+
+def _raw_toml(data: bytes) -> Any:
+    try:
+        return tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):  # pragma: no cover - decoded once
+        return None
+
+
+def _value_at(raw: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if part.startswith("[") and isinstance(raw, list):
+            index = int(part[1:-1])
+            raw = raw[index] if index < len(raw) else None
+        elif isinstance(raw, dict):
+            raw = raw.get(part)
+        else:
+            return None
+    return raw
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"`{text}`"
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _type_at(root: type[msgspec.Struct], parts: list[str]) -> Any:
+    tp: Any = root
+    for part in parts:
+        if not _is_struct(tp):
+            return None
+        fields = {field.encode_name: field.type for field in msgspec.structs.fields(tp)}
+        tp = _unwrap(fields.get(part))
+    return tp
+
+
+def _struct_at(root: type[msgspec.Struct], parts: list[str]) -> type[msgspec.Struct]:
+    tp = _type_at(root, parts)
+    return tp if _is_struct(tp) else root

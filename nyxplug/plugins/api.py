@@ -1,0 +1,128 @@
+"""What a plugin author writes against: the ``Plugin`` base and the ``PluginContext``.
+
+A plugin is an object with ``async handle(message)`` (and optionally
+``async handle_batch(messages)``); the base class gives every other hook a harmless
+default so a plugin only writes what it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .._constants import DEFAULT_FRAME_PERMISSIONS, DispatchStatus, Permission
+from .._errors import PermissionDenied, SandboxViolation
+
+if TYPE_CHECKING:
+    from .._dispatch_py import Dispatcher, PluginHeader, PluginMessage
+
+__all__ = ("Plugin", "PluginContext")
+
+
+class Plugin:
+    """Base class for plugins; override ``handle`` and whichever hooks you need.
+
+    The runtime sets ``self.ctx`` before ``on_load`` is awaited.
+    """
+
+    ctx: PluginContext
+
+    async def on_load(self, ctx: PluginContext) -> None:
+        """Called once before the first frame; raise to refuse loading (the plugin fails)."""
+
+    async def handle(self, message: PluginMessage) -> None:
+        """Handle one frame. Exceptions are counted and logged; the next frame follows."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle(message)")
+
+    async def on_unload(self) -> None:
+        """Called once after the last frame was handled (the queue is drained)."""
+
+    async def health(self) -> bool:
+        """True when the plugin can take traffic (checked after ``on_load`` and on reload)."""
+        return True
+
+    def export_state(self) -> Any:
+        """State to hand to the next version of this plugin on a hot swap."""
+        return None
+
+    def import_state(self, state: Any) -> None:
+        """Take over the state the previous version exported."""
+
+
+class PluginContext:
+    """A plugin's view of the runtime: its identity, config, logger, and a way to send.
+
+    ``dispatch`` / ``dispatch_nowait`` / ``try_dispatch`` send frames to other plugins
+    under this plugin's own rights: it must hold the permission the frame type
+    requires, and CONTROL frames pass its own sandbox preflight, before the target's
+    usual checks run.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        plugin_id: int,
+        version: str,
+        config: Mapping[str, Any],
+        permissions: Permission,
+        dispatcher: Dispatcher,
+        guard: Any = None,
+    ) -> None:
+        self.name = name
+        self.id = plugin_id
+        self.version = version
+        self.config: Mapping[str, Any] = MappingProxyType(dict(config))
+        self.permissions = permissions
+        self.logger = logging.getLogger(f"nyxplug.plugin.{name}")
+        self._dispatcher = dispatcher
+        self._guard = guard
+
+    def _check_sender(self, frame_type: int, header: Any) -> None:
+        required = DEFAULT_FRAME_PERMISSIONS.get(int(frame_type))
+        if required is not None and (self.permissions & required) != required:
+            raise PermissionDenied(self.id, frame_type, required)
+        if self._guard is not None and int(frame_type) == 0x53:
+            decoded = header if hasattr(header, "data") else self._decode(header)
+            detail = self._guard.preflight(decoded)
+            if detail is not None:
+                self._guard.violations += 1
+                raise SandboxViolation(self.id, frame_type, detail)
+
+    def _decode(self, header: Any) -> PluginHeader:
+        header_type: Any = _header_type(self._dispatcher)
+        decoded: PluginHeader = header_type.decode(bytes(header))
+        return decoded
+
+    def dispatch(
+        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+    ) -> Awaitable[None]:
+        """``Dispatcher.dispatch`` as this plugin: waits for room in the target's queue."""
+        self._check_sender(frame_type, header)
+        return self._dispatcher.dispatch(frame_type, header, payload)
+
+    def dispatch_nowait(
+        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+    ) -> None:
+        """``Dispatcher.dispatch_nowait`` as this plugin."""
+        self._check_sender(frame_type, header)
+        self._dispatcher.dispatch_nowait(frame_type, header, payload)
+
+    def try_dispatch(
+        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+    ) -> DispatchStatus:
+        """``Dispatcher.try_dispatch`` as this plugin; a refusal by its own rights raises."""
+        self._check_sender(frame_type, header)
+        return self._dispatcher.try_dispatch(frame_type, header, payload)
+
+    def __repr__(self) -> str:
+        return f"<PluginContext {self.name!r} id={self.id} version={self.version}>"
+
+
+def _header_type(dispatcher: Any) -> Any:
+    """The ``PluginHeader`` class of the dispatcher's implementation."""
+    import importlib
+
+    return importlib.import_module(type(dispatcher).__module__).PluginHeader

@@ -1,0 +1,728 @@
+"""The plugin runtime: discover plugins, keep the catalog, load them in order, supervise.
+
+``PluginManager`` owns a ``Dispatcher`` and puts plugins on it. Plugins come from
+three sources: folders with a ``nyxplug.toml`` under the plugin directories,
+installed distributions (entry-point group ``nyxplug.plugins``) and classes marked
+with the ``@plugin(...)`` decorator. Each has a lifecycle state (``PluginState``)
+and, when it failed or is disabled, the reason.
+
+No plugin mistake takes the host down: an import error, a raising ``on_load`` or a
+failing ``health()`` leaves that plugin ``failed`` with the reason; a raising handler
+is counted and logged; a handler over its timeout is cancelled and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import graphlib
+import importlib.metadata
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from .._constants import Permission
+from .._impl import Dispatcher as DefaultDispatcher
+from .._info import PluginInfo
+from .._stats import PluginStats
+from ..config import HostConfig
+from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy, guarded
+from .api import PluginContext
+from .errors import (
+    DependencyError,
+    HandlerTimeout,
+    PluginLoadError,
+    PluginNotFound,
+    PluginStateError,
+)
+from .loader import LoadedCode, Snapshot, import_entry, unload_code
+from .manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    ManifestError,
+    check_api_compatible,
+    decode_manifest,
+    manifest_from_dict,
+)
+from .state import PluginState, can_move
+
+__all__ = ("ENTRY_POINT_GROUP", "PluginManager", "PluginStatus", "plugin", "registered_plugins")
+
+ENTRY_POINT_GROUP = "nyxplug.plugins"
+#: How long ``on_load`` / ``health()`` / ``on_unload`` may take before the plugin fails.
+LIFECYCLE_TIMEOUT = 30.0
+#: The state file (under the host's ``state_dir``) that remembers disabled plugins.
+STATE_FILE = "plugins.json"
+
+logger = logging.getLogger("nyxplug.runtime")
+
+_C = TypeVar("_C", bound=type)
+_CODE_PLUGINS: dict[str, type] = {}
+
+
+def plugin(**manifest: Any) -> Callable[[_C], _C]:
+    """Mark a class as a plugin defined in code; keys as in ``nyxplug.toml``'s ``[plugin]``.
+
+    ``@plugin(name="echo", id=7, version="1.0.0", permissions=["DATA_ACCESS"])``; the
+    other manifest tables go in as ``sandbox={...}``, ``resources={...}``,
+    ``config={...}``, ``dependencies={...}``. Every ``PluginManager`` created
+    afterwards finds the class (``registered_plugins()`` lists them).
+    """
+
+    def mark(cls: _C) -> _C:
+        parsed = manifest_from_dict(_manifest_dict(manifest), f"@plugin on {cls.__qualname__}")
+        cls.__nyxplug_manifest__ = parsed  # type: ignore[attr-defined]
+        _CODE_PLUGINS[parsed.name] = cls
+        return cls
+
+    return mark
+
+
+def registered_plugins() -> dict[str, type]:
+    """Classes marked with ``@plugin``, by plugin name."""
+    return dict(_CODE_PLUGINS)
+
+
+def _manifest_dict(fields: dict[str, Any]) -> dict[str, Any]:
+    """``@plugin`` keywords laid out like a ``nyxplug.toml`` document."""
+    fields = dict(fields)
+    tables = {key: fields.pop(key) for key in ("sandbox", "resources", "config", "dependencies")
+              if key in fields}  # fmt: skip
+    frames = fields.pop("permissions", [])
+    if isinstance(frames, Permission):
+        frames = [member.name for member in Permission if member in frames]
+    fields.setdefault("entry", "__code__:__code__")
+    fields.setdefault("api", ">=1.0, <2")
+    return {"plugin": fields, "permissions": {"frames": list(frames)}, **tables}
+
+
+class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A catalog entry: who the plugin is, where it came from, and its state."""
+
+    name: str
+    id: int | None
+    version: str | None
+    state: str
+    reason: str | None
+    source: str  # "directory", "entry-point" or "code"
+    location: str
+    enabled: bool
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    permissions: tuple[str, ...] = ()
+    dependencies: dict[str, str] = {}
+    handler_timeouts: int = 0
+
+
+class _Record:
+    """Everything the manager knows about one plugin (mutable, private)."""
+
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        location: str,
+        manifest: Manifest | None,
+        *,
+        folder: Path | None = None,
+        factory: Any = None,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.location = location
+        self.manifest = manifest
+        self.folder = folder
+        self.factory = factory
+        self.state = PluginState.DISCOVERED
+        self.reason: str | None = None
+        self.enabled = True
+        self.instance: Any = None
+        self.code: LoadedCode | None = None
+        self.guard: SandboxGuard | None = None
+        self.timeouts = 0
+        self.extra_sandbox_violations = 0
+
+    def move(self, new: PluginState, reason: str | None = None) -> None:
+        if not can_move(self.state, new):
+            raise PluginStateError(self.name, str(self.state), f"move to {new}")
+        self.state = new
+        self.reason = reason
+
+    def status(self) -> PluginStatus:
+        m = self.manifest
+        return PluginStatus(
+            name=self.name,
+            id=m.id if m else None,
+            version=str(m.version) if m else None,
+            state=str(self.state),
+            reason=self.reason,
+            source=self.source,
+            location=self.location,
+            enabled=self.enabled,
+            description=m.plugin.description if m else "",
+            tags=tuple(m.plugin.tags) if m else (),
+            permissions=tuple(
+                member.name or "" for member in Permission if m and member in m.permission_mask
+            ),
+            dependencies=dict(m.dependencies) if m else {},
+            handler_timeouts=self.timeouts,
+        )
+
+
+def policy_of(manifest: Manifest) -> SandboxPolicy:
+    """The ``SandboxPolicy`` a manifest's ``[sandbox]`` table describes."""
+    box = manifest.sandbox
+    return SandboxPolicy(
+        allow_network=box.network,
+        filesystem=FilesystemAccess(box.filesystem),
+        memory_limit=box.memory_limit,
+        network_allowlist=tuple(box.network_allowlist),
+        filesystem_allowlist=tuple(box.filesystem_allowlist),
+    )
+
+
+class PluginManager:
+    """Finds, catalogs, loads and supervises plugins on one ``Dispatcher``.
+
+    ``async with PluginManager(config) as manager:`` discovers and starts every enabled
+    plugin, and unloads them all (draining) on exit.
+    """
+
+    def __init__(
+        self,
+        config: HostConfig | None = None,
+        *,
+        dispatcher: Any = None,
+        plugin_dirs: Iterable[str | os.PathLike[str]] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        entry_points: bool | None = None,
+        include_registered: bool = True,
+    ) -> None:
+        # Without a config, nothing is read from (or written to) the current directory:
+        # only the folders and state dir given here are used.
+        self.config = config if config is not None else HostConfig()
+        runtime = self.config.runtime
+        if plugin_dirs is None:
+            plugin_dirs = runtime.plugin_dirs if config is not None else ()
+        self.plugin_dirs = [Path(d) for d in plugin_dirs]
+        if state_dir is None and config is not None:
+            state_dir = runtime.state_dir
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.entry_points = runtime.entry_points if entry_points is None else entry_points
+        self.include_registered = include_registered
+        self.dispatcher = dispatcher if dispatcher is not None else DefaultDispatcher()
+        self._records: dict[str, _Record] = {}
+        self._manifest_cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
+        self._added: dict[str, type] = {}
+        self._load_order: list[str] = []
+        self.discovery_errors: list[str] = []
+        self._disabled = self._read_disabled()
+
+    # -- discovery and the catalog -------------------------------------------------
+
+    def discover(self) -> list[PluginStatus]:
+        """Scan every source and refresh the catalog; returns it.
+
+        Manifests are cached by file identity (inode, size, mtime), so rescanning
+        hundreds of unchanged plugins costs a ``stat`` each. Loaded plugins keep
+        their record; broken ones are listed ``failed`` with the reason.
+        """
+        found: dict[str, _Record] = {}
+        self.discovery_errors = []
+        for record in self._scan():
+            other = found.get(record.name)
+            if other is not None:
+                self.discovery_errors.append(
+                    f"Plugin {record.name!r} at {record.location} is ignored: the name is "
+                    f"already taken by {other.location} - rename one of them"
+                )
+                continue
+            found[record.name] = record
+        self._refuse_duplicate_ids(found)
+        for name, record in found.items():
+            current = self._records.get(name)
+            if current is not None and current.state in (
+                PluginState.LOADING, PluginState.ACTIVE, PluginState.DRAINING
+            ):  # fmt: skip
+                continue
+            if name in self._disabled:
+                record.enabled = False
+                record.state = PluginState.DISABLED
+                record.reason = "disabled by the operator (nyxplug enable to turn it back on)"
+            elif record.state is PluginState.DISCOVERED and record.manifest is not None:
+                self._validate(record)
+            if current is not None:
+                record.timeouts = current.timeouts
+            self._records[name] = record
+        for name in [n for n, r in self._records.items() if n not in found]:
+            if self._records[name].state not in (PluginState.ACTIVE, PluginState.DRAINING):
+                del self._records[name]
+        return self.catalog()
+
+    def _scan(self) -> Iterator[_Record]:
+        for folder in self.plugin_dirs:
+            if not folder.is_dir():
+                self.discovery_errors.append(f"Plugin directory {folder} does not exist")
+                continue
+            for child in sorted(folder.iterdir()):
+                if (child / MANIFEST_FILE).is_file():
+                    yield self._folder_record(child)
+        if self.entry_points:
+            yield from self._entry_point_records()
+        code = dict(_CODE_PLUGINS) if self.include_registered else {}
+        code.update(self._added)
+        for name, cls in code.items():
+            manifest = cls.__nyxplug_manifest__
+            yield _Record(name, "code", f"{cls.__module__}.{cls.__qualname__}", manifest,
+                          factory=cls)  # fmt: skip
+
+    def _folder_record(self, folder: Path) -> _Record:
+        path = folder / MANIFEST_FILE
+        try:
+            manifest = self._cached_manifest(path)
+        except (ManifestError, OSError) as exc:
+            record = _Record(folder.name, "directory", str(folder), None, folder=folder)
+            record.state = PluginState.FAILED
+            record.reason = str(exc)
+            return record
+        return _Record(manifest.name, "directory", str(folder), manifest, folder=folder)
+
+    def _cached_manifest(self, path: Path) -> Manifest:
+        info = path.stat()
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._manifest_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        manifest = decode_manifest(path.read_bytes(), str(path))
+        self._manifest_cache[path] = (key, manifest)
+        return manifest
+
+    def _entry_point_records(self) -> Iterator[_Record]:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            where = f"entry point {ep.name} = {ep.value}"
+            try:
+                cls = ep.load()
+                manifest = cls.__nyxplug_manifest__
+            except Exception as exc:  # a broken distribution must not stop discovery
+                self.discovery_errors.append(
+                    f"Entry point {ep.name!r} ({ep.value}) failed to load: "
+                    f"{type(exc).__name__}: {exc} - it must name a class marked @plugin"
+                )
+                continue
+            yield _Record(manifest.name, "entry-point", where, manifest, factory=cls)
+
+    def _refuse_duplicate_ids(self, found: dict[str, _Record]) -> None:
+        seen: dict[int, str] = {}
+        for record in found.values():
+            if record.manifest is None:
+                continue
+            owner = seen.setdefault(record.manifest.id, record.name)
+            if owner != record.name:
+                record.state = PluginState.FAILED
+                record.reason = (
+                    f"plugin id {record.manifest.id} is already used by {owner!r} - "
+                    "give each plugin its own [plugin] id"
+                )
+
+    def _validate(self, record: _Record) -> None:
+        assert record.manifest is not None
+        try:
+            check_api_compatible(record.manifest)
+        except ManifestError as exc:
+            record.move(PluginState.FAILED, str(exc))
+            return
+        record.move(PluginState.VALIDATED)
+
+    def add(self, cls: type) -> PluginStatus:
+        """Put a ``@plugin``-marked class in this manager's catalog (and only this one)."""
+        manifest = getattr(cls, "__nyxplug_manifest__", None)
+        if manifest is None:
+            raise TypeError(f"Expected a class marked with @nyxplug.plugin(...), got {cls!r}")
+        self._added[manifest.name] = cls
+        self.discover()
+        return self._record(manifest.name).status()
+
+    def catalog(
+        self,
+        *,
+        name: str | None = None,
+        tag: str | None = None,
+        permission: Permission | None = None,
+        state: PluginState | str | None = None,
+    ) -> list[PluginStatus]:
+        """The catalog, filtered; ``name`` matches a substring, the others exactly."""
+        wanted_state = str(PluginState(state)) if state is not None else None
+        out = []
+        for record in sorted(self._records.values(), key=lambda r: r.name):
+            m = record.manifest
+            if name is not None and name not in record.name:
+                continue
+            if tag is not None and (m is None or tag not in m.plugin.tags):
+                continue
+            if permission is not None and (m is None or permission not in m.permission_mask):
+                continue
+            if wanted_state is not None and str(record.state) != wanted_state:
+                continue
+            out.append(record.status())
+        return out
+
+    def status(self, name: str) -> PluginStatus:
+        """One catalog entry (``PluginNotFound`` if unknown)."""
+        return self._record(name).status()
+
+    def _record(self, name: str) -> _Record:
+        record = self._records.get(name)
+        if record is None:
+            raise PluginNotFound(name, tuple(sorted(self._records)))
+        return record
+
+    def instance(self, name: str) -> Any:
+        """The running plugin object (None unless the plugin is active)."""
+        return self._record(name).instance
+
+    # -- enable / disable (remembered across restarts) -------------------------------
+
+    def disable(self, name: str) -> None:
+        """Keep ``name`` from loading, now and after restarts; an active plugin stays up."""
+        record = self._record(name)
+        self._disabled.add(name)
+        self._write_disabled()
+        record.enabled = False
+        if record.state not in (PluginState.ACTIVE, PluginState.LOADING, PluginState.DRAINING):
+            record.move(PluginState.DISABLED, "disabled by the operator")
+
+    def enable(self, name: str) -> None:
+        """Allow ``name`` to load again (it is re-validated)."""
+        record = self._record(name)
+        self._disabled.discard(name)
+        self._write_disabled()
+        record.enabled = True
+        if record.state is PluginState.DISABLED:
+            record.move(PluginState.DISCOVERED)
+            if record.manifest is not None:
+                self._validate(record)
+
+    def _read_disabled(self) -> set[str]:
+        if self.state_dir is None:
+            return set()
+        path = self.state_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"Expected {path} to be the JSON state nyxplug wrote, could not read it: {exc}"
+                " - fix or delete the file"
+            ) from exc
+        disabled = data.get("disabled", []) if isinstance(data, dict) else None
+        if not isinstance(disabled, list) or not all(isinstance(n, str) for n in disabled):
+            raise ValueError(
+                f"Expected `disabled` in {path} to be a list of plugin names, got {disabled!r}"
+            )
+        return set(disabled)
+
+    def _write_disabled(self) -> None:
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"disabled": sorted(self._disabled)}, indent=2).encode() + b"\n"
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".plugins.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.state_dir / STATE_FILE)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # -- dependencies ----------------------------------------------------------------
+
+    def load_order(self, names: Iterable[str] | None = None) -> list[str]:
+        """``names`` (default: every enabled, valid plugin) and their dependencies, in order.
+
+        Raises ``DependencyError`` for a missing dependency, a version outside the
+        required range, a disabled or broken dependency, or a cycle.
+        """
+        if names is None:
+            names = [r.name for r in self._records.values()
+                     if r.enabled and r.manifest is not None
+                     and r.state is not PluginState.FAILED]  # fmt: skip
+        graph: dict[str, list[str]] = {}
+        pending = sorted(set(names))
+        while pending:
+            name = pending.pop()
+            if name in graph:
+                continue
+            record = self._record(name)
+            if record.manifest is None:
+                raise DependencyError(name, f"its manifest is broken: {record.reason}")
+            deps = []
+            for dep, wanted in sorted(record.manifest.dependency_ranges.items()):
+                other = self._records.get(dep)
+                if other is None or other.manifest is None:
+                    raise DependencyError(
+                        name, f"needs {dep!r} {wanted}, which is not in the catalog"
+                    )
+                if not wanted.contains(other.manifest.version):
+                    raise DependencyError(
+                        name, f"needs {dep!r} {wanted}, but {other.manifest.version} is installed"
+                    )
+                if not other.enabled:
+                    raise DependencyError(name, f"needs {dep!r}, which is disabled")
+                deps.append(dep)
+                pending.append(dep)
+            graph[name] = deps
+        sorter = graphlib.TopologicalSorter(graph)
+        try:
+            return list(sorter.static_order())
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise DependencyError(exc.args[1][0], f"dependency cycle {cycle}") from None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> list[PluginStatus]:
+        """Discover, then load every enabled plugin in dependency order.
+
+        A plugin that cannot load is left ``failed`` with the reason (so are the
+        plugins that depend on it); the others come up.
+        """
+        self.discover()
+        candidates = [r.name for r in self._records.values()
+                      if r.enabled and r.state is PluginState.VALIDATED]  # fmt: skip
+        order: list[str] = []
+        for name in sorted(candidates):
+            try:
+                for item in self.load_order([name]):
+                    if item not in order:
+                        order.append(item)
+            except DependencyError as exc:
+                self._records[name].move(PluginState.FAILED, str(exc))
+        for name in order:
+            record = self._records[name]
+            if record.state not in (PluginState.VALIDATED, PluginState.UNLOADED):
+                continue
+            try:
+                await self.load(name)
+            except PluginLoadError as exc:
+                logger.error("%s", exc)
+        return self.catalog()
+
+    async def load(self, name: str) -> PluginStatus:
+        """Bring one plugin to ``active``: import, instantiate, ``on_load``, ``health()``.
+
+        Its dependencies must be active already. On failure the plugin is ``failed``
+        with the reason and ``PluginLoadError`` says which step failed.
+        """
+        record = self._record(name)
+        if record.state is PluginState.DISABLED:
+            raise PluginStateError(name, "disabled", "load", "run `nyxplug enable` first")
+        if record.state in (PluginState.ACTIVE, PluginState.LOADING, PluginState.DRAINING):
+            raise PluginStateError(name, str(record.state), "load", "unload it first")
+        if record.manifest is None:
+            raise PluginLoadError(name, "validation", record.reason or "no manifest")
+        for dep in record.manifest.dependencies:
+            other = self._records.get(dep)
+            if other is None or other.state is not PluginState.ACTIVE:
+                reason = f"dependency {dep!r} is not active"
+                record.state, record.reason = PluginState.FAILED, reason
+                raise PluginLoadError(name, "dependencies", reason)
+        record.move(PluginState.LOADING)
+        step = "import"
+        try:
+            manifest, factory = self._import(record)
+            step = "instantiate"
+            instance = factory()
+            if not callable(getattr(instance, "handle", None)) and not callable(
+                getattr(instance, "handle_batch", None)
+            ):
+                raise TypeError(
+                    f"Expected the entry object to have handle(message), got {type(instance)!r}"
+                )
+            policy = policy_of(manifest)
+            record.guard = SandboxGuard(policy, manifest.id)
+            ctx = PluginContext(
+                name=name,
+                plugin_id=manifest.id,
+                version=str(manifest.version),
+                config=manifest.config,
+                permissions=manifest.permission_mask,
+                dispatcher=self.dispatcher,
+                guard=record.guard,
+            )
+            instance.ctx = ctx
+            step = "on_load"
+            await self._lifecycle_call(record, instance, "on_load", ctx)
+            step = "health"
+            healthy = await self._lifecycle_call(record, instance, "health")
+            if healthy is False:
+                raise RuntimeError("health() returned False")
+            step = "start"
+            info = PluginInfo(manifest.id, name, manifest.permission_mask)
+            timeout = manifest.resources.handler_timeout or self.config.defaults.handler_timeout
+            await self.dispatcher.load_plugin(
+                info,
+                _supervise(record, instance, manifest.id, timeout),
+                capacity=manifest.resources.capacity or self.config.defaults.capacity,
+                sandbox=policy,
+            )
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if record.code is not None:
+                unload_code(record.code.package)
+                record.code = None
+            record.instance = None
+            record.move(PluginState.FAILED, f"{step} failed: {reason}")
+            raise PluginLoadError(name, step, reason) from exc
+        record.manifest = manifest
+        record.instance = instance
+        record.move(PluginState.ACTIVE)
+        self._load_order.append(name)
+        return record.status()
+
+    def _import(self, record: _Record) -> tuple[Manifest, Callable[[], Any]]:
+        """The manifest and plugin factory, read from one snapshot of the folder."""
+        if record.folder is None:
+            assert record.manifest is not None
+            return record.manifest, record.factory
+        snapshot = Snapshot.read(record.folder, extra=(MANIFEST_FILE,))
+        manifest = decode_manifest(
+            snapshot.files[MANIFEST_FILE], str(record.folder / MANIFEST_FILE)
+        )
+        if manifest.name != record.name:
+            raise ValueError(
+                f"Expected [plugin] name {record.name!r} (as discovered), found "
+                f"{manifest.name!r} - the manifest changed; rediscover"
+            )
+        check_api_compatible(manifest)
+        record.code = import_entry(
+            record.name, snapshot, manifest.entry_module, manifest.entry_attr
+        )
+        entry = record.code.entry
+        return manifest, entry if callable(entry) else (lambda: entry)
+
+    async def _lifecycle_call(self, record: _Record, instance: Any, hook: str, *args: Any) -> Any:
+        """Await a plugin hook under its sandbox and the lifecycle timeout."""
+        method = getattr(instance, hook, None)
+        if method is None:
+            return None
+        with guarded(record.guard) if record.guard is not None else contextlib.nullcontext():
+            async with asyncio.timeout(LIFECYCLE_TIMEOUT):
+                result = method(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+        return result
+
+    async def unload(self, name: str, *, drain: bool = True) -> PluginStats:
+        """Stop an active plugin: drain (or drop) its queue, then ``on_unload``."""
+        record = self._record(name)
+        if record.state is not PluginState.ACTIVE:
+            raise PluginStateError(name, str(record.state), "unload", "it is not active")
+        assert record.manifest is not None
+        record.move(PluginState.DRAINING)
+        try:
+            stats = await self.dispatcher.unload_plugin(record.manifest.id, drain=drain)
+        finally:
+            reason = None
+            try:
+                await self._lifecycle_call(record, record.instance, "on_unload")
+            except Exception as exc:  # the plugin is gone either way; keep why
+                reason = f"on_unload raised {type(exc).__name__}: {exc}"
+                logger.error("Plugin %r: %s", name, reason)
+            if record.code is not None:
+                unload_code(record.code.package)
+                record.code = None
+            record.instance = None
+            record.move(PluginState.UNLOADED, reason)
+            if name in self._load_order:
+                self._load_order.remove(name)
+        return self._with_extra(record, stats)
+
+    def stats(self, name: str) -> PluginStats | None:
+        """The plugin's dispatcher counters (with sandbox refusals seen outside the worker)."""
+        record = self._record(name)
+        if record.manifest is None:
+            return None
+        stats = self.dispatcher.plugin_stats(record.manifest.id)
+        return None if stats is None else self._with_extra(record, stats)
+
+    def _with_extra(self, record: _Record, stats: PluginStats) -> PluginStats:
+        extra = record.guard.violations if record.guard is not None else 0
+        if not extra:
+            return stats
+        return msgspec.structs.replace(stats, sandbox_violations=stats.sandbox_violations + extra)
+
+    async def aclose(self) -> None:
+        """Unload every active plugin, dependents first."""
+        for name in reversed(list(self._load_order)):
+            if self._records[name].state is PluginState.ACTIVE:
+                await self.unload(name)
+
+    async def __aenter__(self) -> PluginManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _supervise(record: _Record, instance: Any, plugin_id: int, timeout: float | None) -> Any:
+    """The handler the dispatcher calls: the plugin's, under its timeout."""
+    batch = getattr(instance, "handle_batch", None)
+    if callable(batch):
+        return _SupervisedBatch(record, batch, plugin_id, timeout)
+    return _Supervised(record, instance.handle, plugin_id, timeout)
+
+
+class _Supervised:
+    """Calls ``handle`` per frame; cancels it after ``timeout`` seconds and counts that."""
+
+    __slots__ = ("_call", "_record", "_plugin_id", "_timeout")
+
+    def __init__(self, record: _Record, call: Any, plugin_id: int, timeout: float | None) -> None:
+        self._record = record
+        self._call = call
+        self._plugin_id = plugin_id
+        self._timeout = timeout
+
+    async def handle(self, message: Any) -> None:
+        await self._run(message, message.frame_type)
+
+    async def _run(self, arg: Any, frame_type: int) -> None:
+        result = self._call(arg)
+        if not inspect.isawaitable(result):
+            return
+        if self._timeout is None:
+            await result
+            return
+        deadline = asyncio.timeout(self._timeout)
+        try:
+            async with deadline:
+                await result
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError, not ours
+            self._record.timeouts += 1
+            raise HandlerTimeout(
+                self._record.name, self._plugin_id, frame_type, self._timeout
+            ) from None
+
+
+class _SupervisedBatch(_Supervised):
+    """``handle_batch`` under the same timeout (one per batch)."""
+
+    __slots__ = ()
+
+    async def handle_batch(self, messages: list[Any]) -> None:
+        await self._run(messages, messages[0].frame_type)

@@ -1,0 +1,523 @@
+"""The plugin runtime (SPEC 6): real plugin folders, real imports, both dispatcher twins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import py_compile
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plugin_helpers import RECORDER, write_plugin
+
+from nyxplug import FrameType, Permission, PermissionDenied, PluginHeader, SandboxViolation
+from nyxplug.plugins import (
+    DependencyError,
+    Plugin,
+    PluginLoadError,
+    PluginManager,
+    PluginNotFound,
+    PluginState,
+    PluginStateError,
+    plugin,
+)
+
+DATA = FrameType.DATA
+EVENT_TIMEOUT = 5.0
+
+
+def manager_for(impl: Any, root: Path, **kwargs: Any) -> PluginManager:
+    kwargs.setdefault("entry_points", False)
+    kwargs.setdefault("include_registered", False)
+    return PluginManager(dispatcher=impl.Dispatcher(), plugin_dirs=[root], **kwargs)
+
+
+async def send(manager: PluginManager, plugin_id: int, payload: bytes, ft: int = DATA) -> None:
+    await manager.dispatcher.dispatch(ft, PluginHeader(plugin_id).encode(), payload)
+
+
+async def arrived(instance: Any) -> None:
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        await instance.arrived.wait()
+    instance.arrived.clear()
+
+
+# -- discovery and lifecycle ------------------------------------------------------------
+
+
+async def test_a_folder_plugin_goes_discovered_validated_active_unloaded(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "echo", 11, tags=("demo",))
+    manager = manager_for(impl, tmp_path)
+    [entry] = manager.discover()
+    assert (entry.name, entry.id, entry.version, entry.state) == ("echo", 11, "1.0.0", "validated")
+    assert (entry.source, entry.tags, entry.permissions) == (
+        "directory",
+        ("demo",),
+        ("DATA_ACCESS",),
+    )
+    status = await manager.load("echo")
+    assert status.state == "active"
+    instance = manager.instance("echo")
+    assert instance.loaded and instance.ctx.id == 11 and instance.ctx.name == "echo"
+    await send(manager, 11, b"hello")
+    await arrived(instance)
+    assert instance.seen == [b"hello"]
+    stats = await manager.unload("echo")
+    assert (stats.messages_processed, stats.errors) == (1, 0)
+    assert instance.unloaded
+    assert manager.status("echo").state == "unloaded"
+    assert not manager.dispatcher.is_loaded(11)
+
+
+async def test_context_manager_starts_every_enabled_plugin_and_unloads_on_exit(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "one", 1)
+    write_plugin(tmp_path, "two", 2)
+    async with manager_for(impl, tmp_path) as manager:
+        assert [s.state for s in manager.catalog()] == ["active", "active"]
+        dispatcher = manager.dispatcher
+    assert [s.state for s in manager.catalog()] == ["unloaded", "unloaded"]
+    assert len(dispatcher) == 0
+
+
+def test_broken_manifest_is_listed_failed_with_its_reason(impl: Any, tmp_path: Path) -> None:
+    folder = write_plugin(tmp_path, "broken", 5)
+    (folder / "nyxplug.toml").write_text('[plugin]\nname = "broken"\n')
+    write_plugin(tmp_path, "fine", 6)
+    manager = manager_for(impl, tmp_path)
+    by_name = {s.name: s for s in manager.discover()}
+    assert by_name["fine"].state == "validated"
+    assert by_name["broken"].state == "failed"
+    assert "broken" in (by_name["broken"].reason or "")
+    assert "nyxplug.toml" in (by_name["broken"].reason or "")
+
+
+def test_duplicate_ids_and_names_are_refused(impl: Any, tmp_path: Path) -> None:
+    write_plugin(tmp_path, "first", 9)
+    write_plugin(tmp_path, "second", 9)
+    other = tmp_path / "elsewhere"
+    write_plugin(other, "first", 10)
+    manager = PluginManager(
+        dispatcher=impl.Dispatcher(), plugin_dirs=[tmp_path, other], entry_points=False,
+        include_registered=False,
+    )  # fmt: skip
+    by_name = {s.name: s for s in manager.discover()}
+    assert by_name["first"].state == "validated" and by_name["first"].location.endswith("first")
+    assert by_name["second"].state == "failed"
+    assert "plugin id 9 is already used by 'first'" in (by_name["second"].reason or "")
+    assert any("already taken" in e for e in manager.discovery_errors)
+
+
+def test_unknown_plugin_is_plugin_not_found(impl: Any, tmp_path: Path) -> None:
+    write_plugin(tmp_path, "known", 1)
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    with pytest.raises(PluginNotFound, match=r"^No plugin named 'nope' in the catalog; known"):
+        manager.status("nope")
+
+
+def test_catalog_filters_by_name_tag_permission_and_state(impl: Any, tmp_path: Path) -> None:
+    write_plugin(tmp_path, "alpha", 1, tags=("net",))
+    write_plugin(tmp_path, "beta", 2, frames=("CONTROL",))
+    write_plugin(tmp_path, "gamma", 3, tags=("net", "x"))
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    manager.disable("gamma")
+    assert [s.name for s in manager.catalog(tag="net")] == ["alpha", "gamma"]
+    assert [s.name for s in manager.catalog(permission=Permission.CONTROL)] == ["beta"]
+    assert [s.name for s in manager.catalog(state="disabled")] == ["gamma"]
+    assert [s.name for s in manager.catalog(state=PluginState.VALIDATED)] == ["alpha", "beta"]
+    assert [s.name for s in manager.catalog(name="et")] == ["beta"]
+
+
+async def test_disabled_is_remembered_across_restarts(impl: Any, tmp_path: Path) -> None:
+    plugins, state = tmp_path / "plugins", tmp_path / "state"
+    write_plugin(plugins, "quiet", 4)
+    manager = manager_for(impl, plugins, state_dir=state)
+    manager.discover()
+    manager.disable("quiet")
+    with pytest.raises(PluginStateError, match=r"^Cannot load plugin 'quiet' while it is disabled"):
+        await manager.load("quiet")
+    again = manager_for(impl, plugins, state_dir=state)
+    await again.start()
+    assert again.status("quiet").state == "disabled" and not again.status("quiet").enabled
+    again.enable("quiet")
+    third = manager_for(impl, plugins, state_dir=state)
+    await third.start()
+    assert third.status("quiet").state == "active"
+    await third.aclose()
+
+
+def test_rediscovery_reuses_unchanged_manifests(impl: Any, tmp_path: Path) -> None:
+    for i in range(50):
+        write_plugin(tmp_path, f"p{i:02d}", 100 + i)
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    cached = dict(manager._manifest_cache)
+    manager.discover()
+    assert all(manager._manifest_cache[path][1] is entry[1] for path, entry in cached.items())
+    (tmp_path / "p07" / "nyxplug.toml").write_text(
+        (tmp_path / "p07" / "nyxplug.toml").read_text().replace("1.0.0", "1.0.1")
+    )
+    assert manager.discover()[7].version == "1.0.1"
+
+
+# -- what runs is what was read ---------------------------------------------------------
+
+
+async def test_code_is_imported_from_the_bytes_read_not_a_planted_pyc(
+    impl: Any, tmp_path: Path
+) -> None:
+    folder = write_plugin(tmp_path, "honest", 12)
+    evil = tmp_path / "evil.py"
+    evil.write_text(
+        RECORDER.replace("self.seen.append(message.payload)", "self.seen.append(b'EVIL')")
+    )
+    cache = folder / "__pycache__"
+    cache.mkdir()
+    py_compile.compile(str(evil), cfile=str(cache / "main.cpython-311.pyc"))
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    await manager.load("honest")
+    await send(manager, 12, b"real")
+    await arrived(manager.instance("honest"))
+    assert manager.instance("honest").seen == [b"real"]
+    await manager.aclose()
+
+
+async def test_relative_imports_work_and_plugins_do_not_share_modules(
+    impl: Any, tmp_path: Path
+) -> None:
+    code = RECORDER.replace(
+        "from nyxplug.plugins import Plugin",
+        "from nyxplug.plugins import Plugin\nfrom . import util",
+    )
+    code = code.replace("self.seen.append(message.payload)", "self.seen.append(util.TAG)")
+    write_plugin(tmp_path, "left", 21, code, files={"util.py": "TAG = b'left'\n"})
+    write_plugin(tmp_path, "right", 22, code, files={"util.py": "TAG = b'right'\n"})
+    async with manager_for(impl, tmp_path) as manager:
+        for name, plugin_id in (("left", 21), ("right", 22)):
+            await send(manager, plugin_id, b"")
+            await arrived(manager.instance(name))
+        assert manager.instance("left").seen == [b"left"]
+        assert manager.instance("right").seen == [b"right"]
+
+
+async def test_unload_then_load_imports_fresh_bytes(impl: Any, tmp_path: Path) -> None:
+    folder = write_plugin(tmp_path, "fresh", 13)
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    await manager.load("fresh")
+    await manager.unload("fresh")
+    (folder / "main.py").write_text(
+        RECORDER.replace("self.seen.append(message.payload)", "self.seen.append(b'v2')")
+    )
+    await manager.load("fresh")
+    await send(manager, 13, b"x")
+    await arrived(manager.instance("fresh"))
+    assert manager.instance("fresh").seen == [b"v2"]
+    await manager.aclose()
+
+
+# -- supervision: no plugin mistake takes the host down -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "step", "reason"),
+    [
+        ("raise ImportError('no such thing')", "import", "ImportError: no such thing"),
+        ("def broken(:\n", "import", "SyntaxError"),
+        (
+            "from nyxplug.plugins import Plugin\nclass Entry(Plugin):\n"
+            "    async def on_load(self, ctx):\n        raise ValueError('bad config')\n",
+            "on_load",
+            "ValueError: bad config",
+        ),
+        (
+            "from nyxplug.plugins import Plugin\nclass Entry(Plugin):\n"
+            "    async def health(self):\n        return False\n",
+            "health",
+            "RuntimeError: health() returned False",
+        ),
+        ("Entry = 42\n", "instantiate", "TypeError"),
+        ("X = 1\n", "import", "ImportError: Expected 'Entry' in module 'main'"),
+    ],
+    ids=["import-error", "syntax-error", "on-load-raises", "unhealthy", "not-a-plugin", "no-entry"],
+)
+async def test_a_plugin_that_cannot_load_fails_with_the_step_and_the_host_runs_on(
+    impl: Any, tmp_path: Path, code: str, step: str, reason: str
+) -> None:
+    write_plugin(tmp_path, "bad", 31, code)
+    write_plugin(tmp_path, "good", 32)
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    with pytest.raises(PluginLoadError, match=rf"^Plugin 'bad' failed to load at {step}: "):
+        await manager.load("bad")
+    status = manager.status("bad")
+    assert status.state == "failed"
+    assert (status.reason or "").startswith(f"{step} failed: ")
+    assert reason in (status.reason or "")
+    assert not manager.dispatcher.is_loaded(31)
+    await manager.start()  # the good one still comes up; the bad one stays failed
+    assert manager.status("good").state == "active"
+    assert manager.status("bad").state == "failed"
+    await send(manager, 32, b"ok")
+    await arrived(manager.instance("good"))
+    await manager.aclose()
+
+
+async def test_a_raising_handler_is_counted_and_logged_and_the_next_frame_follows(
+    impl: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    code = RECORDER.replace(
+        "        self.seen.append(message.payload)",
+        "        self.seen.append(message.payload)\n"
+        "        if message.payload == b'boom':\n"
+        "            self.arrived.set()\n"
+        "            raise RuntimeError('handler bug')",
+    )
+    write_plugin(tmp_path, "flaky", 41, code)
+    async with manager_for(impl, tmp_path) as manager:
+        instance = manager.instance("flaky")
+        with caplog.at_level(logging.ERROR, logger="nyxplug"):
+            await send(manager, 41, b"boom")
+            await send(manager, 41, b"after")
+            await manager.dispatcher.wait_idle(41)
+        assert instance.seen == [b"boom", b"after"]
+        stats = manager.stats("flaky")
+        assert stats is not None and (stats.messages_processed, stats.errors) == (2, 1)
+        assert "Handler of plugin 41 raised" in caplog.text and "handler bug" in caplog.text
+
+
+async def test_a_hanging_handler_is_cancelled_at_its_timeout_and_counted(
+    impl: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    code = RECORDER.replace(
+        "        self.seen.append(message.payload)",
+        "        self.seen.append(message.payload)\n"
+        "        if message.payload == b'hang':\n"
+        "            self.cancelled = asyncio.Event()\n"
+        "            try:\n"
+        "                await asyncio.Event().wait()\n"
+        "            except asyncio.CancelledError:\n"
+        "                self.cancelled.set()\n"
+        "                raise",
+    )
+    write_plugin(tmp_path, "sleepy", 42, code, resources={"handler_timeout": 0.05})
+    async with manager_for(impl, tmp_path) as manager:
+        instance = manager.instance("sleepy")
+        with caplog.at_level(logging.ERROR, logger="nyxplug"):
+            await send(manager, 42, b"hang")
+            await send(manager, 42, b"next")
+            await manager.dispatcher.wait_idle(42)
+        assert instance.seen == [b"hang", b"next"]
+        assert instance.cancelled.is_set()
+        stats = manager.stats("sleepy")
+        assert stats is not None and stats.errors == 1
+        assert manager.status("sleepy").handler_timeouts == 1
+        assert "exceeded its 0.05 s timeout" in caplog.text
+
+
+# -- dependencies ---------------------------------------------------------------------
+
+
+def test_dependencies_give_the_load_order(impl: Any, tmp_path: Path) -> None:
+    write_plugin(tmp_path, "app", 1, dependencies={"db": ">=1.0, <2", "log": "^1.0"})
+    write_plugin(tmp_path, "db", 2, dependencies={"log": ">=1.0"})
+    write_plugin(tmp_path, "log", 3, version="1.4.0")
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    assert manager.load_order(["app"]) == ["log", "db", "app"]
+    assert manager.load_order() == ["log", "db", "app"]
+
+
+@pytest.mark.parametrize(
+    ("deps", "message"),
+    [
+        ({"a": {"b": ">=1.0"}, "b": {"a": ">=1.0"}}, r"dependency cycle (a -> b -> a|b -> a -> b)"),
+        ({"a": {"ghost": ">=1.0"}}, r"needs 'ghost' >=1\.0\.0, which is not in the catalog"),
+        ({"a": {"b": ">=2.0"}, "b": {}}, r"needs 'b' >=2\.0\.0, but 1\.0\.0 is installed"),
+    ],
+    ids=["cycle", "missing", "out-of-range"],
+)
+def test_unsatisfiable_dependencies_are_refused_clearly(
+    impl: Any, tmp_path: Path, deps: dict[str, dict[str, str]], message: str
+) -> None:
+    for i, (name, wanted) in enumerate(deps.items()):
+        write_plugin(tmp_path, name, i + 1, dependencies=wanted)
+    manager = manager_for(impl, tmp_path)
+    manager.discover()
+    with pytest.raises(
+        DependencyError, match=rf"^Plugin '\w+' has unsatisfiable dependencies: {message}$"
+    ):
+        manager.load_order(["a"])
+
+
+async def test_start_fails_a_plugin_whose_dependency_failed(impl: Any, tmp_path: Path) -> None:
+    write_plugin(tmp_path, "base", 1, "raise ImportError('base is broken')")
+    write_plugin(tmp_path, "top", 2, dependencies={"base": ">=1.0"})
+    write_plugin(tmp_path, "solo", 3)
+    manager = manager_for(impl, tmp_path)
+    await manager.start()
+    assert manager.status("base").state == "failed"
+    assert manager.status("top").state == "failed"
+    assert "dependency 'base' is not active" in (manager.status("top").reason or "")
+    assert manager.status("solo").state == "active"
+    await manager.aclose()
+
+
+# -- plugins in code, and the context -------------------------------------------------
+
+
+async def test_a_class_marked_with_the_decorator_is_a_plugin(impl: Any, tmp_path: Path) -> None:
+    @plugin(name="incode", id=77, version="2.1.0", permissions=["DATA_ACCESS"], tags=["x"],
+            config={"greeting": "hi"})  # fmt: skip
+    class InCode(Plugin):
+        def __init__(self) -> None:
+            self.arrived = asyncio.Event()
+            self.seen: list[Any] = []
+
+        async def handle(self, message: Any) -> None:
+            self.seen.append((self.ctx.config["greeting"], message.payload))
+            self.arrived.set()
+
+    manager = manager_for(impl, tmp_path)
+    status = manager.add(InCode)
+    assert (status.name, status.source, status.version, status.state) == (
+        "incode", "code", "2.1.0", "validated"
+    )  # fmt: skip
+    await manager.load("incode")
+    await send(manager, 77, b"p")
+    await arrived(manager.instance("incode"))
+    assert manager.instance("incode").seen == [("hi", b"p")]
+    await manager.aclose()
+
+
+FORWARDER = """
+import asyncio
+from nyxplug import PluginHeader
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    def __init__(self):
+        self.errors = []
+        self.arrived = asyncio.Event()
+
+    async def handle(self, message):
+        target = self.ctx.config["target"]
+        try:
+            await self.ctx.dispatch(self.ctx.config["frame"], PluginHeader(target), message.payload)
+        except Exception as exc:
+            self.errors.append(exc)
+        self.arrived.set()
+"""
+
+
+async def test_ctx_dispatch_sends_under_the_senders_own_permissions(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "sink", 50, frames=("DATA_ACCESS", "CONTROL"))
+    write_plugin(tmp_path, "relay", 51, FORWARDER, config={"target": 50, "frame": 0x52})
+    write_plugin(tmp_path, "sneaky", 52, FORWARDER, config={"target": 50, "frame": 0x53})
+    async with manager_for(impl, tmp_path) as manager:
+        await send(manager, 51, b"forward me")
+        await arrived(manager.instance("relay"))
+        await arrived(manager.instance("sink"))
+        assert manager.instance("sink").seen == [b"forward me"]
+        await send(manager, 52, b"control, without the right")
+        await arrived(manager.instance("sneaky"))
+        [error] = manager.instance("sneaky").errors
+        assert isinstance(error, PermissionDenied) and error.plugin_id == 52
+
+
+# -- the sandbox while plugin code runs -------------------------------------------------
+
+SNOOP = """
+import asyncio, socket
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    def __init__(self):
+        self.results = []
+        self.arrived = asyncio.Event()
+
+    async def handle(self, message):
+        kind, _, arg = message.payload.decode().partition(" ")
+        try:
+            if kind == "read":
+                with open(arg) as f:
+                    self.results.append(("ok", f.read()))
+            elif kind == "write":
+                with open(arg, "w") as f:
+                    f.write("x")
+                self.results.append(("ok", "written"))
+            elif kind == "connect":
+                host, port = arg.split(":")
+                with socket.create_connection((host, int(port)), timeout=2):
+                    self.results.append(("ok", "connected"))
+        except Exception as exc:
+            self.results.append((type(exc).__name__, str(exc)))
+            raise
+        finally:
+            self.arrived.set()
+"""
+
+
+async def test_the_sandbox_refuses_files_and_sockets_outside_the_policy_and_counts(
+    impl: Any, tmp_path: Path
+) -> None:
+    allowed, secret = tmp_path / "allowed", tmp_path / "secret"
+    allowed.mkdir()
+    secret.mkdir()
+    (allowed / "data.txt").write_text("public")
+    (secret / "key.txt").write_text("private")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    write_plugin(
+        tmp_path / "plugins", "snoop", 60, SNOOP,
+        sandbox={"filesystem": "read-only", "filesystem_allowlist": [str(allowed)],
+                 "network": True, "network_allowlist": ["example.org"]},
+    )  # fmt: skip
+    try:
+        async with manager_for(impl, tmp_path / "plugins") as manager:
+            instance = manager.instance("snoop")
+            for command in (
+                f"read {allowed / 'data.txt'}",
+                f"read {secret / 'key.txt'}",
+                f"write {allowed / 'new.txt'}",
+                f"connect 127.0.0.1:{port}",
+            ):
+                await send(manager, 60, command.encode())
+                await arrived(instance)
+            results = instance.results
+            assert results[0] == ("ok", "public")
+            assert [kind for kind, _ in results[1:]] == ["SandboxViolation"] * 3
+            assert not (allowed / "new.txt").exists()
+            stats = manager.stats("snoop")
+            assert stats is not None and stats.sandbox_violations == 3 and stats.errors == 3
+            # the host itself is not confined by the plugin's policy
+            assert (secret / "key.txt").read_text() == "private"
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+    finally:
+        server.close()
+
+
+async def test_control_frames_naming_a_forbidden_target_are_refused_before_the_queue(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "ctl", 70, frames=("CONTROL",), sandbox={"network": False})
+    async with manager_for(impl, tmp_path) as manager:
+        header = PluginHeader(70, 0, b"SBX:CONNECT evil.example:443").encode()
+        with pytest.raises(SandboxViolation, match=r"evil\.example"):
+            await manager.dispatcher.dispatch(FrameType.CONTROL, header, b"")
+        stats = manager.stats("ctl")
+        assert stats is not None and stats.sandbox_violations == 1
+        assert manager.instance("ctl").seen == []
