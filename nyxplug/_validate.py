@@ -55,7 +55,7 @@ def check_policy(name: str, policy: object) -> Any:
     return policy
 
 
-def make_guard(policy: object, plugin_id: int) -> Any:
+def make_guard(policy: Any, plugin_id: int) -> Any:
     """The plugin's ``SandboxGuard`` for ``policy``, or None when no policy applies."""
     if policy is None:
         return None
@@ -64,7 +64,7 @@ def make_guard(policy: object, plugin_id: int) -> Any:
     return SandboxGuard(policy, plugin_id)
 
 
-def enter_guard(guard: object) -> None:
+def enter_guard(guard: Any) -> None:
     """Attribute everything the current task runs to ``guard`` (SPEC 7's audit-hook check)."""
     from .sandbox import enter_guard as enter
 

@@ -1,9 +1,15 @@
-"""The ``nyxplug`` command line: ``demo`` and ``bench``."""
+"""The ``nyxplug`` command line: ``demo``, ``bench`` and the plugin commands.
+
+``new``, ``validate``, ``list``, ``info``, ``enable`` and ``disable`` live in
+``nyxplug.cli.plugins``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+
+from . import plugins
 
 __all__ = ("main",)
 
@@ -53,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    plugins.add_commands(commands)
     return parser
 
 
@@ -99,5 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return _run_bench(list(args.bench_args))
+    if args.command in plugins.COMMANDS:
+        return plugins.run(args)
     parser.print_help()
     return 0

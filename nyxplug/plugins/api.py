@@ -101,7 +101,8 @@ class PluginContext:
     ) -> Awaitable[None]:
         """``Dispatcher.dispatch`` as this plugin: waits for room in the target's queue."""
         self._check_sender(frame_type, header)
-        return self._dispatcher.dispatch(frame_type, header, payload)
+        waiting: Awaitable[None] = self._dispatcher.dispatch(frame_type, header, payload)
+        return waiting
 
     def dispatch_nowait(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""

@@ -93,8 +93,10 @@ def registered_plugins() -> dict[str, type]:
 def _manifest_dict(fields: dict[str, Any]) -> dict[str, Any]:
     """``@plugin`` keywords laid out like a ``nyxplug.toml`` document."""
     fields = dict(fields)
-    tables = {key: fields.pop(key) for key in ("sandbox", "resources", "config", "dependencies")
-              if key in fields}  # fmt: skip
+    tables: dict[str, Any] = {}
+    for key in ("sandbox", "resources", "config", "dependencies"):
+        if key in fields:
+            tables[key] = fields.pop(key)
     frames = fields.pop("permissions", [])
     if isinstance(frames, Permission):
         frames = [member.name for member in Permission if member in frames]
@@ -274,12 +276,17 @@ class PluginManager:
             for child in sorted(folder.iterdir()):
                 if (child / MANIFEST_FILE).is_file():
                     yield self._folder_record(child)
+        from_distributions: set[int] = set()
         if self.entry_points:
-            yield from self._entry_point_records()
+            for record in self._entry_point_records():
+                from_distributions.add(id(record.factory))
+                yield record
         code = dict(_CODE_PLUGINS) if self.include_registered else {}
         code.update(self._added)
         for name, cls in code.items():
-            manifest = cls.__nyxplug_manifest__
+            if id(cls) in from_distributions:
+                continue  # loading the entry point ran its @plugin: already listed
+            manifest = getattr(cls, "__nyxplug_manifest__")  # noqa: B009 - set by @plugin
             yield _Record(name, "code", f"{cls.__module__}.{cls.__qualname__}", manifest,
                           factory=cls)  # fmt: skip
 
@@ -382,6 +389,10 @@ class PluginManager:
         if record is None:
             raise PluginNotFound(name, tuple(sorted(self._records)))
         return record
+
+    def manifest(self, name: str) -> Manifest | None:
+        """The plugin's decoded manifest (None when it could not be read)."""
+        return self._record(name).manifest
 
     def instance(self, name: str) -> Any:
         """The running plugin object (None unless the plugin is active)."""
@@ -678,11 +689,28 @@ class PluginManager:
 
 
 def _supervise(record: _Record, instance: Any, plugin_id: int, timeout: float | None) -> Any:
-    """The handler the dispatcher calls: the plugin's, under its timeout."""
+    """The handler the dispatcher calls: the plugin's, under its timeout.
+
+    A synchronous handler cannot be interrupted (it holds the loop until it returns),
+    so it is handed over as it is, without a coroutine per frame.
+    """
     batch = getattr(instance, "handle_batch", None)
     if callable(batch):
+        if not inspect.iscoroutinefunction(batch):
+            return _SyncBatch(batch)
         return _SupervisedBatch(record, batch, plugin_id, timeout)
+    if not inspect.iscoroutinefunction(instance.handle):
+        return instance.handle
     return _Supervised(record, instance.handle, plugin_id, timeout)
+
+
+class _SyncBatch:
+    """A synchronous ``handle_batch``, as the dispatcher expects to find it."""
+
+    __slots__ = ("handle_batch",)
+
+    def __init__(self, call: Callable[[list[Any]], Any]) -> None:
+        self.handle_batch = call
 
 
 class _Supervised:

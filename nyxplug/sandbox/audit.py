@@ -68,7 +68,7 @@ from .guard import SandboxGuard
 
 __all__ = ("current_guard", "enter_guard", "guarded", "unguarded")
 
-_Check = Callable[[SandboxGuard, tuple[Any, ...]], "str | None"]
+_Check = Callable[[SandboxGuard, tuple[Any, ...]], str | None]
 
 #: The guard of the code running now; None outside any plugin.
 _ACTIVE: ContextVar[SandboxGuard | None] = ContextVar("nyxplug_sandbox_guard", default=None)
@@ -195,17 +195,17 @@ def _path(target: object, dir_fd: object = None, *, fd_ok: bool = False) -> str 
     """``target`` as a str path; an fd is None (already open) or, with ``fd_ok``, its path."""
     if isinstance(target, int):
         return f"{_FD_DIR}/{target}" if fd_ok else None
-    try:
-        if isinstance(target, str):
-            path = target
-        elif isinstance(target, (bytes, bytearray, os.PathLike)):
-            path = os.fsdecode(
-                os.fspath(target if not isinstance(target, bytearray) else bytes(target))
-            )
-        else:
-            return None
-    except TypeError:
-        return None  # a broken PathLike: the operation itself fails
+    if isinstance(target, str):
+        path = target
+    elif isinstance(target, bytearray):
+        path = os.fsdecode(bytes(target))
+    elif isinstance(target, (bytes, os.PathLike)):
+        try:
+            path = os.fsdecode(os.fspath(target))
+        except TypeError:
+            return None  # a broken PathLike: the operation fails by itself
+    else:
+        return None
     if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
         path = f"{_FD_DIR}/{dir_fd}/{path}"
     return path

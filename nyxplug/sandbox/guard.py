@@ -10,7 +10,7 @@ resolved once, when the guard is built, so each check is a few string operations
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from .._errors import SandboxViolation
 from .policy import FilesystemAccess, SandboxPolicy
@@ -23,6 +23,13 @@ _READ_ONLY = FilesystemAccess.READ_ONLY
 _SBX = b"SBX:"
 _SBX_CONNECT = b"SBX:CONNECT "
 _SBX_OPEN = b"SBX:OPEN "
+
+
+class _Header(Protocol):
+    """What ``preflight`` reads: either twin's ``PluginHeader``."""
+
+    @property
+    def data(self) -> bytes: ...
 
 
 def _norm_host(host: str) -> str:
@@ -176,7 +183,7 @@ class SandboxGuard:
                 f"memory use of {nbytes} bytes (memory_limit is {self._memory_limit} bytes)",
             )
 
-    def preflight(self, header: Any) -> str | None:
+    def preflight(self, header: _Header) -> str | None:
         """The refusal detail for a CONTROL frame's ``SBX:CONNECT``/``SBX:OPEN`` header, or None.
 
         Any other ``header.data`` is None. Never raises and never counts: the

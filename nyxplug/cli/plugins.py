@@ -1,0 +1,453 @@
+"""``nyxplug new / validate / list / info / enable / disable``: plugins from the shell.
+
+Every command reads the host configuration (``--config FILE``, else ``$NYXPLUG_CONFIG``,
+else the defaults, then ``NYXPLUG_*`` overrides) and ``--plugin-dir DIR`` replaces its
+plugin directories. Output is plain text on stdout; a problem is one line on stderr,
+``nyxplug COMMAND: what went wrong - what to do``, and exit status 1; usage errors are
+argparse's (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+import tempfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = (
+    "COMMANDS",
+    "EXAMPLES_DIR",
+    "add_commands",
+    "default_plugin_id",
+    "run",
+    "scaffold",
+)
+
+#: The subcommands this module adds to ``nyxplug``.
+COMMANDS = ("new", "validate", "list", "info", "enable", "disable")
+#: The example plugin folders shipped in the package (``fast``, ``slow``, ``limited``).
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
+
+# Kept in step with nyxplug.plugins.manifest.NAME_PATTERN (checked by the tests); not
+# imported from there so that ``nyxplug --help`` stays a cheap import.
+_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+_NAME_RE = re.compile(_NAME_PATTERN)
+_MAX_PLUGIN_ID = 2**32 - 1
+_STATES = (
+    "discovered", "validated", "loading", "active", "draining", "unloaded", "failed", "disabled"
+)  # fmt: skip
+
+
+# -- arguments ------------------------------------------------------------------------
+
+
+def _plugin_name(text: str) -> str:
+    if not _NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a plugin name matching {_NAME_PATTERN} (lowercase letter first, then "
+            f"lowercase letters, digits, _ or -), got {text!r}"
+        )
+    return text
+
+
+def _plugin_id(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= _MAX_PLUGIN_ID:
+        raise argparse.ArgumentTypeError(
+            f"expected a plugin id in 0..{_MAX_PLUGIN_ID}, got {value}"
+        )
+    return value
+
+
+def add_commands(commands: Any) -> None:
+    """Add the plugin subcommands to ``nyxplug``'s subparsers (``commands``)."""
+    host = argparse.ArgumentParser(add_help=False)
+    options = host.add_argument_group("host options")
+    options.add_argument(
+        "--config",
+        metavar="FILE",
+        help="host configuration file (default: $NYXPLUG_CONFIG, else built-in defaults)",
+    )
+    options.add_argument(
+        "--plugin-dir",
+        dest="plugin_dirs",
+        action="append",
+        metavar="DIR",
+        help="folder of plugin folders; repeat for more (replaces runtime.plugin_dirs)",
+    )
+    options.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where enable/disable is remembered (replaces runtime.state_dir)",
+    )
+
+    new = commands.add_parser(
+        "new",
+        parents=[host],
+        help="create a plugin folder: manifest, plugin class and a test",
+        description=(
+            "Create PARENT/NAME/ with a commented nyxplug.toml, NAME_plugin.py (a Plugin "
+            "subclass that counts frames) and test_NAME_plugin.py (a pytest test that loads "
+            "the folder and sends it a frame)."
+        ),
+    )
+    new.add_argument("name", type=_plugin_name, metavar="NAME", help="the plugin's name")
+    new.add_argument(
+        "--dir",
+        dest="parent",
+        metavar="PARENT",
+        help="create the folder in PARENT (default: the current directory)",
+    )
+    new.add_argument(
+        "--id",
+        dest="plugin_id",
+        type=_plugin_id,
+        metavar="N",
+        help="the plugin id (default: derived from the name, crc32(name) & 0x7FFFFFFF)",
+    )
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[host],
+        help="check a plugin folder: manifest, API range, import, on_load/health/on_unload",
+        description=(
+            "Decode DIR/nyxplug.toml, check its plugin-API range, then load the plugin the way "
+            "the runtime does (snapshot import, on_load, health) and unload it again."
+        ),
+    )
+    validate.add_argument("folder", metavar="DIR", help="the plugin folder")
+
+    listing = commands.add_parser(
+        "list",
+        parents=[host],
+        help="the plugin catalog (discovery only; nothing is loaded)",
+        description="Discover plugins and print the catalog; failed and disabled ones with why.",
+    )
+    listing.add_argument("--state", choices=_STATES, help="only plugins in this state")
+    listing.add_argument("--tag", metavar="T", help="only plugins with this tag")
+
+    info = commands.add_parser(
+        "info",
+        parents=[host],
+        help="everything the catalog and the manifest say about one plugin",
+        description="Print one plugin's catalog entry and its manifest tables.",
+    )
+    info.add_argument("name", metavar="NAME", help="the plugin's name")
+
+    for command, verb, effect in (
+        ("enable", "allow", "it loads again on the next start"),
+        ("disable", "keep", "it does not load; remembered across restarts"),
+    ):
+        sub = commands.add_parser(
+            command,
+            parents=[host],
+            help=f"{verb} a plugin {'to load' if command == 'enable' else 'from loading'}"
+            f" ({effect})",
+            description=f"{command.capitalize()} NAME in the host's state dir: {effect}.",
+        )
+        sub.add_argument("name", metavar="NAME", help="the plugin's name")
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+class _Problem(Exception):
+    """A reported problem: one line for stderr, exit status 1."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one of :data:`COMMANDS`; returns the exit status."""
+    from ..config import ConfigError
+    from ..plugins import ManifestError, PluginNotFound
+
+    command: str = args.command
+    try:
+        if command == "new":
+            return _new(args)
+        if command == "validate":
+            return _validate(args)
+        if command == "list":
+            return _list(args)
+        if command == "info":
+            return _info(args)
+        return _toggle(args, enable=command == "enable")
+    except (_Problem, ConfigError, ManifestError, PluginNotFound) as exc:
+        print(f"nyxplug {command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ..config import load_config
+
+    return load_config(args.config, environ=os.environ)
+
+
+def _manager(args: argparse.Namespace, config: Any = None) -> Any:
+    """A ``PluginManager`` as the host would build it, with the command-line overrides.
+
+    Classes registered with ``@plugin`` are left out: this process has none of its own
+    (entry-point classes are found through their entry points).
+    """
+    from ..plugins import PluginManager
+
+    try:
+        return PluginManager(
+            config if config is not None else _config(args),
+            plugin_dirs=_dirs(args.plugin_dirs),
+            state_dir=os.path.abspath(args.state_dir) if args.state_dir else None,
+            include_registered=False,
+        )
+    except ValueError as exc:  # an unreadable state file
+        raise _Problem(str(exc)) from None
+
+
+def _dirs(dirs: list[str] | None) -> list[str] | None:
+    return None if dirs is None else [os.path.abspath(d) for d in dirs]
+
+
+# -- new --------------------------------------------------------------------------------
+
+
+def default_plugin_id(name: str) -> int:
+    """The id ``nyxplug new`` gives ``name``: ``crc32(name) & 0x7FFFFFFF`` (stable)."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def _new(args: argparse.Namespace) -> int:
+    parent = Path(args.parent) if args.parent else Path.cwd()
+    plugin_id = args.plugin_id if args.plugin_id is not None else default_plugin_id(args.name)
+    folder, files = scaffold(args.name, parent, plugin_id=plugin_id)
+    shown = _shown(folder)
+    print(f"Created plugin {args.name!r} (id {plugin_id}) in {shown}{os.sep}")
+    for file, what in files:
+        print(f"  {file:<{max(len(f) for f, _ in files)}}  {what}")
+    print("Next:")
+    print(f"  nyxplug validate {shown}")
+    print(f"  cd {shown} && python -m pytest -q")
+    return 0
+
+
+def scaffold(name: str, parent: Path, *, plugin_id: int) -> tuple[Path, list[tuple[str, str]]]:
+    """Write the ``nyxplug new`` skeleton to ``parent/name``; returns it and its files."""
+    from .. import templates
+
+    module = name.replace("-", "_") + "_plugin"
+    class_name = "".join(part.capitalize() for part in re.split(r"[-_]+", name) if part)
+    class_name += "Plugin"
+    folder = parent / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+    except FileExistsError:
+        raise _Problem(
+            f"{_shown(folder)} already exists - choose another NAME or --dir, or remove it"
+        ) from None
+    except OSError as exc:
+        raise _Problem(f"cannot create {_shown(folder)}: {exc.strerror}") from None
+    values = {"name": name, "id": plugin_id, "module": module, "class_name": class_name}
+    files = [
+        ("nyxplug.toml", "the manifest", templates.MANIFEST),
+        (f"{module}.py", f"the plugin class {class_name}", templates.PLUGIN),
+        (f"test_{module}.py", "its test: loads the folder, sends a frame", templates.TEST),
+    ]
+    for file, _, template in files:
+        (folder / file).write_text(template.format(**values), encoding="utf-8")
+    return folder, [(file, what) for file, what, _ in files]
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is inside it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# -- validate ---------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ..plugins import PluginLoadError, PluginManager, PluginStateError
+    from ..plugins.manifest import MANIFEST_FILE, check_api_compatible, load_manifest
+
+    folder = Path(args.folder).resolve()
+    if not (folder / MANIFEST_FILE).is_file():
+        raise _Problem(
+            f"{args.folder} has no {MANIFEST_FILE} - give a plugin folder "
+            "(create one with `nyxplug new NAME`)"
+        )
+    manifest = load_manifest(folder)
+    check_api_compatible(manifest, source=str(folder / MANIFEST_FILE))
+    config = _config(args)
+    # A throwaway state dir: whether this host disabled the plugin does not matter here.
+    with tempfile.TemporaryDirectory(prefix="nyxplug-validate-") as state:
+        manager = PluginManager(
+            config,
+            plugin_dirs=[folder.parent],
+            state_dir=state,
+            entry_points=False,
+            include_registered=False,
+        )
+        manager.discover()
+        mine = [s for s in manager.catalog() if Path(s.location) == folder]
+        if not mine:  # another folder next to it has the same [plugin] name
+            errors = [e for e in manager.discovery_errors if str(folder) in e]
+            raise _Problem(errors[0] if errors else f"{folder} was not discovered")
+        status = mine[0]
+        if status.state == "failed":
+            raise _Problem(f"{status.name} {status.version} (id {status.id}): {status.reason}")
+
+        async def load_and_unload() -> str | None:
+            await manager.load(status.name)
+            await manager.unload(status.name)
+            reason: str | None = manager.status(status.name).reason
+            return reason
+
+        # The runtime also logs what we report below; one line on stderr is enough.
+        quiet = logging.NullHandler()
+        runtime_logger = logging.getLogger("nyxplug.runtime")
+        runtime_logger.addHandler(quiet)
+        try:
+            problem = asyncio.run(load_and_unload())
+        except (PluginLoadError, PluginStateError) as exc:
+            raise _Problem(str(exc)) from None
+        finally:
+            runtime_logger.removeHandler(quiet)
+    if problem:
+        raise _Problem(f"Plugin {status.name!r}: {problem}")
+    print(f"OK {status.name} {status.version} (id {status.id})")
+    return 0
+
+
+# -- list, info -------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    manager.discover()
+    catalog = manager.catalog(state=args.state, tag=args.tag)
+    if catalog:
+        header = ("NAME", "VERSION", "ID", "STATE", "SOURCE")
+        rows = [(s.name, _text(s.version), _text(s.id), s.state, s.source) for s in catalog]
+        widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+        print(_row(header, widths))
+        for status, cells in zip(catalog, rows, strict=True):
+            print(_row(cells, widths))
+            if status.reason and status.state in ("failed", "disabled"):
+                print(f"    {status.state}: {status.reason}")
+    else:
+        wanted = [f"state {args.state}"] * bool(args.state) + [f"tag {args.tag}"] * bool(args.tag)
+        where = ", ".join(str(d) for d in manager.plugin_dirs) or "no plugin directories"
+        suffix = f" with {' and '.join(wanted)}" if wanted else ""
+        print(f"No plugins{suffix} (searched {where})")
+    if manager.discovery_errors:
+        print("Discovery errors:")
+        for error in manager.discovery_errors:
+            print(f"  {error}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import msgspec
+
+    manager = _manager(args)
+    manager.discover()
+    status = manager.status(args.name)
+    fields = msgspec.structs.asdict(status)
+    width = max(len(key) for key in fields) + 1
+    for key, value in fields.items():
+        print(f"{key + ':':<{width}} {_value(value)}")
+    manifest = manager.manifest(args.name)
+    if manifest is None:
+        return 0
+    defaults = manager.config.defaults
+    resources, sandbox = manifest.resources, manifest.sandbox
+    capacity = resources.capacity
+    timeout = resources.handler_timeout
+    sections: dict[str, dict[str, Any]] = {
+        "resources": {
+            "capacity": capacity if capacity else f"{defaults.capacity} (host default)",
+            "handler_timeout": f"{timeout:g} s"
+            if timeout
+            else f"{defaults.handler_timeout:g} s (host default)",
+            "isolation": resources.isolation,
+        },
+        "sandbox": {
+            "network": sandbox.network,
+            "network_allowlist": sandbox.network_allowlist,
+            "filesystem": sandbox.filesystem,
+            "filesystem_allowlist": sandbox.filesystem_allowlist,
+            "memory_limit": f"{sandbox.memory_limit_text} ({sandbox.memory_limit} bytes)",
+        },
+        "config": dict(manifest.config),
+        "dependencies": dict(manifest.dependencies),
+    }
+    for title, table in sections.items():
+        print(f"[{title}]")
+        if not table:
+            print("  (none)")
+        inner = max((len(key) for key in table), default=0) + 1
+        for key, value in table.items():
+            print(f"  {key + ':':<{inner}} {_value(value)}")
+    return 0
+
+
+def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _value(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) if value else "-"
+    return str(value)
+
+
+# -- enable, disable ----------------------------------------------------------------------
+
+
+def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
+    from ..plugins.manager import STATE_FILE
+
+    manager = _manager(args)
+    manager.discover()
+    before = manager.status(args.name)
+    try:
+        if enable:
+            manager.enable(args.name)
+        else:
+            manager.disable(args.name)
+    except OSError as exc:
+        raise _Problem(
+            f"cannot write {manager.state_dir}{os.sep}{STATE_FILE}: {exc.strerror} - "
+            "check runtime.state_dir"
+        ) from None
+    after = manager.status(args.name)
+    where = f"{manager.state_dir}{os.sep}{STATE_FILE}"
+    if enable:
+        was = "was already enabled" if before.enabled else "enabled"
+        print(f"{args.name}: {was}; now {after.state} (remembered in {where})")
+    else:
+        was = "was already disabled" if not before.enabled else "disabled"
+        print(f"{args.name}: {was}; it will not load until `nyxplug enable {args.name}` "
+              f"(remembered in {where})")  # fmt: skip
+    return 0
