@@ -26,9 +26,9 @@ from nyxplug import (
     FrameType,
     Permission,
     PluginHeader,
-    PluginInfo,
-    PluginMessage,
 )
+from nyxplug.cli.plugins import EXAMPLES_DIR
+from nyxplug.plugins import PluginManager
 
 __all__ = ("print_demo", "render", "run_demo")
 
@@ -121,48 +121,39 @@ async def _awaiting_senders(d: Dispatcher, tally: _Tally) -> tuple[int, float]:
 
 async def _demo(frames: int) -> dict[str, Any]:
     tally = _Tally()
-    handled = 0
-
-    def fast_handler(message: PluginMessage) -> None:
-        nonlocal handled
-        handled += 1
-
-    async def slow_handler(message: PluginMessage) -> None:
-        await asyncio.sleep(0.001)  # stands in for real work: I/O, a database call...
-
-    plugins = {
-        "fast": (PluginInfo(FAST, "fast", Permission.DATA_ACCESS | Permission.HANDSHAKE),
-                 fast_handler, FAST_CAPACITY, "sync function"),
-        "slow": (PluginInfo(SLOW, "slow", Permission.DATA_ACCESS),
-                 slow_handler, SLOW_CAPACITY, "async function, ~1 ms a frame"),
-        "limited": (PluginInfo(LIMITED, "limited", Permission.HANDSHAKE),
-                    None, LIMITED_CAPACITY, "None: frames are consumed unread"),
-    }  # fmt: skip
     results: dict[str, Any] = {
         "implementation": "compiled (Cython)" if nyxplug.USE_EXTENSIONS else "pure Python",
         "loop": _loop_name(),
         "python": sys.version.split()[0],
         "frames": frames,
+        "plugin_dir": str(EXAMPLES_DIR),
     }
-    async with Dispatcher() as d:
-        for info, handler, capacity, _ in plugins.values():
-            await d.load_plugin(info, handler, capacity=capacity)
-
+    # The three plugins are real folders (nyxplug.toml + code), loaded the way any host
+    # loads plugins; the demo then talks to the dispatcher the manager runs them on.
+    manager = PluginManager(plugin_dirs=[EXAMPLES_DIR], entry_points=False,
+                            include_registered=False)  # fmt: skip
+    await manager.start()
+    failed = [s for s in manager.catalog() if s.state != "active"]
+    if failed:
+        raise RuntimeError(f"example plugin {failed[0].name!r} did not load: {failed[0].reason}")
+    plugins = {name: manager.status(name) for name in ("fast", "slow", "limited")}
+    d = manager.dispatcher
+    try:
         # 1. Throughput: header bytes as any CBOR encoder writes them, then a ready header.
         wire_header = cbor2.dumps({"id": FAST, "flags": 0, "data": b""})
         half = frames // 2
         results["bursts"] = [
-            {"label": "CBOR header bytes", "frames": half,
-             "seconds": await _burst(d, tally, wire_header, half)},
-            {"label": "ready PluginHeader", "frames": frames - half,
-             "seconds": await _burst(d, tally, PluginHeader(FAST), frames - half)},
-        ]  # fmt: skip
-        results["fast_handled"] = handled
+                {"label": "CBOR header bytes", "frames": half,
+                 "seconds": await _burst(d, tally, wire_header, half)},
+                {"label": "ready PluginHeader", "frames": frames - half,
+                 "seconds": await _burst(d, tally, PluginHeader(FAST), frames - half)},
+            ]  # fmt: skip
+        results["fast_handled"] = manager.instance("fast").frames
 
         # 2. Backpressure, waiting: senders park while "slow" works through its 8 slots.
         parked, seconds = await _awaiting_senders(d, tally)
         results["slow_awaited"] = {"frames": SLOW_AWAITED, "senders": SLOW_SENDERS,
-                                   "parked": parked, "seconds": seconds}  # fmt: skip
+                                       "parked": parked, "seconds": seconds}  # fmt: skip
 
         # 3. Backpressure, failing fast: no awaiting, so all but 8 frames are refused.
         header = PluginHeader(SLOW)
@@ -209,17 +200,20 @@ async def _demo(frames: int) -> dict[str, Any]:
         # 8 frames it queued: drain=False drops them. The others drain their queues.
         results["plugins"] = {}
         for name in ("slow", "fast", "limited"):
-            info, _, capacity, handler_kind = plugins[name]
-            stats = await d.unload_plugin(info.id, drain=name != "slow")
+            status = plugins[name]
+            capacity = manager.manifest(name).resources.capacity  # type: ignore[union-attr]
+            stats = await manager.unload(name, drain=name != "slow")
             results["plugins"][name] = {
-                "id": info.id,
-                "permissions": _permission_names(info.permissions),
+                "id": status.id,
+                "permissions": "|".join(status.permissions),
                 "capacity": capacity,
-                "handler": handler_kind,
-                "enqueued": tally.enqueued[info.id],
+                "handler": status.description,
+                "enqueued": tally.enqueued[status.id or 0],
                 "stats": msgspec.structs.asdict(stats),
             }
         results["dispatch_stats"] = msgspec.structs.asdict(d.dispatch_stats())
+    finally:
+        await manager.aclose()
     results["calls"] = tally.calls
     results["errors"] = tally.errors
     return results
@@ -239,13 +233,13 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
         f"  dispatcher: {results['implementation']}{hint}",
         f"  event loop: {results['loop']}",
         "",
-        "Plugins loaded:",
+        f"Plugins loaded from {results['plugin_dir']}:",
     ]
     for name in ("fast", "slow", "limited"):
         p = results["plugins"][name]
         lines.append(
             f"  {p['id']:>2} {name:<8} {p['permissions']:<22} capacity {p['capacity']:>4}"
-            f"   handler: {p['handler']}"
+            f"   {p['handler']}"
         )
     lines += ["", '1. Burst to "fast" with dispatch_nowait(), a queueful at a time + wait_idle():']
     for burst in results["bursts"]:

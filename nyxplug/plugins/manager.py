@@ -714,15 +714,30 @@ class _SyncBatch:
 
 
 class _Supervised:
-    """Calls ``handle`` per frame; cancels it after ``timeout`` seconds and counts that."""
+    """Calls an async ``handle`` per frame; cancels it after ``timeout`` seconds, counted.
 
-    __slots__ = ("_call", "_record", "_plugin_id", "_timeout")
+    One watchdog timer per plugin instead of one timer per frame: each call only
+    notes when it started; the timer, when it fires, cancels the worker task if the
+    running call is past its deadline and otherwise re-arms for the current call.
+    (``asyncio.timeout`` per frame costs several microseconds; this costs a clock read.)
+    """
+
+    __slots__ = (
+        "_call", "_record", "_plugin_id", "_timeout", "_loop", "_task", "_timer", "_started",
+        "_running", "_expired",
+    )  # fmt: skip
 
     def __init__(self, record: _Record, call: Any, plugin_id: int, timeout: float | None) -> None:
         self._record = record
         self._call = call
         self._plugin_id = plugin_id
         self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._running = False
+        self._expired = False
 
     async def handle(self, message: Any) -> None:
         await self._run(message, message.frame_type)
@@ -734,17 +749,43 @@ class _Supervised:
         if self._timeout is None:
             await result
             return
-        deadline = asyncio.timeout(self._timeout)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+        self._started = loop.time()
+        self._running = True
+        if self._timer is None:
+            self._timer = loop.call_at(self._started + self._timeout, self._watch)
         try:
-            async with deadline:
-                await result
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own TimeoutError, not ours
-            self._record.timeouts += 1
-            raise HandlerTimeout(
-                self._record.name, self._plugin_id, frame_type, self._timeout
-            ) from None
+            await result
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise  # cancelled from outside (unload, shutdown): not ours to swallow
+            self._timed_out(frame_type)
+        finally:
+            self._running = False
+        if self._expired:  # the handler swallowed our cancellation and returned
+            self._timed_out(frame_type)
+
+    def _timed_out(self, frame_type: int) -> None:
+        self._expired = False
+        assert self._task is not None
+        self._task.uncancel()
+        self._record.timeouts += 1
+        raise HandlerTimeout(self._record.name, self._plugin_id, frame_type, self._timeout or 0.0)
+
+    def _watch(self) -> None:
+        self._timer = None
+        if not self._running or self._loop is None or self._timeout is None:
+            return  # idle: the next call re-arms
+        deadline = self._started + self._timeout
+        if self._loop.time() >= deadline:
+            self._expired = True
+            assert self._task is not None
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(deadline, self._watch)
 
 
 class _SupervisedBatch(_Supervised):
