@@ -183,6 +183,34 @@ def test_new_with_an_id(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "validate", "plugins/x_y")[1] == "OK x_y 0.1.0 (id 16)\n"
 
 
+def test_run_sends_frames_to_a_new_plugin_and_shows_what_it_did(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(capsys, "new", "greeter", "--dir", "plugins")[0] == 0
+    code, out, err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "4")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert any(
+        line.startswith("greeter 0.1.0 (id ") and line.endswith(": active") for line in lines
+    )
+    assert "  log nyxplug.plugin.greeter: greeter unloaded after 4 frames" in out
+    assert [
+        line.split() for line in lines if line.startswith("greeter ") and "active" not in line
+    ] == [["greeter", "4", "0", "0"]]
+
+
+def test_run_reports_a_plugin_that_fails_to_load(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(capsys, "new", "good", "--dir", "plugins")[0] == 0
+    assert cli(capsys, "new", "bad", "--dir", "plugins")[0] == 0
+    (host / "plugins" / "bad" / "bad_plugin.py").write_text("raise ImportError('nope')\n")
+    code, out, _err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
+    assert code == 1
+    assert "bad 0.1.0 (id " in out and "failed - import failed: ImportError: nope" in out
+    assert "good 0.1.0 (id " in out
+
+
 @pytest.mark.parametrize("name", ["Echo", "1st", "has space", "a" * 65, "", "_x", "é", "a.b"])
 def test_new_refuses_an_invalid_name(
     host: Path, capsys: pytest.CaptureFixture[str], name: str

@@ -31,7 +31,7 @@ __all__ = (
 )
 
 #: The subcommands this module adds to ``nyxplug``.
-COMMANDS = ("new", "validate", "list", "info", "enable", "disable")
+COMMANDS = ("new", "validate", "list", "info", "enable", "disable", "run")
 #: The example plugin folders shipped in the package (``fast``, ``slow``, ``limited``).
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 
@@ -144,6 +144,20 @@ def add_commands(commands: Any) -> None:
     )
     info.add_argument("name", metavar="NAME", help="the plugin's name")
 
+    runner = commands.add_parser(
+        "run",
+        parents=[host],
+        help="start the host's plugins, send each a few DATA frames, show what they did",
+        description=(
+            "Start every enabled plugin (dependency order), send --frames DATA frames to each "
+            "active plugin holding DATA_ACCESS (payload 'frame N'), wait until they are handled, "
+            "print the plugins' log lines and their statistics, then unload everything."
+        ),
+    )
+    runner.add_argument(
+        "--frames", type=int, default=3, metavar="N", help="DATA frames per plugin (default: 3)"
+    )
+
     for command, verb, effect in (
         ("enable", "allow", "it loads again on the next start"),
         ("disable", "keep", "it does not load; remembered across restarts"),
@@ -180,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
             return _list(args)
         if command == "info":
             return _info(args)
+        if command == "run":
+            return _run_plugins(args)
         return _toggle(args, enable=command == "enable")
     except (_Problem, ConfigError, ManifestError, PluginNotFound) as exc:
         print(f"nyxplug {command}: {exc}", file=sys.stderr)
@@ -213,6 +229,52 @@ def _manager(args: argparse.Namespace, config: Any = None) -> Any:
 
 def _dirs(dirs: list[str] | None) -> list[str] | None:
     return None if dirs is None else [os.path.abspath(d) for d in dirs]
+
+
+# -- run --------------------------------------------------------------------------------
+
+
+def _run_plugins(args: argparse.Namespace) -> int:
+    if args.frames < 0:
+        raise _Problem(f"expected --frames >= 0, got {args.frames}")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  log %(name)s: %(message)s"))
+    plugin_logs = logging.getLogger("nyxplug.plugin")
+    plugin_logs.addHandler(handler)
+    old_level = plugin_logs.level
+    plugin_logs.setLevel(logging.INFO)
+    try:
+        return asyncio.run(_run_async(_manager(args), args.frames))
+    finally:
+        plugin_logs.removeHandler(handler)
+        plugin_logs.setLevel(old_level)
+
+
+async def _run_async(manager: Any, frames: int) -> int:
+    from .. import FrameType, Permission, PluginHeader
+
+    catalog = await manager.start()
+    for status in catalog:
+        line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
+        print(line + (f" - {status.reason}" if status.reason else ""))
+    active = [s for s in catalog if s.state == "active"]
+    targets = [s for s in active if "DATA_ACCESS" in s.permissions]
+    try:
+        for status in targets:
+            for n in range(frames):
+                payload = f"frame {n}".encode()
+                await manager.dispatcher.dispatch(FrameType.DATA, PluginHeader(status.id), payload)
+        await manager.dispatcher.wait_idle()
+    finally:
+        stats = {s.name: manager.stats(s.name) for s in active}
+        await manager.aclose()
+    print("\nplugin               frames  errors  sandbox_violations")
+    for name, st in stats.items():
+        print(f"{name:<20} {st.messages_processed:>6}  {st.errors:>6}  {st.sandbox_violations:>18}")
+    skipped = [s.name for s in active if s not in targets]
+    if skipped:
+        print(f"(no DATA frames for {', '.join(skipped)}: no {Permission.DATA_ACCESS.name})")
+    return 0 if active and all(s.state != "failed" for s in catalog) else 1
 
 
 # -- new --------------------------------------------------------------------------------
