@@ -521,3 +521,26 @@ async def test_control_frames_naming_a_forbidden_target_are_refused_before_the_q
         stats = manager.stats("ctl")
         assert stats is not None and stats.sandbox_violations == 1
         assert manager.instance("ctl").seen == []
+
+
+async def test_a_handler_that_swallows_its_cancellation_is_still_a_timeout(
+    impl: Any, tmp_path: Path
+) -> None:
+    code = RECORDER.replace(
+        "        self.seen.append(message.payload)",
+        "        self.seen.append(message.payload)\n"
+        "        if message.payload == b'stubborn':\n"
+        "            try:\n"
+        "                await asyncio.Event().wait()\n"
+        "            except asyncio.CancelledError:\n"
+        "                return  # swallowed: the runtime must still count the timeout",
+    )
+    write_plugin(tmp_path, "stubborn", 43, code, resources={"handler_timeout": 0.05})
+    async with manager_for(impl, tmp_path) as manager:
+        await send(manager, 43, b"stubborn")
+        await send(manager, 43, b"next")
+        await manager.dispatcher.wait_idle(43)
+        assert manager.instance("stubborn").seen == [b"stubborn", b"next"]
+        stats = manager.stats("stubborn")
+        assert stats is not None and (stats.messages_processed, stats.errors) == (2, 1)
+        assert manager.status("stubborn").handler_timeouts == 1
