@@ -6,6 +6,7 @@ import asyncio
 import logging
 import py_compile
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -544,3 +545,48 @@ async def test_a_handler_that_swallows_its_cancellation_is_still_a_timeout(
         stats = manager.stats("stubborn")
         assert stats is not None and (stats.messages_processed, stats.errors) == (2, 1)
         assert manager.status("stubborn").handler_timeouts == 1
+
+
+def _install_distribution(site: Path, module: str, source: str, entry: str) -> None:
+    """A real (if minimal) installed distribution: a module and its .dist-info."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}_dist-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}-dist\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[nyxplug.plugins]\n{module} = {entry}\n")
+
+
+async def test_installed_distributions_are_found_through_their_entry_points(
+    impl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    source = RECORDER.replace(
+        "class Entry(Plugin):",
+        "from nyxplug.plugins import plugin\n\n"
+        "@plugin(name='builtin-echo', id=88, version='3.0.0', permissions=['DATA_ACCESS'])\n"
+        "class Entry(Plugin):",
+    )
+    _install_distribution(site, "nyx_builtin_echo", source, "nyx_builtin_echo:Entry")
+    _install_distribution(site, "nyx_broken", "raise ImportError('gone')\n", "nyx_broken:Entry")
+    monkeypatch.syspath_prepend(str(site))
+    manager = PluginManager(dispatcher=impl.Dispatcher(), plugin_dirs=[], entry_points=True)
+    by_name = {s.name: s for s in manager.discover()}
+    status = by_name["builtin-echo"]
+    assert (status.source, status.version, status.state) == ("entry-point", "3.0.0", "validated")
+    assert status.location == "entry point nyx_builtin_echo = nyx_builtin_echo:Entry"
+    assert [e for e in manager.discovery_errors if "nyx_broken" in e] == [
+        "Entry point 'nyx_broken' (nyx_broken:Entry) failed to load: ImportError: gone - "
+        "it must name a class marked @plugin"
+    ]
+    assert not any("already taken" in e for e in manager.discovery_errors)
+    await manager.load("builtin-echo")
+    await send(manager, 88, b"from a distribution")
+    await arrived(manager.instance("builtin-echo"))
+    assert manager.instance("builtin-echo").seen == [b"from a distribution"]
+    await manager.aclose()
+    for module in ("nyx_builtin_echo", "nyx_broken"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    from nyxplug.plugins import manager as manager_module
+
+    monkeypatch.delitem(manager_module._CODE_PLUGINS, "builtin-echo", raising=False)
