@@ -6,7 +6,7 @@ from typing import Any, final
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._info import PluginInfo
 from nyxplug._stats import DispatchStats, PluginStats
-from nyxplug.sandbox import SandboxPolicy
+from nyxplug.sandbox import SandboxGuard, SandboxPolicy
 
 __all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
 
@@ -91,13 +91,14 @@ class Dispatcher:
         max_payload_size: int = 16777216,
     ) -> None: ...
     def register_frame_type(self, code: int, permission: Permission) -> None: ...
+    def required_permission(self, frame_type: int) -> Permission | None: ...
     async def load_plugin(
         self,
         info: PluginInfo,
         handler: Handler = None,
         *,
         capacity: int = 100,
-        sandbox: SandboxPolicy | None = None,
+        sandbox: SandboxPolicy | SandboxGuard | None = None,
     ) -> None: ...
     async def unload_plugin(self, plugin_id: int, *, drain: bool = True) -> PluginStats: ...
     async def aclose(self) -> None: ...

@@ -446,6 +446,11 @@ class Dispatcher:
             )
         self._required[code] = permission.value
 
+    def required_permission(self, frame_type: int) -> Permission | None:
+        """The permission a sender and a target need for ``frame_type``; None if not routed."""
+        code = check_uint("frame_type", frame_type, 255)
+        return Permission(self._required[code]) if self._required[code] else None
+
     # -- plugins -----------------------------------------------------------------
 
     async def load_plugin(
@@ -458,7 +463,8 @@ class Dispatcher:
     ) -> None:
         """Register ``info`` if needed, create the plugin's bounded queue, start its worker.
 
-        ``sandbox`` (a ``SandboxPolicy``) overrides the dispatcher's policy for this plugin.
+        ``sandbox`` (a ``SandboxPolicy``, or a ready ``SandboxGuard``) overrides the
+        dispatcher's policy for this plugin.
         """
         if not isinstance(info, PluginInfo):
             raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
@@ -471,7 +477,7 @@ class Dispatcher:
             raise AlreadyLoaded(plugin_id)
         if plugin_id in self._unloading:
             raise AlreadyLoaded(plugin_id, True)
-        policy = check_policy("sandbox", sandbox)
+        policy = check_policy("sandbox", sandbox, guard_ok=True)
         call, batch = resolve_handler(handler)
         loop = asyncio.get_running_loop()
         registry = self._registry

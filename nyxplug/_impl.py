@@ -26,14 +26,26 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
-def env_flag(name: str) -> bool:
-    """Read a boolean environment flag strictly: 1/true/yes/on or 0/false/no/off."""
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in _TRUE:
+def parse_flag(raw: str) -> bool:
+    """A boolean flag's text, strictly: 1/true/yes/on or 0/false/no/off (empty is off)."""
+    value = raw.strip().lower()
+    if value in _TRUE:
         return True
-    if raw in _FALSE:
+    if value in _FALSE:
         return False
-    raise ValueError(f"Expected {name} to be one of 1/true/yes/on or 0/false/no/off, got {raw!r}")
+    raise ValueError("Expected one of 1/true/yes/on or 0/false/no/off")
+
+
+def env_flag(name: str) -> bool:
+    """Read a boolean environment flag strictly (``parse_flag``)."""
+    raw = os.environ.get(name, "")
+    try:
+        return parse_flag(raw)
+    except ValueError:
+        raise ValueError(
+            f"Expected {name} to be one of 1/true/yes/on or 0/false/no/off, "
+            f"got {raw.strip().lower()!r}"
+        ) from None
 
 
 NO_EXTENSIONS = env_flag("NYXPLUG_NO_EXTENSIONS") or sys.implementation.name != "cpython"

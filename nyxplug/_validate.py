@@ -42,26 +42,32 @@ def frame_type_object(code: int) -> int:
     return _FRAME_TYPES.get(code, code)
 
 
-def check_policy(name: str, policy: object) -> Any:
-    """``policy`` if it is a ``SandboxPolicy`` or None; TypeError otherwise."""
+def check_policy(name: str, policy: object, *, guard_ok: bool = False) -> Any:
+    """``policy`` if it is a ``SandboxPolicy`` (or, with ``guard_ok``, a ``SandboxGuard``) or None.
+
+    A guard belongs to one plugin, so only ``load_plugin`` takes one.
+    """
     if policy is None:
         return None
-    from .sandbox import SandboxPolicy
+    from .sandbox import SandboxGuard, SandboxPolicy
 
-    if not isinstance(policy, SandboxPolicy):
-        raise TypeError(
-            f"Expected `{name}` to be a SandboxPolicy or None, got {type(policy).__name__}"
-        )
-    return policy
+    if isinstance(policy, SandboxPolicy) or (guard_ok and isinstance(policy, SandboxGuard)):
+        return policy
+    wanted = "a SandboxPolicy, a SandboxGuard" if guard_ok else "a SandboxPolicy"
+    raise TypeError(f"Expected `{name}` to be {wanted} or None, got {type(policy).__name__}")
 
 
 def make_guard(policy: Any, plugin_id: int) -> Any:
-    """The plugin's ``SandboxGuard`` for ``policy``, or None when no policy applies."""
+    """The plugin's ``SandboxGuard``: the one given, one for ``policy``, or None for no policy.
+
+    Passing a guard lets the plugin runtime count, on one guard, what the plugin was
+    refused while loading, while sending and while its handler ran.
+    """
     if policy is None:
         return None
     from .sandbox import SandboxGuard
 
-    return SandboxGuard(policy, plugin_id)
+    return policy if isinstance(policy, SandboxGuard) else SandboxGuard(policy, plugin_id)
 
 
 def enter_guard(guard: Any) -> None:

@@ -23,6 +23,7 @@ from msgspec import Meta
 
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
+from ._impl import parse_flag
 
 __all__ = (
     "DEFAULT_HANDLER_TIMEOUT",
@@ -42,8 +43,6 @@ Capacity = Annotated[int, Meta(ge=1)]
 #: Handler timeout in seconds (finite; checked in ``__post_init__``).
 HandlerTimeout = Annotated[float, Meta(gt=0)]
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _AT_ROOT_RE = re.compile(r"^(?P<problem>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _AT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `(?P<key>[^`$][^`]*)`$", re.DOTALL)
 _DICT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `key` in `\$(?P<path>[^`]*)`$", re.DOTALL)
@@ -206,7 +205,7 @@ def _apply_environment(config: HostConfig, environ: Mapping[str, str]) -> HostCo
         ("NYXPLUG_REQUIRE_SIGNATURES", "require_signatures"),
     ):
         if raw := environ.get(name, ""):
-            runtime[key] = _env_value(name, f"runtime.{key}", raw, _parse_flag, bool)
+            runtime[key] = _env_value(name, f"runtime.{key}", raw, parse_flag, bool)
     if raw := environ.get("NYXPLUG_CAPACITY", ""):
         defaults["capacity"] = _env_value(
             "NYXPLUG_CAPACITY", "defaults.capacity", raw, _parse_int, Capacity
@@ -238,15 +237,6 @@ def _env_value(name: str, key: str, raw: str, parse: Callable[[str], object], ty
         return msgspec.convert(value, type=type_)
     except msgspec.ValidationError as exc:
         raise ConfigError(source, key, f"{exc}, got `{raw}`") from None
-
-
-def _parse_flag(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError("Expected one of 1/true/yes/on or 0/false/no/off")
 
 
 def _parse_int(raw: str) -> int:

@@ -590,3 +590,73 @@ async def test_installed_distributions_are_found_through_their_entry_points(
     from nyxplug.plugins import manager as manager_module
 
     monkeypatch.delitem(manager_module._CODE_PLUGINS, "builtin-echo", raising=False)
+
+
+def test_required_permission_follows_the_routing_table(impl: Any) -> None:
+    d = impl.Dispatcher()
+    assert d.required_permission(FrameType.DATA) is Permission.DATA_ACCESS
+    assert d.required_permission(0x55) is None
+    d.register_frame_type(0x55, Permission.CONTROL)
+    assert d.required_permission(0x55) is Permission.CONTROL
+    with pytest.raises(ValueError, match=r"^Expected `frame_type` in 0\.\.255, got 256$"):
+        d.required_permission(256)
+
+
+async def test_a_guard_is_for_one_plugin_so_only_load_plugin_takes_one(impl: Any) -> None:
+    from nyxplug.sandbox import SandboxGuard, SandboxPolicy
+
+    guard = SandboxGuard(SandboxPolicy(), 5)
+    with pytest.raises(TypeError, match=r"^Expected `sandbox` to be a SandboxPolicy or None, got"):
+        impl.Dispatcher(sandbox=guard)
+    d = impl.Dispatcher()
+    await d.load_plugin(impl_info(5), None, sandbox=guard)
+    header = PluginHeader(5, 0, b"SBX:OPEN /etc/passwd").encode()
+    d.registry.set_permissions(5, Permission.CONTROL)
+    assert d.try_dispatch(FrameType.CONTROL, header) == impl_status("SANDBOX_VIOLATION")
+    guard.violations += 2  # counted elsewhere on the same guard (on_load, sending)
+    stats = await d.unload_plugin(5)
+    assert stats.sandbox_violations == 3
+
+
+def impl_info(plugin_id: int) -> Any:
+    from nyxplug import PluginInfo
+
+    return PluginInfo(plugin_id, f"p{plugin_id}", Permission.DATA_ACCESS)
+
+
+def impl_status(name: str) -> Any:
+    from nyxplug import DispatchStatus
+
+    return DispatchStatus[name]
+
+
+SENDER = """
+import asyncio
+from nyxplug import PluginHeader
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    async def on_load(self, ctx):
+        await ctx.dispatch(0x52, PluginHeader(ctx.config["target"]), b"hello from on_load")
+
+    async def handle(self, message):
+        pass
+"""
+
+
+async def test_ctx_dispatch_works_from_on_load_and_follows_the_registry(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "sink", 50)
+    write_plugin(tmp_path, "early", 53, SENDER, config={"target": 50}, dependencies={"sink": "*"})
+    async with manager_for(impl, tmp_path) as manager:
+        await arrived(manager.instance("sink"))
+        assert manager.instance("sink").seen == [b"hello from on_load"]
+        ctx = manager.instance("early").ctx
+        assert ctx.permissions is Permission.DATA_ACCESS
+        manager.dispatcher.register_frame_type(0x55, Permission.CONTROL)
+        with pytest.raises(PermissionDenied):
+            ctx.dispatch_nowait(0x55, PluginHeader(50), b"")
+        manager.dispatcher.registry.set_permissions(53, Permission(0))
+        with pytest.raises(PermissionDenied):
+            ctx.dispatch_nowait(FrameType.DATA, PluginHeader(50), b"")

@@ -24,7 +24,6 @@ from nyxplug import (
     DispatchError,
     DispatchStatus,
     FrameType,
-    Permission,
     PluginHeader,
 )
 from nyxplug.cli.plugins import EXAMPLES_DIR
@@ -58,10 +57,6 @@ class _Tally:
         self.calls += 1
         entry = self.errors.setdefault(type(exc).__name__, {"count": 0, "example": str(exc)})
         entry["count"] += 1
-
-
-def _permission_names(permissions: Permission) -> str:
-    return "|".join(member.name or "" for member in Permission if member in permissions)
 
 
 def _loop_name() -> str:

@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .._constants import DEFAULT_FRAME_PERMISSIONS, DispatchStatus, Permission
+from .._constants import DispatchStatus, FrameType, Permission
 from .._errors import PermissionDenied, SandboxViolation
+from .._impl import PluginHeader
 
 if TYPE_CHECKING:
-    from .._dispatch_py import Dispatcher, PluginHeader, PluginMessage
+    from .._dispatch_py import Dispatcher, PluginMessage
 
 __all__ = ("Plugin", "PluginContext")
 
@@ -67,7 +68,6 @@ class PluginContext:
         plugin_id: int,
         version: str,
         config: Mapping[str, Any],
-        permissions: Permission,
         dispatcher: Dispatcher,
         guard: Any = None,
     ) -> None:
@@ -75,26 +75,28 @@ class PluginContext:
         self.id = plugin_id
         self.version = version
         self.config: Mapping[str, Any] = MappingProxyType(dict(config))
-        self.permissions = permissions
         self.logger = logging.getLogger(f"nyxplug.plugin.{name}")
         self._dispatcher = dispatcher
         self._guard = guard
 
+    @property
+    def permissions(self) -> Permission:
+        """This plugin's frame permissions, as the dispatcher's registry holds them now."""
+        info = self._dispatcher.registry.get(self.id)
+        return info.permissions if info is not None else Permission(0)
+
     def _check_sender(self, frame_type: int, header: Any) -> None:
-        required = DEFAULT_FRAME_PERMISSIONS.get(int(frame_type))
-        if required is not None and (self.permissions & required) != required:
+        """This plugin's own rights: the dispatcher's table and registry, its own guard."""
+        required = self._dispatcher.required_permission(frame_type)
+        if required is not None and not self._dispatcher.registry.has_permission(self.id, required):
             raise PermissionDenied(self.id, frame_type, required)
-        if self._guard is not None and int(frame_type) == 0x53:
-            decoded = header if hasattr(header, "data") else self._decode(header)
-            detail = self._guard.preflight(decoded)
+        if self._guard is not None and frame_type == FrameType.CONTROL:
+            if not hasattr(header, "data"):
+                header = PluginHeader.decode(header)
+            detail = self._guard.preflight(header)
             if detail is not None:
                 self._guard.violations += 1
                 raise SandboxViolation(self.id, frame_type, detail)
-
-    def _decode(self, header: Any) -> PluginHeader:
-        header_type: Any = _header_type(self._dispatcher)
-        decoded: PluginHeader = header_type.decode(bytes(header))
-        return decoded
 
     def dispatch(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
@@ -120,10 +122,3 @@ class PluginContext:
 
     def __repr__(self) -> str:
         return f"<PluginContext {self.name!r} id={self.id} version={self.version}>"
-
-
-def _header_type(dispatcher: Any) -> Any:
-    """The ``PluginHeader`` class of the dispatcher's implementation."""
-    import importlib
-
-    return importlib.import_module(type(dispatcher).__module__).PluginHeader

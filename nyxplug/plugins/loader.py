@@ -12,7 +12,6 @@ relatively (``from . import util``).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -21,7 +20,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,7 +41,6 @@ class Snapshot:
 
     root: Path
     files: dict[str, bytes]
-    digests: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, root: Path, extra: tuple[str, ...] = ()) -> Snapshot:
@@ -73,8 +71,7 @@ class Snapshot:
                         "Python source - is it the right folder?"
                     )
                 files[rel] = data
-        digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-        return cls(root, files, digests)
+        return cls(root, files)
 
     def source_of(self, module: str) -> tuple[str, bytes, bool] | None:
         """``(relative path, bytes, is_package)`` of a dotted module name, or None."""

@@ -149,7 +149,6 @@ class _Record:
         self.code: LoadedCode | None = None
         self.guard: SandboxGuard | None = None
         self.timeouts = 0
-        self.extra_sandbox_violations = 0
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -551,6 +550,8 @@ class PluginManager:
                 raise PluginLoadError(name, "dependencies", reason)
         record.move(PluginState.LOADING)
         step = "import"
+        registry = self.dispatcher.registry
+        registered_here = False
         try:
             manifest, factory = self._import(record)
             step = "instantiate"
@@ -561,14 +562,18 @@ class PluginManager:
                 raise TypeError(
                     f"Expected the entry object to have handle(message), got {type(instance)!r}"
                 )
-            policy = policy_of(manifest)
-            record.guard = SandboxGuard(policy, manifest.id)
+            # One guard for everything this plugin does (on_load, sending, its handler),
+            # and its rights in the registry from now on, so ctx.dispatch in on_load works.
+            record.guard = SandboxGuard(policy_of(manifest), manifest.id)
+            info = PluginInfo(manifest.id, name, manifest.permission_mask)
+            if not registry.is_registered(manifest.id):
+                registry.register(info)
+                registered_here = True
             ctx = PluginContext(
                 name=name,
                 plugin_id=manifest.id,
                 version=str(manifest.version),
                 config=manifest.config,
-                permissions=manifest.permission_mask,
                 dispatcher=self.dispatcher,
                 guard=record.guard,
             )
@@ -580,16 +585,17 @@ class PluginManager:
             if healthy is False:
                 raise RuntimeError("health() returned False")
             step = "start"
-            info = PluginInfo(manifest.id, name, manifest.permission_mask)
             timeout = manifest.resources.handler_timeout or self.config.defaults.handler_timeout
             await self.dispatcher.load_plugin(
                 info,
                 _supervise(record, instance, manifest.id, timeout),
                 capacity=manifest.resources.capacity or self.config.defaults.capacity,
-                sandbox=policy,
+                sandbox=record.guard,
             )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if registered_here and not self.dispatcher.is_loaded(manifest.id):
+                registry.unregister(manifest.id)
             if record.code is not None:
                 unload_code(record.code.package)
                 record.code = None
@@ -658,21 +664,15 @@ class PluginManager:
             record.move(PluginState.UNLOADED, reason)
             if name in self._load_order:
                 self._load_order.remove(name)
-        return self._with_extra(record, stats)
+        return stats
 
     def stats(self, name: str) -> PluginStats | None:
-        """The plugin's dispatcher counters (with sandbox refusals seen outside the worker)."""
+        """The plugin's counters (None unless it is loaded)."""
         record = self._record(name)
         if record.manifest is None:
             return None
-        stats = self.dispatcher.plugin_stats(record.manifest.id)
-        return None if stats is None else self._with_extra(record, stats)
-
-    def _with_extra(self, record: _Record, stats: PluginStats) -> PluginStats:
-        extra = record.guard.violations if record.guard is not None else 0
-        if not extra:
-            return stats
-        return msgspec.structs.replace(stats, sandbox_violations=stats.sandbox_violations + extra)
+        stats: PluginStats | None = self.dispatcher.plugin_stats(record.manifest.id)
+        return stats
 
     async def aclose(self) -> None:
         """Unload every active plugin, dependents first."""
