@@ -415,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per row")
     parser.add_argument("--loop", choices=["uvloop", "asyncio", "both"], default="both")
     parser.add_argument("--no-pure", action="store_true", help="skip the pure-Python twin")
+    parser.add_argument(
+        "--memory", action="store_true", help="also print the memory table (benchmarks/memory.py)"
+    )
     args = parser.parse_args(argv)
     impls = {"cython": importlib.import_module("nyxplug._dispatch")}
     if not args.no_pure:
@@ -428,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nyxplug benchmark - {versions()}")
     print(f"{args.reps} interleaved reps per row; median and min ns per frame; lower is better")
     print(render(rows, samples))
+    if args.memory:
+        from benchmarks import memory
+
+        print("\n## memory")
+        memory.main(["--no-pure"] if args.no_pure else [])
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     return 0
 
