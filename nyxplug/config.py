@@ -95,7 +95,7 @@ class RuntimeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     plugin_dirs: tuple[str, ...] = ("plugins",)
     state_dir: str = ".nyxplug"
     entry_points: bool = True
-    require_signatures: bool = False
+    require_signatures: bool = True
 
     def __post_init__(self) -> None:
         _check_paths("plugin_dirs", self.plugin_dirs)
@@ -135,6 +135,21 @@ class HostConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def state_path(self) -> Path:
         """``runtime.state_dir`` as a path."""
         return Path(self.runtime.state_dir)
+
+    @property
+    def package_store_path(self) -> Path:
+        """Where ``nyxplug install`` puts verified packages (scanned like a plugin dir)."""
+        return self.state_path / "packages"
+
+    @property
+    def trust_store_path(self) -> Path:
+        """The trust store: trusted keys, revocations, rollback floors."""
+        return self.state_path / "trust.json"
+
+    @property
+    def audit_log_path(self) -> Path:
+        """The append-only JSON-lines log of every trust decision."""
+        return self.state_path / "audit.jsonl"
 
 
 def load_config(

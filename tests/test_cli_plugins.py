@@ -47,6 +47,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.setenv("NYXPLUG_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("NYXPLUG_ENTRY_POINTS", "0")
+    # A developer's host: plugin folders straight from the editor, unsigned.
+    monkeypatch.setenv("NYXPLUG_REQUIRE_SIGNATURES", "0")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plugins").mkdir()
     return tmp_path
@@ -103,8 +105,12 @@ def test_new_validate_list_info_disable_enable(
 
     code, out, err = cli(capsys, "list", "--plugin-dir", "plugins")
     assert (code, err) == (0, "")
-    assert out.splitlines()[0].split() == ["NAME", "VERSION", "ID", "STATE", "SOURCE"]
-    assert row(out, "echo-bot") == ["echo-bot", "0.1.0", str(expected_id), "validated", "directory"]
+    assert out.splitlines()[0].split() == [
+        "NAME", "VERSION", "ID", "STATE", "SOURCE", "SIGNER"
+    ]  # fmt: skip
+    assert row(out, "echo-bot") == [
+        "echo-bot", "0.1.0", str(expected_id), "validated", "directory", "unsigned"
+    ]  # fmt: skip
 
     code, out, err = cli(capsys, "info", "echo-bot", "--plugin-dir", "plugins")
     assert (code, err) == (0, "")
@@ -123,7 +129,8 @@ def test_new_validate_list_info_disable_enable(
     assert row(out, "echo-bot")[3] == "disabled"
     assert "    disabled: disabled by the operator" in out
     # Remembered under the state dir: a new manager (a restart) sees it disabled.
-    later = PluginManager(plugin_dirs=[plugins], state_dir=host / "state", entry_points=False)
+    later = PluginManager(plugin_dirs=[plugins], state_dir=host / "state", entry_points=False,
+                          require_signatures=False)
     status = {s.name: s for s in later.discover()}["echo-bot"]
     assert (status.state, status.enabled) == ("disabled", False)
     # validate ignores the host's state: it checks the folder
@@ -133,7 +140,8 @@ def test_new_validate_list_info_disable_enable(
     assert (code, err) == (0, "")
     assert out.startswith("echo-bot: enabled; now validated")
     assert row(cli(capsys, "list", "--plugin-dir", "plugins")[1], "echo-bot")[3] == "validated"
-    again = PluginManager(plugin_dirs=[plugins], state_dir=host / "state", entry_points=False)
+    again = PluginManager(plugin_dirs=[plugins], state_dir=host / "state", entry_points=False,
+                          require_signatures=False)
     status = {s.name: s for s in again.discover()}["echo-bot"]
     assert (status.state, status.enabled) == ("validated", True)
 
@@ -349,8 +357,8 @@ def test_list_shows_a_broken_folder_failed_with_its_reason(
     )
     code, out, err = cli(capsys, "list", "--plugin-dir", "plugins", "--plugin-dir", "missing")
     assert (code, err) == (0, "")
-    assert row(out, "good") == ["good", "1.0.0", "1", "validated", "directory"]
-    assert row(out, "bad") == ["bad", "-", "-", "failed", "directory"]
+    assert row(out, "good") == ["good", "1.0.0", "1", "validated", "directory", "unsigned"]
+    assert row(out, "bad") == ["bad", "-", "-", "failed", "directory", "unsigned"]
     assert re.search(
         r"^    failed: Invalid manifest .*bad.nyxplug\.toml: .*`-2`.* - at `plugin\.id`$", out, re.M
     ), out
@@ -461,7 +469,7 @@ def test_examples_are_listed(host: Path, capsys: pytest.CaptureFixture[str]) -> 
 async def test_examples_run(tmp_path: Path) -> None:
     manager = PluginManager(
         plugin_dirs=[EXAMPLES_DIR], state_dir=tmp_path, entry_points=False,
-        include_registered=False,
+        include_registered=False, require_signatures=False,
     )  # fmt: skip
     async with manager:
         assert [s.state for s in manager.catalog()] == ["active"] * 3

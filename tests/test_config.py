@@ -59,7 +59,7 @@ def test_defaults_without_a_file(cwd: Path) -> None:
     assert config.runtime.plugin_dirs == (str(cwd / "plugins"),)
     assert config.runtime.state_dir == str(cwd / ".nyxplug")
     assert config.runtime.entry_points is True
-    assert config.runtime.require_signatures is False
+    assert config.runtime.require_signatures is True  # the production default
     assert config.defaults.capacity == DEFAULT_CAPACITY
     assert config.defaults.handler_timeout == DEFAULT_HANDLER_TIMEOUT
     assert config.policy.allow_process_isolation is True

@@ -32,6 +32,7 @@ EVENT_TIMEOUT = 5.0
 def manager_for(impl: Any, root: Path, **kwargs: Any) -> PluginManager:
     kwargs.setdefault("entry_points", False)
     kwargs.setdefault("include_registered", False)
+    kwargs.setdefault("require_signatures", False)  # development folders, unsigned
     return PluginManager(dispatcher=impl.Dispatcher(), plugin_dirs=[root], **kwargs)
 
 
@@ -105,7 +106,7 @@ def test_duplicate_ids_and_names_are_refused(impl: Any, tmp_path: Path) -> None:
     write_plugin(other, "first", 10)
     manager = PluginManager(
         dispatcher=impl.Dispatcher(), plugin_dirs=[tmp_path, other], entry_points=False,
-        include_registered=False,
+        include_registered=False, require_signatures=False,
     )  # fmt: skip
     by_name = {s.name: s for s in manager.discover()}
     assert by_name["first"].state == "validated" and by_name["first"].location.endswith("first")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -114,6 +116,27 @@ async def _awaiting_senders(d: Dispatcher, tally: _Tally) -> tuple[int, float]:
     return parked, time.perf_counter() - start
 
 
+def _sign_and_install_examples(state: Path) -> str:
+    """``nyxplug keygen / package / sign / install`` for the example plugins; the key id."""
+    from nyxplug.trust import (
+        AuditLog,
+        SigningKey,
+        TrustStore,
+        install_package,
+        package_folder,
+        sign_package,
+    )
+
+    key = SigningKey.generate("demo")
+    trust = TrustStore(state / "trust.json")
+    trust.add_key(key.public, scopes=("fast", "slow", "limited"))
+    for folder in sorted(EXAMPLES_DIR.iterdir()):
+        package, _ = package_folder(folder, state / f"{folder.name}.nyxp")
+        sign_package(package, key)
+        install_package(package, state / "packages", trust, audit=AuditLog(state / "audit.jsonl"))
+    return key.key_id
+
+
 async def _demo(frames: int) -> dict[str, Any]:
     tally = _Tally()
     results: dict[str, Any] = {
@@ -123,11 +146,15 @@ async def _demo(frames: int) -> dict[str, Any]:
         "frames": frames,
         "plugin_dir": str(EXAMPLES_DIR),
     }
-    # The three plugins are real folders (nyxplug.toml + code), loaded the way any host
-    # loads plugins; the demo then talks to the dispatcher the manager runs them on.
-    manager = PluginManager(plugin_dirs=[EXAMPLES_DIR], entry_points=False,
-                            include_registered=False)  # fmt: skip
-    await manager.start()
+    # The three plugins are real folders (nyxplug.toml + code), shipped the way any
+    # publisher ships them: packaged, signed (here with a throwaway key) and installed;
+    # the manager verifies each one's bytes as it loads them, like a production host.
+    with tempfile.TemporaryDirectory(prefix="nyxplug-demo-") as state:
+        results["key_id"] = _sign_and_install_examples(Path(state))
+        manager = PluginManager(plugin_dirs=[], state_dir=state, entry_points=False,
+                                include_registered=False, require_signatures=True)  # fmt: skip
+        await manager.start()
+    results["verified"] = [s.name for s in manager.catalog() if s.verified]
     failed = [s for s in manager.catalog() if s.state != "active"]
     if failed:
         raise RuntimeError(f"example plugin {failed[0].name!r} did not load: {failed[0].reason}")
@@ -228,7 +255,9 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
         f"  dispatcher: {results['implementation']}{hint}",
         f"  event loop: {results['loop']}",
         "",
-        f"Plugins loaded from {results['plugin_dir']}:",
+        f"Plugins from {results['plugin_dir']}, signed with a throwaway key "
+        f"{results['key_id']},",
+        f"installed, and verified as loaded: {', '.join(results['verified'])}",
     ]
     for name in ("fast", "slow", "limited"):
         p = results["plugins"][name]

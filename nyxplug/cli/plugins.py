@@ -90,6 +90,11 @@ def add_commands(commands: Any) -> None:
         metavar="DIR",
         help="where enable/disable is remembered (replaces runtime.state_dir)",
     )
+    options.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="load unsigned plugin folders (development only; replaces runtime.require_signatures)",
+    )
 
     new = commands.add_parser(
         "new",
@@ -222,8 +227,9 @@ def _manager(args: argparse.Namespace, config: Any = None) -> Any:
             plugin_dirs=_dirs(args.plugin_dirs),
             state_dir=os.path.abspath(args.state_dir) if args.state_dir else None,
             include_registered=False,
+            require_signatures=False if args.allow_unsigned else None,
         )
-    except ValueError as exc:  # an unreadable state file
+    except ValueError as exc:  # an unreadable state file or trust store
         raise _Problem(str(exc)) from None
 
 
@@ -296,6 +302,8 @@ def _new(args: argparse.Namespace) -> int:
     print("Next:")
     print(f"  nyxplug validate {shown}")
     print(f"  cd {shown} && python -m pytest -q")
+    print(f"  nyxplug run --allow-unsigned --plugin-dir {_shown(folder.parent)}")
+    print(f"  nyxplug package {shown} && nyxplug sign ... && nyxplug install ...  (to ship it)")
     return 0
 
 
@@ -359,6 +367,7 @@ def _validate(args: argparse.Namespace) -> int:
             state_dir=state,
             entry_points=False,
             include_registered=False,
+            require_signatures=False,  # validate checks the folder; `nyxplug verify` a package
         )
         manager.discover()
         mine = [s for s in manager.catalog() if Path(s.location) == folder]
@@ -399,8 +408,10 @@ def _list(args: argparse.Namespace) -> int:
     manager.discover()
     catalog = manager.catalog(state=args.state, tag=args.tag)
     if catalog:
-        header = ("NAME", "VERSION", "ID", "STATE", "SOURCE")
-        rows = [(s.name, _text(s.version), _text(s.id), s.state, s.source) for s in catalog]
+        header = ("NAME", "VERSION", "ID", "STATE", "SOURCE", "SIGNER")
+        rows = [
+            (s.name, _text(s.version), _text(s.id), s.state, s.source, _signer(s)) for s in catalog
+        ]
         widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
         print(_row(header, widths))
         for status, cells in zip(catalog, rows, strict=True):
@@ -417,6 +428,13 @@ def _list(args: argparse.Namespace) -> int:
         for error in manager.discovery_errors:
             print(f"  {error}")
     return 0
+
+
+def _signer(status: Any) -> str:
+    """``alice:1913a34716a64faa``, ``untrusted:<key id>`` or ``unsigned`` (one word)."""
+    if status.key_id is None:
+        return "unsigned"
+    return f"{status.signer or 'untrusted'}:{status.key_id}"
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -34,6 +34,17 @@ from .._info import PluginInfo
 from .._stats import PluginStats
 from ..config import HostConfig
 from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy, guarded
+from ..trust import (
+    AUDIT_FILE,
+    INDEX_FILE,
+    SIGNATURE_FILE,
+    TRUST_FILE,
+    AuditLog,
+    TrustError,
+    TrustStore,
+    read_installed,
+    verify_contents,
+)
 from .api import PluginContext
 from .errors import (
     DependencyError,
@@ -113,7 +124,7 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     version: str | None
     state: str
     reason: str | None
-    source: str  # "directory", "entry-point" or "code"
+    source: str  # "directory", "package" (installed with nyxplug install), "entry-point", "code"
     location: str
     enabled: bool
     description: str = ""
@@ -121,6 +132,9 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     permissions: tuple[str, ...] = ()
     dependencies: dict[str, str] = {}
     handler_timeouts: int = 0
+    key_id: str | None = None  # the key that signed the package; None if unsigned
+    signer: str | None = None  # that key's name in this host's trust store; None if untrusted
+    verified: bool = False  # the running code's bytes passed signature verification
 
 
 class _Record:
@@ -149,6 +163,9 @@ class _Record:
         self.code: LoadedCode | None = None
         self.guard: SandboxGuard | None = None
         self.timeouts = 0
+        self.key_id: str | None = None  # the key that signed the package, if any
+        self.signer: str | None = None  # that key's name in the trust store (None: untrusted)
+        self.verified = False  # the bytes of the running code passed verification
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -174,6 +191,9 @@ class _Record:
             ),
             dependencies=dict(m.dependencies) if m else {},
             handler_timeouts=self.timeouts,
+            key_id=self.key_id,
+            signer=self.signer,
+            verified=self.verified,
         )
 
 
@@ -205,6 +225,8 @@ class PluginManager:
         state_dir: str | os.PathLike[str] | None = None,
         entry_points: bool | None = None,
         include_registered: bool = True,
+        require_signatures: bool | None = None,
+        trust: TrustStore | None = None,
     ) -> None:
         # Without a config, nothing is read from (or written to) the current directory:
         # only the folders and state dir given here are used.
@@ -218,6 +240,16 @@ class PluginManager:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.entry_points = runtime.entry_points if entry_points is None else entry_points
         self.include_registered = include_registered
+        # Signatures: required by default (config.runtime.require_signatures). Installed
+        # packages live in state_dir/packages; the trust store and the audit log beside it.
+        self.require_signatures = (
+            runtime.require_signatures if require_signatures is None else require_signatures
+        )
+        self.package_dir = self.state_dir / "packages" if self.state_dir is not None else None
+        if trust is None and self.state_dir is not None:
+            trust = TrustStore(self.state_dir / TRUST_FILE)
+        self.trust = trust
+        self.audit = AuditLog(self.state_dir / AUDIT_FILE) if self.state_dir is not None else None
         self.dispatcher = dispatcher if dispatcher is not None else DefaultDispatcher()
         self._records: dict[str, _Record] = {}
         self._manifest_cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
@@ -268,13 +300,17 @@ class PluginManager:
         return self.catalog()
 
     def _scan(self) -> Iterator[_Record]:
+        if self.package_dir is not None and self.package_dir.is_dir():
+            for child in sorted(self.package_dir.iterdir()):
+                if not child.name.startswith(".") and (child / MANIFEST_FILE).is_file():
+                    yield self._folder_record(child, "package")
         for folder in self.plugin_dirs:
             if not folder.is_dir():
                 self.discovery_errors.append(f"Plugin directory {folder} does not exist")
                 continue
             for child in sorted(folder.iterdir()):
                 if (child / MANIFEST_FILE).is_file():
-                    yield self._folder_record(child)
+                    yield self._folder_record(child, "directory")
         from_distributions: set[int] = set()
         if self.entry_points:
             for record in self._entry_point_records():
@@ -289,16 +325,38 @@ class PluginManager:
             yield _Record(name, "code", f"{cls.__module__}.{cls.__qualname__}", manifest,
                           factory=cls)  # fmt: skip
 
-    def _folder_record(self, folder: Path) -> _Record:
+    def _folder_record(self, folder: Path, source: str) -> _Record:
         path = folder / MANIFEST_FILE
         try:
             manifest = self._cached_manifest(path)
         except (ManifestError, OSError) as exc:
-            record = _Record(folder.name, "directory", str(folder), None, folder=folder)
+            record = _Record(folder.name, source, str(folder), None, folder=folder)
             record.state = PluginState.FAILED
             record.reason = str(exc)
             return record
-        return _Record(manifest.name, "directory", str(folder), manifest, folder=folder)
+        record = _Record(manifest.name, source, str(folder), manifest, folder=folder)
+        record.key_id, record.signer = self._signer_of(folder)
+        if self.require_signatures and not (folder / INDEX_FILE).is_file():
+            record.state = PluginState.FAILED
+            record.reason = (
+                "unsigned plugin folder, and this host requires signatures - package, sign "
+                "and install it (nyxplug package / sign / install), or for development set "
+                "runtime.require_signatures = false (NYXPLUG_REQUIRE_SIGNATURES=0)"
+            )
+        return record
+
+    def _signer_of(self, folder: Path) -> tuple[str | None, str | None]:
+        """(key id, trusted key name) from a package folder's signature, for the catalog.
+
+        Nothing is trusted on this basis: the signature is verified when the plugin loads.
+        """
+        try:
+            document = json.loads((folder / SIGNATURE_FILE).read_bytes())
+            key_id = str(document["key_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+        trusted = self.trust.key(key_id) if self.trust is not None else None
+        return key_id, trusted.name if trusted is not None else None
 
     def _cached_manifest(self, path: Path) -> Manifest:
         info = path.stat()
@@ -549,11 +607,14 @@ class PluginManager:
                 record.state, record.reason = PluginState.FAILED, reason
                 raise PluginLoadError(name, "dependencies", reason)
         record.move(PluginState.LOADING)
-        step = "import"
+        step = "verify"
         registry = self.dispatcher.registry
         registered_here = False
+        record.verified = False
         try:
-            manifest, factory = self._import(record)
+            snapshot = self._read_code(record)
+            step = "import"
+            manifest, factory = self._import(record, snapshot)
             step = "instantiate"
             instance = factory()
             if not callable(getattr(instance, "handle", None)) and not callable(
@@ -608,12 +669,44 @@ class PluginManager:
         self._load_order.append(name)
         return record.status()
 
-    def _import(self, record: _Record) -> tuple[Manifest, Callable[[], Any]]:
-        """The manifest and plugin factory, read from one snapshot of the folder."""
-        if record.folder is None:
+    def _read_code(self, record: _Record) -> Snapshot | None:
+        """The bytes to import, read once; verified when the folder came from a package.
+
+        A folder with an index (an installed package) is always verified, signatures
+        required or not: a package that fails its own index must never run. Every file
+        is read, so a planted ``.pyc`` or extra module is refused, not skipped.
+        """
+        folder = record.folder
+        if folder is None:
+            return None
+        if not (folder / INDEX_FILE).is_file():
+            if self.require_signatures:
+                raise TrustError("unsigned", str(folder), record.reason or "unsigned", record.name)
+            return Snapshot.read(folder, extra=(MANIFEST_FILE,))
+        contents = read_installed(folder)
+        verified = verify_contents(
+            self.trust, source=contents.source, index_bytes=contents.index_bytes,
+            signature_bytes=contents.signature_bytes, files=contents.files,
+            require_signature=self.require_signatures, audit=self.audit, event="load",
+        )  # fmt: skip
+        if verified.name != record.name:
+            raise TrustError(
+                "manifest-mismatch", str(folder),
+                f"the signed package is {verified.name!r}, not {record.name!r} - rediscover",
+                record.name,
+            )  # fmt: skip
+        for warning in verified.warnings:
+            logger.warning("Plugin %r: %s", record.name, warning)
+        record.verified = verified.signed
+        return Snapshot(folder.resolve(), verified.files)
+
+    def _import(
+        self, record: _Record, snapshot: Snapshot | None
+    ) -> tuple[Manifest, Callable[[], Any]]:
+        """The manifest and plugin factory, from the snapshot the loader read."""
+        if record.folder is None or snapshot is None:
             assert record.manifest is not None
             return record.manifest, record.factory
-        snapshot = Snapshot.read(record.folder, extra=(MANIFEST_FILE,))
         manifest = decode_manifest(
             snapshot.files[MANIFEST_FILE], str(record.folder / MANIFEST_FILE)
         )

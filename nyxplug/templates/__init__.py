@@ -125,6 +125,7 @@ def test_{module}_handles_a_data_frame(tmp_path: Path) -> None:
             state_dir=tmp_path,
             entry_points=False,
             include_registered=False,
+            require_signatures=False,  # this folder, straight from your editor
         )
         manager.discover()
         status = await manager.load(NAME)
