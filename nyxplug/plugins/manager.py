@@ -24,7 +24,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -34,17 +34,6 @@ from .._info import PluginInfo
 from .._stats import PluginStats
 from ..config import HostConfig
 from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy, guarded
-from ..trust import (
-    AUDIT_FILE,
-    INDEX_FILE,
-    SIGNATURE_FILE,
-    TRUST_FILE,
-    AuditLog,
-    TrustError,
-    TrustStore,
-    read_installed,
-    verify_contents,
-)
 from .api import PluginContext
 from .errors import (
     DependencyError,
@@ -64,6 +53,9 @@ from .manifest import (
 )
 from .state import PluginState, can_move
 
+if TYPE_CHECKING:  # nyxplug.trust imports the manifest module, hence this package
+    from ..trust import AuditLog, TrustStore
+
 __all__ = ("ENTRY_POINT_GROUP", "PluginManager", "PluginStatus", "plugin", "registered_plugins")
 
 ENTRY_POINT_GROUP = "nyxplug.plugins"
@@ -71,6 +63,9 @@ ENTRY_POINT_GROUP = "nyxplug.plugins"
 LIFECYCLE_TIMEOUT = 30.0
 #: The state file (under the host's ``state_dir``) that remembers disabled plugins.
 STATE_FILE = "plugins.json"
+# nyxplug.trust.package's member names (kept in step by a test; imported lazily there).
+_INDEX_FILE = "NYXPLUG-INDEX"
+_SIGNATURE_FILE = "NYXPLUG-SIGNATURE"
 
 logger = logging.getLogger("nyxplug.runtime")
 
@@ -245,11 +240,15 @@ class PluginManager:
         self.require_signatures = (
             runtime.require_signatures if require_signatures is None else require_signatures
         )
+        from ..trust import AUDIT_FILE, TRUST_FILE, AuditLog, TrustStore
+
         self.package_dir = self.state_dir / "packages" if self.state_dir is not None else None
         if trust is None and self.state_dir is not None:
             trust = TrustStore(self.state_dir / TRUST_FILE)
-        self.trust = trust
-        self.audit = AuditLog(self.state_dir / AUDIT_FILE) if self.state_dir is not None else None
+        self.trust: TrustStore | None = trust
+        self.audit: AuditLog | None = (
+            AuditLog(self.state_dir / AUDIT_FILE) if self.state_dir is not None else None
+        )
         self.dispatcher = dispatcher if dispatcher is not None else DefaultDispatcher()
         self._records: dict[str, _Record] = {}
         self._manifest_cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
@@ -336,7 +335,7 @@ class PluginManager:
             return record
         record = _Record(manifest.name, source, str(folder), manifest, folder=folder)
         record.key_id, record.signer = self._signer_of(folder)
-        if self.require_signatures and not (folder / INDEX_FILE).is_file():
+        if self.require_signatures and not (folder / _INDEX_FILE).is_file():
             record.state = PluginState.FAILED
             record.reason = (
                 "unsigned plugin folder, and this host requires signatures - package, sign "
@@ -351,7 +350,7 @@ class PluginManager:
         Nothing is trusted on this basis: the signature is verified when the plugin loads.
         """
         try:
-            document = json.loads((folder / SIGNATURE_FILE).read_bytes())
+            document = json.loads((folder / _SIGNATURE_FILE).read_bytes())
             key_id = str(document["key_id"])
         except (OSError, ValueError, KeyError, TypeError):
             return None, None
@@ -676,6 +675,8 @@ class PluginManager:
         required or not: a package that fails its own index must never run. Every file
         is read, so a planted ``.pyc`` or extra module is refused, not skipped.
         """
+        from ..trust import INDEX_FILE, TrustError, read_installed, verify_contents
+
         folder = record.folder
         if folder is None:
             return None
