@@ -48,9 +48,7 @@ class Host:
     def marker(self, name: str) -> Path:
         return self.root / f"imported-{name}"
 
-    def build(
-        self, name: str, plugin_id: int, version: str = "1.0.0", *, sign: bool = True
-    ) -> Path:
+    def build(self, name: str, plugin_id: int, version: str = "1.0.0") -> Path:
         """A signed ``.nyxp`` of a recorder plugin whose import leaves a marker file."""
         code = f"open({str(self.marker(name))!r}, 'a').close()\n" + RECORDER
         folder = self.src / f"{name}-{version}"
