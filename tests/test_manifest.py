@@ -501,3 +501,11 @@ def test_dependency_on_itself(tmp_path: Path) -> None:
         "Expected another plugin, got `echo` (this plugin itself)",
         "dependencies.echo",
     )
+
+
+def test_a_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """``$`` alone would accept ``"echo\\n"`` (it matches before a final newline)."""
+    path = tmp_path / "nyxplug.toml"
+    path.write_text(PLUGIN.replace('"echo"', '"echo\\n"'))
+    with pytest.raises(ManifestError, match="plugin.name"):
+        load_manifest(path)

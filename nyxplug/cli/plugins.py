@@ -49,7 +49,7 @@ _STATES = (
 
 
 def _plugin_name(text: str) -> str:
-    if not _NAME_RE.match(text):
+    if not _NAME_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"expected a plugin name matching {_NAME_PATTERN} (lowercase letter first, then "
             f"lowercase letters, digits, _ or -), got {text!r}"

@@ -685,6 +685,8 @@ class PluginManager:
                 raise TrustError("unsigned", str(folder), record.reason or "unsigned", record.name)
             return Snapshot.read(folder, extra=(MANIFEST_FILE,))
         contents = read_installed(folder)
+        if self.trust is not None:
+            self.trust.reload()  # a revocation by `nyxplug trust` elsewhere applies now
         verified = verify_contents(
             self.trust, source=contents.source, index_bytes=contents.index_bytes,
             signature_bytes=contents.signature_bytes, files=contents.files,

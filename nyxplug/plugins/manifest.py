@@ -108,6 +108,8 @@ class PluginSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not _NAME_RE.fullmatch(self.name):  # msgspec's search lets "$" match before a "\n"
+            raise _Invalid("name", f"Expected `str` matching `{NAME_PATTERN}`, got `{self.name!r}`")
         try:
             parse_version(self.version)
         except VersionError as exc:
@@ -199,7 +201,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         for name, text in self.dependencies.items():
             key = f"dependencies.{name}"
-            if not _NAME_RE.match(name):
+            if not _NAME_RE.fullmatch(name):
                 raise _Invalid(
                     key, f"Expected a plugin name matching `{NAME_PATTERN}`, got `{name}`"
                 )

@@ -52,7 +52,7 @@ class RollbackRefused(TrustError):
 
 
 class KeyFileError(NyxplugError, ValueError):
-    """A key file could not be read: wrong format, wrong passphrase, missing."""
+    """A key file or the trust store could not be read: format, passphrase, missing."""
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(path, problem)
@@ -60,4 +60,4 @@ class KeyFileError(NyxplugError, ValueError):
         self.problem = problem
 
     def __str__(self) -> str:
-        return f"Cannot use key file {self.path}: {self.problem}"
+        return f"Cannot use {self.path}: {self.problem}"

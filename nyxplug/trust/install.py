@@ -23,7 +23,7 @@ import msgspec
 
 from ..plugins.manifest import NAME_PATTERN
 from .audit import AuditLog
-from .errors import UnsafePackage
+from .errors import TrustError, UnsafePackage
 from .package import (
     INDEX_FILE,
     MAX_MEMBER_BYTES,
@@ -129,16 +129,23 @@ def install_package(
     """Verify ``package_path`` and install it as ``store_dir/<name>/``.
 
     Raises a ``TrustError`` (and installs nothing) if any check fails. The rollback
-    floor is raised to the installed version.
+    floor is raised to the installed version (set to it with ``allow_rollback``).
     """
-    contents = read_package(package_path)
+    try:
+        contents = read_package(package_path)
+    except TrustError as exc:  # refused before the signature checks: audited here
+        if audit is not None:
+            audit.record(
+                "install", "refused", source=exc.source, check=exc.check, reason=exc.problem
+            )
+        raise
     verified = verify_contents(
         trust, source=contents.source, index_bytes=contents.index_bytes,
         signature_bytes=contents.signature_bytes, files=contents.files,
         require_signature=require_signature, allow_rollback=allow_rollback,
         audit=audit, event="install",
     )  # fmt: skip
-    if not re.match(NAME_PATTERN, verified.name):  # the manifest checked it; the path relies on it
+    if not re.fullmatch(NAME_PATTERN, verified.name):  # checked already; the path relies on it
         raise UnsafePackage("unsafe-path", contents.source, f"bad plugin name {verified.name!r}")
     store_dir.mkdir(parents=True, exist_ok=True)
     target = store_dir / verified.name
@@ -155,7 +162,10 @@ def install_package(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if trust is not None:
-        trust.raise_floor(verified.name, verified.version)
+        if allow_rollback:  # the operator chose this version: later loads must accept it
+            trust.set_floor(verified.name, verified.version)
+        else:
+            trust.raise_floor(verified.name, verified.version)
     return Installed(target, verified, replaced)
 
 
@@ -197,7 +207,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 def uninstall_package(name: str, store_dir: Path, *, audit: AuditLog | None = None) -> Path:
     """Remove ``store_dir/<name>``; the rollback floor stays (an old copy stays refused)."""
     target = store_dir / name
-    if not re.match(NAME_PATTERN, name) or not (target / INDEX_FILE).is_file():
+    if not re.fullmatch(NAME_PATTERN, name) or not (target / INDEX_FILE).is_file():
         raise LookupError(
             f"No installed package named {name!r} in {store_dir} - see `nyxplug list`"
         )

@@ -135,7 +135,9 @@ class SigningKey:
         fd = os.open(private_path, flags, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(self.private_pem(passphrase))
-        public_path.write_text(self.public.text + "\n", encoding="utf-8")
+        fd = os.open(public_path, flags, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.public.text.encode() + b"\n")
         return public_path
 
     @classmethod

@@ -339,9 +339,15 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -
             data = handle.read(info.file_size + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # CRC errors included
         raise UnsafePackage("corrupt-member", source, f"member {name!r}: {exc}") from None
-    if len(data) != info.file_size:
+    if len(data) > info.file_size:  # zipfile stops at the declared size; belt and braces
         raise UnsafePackage(
             "decompression-bomb", source,
             f"member {name!r} unpacks to more bytes than it declares ({info.file_size})",
+        )  # fmt: skip
+    if len(data) < info.file_size:
+        raise UnsafePackage(
+            "corrupt-member", source,
+            f"member {name!r} unpacks to {len(data)} bytes, fewer than the "
+            f"{info.file_size} it declares - get a fresh copy of the package",
         )  # fmt: skip
     return data

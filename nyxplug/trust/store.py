@@ -231,13 +231,23 @@ class TrustStore:
         """The highest version of ``plugin_name`` ever installed here (None: none yet)."""
         return self._data.floors.get(plugin_name)
 
+    def floors(self) -> dict[str, str]:
+        """Every plugin's rollback floor."""
+        return dict(self._data.floors)
+
     def raise_floor(self, plugin_name: str, version: str) -> None:
+        """Record ``version`` as installed: the floor only ever goes up here."""
         import semver
 
         with self._editing() as data:
             current = data.floors.get(plugin_name)
             if current is None or semver.Version.parse(version) > semver.Version.parse(current):
                 data.floors[plugin_name] = version
+
+    def set_floor(self, plugin_name: str, version: str) -> None:
+        """Record a downgrade the operator chose (``install --allow-rollback``)."""
+        with self._editing() as data:
+            data.floors[plugin_name] = version
 
     # -- the signature cache -------------------------------------------------------------
 

@@ -136,7 +136,12 @@ def _verify(
         when = signature.time()
         assert when is not None  # _check_signature refused unparsable times
         age = store.clock() - when
-        if age > dt.timedelta(days=STALE_SIGNATURE_DAYS):
+        if age < -dt.timedelta(minutes=5):
+            warnings.append(
+                f"signature is dated {signed_at}, in the future - check this host's clock "
+                "and the signer's"
+            )
+        elif age > dt.timedelta(days=STALE_SIGNATURE_DAYS):
             warnings.append(
                 f"signature is {age.days} days old (over {STALE_SIGNATURE_DAYS}) - "
                 "ask the publisher to re-sign"
@@ -158,7 +163,8 @@ def _verify(
             raise RollbackRefused(
                 "rollback", source,
                 f"version {index.version} is older than {floor}, the highest installed here - "
-                "install a newer version, or pass --allow-rollback if the downgrade is wanted",
+                f"install {floor} or newer (`nyxplug install --allow-rollback` records a wanted "
+                "downgrade)",
                 name,
             )  # fmt: skip
     return VerifiedPackage(
@@ -238,7 +244,8 @@ def _check_files(source: str, index: Index, files: Mapping[str, bytes]) -> None:
         raise IntegrityError(
             "removed-file", source,
             f"{missing[0]} is in the signed index but missing from the package"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), name,
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + " - get a fresh copy from the publisher and reinstall", name,
         )  # fmt: skip
     extra = sorted(files.keys() - listed)
     if extra:
@@ -251,7 +258,8 @@ def _check_files(source: str, index: Index, files: Mapping[str, bytes]) -> None:
             )  # fmt: skip
         raise IntegrityError(
             "added-file", source,
-            f"{extra[0]} is not in the signed index - someone added it after signing", name,
+            f"{extra[0]} is not in the signed index - someone added it after signing; "
+            "get a fresh copy from the publisher and reinstall", name,
         )  # fmt: skip
     # The manifest first: when it changed, the message can name the attack.
     for entry in sorted(index.files, key=lambda e: e.path != MANIFEST_FILE):
@@ -264,7 +272,7 @@ def _check_files(source: str, index: Index, files: Mapping[str, bytes]) -> None:
             "modified-file", source,
             f"{entry.path} does not match the signed index (expected {entry.size} bytes, "
             f"sha256 {entry.sha256[:16]}..., got {len(data)} bytes) - the file was changed "
-            "after signing", name,
+            "after signing; get a fresh copy from the publisher and reinstall", name,
         )  # fmt: skip
 
 
