@@ -1,7 +1,8 @@
 """The ``nyxplug`` command line: ``demo``, ``bench`` and the plugin commands.
 
 ``new``, ``validate``, ``list``, ``info``, ``enable`` and ``disable`` live in
-``nyxplug.cli.plugins``.
+``nyxplug.cli.plugins``; ``keygen``, ``package``, ``sign``, ``verify``, ``install``,
+``uninstall``, ``trust`` and ``audit`` in ``nyxplug.cli.trust``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import plugins
+from . import plugins, trust
 
 __all__ = ("main",)
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     plugins.add_commands(commands)
+    trust.add_commands(commands)
     return parser
 
 
@@ -108,5 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_bench(list(args.bench_args))
     if args.command in plugins.COMMANDS:
         return plugins.run(args)
+    if args.command in trust.COMMANDS:
+        return trust.run(args)
     parser.print_help()
     return 0
