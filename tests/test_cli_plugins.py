@@ -129,8 +129,12 @@ def test_new_validate_list_info_disable_enable(
     assert row(out, "echo-bot")[3] == "disabled"
     assert "    disabled: disabled by the operator" in out
     # Remembered under the state dir: a new manager (a restart) sees it disabled.
-    later = PluginManager(plugin_dirs=[plugins], state_dir=host / "state", entry_points=False,
-                          require_signatures=False)
+    later = PluginManager(
+        plugin_dirs=[plugins],
+        state_dir=host / "state",
+        entry_points=False,
+        require_signatures=False,
+    )
     status = {s.name: s for s in later.discover()}["echo-bot"]
     assert (status.state, status.enabled) == ("disabled", False)
     # validate ignores the host's state: it checks the folder
@@ -140,8 +144,12 @@ def test_new_validate_list_info_disable_enable(
     assert (code, err) == (0, "")
     assert out.startswith("echo-bot: enabled; now validated")
     assert row(cli(capsys, "list", "--plugin-dir", "plugins")[1], "echo-bot")[3] == "validated"
-    again = PluginManager(plugin_dirs=[plugins], state_dir=host / "state", entry_points=False,
-                          require_signatures=False)
+    again = PluginManager(
+        plugin_dirs=[plugins],
+        state_dir=host / "state",
+        entry_points=False,
+        require_signatures=False,
+    )
     status = {s.name: s for s in again.discover()}["echo-bot"]
     assert (status.state, status.enabled) == ("validated", True)
 

@@ -255,8 +255,7 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
         f"  dispatcher: {results['implementation']}{hint}",
         f"  event loop: {results['loop']}",
         "",
-        f"Plugins from {results['plugin_dir']}, signed with a throwaway key "
-        f"{results['key_id']},",
+        f"Plugins from {results['plugin_dir']}, signed with a throwaway key {results['key_id']},",
         f"installed, and verified as loaded: {', '.join(results['verified'])}",
     ]
     for name in ("fast", "slow", "limited"):
