@@ -232,3 +232,18 @@ def test_the_catalog_shows_an_untrusted_signer(host: Host, impl: Any) -> None:
     manager = host.manager(impl)
     status = {s.name: s for s in manager.discover()}["acme-who"]
     assert (status.key_id, status.signer, status.verified) == (host.key.key_id, None, False)
+
+
+def test_an_installed_package_takes_precedence_over_a_folder_of_the_same_name(
+    host: Host, impl: Any
+) -> None:
+    host.install("acme-both", 54)
+    write_plugin(host.src, "acme-both", 54)
+    manager = host.manager(impl, plugin_dirs=[host.src], require_signatures=False)
+    status = {s.name: s for s in manager.discover()}["acme-both"]
+    assert (status.source, status.key_id) == ("package", host.key.key_id)
+    assert manager.discovery_errors == [
+        f"Plugin 'acme-both' at {host.src / 'acme-both'} is ignored: the installed package "
+        f"{host.state / 'packages' / 'acme-both'} takes precedence (`nyxplug uninstall "
+        "acme-both` to run the folder instead)"
+    ]

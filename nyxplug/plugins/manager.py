@@ -270,6 +270,13 @@ class PluginManager:
         self.discovery_errors = []
         for record in self._scan():
             other = found.get(record.name)
+            if other is not None and other.source == "package":
+                self.discovery_errors.append(
+                    f"Plugin {record.name!r} at {record.location} is ignored: the installed "
+                    f"package {other.location} takes precedence (`nyxplug uninstall "
+                    f"{record.name}` to run the folder instead)"
+                )
+                continue
             if other is not None:
                 self.discovery_errors.append(
                     f"Plugin {record.name!r} at {record.location} is ignored: the name is "
