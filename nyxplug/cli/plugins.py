@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._common import Problem, relative_path
+
 __all__ = (
     "COMMANDS",
     "EXAMPLES_DIR",
@@ -180,10 +182,6 @@ def add_commands(commands: Any) -> None:
 # -- running ----------------------------------------------------------------------------
 
 
-class _Problem(Exception):
-    """A reported problem: one line for stderr, exit status 1."""
-
-
 def run(args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; returns the exit status."""
     from ..config import ConfigError
@@ -202,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         if command == "run":
             return _run_plugins(args)
         return _toggle(args, enable=command == "enable")
-    except (_Problem, ConfigError, ManifestError, PluginNotFound) as exc:
+    except (Problem, ConfigError, ManifestError, PluginNotFound) as exc:
         print(f"nyxplug {command}: {exc}", file=sys.stderr)
         return 1
 
@@ -230,7 +228,7 @@ def _manager(args: argparse.Namespace, config: Any = None) -> Any:
             require_signatures=False if args.allow_unsigned else None,
         )
     except ValueError as exc:  # an unreadable state file or trust store
-        raise _Problem(str(exc)) from None
+        raise Problem(str(exc)) from None
 
 
 def _dirs(dirs: list[str] | None) -> list[str] | None:
@@ -242,7 +240,7 @@ def _dirs(dirs: list[str] | None) -> list[str] | None:
 
 def _run_plugins(args: argparse.Namespace) -> int:
     if args.frames < 0:
-        raise _Problem(f"expected --frames >= 0, got {args.frames}")
+        raise Problem(f"expected --frames >= 0, got {args.frames}")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("  log %(name)s: %(message)s"))
     plugin_logs = logging.getLogger("nyxplug.plugin")
@@ -295,14 +293,14 @@ def _new(args: argparse.Namespace) -> int:
     parent = Path(args.parent) if args.parent else Path.cwd()
     plugin_id = args.plugin_id if args.plugin_id is not None else default_plugin_id(args.name)
     folder, files = scaffold(args.name, parent, plugin_id=plugin_id)
-    shown = _shown(folder)
+    shown = relative_path(folder)
     print(f"Created plugin {args.name!r} (id {plugin_id}) in {shown}{os.sep}")
     for file, what in files:
         print(f"  {file:<{max(len(f) for f, _ in files)}}  {what}")
     print("Next:")
     print(f"  nyxplug validate {shown}")
     print(f"  cd {shown} && python -m pytest -q")
-    print(f"  nyxplug run --allow-unsigned --plugin-dir {_shown(folder.parent)}")
+    print(f"  nyxplug run --allow-unsigned --plugin-dir {relative_path(folder.parent)}")
     print(f"  nyxplug package {shown} && nyxplug sign ... && nyxplug install ...  (to ship it)")
     return 0
 
@@ -319,11 +317,11 @@ def scaffold(name: str, parent: Path, *, plugin_id: int) -> tuple[Path, list[tup
         parent.mkdir(parents=True, exist_ok=True)
         folder.mkdir()
     except FileExistsError:
-        raise _Problem(
-            f"{_shown(folder)} already exists - choose another NAME or --dir, or remove it"
+        raise Problem(
+            f"{relative_path(folder)} already exists - choose another NAME or --dir, or remove it"
         ) from None
     except OSError as exc:
-        raise _Problem(f"cannot create {_shown(folder)}: {exc.strerror}") from None
+        raise Problem(f"cannot create {relative_path(folder)}: {exc.strerror}") from None
     values = {"name": name, "id": plugin_id, "module": module, "class_name": class_name}
     files = [
         ("nyxplug.toml", "the manifest", templates.MANIFEST),
@@ -335,14 +333,6 @@ def scaffold(name: str, parent: Path, *, plugin_id: int) -> tuple[Path, list[tup
     return folder, [(file, what) for file, what, _ in files]
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the current directory when it is inside it."""
-    try:
-        return str(path.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 # -- validate ---------------------------------------------------------------------------
 
 
@@ -352,7 +342,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder).resolve()
     if not (folder / MANIFEST_FILE).is_file():
-        raise _Problem(
+        raise Problem(
             f"{args.folder} has no {MANIFEST_FILE} - give a plugin folder "
             "(create one with `nyxplug new NAME`)"
         )
@@ -373,10 +363,10 @@ def _validate(args: argparse.Namespace) -> int:
         mine = [s for s in manager.catalog() if Path(s.location) == folder]
         if not mine:  # another folder next to it has the same [plugin] name
             errors = [e for e in manager.discovery_errors if str(folder) in e]
-            raise _Problem(errors[0] if errors else f"{folder} was not discovered")
+            raise Problem(errors[0] if errors else f"{folder} was not discovered")
         status = mine[0]
         if status.state == "failed":
-            raise _Problem(f"{status.name} {status.version} (id {status.id}): {status.reason}")
+            raise Problem(f"{status.name} {status.version} (id {status.id}): {status.reason}")
 
         async def load_and_unload() -> str | None:
             await manager.load(status.name)
@@ -391,11 +381,11 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             problem = asyncio.run(load_and_unload())
         except (PluginLoadError, PluginStateError) as exc:
-            raise _Problem(str(exc)) from None
+            raise Problem(str(exc)) from None
         finally:
             runtime_logger.removeHandler(quiet)
     if problem:
-        raise _Problem(f"Plugin {status.name!r}: {problem}")
+        raise Problem(f"Plugin {status.name!r}: {problem}")
     print(f"OK {status.name} {status.version} (id {status.id})")
     return 0
 
@@ -517,7 +507,7 @@ def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
         else:
             manager.disable(args.name)
     except OSError as exc:
-        raise _Problem(
+        raise Problem(
             f"cannot write {manager.state_dir}{os.sep}{STATE_FILE}: {exc.strerror} - "
             "check runtime.state_dir"
         ) from None

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import Problem, relative_path
+
 __all__ = (
     "COMMANDS",
     "KEY_DIR_ENV",
@@ -296,10 +298,6 @@ def add_commands(commands: Any) -> None:
 # -- running ----------------------------------------------------------------------------
 
 
-class _Problem(Exception):
-    """A reported problem: one line for stderr, exit status 1."""
-
-
 def run(args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; returns the exit status."""
     from ..config import ConfigError
@@ -321,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (_Problem, ConfigError, ManifestError, TrustError, KeyFileError) as exc:
+    except (Problem, ConfigError, ManifestError, TrustError, KeyFileError) as exc:
         problem = str(exc)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
@@ -364,14 +362,6 @@ def _quoted(text: str) -> str:
     return shlex.quote(text)
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the current directory when it is inside it."""
-    try:
-        return str(path.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _scopes(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(args.scopes) if args.scopes else ("*",)
 
@@ -409,7 +399,7 @@ def _ask(prompt: str) -> str:
     try:
         return getpass.getpass(prompt)
     except EOFError:
-        raise _Problem("no passphrase was typed - run the command again") from None
+        raise Problem("no passphrase was typed - run the command again") from None
 
 
 def _new_passphrase(args: argparse.Namespace) -> tuple[bytes | None, str]:
@@ -420,16 +410,16 @@ def _new_passphrase(args: argparse.Namespace) -> tuple[bytes | None, str]:
     if not args.passphrase:
         return None, ""
     if not sys.stdin.isatty():
-        raise _Problem(
+        raise Problem(
             f"--passphrase needs a terminal to ask on - run it in one, or set ${PASSPHRASE_ENV}"
         )
     first = _ask("Passphrase for the new key: ")
     if not first:
-        raise _Problem(
+        raise Problem(
             "the passphrase is empty - type one, or leave out --passphrase for an unencrypted key"
         )
     if _ask("The same passphrase again: ") != first:
-        raise _Problem("the two passphrases differ - run `nyxplug keygen --passphrase` again")
+        raise Problem("the two passphrases differ - run `nyxplug keygen --passphrase` again")
     return first.encode(), "the passphrase you typed"
 
 
@@ -439,7 +429,7 @@ def _keygen(args: argparse.Namespace) -> int:
     name = args.name or default_key_name()
     folder = Path(args.out).expanduser().absolute() if args.out else default_key_dir()
     if args.no_trust and (args.scopes or args.expires):
-        raise _Problem(
+        raise Problem(
             "--scope and --expires describe the trust this host gives the key - "
             "leave them out with --no-trust"
         )
@@ -451,7 +441,7 @@ def _keygen(args: argparse.Namespace) -> int:
     private_path = folder / f"{name}.key"
     for path in (private_path, private_path.with_suffix(".pub")):
         if path.exists():
-            raise _Problem(
+            raise Problem(
                 f"{path} already exists - choose another --name or --out (keys are never "
                 "overwritten)"
             )
@@ -460,7 +450,7 @@ def _keygen(args: argparse.Namespace) -> int:
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise _Problem(f"cannot create {folder}: {exc.strerror} - choose another --out") from None
+        raise Problem(f"cannot create {folder}: {exc.strerror} - choose another --out") from None
     public_path = key.save(private_path, passphrase)
     print(f"Generated key {key.key_id} ({name})")
     print(f"  private key: {private_path}  (keep it secret; mode 0600)")
@@ -500,11 +490,11 @@ def _find_key(spec: str | None) -> Path:
     there = ", ".join(key.stem for key in keys) or "none"
     if spec is None:
         if not keys:
-            raise _Problem(
+            raise Problem(
                 f"no key in {folder} - create one with `nyxplug keygen`, or give --key FILE"
             )
         if len(keys) > 1:
-            raise _Problem(f"{len(keys)} keys in {folder} ({there}) - choose one with --key NAME")
+            raise Problem(f"{len(keys)} keys in {folder} ({there}) - choose one with --key NAME")
         return keys[0]
     path = Path(spec).expanduser()
     if "/" in spec or os.sep in spec or spec.endswith(".key"):
@@ -514,7 +504,7 @@ def _find_key(spec: str | None) -> Path:
         return named
     if path.is_file():
         return path
-    raise _Problem(
+    raise Problem(
         f"no key named {spec!r} in {folder} (keys there: {there}) - give a key name "
         "or the path of a .key file"
     )
@@ -560,7 +550,7 @@ def _package(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if not (folder / MANIFEST_FILE).is_file():
-        raise _Problem(
+        raise Problem(
             f"{args.folder} has no {MANIFEST_FILE} - give a plugin folder "
             "(create one with `nyxplug new NAME`)"
         )
@@ -570,7 +560,7 @@ def _package(args: argparse.Namespace) -> int:
         target = target / f"{manifest.name}-{manifest.version}{PACKAGE_SUFFIX}"
     path, index = package_folder(folder, target)
     digest = hashlib.sha256(index.encode()).hexdigest()
-    shown = _shown(path)
+    shown = relative_path(path)
     print(f"Packaged {index.name} {index.version} (id {index.id}): {len(index.files)} files")
     print(f"  package: {shown} (unsigned)")
     print(f"  sha256:  {digest}")
@@ -644,7 +634,7 @@ def _uninstall(args: argparse.Namespace) -> int:
     try:
         folder = uninstall_package(args.name, config.package_store_path, audit=audit)
     except LookupError as exc:
-        raise _Problem(str(exc.args[0] if exc.args else exc)) from None
+        raise Problem(str(exc.args[0] if exc.args else exc)) from None
     print(f"Uninstalled {args.name} (removed {folder})")
     floor = store.floor(args.name)
     if floor is not None:
@@ -666,7 +656,7 @@ def _trust(args: argparse.Namespace) -> int:
     if action == "remove":
         entry = store.key(args.key_id)
         if not store.remove_key(args.key_id):
-            raise _Problem(f"key {args.key_id} is not trusted here - see `nyxplug trust list`")
+            raise Problem(f"key {args.key_id} is not trusted here - see `nyxplug trust list`")
         audit.record(
             "trust-remove", "done", key_id=args.key_id, signer=entry.name if entry else None
         )
@@ -706,7 +696,7 @@ def _trust_add(args: argparse.Namespace, store: Any, audit: Any) -> int:
     try:
         entry = store.add_key(public, scopes=scopes, expires=args.expires)
     except ValueError as exc:  # revoked here
-        raise _Problem(str(exc)) from None
+        raise Problem(str(exc)) from None
     audit.record(
         "trust-add", "done", key_id=entry.key_id, signer=entry.name, scopes=list(entry.scopes),
         expires=entry.expires, source=str(args.pubfile),
@@ -764,7 +754,7 @@ def _audit(args: argparse.Namespace) -> int:
     try:
         entries = log.entries()
     except ValueError as exc:  # a line that is not JSON
-        raise _Problem(
+        raise Problem(
             f"{log.path} is not a JSON-lines audit log ({exc}) - restore it from a backup"
         ) from None
     if not entries:
