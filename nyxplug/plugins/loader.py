@@ -17,6 +17,7 @@ import importlib.machinery
 import importlib.util
 import itertools
 import os
+import stat
 import sys
 import threading
 from collections.abc import Sequence
@@ -25,14 +26,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ("LoadedCode", "Snapshot", "import_entry", "unload_code")
+__all__ = (
+    "MAX_SNAPSHOT_BYTES",
+    "MAX_SOURCE_FILE",
+    "SKIP_DIRS",
+    "LoadedCode",
+    "Snapshot",
+    "import_entry",
+    "read_regular",
+    "unload_code",
+)
 
 #: Files above this size are not plugin source; refuse rather than read them into memory.
 MAX_SOURCE_FILE = 16 * 1024 * 1024
 #: A plugin folder with more source than this is refused (a runaway folder, not a plugin).
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
-_SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules"})
+SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class Snapshot:
         files: dict[str, bytes] = {}
         total = 0
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for filename in sorted(filenames):
                 path = Path(dirpath, filename)
                 rel = path.relative_to(root).as_posix()
@@ -63,7 +73,7 @@ class Snapshot:
                         f"Expected regular files in plugin folder {root}, got a symlink "
                         f"{rel} - copy the file instead"
                     )
-                data = _read_regular(path)
+                data = read_regular(path)
                 total += len(data)
                 if total > MAX_SNAPSHOT_BYTES:
                     raise ValueError(
@@ -83,12 +93,17 @@ class Snapshot:
         return None
 
 
-def _read_regular(path: Path) -> bytes:
-    """Read a regular file without following a symlink planted at the last moment."""
+def read_regular(path: Path) -> bytes:
+    """Read a regular file without following a symlink planted at the last moment.
+
+    ``ValueError`` for anything but a regular file under ``MAX_SOURCE_FILE`` bytes.
+    """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"Expected a regular file, got something else at {path}")
         if info.st_size > MAX_SOURCE_FILE:
             raise ValueError(
                 f"Expected plugin source files under {MAX_SOURCE_FILE} bytes, got "

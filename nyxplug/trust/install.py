@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..plugins.loader import read_regular
 from ..plugins.manifest import NAME_PATTERN
 from .audit import AuditLog
 from .errors import TrustError, UnsafePackage
@@ -77,6 +78,10 @@ def read_installed(folder: Path) -> PackageContents:
                     f"{rel} is {kind} - an installed plugin holds regular files only; "
                     "reinstall the package",
                 )  # fmt: skip
+            if info.st_size > MAX_MEMBER_BYTES:
+                raise UnsafePackage(
+                    "too-large", source, f"{rel} is {info.st_size} bytes, over {MAX_MEMBER_BYTES}"
+                )
             if len(files) >= MAX_MEMBERS:
                 raise UnsafePackage("too-many-members", source, f"over {MAX_MEMBERS} files")
             data = _read_no_follow(path, source, rel)
@@ -93,19 +98,10 @@ def read_installed(folder: Path) -> PackageContents:
 
 
 def _read_no_follow(path: Path, source: str, rel: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MEMBER_BYTES:
-            raise UnsafePackage(
-                "too-large", source, f"{rel} is {info.st_size} bytes, over {MAX_MEMBER_BYTES}"
-            )
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        return read_regular(path)
+    except ValueError as exc:  # swapped for a link or a special file since the lstat
+        raise UnsafePackage("not-a-regular-file", source, f"{rel}: {exc}") from None
 
 
 @dataclass(frozen=True)

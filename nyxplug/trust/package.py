@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..plugins.loader import MAX_SNAPSHOT_BYTES, MAX_SOURCE_FILE, SKIP_DIRS, read_regular
 from .errors import UnsafePackage
 from .keys import SigningKey
 
@@ -64,10 +65,10 @@ _DOMAIN = b"nyxplug-signature/1\x00"
 
 #: At most this many members in a package (a plugin, not a file system).
 MAX_MEMBERS = 4096
-#: No single file may unpack to more than this.
-MAX_MEMBER_BYTES = 16 * 1024 * 1024
-#: Nor all of them together.
-MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+#: No single file may unpack to more than this (the loader's limit for a source file).
+MAX_MEMBER_BYTES = MAX_SOURCE_FILE
+#: Nor all of them together (the loader's limit for a plugin folder).
+MAX_PACKAGE_BYTES = MAX_SNAPSHOT_BYTES
 #: A member that unpacks to more than this many times its compressed size is a bomb.
 MAX_RATIO = 100
 #: ... once it is bigger than this (tiny files compress absurdly well, harmlessly).
@@ -75,7 +76,6 @@ _RATIO_FLOOR = 1024 * 1024
 #: The index and the signature are small documents.
 MAX_INDEX_BYTES = 1024 * 1024
 _SPECIAL = frozenset({INDEX_FILE, SIGNATURE_FILE})
-_SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules"})
 
 
 class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -171,7 +171,7 @@ def collect_folder(folder: Path) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     total = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for filename in sorted(filenames):
             path = Path(dirpath, filename)
             rel = path.relative_to(folder).as_posix()
@@ -182,7 +182,7 @@ def collect_folder(folder: Path) -> dict[str, bytes]:
                     "not-a-regular-file", str(folder),
                     f"{rel} is a symlink or special file - packages hold regular files only",
                 )  # fmt: skip
-            data = path.read_bytes()
+            data = read_regular(path)
             total += len(data)
             if len(data) > MAX_MEMBER_BYTES or total > MAX_PACKAGE_BYTES:
                 raise UnsafePackage(

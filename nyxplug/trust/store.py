@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
+import semver
 
 from .errors import KeyFileError
 from .keys import PublicKey
@@ -237,8 +238,6 @@ class TrustStore:
 
     def raise_floor(self, plugin_name: str, version: str) -> None:
         """Record ``version`` as installed: the floor only ever goes up here."""
-        import semver
-
         with self._editing() as data:
             current = data.floors.get(plugin_name)
             if current is None or semver.Version.parse(version) > semver.Version.parse(current):
