@@ -31,6 +31,7 @@ from libc.string cimport memcmp, memcpy
 import asyncio
 import collections.abc
 import inspect
+import time
 from collections import deque
 
 from nyxplug._constants import (
@@ -476,6 +477,10 @@ cdef class _Runtime:
     cdef object wakeup
     cdef list idle_waiters
     cdef bint closed
+    # A swap asks the worker to stop after the frame in flight (checked between frames);
+    # ``swap`` is the swap task in progress, which an unload waits for.
+    cdef bint pausing
+    cdef object swap
     cdef object guard  # the plugin's SandboxGuard (SPEC 7), or None when no policy applies
     cdef unsigned long long processed
     cdef unsigned long long errors
@@ -611,6 +616,12 @@ cdef class _Runtime:
 # -- the dispatcher ------------------------------------------------------------------
 
 @cython.final
+def _observe(task):
+    """Retrieve a finished task's outcome so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
 cdef class Dispatcher:
     """Routes typed frames into per-plugin bounded queues, checked and counted (SPEC 3)."""
 
@@ -711,7 +722,7 @@ cdef class Dispatcher:
         rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
-        rt.worker = loop.create_task(self._work(rt), name=f"nyxplug-worker-{plugin_id}")
+        self._start_worker(rt, None)
 
     async def unload_plugin(self, plugin_id, *, drain=True):
         """Stop taking frames for ``plugin_id``, drain or drop its queue, unregister it.
@@ -719,10 +730,15 @@ cdef class Dispatcher:
         Cancelling this call does not reopen the plugin: the worker finishes in the
         background and the unload completes there.
         """
-        rt_obj = self._runtimes.pop(plugin_id, None)
+        rt_obj = self._runtimes.get(plugin_id)
         if rt_obj is None:
             raise PluginNotLoaded(plugin_id)
         cdef _Runtime rt = <_Runtime>rt_obj
+        while rt.swap is not None:  # the swapped-in worker is the one that drains
+            await asyncio.wait([rt.swap])
+            if self._runtimes.get(plugin_id) is not rt:
+                raise PluginNotLoaded(plugin_id)
+        del self._runtimes[plugin_id]
         self._unloading[plugin_id] = rt
         rt.closed = True
         for waiter in rt.waiters:
@@ -740,6 +756,69 @@ cdef class Dispatcher:
                 worker.add_done_callback(lambda _task: self._finish_unload(rt))
                 raise
         return self._finish_unload(rt)
+
+    async def swap_handler(self, plugin_id, handler, *, sandbox=None, between=None):
+        """Replace a loaded plugin's handler; its queue, queued frames and counters stay.
+
+        The worker finishes the frame (or batch) in flight and stops; ``between()``
+        runs while no frame is handled (the place to hand state over: if it raises,
+        the old handler resumes and the exception propagates); then a new worker runs
+        ``handler`` from the same queue, so nothing is lost or reordered and senders
+        never see an error. Returns the pause in seconds (old worker's last frame to
+        the new worker's start). Swaps of one plugin run in turn; cancelling the
+        caller does not cancel the swap.
+        """
+        rt_obj = self._runtimes.get(plugin_id)
+        if rt_obj is None:
+            raise PluginNotLoaded(plugin_id)
+        cdef _Runtime rt = <_Runtime>rt_obj
+        policy = check_policy("sandbox", sandbox, guard_ok=True)
+        call, batch = resolve_handler(handler)
+        if between is not None and not callable(between):
+            raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
+        guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between))
+        rt.swap = swap
+        try:
+            return await asyncio.shield(swap)
+        except asyncio.CancelledError:
+            if not swap.done():  # the swap goes on; its outcome is nobody's to raise
+                swap.add_done_callback(_observe)
+            raise
+
+    async def _swap(self, _Runtime rt, previous, call, bint batch, guard, between):
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            if rt.closed:
+                raise PluginNotLoaded(rt.id)
+            worker = rt.worker
+            rt.pausing = True
+            self._wake_worker(rt)
+            await asyncio.wait([worker])  # it returns after the frame in flight
+            stopped = time.perf_counter()
+            rt.pausing = False
+            if between is not None:
+                try:
+                    between()
+                except BaseException:
+                    self._start_worker(rt, None)  # the old handler resumes
+                    raise
+            if rt.guard is not None:  # its refusals stay counted after the guard goes
+                rt.sandbox_violations += rt.guard.violations
+            rt.handler = call
+            rt.batch = batch
+            rt.guard = guard
+            started = rt.loop.create_future()
+            self._start_worker(rt, started)
+            return await started - stopped
+        finally:
+            if rt.swap is asyncio.current_task():
+                rt.swap = None
+
+    cdef int _start_worker(self, _Runtime rt, started) except -1:
+        rt.worker = rt.loop.create_task(self._work(rt, started), name=f"nyxplug-worker-{rt.id}")
+        return 0
 
     def _finish_unload(self, _Runtime rt):
         if self._unloading.get(rt.id) is rt:
@@ -1021,13 +1100,15 @@ cdef class Dispatcher:
 
     # -- the worker --------------------------------------------------------------
 
-    async def _work(self, _Runtime rt):
+    async def _work(self, _Runtime rt, started):
         cdef PluginMessage msg
         cdef list batch
         handler = rt.handler
         if rt.guard is not None:
             # This task's context only: every handler call (and task it spawns) is checked.
             enter_guard(rt.guard)
+        if started is not None:  # a swap measures its pause up to here
+            started.set_result(time.perf_counter())
         try:
             while True:
                 if rt.count == 0:
@@ -1036,6 +1117,8 @@ cdef class Dispatcher:
                         return
                     rt.wakeup = rt.loop.create_future()
                     await rt.wakeup
+                    if rt.pausing:
+                        return
                     continue
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
@@ -1054,6 +1137,8 @@ cdef class Dispatcher:
                         rt.errors += 1
                         log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
                                           len(batch), exc)
+                    if rt.pausing:  # a swap: the next frame goes to the new handler
+                        return
                 else:
                     msg = rt.pop()
                     rt.processed += 1
@@ -1067,9 +1152,11 @@ cdef class Dispatcher:
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, msg.frame_type, 1, exc)
+                    if rt.pausing:
+                        return
         finally:
             rt.wakeup = None
-            self._notify_idle(rt, True)
+            self._notify_idle(rt, not rt.pausing)
 
     cdef int _notify_idle(self, _Runtime rt, bint force) except -1:
         waiters = rt.idle_waiters

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import inspect
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._constants import (
@@ -330,7 +331,7 @@ class _Runtime:
 
     __slots__ = (
         "id", "entry", "capacity", "queue", "reserved", "waiters", "handler", "batch",
-        "loop", "worker", "wakeup", "idle_waiters", "closed", "guard",
+        "loop", "worker", "wakeup", "idle_waiters", "closed", "guard", "pausing", "swap",
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
         "dropped", "high_watermark",
     )  # fmt: skip
@@ -350,6 +351,10 @@ class _Runtime:
         self.wakeup: asyncio.Future[None] | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.closed = False
+        # A swap asks the worker to stop after the frame in flight (checked between frames);
+        # ``swap`` is the swap task in progress, which an unload waits for.
+        self.pausing = False
+        self.swap: asyncio.Task[float] | None = None
         # The plugin's SandboxGuard (SPEC 7), or None when no policy applies.
         self.guard: Any = None
         self.processed = 0
@@ -389,6 +394,12 @@ class _Runtime:
             queue_depth=len(self.queue),
             high_watermark=self.high_watermark,
         )
+
+
+def _observe(task: asyncio.Task[Any]) -> None:
+    """Retrieve a finished task's outcome so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Dispatcher:
@@ -488,7 +499,7 @@ class Dispatcher:
         rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
-        rt.worker = loop.create_task(self._work(rt), name=f"nyxplug-worker-{plugin_id}")
+        self._start_worker(rt, None)
 
     async def unload_plugin(self, plugin_id: int, *, drain: bool = True) -> PluginStats:
         """Stop taking frames for ``plugin_id``, drain or drop its queue, unregister it.
@@ -496,9 +507,14 @@ class Dispatcher:
         Cancelling this call does not reopen the plugin: the worker finishes in the
         background and the unload completes there.
         """
-        rt = self._runtimes.pop(plugin_id, None)
+        rt = self._runtimes.get(plugin_id)
         if rt is None:
             raise PluginNotLoaded(plugin_id)
+        while rt.swap is not None:  # the swapped-in worker is the one that drains
+            await asyncio.wait([rt.swap])
+            if self._runtimes.get(plugin_id) is not rt:
+                raise PluginNotLoaded(plugin_id)
+        del self._runtimes[plugin_id]
         self._unloading[plugin_id] = rt
         rt.closed = True
         for waiter in rt.waiters:
@@ -517,6 +533,81 @@ class Dispatcher:
                 worker.add_done_callback(lambda _task: self._finish_unload(rt))
                 raise
         return self._finish_unload(rt)
+
+    async def swap_handler(
+        self,
+        plugin_id: int,
+        handler: Any,
+        *,
+        sandbox: Any = None,
+        between: Callable[[], object] | None = None,
+    ) -> float:
+        """Replace a loaded plugin's handler; its queue, queued frames and counters stay.
+
+        The worker finishes the frame (or batch) in flight and stops; ``between()``
+        runs while no frame is handled (the place to hand state over: if it raises,
+        the old handler resumes and the exception propagates); then a new worker runs
+        ``handler`` from the same queue, so nothing is lost or reordered and senders
+        never see an error. Returns the pause in seconds (old worker's last frame to
+        the new worker's start). Swaps of one plugin run in turn; cancelling the
+        caller does not cancel the swap.
+        """
+        rt = self._runtimes.get(plugin_id)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id)
+        policy = check_policy("sandbox", sandbox, guard_ok=True)
+        call, batch = resolve_handler(handler)
+        if between is not None and not callable(between):
+            raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
+        guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between))
+        rt.swap = swap
+        try:
+            return await asyncio.shield(swap)
+        except asyncio.CancelledError:
+            if not swap.done():  # the swap goes on; its outcome is nobody's to raise
+                swap.add_done_callback(_observe)
+            raise
+
+    async def _swap(
+        self,
+        rt: _Runtime,
+        previous: asyncio.Task[float] | None,
+        call: Any,
+        batch: bool,
+        guard: Any,
+        between: Callable[[], object] | None,
+    ) -> float:
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            if rt.closed:
+                raise PluginNotLoaded(rt.id)
+            worker = rt.worker
+            assert worker is not None
+            rt.pausing = True
+            self._wake_worker(rt)
+            await asyncio.wait([worker])  # it returns after the frame in flight
+            stopped = time.perf_counter()
+            rt.pausing = False
+            if between is not None:
+                try:
+                    between()
+                except BaseException:
+                    self._start_worker(rt, None)  # the old handler resumes
+                    raise
+            if rt.guard is not None:  # its refusals stay counted after the guard goes
+                rt.sandbox_violations += rt.guard.violations
+            rt.handler, rt.batch, rt.guard = call, batch, guard
+            started: asyncio.Future[float] = rt.loop.create_future()
+            self._start_worker(rt, started)
+            return await started - stopped
+        finally:
+            if rt.swap is asyncio.current_task():
+                rt.swap = None
+
+    def _start_worker(self, rt: _Runtime, started: asyncio.Future[float] | None) -> None:
+        rt.worker = rt.loop.create_task(self._work(rt, started), name=f"nyxplug-worker-{rt.id}")
 
     def _finish_unload(self, rt: _Runtime) -> PluginStats:
         if self._unloading.get(rt.id) is rt:
@@ -775,12 +866,14 @@ class Dispatcher:
 
     # -- the worker --------------------------------------------------------------
 
-    async def _work(self, rt: _Runtime) -> None:
+    async def _work(self, rt: _Runtime, started: asyncio.Future[float] | None) -> None:
         queue = rt.queue
         handler = rt.handler
         if rt.guard is not None:
             # This task's context only: every handler call (and task it spawns) is checked.
             enter_guard(rt.guard)
+        if started is not None:  # a swap measures its pause up to here
+            started.set_result(time.perf_counter())
         try:
             while True:
                 if not queue:
@@ -789,6 +882,8 @@ class Dispatcher:
                         return
                     rt.wakeup = rt.loop.create_future()
                     await rt.wakeup
+                    if rt.pausing:
+                        return
                     continue
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
@@ -806,6 +901,8 @@ class Dispatcher:
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, batch[0]._frame_type, len(batch), exc)
+                    if rt.pausing:  # a swap: the next frame goes to the new handler
+                        return
                 else:
                     msg = queue.popleft()
                     rt.processed += 1
@@ -819,9 +916,11 @@ class Dispatcher:
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, msg._frame_type, 1, exc)
+                    if rt.pausing:
+                        return
         finally:
             rt.wakeup = None
-            self._notify_idle(rt, force=True)
+            self._notify_idle(rt, force=not rt.pausing)
 
     def _notify_idle(self, rt: _Runtime, force: bool = False) -> None:
         waiters = rt.idle_waiters

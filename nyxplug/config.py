@@ -96,11 +96,24 @@ class RuntimeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".nyxplug"
     entry_points: bool = True
     require_signatures: bool = True
+    # Hot reload: watch plugin folders and the package store (nyxplug run --watch), wait
+    # this long after the last change before reloading, retry transient failures.
+    watch: bool = False
+    reload_debounce: float = 0.2
+    reload_retries: int = 3
+    reload_backoff: float = 0.1
 
     def __post_init__(self) -> None:
         _check_paths("plugin_dirs", self.plugin_dirs)
         if not self.state_dir.strip():
             raise _Invalid("state_dir", "Expected a folder path, got an empty string")
+        for key in ("reload_debounce", "reload_backoff"):
+            value = getattr(self, key)
+            _check_finite(key, value)
+            if value < 0:
+                raise _Invalid(key, f"Expected seconds >= 0, got {value}")
+        if not 0 <= self.reload_retries <= 100:
+            raise _Invalid("reload_retries", f"Expected 0..100, got {self.reload_retries}")
 
 
 class DefaultsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -218,6 +231,7 @@ def _apply_environment(config: HostConfig, environ: Mapping[str, str]) -> HostCo
     for name, key in (
         ("NYXPLUG_ENTRY_POINTS", "entry_points"),
         ("NYXPLUG_REQUIRE_SIGNATURES", "require_signatures"),
+        ("NYXPLUG_WATCH", "watch"),
     ):
         if raw := environ.get(name, ""):
             runtime[key] = _env_value(name, f"runtime.{key}", raw, parse_flag, bool)

@@ -1,4 +1,4 @@
-"""The plugin runtime around the dispatcher: manifests, discovery, lifecycle, supervision."""
+"""The plugin runtime around the dispatcher: manifests, discovery, lifecycle, hot reload."""
 
 from .api import Plugin as Plugin
 from .api import PluginContext as PluginContext
@@ -7,6 +7,7 @@ from .errors import HandlerTimeout as HandlerTimeout
 from .errors import PluginLoadError as PluginLoadError
 from .errors import PluginNotFound as PluginNotFound
 from .errors import PluginStateError as PluginStateError
+from .errors import ReloadFailed as ReloadFailed
 from .manager import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from .manager import PluginManager as PluginManager
 from .manager import PluginStatus as PluginStatus
@@ -15,6 +16,8 @@ from .manager import registered_plugins as registered_plugins
 from .manifest import Manifest as Manifest
 from .manifest import ManifestError as ManifestError
 from .manifest import load_manifest as load_manifest
+from .reload import ReloadResult as ReloadResult
+from .reload import ReloadStats as ReloadStats
 from .state import PluginState as PluginState
 
 __all__ = (
@@ -31,6 +34,9 @@ __all__ = (
     "PluginState",
     "PluginStateError",
     "PluginStatus",
+    "ReloadFailed",
+    "ReloadResult",
+    "ReloadStats",
     "load_manifest",
     "plugin",
     "registered_plugins",

@@ -15,6 +15,7 @@ __all__ = (
     "PluginLoadError",
     "PluginNotFound",
     "PluginStateError",
+    "ReloadFailed",
 )
 
 
@@ -42,6 +43,32 @@ class PluginLoadError(NyxplugError):
 
     def __str__(self) -> str:
         return f"Plugin {self.name!r} failed to load at {self.step}: {self.reason}"
+
+
+class ReloadFailed(PluginLoadError):
+    """A new version was refused or failed on its way in; the old one keeps serving.
+
+    ``step`` is where it stopped (stage, verify, compatibility, import, instantiate,
+    on_load, health, swap); ``transient`` is True for failures worth retrying
+    (files mid-write, ``health()`` not ready yet, timeouts).
+    """
+
+    def __init__(
+        self, name: str, step: str, reason: str, running: str | None, transient: bool = False
+    ) -> None:
+        NyxplugError.__init__(self, name, step, reason, running, transient)
+        self.name = name
+        self.step = step
+        self.reason = reason
+        self.running = running
+        self.transient = transient
+
+    def __str__(self) -> str:
+        keeps = f"version {self.running}" if self.running else "the running version"
+        return (
+            f"Reload of plugin {self.name!r} failed at {self.step}: {self.reason} - {keeps} "
+            "keeps serving; fix the new version and reload again"
+        )
 
 
 class PluginStateError(NyxplugError):

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,6 +41,7 @@ from .errors import (
     PluginLoadError,
     PluginNotFound,
     PluginStateError,
+    ReloadFailed,
 )
 from .loader import LoadedCode, Snapshot, import_entry, unload_code
 from .manifest import (
@@ -50,6 +51,14 @@ from .manifest import (
     check_api_compatible,
     decode_manifest,
     manifest_from_dict,
+)
+from .reload import (
+    ReloadCounters,
+    ReloadResult,
+    ReloadStats,
+    check_upgrade,
+    hand_over_state,
+    needs_migration,
 )
 from .state import PluginState, can_move
 
@@ -130,6 +139,7 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str | None = None  # the key that signed the package; None if unsigned
     signer: str | None = None  # that key's name in this host's trust store; None if untrusted
     verified: bool = False  # the running code's bytes passed signature verification
+    reloads: ReloadStats = ReloadStats()
 
 
 class _Record:
@@ -161,6 +171,7 @@ class _Record:
         self.key_id: str | None = None  # the key that signed the package, if any
         self.signer: str | None = None  # that key's name in the trust store (None: untrusted)
         self.verified = False  # the bytes of the running code passed verification
+        self.reloads = ReloadCounters()
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -189,6 +200,7 @@ class _Record:
             key_id=self.key_id,
             signer=self.signer,
             verified=self.verified,
+            reloads=self.reloads.snapshot(),
         )
 
 
@@ -254,6 +266,8 @@ class PluginManager:
         self._manifest_cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
         self._added: dict[str, type] = {}
         self._load_order: list[str] = []
+        # One lock per plugin name: load, unload and reload of one plugin run in turn.
+        self._locks: dict[str, asyncio.Lock] = {}
         self.discovery_errors: list[str] = []
         self._disabled = self._read_disabled()
 
@@ -299,6 +313,7 @@ class PluginManager:
                 self._validate(record)
             if current is not None:
                 record.timeouts = current.timeouts
+                record.reloads = current.reloads
             self._records[name] = record
         for name in [n for n, r in self._records.items() if n not in found]:
             if self._records[name].state not in (PluginState.ACTIVE, PluginState.DRAINING):
@@ -593,13 +608,23 @@ class PluginManager:
                 logger.error("%s", exc)
         return self.catalog()
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
     async def load(self, name: str) -> PluginStatus:
         """Bring one plugin to ``active``: import, instantiate, ``on_load``, ``health()``.
 
         Its dependencies must be active already. On failure the plugin is ``failed``
         with the reason and ``PluginLoadError`` says which step failed.
         """
-        record = self._record(name)
+        async with self._lock(name):
+            return await self._load(self._record(name))
+
+    async def _load(self, record: _Record) -> PluginStatus:
+        name = record.name
         if record.state is PluginState.DISABLED:
             raise PluginStateError(name, "disabled", "load", "run `nyxplug enable` first")
         if record.state in (PluginState.ACTIVE, PluginState.LOADING, PluginState.DRAINING):
@@ -618,17 +643,13 @@ class PluginManager:
         registered_here = False
         record.verified = False
         try:
-            snapshot = self._read_code(record)
+            snapshot, verified = self._read_code(record)
             step = "import"
-            manifest, factory = self._import(record, snapshot)
+            manifest = self._staged_manifest(record, snapshot)
+            check_api_compatible(manifest)
+            factory, record.code = self._import_code(record, manifest, snapshot)
             step = "instantiate"
-            instance = factory()
-            if not callable(getattr(instance, "handle", None)) and not callable(
-                getattr(instance, "handle_batch", None)
-            ):
-                raise TypeError(
-                    f"Expected the entry object to have handle(message), got {type(instance)!r}"
-                )
+            instance = _instantiate(factory)
             # One guard for everything this plugin does (on_load, sending, its handler),
             # and its rights in the registry from now on, so ctx.dispatch in on_load works.
             record.guard = SandboxGuard(policy_of(manifest), manifest.id)
@@ -636,26 +657,17 @@ class PluginManager:
             if not registry.is_registered(manifest.id):
                 registry.register(info)
                 registered_here = True
-            ctx = PluginContext(
-                name=name,
-                plugin_id=manifest.id,
-                version=str(manifest.version),
-                config=manifest.config,
-                dispatcher=self.dispatcher,
-                guard=record.guard,
-            )
-            instance.ctx = ctx
+            instance.ctx = self._context(name, manifest, record.guard)
             step = "on_load"
-            await self._lifecycle_call(record, instance, "on_load", ctx)
+            await self._lifecycle_call(record.guard, instance, "on_load", instance.ctx)
             step = "health"
-            healthy = await self._lifecycle_call(record, instance, "health")
+            healthy = await self._lifecycle_call(record.guard, instance, "health")
             if healthy is False:
                 raise RuntimeError("health() returned False")
             step = "start"
-            timeout = manifest.resources.handler_timeout or self.config.defaults.handler_timeout
             await self.dispatcher.load_plugin(
                 info,
-                _supervise(record, instance, manifest.id, timeout),
+                _supervise(record, instance, manifest.id, self._handler_timeout(manifest)),
                 capacity=manifest.resources.capacity or self.config.defaults.capacity,
                 sandbox=record.guard,
             )
@@ -671,12 +683,26 @@ class PluginManager:
             raise PluginLoadError(name, step, reason) from exc
         record.manifest = manifest
         record.instance = instance
+        record.verified = verified
         record.move(PluginState.ACTIVE)
         self._load_order.append(name)
         return record.status()
 
-    def _read_code(self, record: _Record) -> Snapshot | None:
-        """The bytes to import, read once; verified when the folder came from a package.
+    def _context(self, name: str, manifest: Manifest, guard: SandboxGuard) -> PluginContext:
+        return PluginContext(
+            name=name,
+            plugin_id=manifest.id,
+            version=str(manifest.version),
+            config=manifest.config,
+            dispatcher=self.dispatcher,
+            guard=guard,
+        )
+
+    def _handler_timeout(self, manifest: Manifest) -> float | None:
+        return manifest.resources.handler_timeout or self.config.defaults.handler_timeout
+
+    def _read_code(self, record: _Record) -> tuple[Snapshot | None, bool]:
+        """The bytes to import, read once, and whether a signature vouched for them.
 
         A folder with an index (an installed package) is always verified, signatures
         required or not: a package that fails its own index must never run. Every file
@@ -686,11 +712,11 @@ class PluginManager:
 
         folder = record.folder
         if folder is None:
-            return None
+            return None, False
         if not (folder / INDEX_FILE).is_file():
             if self.require_signatures:
                 raise TrustError("unsigned", str(folder), record.reason or "unsigned", record.name)
-            return Snapshot.read(folder, extra=(MANIFEST_FILE,))
+            return Snapshot.read(folder, extra=(MANIFEST_FILE,)), False
         contents = read_installed(folder)
         if self.trust is not None:
             self.trust.reload()  # a revocation by `nyxplug trust` elsewhere applies now
@@ -707,16 +733,13 @@ class PluginManager:
             )  # fmt: skip
         for warning in verified.warnings:
             logger.warning("Plugin %r: %s", record.name, warning)
-        record.verified = verified.signed
-        return Snapshot(folder.resolve(), verified.files)
+        return Snapshot(folder.resolve(), verified.files), verified.signed
 
-    def _import(
-        self, record: _Record, snapshot: Snapshot | None
-    ) -> tuple[Manifest, Callable[[], Any]]:
-        """The manifest and plugin factory, from the snapshot the loader read."""
+    def _staged_manifest(self, record: _Record, snapshot: Snapshot | None) -> Manifest:
+        """The manifest of the bytes about to run (a code plugin's is its own)."""
         if record.folder is None or snapshot is None:
             assert record.manifest is not None
-            return record.manifest, record.factory
+            return record.manifest
         manifest = decode_manifest(
             snapshot.files[MANIFEST_FILE], str(record.folder / MANIFEST_FILE)
         )
@@ -725,49 +748,225 @@ class PluginManager:
                 f"Expected [plugin] name {record.name!r} (as discovered), found "
                 f"{manifest.name!r} - the manifest changed; rediscover"
             )
-        check_api_compatible(manifest)
-        record.code = import_entry(
-            record.name, snapshot, manifest.entry_module, manifest.entry_attr
-        )
-        entry = record.code.entry
-        return manifest, entry if callable(entry) else (lambda: entry)
+        return manifest
 
-    async def _lifecycle_call(self, record: _Record, instance: Any, hook: str, *args: Any) -> Any:
+    def _import_code(
+        self, record: _Record, manifest: Manifest, snapshot: Snapshot | None
+    ) -> tuple[Callable[[], Any], LoadedCode | None]:
+        """The plugin factory, imported from the snapshot (a code plugin's is its class)."""
+        if record.folder is None or snapshot is None:
+            return record.factory, None
+        code = import_entry(record.name, snapshot, manifest.entry_module, manifest.entry_attr)
+        entry = code.entry
+        return (entry if callable(entry) else (lambda: entry)), code
+
+    async def _lifecycle_call(
+        self, guard: SandboxGuard | None, instance: Any, hook: str, *args: Any
+    ) -> Any:
         """Await a plugin hook under its sandbox and the lifecycle timeout."""
         method = getattr(instance, hook, None)
         if method is None:
             return None
-        with guarded(record.guard) if record.guard is not None else contextlib.nullcontext():
+        with guarded(guard) if guard is not None else contextlib.nullcontext():
             async with asyncio.timeout(LIFECYCLE_TIMEOUT):
                 result = method(*args)
                 if inspect.isawaitable(result):
                     result = await result
         return result
 
+    async def _call_on_unload(
+        self, name: str, guard: SandboxGuard | None, instance: Any
+    ) -> str | None:
+        """``on_unload``; a raising one is logged and its reason returned, never raised."""
+        try:
+            await self._lifecycle_call(guard, instance, "on_unload")
+        except Exception as exc:  # the instance is gone either way; keep why
+            reason = f"on_unload raised {type(exc).__name__}: {exc}"
+            logger.error("Plugin %r: %s", name, reason)
+            return reason
+        return None
+
     async def unload(self, name: str, *, drain: bool = True) -> PluginStats:
         """Stop an active plugin: drain (or drop) its queue, then ``on_unload``."""
-        record = self._record(name)
-        if record.state is not PluginState.ACTIVE:
-            raise PluginStateError(name, str(record.state), "unload", "it is not active")
-        assert record.manifest is not None
-        record.move(PluginState.DRAINING)
-        try:
-            stats = await self.dispatcher.unload_plugin(record.manifest.id, drain=drain)
-        finally:
-            reason = None
+        async with self._lock(name):
+            record = self._record(name)
+            if record.state is not PluginState.ACTIVE:
+                raise PluginStateError(name, str(record.state), "unload", "it is not active")
+            assert record.manifest is not None
+            record.move(PluginState.DRAINING)
             try:
-                await self._lifecycle_call(record, record.instance, "on_unload")
-            except Exception as exc:  # the plugin is gone either way; keep why
-                reason = f"on_unload raised {type(exc).__name__}: {exc}"
-                logger.error("Plugin %r: %s", name, reason)
-            if record.code is not None:
-                unload_code(record.code.package)
-                record.code = None
-            record.instance = None
-            record.move(PluginState.UNLOADED, reason)
-            if name in self._load_order:
-                self._load_order.remove(name)
-        return stats
+                stats = await self.dispatcher.unload_plugin(record.manifest.id, drain=drain)
+            finally:
+                reason = await self._call_on_unload(name, record.guard, record.instance)
+                if record.code is not None:
+                    unload_code(record.code.package)
+                    record.code = None
+                record.instance = None
+                record.move(PluginState.UNLOADED, reason)
+                if name in self._load_order:
+                    self._load_order.remove(name)
+            return stats
+
+    # -- hot reload ------------------------------------------------------------------
+
+    async def reload(
+        self, name: str, *, if_changed: bool = False, allow_downgrade: bool = False
+    ) -> ReloadResult:
+        """Swap a running plugin for the version on disk while its frames keep flowing.
+
+        Stage -> verify -> import -> instantiate -> ``on_load`` -> ``health()`` -> swap
+        (state handed over, queue kept) -> old ``on_unload``. Any failure leaves the
+        old version serving untouched and raises ``ReloadFailed`` (counted in the
+        plugin's ``reloads``); transient ones are retried with exponential backoff
+        first. ``if_changed``: skip the reload when the bytes equal the running code's.
+        """
+        async with self._lock(name):
+            record = self._record(name)
+            if record.state is not PluginState.ACTIVE:
+                raise PluginStateError(
+                    name, str(record.state), "reload",
+                    "only an active plugin is swapped in place; load it instead",
+                )  # fmt: skip
+            runtime = self.config.runtime
+            counters = record.reloads
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    result = await self._reload_once(
+                        record, attempt, if_changed=if_changed and attempt == 1,
+                        allow_downgrade=allow_downgrade,
+                    )  # fmt: skip
+                except ReloadFailed as exc:
+                    counters.attempted += attempt == 1
+                    if exc.transient and attempt <= runtime.reload_retries:
+                        counters.retries += 1
+                        logger.warning("%s (attempt %d, trying again)", exc, attempt)
+                        await asyncio.sleep(runtime.reload_backoff * 2 ** (attempt - 1))
+                        continue
+                    counters.failed(exc.step, exc.reason)
+                    logger.error("%s", exc)
+                    raise
+                if result.pause is not None:
+                    counters.attempted += attempt == 1
+                    counters.swapped(result.pause)
+                    logger.info(
+                        "Plugin %r reloaded: %s -> %s (swap pause %.3f ms)",
+                        name, result.from_version, result.to_version, result.pause * 1e3,
+                    )  # fmt: skip
+                return result
+
+    async def _reload_once(
+        self, record: _Record, attempt: int, *, if_changed: bool, allow_downgrade: bool
+    ) -> ReloadResult:
+        old = record.manifest
+        assert old is not None
+        old_instance, old_guard, old_code = record.instance, record.guard, record.code
+        running = str(old.version)
+        step = "stage"
+        code: LoadedCode | None = None
+        guard: SandboxGuard | None = None
+        instance: Any = None
+        loaded = False
+        from ..trust import TrustError
+
+        try:
+            try:
+                snapshot, verified = self._read_code(record)
+            except TrustError:
+                step = "verify"
+                raise
+            if if_changed and _same_code(old_code, snapshot):
+                return ReloadResult(
+                    name=record.name, outcome="unchanged", from_version=running,
+                    to_version=running, pause=None, attempts=attempt,
+                )  # fmt: skip
+            step = "compatibility"
+            manifest = self._staged_manifest(record, snapshot)
+            check_upgrade(
+                old, manifest, allow_downgrade=allow_downgrade,
+                dependents=self._dependents(record.name), active_versions=self._active_versions(),
+            )  # fmt: skip
+            step = "import"
+            factory, code = self._import_code(record, manifest, snapshot)
+            step = "instantiate"
+            instance = _instantiate(factory)
+            step = "compatibility"
+            why = needs_migration(old, manifest, instance)
+            if why is not None:
+                raise ValueError(why)
+            guard = SandboxGuard(policy_of(manifest), manifest.id)
+            instance.ctx = self._context(record.name, manifest, guard)
+            step = "on_load"
+            await self._lifecycle_call(guard, instance, "on_load", instance.ctx)
+            loaded = True
+            step = "health"
+            if await self._lifecycle_call(guard, instance, "health") is False:
+                raise RuntimeError("health() returned False")
+            step = "swap"
+            new_guard = guard
+
+            def between() -> None:  # runs while the plugin's worker is paused
+                hand_over_state(
+                    old_instance, instance, running,
+                    old_guard=lambda: _guarded_or_not(old_guard),
+                    new_guard=lambda: _guarded_or_not(new_guard),
+                )  # fmt: skip
+                self.dispatcher.registry.set_permissions(manifest.id, manifest.permission_mask)
+
+            handler = _supervise(record, instance, manifest.id, self._handler_timeout(manifest))
+            pause = await _finish_even_if_cancelled(
+                self.dispatcher.swap_handler(manifest.id, handler, sandbox=guard, between=between)
+            )
+        except Exception as exc:
+            if loaded:
+                await self._call_on_unload(record.name, guard, instance)
+            if code is not None:
+                unload_code(code.package)
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ReloadFailed(record.name, step, reason, running, _transient(step, exc)) from exc
+        # The new version serves from here on; the old one says goodbye.
+        record.manifest, record.instance, record.guard, record.code = (
+            manifest,
+            instance,
+            guard,
+            code,
+        )
+        record.verified = verified
+        if record.folder is not None:
+            record.key_id, record.signer = self._signer_of(record.folder)
+        await self._call_on_unload(record.name, old_guard, old_instance)
+        if old_code is not None:
+            unload_code(old_code.package)
+        return ReloadResult(
+            name=record.name, outcome="swapped", from_version=running,
+            to_version=str(manifest.version), pause=pause, attempts=attempt,
+        )  # fmt: skip
+
+    def _dependents(self, name: str) -> dict[str, Any]:
+        """Active plugins that depend on ``name``, with the version range each wants."""
+        return {
+            other.name: other.manifest.dependency_ranges[name]
+            for other in self._records.values()
+            if other.state is PluginState.ACTIVE
+            and other.manifest is not None
+            and name in other.manifest.dependencies
+        }
+
+    def _active_versions(self) -> dict[str, Any]:
+        return {
+            other.name: other.manifest.version
+            for other in self._records.values()
+            if other.state is PluginState.ACTIVE and other.manifest is not None
+        }
+
+    def watched_paths(self) -> dict[Path, str]:
+        """Folder -> plugin name, for every plugin that runs from a folder (the watcher's map)."""
+        return {
+            record.folder.resolve(): name
+            for name, record in self._records.items()
+            if record.folder is not None
+        }
 
     def stats(self, name: str) -> PluginStats | None:
         """The plugin's counters (None unless it is loaded)."""
@@ -789,6 +988,57 @@ class PluginManager:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _instantiate(factory: Callable[[], Any]) -> Any:
+    instance = factory()
+    if not callable(getattr(instance, "handle", None)) and not callable(
+        getattr(instance, "handle_batch", None)
+    ):
+        raise TypeError(
+            f"Expected the entry object to have handle(message), got {type(instance)!r}"
+        )
+    return instance
+
+
+def _same_code(running: LoadedCode | None, snapshot: Snapshot | None) -> bool:
+    """True when the staged bytes are exactly the running code's (a touch, a re-save)."""
+    if snapshot is None:
+        return True  # a code plugin: nothing on disk to differ
+    return running is not None and running.snapshot.files == snapshot.files
+
+
+def _transient(step: str, exc: Exception) -> bool:
+    """Failures worth retrying: files mid-write, a health check not ready yet, timeouts."""
+    return (
+        isinstance(exc, TimeoutError)
+        or step == "health"
+        or (step == "stage" and isinstance(exc, OSError))
+    )
+
+
+def _guarded_or_not(guard: SandboxGuard | None) -> contextlib.AbstractContextManager[Any]:
+    return guarded(guard) if guard is not None else contextlib.nullcontext()
+
+
+async def _finish_even_if_cancelled(swap: Coroutine[Any, Any, float]) -> float:
+    """Await a swap to its end: once begun, the manager must know which version serves.
+
+    A cancellation that arrives meanwhile is delivered after the swap is done.
+    """
+    task = asyncio.ensure_future(swap)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
 
 def _supervise(record: _Record, instance: Any, plugin_id: int, timeout: float | None) -> Any:
