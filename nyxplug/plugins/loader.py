@@ -61,7 +61,7 @@ class Snapshot:
         root = root.resolve()
         files: dict[str, bytes] = {}
         total = 0
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_raise, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for filename in sorted(filenames):
                 path = Path(dirpath, filename)
@@ -91,6 +91,11 @@ class Snapshot:
             if data is not None:
                 return rel, data, is_package
         return None
+
+
+def _raise(error: OSError) -> None:
+    """``os.walk`` skips what it cannot list; a plugin read half-way must fail instead."""
+    raise error
 
 
 def read_regular(path: Path) -> bytes:

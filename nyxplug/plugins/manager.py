@@ -716,7 +716,10 @@ class PluginManager:
         if not (folder / INDEX_FILE).is_file():
             if self.require_signatures:
                 raise TrustError("unsigned", str(folder), record.reason or "unsigned", record.name)
-            return Snapshot.read(folder, extra=(MANIFEST_FILE,)), False
+            snapshot = Snapshot.read(folder, extra=(MANIFEST_FILE,))
+            if MANIFEST_FILE not in snapshot.files:  # removed (or mid-save) since discovery
+                raise FileNotFoundError(f"Expected {MANIFEST_FILE} in {folder}, found none")
+            return snapshot, False
         contents = read_installed(folder)
         if self.trust is not None:
             self.trust.reload()  # a revocation by `nyxplug trust` elsewhere applies now
