@@ -31,10 +31,19 @@ def test_every_enqueued_frame_is_processed_dropped_or_queued(results: dict[str, 
     for name, plugin in results["plugins"].items():
         s = plugin["stats"]
         assert plugin["enqueued"] == s["messages_processed"] + s["dropped"] + s["queue_depth"], name
-    assert results["plugins"]["fast"]["stats"]["messages_processed"] == 2000
+    reload = results["reload"]
     assert results["fast_handled"] == 2000
+    assert results["plugins"]["fast"]["stats"]["messages_processed"] == 2000 + reload["sent"]
     # slow was unloaded with drain=False right after try_dispatch filled its queue
     assert results["plugins"]["slow"]["stats"]["dropped"] == SLOW_CAPACITY
+
+
+def test_live_reload_swapped_in_the_signed_version_losing_nothing(results: dict[str, Any]) -> None:
+    reload = results["reload"]
+    assert (reload["from"], reload["to"]) == ("1.0.0", "1.1.0")
+    assert reload["verified"]
+    assert reload["sent"] > 0 and reload["handled"] == reload["sent"]
+    assert 0 <= reload["pause"] < reload["serving"]
 
 
 def test_every_call_is_a_dispatched_frame_or_an_error(results: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 ``new``, ``validate``, ``list``, ``info``, ``enable`` and ``disable`` live in
 ``nyxplug.cli.plugins``; ``keygen``, ``package``, ``sign``, ``verify``, ``install``,
-``uninstall``, ``trust`` and ``audit`` in ``nyxplug.cli.trust``.
+``uninstall``, ``trust`` and ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the
+watching host of ``run --watch``) in ``nyxplug.cli.reload``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import plugins, trust
+from . import plugins, reload, trust
 
 __all__ = ("main",)
 
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    plugins.add_commands(commands)
+    host = plugins.host_options()
+    plugins.add_commands(commands, host)
+    reload.add_commands(commands, host)
     trust.add_commands(commands)
     return parser
 
@@ -110,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_bench(list(args.bench_args))
     if args.command in plugins.COMMANDS:
         return plugins.run(args)
+    if args.command in reload.COMMANDS:
+        return reload.run(args)
     if args.command in trust.COMMANDS:
         return trust.run(args)
     parser.print_help()

@@ -10,6 +10,7 @@ add up; it uses only the public API, like any program built on nyxplug.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ from nyxplug import (
     PluginHeader,
 )
 from nyxplug.cli.plugins import EXAMPLES_DIR
-from nyxplug.plugins import PluginManager
+from nyxplug.plugins import PluginManager, ReloadResult
 
 __all__ = ("print_demo", "render", "run_demo")
 
@@ -116,25 +117,79 @@ async def _awaiting_senders(d: Dispatcher, tally: _Tally) -> tuple[int, float]:
     return parked, time.perf_counter() - start
 
 
-def _sign_and_install_examples(state: Path) -> str:
-    """``nyxplug keygen / package / sign / install`` for the example plugins; the key id."""
-    from nyxplug.trust import (
-        AuditLog,
-        SigningKey,
-        TrustStore,
-        install_package,
-        package_folder,
-        sign_package,
-    )
+def _sign_and_install_examples(state: Path) -> Any:
+    """``nyxplug keygen / package / sign / install`` for the example plugins; the key."""
+    from nyxplug.trust import SigningKey, TrustStore
 
     key = SigningKey.generate("demo")
     trust = TrustStore(state / "trust.json")
     trust.add_key(key.public, scopes=("fast", "slow", "limited"))
     for folder in sorted(EXAMPLES_DIR.iterdir()):
-        package, _ = package_folder(folder, state / f"{folder.name}.nyxp")
-        sign_package(package, key)
-        install_package(package, state / "packages", trust, audit=AuditLog(state / "audit.jsonl"))
-    return key.key_id
+        _publish(folder, state, key)
+    return key
+
+
+def _publish(folder: Path, state: Path, key: Any, version: str = "1.0.0") -> None:
+    """Package ``folder``, sign it with ``key`` and install it into ``state``'s package store."""
+    from nyxplug.trust import AuditLog, TrustStore, install_package, package_folder, sign_package
+
+    package, _ = package_folder(folder, state / f"{folder.name}-{version}.nyxp")
+    sign_package(package, key)
+    install_package(
+        package, state / "packages", TrustStore(state / "trust.json"),
+        audit=AuditLog(state / "audit.jsonl"),
+    )  # fmt: skip
+
+
+async def _live_reload(manager: PluginManager, state: Path, key: Any) -> dict[str, Any]:
+    """Publish "fast" 1.1.0 while frames flow to it; the watcher swaps it in.
+
+    A sender keeps awaiting ``dispatch`` to "fast" throughout; the handled count
+    carried over (``export_state`` / ``import_state``) shows that no frame was lost.
+    """
+    from nyxplug.plugins.watch import PluginWatcher
+
+    before = manager.instance("fast").frames
+    sent = 0
+    stop = asyncio.Event()
+
+    async def sender() -> None:
+        nonlocal sent
+        header = PluginHeader(FAST)
+        while not stop.is_set():
+            await manager.dispatcher.dispatch(FrameType.DATA, header, PAYLOAD)
+            sent += 1
+            if sent % 64 == 0:
+                await asyncio.sleep(0)  # let the loop breathe, as a socket reader would
+
+    with tempfile.TemporaryDirectory(prefix="nyxplug-demo-v2-") as work:
+        new = Path(work) / "fast"
+        shutil.copytree(EXAMPLES_DIR / "fast", new)
+        manifest = new / "nyxplug.toml"
+        manifest.write_text(manifest.read_text().replace('version = "1.0.0"', 'version = "1.1.0"'))
+        async with PluginWatcher(manager) as watcher:
+            await asyncio.wait_for(watcher.ready.wait(), 10)
+            task = asyncio.create_task(sender())
+            published = time.perf_counter()
+            _publish(new, state, key, "1.1.0")
+            outcome = await watcher.next_outcome(timeout=10)
+            serving = time.perf_counter() - published
+            stop.set()
+            await task
+    await manager.dispatcher.wait_idle(FAST)
+    result = outcome.result
+    if not isinstance(result, ReloadResult) or result.outcome != "swapped":
+        raise RuntimeError(f"Expected the watcher to swap in fast 1.1.0, got {result!r}")
+    status = manager.status("fast")
+    return {
+        "from": result.from_version,
+        "to": result.to_version,
+        "sent": sent,
+        "handled": manager.instance("fast").frames - before,
+        "pause": status.reloads.last_pause,
+        "serving": serving,
+        "verified": status.verified,
+    }
 
 
 async def _demo(frames: int) -> dict[str, Any]:
@@ -150,10 +205,18 @@ async def _demo(frames: int) -> dict[str, Any]:
     # publisher ships them: packaged, signed (here with a throwaway key) and installed;
     # the manager verifies each one's bytes as it loads them, like a production host.
     with tempfile.TemporaryDirectory(prefix="nyxplug-demo-") as state:
-        results["key_id"] = _sign_and_install_examples(Path(state))
+        key = _sign_and_install_examples(Path(state))
+        results["key_id"] = key.key_id
         manager = PluginManager(plugin_dirs=[], state_dir=state, entry_points=False,
                                 include_registered=False, require_signatures=True)  # fmt: skip
         await manager.start()
+        return await _run_steps(manager, Path(state), key, tally, results)
+
+
+async def _run_steps(
+    manager: PluginManager, state: Path, key: Any, tally: _Tally, results: dict[str, Any]
+) -> dict[str, Any]:
+    frames = results["frames"]
     results["verified"] = [s.name for s in manager.catalog() if s.verified]
     failed = [s for s in manager.catalog() if s.state != "active"]
     if failed:
@@ -172,12 +235,17 @@ async def _demo(frames: int) -> dict[str, Any]:
             ]  # fmt: skip
         results["fast_handled"] = manager.instance("fast").frames
 
-        # 2. Backpressure, waiting: senders park while "slow" works through its 8 slots.
+        # 2. Live reload: a new signed version is installed while frames flow; the
+        # watcher verifies it and swaps it in, state and queue carried over.
+        results["reload"] = reload = await _live_reload(manager, state, key)
+        tally.ok(FAST, reload["sent"])
+
+        # 3. Backpressure, waiting: senders park while "slow" works through its 8 slots.
         parked, seconds = await _awaiting_senders(d, tally)
         results["slow_awaited"] = {"frames": SLOW_AWAITED, "senders": SLOW_SENDERS,
                                        "parked": parked, "seconds": seconds}  # fmt: skip
 
-        # 3. Backpressure, failing fast: no awaiting, so all but 8 frames are refused.
+        # 4. Backpressure, failing fast: no awaiting, so all but 8 frames are refused.
         header = PluginHeader(SLOW)
         would_block = 0
         for _ in range(SLOW_BURST):
@@ -200,7 +268,7 @@ async def _demo(frames: int) -> dict[str, Any]:
                 tally.calls += 1
         results["slow_try_dispatch"] = dict(statuses)
 
-        # 4. Frames the dispatcher refuses, each with its typed error.
+        # 5. Frames the dispatcher refuses, each with its typed error.
         for _ in range(LIMITED_HANDSHAKES):
             d.dispatch_nowait(FrameType.HANDSHAKE, PluginHeader(LIMITED))
             tally.ok(LIMITED)
@@ -218,7 +286,7 @@ async def _demo(frames: int) -> dict[str, Any]:
                 except DispatchError as exc:
                     tally.failed(exc)
 
-        # 5. Unload. Nothing above awaited since try_dispatch, so "slow" still holds the
+        # 6. Unload. Nothing above awaited since try_dispatch, so "slow" still holds the
         # 8 frames it queued: drain=False drops them. The others drain their queues.
         results["plugins"] = {}
         for name in ("slow", "fast", "limited"):
@@ -271,17 +339,25 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
             f"   {burst['frames']:>9,} frames, {burst['label']:<19} {burst['seconds']:7.3f} s"
             f" {rate:>12,.0f} frames/s (dispatch + handling)"
         )
+    reload = results["reload"]
+    lost = reload["sent"] - reload["handled"]
+    lines += [
+        f'2. Live reload: "fast" {reload["to"]} signed and installed under load; the watcher '
+        f"verified it and swapped it in {reload['serving'] * 1e3:.0f} ms later,",
+        f"   queue paused {reload['pause'] * 1e3:.3f} ms: {reload['sent']:,} frames sent "
+        f"meanwhile, {lost} lost, count carried over",
+    ]
     awaited, nowait = results["slow_awaited"], results["slow_nowait"]
     statuses = ", ".join(f"{k} {v}" for k, v in results["slow_try_dispatch"].items())
     lines += [
-        f'2. {awaited["frames"]} frames to "slow" from {awaited["senders"]} senders with await '
+        f'3. {awaited["frames"]} frames to "slow" from {awaited["senders"]} senders with await '
         f"dispatch(): {awaited['parked']} calls parked",
         f"   on a full queue until a slot freed ({awaited['seconds']:.2f} s, paced by the plugin)",
-        f'3. {nowait["sent"]} frames to "slow" with dispatch_nowait(): '
+        f'4. {nowait["sent"]} frames to "slow" with dispatch_nowait(): '
         f"{nowait['sent'] - nowait['would_block']} enqueued, {nowait['would_block']} WouldBlock;",
         f"   the same with try_dispatch(): {statuses}",
-        '4. Refused at once, nothing enqueued: DATA frames to "limited" (HANDSHAKE only),',
-        "   a malformed header, a header naming plugin 99, and frame type 0x5a (not routed)",
+        '5. Refused at once: DATA to "limited" (HANDSHAKE only), a malformed header, plugin 99, '
+        "frame type 0x5a",
         "",
         "PluginStats returned by unload_plugin() (slow was unloaded with drain=False):",
         "  plugin   messages_processed errors bytes_processed permission_violations dropped"

@@ -28,6 +28,7 @@ __all__ = (
     "EXAMPLES_DIR",
     "add_commands",
     "default_plugin_id",
+    "host_options",
     "run",
     "scaffold",
 )
@@ -42,6 +43,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 _NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 _NAME_RE = re.compile(_NAME_PATTERN)
 _MAX_PLUGIN_ID = 2**32 - 1
+#: How long ``nyxplug list`` waits for a running host's catalog before discovering alone.
+_STATUS_TIMEOUT = 10.0
 _STATES = (
     "discovered", "validated", "loading", "active", "draining", "unloaded", "failed", "disabled"
 )  # fmt: skip
@@ -71,8 +74,8 @@ def _plugin_id(text: str) -> int:
     return value
 
 
-def add_commands(commands: Any) -> None:
-    """Add the plugin subcommands to ``nyxplug``'s subparsers (``commands``)."""
+def host_options() -> argparse.ArgumentParser:
+    """The options every command that acts for a host shares (a parent parser)."""
     host = argparse.ArgumentParser(add_help=False)
     options = host.add_argument_group("host options")
     options.add_argument(
@@ -90,14 +93,21 @@ def add_commands(commands: Any) -> None:
     options.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="where enable/disable is remembered (replaces runtime.state_dir)",
+        help="where enable/disable is remembered and a running host's control socket is "
+        "(replaces runtime.state_dir)",
     )
     options.add_argument(
         "--allow-unsigned",
         action="store_true",
         help="load unsigned plugin folders (development only; replaces runtime.require_signatures)",
     )
+    return host
 
+
+def add_commands(commands: Any, host: argparse.ArgumentParser | None = None) -> None:
+    """Add the plugin subcommands to ``nyxplug``'s subparsers (``commands``)."""
+    if host is None:
+        host = host_options()
     new = commands.add_parser(
         "new",
         parents=[host],
@@ -137,8 +147,13 @@ def add_commands(commands: Any) -> None:
     listing = commands.add_parser(
         "list",
         parents=[host],
-        help="the plugin catalog (discovery only; nothing is loaded)",
-        description="Discover plugins and print the catalog; failed and disabled ones with why.",
+        help="the plugin catalog: a running host's, live, or else by discovery",
+        description=(
+            "Print the catalog; failed and disabled ones with why. When a host (nyxplug run "
+            "--watch) runs with this state dir, its live catalog with reload counts (RELOADS: "
+            "succeeded/attempted) and the last swap pause (PAUSE); else discovery only, "
+            "nothing is loaded."
+        ),
     )
     listing.add_argument("--state", choices=_STATES, help="only plugins in this state")
     listing.add_argument("--tag", metavar="T", help="only plugins with this tag")
@@ -158,11 +173,22 @@ def add_commands(commands: Any) -> None:
         description=(
             "Start every enabled plugin (dependency order), send --frames DATA frames to each "
             "active plugin holding DATA_ACCESS (payload 'frame N'), wait until they are handled, "
-            "print the plugins' log lines and their statistics, then unload everything."
+            "print the plugins' log lines and their statistics, then unload everything. With "
+            "--watch (or runtime.watch), keep running instead: reload plugins whose folders "
+            "change, answer `nyxplug reload` and `nyxplug list` on <state dir>/control.sock, "
+            "and unload everything on Ctrl-C or SIGTERM."
         ),
     )
     runner.add_argument(
-        "--frames", type=int, default=3, metavar="N", help="DATA frames per plugin (default: 3)"
+        "--frames",
+        type=int,
+        metavar="N",
+        help="DATA frames per plugin (default: 3; not with --watch)",
+    )
+    runner.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        help="stay up and hot-reload changed plugins until stopped (default: runtime.watch)",
     )
 
     for command, verb, effect in (
@@ -239,8 +265,15 @@ def _dirs(dirs: list[str] | None) -> list[str] | None:
 
 
 def _run_plugins(args: argparse.Namespace) -> int:
-    if args.frames < 0:
-        raise Problem(f"expected --frames >= 0, got {args.frames}")
+    config = _config(args)
+    watch = config.runtime.watch if args.watch is None else args.watch
+    if watch and args.frames is not None:
+        raise Problem(
+            "--frames sends frames and exits, --watch keeps the host up - give one of them"
+        )
+    frames = 3 if args.frames is None else args.frames
+    if frames < 0:
+        raise Problem(f"expected --frames >= 0, got {frames}")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("  log %(name)s: %(message)s"))
     plugin_logs = logging.getLogger("nyxplug.plugin")
@@ -248,7 +281,11 @@ def _run_plugins(args: argparse.Namespace) -> int:
     old_level = plugin_logs.level
     plugin_logs.setLevel(logging.INFO)
     try:
-        return asyncio.run(_run_async(_manager(args), args.frames))
+        if watch:
+            from .reload import serve
+
+            return serve(_manager(args, config))
+        return asyncio.run(_run_async(_manager(args, config), frames))
     finally:
         plugin_logs.removeHandler(handler)
         plugin_logs.setLevel(old_level)
@@ -394,7 +431,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    manager = _manager(args)
+    config = _config(args)
+    live = _live_status(args, config)
+    if live is not None:
+        return _list_live(args, *live)
+    manager = _manager(args, config)
     manager.discover()
     catalog = manager.catalog(state=args.state, tag=args.tag)
     if catalog:
@@ -418,6 +459,71 @@ def _list(args: argparse.Namespace) -> int:
         for error in manager.discovery_errors:
             print(f"  {error}")
     return 0
+
+
+def _live_status(args: argparse.Namespace, config: Any) -> tuple[Path, Any] | None:
+    """The running host's ``Status`` reply, or None when no host answers."""
+    from .control import NoHost, Status, StatusRequest, request, socket_path
+
+    path = socket_path(args.state_dir or config.runtime.state_dir)
+    try:
+        reply = request(path, StatusRequest(), timeout=_STATUS_TIMEOUT)
+    except NoHost:
+        return None
+    except Problem as exc:
+        print(f"nyxplug list: {exc}; showing the catalog by discovery", file=sys.stderr)
+        return None
+    if not isinstance(reply, Status):
+        print(
+            f"nyxplug list: Expected the catalog from {path}, got {reply!r}; showing the "
+            "catalog by discovery",
+            file=sys.stderr,
+        )
+        return None
+    return path, reply
+
+
+def _list_live(args: argparse.Namespace, path: Path, reply: Any) -> int:
+    from .reload import reload_count
+
+    catalog = [
+        entry.status
+        for entry in reply.plugins
+        if (args.state is None or entry.status.state == args.state)
+        and (args.tag is None or args.tag in entry.status.tags)
+    ]
+    print(f"Live catalog of the host at {relative_path(path)} (pid {reply.pid})")
+    if catalog:
+        header = ("NAME", "VERSION", "ID", "STATE", "SOURCE", "SIGNER", "RELOADS", "PAUSE")
+        rows = [
+            (s.name, _text(s.version), _text(s.id), s.state, s.source, _signer(s),
+             reload_count(s.reloads), _pause(s.reloads.last_pause))
+            for s in catalog
+        ]  # fmt: skip
+        widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+        print(_row(header, widths))
+        for status, cells in zip(catalog, rows, strict=True):
+            print(_row(cells, widths))
+            if status.reason and status.state in ("failed", "disabled"):
+                print(f"    {status.state}: {status.reason}")
+            if status.reloads.last_error:
+                latest = status.reloads.last_outcome == "rolled-back"
+                print(f"    {'last reload' if latest else 'earlier reload'} rolled back: "
+                      f"{status.reloads.last_error}")  # fmt: skip
+    else:
+        wanted = [f"state {args.state}"] * bool(args.state) + [f"tag {args.tag}"] * bool(args.tag)
+        suffix = f" with {' and '.join(wanted)}" if wanted else ""
+        print(f"No plugins{suffix} in the running host")
+    if reply.discovery_errors:
+        print("Discovery errors:")
+        for error in reply.discovery_errors:
+            print(f"  {error}")
+    return 0
+
+
+def _pause(seconds: float | None) -> str:
+    """A swap pause in milliseconds, one word (``0.21ms``), ``-`` when there was none."""
+    return "-" if seconds is None else f"{seconds * 1000:.2f}ms"
 
 
 def _signer(status: Any) -> str:

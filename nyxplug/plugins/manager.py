@@ -921,11 +921,13 @@ class PluginManager:
             pause = await _finish_even_if_cancelled(
                 self.dispatcher.swap_handler(manifest.id, handler, sandbox=guard, between=between)
             )
-        except Exception as exc:
-            if loaded:
-                await self._call_on_unload(record.name, guard, instance)
+        except BaseException as exc:  # cancelled too: nothing of the new version may linger
             if code is not None:
                 unload_code(code.package)
+            if loaded:
+                await self._call_on_unload(record.name, guard, instance)
+            if not isinstance(exc, Exception):
+                raise
             reason = f"{type(exc).__name__}: {exc}"
             raise ReloadFailed(record.name, step, reason, running, _transient(step, exc)) from exc
         # The new version serves from here on; the old one says goodbye.
@@ -1108,7 +1110,8 @@ class _Supervised:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()
+        # Every call: a swap rolled back restarts this handler on a new worker task.
+        self._task = asyncio.current_task()
         self._started = loop.time()
         self._running = True
         if self._timer is None:

@@ -1,0 +1,472 @@
+"""The control socket of a running host: ``<state_dir>/control.sock``.
+
+``nyxplug run --watch`` serves it; ``nyxplug reload`` and ``nyxplug list`` ask it.
+The protocol is one JSON request line answered by one JSON reply line (msgspec
+Structs, tagged by ``op`` and ``reply``), several per connection if the client
+likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
+decode is answered with an ``error`` reply and the host carries on.
+
+Only the host's user may connect (the socket is created mode 0600). A socket file
+left by a host that died is found (connecting is refused) and replaced; one that
+answers means another host owns the state dir, and the new one refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .._stats import PluginStats
+from ..plugins import PluginStatus, ReloadResult
+from ._common import Problem
+
+__all__ = (
+    "LOCK_FILE",
+    "MAX_REPLY",
+    "MAX_REQUEST",
+    "SOCKET_FILE",
+    "ControlServer",
+    "Failure",
+    "HostRunning",
+    "NoHost",
+    "PluginEntry",
+    "Reloaded",
+    "ReloadRequest",
+    "Reply",
+    "Request",
+    "Status",
+    "StatusRequest",
+    "request",
+    "socket_path",
+)
+
+#: The socket's name under the host's state dir.
+SOCKET_FILE = "control.sock"
+#: Held (flock) by the running host, so two hosts starting at once cannot both win.
+LOCK_FILE = "control.lock"
+#: Longest request line the host reads (bytes, newline included).
+MAX_REQUEST = 64 * 1024
+#: Longest reply line a client reads (a status reply grows with the catalog).
+MAX_REPLY = 16 * 1024 * 1024
+# sun_path is 108 bytes on Linux (104 on the BSDs), the terminating NUL included.
+_MAX_SOCKET_PATH = 103
+
+logger = logging.getLogger("nyxplug.runtime")
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+               tag_field="op"):  # fmt: skip
+    pass
+
+
+class ReloadRequest(_Request, tag="reload", frozen=True):
+    """``{"op": "reload", "name": ...}``: reload that plugin now (always swaps)."""
+
+    name: str
+    allow_downgrade: bool = False
+
+
+class StatusRequest(_Request, tag="status", frozen=True):
+    """``{"op": "status"}``: the live catalog and each plugin's dispatcher counters."""
+
+
+Request = ReloadRequest | StatusRequest
+
+
+class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
+    pass
+
+
+class Reloaded(_Reply, tag="reloaded", frozen=True):
+    """The reload ran: ``result.outcome`` is ``swapped`` or ``unchanged``."""
+
+    result: ReloadResult
+
+
+class PluginEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One catalog entry and, when the plugin is loaded, its dispatcher counters."""
+
+    status: PluginStatus
+    stats: PluginStats | None = None
+
+
+class Status(_Reply, tag="status", frozen=True):
+    """The host's live catalog (sorted by name) and who is answering."""
+
+    pid: int
+    plugins: list[PluginEntry]
+    discovery_errors: list[str] = []
+
+
+class Failure(_Reply, tag="error", frozen=True):
+    """The request did not succeed; ``message`` is the whole story in one line.
+
+    ``error`` is ``bad-request``, ``not-found``, ``state``, ``reload-failed`` or
+    ``internal``; ``step``, ``reason``, ``running`` (the version that keeps serving)
+    and ``transient`` are a failed reload's.
+    """
+
+    error: str
+    message: str
+    name: str | None = None
+    step: str | None = None
+    reason: str | None = None
+    running: str | None = None
+    transient: bool = False
+
+
+Reply = Reloaded | Status | Failure
+
+_request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
+_reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
+_encoder = msgspec.json.Encoder()
+
+
+def socket_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where the host using ``state_dir`` listens (absolute, so messages are unambiguous)."""
+    return Path(os.path.abspath(state_dir)) / SOCKET_FILE
+
+
+class HostRunning(Problem):
+    """Another host already serves this state dir's control socket."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"another host is running: {path} answers - stop it (Ctrl-C or SIGTERM) or give "
+            "this one another --state-dir"
+        )
+        self.path = path
+
+
+class NoHost(Problem):
+    """Nothing answers on the control socket: no host is running with this state dir."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no running host at {path} - start one with `nyxplug run --watch`")
+        self.path = path
+
+
+# -- the client -----------------------------------------------------------------------------
+
+
+def request(path: Path, message: ReloadRequest | StatusRequest, *, timeout: float) -> Reply:
+    """Send one request to the host at ``path`` and return its reply (blocking).
+
+    ``NoHost`` when nothing listens there (no socket file, or a dead host's file);
+    ``Problem`` for anything else that keeps the exchange from completing.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NoHost(path) from None
+        except OSError as exc:
+            raise Problem(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        try:
+            sock.sendall(_encoder.encode(message) + b"\n")
+            line = _read_line(sock, path)
+        except TimeoutError:
+            raise Problem(
+                f"the host at {path} did not answer within {timeout:g} s - is it stuck? "
+                "(its plugins' on_load/health may be slow)"
+            ) from None
+        except OSError as exc:
+            raise Problem(
+                f"lost the connection to the host at {path}: {exc.strerror or exc}"
+            ) from None
+    try:
+        return _reply_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise Problem(
+            f"Expected a reply line from the host at {path}, got {line[:80]!r}: {exc} - "
+            "is it a host of another nyxplug version?"
+        ) from None
+
+
+def _read_line(sock: socket.socket, path: Path) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise Problem(
+                f"the host at {path} closed the connection without a reply - see its output"
+            )
+        end = chunk.find(b"\n")
+        if end >= 0:
+            chunks.append(chunk[:end])
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_REPLY:
+            raise Problem(f"the host at {path} sent a reply longer than {MAX_REPLY} bytes")
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+class ControlServer:
+    """Answers control requests for one host's ``PluginManager``.
+
+    ``claim()`` takes the socket (before the plugins start, so a second host fails
+    fast without running anyone's ``on_load``); ``start()`` begins answering;
+    ``aclose()`` stops, waits for reloads it started, and removes the socket file.
+    ``on_outcome(request, outcome)`` is called with each reload's ``ReloadResult`` or
+    ``ReloadFailed`` once it ran, even if the client hung up meanwhile.
+    """
+
+    def __init__(
+        self,
+        manager: Any,
+        path: Path,
+        *,
+        on_outcome: Callable[[ReloadRequest, object], None] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.path = path
+        self.on_outcome = on_outcome
+        self._sock: socket.socket | None = None
+        self._lock_fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._reloads: set[asyncio.Task[Any]] = set()
+
+    # -- owning the socket file --------------------------------------------------------
+
+    def claim(self) -> None:
+        """Take the lock, replace a dead host's socket file, bind and listen (mode 0600)."""
+        if self._sock is not None:
+            return
+        if len(os.fsencode(self.path)) > _MAX_SOCKET_PATH:
+            raise Problem(
+                f"Expected a control socket path of at most {_MAX_SOCKET_PATH} bytes, got "
+                f"{len(os.fsencode(self.path))} ({self.path}) - choose a shorter state dir"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(
+                self.path.parent / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise Problem(f"cannot use {self.path.parent}: {exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HostRunning(self.path) from None
+            self._remove_stale()
+            self._sock = self._bind()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _remove_stale(self) -> None:
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise Problem(f"{self.path} exists and is not a socket - move it away")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(str(self.path))
+            except ConnectionRefusedError:  # its host died without cleaning up
+                logger.info("Replacing the stale control socket %s", self.path)
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                return
+            except OSError as exc:
+                raise Problem(f"cannot check {self.path}: {exc.strerror or exc}") from None
+        raise HostRunning(self.path)
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # umask, not a chmod afterwards: no moment where another user could connect.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise HostRunning(self.path) from None
+            raise Problem(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        finally:
+            os.umask(old_umask)
+        info = os.stat(self.path)
+        self._inode = (info.st_dev, info.st_ino)
+        sock.listen(16)
+        return sock
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin answering requests (claims the socket first if needed)."""
+        self.claim()
+        if self._server is None:
+            self._server = await asyncio.start_unix_server(
+                self._connection, sock=self._sock, limit=MAX_REQUEST
+            )
+
+    async def aclose(self) -> None:
+        """Stop answering, let started reloads finish, remove the socket file, unlock."""
+        try:
+            if self._server is not None:
+                self._server.close()
+            # Hang up rather than cancel: the stream machinery reports a cancelled
+            # handler as an error, while a closed connection simply ends the loop below.
+            for writer in self._connections.values():
+                writer.close()
+            if self._connections:
+                await asyncio.wait(list(self._connections))
+            if self._reloads:
+                await asyncio.wait(list(self._reloads))
+        finally:
+            self._server = None
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            self._remove_own_socket()
+            self._release_lock()
+
+    def _remove_own_socket(self) -> None:
+        """Unlink the socket file only if it is still the one this host bound."""
+        if self._inode is None:
+            return
+        with contextlib.suppress(OSError):
+            info = os.lstat(self.path)
+            if (info.st_dev, info.st_ino) == self._inode:
+                self.path.unlink()
+        self._inode = None
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_REQUEST: no way to find the next line
+                    writer.write(_encoder.encode(_too_long()) + b"\n")
+                    await writer.drain()
+                    break
+                if not line:
+                    break
+                reply = await self.answer(line)
+                writer.write(_encoder.encode(reply) + b"\n")
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client left, or the host is stopping: nobody to answer
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+
+    async def answer(self, line: bytes) -> Reply:
+        """The reply to one request line; never raises (a bad request is a ``Failure``)."""
+        try:
+            req = _request_decoder.decode(line)
+        except msgspec.DecodeError as exc:
+            return Failure(
+                error="bad-request",
+                message=f'Expected one JSON request line like {{"op": "status"}} or '
+                f'{{"op": "reload", "name": "NAME"}}, got {_preview(line)}: {exc}',
+            )
+        try:
+            if isinstance(req, StatusRequest):
+                return self.status()
+            return await self._reload(req)
+        except Exception as exc:  # a bug must not take the host down: say it, keep serving
+            logger.exception("Control request %r failed", req)
+            return Failure(error="internal", message=f"{type(exc).__name__}: {exc}")
+
+    def status(self) -> Status:
+        """The live catalog, with each loaded plugin's dispatcher counters."""
+        manager = self.manager
+        return Status(
+            pid=os.getpid(),
+            plugins=[PluginEntry(status=s, stats=manager.stats(s.name)) for s in manager.catalog()],
+            discovery_errors=list(manager.discovery_errors),
+        )
+
+    async def _reload(self, req: ReloadRequest) -> Reply:
+        from ..plugins import PluginLoadError, PluginNotFound, PluginStateError, ReloadFailed
+
+        # Its own task, shielded: a client that hangs up must not cancel a swap half-way.
+        task = asyncio.ensure_future(
+            self.manager.reload(req.name, allow_downgrade=req.allow_downgrade)
+        )
+        self._reloads.add(task)
+        task.add_done_callback(lambda done: self._reload_done(req, done))
+        try:
+            result = await asyncio.shield(task)
+        except ReloadFailed as exc:
+            return Failure(
+                error="reload-failed", message=str(exc), name=exc.name, step=exc.step,
+                reason=exc.reason, running=exc.running, transient=exc.transient,
+            )  # fmt: skip
+        except PluginLoadError as exc:
+            return Failure(
+                error="reload-failed", message=str(exc), name=exc.name, step=exc.step,
+                reason=exc.reason,
+            )  # fmt: skip
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=req.name)
+        except PluginStateError as exc:
+            return Failure(error="state", message=str(exc), name=req.name)
+        return Reloaded(result=result)
+
+    def _reload_done(self, req: ReloadRequest, task: asyncio.Task[Any]) -> None:
+        self._reloads.discard(task)
+        from ..plugins import PluginLoadError
+
+        if task.cancelled():
+            return
+        outcome: object = task.exception() or task.result()
+        # An unknown name or a plugin that is not active: nothing ran, nothing to report.
+        if self.on_outcome is not None and isinstance(outcome, ReloadResult | PluginLoadError):
+            try:
+                self.on_outcome(req, outcome)
+            except Exception:
+                logger.exception("Reporting the reload of %r failed", req.name)
+
+
+def _too_long() -> Failure:
+    return Failure(
+        error="bad-request",
+        message=f"Expected a request line of at most {MAX_REQUEST} bytes, got a longer one - "
+        "the connection is closed",
+    )
+
+
+def _preview(line: bytes) -> str:
+    text = line.rstrip(b"\n")
+    return repr(text[:60]) + ("..." if len(text) > 60 else "")

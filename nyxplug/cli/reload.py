@@ -1,0 +1,242 @@
+"""``nyxplug run --watch`` (a host that stays up) and ``nyxplug reload NAME``.
+
+The watching host starts the plugins, reloads them when their folders change
+(``PluginWatcher``), answers ``nyxplug reload`` / ``nyxplug list`` on its control
+socket (``nyxplug.cli.control``), prints one line per reload outcome, and on
+SIGINT/SIGTERM unloads everything (draining) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._common import Problem
+
+if TYPE_CHECKING:
+    from .control import ControlServer
+
+__all__ = ("COMMANDS", "add_commands", "describe", "reload_count", "run", "serve")
+
+#: The subcommands this module adds to ``nyxplug``.
+COMMANDS = ("reload",)
+#: How long ``nyxplug reload`` waits for the host's answer: retries and lifecycle
+#: timeouts (30 s per hook) can make one reload slow, never endless.
+RELOAD_TIMEOUT = 300.0
+
+
+def add_commands(commands: Any, host: argparse.ArgumentParser) -> None:
+    """Add ``reload`` to ``nyxplug``'s subparsers; ``host`` holds the host options."""
+    reload = commands.add_parser(
+        "reload",
+        parents=[host],
+        help="ask the running host (nyxplug run --watch) to reload a plugin now",
+        description=(
+            "Connect to the control socket of the host running with this state dir and "
+            "reload NAME from its folder: stage, verify, import, on_load, health, swap. On "
+            "failure the running version keeps serving. Exit status 0 when swapped, 1 when not."
+        ),
+    )
+    reload.add_argument("name", metavar="NAME", help="the plugin's name")
+    reload.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="accept a new version lower than the running one",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one of :data:`COMMANDS`; returns the exit status."""
+    from ..config import ConfigError, load_config
+    from .control import Failure, Reloaded, ReloadRequest, request, socket_path
+
+    try:
+        config = load_config(args.config, environ=os.environ)
+        path = socket_path(args.state_dir or config.runtime.state_dir)
+        message = ReloadRequest(name=args.name, allow_downgrade=args.allow_downgrade)
+        reply = request(path, message, timeout=RELOAD_TIMEOUT)
+        if isinstance(reply, Reloaded):
+            print(describe(reply.result))
+            return 0
+        if isinstance(reply, Failure):
+            raise Problem(_failure_text(reply))
+        raise Problem(f"Expected a reload reply from {path}, got a {type(reply).__name__} reply")
+    except (Problem, ConfigError) as exc:
+        print(f"nyxplug {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _failure_text(reply: Any) -> str:
+    if reply.error != "reload-failed":
+        return str(reply.message)
+    running = f" ({reply.running})" if reply.running else ""
+    again = " (transient, still failing after the retries)" if reply.transient else ""
+    return (
+        f"reload of {reply.name} failed at {reply.step}: {reply.reason}{again} - the old "
+        f"version keeps serving{running}; fix the new version and reload again"
+    )
+
+
+def describe(outcome: object, name: str | None = None) -> str:
+    """One line for a reload outcome, a load by the watcher, or a failure (of plugin ``name``)."""
+    from ..plugins import PluginLoadError, PluginStatus, ReloadFailed, ReloadResult
+
+    if isinstance(outcome, ReloadResult):
+        if outcome.outcome != "swapped":
+            return f"{outcome.name} {outcome.to_version or '-'} {outcome.outcome}: same code"
+        pause = f"pause {outcome.pause * 1000:.2f} ms" if outcome.pause is not None else "swapped"
+        tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+        return (
+            f"reloaded {outcome.name} {outcome.from_version or '-'} -> "
+            f"{outcome.to_version or '-'} ({pause}{tries})"
+        )
+    if isinstance(outcome, ReloadFailed):
+        keeps = outcome.running or "the running version"
+        return (
+            f"reload of {outcome.name} failed at {outcome.step}: {outcome.reason}; "
+            f"{keeps} keeps serving"
+        )
+    if isinstance(outcome, PluginLoadError):
+        return f"load of {outcome.name} failed at {outcome.step}: {outcome.reason}"
+    if isinstance(outcome, PluginStatus):
+        return f"loaded {outcome.name} {outcome.version or '-'} (id {outcome.id}): {outcome.state}"
+    if isinstance(outcome, BaseException):  # not found, wrong state, or a bug
+        return f"{name or 'watcher'}: {type(outcome).__name__}: {outcome}"
+    return str(outcome)
+
+
+# -- the watching host ----------------------------------------------------------------------
+
+
+def serve(manager: Any) -> int:
+    """Run the watching host on ``manager`` until SIGINT/SIGTERM; returns the exit status."""
+    from .control import ControlServer, socket_path
+
+    if manager.state_dir is None:
+        raise Problem("a watching host needs a state dir for its control socket - set one")
+    server = ControlServer(
+        manager,
+        socket_path(manager.state_dir),
+        on_outcome=lambda _request, outcome: _say(describe(outcome) + " - by nyxplug reload"),
+    )
+    try:
+        return asyncio.run(_serve(manager, server))
+    except asyncio.CancelledError:  # a second signal: stop without waiting for the drain
+        print("nyxplug run: stopped before every plugin was unloaded", file=sys.stderr)
+        return 1
+
+
+def _say(line: str) -> None:
+    # stdout is often a pipe (a supervisor, a test): every line must leave at once.
+    print(line, flush=True)
+
+
+async def _serve(manager: Any, server: ControlServer) -> int:
+    from ..plugins.watch import PluginWatcher
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal(name: str) -> None:
+        if stop.is_set():
+            main.cancel()
+            return
+        _say(f"{name}: stopping - unloading the plugins (send it again to stop at once)")
+        stop.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        server.claim()  # before any plugin loads: a second host must not run on_load twice
+        for status in await manager.start():
+            line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
+            _say(line + (f" - {status.reason}" if status.reason else ""))
+        if not stop.is_set():
+            watcher = PluginWatcher(manager)
+            printer = _OutcomePrinter(watcher)
+            async with watcher:
+                await _until(watcher.ready, stop)
+                if not stop.is_set():
+                    async with server:
+                        folders = len(manager.watched_paths())
+                        _say(
+                            f"watching {folders} plugin folder{'s' * (folders != 1)} for "
+                            f"changes; control socket {_shown(server.path)} - Ctrl-C or "
+                            "SIGTERM to stop"
+                        )
+                        follower = asyncio.create_task(printer.follow())
+                        try:
+                            await stop.wait()
+                        finally:
+                            follower.cancel()
+                            await asyncio.wait([follower])
+            printer.flush()  # what the watcher finished while it was stopping
+    finally:
+        try:
+            await server.aclose()
+        finally:
+            active = manager.catalog(state="active")
+            stats = {s.name: (manager.stats(s.name), s.reloads) for s in active}
+            await manager.aclose()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+    _say(f"\nunloaded {len(stats)} plugin{'s' * (len(stats) != 1)}")
+    if stats:
+        _say("plugin               frames  errors  reloads")
+        for name, (counters, reloads) in stats.items():
+            frames = counters.messages_processed if counters else 0
+            errors = counters.errors if counters else 0
+            _say(f"{name:<20} {frames:>6}  {errors:>6}  {reload_count(reloads):>7}")
+    return 0
+
+
+def reload_count(reloads: Any) -> str:
+    """``succeeded/attempted``, or ``-`` before the first reload (``nyxplug list``'s RELOADS)."""
+    return f"{reloads.succeeded}/{reloads.attempted}" if reloads.attempted else "-"
+
+
+async def _until(event: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait for ``event`` unless ``stop`` comes first."""
+    waits = [asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.wait(waits)
+
+
+class _OutcomePrinter:
+    """Prints each outcome the watcher records, once and in order."""
+
+    def __init__(self, watcher: Any) -> None:
+        self.watcher = watcher
+        self.seen = 0
+
+    async def follow(self) -> None:
+        while True:
+            await self.watcher.wait_for(self._more)
+            self.flush()
+
+    def _more(self) -> bool:
+        return len(self.watcher.outcomes) > self.seen
+
+    def flush(self) -> None:
+        fresh = self.watcher.outcomes[self.seen :]
+        self.seen += len(fresh)
+        for name, outcome in fresh:
+            _say(describe(outcome, name))
+
+
+def _shown(path: Path) -> str:
+    from ._common import relative_path
+
+    return relative_path(path)
