@@ -96,8 +96,9 @@ class RuntimeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".nyxplug"
     entry_points: bool = True
     require_signatures: bool = True
-    # Hot reload: watch plugin folders and the package store (nyxplug run --watch), wait
-    # this long after the last change before reloading, retry transient failures.
+    # Hot reload: watch plugin folders and the package store (nyxplug run --watch), act on
+    # a change once nothing new changed for half to all of the debounce, retry transient
+    # failures reload_retries times, backing off reload_backoff * 2**n seconds.
     watch: bool = False
     reload_debounce: float = 0.2
     reload_retries: int = 3

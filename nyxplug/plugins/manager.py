@@ -330,7 +330,8 @@ class PluginManager:
                 self.discovery_errors.append(f"Plugin directory {folder} does not exist")
                 continue
             for child in sorted(folder.iterdir()):
-                if (child / MANIFEST_FILE).is_file():
+                # Dot folders are skipped here as in the package store (and by the watcher).
+                if not child.name.startswith(".") and (child / MANIFEST_FILE).is_file():
                     yield self._folder_record(child, "directory")
         from_distributions: set[int] = set()
         if self.entry_points:
@@ -671,8 +672,8 @@ class PluginManager:
                 capacity=manifest.resources.capacity or self.config.defaults.capacity,
                 sandbox=record.guard,
             )
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:  # cancelled too: never left half-loaded in LOADING
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "cancelled"
             if registered_here and not self.dispatcher.is_loaded(manifest.id):
                 registry.unregister(manifest.id)
             if record.code is not None:
@@ -680,6 +681,8 @@ class PluginManager:
                 record.code = None
             record.instance = None
             record.move(PluginState.FAILED, f"{step} failed: {reason}")
+            if not isinstance(exc, Exception):
+                raise
             raise PluginLoadError(name, step, reason) from exc
         record.manifest = manifest
         record.instance = instance

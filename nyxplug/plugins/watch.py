@@ -31,7 +31,13 @@ from typing import NamedTuple, TypeAlias
 
 from watchfiles import Change, awatch
 
-from .errors import DependencyError, PluginLoadError, PluginNotFound, PluginStateError
+from .errors import (
+    DependencyError,
+    PluginLoadError,
+    PluginNotFound,
+    PluginStateError,
+    ReloadFailed,
+)
 from .manager import PluginManager, PluginStatus
 from .reload import ReloadResult
 
@@ -120,9 +126,10 @@ class PluginWatcher:
 
     ``async with PluginWatcher(manager) as watcher:`` watches in a task until the block
     ends; ``await watcher.ready.wait()`` before relying on a change being seen.
-    ``debounce`` (seconds, default ``runtime.reload_debounce``) is the quiet period:
-    changes are handled once no new path changed for that long (watchfiles looks
-    every ``debounce``, so that is 1-2 debounces after the last change).
+    ``debounce`` (seconds, default ``runtime.reload_debounce``) bounds the quiet period:
+    changes are handled once no new path changed for half of it to all of it
+    (watchfiles looks every ``debounce / 2``), so a burst of saves reloads once and a
+    change is serving about ``debounce`` later.
     ``force_polling``: ``True`` polls every ``poll_interval`` seconds, ``False`` uses
     the native watcher only, ``None`` tries native and polls if it cannot start.
 
@@ -202,7 +209,7 @@ class PluginWatcher:
 
     async def run(self) -> None:
         """Watch until ``aclose()`` (or cancellation); survives anything else."""
-        step = max(_MIN_STEP_MS, round(self.debounce * 1000))
+        step = max(_MIN_STEP_MS, round(self.debounce * 500))  # quiet: step..2*step
         failures = 0
         catch_up = False
         while not self._stop.is_set():
@@ -451,8 +458,10 @@ class PluginWatcher:
     ) -> None:
         try:
             result = await action()
+        except ReloadFailed as exc:  # the manager logged it, with the details
+            await self._record(name, exc)
         except (PluginLoadError, PluginStateError, PluginNotFound, DependencyError) as exc:
-            logger.warning("%s", exc)  # ReloadFailed: the manager logged the details
+            logger.warning("%s", exc)
             await self._record(name, exc)
         except Exception as exc:  # a bug, not a plugin's failure: keep watching anyway
             logger.exception("Watcher: handling a change to plugin %r raised", name)
