@@ -26,13 +26,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nyxplug
 from nyxplug import FrameType, PluginHeader
-from nyxplug._runner import loop_factory
 
 IMPLEMENTATIONS = {"compiled": "nyxplug._dispatch", "pure twin": "nyxplug._dispatch_py"}
 PLUGIN_ID = 4242
@@ -234,11 +233,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def _on_loop(kind: str, make: Callable[[], Any]) -> Any:
-    with asyncio.Runner(loop_factory=loop_factory(kind == "uvloop")) as runner:
-        return runner.run(make())
-
-
 def measure(reloads: int, rounds: int, pure: bool, loop: str) -> dict[str, Any]:
     import importlib
 
@@ -247,12 +241,12 @@ def measure(reloads: int, rounds: int, pure: bool, loop: str) -> dict[str, Any]:
         if label == "pure twin" and not pure:
             continue
         impl = importlib.import_module(name)
-        run: SwapRun = _on_loop(loop, lambda impl=impl: swap_pauses(impl, reloads))
+        run: SwapRun = nyxplug.run(swap_pauses(impl, reloads), use_uvloop=loop == "uvloop")
         run.loop = loop
         rows["swap"].append((label, run))
         for paced in (True, False) if rounds else ():
-            times = _on_loop(
-                loop, lambda impl=impl, paced=paced: change_to_serving(impl, rounds, paced=paced)
+            times = nyxplug.run(
+                change_to_serving(impl, rounds, paced=paced), use_uvloop=loop == "uvloop"
             )
             rows["serving"].append((f"{label}, {'~100k/s' if paced else 'saturated'}", times))
     return rows

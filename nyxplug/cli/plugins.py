@@ -434,31 +434,67 @@ def _list(args: argparse.Namespace) -> int:
     config = _config(args)
     live = _live_status(args, config)
     if live is not None:
-        return _list_live(args, *live)
+        path, reply = live
+        print(f"Live catalog of the host at {relative_path(path)} (pid {reply.pid})")
+        catalog = [
+            entry.status
+            for entry in reply.plugins
+            if (args.state is None or entry.status.state == args.state)
+            and (args.tag is None or args.tag in entry.status.tags)
+        ]
+        _print_catalog(args, catalog, reply.discovery_errors, "in the running host", live=True)
+        return 0
     manager = _manager(args, config)
     manager.discover()
-    catalog = manager.catalog(state=args.state, tag=args.tag)
+    where = ", ".join(str(d) for d in manager.plugin_dirs) or "no plugin directories"
+    _print_catalog(
+        args, manager.catalog(state=args.state, tag=args.tag), manager.discovery_errors,
+        f"(searched {where})", live=False,
+    )  # fmt: skip
+    return 0
+
+
+def _print_catalog(
+    args: argparse.Namespace, catalog: list[Any], errors: Sequence[str], where: str, *, live: bool
+) -> None:
+    """The catalog table; a running host's adds its reload counts and last swap pause."""
+    from .reload import reload_count
+
     if catalog:
-        header = ("NAME", "VERSION", "ID", "STATE", "SOURCE", "SIGNER")
-        rows = [
-            (s.name, _text(s.version), _text(s.id), s.state, s.source, _signer(s)) for s in catalog
-        ]
+        header: tuple[str, ...] = ("NAME", "VERSION", "ID", "STATE", "SOURCE", "SIGNER")
+        if live:
+            header += ("RELOADS", "PAUSE")
+        rows = []
+        for s in catalog:
+            cells: tuple[str, ...] = (
+                s.name,
+                _text(s.version),
+                _text(s.id),
+                s.state,
+                s.source,
+                _signer(s),
+            )
+            if live:
+                cells += (reload_count(s.reloads), _pause(s.reloads.last_pause))
+            rows.append(cells)
         widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
         print(_row(header, widths))
         for status, cells in zip(catalog, rows, strict=True):
             print(_row(cells, widths))
             if status.reason and status.state in ("failed", "disabled"):
                 print(f"    {status.state}: {status.reason}")
+            if live and status.reloads.last_error:
+                latest = status.reloads.last_outcome == "rolled-back"
+                print(f"    {'last reload' if latest else 'earlier reload'} rolled back: "
+                      f"{status.reloads.last_error}")  # fmt: skip
     else:
         wanted = [f"state {args.state}"] * bool(args.state) + [f"tag {args.tag}"] * bool(args.tag)
-        where = ", ".join(str(d) for d in manager.plugin_dirs) or "no plugin directories"
         suffix = f" with {' and '.join(wanted)}" if wanted else ""
-        print(f"No plugins{suffix} (searched {where})")
-    if manager.discovery_errors:
+        print(f"No plugins{suffix} {where}")
+    if errors:
         print("Discovery errors:")
-        for error in manager.discovery_errors:
+        for error in errors:
             print(f"  {error}")
-    return 0
 
 
 def _live_status(args: argparse.Namespace, config: Any) -> tuple[Path, Any] | None:
@@ -481,44 +517,6 @@ def _live_status(args: argparse.Namespace, config: Any) -> tuple[Path, Any] | No
         )
         return None
     return path, reply
-
-
-def _list_live(args: argparse.Namespace, path: Path, reply: Any) -> int:
-    from .reload import reload_count
-
-    catalog = [
-        entry.status
-        for entry in reply.plugins
-        if (args.state is None or entry.status.state == args.state)
-        and (args.tag is None or args.tag in entry.status.tags)
-    ]
-    print(f"Live catalog of the host at {relative_path(path)} (pid {reply.pid})")
-    if catalog:
-        header = ("NAME", "VERSION", "ID", "STATE", "SOURCE", "SIGNER", "RELOADS", "PAUSE")
-        rows = [
-            (s.name, _text(s.version), _text(s.id), s.state, s.source, _signer(s),
-             reload_count(s.reloads), _pause(s.reloads.last_pause))
-            for s in catalog
-        ]  # fmt: skip
-        widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
-        print(_row(header, widths))
-        for status, cells in zip(catalog, rows, strict=True):
-            print(_row(cells, widths))
-            if status.reason and status.state in ("failed", "disabled"):
-                print(f"    {status.state}: {status.reason}")
-            if status.reloads.last_error:
-                latest = status.reloads.last_outcome == "rolled-back"
-                print(f"    {'last reload' if latest else 'earlier reload'} rolled back: "
-                      f"{status.reloads.last_error}")  # fmt: skip
-    else:
-        wanted = [f"state {args.state}"] * bool(args.state) + [f"tag {args.tag}"] * bool(args.tag)
-        suffix = f" with {' and '.join(wanted)}" if wanted else ""
-        print(f"No plugins{suffix} in the running host")
-    if reply.discovery_errors:
-        print("Discovery errors:")
-        for error in reply.discovery_errors:
-            print(f"  {error}")
-    return 0
 
 
 def _pause(seconds: float | None) -> str:

@@ -773,7 +773,7 @@ class PluginManager:
         method = getattr(instance, hook, None)
         if method is None:
             return None
-        with guarded(guard) if guard is not None else contextlib.nullcontext():
+        with guarded(guard):
             async with asyncio.timeout(LIFECYCLE_TIMEOUT):
                 result = method(*args)
                 if inspect.isawaitable(result):
@@ -914,10 +914,8 @@ class PluginManager:
 
             def between() -> None:  # runs while the plugin's worker is paused
                 hand_over_state(
-                    old_instance, instance, running,
-                    old_guard=lambda: _guarded_or_not(old_guard),
-                    new_guard=lambda: _guarded_or_not(new_guard),
-                )  # fmt: skip
+                    old_instance, instance, running, old_guard=old_guard, new_guard=new_guard
+                )
                 self.dispatcher.registry.set_permissions(manifest.id, manifest.permission_mask)
 
             handler = _supervise(record, instance, manifest.id, self._handler_timeout(manifest))
@@ -1023,10 +1021,6 @@ def _transient(step: str, exc: Exception) -> bool:
         or step == "health"
         or (step == "stage" and isinstance(exc, OSError))
     )
-
-
-def _guarded_or_not(guard: SandboxGuard | None) -> contextlib.AbstractContextManager[Any]:
-    return guarded(guard) if guard is not None else contextlib.nullcontext()
 
 
 async def _finish_even_if_cancelled(swap: Coroutine[Any, Any, float]) -> float:

@@ -9,11 +9,12 @@ plugin's worker is paused, and what is reported about reloads.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
+from ..sandbox import SandboxGuard, guarded
 from .manifest import Manifest, check_api_compatible
 from .versions import VersionRange
 
@@ -143,19 +144,19 @@ def hand_over_state(
     new: Any,
     from_version: str,
     *,
-    old_guard: Callable[[], Any],
-    new_guard: Callable[[], Any],
+    old_guard: SandboxGuard | None,
+    new_guard: SandboxGuard | None,
 ) -> None:
     """``old.export_state()`` -> ``new.migrate_state(state, from_version)`` -> ``import_state``.
 
     Runs while the plugin's worker is paused, so each hook must be a plain function:
-    a coroutine here would stall every frame behind it. The guards are context
-    managers that put each call under its own plugin's sandbox.
+    a coroutine here would stall every frame behind it. Each call runs under its
+    own version's sandbox guard.
     """
-    with old_guard():
+    with guarded(old_guard):
         state = _plain_call(old, "export_state")
     migrate = getattr(new, "migrate_state", None)
-    with new_guard():
+    with guarded(new_guard):
         if callable(migrate):
             state = _plain_call(new, "migrate_state", state, from_version)
         if callable(getattr(new, "import_state", None)):

@@ -119,8 +119,8 @@ def enter_guard(guard: SandboxGuard | None) -> Token[SandboxGuard | None]:
 
 
 @contextlib.contextmanager
-def guarded(guard: SandboxGuard) -> Iterator[SandboxGuard]:
-    """Check the body of the ``with`` against ``guard`` (sync code, tests)."""
+def guarded(guard: SandboxGuard | None) -> Iterator[SandboxGuard | None]:
+    """Check the body of the ``with`` against ``guard`` (sync code, tests); None: unchecked."""
     token = enter_guard(guard)
     try:
         yield guard
