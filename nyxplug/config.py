@@ -24,6 +24,7 @@ from msgspec import Meta
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
 from ._impl import parse_flag
+from .isolation.options import IsolationOptions
 
 __all__ = (
     "DEFAULT_HANDLER_TIMEOUT",
@@ -139,6 +140,8 @@ class HostConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     runtime: RuntimeSection = msgspec.field(default_factory=RuntimeSection)
     defaults: DefaultsSection = msgspec.field(default_factory=DefaultsSection)
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
+    #: Out-of-process plugins: spawning, heartbeats, restarts, limits.
+    isolation: IsolationOptions = msgspec.field(default_factory=IsolationOptions)
 
     @property
     def plugin_paths(self) -> tuple[Path, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import graphlib
 import importlib.metadata
 import inspect
@@ -33,6 +34,7 @@ from .._impl import Dispatcher as DefaultDispatcher
 from .._info import PluginInfo
 from .._stats import PluginStats
 from ..config import HostConfig
+from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy, guarded
 from .api import PluginContext
 from .errors import (
@@ -140,6 +142,8 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     signer: str | None = None  # that key's name in this host's trust store; None if untrusted
     verified: bool = False  # the running code's bytes passed signature verification
     reloads: ReloadStats = ReloadStats()
+    #: An isolated plugin's child, faults and ledger; None for in-process plugins.
+    isolation: IsolationStats | None = None
 
 
 class _Record:
@@ -201,6 +205,9 @@ class _Record:
             signer=self.signer,
             verified=self.verified,
             reloads=self.reloads.snapshot(),
+            isolation=(
+                self.instance.stats() if isinstance(self.instance, IsolatedPlugin) else None
+            ),
         )
 
 
@@ -640,6 +647,7 @@ class PluginManager:
                 raise PluginLoadError(name, "dependencies", reason)
         record.move(PluginState.LOADING)
         step = "verify"
+        instance: Any = None
         registry = self.dispatcher.registry
         registered_here = False
         record.verified = False
@@ -653,7 +661,8 @@ class PluginManager:
             instance = _instantiate(factory)
             # One guard for everything this plugin does (on_load, sending, its handler),
             # and its rights in the registry from now on, so ctx.dispatch in on_load works.
-            record.guard = SandboxGuard(policy_of(manifest), manifest.id)
+            # An isolated plugin's guard is its child's kernel layers, not an audit hook.
+            record.guard = _guard_of(manifest)
             info = PluginInfo(manifest.id, name, manifest.permission_mask)
             if not registry.is_registered(manifest.id):
                 registry.register(info)
@@ -668,7 +677,7 @@ class PluginManager:
             step = "start"
             await self.dispatcher.load_plugin(
                 info,
-                _supervise(record, instance, manifest.id, self._handler_timeout(manifest)),
+                self._handler(record, instance, manifest),
                 capacity=manifest.resources.capacity or self.config.defaults.capacity,
                 sandbox=record.guard,
             )
@@ -679,6 +688,8 @@ class PluginManager:
             if record.code is not None:
                 unload_code(record.code.package)
                 record.code = None
+            if isinstance(instance, IsolatedPlugin):
+                await instance.aclose()  # a child that started must not outlive the failure
             record.instance = None
             record.move(PluginState.FAILED, f"{step} failed: {reason}")
             if not isinstance(exc, Exception):
@@ -703,6 +714,67 @@ class PluginManager:
 
     def _handler_timeout(self, manifest: Manifest) -> float | None:
         return manifest.resources.handler_timeout or self.config.defaults.handler_timeout
+
+    def _handler(self, record: _Record, instance: Any, manifest: Manifest) -> Any:
+        """What the dispatcher calls: an isolated plugin times its handler in the child."""
+        if isinstance(instance, IsolatedPlugin):
+            return instance
+        return _supervise(record, instance, manifest.id, self._handler_timeout(manifest))
+
+    def _isolated(self, record: _Record, manifest: Manifest, snapshot: Snapshot | None) -> Any:
+        """The factory of an ``isolation = "process"`` plugin: a child runs its bytes."""
+        if not self.config.policy.allow_process_isolation:
+            raise PermissionError(
+                "the host's policy.allow_process_isolation is false - enable it in the host "
+                "config or set [resources] isolation = \"in-process\""
+            )
+        if snapshot is None:
+            raise ValueError(
+                "isolation = \"process\" needs a plugin folder or an installed package: the "
+                "child loads the plugin from the files the host read"
+            )
+        name, plugin_id = record.name, manifest.id
+
+        def queue_depth() -> int:
+            stats = self.dispatcher.plugin_stats(plugin_id)
+            return stats.queue_depth if stats is not None else 0
+
+        def timed_out(count: int) -> None:
+            record.timeouts += count
+
+        def failed(reason: str) -> None:
+            asyncio.get_running_loop().create_task(
+                self._fail_isolated(record, instance, reason), context=contextvars.Context()
+            )
+
+        instance = IsolatedPlugin(
+            name=name, plugin_id=plugin_id, version=str(manifest.version),
+            entry_module=manifest.entry_module, entry_attr=manifest.entry_attr,
+            files=snapshot.files, config=dict(manifest.config),
+            handler_timeout=self._handler_timeout(manifest), options=self.config.isolation,
+            on_failed=failed, on_timeouts=timed_out, queue_depth=queue_depth,
+        )  # fmt: skip
+        return lambda: instance
+
+    async def _fail_isolated(self, record: _Record, instance: Any, reason: str) -> None:
+        """An isolated plugin gave up (restarts exhausted, or a limit said unload)."""
+        async with self._lock(record.name):
+            if record.instance is not instance or record.state is not PluginState.ACTIVE:
+                return
+            assert record.manifest is not None
+            record.move(PluginState.DRAINING)
+            try:
+                await self.dispatcher.unload_plugin(record.manifest.id, drain=False)
+            finally:
+                await instance.aclose()
+                record.move(PluginState.FAILED, reason)
+                if record.name in self._load_order:
+                    self._load_order.remove(record.name)
+
+    def isolation_stats(self, name: str) -> IsolationStats | None:
+        """The child, faults and ledger of an isolated plugin (None if it runs in-process)."""
+        instance = self._record(name).instance
+        return instance.stats() if isinstance(instance, IsolatedPlugin) else None
 
     def _read_code(self, record: _Record) -> tuple[Snapshot | None, bool]:
         """The bytes to import, read once, and whether a signature vouched for them.
@@ -760,6 +832,8 @@ class PluginManager:
         self, record: _Record, manifest: Manifest, snapshot: Snapshot | None
     ) -> tuple[Callable[[], Any], LoadedCode | None]:
         """The plugin factory, imported from the snapshot (a code plugin's is its class)."""
+        if manifest.resources.isolation == "process":
+            return self._isolated(record, manifest, snapshot), None
         if record.folder is None or snapshot is None:
             return record.factory, None
         code = import_entry(record.name, snapshot, manifest.entry_module, manifest.entry_attr)
@@ -901,7 +975,7 @@ class PluginManager:
             why = needs_migration(old, manifest, instance)
             if why is not None:
                 raise ValueError(why)
-            guard = SandboxGuard(policy_of(manifest), manifest.id)
+            guard = _guard_of(manifest)
             instance.ctx = self._context(record.name, manifest, guard)
             step = "on_load"
             await self._lifecycle_call(guard, instance, "on_load", instance.ctx)
@@ -918,7 +992,7 @@ class PluginManager:
                 )
                 self.dispatcher.registry.set_permissions(manifest.id, manifest.permission_mask)
 
-            handler = _supervise(record, instance, manifest.id, self._handler_timeout(manifest))
+            handler = self._handler(record, instance, manifest)
             pause = await _finish_even_if_cancelled(
                 self.dispatcher.swap_handler(manifest.id, handler, sandbox=guard, between=between)
             )
@@ -994,6 +1068,13 @@ class PluginManager:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _guard_of(manifest: Manifest) -> SandboxGuard | None:
+    """The plugin's cooperative sandbox; none for an isolated one (its child has the kernel's)."""
+    if manifest.resources.isolation == "process":
+        return None
+    return SandboxGuard(policy_of(manifest), manifest.id)
 
 
 def _instantiate(factory: Callable[[], Any]) -> Any:

@@ -1,0 +1,357 @@
+"""The isolated child: apply the layers, prove itself, load one plugin, serve its frames.
+
+Runs in ``python -I -B -m nyxplug.host`` (or a process forked from the fork server
+before any event loop exists). Nothing here trusts the plugin; the parent trusts
+nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import hashlib
+import hmac
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, NoReturn
+
+import msgspec
+
+from .._constants import DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE
+from .._impl import PluginHeader, PluginMessage
+from . import wire
+from .layers import IsolationReport, Limits, apply_layers
+from .wire import Kind
+
+__all__ = ("Launch", "hello_proof", "run_child", "set_parent_death_signal")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Launch(msgspec.Struct, frozen=True, kw_only=True):
+    """What the parent tells a child before it starts (over stdin or the fork server)."""
+
+    name: str
+    secret: bytes
+    limits: Limits = Limits()
+    cgroup_procs: tuple[str, ...] = ()
+    cgroup_reason: str = "no cgroup offered by the host"
+    #: Tests only: the protocol range the child claims in its HELLO.
+    hello_protocol: int | None = None
+
+
+def hello_proof(secret: bytes, pid: int, protocol_min: int, protocol_max: int) -> bytes:
+    """HMAC over the HELLO fields with the per-launch secret: only our child knows it."""
+    text = f"nyxplug-hello {pid} {protocol_min} {protocol_max}".encode()
+    return hmac.new(secret, text, hashlib.sha256).digest()
+
+
+def set_parent_death_signal(expected_parent: int) -> None:
+    """Die with SIGKILL when the parent goes; exit now if it is already gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def run_child(sock_fd: int, launch: Launch) -> NoReturn:
+    """Isolate this process, then serve the parent on ``sock_fd`` until told to stop."""
+    code = 70
+    try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        # The parent sends SIGUSR1 to a child that missed its heartbeats: the stack of
+        # every thread goes to stderr (the parent keeps it), even while stuck in C.
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        report = apply_layers(
+            launch.limits, cgroup_procs=launch.cgroup_procs, cgroup_reason=launch.cgroup_reason
+        )
+        code = _serve(sock_fd, launch, report)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _serve(sock_fd: int, launch: Launch, report: IsolationReport) -> int:
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_main(sock_fd, launch, report))
+    finally:
+        loop.close()
+
+
+async def _main(sock_fd: int, launch: Launch, report: IsolationReport) -> int:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(False)
+    side = ChildSide(launch, report)
+    await loop.create_unix_connection(lambda: side, sock=sock)
+    return await side.run()
+
+
+class _ParentLog(logging.Handler):
+    """Sends the plugin's log records to the parent (which logs them under its name)."""
+
+    def __init__(self, side: ChildSide) -> None:
+        super().__init__()
+        self.side = side
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)[: wire.TEXT_LIMIT]
+            self.side.send(wire.encode(Kind.LOG, wire.Log(record.levelno, text)))
+        except Exception:
+            self.handleError(record)
+
+
+class ChildContext:
+    """The isolated plugin's ``ctx``: identity, config and a logger, as in process."""
+
+    def __init__(self, load: wire.Load, logger: logging.Logger) -> None:
+        self.name = load.name
+        self.id = load.plugin_id
+        self.version = load.version
+        self.config = load.config
+        self.logger = logger
+
+    def dispatch(self, *args: Any) -> Any:
+        raise NotImplementedError(
+            f"Plugin {self.name!r} runs isolated: ctx.dispatch is not available in the child "
+            "yet - send results back through the frames your handler receives"
+        )
+
+    dispatch_nowait = try_dispatch = dispatch
+
+    def __repr__(self) -> str:
+        return f"<ChildContext {self.name!r} id={self.id} version={self.version}>"
+
+
+class ChildSide(asyncio.Protocol):
+    """The child's end of the socket: answers pings at once, runs everything else in order."""
+
+    def __init__(self, launch: Launch, report: IsolationReport) -> None:
+        self.launch = launch
+        self.report = report
+        self.loop = asyncio.get_running_loop()
+        self.reader = wire.MessageReader(wire.PARENT_KINDS, wire.PARENT_MESSAGE_LIMIT)
+        self.work: deque[tuple[Kind, bytes]] = deque()
+        self.wakeup: asyncio.Future[None] | None = None
+        self.finished: asyncio.Future[int] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.plugin: Any = None
+        self.handle: Any = None
+        self.batch = False
+        self.timeout: float | None = None
+        self.welcomed = False
+        # The handler watchdog: one timer, re-armed per call (see _watch).
+        self.task: asyncio.Task[Any] | None = None
+        self.started = 0.0
+        self.running = False
+        self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- transport callbacks ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        low, high = wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION
+        if self.launch.hello_protocol is not None:
+            low = high = self.launch.hello_protocol
+        pid = os.getpid()
+        layers = [wire.LayerReport(x.name, x.applied, x.detail) for x in self.report.layers]
+        proof = hello_proof(self.launch.secret, pid, low, high)
+        transport.write(wire.encode(Kind.HELLO, wire.Hello(low, high, pid, proof, layers)))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for kind, body in self.reader.feed(data):
+                if kind is Kind.PING:
+                    self.send(wire.encode_seq(Kind.PONG, wire.decode_seq(kind, body)))
+                    continue
+                self.work.append((kind, body))
+            self._wake()
+        except Exception as exc:  # the parent broke the protocol: nothing sane to do
+            print(f"nyxplug child: {exc}", file=sys.stderr)
+            self._finish(3)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(0)  # the parent is gone (or closed us): so are we
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def _finish(self, code: int) -> None:
+        if not self.finished.done():
+            self.finished.set_result(code)
+        self._wake()
+
+    # -- the work loop ----------------------------------------------------------
+
+    async def run(self) -> int:
+        self.task = asyncio.current_task()
+        while not self.finished.done():
+            if not self.work:
+                self.wakeup = self.loop.create_future()
+                await self.wakeup
+                continue
+            kind, body = self.work.popleft()
+            if kind is Kind.FRAMES:
+                await self._frames(body)
+            elif kind is Kind.WELCOME:
+                welcome: wire.Welcome = wire.decode(kind, body)
+                if welcome.protocol != wire.PROTOCOL_VERSION:
+                    return 4
+                self.welcomed = True
+            elif not self.welcomed:
+                return 4
+            elif kind is Kind.LOAD:
+                await self._load(wire.decode(kind, body))
+            elif kind is Kind.CALL:
+                await self._call(wire.decode(kind, body))
+            elif kind is Kind.STOP:
+                self._finish(0)
+        if self.transport is not None:
+            self.transport.close()
+        return self.finished.result()
+
+    async def _load(self, load: wire.Load) -> None:
+        from ..plugins.loader import Snapshot, import_entry
+
+        error = ""
+        try:
+            if self.plugin is not None:
+                raise RuntimeError("a plugin is loaded already")
+            snapshot = Snapshot(Path(f"/isolated/{load.name}"), dict(load.files))
+            code = import_entry(load.name, snapshot, load.entry_module, load.entry_attr)
+            entry = code.entry
+            plugin = entry() if callable(entry) else entry
+            batch = getattr(plugin, "handle_batch", None)
+            handle = batch if callable(batch) else getattr(plugin, "handle", None)
+            if not callable(handle):
+                raise TypeError(
+                    f"Expected the entry object to have handle(message), got {plugin!r}"
+                )
+            logger = logging.getLogger(f"nyxplug.plugin.{load.name}")
+            logger.propagate = False
+            logger.handlers[:] = [_ParentLog(self)]
+            logger.setLevel(logging.DEBUG)
+            plugin.ctx = ChildContext(load, logger)
+            on_load = getattr(plugin, "on_load", None)
+            if on_load is not None:
+                result = on_load(plugin.ctx)
+                if inspect.isawaitable(result):
+                    await result
+            self.plugin, self.handle, self.batch = plugin, handle, callable(batch)
+            self.timeout = load.handler_timeout
+        except Exception as exc:
+            error = _describe(exc)
+        self.send(wire.encode(Kind.LOADED, wire.Loaded(error, self.batch)))
+
+    async def _call(self, call: wire.Call) -> None:
+        try:
+            if call.method not in _HOOKS:
+                raise ValueError(f"Expected a hook in {sorted(_HOOKS)}, got {call.method!r}")
+            method = getattr(self.plugin, call.method, None)
+            value: Any = None
+            if method is not None:
+                value = method(call.arg) if call.method == "import_state" else method()
+                if inspect.isawaitable(value):
+                    value = await value
+            reply = wire.encode(Kind.REPLY, wire.Reply(call.seq, value, ""))
+        except Exception as exc:  # the hook raised, or returned what msgpack cannot carry
+            reply = wire.encode(Kind.REPLY, wire.Reply(call.seq, None, _describe(exc)))
+        self.send(reply)
+
+    async def _frames(self, body: bytes) -> None:
+        seq, frames = wire.decode_frames(body, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE)
+        errors = timeouts = 0
+        first = ""
+        messages = []
+        for frame_type, header, payload in frames:
+            try:
+                messages.append(PluginMessage(frame_type, PluginHeader.decode(header), payload))
+            except Exception as exc:  # the parent checked it; count, never crash on it
+                errors += 1
+                first = first or _describe(exc)
+        handle = self.handle
+        calls = [messages] if self.batch else messages
+        for arg in calls:
+            try:
+                result = handle(arg)
+                if inspect.isawaitable(result):
+                    if self.timeout is None:
+                        await result
+                    else:
+                        await self._timed(result)
+            except TimeoutError as exc:
+                if self.expired:
+                    self.expired = False
+                    timeouts += 1
+                    first = first or f"handler timed out after {self.timeout} s"
+                else:
+                    errors += 1
+                    first = first or _describe(exc)
+            except Exception as exc:
+                errors += 1
+                first = first or _describe(exc)
+        self.send(wire.encode_ack(seq, len(frames), errors, timeouts, first))
+
+    async def _timed(self, awaitable: Any) -> None:
+        """Await a handler call; the watchdog cancels it past the timeout (raises TimeoutError)."""
+        self.started = self.loop.time()
+        self.running = True
+        if self.timer is None and self.timeout is not None:
+            self.timer = self.loop.call_at(self.started + self.timeout, self._watch)
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            if not self.expired:
+                raise
+            assert self.task is not None
+            self.task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self.running = False
+
+    def _watch(self) -> None:
+        self.timer = None
+        if not self.running or self.timeout is None:
+            return
+        deadline = self.started + self.timeout
+        if self.loop.time() >= deadline:
+            self.expired = True
+            assert self.task is not None
+            self.task.cancel()
+        else:
+            self.timer = self.loop.call_at(deadline, self._watch)
+
+
+_HOOKS = frozenset({"health", "export_state", "import_state", "on_unload"})
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[: wire.TEXT_LIMIT]

@@ -1,0 +1,296 @@
+"""The parent/child protocol: length-prefixed messages on a Unix stream socket.
+
+Every message is ``u32 length | u8 kind | body`` (little-endian; ``length`` counts the
+kind byte and the body). Frames travel in batches, many per message and many
+messages per write, as ``u64 seq | u32 count`` then ``u8 type | u16 header length |
+u32 payload length | header | payload`` per frame. Control messages are msgpack
+structs decoded strictly (unknown fields and wrong types refused).
+
+The parent treats every byte from the child as hostile: sizes are capped before
+anything is buffered, kinds must be ones a child may send, and any breach raises
+``ProtocolViolation`` (the caller then kills the child).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from .errors import ProtocolViolation
+
+__all__ = (
+    "PROTOCOL_VERSION",
+    "Call",
+    "Hello",
+    "Kind",
+    "Load",
+    "Loaded",
+    "Log",
+    "MessageReader",
+    "Reply",
+    "Welcome",
+    "decode_ack",
+    "decode_frames",
+    "encode",
+    "encode_ack",
+    "encode_frames",
+    "encode_seq",
+)
+
+PROTOCOL_VERSION = 1
+
+_PREFIX = struct.Struct("<IB")
+_SEQ = struct.Struct("<Q")
+_BATCH = struct.Struct("<QI")
+_FRAME = struct.Struct("<BHI")
+_ACK = struct.Struct("<QIII")
+
+#: The most a child may send in one message (acks, logs, replies, state).
+CHILD_MESSAGE_LIMIT = 1 << 20
+#: The most the parent sends in one message (a batch of frames or the plugin's files).
+PARENT_MESSAGE_LIMIT = 64 << 20
+#: Longest error text or log line kept from a child.
+TEXT_LIMIT = 4096
+
+
+class Kind(enum.IntEnum):
+    """Message kinds; below 16 from the child, 16 and up from the parent."""
+
+    HELLO = 1
+    LOADED = 2
+    ACK = 3
+    PONG = 4
+    REPLY = 5
+    LOG = 6
+    WELCOME = 16
+    LOAD = 17
+    FRAMES = 18
+    PING = 19
+    CALL = 20
+    STOP = 21
+
+
+CHILD_KINDS = frozenset(k for k in Kind if k < 16)
+PARENT_KINDS = frozenset(k for k in Kind if k >= 16)
+
+
+class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    pass
+
+
+class LayerReport(_Msg):
+    """One isolation layer as the child applied it (or why it could not)."""
+
+    name: str
+    applied: bool
+    detail: str
+
+
+class Hello(_Msg):
+    """The child's first words: versions, proof it is the child just launched, its layers."""
+
+    protocol_min: int
+    protocol_max: int
+    pid: int
+    proof: bytes
+    layers: list[LayerReport]
+
+
+class Welcome(_Msg):
+    """The parent's answer: the protocol both will speak."""
+
+    protocol: int
+
+
+class Load(_Msg):
+    """The plugin to run: its files' bytes as the parent read (and verified) them."""
+
+    name: str
+    plugin_id: int
+    version: str
+    entry_module: str
+    entry_attr: str
+    files: dict[str, bytes]
+    config: dict[str, Any]
+    handler_timeout: float | None
+
+
+class Loaded(_Msg):
+    """The plugin is imported and ``on_load`` returned (``error`` empty), or why not."""
+
+    error: str
+    batch: bool
+
+
+class Call(_Msg):
+    """Call a plugin hook (``health``, ``export_state``, ``import_state``, ``on_unload``)."""
+
+    seq: int
+    method: str
+    arg: Any = None
+
+
+class Reply(_Msg):
+    """A hook's result: ``value``, or ``error`` text when it raised."""
+
+    seq: int
+    value: Any
+    error: str
+
+
+class Log(_Msg):
+    """A log record from the plugin's logger."""
+
+    level: int
+    message: str
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS: dict[Kind, msgspec.msgpack.Decoder[Any]] = {
+    Kind.HELLO: msgspec.msgpack.Decoder(Hello),
+    Kind.LOADED: msgspec.msgpack.Decoder(Loaded),
+    Kind.REPLY: msgspec.msgpack.Decoder(Reply),
+    Kind.LOG: msgspec.msgpack.Decoder(Log),
+    Kind.WELCOME: msgspec.msgpack.Decoder(Welcome),
+    Kind.LOAD: msgspec.msgpack.Decoder(Load),
+    Kind.CALL: msgspec.msgpack.Decoder(Call),
+}
+
+
+def encode(kind: Kind, message: msgspec.Struct) -> bytes:
+    """One control message, framed."""
+    body = _ENCODER.encode(message)
+    return _PREFIX.pack(len(body) + 1, kind) + body
+
+
+def decode(kind: Kind, body: bytes) -> Any:
+    """A control message's struct; anything malformed is a ``ProtocolViolation``."""
+    try:
+        return _DECODERS[kind].decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolViolation(f"malformed {kind.name} message: {exc}") from None
+
+
+def encode_seq(kind: Kind, seq: int) -> bytes:
+    """A PING or PONG."""
+    return _PREFIX.pack(9, kind) + _SEQ.pack(seq)
+
+
+def decode_seq(kind: Kind, body: bytes) -> int:
+    if len(body) != 8:
+        raise ProtocolViolation(f"Expected 8 bytes in {kind.name}, got {len(body)}")
+    seq: int = _SEQ.unpack(body)[0]
+    return seq
+
+
+def encode_frames(seq: int, messages: Sequence[Any]) -> bytes:
+    """A batch of ``PluginMessage`` objects as one FRAMES message."""
+    pack = _FRAME.pack
+    parts = [b"", _BATCH.pack(seq, len(messages))]
+    append = parts.append
+    for msg in messages:
+        header = msg.header.encode()
+        payload = msg.payload
+        append(pack(msg.frame_type, len(header), len(payload)))
+        append(header)
+        append(payload)
+    body = b"".join(parts)
+    return _PREFIX.pack(len(body) + 1, Kind.FRAMES) + body
+
+
+def decode_frames(
+    body: bytes, max_header: int, max_payload: int
+) -> tuple[int, list[tuple[int, bytes, bytes]]]:
+    """``(seq, [(frame type, header bytes, payload), ...])`` from a FRAMES body."""
+    if len(body) < _BATCH.size:
+        raise ProtocolViolation(f"Expected at least {_BATCH.size} bytes in FRAMES, got {len(body)}")
+    seq, count = _BATCH.unpack_from(body)
+    frames: list[tuple[int, bytes, bytes]] = []
+    append = frames.append
+    unpack = _FRAME.unpack_from
+    offset = _BATCH.size
+    end = len(body)
+    size = _FRAME.size
+    for _ in range(count):
+        if offset + size > end:
+            raise ProtocolViolation(f"FRAMES {seq} ends inside frame {len(frames)} of {count}")
+        frame_type, header_len, payload_len = unpack(body, offset)
+        offset += size
+        if header_len > max_header or payload_len > max_payload:
+            raise ProtocolViolation(
+                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
+                f"FRAMES {seq}, got {header_len} and {payload_len}"
+            )
+        stop = offset + header_len + payload_len
+        if stop > end:
+            raise ProtocolViolation(f"FRAMES {seq} ends inside frame {len(frames)} of {count}")
+        append((frame_type, body[offset : offset + header_len], body[offset + header_len : stop]))
+        offset = stop
+    if offset != end:
+        raise ProtocolViolation(f"Expected FRAMES {seq} to end after {count} frames")
+    return seq, frames
+
+
+def encode_ack(seq: int, handled: int, errors: int, timeouts: int, first_error: str) -> bytes:
+    """The child's receipt for one FRAMES batch, with the first error's text (capped)."""
+    text = first_error.encode("utf-8", "replace")[:TEXT_LIMIT]
+    body = _ACK.pack(seq, handled, errors, timeouts) + text
+    return _PREFIX.pack(len(body) + 1, Kind.ACK) + body
+
+
+def decode_ack(body: bytes) -> tuple[int, int, int, int, str]:
+    if not _ACK.size <= len(body) <= _ACK.size + TEXT_LIMIT:
+        raise ProtocolViolation(f"Expected an ACK of {_ACK.size}..{_ACK.size + TEXT_LIMIT} bytes")
+    seq, handled, errors, timeouts = _ACK.unpack_from(body)
+    text = bytes(body[_ACK.size :]).decode("utf-8", "replace")
+    return seq, handled, errors, timeouts, text
+
+
+def encode_stop() -> bytes:
+    return _PREFIX.pack(1, Kind.STOP)
+
+
+class MessageReader:
+    """Splits a byte stream into ``(kind, body)`` messages, refusing what the peer may not send.
+
+    The length is checked before the body is buffered, so a hostile length costs nothing.
+    """
+
+    __slots__ = ("_buffer", "_allowed", "_limit")
+
+    def __init__(self, allowed: frozenset[Kind], limit: int) -> None:
+        self._buffer = bytearray()
+        self._allowed = frozenset(int(k) for k in allowed)
+        self._limit = limit
+
+    def feed(self, data: bytes) -> Iterator[tuple[Kind, bytes]]:
+        """Append ``data`` and yield every complete message in it."""
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        end = len(buffer)
+        prefix = _PREFIX.size
+        view = memoryview(buffer)
+        try:
+            while end - offset >= prefix:
+                length, kind = _PREFIX.unpack_from(buffer, offset)
+                if kind not in self._allowed:
+                    raise ProtocolViolation(f"unexpected message kind {kind}")
+                if not 1 <= length <= self._limit:
+                    raise ProtocolViolation(
+                        f"Expected a message of 1..{self._limit} bytes, got {length}"
+                    )
+                stop = offset + 4 + length
+                if stop > end:
+                    break
+                body = bytes(view[offset + prefix : stop])
+                offset = stop
+                yield Kind(kind), body
+        finally:
+            view.release()
+            if offset:
+                del buffer[:offset]
