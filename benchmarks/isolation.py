@@ -62,7 +62,9 @@ class Entry:
 PLUGIN_ID = 77
 
 
-def make_plugin(source: bytes = ECHO, *, spawn: str = "fork-server", **options: Any) -> IsolatedPlugin:
+def make_plugin(
+    source: bytes = ECHO, *, spawn: str = "fork-server", **options: Any
+) -> IsolatedPlugin:
     return IsolatedPlugin(
         name="bench-echo", plugin_id=PLUGIN_ID, version="1.0.0", entry_module="echo",
         entry_attr="Entry", files={"echo.py": source},

@@ -8,7 +8,14 @@ from nyxplug._info import PluginInfo
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug.sandbox import SandboxGuard, SandboxPolicy
 
-__all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
+__all__ = (
+    "Dispatcher",
+    "PluginHeader",
+    "PluginMessage",
+    "PluginRegistry",
+    "decode_batch",
+    "encode_batch",
+)
 
 _BytesLike = bytes | bytearray | memoryview
 Handler = (
@@ -60,6 +67,12 @@ class PluginMessage:
     def plugin_id(self) -> int: ...
     @property
     def is_required(self) -> bool: ...
+
+def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
+    """One frame batch of the isolation protocol, framed (length, kind, seq, count, frames)."""
+
+def decode_batch(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[PluginMessage]]:
+    """``(seq, messages)`` from a frame batch's body; ``ValueError`` if malformed."""
 
 @final
 class PluginRegistry:

@@ -70,7 +70,9 @@ from nyxplug._validate import (
     make_guard,
 )
 
-__all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
+__all__ = (
+    "Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry", "decode_batch", "encode_batch",
+)
 
 cdef extern from "Python.h":
     long PyLong_AsLongAndOverflow(object, int*) except? -1
@@ -212,8 +214,11 @@ cdef inline Py_ssize_t _read_uint(const unsigned char* p, Py_ssize_t pos, Py_ssi
 
 cdef PluginHeader _decode_canonical(bytes buf):
     """Decode ``{"id", "flags", "data"}`` in that order with short heads; None otherwise."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(buf)
+    return _decode_canonical_at(<const unsigned char*>PyBytes_AS_STRING(buf),
+                                PyBytes_GET_SIZE(buf))
+
+
+cdef PluginHeader _decode_canonical_at(const unsigned char* p, Py_ssize_t end):
     cdef Py_ssize_t pos
     cdef uint64_t id_ = 0, flags = 0, length = 0
     if end < 18 or memcmp(p, b"\xa3\x62id", 4) != 0:
@@ -255,6 +260,21 @@ cdef PluginHeader _new_header(object id_, int flags, bytes data):
     return header
 
 
+cdef inline void _write_header(unsigned char* p, PluginHeader header) noexcept:
+    """The canonical encoding of ``header`` at ``p`` (``header._size`` bytes)."""
+    cdef Py_ssize_t pos
+    cdef Py_ssize_t length = PyBytes_GET_SIZE(header.data)
+    memcpy(p, b"\xa3\x62id", 4)
+    pos = 4 + _put_head(p + 4, 0, header._cid)
+    memcpy(p + pos, b"\x65flags", 6)
+    pos += 6
+    pos += _put_head(p + pos, 0, <uint64_t>header.flags)
+    memcpy(p + pos, b"\x64data", 5)
+    pos += 5
+    pos += _put_head(p + pos, 2, <uint64_t>length)
+    memcpy(p + pos, PyBytes_AS_STRING(header.data), length)
+
+
 @cython.final
 @cython.no_gc
 @cython.freelist(1024)
@@ -293,18 +313,7 @@ cdef class PluginHeader:
     def encode(self):
         """The canonical CBOR encoding, byte-for-byte what ``cbor2.dumps`` gives."""
         cdef bytes out = PyBytes_FromStringAndSize(NULL, self._size)
-        cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
-        cdef Py_ssize_t pos = 0
-        cdef Py_ssize_t length = PyBytes_GET_SIZE(self.data)
-        memcpy(p, b"\xa3\x62id", 4)
-        pos = 4 + _put_head(p + 4, 0, <uint64_t>self.id)
-        memcpy(p + pos, b"\x65flags", 6)
-        pos += 6
-        pos += _put_head(p + pos, 0, <uint64_t>self.flags)
-        memcpy(p + pos, b"\x64data", 5)
-        pos += 5
-        pos += _put_head(p + pos, 2, <uint64_t>length)
-        memcpy(p + pos, PyBytes_AS_STRING(self.data), length)
+        _write_header(<unsigned char*>PyBytes_AS_STRING(out), self)
         return out
 
     @classmethod
@@ -370,6 +379,105 @@ cdef class PluginMessage:
             f"PluginMessage(frame_type=0x{int(self.frame_type):02x}, "
             f"header={self.header!r}, payload={self.payload!r})"
         )
+
+
+# -- the isolation wire's frame batches ---------------------------------------------
+
+cdef list _BATCH_TYPES = [frame_type_object(code) for code in range(256)]
+
+
+cdef inline void _put_le(unsigned char* p, uint64_t value, int width) noexcept:
+    cdef int i
+    for i in range(width):
+        p[i] = <unsigned char>(value >> (8 * i))
+
+
+cdef inline uint64_t _get_le(const unsigned char* p, int width) noexcept:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(width):
+        value |= (<uint64_t>p[i]) << (8 * i)
+    return value
+
+
+def encode_batch(int kind, uint64_t seq, list messages):
+    """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
+    u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
+    per frame (little-endian; the header in its canonical encoding)."""
+    cdef Py_ssize_t total = 17, count = len(messages)
+    cdef Py_ssize_t pos = 17, size
+    cdef PluginMessage msg
+    cdef object item
+    for item in messages:
+        if type(item) is not PluginMessage:
+            raise TypeError(f"Expected PluginMessage objects, got {type(item).__name__}")
+        msg = <PluginMessage>item
+        if msg.header._size > 0xFFFF:
+            raise ValueError(f"Expected a header of at most 65535 bytes, got {msg.header._size}")
+        total += 7 + msg.header._size + PyBytes_GET_SIZE(msg.payload)
+    if total - 4 > 0xFFFFFFFF or count > 0xFFFFFFFF:
+        raise ValueError(f"Expected a batch of at most 4 GiB, got {total} bytes")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    _put_le(p, <uint64_t>(total - 4), 4)
+    p[4] = <unsigned char>kind
+    _put_le(p + 5, seq, 8)
+    _put_le(p + 13, <uint64_t>count, 4)
+    for item in messages:
+        msg = <PluginMessage>item
+        size = PyBytes_GET_SIZE(msg.payload)
+        p[pos] = <unsigned char>(<int>msg.frame_type)
+        _put_le(p + pos + 1, <uint64_t>msg.header._size, 2)
+        _put_le(p + pos + 3, <uint64_t>size, 4)
+        pos += 7
+        _write_header(p + pos, msg.header)
+        pos += msg.header._size
+        memcpy(p + pos, PyBytes_AS_STRING(msg.payload), size)
+        pos += size
+    return out
+
+
+def decode_batch(bytes body, Py_ssize_t max_header, Py_ssize_t max_payload):
+    """``(seq, messages)`` from a frame batch's body (after the kind byte); ``ValueError``
+    for anything malformed, the header decoded as strictly as ``PluginHeader.decode``."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t pos = 12, header_len, payload_len, i
+    cdef uint64_t seq, count
+    cdef PluginHeader header
+    cdef PluginMessage msg
+    cdef list messages = []
+    if end < 12:
+        raise ValueError(f"Expected at least 12 bytes in a frame batch, got {end}")
+    seq = _get_le(p, 8)
+    count = _get_le(p + 8, 4)
+    for i in range(<Py_ssize_t>count):
+        if pos + 7 > end:
+            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+        header_len = <Py_ssize_t>_get_le(p + pos + 1, 2)
+        payload_len = <Py_ssize_t>_get_le(p + pos + 3, 4)
+        if header_len > max_header or payload_len > max_payload:
+            raise ValueError(
+                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
+                f"frame batch {seq}, got {header_len} and {payload_len}"
+            )
+        if pos + 7 + header_len + payload_len > end:
+            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+        header = _decode_canonical_at(p + pos + 7, header_len)
+        if header is None:
+            header = _decode_any(PyBytes_FromStringAndSize(<const char*>p + pos + 7, header_len),
+                                 max_header)
+        msg = PluginMessage.__new__(PluginMessage)
+        msg.frame_type = _BATCH_TYPES[p[pos]]
+        msg.header = header
+        msg.payload = PyBytes_FromStringAndSize(<const char*>p + pos + 7 + header_len,
+                                                payload_len)
+        msg.size = header_len + payload_len
+        messages.append(msg)
+        pos += 7 + header_len + payload_len
+    if pos != end:
+        raise ValueError(f"Expected frame batch {seq} to end after {count} frames")
+    return seq, messages
 
 
 # -- registry ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import inspect
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -69,7 +70,14 @@ from ._validate import (
     make_guard,
 )
 
-__all__ = ("Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry")
+__all__ = (
+    "Dispatcher",
+    "PluginHeader",
+    "PluginMessage",
+    "PluginRegistry",
+    "decode_batch",
+    "encode_batch",
+)
 
 _OK = DispatchStatus.OK
 _WOULD_BLOCK = DispatchStatus.WOULD_BLOCK
@@ -248,6 +256,69 @@ class PluginMessage:
             f"PluginMessage(frame_type=0x{int(self._frame_type):02x}, "
             f"header={self._header!r}, payload={self._payload!r})"
         )
+
+
+_BATCH_HEAD = struct.Struct("<IBQI")
+_BATCH_SEQ = struct.Struct("<QI")
+_BATCH_FRAME = struct.Struct("<BHI")
+
+
+def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
+    """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
+    u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
+    per frame (little-endian; the header in its canonical encoding)."""
+    parts = [b""]
+    append = parts.append
+    pack = _BATCH_FRAME.pack
+    total = 17
+    for msg in messages:
+        if type(msg) is not PluginMessage:
+            raise TypeError(f"Expected PluginMessage objects, got {type(msg).__name__}")
+        header = msg._header.encode()
+        if len(header) > 0xFFFF:
+            raise ValueError(f"Expected a header of at most 65535 bytes, got {len(header)}")
+        payload = msg._payload
+        append(pack(msg._frame_type, len(header), len(payload)))
+        append(header)
+        append(payload)
+        total += 7 + len(header) + len(payload)
+    if total - 4 > 0xFFFFFFFF or len(messages) > 0xFFFFFFFF:
+        raise ValueError(f"Expected a batch of at most 4 GiB, got {total} bytes")
+    parts[0] = _BATCH_HEAD.pack(total - 4, kind, seq, len(messages))
+    return b"".join(parts)
+
+
+def decode_batch(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[PluginMessage]]:
+    """``(seq, messages)`` from a frame batch's body (after the kind byte); ``ValueError``
+    for anything malformed, the header decoded as strictly as ``PluginHeader.decode``."""
+    end = len(body)
+    if end < 12:
+        raise ValueError(f"Expected at least 12 bytes in a frame batch, got {end}")
+    seq, count = _BATCH_SEQ.unpack_from(body)
+    unpack = _BATCH_FRAME.unpack_from
+    messages: list[PluginMessage] = []
+    pos = 12
+    for i in range(count):
+        if pos + 7 > end:
+            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+        frame_type, header_len, payload_len = unpack(body, pos)
+        if header_len > max_header or payload_len > max_payload:
+            raise ValueError(
+                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
+                f"frame batch {seq}, got {header_len} and {payload_len}"
+            )
+        start = pos + 7
+        stop = start + header_len + payload_len
+        if stop > end:
+            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+        header = PluginHeader.decode(body[start : start + header_len], max_size=max_header)
+        msg = PluginMessage(frame_type, header, body[start + header_len : stop])
+        msg._size = header_len + payload_len
+        messages.append(msg)
+        pos = stop
+    if pos != end:
+        raise ValueError(f"Expected frame batch {seq} to end after {count} frames")
+    return seq, messages
 
 
 class _Entry:

@@ -19,6 +19,8 @@ __all__ = (
     "PluginHeader",
     "PluginMessage",
     "PluginRegistry",
+    "decode_batch",
+    "encode_batch",
     "env_flag",
 )
 
@@ -57,7 +59,14 @@ if NO_EXTENSIONS and REQUIRE_EXTENSIONS:
     )
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._dispatch_py import Dispatcher, PluginHeader, PluginMessage, PluginRegistry
+    from ._dispatch_py import (
+        Dispatcher,
+        PluginHeader,
+        PluginMessage,
+        PluginRegistry,
+        decode_batch,
+        encode_batch,
+    )
 
     USE_EXTENSIONS = False
 else:
@@ -67,6 +76,8 @@ else:
             PluginHeader,
             PluginMessage,
             PluginRegistry,
+            decode_batch,
+            encode_batch,
         )
 
         USE_EXTENSIONS = True
@@ -81,6 +92,8 @@ else:
             PluginHeader,
             PluginMessage,
             PluginRegistry,
+            decode_batch,
+            encode_batch,
         )
 
         USE_EXTENSIONS = False

@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 import msgspec
 
 from .._constants import DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE
-from .._impl import PluginHeader, PluginMessage
 from . import wire
 from .layers import IsolationReport, Limits, apply_layers
 from .wire import Kind
@@ -287,16 +286,9 @@ class ChildSide(asyncio.Protocol):
         self.send(reply)
 
     async def _frames(self, body: bytes) -> None:
-        seq, frames = wire.decode_frames(body, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE)
+        seq, messages = wire.decode_frames(body, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE)
         errors = timeouts = 0
         first = ""
-        messages = []
-        for frame_type, header, payload in frames:
-            try:
-                messages.append(PluginMessage(frame_type, PluginHeader.decode(header), payload))
-            except Exception as exc:  # the parent checked it; count, never crash on it
-                errors += 1
-                first = first or _describe(exc)
         handle = self.handle
         calls = [messages] if self.batch else messages
         for arg in calls:
@@ -318,7 +310,7 @@ class ChildSide(asyncio.Protocol):
             except Exception as exc:
                 errors += 1
                 first = first or _describe(exc)
-        self.send(wire.encode_ack(seq, len(frames), errors, timeouts, first))
+        self.send(wire.encode_ack(seq, len(messages), errors, timeouts, first))
 
     async def _timed(self, awaitable: Any) -> None:
         """Await a handler call; the watchdog cancels it past the timeout (raises TimeoutError)."""

@@ -430,11 +430,12 @@ class IsolatedPlugin:
         """The child's socket closed or it exited: settle what was in it, then restart."""
         if child.dead:
             return
-        if not child.process.exited.done():
+        exited = child.process.exited
+        if not exited.done():
             # Wait for the exit status: it says how the child died (a signal, a code).
             self._spawn_task(self._lost_after_exit(child, what))
             return
-        self._end(child, what)
+        self._end(child, describe_status(exited.result()) if not exited.cancelled() else what)
         self._spawn_task(self._after_crash(child))
 
     async def _lost_after_exit(self, child: _Child, what: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,8 +46,6 @@ PROTOCOL_VERSION = 1
 
 _PREFIX = struct.Struct("<IB")
 _SEQ = struct.Struct("<Q")
-_BATCH = struct.Struct("<QI")
-_FRAME = struct.Struct("<BHI")
 _ACK = struct.Struct("<QIII")
 
 #: The most a child may send in one message (acks, logs, replies, state).
@@ -188,51 +187,31 @@ def decode_seq(kind: Kind, body: bytes) -> int:
 
 
 def encode_frames(seq: int, messages: Sequence[Any]) -> bytes:
-    """A batch of ``PluginMessage`` objects as one FRAMES message."""
-    pack = _FRAME.pack
-    parts = [b"", _BATCH.pack(seq, len(messages))]
-    append = parts.append
-    for msg in messages:
-        header = msg.header.encode()
-        payload = msg.payload
-        append(pack(msg.frame_type, len(header), len(payload)))
-        append(header)
-        append(payload)
-    body = b"".join(parts)
-    return _PREFIX.pack(len(body) + 1, Kind.FRAMES) + body
+    """A batch of ``PluginMessage`` objects as one FRAMES message (by the twin that made them)."""
+    codec = _ENCODERS.get(type(messages[0])) if messages else None
+    if codec is None:
+        from .. import _dispatch_py
+
+        codec = _dispatch_py.encode_batch
+        for name in ("nyxplug._dispatch", "nyxplug._dispatch_py"):
+            module = sys.modules.get(name)
+            if module is not None and messages and type(messages[0]) is module.PluginMessage:
+                codec = _ENCODERS[module.PluginMessage] = module.encode_batch
+    data: bytes = codec(Kind.FRAMES, seq, list(messages))
+    return data
 
 
-def decode_frames(
-    body: bytes, max_header: int, max_payload: int
-) -> tuple[int, list[tuple[int, bytes, bytes]]]:
-    """``(seq, [(frame type, header bytes, payload), ...])`` from a FRAMES body."""
-    if len(body) < _BATCH.size:
-        raise ProtocolViolation(f"Expected at least {_BATCH.size} bytes in FRAMES, got {len(body)}")
-    seq, count = _BATCH.unpack_from(body)
-    frames: list[tuple[int, bytes, bytes]] = []
-    append = frames.append
-    unpack = _FRAME.unpack_from
-    offset = _BATCH.size
-    end = len(body)
-    size = _FRAME.size
-    for _ in range(count):
-        if offset + size > end:
-            raise ProtocolViolation(f"FRAMES {seq} ends inside frame {len(frames)} of {count}")
-        frame_type, header_len, payload_len = unpack(body, offset)
-        offset += size
-        if header_len > max_header or payload_len > max_payload:
-            raise ProtocolViolation(
-                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
-                f"FRAMES {seq}, got {header_len} and {payload_len}"
-            )
-        stop = offset + header_len + payload_len
-        if stop > end:
-            raise ProtocolViolation(f"FRAMES {seq} ends inside frame {len(frames)} of {count}")
-        append((frame_type, body[offset : offset + header_len], body[offset + header_len : stop]))
-        offset = stop
-    if offset != end:
-        raise ProtocolViolation(f"Expected FRAMES {seq} to end after {count} frames")
-    return seq, frames
+_ENCODERS: dict[type, Any] = {}
+
+
+def decode_frames(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[Any]]:
+    """``(seq, messages)`` from a FRAMES body; anything malformed is a ``ProtocolViolation``."""
+    from .._impl import decode_batch
+
+    try:
+        return decode_batch(body, max_header, max_payload)
+    except ValueError as exc:
+        raise ProtocolViolation(str(exc)) from None
 
 
 def encode_ack(seq: int, handled: int, errors: int, timeouts: int, first_error: str) -> bytes:
