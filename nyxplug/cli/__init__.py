@@ -3,7 +3,7 @@
 ``new``, ``validate``, ``list``, ``info``, ``enable`` and ``disable`` live in
 ``nyxplug.cli.plugins``; ``keygen``, ``package``, ``sign``, ``verify``, ``install``,
 ``uninstall``, ``trust`` and ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the
-watching host of ``run --watch``) in ``nyxplug.cli.reload``.
+watching host of ``run --watch``) in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import plugins, reload, trust
+from . import isolation, plugins, reload, trust
 
 __all__ = ("main",)
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_commands(commands, host)
     reload.add_commands(commands, host)
     trust.add_commands(commands)
+    isolation.add_commands(commands)
     return parser
 
 
@@ -117,5 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload.run(args)
     if args.command in trust.COMMANDS:
         return trust.run(args)
+    if args.command in isolation.COMMANDS:
+        return isolation.run(args)
     parser.print_help()
     return 0

@@ -726,11 +726,11 @@ class PluginManager:
         if not self.config.policy.allow_process_isolation:
             raise PermissionError(
                 "the host's policy.allow_process_isolation is false - enable it in the host "
-                "config or set [resources] isolation = \"in-process\""
+                'config or set [resources] isolation = "in-process"'
             )
         if snapshot is None:
             raise ValueError(
-                "isolation = \"process\" needs a plugin folder or an installed package: the "
+                'isolation = "process" needs a plugin folder or an installed package: the '
                 "child loads the plugin from the files the host read"
             )
         name, plugin_id = record.name, manifest.id
