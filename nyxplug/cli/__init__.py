@@ -3,7 +3,8 @@
 ``new``, ``validate``, ``list``, ``info``, ``enable`` and ``disable`` live in
 ``nyxplug.cli.plugins``; ``keygen``, ``package``, ``sign``, ``verify``, ``install``,
 ``uninstall``, ``trust`` and ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the
-watching host of ``run --watch``) in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``.
+watching host of ``run --watch``) in ``nyxplug.cli.reload``; ``isolation`` in
+``nyxplug.cli.isolation``.
 """
 
 from __future__ import annotations

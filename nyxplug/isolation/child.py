@@ -178,7 +178,7 @@ class ChildSide(asyncio.Protocol):
         pid = os.getpid()
         layers = [wire.LayerReport(x.name, x.applied, x.detail) for x in self.report.layers]
         proof = hello_proof(self.launch.secret, pid, low, high)
-        transport.write(wire.encode(Kind.HELLO, wire.Hello(low, high, pid, proof, layers)))
+        self.send(wire.encode(Kind.HELLO, wire.Hello(low, high, pid, proof, layers)))
 
     def data_received(self, data: bytes) -> None:
         try:

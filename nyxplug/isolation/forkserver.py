@@ -85,7 +85,7 @@ def _preload() -> None:
     except ImportError:
         pass
     try:
-        import pyseccomp  # noqa: F401
+        import pyseccomp  # type: ignore[import-untyped]  # noqa: F401
     except (ImportError, OSError):
         pass
 

@@ -52,11 +52,11 @@ def describe_status(status: int) -> str:
         except ValueError:
             name = f"signal {sig}"
         extra = {
-            signal.SIGSEGV: " (segmentation fault)",
-            signal.SIGXCPU: " (CPU time limit)",
-            signal.SIGABRT: " (abort)",
-            signal.SIGBUS: " (bus error)",
-        }.get(signal.Signals(sig) if sig in signal.valid_signals() else sig, "")
+            int(signal.SIGSEGV): " (segmentation fault)",
+            int(signal.SIGXCPU): " (CPU time limit)",
+            int(signal.SIGABRT): " (abort)",
+            int(signal.SIGBUS): " (bus error)",
+        }.get(sig, "")
         return f"was killed by {name}{extra}"
     return f"ended with wait status {status}"
 

@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def apply_layers(
     """Apply every layer to this process, in order; report each. Irreversible."""
     landlock_abi = _landlock_abi()
     seccomp = _import_seccomp()  # now: finding libseccomp needs files Landlock will hide
-    steps = (
+    steps: tuple[tuple[str, Callable[[], tuple[bool, str]]], ...] = (
         ("cgroup", lambda: _join_cgroup(cgroup_procs, cgroup_reason)),
         ("privileges", lambda: _drop_privileges(limits, keep_reads=landlock_abi > 0)),
         ("rlimits", lambda: _set_rlimits(limits)),
@@ -296,7 +297,7 @@ _CLONE_THREAD = 0x00010000
 
 def _import_seccomp() -> Any:
     try:
-        import pyseccomp
+        import pyseccomp  # type: ignore[import-untyped]
     except (ImportError, OSError) as exc:  # the package, or the system's libseccomp
         return f"pyseccomp/libseccomp not available: {exc}"
     return pyseccomp

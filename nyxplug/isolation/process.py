@@ -350,7 +350,7 @@ class IsolatedPlugin:
                 cgroup = None  # the child owns it now
                 self._watch_exit(child)
                 loop = asyncio.get_running_loop()
-                await loop.create_unix_connection(lambda: child.channel, sock=sock)  # type: ignore[union-attr]
+                await loop.create_unix_connection(lambda: child.channel, sock=sock)
                 hello = await child.hello
                 self._check_hello(child, sock, hello)
                 child.send(wire.encode(Kind.WELCOME, wire.Welcome(wire.PROTOCOL_VERSION)))
@@ -492,9 +492,10 @@ class IsolatedPlugin:
             child.hello.set_exception(ConnectionError(cause))
         if not child.loaded.done():
             child.loaded.set_exception(ConnectionError(cause))
-        for future in (child.hello, child.loaded):
-            if not future.cancelled():
-                future.exception()  # retrieved: a start that gave up needs no warning
+        starting: tuple[asyncio.Future[Any], ...] = (child.hello, child.loaded)
+        for waiter in starting:
+            if not waiter.cancelled():
+                waiter.exception()  # retrieved: a start that gave up needs no warning
         if child.channel.transport is not None:
             child.channel.transport.abort()
         child.cause = cause

@@ -77,11 +77,7 @@ CHILD_KINDS = frozenset(k for k in Kind if k < 16)
 PARENT_KINDS = frozenset(k for k in Kind if k >= 16)
 
 
-class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
-    pass
-
-
-class LayerReport(_Msg):
+class LayerReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """One isolation layer as the child applied it (or why it could not)."""
 
     name: str
@@ -89,7 +85,7 @@ class LayerReport(_Msg):
     detail: str
 
 
-class Hello(_Msg):
+class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """The child's first words: versions, proof it is the child just launched, its layers."""
 
     protocol_min: int
@@ -99,13 +95,13 @@ class Hello(_Msg):
     layers: list[LayerReport]
 
 
-class Welcome(_Msg):
+class Welcome(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """The parent's answer: the protocol both will speak."""
 
     protocol: int
 
 
-class Load(_Msg):
+class Load(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """The plugin to run: its files' bytes as the parent read (and verified) them."""
 
     name: str
@@ -118,14 +114,14 @@ class Load(_Msg):
     handler_timeout: float | None
 
 
-class Loaded(_Msg):
+class Loaded(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """The plugin is imported and ``on_load`` returned (``error`` empty), or why not."""
 
     error: str
     batch: bool
 
 
-class Call(_Msg):
+class Call(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """Call a plugin hook (``health``, ``export_state``, ``import_state``, ``on_unload``)."""
 
     seq: int
@@ -133,7 +129,7 @@ class Call(_Msg):
     arg: Any = None
 
 
-class Reply(_Msg):
+class Reply(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """A hook's result: ``value``, or ``error`` text when it raised."""
 
     seq: int
@@ -141,7 +137,7 @@ class Reply(_Msg):
     error: str
 
 
-class Log(_Msg):
+class Log(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     """A log record from the plugin's logger."""
 
     level: int

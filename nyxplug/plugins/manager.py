@@ -702,7 +702,7 @@ class PluginManager:
         self._load_order.append(name)
         return record.status()
 
-    def _context(self, name: str, manifest: Manifest, guard: SandboxGuard) -> PluginContext:
+    def _context(self, name: str, manifest: Manifest, guard: SandboxGuard | None) -> PluginContext:
         return PluginContext(
             name=name,
             plugin_id=manifest.id,
