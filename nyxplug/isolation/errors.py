@@ -48,19 +48,29 @@ class HandshakeFailed(IsolationError):
 class ChildCrashed(IsolationError):
     """The child died (or was killed) while frames were in it; they are counted lost."""
 
-    def __init__(self, name: str, plugin_id: int, frame_type: int, cause: str, lost: int) -> None:
-        super().__init__(name, plugin_id, frame_type, cause, lost)
+    def __init__(
+        self,
+        name: str,
+        plugin_id: int,
+        frame_type: int,
+        cause: str,
+        lost: int,
+        restarting: bool = True,
+    ) -> None:
+        super().__init__(name, plugin_id, frame_type, cause, lost, restarting)
         self.name = name
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.cause = cause
         self.lost = lost
+        self.restarting = restarting
 
     def __str__(self) -> str:
+        then = "a new child is started" if self.restarting else "it is not restarted"
         return (
             f"Plugin {self.name!r} (id {self.plugin_id}): its isolated child {self.cause} with "
             f"{self.lost} frame(s) in it, from frame {frame_type_name(self.frame_type)}; they are "
-            "counted in IsolationStats.lost_to_crash and the child is restarted"
+            f"counted in IsolationStats.lost_to_crash and {then}"
         )
 
 

@@ -237,7 +237,13 @@ class IsolatedPlugin:
     async def on_load(self, ctx: Any = None) -> None:
         """Start the child and load the plugin in it; raises if that fails."""
         self._ready = asyncio.Event()
-        await self._start()
+        try:
+            await self._start()
+        except BaseException as exc:
+            self._state = "failed"
+            self._failure = f"its child did not start: {exc}"
+            self._ready.set()
+            raise
         self._heartbeat = self._spawn_task(self._beat())
 
     async def handle_batch(self, messages: list[Any]) -> None:
@@ -291,8 +297,11 @@ class IsolatedPlugin:
         if self._closing and self._state == "stopped":
             return
         self._closing = True
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        # A restart in progress cleans up its own child when cancelled: wait for that.
+        await asyncio.gather(*tasks, return_exceptions=True)
         child = self._child
         if child is not None:
             child.send(wire.encode_stop())
@@ -475,11 +484,12 @@ class IsolatedPlugin:
             cause += " (out of memory: its cgroup's OOM killer)"
         c = self._c
         lost = 0
+        restarting = not self._closing and self._state in ("running", "restarting")
         for future, count, frame_type in child.acks.values():
             lost += count
             if not future.done():
                 future.set_exception(
-                    ChildCrashed(self.name, self.plugin_id, frame_type, cause, count)
+                    ChildCrashed(self.name, self.plugin_id, frame_type, cause, count, restarting)
                 )
         child.acks.clear()
         c["lost_to_crash"] += lost
@@ -531,6 +541,7 @@ class IsolatedPlugin:
             try:
                 await self._start()
             except Exception as exc:
+                self._state = "restarting"
                 cause = f"restart failed: {exc}"
                 c["crashes"] += 1
                 self._last["crash"] = cause
@@ -539,6 +550,8 @@ class IsolatedPlugin:
             return
 
     def _give_up(self, reason: str) -> None:
+        if self._child is not None:
+            self._child.ready = False  # nothing more is sent to it, it is ending
         self._state = "failed"
         self._failure = reason
         logger.error("Plugin %r (id %d) failed: %s", self.name, self.plugin_id, reason)
