@@ -150,7 +150,8 @@ async def pipelined(impl: Any, frames: int, source: bytes = ECHO) -> dict[str, f
     finally:
         await dispatcher.aclose()
         await plugin.aclose()
-    return {"frames_per_s": frames / elapsed, "batches": float(plugin.stats().frames_sent)}
+    stats = plugin.stats()
+    return {"frames_per_s": frames / elapsed, "mean_batch": frames / max(1, stats.batches_sent)}
 
 
 async def start_to_ready(spawn: str, rounds: int) -> dict[str, float]:

@@ -70,6 +70,8 @@ class IsolationStats(msgspec.Struct, frozen=True, kw_only=True):
     #: Seconds from spawn to the plugin loaded, for the last start.
     start_seconds: float = 0.0
     frames_sent: int = 0
+    #: FRAMES messages written (frames_sent / batches_sent = the mean batch).
+    batches_sent: int = 0
     frames_completed: int = 0
     #: Frames that were in the child when it died.
     lost_to_crash: int = 0
@@ -225,8 +227,8 @@ class IsolatedPlugin:
         # the ledger and the fault counters
         self._c = dict.fromkeys(
             ("starts", "restarts", "crashes", "hangs", "protocol_violations", "limit_breaches",
-             "frames_sent", "frames_completed", "lost_to_crash", "in_child", "refused",
-             "child_errors", "child_timeouts", "logs_dropped"), 0,
+             "frames_sent", "batches_sent", "frames_completed", "lost_to_crash", "in_child",
+             "refused", "child_errors", "child_timeouts", "logs_dropped"), 0,
         )  # fmt: skip
         self._last: dict[str, Any] = {"crash": None, "stack": None, "limit": None}
         self._usage = (0.0, 0, 0, 0)
@@ -263,6 +265,7 @@ class IsolatedPlugin:
         child.acks[seq] = (future, count, messages[0].frame_type)
         c = self._c
         c["frames_sent"] += count
+        c["batches_sent"] += 1
         c["in_child"] += count
         child.send(data)
         errors, timeouts, first = await future
