@@ -281,6 +281,11 @@ class ChildSide(asyncio.Protocol):
                 if inspect.isawaitable(value):
                     value = await value
             reply = wire.encode(Kind.REPLY, wire.Reply(call.seq, value, ""))
+            if len(reply) > wire.CHILD_MESSAGE_LIMIT:
+                raise ValueError(
+                    f"Expected a {call.method}() value of at most {wire.CHILD_MESSAGE_LIMIT} "
+                    f"bytes encoded, got {len(reply)}"
+                )
         except Exception as exc:  # the hook raised, or returned what msgpack cannot carry
             reply = wire.encode(Kind.REPLY, wire.Reply(call.seq, None, _describe(exc)))
         self.send(reply)

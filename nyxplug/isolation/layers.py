@@ -1,22 +1,40 @@
-"""Isolation layers, applied in a child before it sees any plugin byte, each reported.
+"""The kernel-enforced layers an isolated plugin's child applies to itself, honestly reported.
 
-Order (``LAYER_ORDER``): join the cgroup the host made (joining needs root, so it
-comes first) -> drop privileges (when started as root) -> rlimits -> Landlock ->
-seccomp (last: it may forbid what the steps before need). A layer this machine
-lacks is reported with ``applied=False`` and the reason, never claimed.
+The child calls :func:`apply_layers` before it sees a byte of plugin code. Layers run
+in :data:`LAYER_ORDER`; each ends in one :class:`Layer` saying whether it took effect
+and what it did, or why this machine does not have it. Nothing is claimed that was not
+done: a layer that failed where it should have worked is reported ``failed: ...``, and
+with ``strict=True`` it raises :class:`IsolationError` instead.
+
+1. ``cgroup``: join the cgroup(s) the host created (:class:`Cgroup`, host side, root).
+2. ``privileges``: as root, drop to ``nobody`` (``Limits.user``) with no supplementary
+   groups. The interpreter may live where ``nobody`` cannot read (``/root``), so when
+   Landlock will confine reads, exactly one capability is kept: CAP_DAC_READ_SEARCH.
+3. ``rlimits``: address space, CPU (SIGXCPU one second before SIGKILL), open files,
+   processes, no core files, no file writes.
+4. ``landlock``: read-only access beneath :attr:`Limits.read_paths` (plus
+   :func:`default_read_paths`), nothing writable, no TCP unless ``Limits.network``,
+   abstract Unix sockets and signals scoped to the child (ABI >= 6).
+5. ``seccomp`` (last): deny network sockets, exec, new processes (threads still work),
+   ptrace, limit changes, namespaces, mounts, bpf, io_uring, module loading and going back
+   to another uid.
+
+Linux only; elsewhere every layer is reported missing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import itertools
 import os
-import resource
+import re
 import signal
 import sys
-from collections.abc import Callable
+import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -26,6 +44,7 @@ from .errors import IsolationError
 __all__ = (
     "LAYER_ORDER",
     "Cgroup",
+    "IsolationError",
     "IsolationReport",
     "Layer",
     "Limits",
@@ -35,31 +54,35 @@ __all__ = (
 
 LAYER_ORDER = ("cgroup", "privileges", "rlimits", "landlock", "seccomp")
 
+_LINUX = sys.platform.startswith("linux")
+
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Kernel-enforced limits of an isolated child; None leaves that limit alone."""
+    """What an isolated child may use. ``None`` leaves that limit as the child found it."""
 
-    #: RLIMIT_AS, bytes of address space.
+    #: Bytes of address space (RLIMIT_AS). Virtual memory: thread stacks and malloc arenas count.
     address_space: int | None = 1 << 30
-    #: RLIMIT_CPU, seconds of CPU time (SIGXCPU at the limit, SIGKILL a second later).
+    #: Seconds of CPU time (RLIMIT_CPU): SIGXCPU at the limit, SIGKILL one second later.
     cpu_seconds: int | None = None
-    #: RLIMIT_NOFILE.
+    #: Open file descriptors (RLIMIT_NOFILE).
     open_files: int | None = 64
-    #: RLIMIT_NPROC (0: no new processes; counts per uid, so it binds only after the drop).
+    #: RLIMIT_NPROC: 0 = no new processes. Linux counts every task of the uid, threads too,
+    #: so 0 is left to seccomp (which refuses processes, not threads) when seccomp is there.
     processes: int | None = 0
-    #: The cgroup's memory limit (bytes) and task limit, where the host can make one.
+    #: Bytes of memory in the child's cgroup (v1 memory.limit_in_bytes, v2 memory.max).
     memory: int | None = 256 << 20
+    #: Tasks in the child's cgroup (pids.max); threads count too.
     pids: int | None = 32
-    #: Allow inet sockets (otherwise seccomp and Landlock refuse them).
+    #: Allow inet sockets and TCP (seccomp and Landlock otherwise deny them).
     network: bool = False
-    #: Extra read-only paths for Landlock, beyond ``default_read_paths()``.
+    #: Extra paths the child may read (Landlock), beyond :func:`default_read_paths`.
     read_paths: tuple[str, ...] = ()
-    #: The uid/gid a child started as root drops to.
+    #: The uid and gid a child started as root drops to.
     user: int = 65534
 
 
 class Layer(msgspec.Struct, frozen=True):
-    """One layer: applied or not, and what exactly (or why not)."""
+    """One isolation layer: did it take effect, and what it did or why it is missing."""
 
     name: str
     applied: bool
@@ -67,37 +90,483 @@ class Layer(msgspec.Struct, frozen=True):
 
 
 class IsolationReport(msgspec.Struct, frozen=True):
-    """The layers a child applied, in ``LAYER_ORDER``."""
+    """Every layer a child applied to itself, in the order applied."""
 
     layers: tuple[Layer, ...]
 
     def layer(self, name: str) -> Layer:
+        """The layer called ``name``; ``KeyError`` if the report has none."""
         for layer in self.layers:
             if layer.name == name:
                 return layer
         raise KeyError(f"Expected a layer in {LAYER_ORDER}, got {name!r}")
 
     def applied(self, name: str) -> bool:
+        """Whether the layer called ``name`` took effect; ``KeyError`` if the report has none."""
         return self.layer(name).applied
 
     def summary(self) -> str:
-        on = [x.name for x in self.layers if x.applied]
-        off = [x.name for x in self.layers if not x.applied]
-        return f"{', '.join(on) or 'no layer'}; missing: {', '.join(off) or 'none'}"
+        """One line: the applied layers, then the missing ones."""
+        applied = [x.name for x in self.layers if x.applied]
+        missing = [x.name for x in self.layers if not x.applied]
+        return f"{', '.join(applied) or 'none'}; missing: {', '.join(missing) or 'none'}"
+
+
+class _Unavailable(Exception):
+    """This machine (or this process) lacks the layer: reported, never an error."""
+
+
+# --------------------------------------------------------------------------- read paths
 
 
 def default_read_paths() -> tuple[str, ...]:
-    """What a child must still read: the interpreter, its libraries, nyxplug, shared libs."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    paths.update(("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/etc/localtime",
-                  "/etc/ld.so.cache", "/dev/urandom", "/dev/null", "/proc/self",
-                  "/sys/devices/system/cpu"))  # fmt: skip
-    paths.add(str(Path(__file__).resolve().parent.parent.parent))
-    return tuple(sorted(p for p in paths if os.path.exists(p)))
+    """What a child needs to read to keep importing and running, and no more.
+
+    The interpreter's prefixes, every directory on ``sys.path``, the nyxplug package,
+    the shared libraries, the time zone, ``/dev/urandom``, the child's own ``/proc``
+    entry and the CPU list (``os.cpu_count``). Paths inside another listed path are
+    dropped; missing ones are kept (Landlock skips and reports them).
+    """
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    candidates += [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)]
+    candidates.append(str(Path(__file__).resolve().parent.parent))  # the nyxplug package
+    candidates += ["/usr/lib", "/lib", "/lib64", "/usr/lib64", "/etc/ld.so.cache"]
+    candidates += ["/etc/localtime", "/dev/urandom", "/dev/null"]
+    candidates += ["/proc/self", "/sys/devices/system/cpu"]
+    return _dedupe_paths(candidates)
 
 
-# -- the child side ------------------------------------------------------------------
+def _dedupe_paths(paths: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Keep order; drop repeats, ``/`` and paths beneath another kept one."""
+    kept: list[str] = []
+    for raw in paths:
+        path = os.path.normpath(raw)
+        if path == "/" or not os.path.isabs(path):
+            continue
+        if any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            continue
+        kept = [k for k in kept if not k.startswith(path.rstrip("/") + "/")]
+        kept.append(path)
+    return tuple(kept)
+
+
+# --------------------------------------------------------------------------- ctypes helpers
+
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> int:
+    libc = _lib()
+    result = libc.prctl(
+        ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+        ctypes.c_ulong(0), ctypes.c_ulong(0),
+    )  # fmt: skip
+    return _check(int(result), what)
+
+
+def _syscall(number: int, *args: Any) -> int:
+    libc = _lib()
+    libc.syscall.restype = ctypes.c_long
+    return int(libc.syscall(ctypes.c_long(number), *args))
+
+
+# --------------------------------------------------------------------------- 1. cgroup
+
+
+def _layer_cgroup(procs: tuple[str, ...], reason: str) -> Layer:
+    if not procs:
+        reason = reason or "no reason given"
+        if reason.startswith("no cgroup offered by the host"):
+            raise _Unavailable(reason)
+        raise _Unavailable(f"no cgroup offered by the host: {reason}")
+    pid = str(os.getpid())
+    for path in procs:
+        with open(path, "w") as f:
+            f.write(pid)
+    joined = ", ".join(os.path.dirname(p) for p in procs)
+    return Layer("cgroup", True, f"joined {joined}")
+
+
+# --------------------------------------------------------------------------- 2. privileges
+
+_PR_SET_KEEPCAPS = 8
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_DAC_READ_SEARCH = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _capset(mask: int) -> None:
+    """Effective = permitted = ``mask``, inheritable = none (this thread, which is the process)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        part = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = part
+        data[i].permitted = part
+        data[i].inheritable = 0
+    _check(int(_lib().capset(ctypes.byref(header), data)), "capset")
+
+
+def _own_caps() -> tuple[int, int]:
+    """(CapEff, CapPrm) of this process, from /proc/self/status."""
+    eff = prm = -1
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+            elif line.startswith("CapPrm:"):
+                prm = int(line.split()[1], 16)
+    return eff, prm
+
+
+def _drop_bounding_set(keep: int) -> str:
+    """Drop every capability but ``keep`` (a mask) from the bounding set; say what happened."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = 40
+    failed = 0
+    for cap in range(last + 1):
+        if keep & (1 << cap):
+            continue
+        try:
+            _prctl(_PR_CAPBSET_DROP, cap, what="prctl(PR_CAPBSET_DROP)")
+        except OSError:
+            failed += 1
+    if failed:
+        return f"bounding set still holds {failed} other cap(s)"
+    return "bounding set reduced to it" if keep else "bounding set emptied"
+
+
+def _layer_privileges(limits: Limits, keep_read_search: bool) -> Layer:
+    uid = os.geteuid()
+    if uid != 0:
+        raise _Unavailable(f"not started as root (uid {uid})")
+    target = limits.user
+    if target == 0:
+        raise _Unavailable("Limits.user is 0 (root): nothing to drop to")
+    keep = 1 << _CAP_DAC_READ_SEARCH if keep_read_search else 0
+    bounding = _drop_bounding_set(keep)
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, what="prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    if keep:
+        _prctl(_PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
+    os.setgroups([])
+    os.setresgid(target, target, target)
+    os.setresuid(target, target, target)
+    if keep:
+        _capset(keep)
+        _prctl(_PR_SET_KEEPCAPS, 0, what="prctl(PR_SET_KEEPCAPS)")
+    # Verify rather than trust: the ids and the capability sets the kernel now shows.
+    if os.getresuid() != (target,) * 3 or os.getresgid() != (target,) * 3 or os.getgroups():
+        raise RuntimeError(f"ids after the drop: {os.getresuid()} {os.getresgid()}")
+    eff, prm = _own_caps()
+    if eff != keep or prm != keep:
+        raise RuntimeError(f"capabilities after the drop: CapEff={eff:#x} CapPrm={prm:#x}")
+    kept = (
+        f"kept CAP_DAC_READ_SEARCH only (reads confined by Landlock), {bounding}"
+        if keep
+        else f"kept no capability, {bounding}"
+    )
+    return Layer("privileges", True, f"uid/gid {target} (was 0), no supplementary groups, {kept}")
+
+
+# --------------------------------------------------------------------------- 3. rlimits
+
+
+#: RLIMIT_NPROC 0 left to seccomp (see apply_layers).
+_NPROC_BY_SECCOMP = (
+    "NPROC left as is: seccomp refuses new processes (RLIMIT_NPROC 0 would stop threads too)"
+)
+
+
+def _layer_rlimits(limits: Limits, nproc_by_seccomp: bool = False) -> Layer:
+    import resource
+
+    infinity = resource.RLIM_INFINITY
+    wanted: list[tuple[str, int, int | None, int | None]] = [
+        ("AS", resource.RLIMIT_AS, limits.address_space, limits.address_space),
+        (
+            "CPU",
+            resource.RLIMIT_CPU,
+            limits.cpu_seconds,
+            None if limits.cpu_seconds is None else limits.cpu_seconds + 1,
+        ),
+        ("NOFILE", resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        ("NPROC", resource.RLIMIT_NPROC, limits.processes, limits.processes),
+        ("CORE", resource.RLIMIT_CORE, 0, 0),
+        ("FSIZE", resource.RLIMIT_FSIZE, 0, 0),
+    ]
+    parts: list[str] = []
+    for label, which, soft, hard in wanted:
+        if label == "NPROC" and soft == 0 and nproc_by_seccomp:
+            parts.append(_NPROC_BY_SECCOMP)
+            continue
+        if soft is None or hard is None:
+            parts.append(f"{label} unchanged")
+            continue
+        if soft < 0 or hard < 0:
+            raise ValueError(f"Expected a limit >= 0 for {label}, got {soft}")
+        _, current_hard = resource.getrlimit(which)
+        note = ""
+        if current_hard != infinity and hard > current_hard:
+            note = f" (clamped from {hard} to the hard limit {current_hard})"
+            hard = current_hard
+            soft = min(soft, hard)
+        resource.setrlimit(which, (soft, hard))
+        if resource.getrlimit(which) != (soft, hard):
+            raise RuntimeError(f"RLIMIT_{label} reads {resource.getrlimit(which)} after setting")
+        shown = f"{soft}" if soft == hard else f"{soft}/{hard}"
+        if label == "NPROC":
+            note += " (every task of the uid, threads too)"
+        parts.append(f"{label} {shown}{note}")
+    return Layer("rlimits", True, ", ".join(parts))
+
+
+# --------------------------------------------------------------------------- 4. landlock
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+
+_FS_EXECUTE = 1 << 0
+_FS_WRITE_FILE = 1 << 1
+_FS_READ_FILE = 1 << 2
+_FS_READ_DIR = 1 << 3
+_FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+_FS_REFER = 1 << 13  # ABI 2
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_NET_BIND_TCP = 1 << 0  # ABI 4
+_NET_CONNECT_TCP = 1 << 1
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+_SCOPE_SIGNAL = 1 << 1
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI version of this kernel; raises ``_Unavailable`` saying why there is none."""
+    if not _LINUX:
+        raise _Unavailable(f"not Linux ({sys.platform})")
+    result = _syscall(
+        _SYS_LANDLOCK_CREATE_RULESET, ctypes.c_void_p(None), ctypes.c_size_t(0),
+        ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+    )  # fmt: skip
+    if result < 0:
+        code = ctypes.get_errno()
+        if code == errno.ENOSYS:
+            raise _Unavailable("kernel has no Landlock (ENOSYS)")
+        if code == errno.EOPNOTSUPP:
+            raise _Unavailable("Landlock is built in but disabled at boot (EOPNOTSUPP)")
+        raise OSError(code, f"landlock_create_ruleset(VERSION): {os.strerror(code)}")
+    return result
+
+
+def _fs_rights(abi: int) -> int:
+    rights = _FS_ABI1
+    if abi >= 2:
+        rights |= _FS_REFER
+    if abi >= 3:
+        rights |= _FS_TRUNCATE
+    if abi >= 5:
+        rights |= _FS_IOCTL_DEV
+    return rights
+
+
+def _probe_landlock() -> tuple[int | None, Exception | None]:
+    """(ABI, None) or (None, why not: ``_Unavailable``, or the error the probe met)."""
+    try:
+        return landlock_abi(), None
+    except (_Unavailable, OSError) as exc:
+        return None, exc
+
+
+def _layer_landlock(limits: Limits, abi: int | None, problem: Exception | None = None) -> Layer:
+    if abi is None:
+        raise problem if problem is not None else _Unavailable("Landlock was not probed")
+    threads = len(os.listdir("/proc/self/task"))
+    if threads > 1:  # landlock_restrict_self() confines the calling thread only
+        raise RuntimeError(f"{threads} threads are running; only this one would be confined")
+    attr = _RulesetAttr(_fs_rights(abi), 0, 0)
+    size = 8
+    net = "net: not handled (ABI < 4)"
+    if abi >= 4:
+        size = 16
+        if limits.network:
+            net = "net: TCP allowed (Limits.network)"
+        else:
+            attr.handled_access_net = _NET_BIND_TCP | _NET_CONNECT_TCP
+            net = "net: TCP bind/connect denied"
+    scope = "no scoping (ABI < 6)"
+    if abi >= 6:
+        size = 24
+        attr.scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL
+        scope = "abstract unix sockets and signals scoped"
+    ruleset = _check(
+        _syscall(
+            _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+            ctypes.c_uint32(0),
+        ),
+        "landlock_create_ruleset",
+    )  # fmt: skip
+    allowed: list[str] = []
+    skipped: list[str] = []
+    try:
+        for path in _dedupe_paths(default_read_paths() + tuple(limits.read_paths)):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError as exc:
+                skipped.append(f"{path} ({errno.errorcode.get(exc.errno or 0, exc.errno)})")
+                continue
+            try:
+                is_dir = _fd_is_dir(fd)
+                rights = _FS_READ_FILE | (_FS_READ_DIR if is_dir else 0)
+                rule = _PathBeneathAttr(rights, fd)
+                _check(
+                    _syscall(
+                        _SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset),
+                        ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule),
+                        ctypes.c_uint32(0),
+                    ),
+                    f"landlock_add_rule({path})",
+                )  # fmt: skip
+            finally:
+                os.close(fd)
+            allowed.append(path)
+        _prctl(_PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
+        _check(
+            _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)),
+            "landlock_restrict_self",
+        )
+    finally:
+        os.close(ruleset)
+    detail = (
+        f"ABI {abi}: read-only beneath {len(allowed)} path(s) ({', '.join(allowed)}), "
+        f"nothing writable, no exec; {net}; {scope}"
+    )
+    if skipped:
+        detail += f"; skipped missing/unreadable: {', '.join(skipped)}"
+    return Layer("landlock", True, detail)
+
+
+def _fd_is_dir(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+# --------------------------------------------------------------------------- 5. seccomp
+
+#: Denied with EPERM whatever their arguments.
+_DENIED = (
+    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev",
+    "setrlimit", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "init_module",
+    "finit_module", "delete_module", "setuid", "setgid", "setgroups", "setresuid", "setresgid",
+    # With CAP_DAC_READ_SEARCH kept, open_by_handle_at would open files by inode handle.
+    "open_by_handle_at", "name_to_handle_at",
+)  # fmt: skip
+_CLONE_THREAD = 0x00010000
+#: socket() domains refused without ``Limits.network`` (Linux values).
+_NET_DOMAINS = ((2, "AF_INET"), (10, "AF_INET6"), (16, "AF_NETLINK"), (17, "AF_PACKET"))
+
+
+def _import_seccomp() -> tuple[ModuleType | None, str]:
+    """``pyseccomp`` (which loads the system libseccomp), or why it is not there."""
+    if not _LINUX:
+        return None, f"not Linux ({sys.platform})"
+    try:
+        return importlib.import_module("pyseccomp"), ""
+    except ImportError as exc:
+        return None, f"pyseccomp is not installed ({exc})"
+    except (OSError, RuntimeError) as exc:
+        return None, f"libseccomp could not be loaded ({type(exc).__name__}: {exc})"
+
+
+def _layer_seccomp(limits: Limits, seccomp: ModuleType | None, reason: str) -> Layer:
+    if seccomp is None:
+        raise _Unavailable(reason)
+    eperm = seccomp.ERRNO(errno.EPERM)
+    native = seccomp.Arch.NATIVE
+    filt = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    filt.set_attr(seccomp.Attr.CTL_TSYNC, 1)  # every thread of the child, not only this one
+    unknown: list[str] = []
+
+    def rule(action: int, name: str, *args: Any) -> bool:
+        if seccomp.resolve_syscall(native, name) < 0:
+            unknown.append(name)
+            return False
+        filt.add_rule(action, name, *args)
+        return True
+
+    denied: list[str] = [name for name in _DENIED if rule(eperm, name)]
+    # prlimit64 with a new limit only: glibc's getrlimit() is prlimit64(0, r, NULL, &old).
+    if rule(eperm, "prlimit64", seccomp.Arg(2, seccomp.NE, 0)):
+        denied.append("prlimit64 setting a limit")
+    if rule(eperm, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0)):
+        denied.append("clone without CLONE_THREAD")
+    if rule(seccomp.ERRNO(errno.ENOSYS), "clone3"):
+        denied.append("clone3 (ENOSYS: glibc falls back to clone)")
+    if not limits.network:
+        families = [
+            name for d, name in _NET_DOMAINS if rule(eperm, "socket", seccomp.Arg(0, seccomp.EQ, d))
+        ]
+        if families:
+            denied.append(f"socket({'/'.join(families)})")
+    filt.load()
+    net = "inet sockets allowed (Limits.network)" if limits.network else "no inet sockets"
+    detail = f"default allow, {net}; EPERM: {', '.join(denied)}; other arch: kill"
+    if unknown:
+        skipped = ", ".join(sorted(set(unknown)))
+        detail += f"; not on this architecture or unknown to this libseccomp, skipped: {skipped}"
+    return Layer("seccomp", True, detail)
+
+
+# --------------------------------------------------------------------------- apply_layers
 
 
 def apply_layers(
@@ -107,345 +576,369 @@ def apply_layers(
     cgroup_reason: str = "",
     strict: bool = False,
 ) -> IsolationReport:
-    """Apply every layer to this process, in order; report each. Irreversible."""
-    landlock_abi = _landlock_abi()
-    seccomp = _import_seccomp()  # now: finding libseccomp needs files Landlock will hide
-    steps: tuple[tuple[str, Callable[[], tuple[bool, str]]], ...] = (
-        ("cgroup", lambda: _join_cgroup(cgroup_procs, cgroup_reason)),
-        ("privileges", lambda: _drop_privileges(limits, keep_reads=landlock_abi > 0)),
-        ("rlimits", lambda: _set_rlimits(limits)),
-        ("landlock", lambda: _landlock(limits, landlock_abi)),
-        ("seccomp", lambda: _seccomp(limits, seccomp)),
-    )
-    layers = []
-    for name, step in steps:
+    """Isolate THIS process (the child), layer by layer in :data:`LAYER_ORDER`.
+
+    ``cgroup_procs`` are the ``cgroup.procs`` files of the cgroup the host created for
+    this child (:attr:`Cgroup.procs`); ``cgroup_reason`` says why there is none. A layer
+    this machine lacks is reported with ``applied=False`` and the reason. A layer that
+    fails is reported ``failed: <type>: <message>``; with ``strict=True`` that raises
+    :class:`IsolationError` at once instead (the process is then partly isolated and
+    should exit).
+    """
+    if not _LINUX:
+        why = f"not Linux ({sys.platform})"
+        return IsolationReport(tuple(Layer(name, False, why) for name in LAYER_ORDER))
+    layers: list[Layer] = []
+
+    def run(name: str, fn: Any, *args: Any) -> Layer:
         try:
-            applied, detail = step()
+            layer: Layer = fn(*args)
+        except _Unavailable as exc:
+            layer = Layer(name, False, str(exc))
         except Exception as exc:
+            layer = Layer(name, False, f"failed: {type(exc).__name__}: {exc}")
+            layers.append(layer)
             if strict:
-                raise IsolationError(f"isolation layer {name} failed: {exc}") from exc
-            applied, detail = False, f"failed: {type(exc).__name__}: {exc}"
-        layers.append(Layer(name, applied, detail))
+                error = IsolationError(
+                    f"Expected isolation layer `{name}` to apply, got {layer.detail} - "
+                    f"in child pid {os.getpid()}"
+                )
+                error.add_note(f"layers so far: {IsolationReport(tuple(layers)).summary()}")
+                raise error from exc
+            return layer
+        layers.append(layer)
+        return layer
+
+    run("cgroup", _layer_cgroup, tuple(cgroup_procs), cgroup_reason)
+    # Probed before the privilege drop, which depends on them: Landlock decides whether a
+    # capability is kept; pyseccomp must be imported while the stdlib is still readable.
+    abi, abi_problem = _probe_landlock()
+    seccomp, seccomp_reason = _import_seccomp()
+
+    privileges = run("privileges", _layer_privileges, limits, abi is not None)
+    kept_cap = privileges.applied and abi is not None
+    # RLIMIT_NPROC counts every task of the uid, threads included: 0 would stop the
+    # child's threads (asyncio's executor, libuv's pool) as well as its processes. With
+    # seccomp, processes are refused there and NPROC is left alone; without, 0 is set.
+    nproc_by_seccomp = limits.processes == 0 and seccomp is not None
+    rlimits = run("rlimits", _layer_rlimits, limits, nproc_by_seccomp)
+    landlock = run("landlock", _layer_landlock, limits, abi, abi_problem)
+    if kept_cap and not landlock.applied:
+        # The capability was kept for Landlock to confine; without it, give it up.
+        try:
+            _capset(0)
+            dropped = "CAP_DAC_READ_SEARCH dropped again"
+        except OSError as exc:
+            dropped = f"CAP_DAC_READ_SEARCH could not be dropped: {exc}"
+        layers[-1] = Layer("landlock", False, f"{landlock.detail}; {dropped}")
+    seccomp_layer = run("seccomp", _layer_seccomp, limits, seccomp, seccomp_reason)
+    if rlimits.applied and nproc_by_seccomp and not seccomp_layer.applied:
+        # seccomp did not take: keep the promise of "no new processes" with NPROC 0.
+        detail = rlimits.detail.replace(_NPROC_BY_SECCOMP, "NPROC 0 (threads too: no seccomp)")
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+            layers[2] = Layer("rlimits", True, detail)
+        except (OSError, ValueError) as exc:
+            layers[2] = Layer("rlimits", False, f"failed: {type(exc).__name__}: {exc}")
+            if strict:
+                raise IsolationError(
+                    f"Expected isolation layer `rlimits` to apply, got {layers[2].detail} - "
+                    f"in child pid {os.getpid()}"
+                ) from exc
     return IsolationReport(tuple(layers))
 
 
-def _join_cgroup(procs: tuple[str, ...], reason: str) -> tuple[bool, str]:
-    if not procs:
-        return False, reason or "no cgroup offered by the host"
-    for path in procs:
-        with open(path, "w") as f:
-            f.write("0")  # "0" is the writing process itself
-    return True, "joined " + ", ".join(str(Path(p).parent) for p in procs)
+# --------------------------------------------------------------------------- Cgroup (host)
+
+_counter = itertools.count(1)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_KEEPCAPS = 8
-_PR_SET_NO_NEW_PRIVS = 38
-_CAP_DAC_READ_SEARCH = 2
+class _Mount(msgspec.Struct, frozen=True):
+    point: str
+    root: str
+    version: int
+    options: frozenset[str]
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32))  # fmt: skip
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _drop_privileges(limits: Limits, *, keep_reads: bool) -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, f"not started as root (uid {os.geteuid()}): nothing to drop"
-    user = limits.user
-    if keep_reads:  # the interpreter may live where only root reads; Landlock confines reads
-        _check(_libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
-    os.setgroups([])
-    os.setresgid(user, user, user)
-    os.setresuid(user, user, user)
-    kept = "no capability"
-    if keep_reads:
-        header = _CapHeader(0x20080522, 0)
-        bit = 1 << _CAP_DAC_READ_SEARCH
-        data = (_CapData * 2)(_CapData(bit, bit, 0), _CapData(0, 0, 0))
-        _check(_libc.capset(ctypes.byref(header), data), "capset")
-        _libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0)
-        kept = "only CAP_DAC_READ_SEARCH (reads confined by Landlock)"
-    if os.getuid() != user or os.geteuid() != user:
-        raise OSError(errno.EPERM, "the uid did not change")
-    return True, f"uid/gid {user}, no groups, {kept}"
-
-
-def _set_rlimits(limits: Limits) -> tuple[bool, str]:
-    wanted = [
-        ("AS", resource.RLIMIT_AS, limits.address_space, 0),
-        ("CPU", resource.RLIMIT_CPU, limits.cpu_seconds, 1),
-        ("NOFILE", resource.RLIMIT_NOFILE, limits.open_files, 0),
-        ("NPROC", resource.RLIMIT_NPROC, limits.processes, 0),
-        ("CORE", resource.RLIMIT_CORE, 0, 0),
-        ("FSIZE", resource.RLIMIT_FSIZE, 0, 0),
-    ]
-    done = []
-    for name, which, value, grace in wanted:
-        if value is None:
-            continue
-        _soft, hard = resource.getrlimit(which)
-        new_hard = value + grace
-        if hard != resource.RLIM_INFINITY and new_hard > hard:
-            new_hard = hard
-            value = min(value, hard)
-            name += " (clamped to the hard limit)"
-        resource.setrlimit(which, (value, new_hard))
-        done.append(f"{name}={value}")
-    return True, ", ".join(done)
-
-
-# Landlock: three syscalls with the same numbers on every architecture.
-_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
-_LANDLOCK_CREATE_RULESET_VERSION = 1
-_RULE_PATH_BENEATH = 1
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1, 2, 4, 8
-_FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1,
-                     5: (1 << 16) - 1}  # fmt: skip
-_NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2
-_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = (("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64))  # fmt: skip
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
-
-
-def _syscall(number: int, *args: object) -> int:
-    _libc.syscall.restype = ctypes.c_long
-    return int(_libc.syscall(ctypes.c_long(number), *args))
-
-
-def _landlock_abi() -> int:
-    if not sys.platform.startswith("linux"):
-        return 0
-    abi = _syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
-                   ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION))  # fmt: skip
-    return abi if abi > 0 else 0
-
-
-def _landlock(limits: Limits, abi: int) -> tuple[bool, str]:
-    if abi <= 0:
-        return False, "Landlock is not available in this kernel (or disabled)"
-    fs = _FS_RIGHTS_BY_ABI.get(abi, (1 << 16) - 1)
-    attr = _RulesetAttr(fs, 0, 0)
-    size = 8
-    notes = [f"ABI {abi}", "filesystem read-only beneath the allowed paths, no writes"]
-    if abi >= 4:
-        size = 16
-        if not limits.network:
-            attr.handled_access_net = _NET_BIND_TCP | _NET_CONNECT_TCP
-            notes.append("no TCP bind/connect")
-    if abi >= 6:
-        size = 24
-        attr.scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL
-        notes.append("abstract sockets and signals scoped")
-    ruleset = _syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
-                       ctypes.c_uint32(0))  # fmt: skip
-    if ruleset < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
-    try:
-        read = _FS_READ_FILE | _FS_READ_DIR | _FS_EXECUTE
-        for path in (*default_read_paths(), *limits.read_paths):
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
+def _cgroup_mounts() -> list[_Mount]:
+    mounts: list[_Mount] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            dash = fields.index("-")
+            fstype = fields[dash + 1]
+            if fstype not in ("cgroup", "cgroup2"):
                 continue
-            try:
-                rights = read if os.path.isdir(path) else (read & ~_FS_READ_DIR)
-                rule = _PathBeneath(rights & fs, fd)
-                if _syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
-                            ctypes.byref(rule), ctypes.c_uint32(0)) != 0:  # fmt: skip
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"landlock_add_rule({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-        _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if _syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
-    finally:
-        os.close(ruleset)
-    return True, ", ".join(notes)
+            options = frozenset(fields[dash + 3].split(",")) | frozenset(fields[5].split(","))
+            point = fields[4].replace("\\040", " ")
+            mounts.append(_Mount(point, fields[3], 2 if fstype == "cgroup2" else 1, options))
+    return mounts
 
 
-_DENIED_SYSCALLS = (
-    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev",
-    "setrlimit", "prlimit64", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
-    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "init_module",
-    "finit_module", "delete_module", "setuid", "setgid", "setgroups", "setresuid", "setresgid",
-)  # fmt: skip
-_CLONE_THREAD = 0x00010000
+def _own_cgroups() -> dict[str, str]:
+    """Controller (or ``""`` for v2) -> this process's cgroup path in that hierarchy."""
+    paths: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for name in controllers.split(",") if controllers else [""]:
+                paths[name] = path
+    return paths
 
 
-def _import_seccomp() -> Any:
-    try:
-        import pyseccomp  # type: ignore[import-untyped]
-    except (ImportError, OSError) as exc:  # the package, or the system's libseccomp
-        return f"pyseccomp/libseccomp not available: {exc}"
-    return pyseccomp
+def _host_dir(mount: _Mount, path: str) -> str:
+    """The directory of this process's cgroup under ``mount``."""
+    root = mount.root.rstrip("/")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    elif root:
+        path = "/"
+    return os.path.join(mount.point, path.lstrip("/")).rstrip("/")
 
 
-def _seccomp(limits: Limits, seccomp: Any) -> tuple[bool, str]:
-    if isinstance(seccomp, str):
-        return False, seccomp
-    policy = seccomp.SyscallFilter(seccomp.ALLOW)
-    deny = seccomp.ERRNO(errno.EPERM)
-    unknown = []
-    for name in _DENIED_SYSCALLS:
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _make_leaf(base: str, leaf: str) -> None:
+    """mkdir base/leaf, tolerating another Cgroup.remove() racing on ``base``."""
+    for _ in range(5):
+        os.makedirs(base, exist_ok=True)
         try:
-            policy.add_rule(deny, name)
-        except (RuntimeError, ValueError, OSError):
-            unknown.append(name)
-    # New processes: clone without CLONE_THREAD (threads still work); clone3 says ENOSYS
-    # so glibc falls back to clone, where the flags can be checked.
-    policy.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
-    try:
-        policy.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-    except (RuntimeError, ValueError, OSError):
-        unknown.append("clone3")
-    notes = ["exec, fork, ptrace, mount, bpf, io_uring, module and id changes refused"]
-    if not limits.network:
-        for family in (2, 10, 16, 17):  # AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
-            policy.add_rule(deny, "socket", seccomp.Arg(0, seccomp.EQ, family))
-        notes.append("no inet, netlink or packet sockets")
-    policy.load()
-    if unknown:
-        notes.append(f"unknown to this libseccomp: {', '.join(unknown)}")
-    return True, "; ".join(notes)
+            os.mkdir(os.path.join(base, leaf))
+            return
+        except FileNotFoundError:
+            continue
+    os.mkdir(os.path.join(base, leaf))
 
 
-# -- the host side -----------------------------------------------------------------
-
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-_COUNTER = itertools.count(1)
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "plugin"
 
 
 class Cgroup:
-    """A memory/pids cgroup the host makes for one child (v2, or v1's two hierarchies)."""
+    """HOST side: the cgroup(s) of one child, created by the (root) host before the spawn.
 
-    def __init__(self, dirs: tuple[Path, ...], v2: bool) -> None:
+    Nested under the host's own cgroup (``<host cgroup>/nyxplug/<name>-<pid>-<n>``), so
+    whatever limits the host itself runs under still hold. Pure cgroup v2 (memory and pids
+    controllers available) or v1 (separate memory and pids hierarchies; on a hybrid layout
+    a v2 group is added too, only for ``cgroup.kill``).
+    """
+
+    def __init__(self, dirs: tuple[str, ...], version: int, detail: str) -> None:
+        #: The leaf directories, one per hierarchy.
         self.dirs = dirs
-        self.v2 = v2
-        self.procs = tuple(str(d / "cgroup.procs") for d in dirs)
+        self.version = version
+        #: What was limited, for logs and the report.
+        self.detail = detail
+        #: The cgroup.procs files the child writes its pid to.
+        self.procs: tuple[str, ...] = tuple(os.path.join(d, "cgroup.procs") for d in dirs)
+
+    def __repr__(self) -> str:
+        return f"Cgroup(v{self.version}, {', '.join(self.dirs)}: {self.detail})"
 
     @classmethod
     def create(cls, name: str, limits: Limits) -> tuple[Cgroup | None, str]:
-        """(cgroup, "") or (None, why not): not root, no controllers, read-only."""
-        if limits.memory is None and limits.pids is None:
-            return None, "no cgroup limits configured"
-        if not sys.platform.startswith("linux") or os.geteuid() != 0:
-            return None, "cgroups need root on the host (or a delegated subtree)"
-        slug = "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
-        leaf = f"{slug}-{os.getpid()}-{next(_COUNTER)}"
+        """``(cgroup, "")`` or ``(None, reason)``: why this host cannot give a child a cgroup."""
+        if not _LINUX:
+            return None, f"not Linux ({sys.platform})"
+        if os.geteuid() != 0:
+            return None, f"the host is not root (uid {os.geteuid()}) and has no delegated cgroup"
+        leaf = f"{_safe_name(name)}-{os.getpid()}-{next(_counter)}"
         try:
-            controllers = (_CGROUP_ROOT / "cgroup.controllers").read_text().split()
-        except OSError:
-            controllers = []
+            mounts = _cgroup_mounts()
+            own = _own_cgroups()
+        except (OSError, ValueError) as exc:
+            return None, f"cannot read the cgroup layout: {type(exc).__name__}: {exc}"
+        v2 = next((m for m in mounts if m.version == 2), None)
+        if v2 is not None:
+            try:
+                with open(os.path.join(v2.point, "cgroup.controllers")) as f:
+                    controllers = set(f.read().split())
+            except OSError:
+                controllers = set()
+            if {"memory", "pids"} <= controllers:
+                return cls._create_v2(v2, own.get("", "/"), leaf, limits)
+        v1: dict[str, _Mount] = {
+            c: m for m in mounts if m.version == 1 for c in ("memory", "pids") if c in m.options
+        }
+        if "memory" in v1 and "pids" in v1:
+            return cls._create_v1(v1, v2, own, leaf, limits)
+        found = (
+            f"cgroup v2 at {v2.point} with controllers {sorted(controllers) or 'none'}"
+            if v2 is not None
+            else "no cgroup v2"
+        )
+        return None, (
+            f"no memory and pids controllers: {found}, "
+            f"v1 hierarchies {sorted(v1) or 'none'} (need memory and pids)"
+        )
+
+    @classmethod
+    def _create_v2(
+        cls, mount: _Mount, own: str, leaf: str, limits: Limits
+    ) -> tuple[Cgroup | None, str]:
+        host = _host_dir(mount, own)
+        base = os.path.join(host, "nyxplug")
+        made: list[str] = []
         try:
-            if {"memory", "pids"} <= set(controllers):
-                return cls._create_v2(leaf, limits), ""
-            if (_CGROUP_ROOT / "memory").is_dir() and (_CGROUP_ROOT / "pids").is_dir():
-                return cls._create_v1(leaf, limits), ""
+            with open(os.path.join(host, "cgroup.subtree_control")) as f:
+                enabled = set(f.read().split())
+            if not {"memory", "pids"} <= enabled:
+                try:
+                    _write(os.path.join(host, "cgroup.subtree_control"), "+memory +pids")
+                except OSError as exc:
+                    return None, (
+                        f"cannot enable memory and pids below {host}: {exc.strerror} (a v2 "
+                        "cgroup with processes cannot delegate them; run the host in its own "
+                        "cgroup with a child for itself)"
+                    )
+            os.makedirs(base, exist_ok=True)
+            _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
+            _make_leaf(base, leaf)
+            path = os.path.join(base, leaf)
+            made.append(path)
+            parts = []
+            if limits.memory is not None:
+                _write(os.path.join(path, "memory.max"), str(limits.memory))
+                if os.path.exists(os.path.join(path, "memory.swap.max")):
+                    _write(os.path.join(path, "memory.swap.max"), "0")
+                parts.append(f"memory {limits.memory} (no swap)")
+            if limits.pids is not None:
+                _write(os.path.join(path, "pids.max"), str(limits.pids))
+                parts.append(f"pids {limits.pids}")
         except OSError as exc:
-            return None, f"could not make a cgroup: {exc}"
-        return None, "no memory and pids cgroup controllers on this machine"
+            cls(tuple(made), 2, "").remove()
+            return None, f"cannot set up a v2 cgroup under {base}: {type(exc).__name__}: {exc}"
+        return cls((path,), 2, f"v2 {', '.join(parts) or 'no limits'}; cgroup.kill"), ""
 
     @classmethod
-    def _create_v2(cls, leaf: str, limits: Limits) -> Cgroup:
-        parent = _CGROUP_ROOT / "nyxplug"
-        parent.mkdir(exist_ok=True)
-        (_CGROUP_ROOT / "cgroup.subtree_control").write_text("+memory +pids")
-        (parent / "cgroup.subtree_control").write_text("+memory +pids")
-        path = parent / leaf
-        path.mkdir()
-        group = cls((path,), True)
-        if limits.memory is not None:
-            (path / "memory.max").write_text(str(limits.memory))
-            (path / "memory.swap.max").write_text("0") if (
-                path / "memory.swap.max"
-            ).exists() else None
-        if limits.pids is not None:
-            (path / "pids.max").write_text(str(limits.pids))
-        return group
-
-    @classmethod
-    def _create_v1(cls, leaf: str, limits: Limits) -> Cgroup:
-        made = []
+    def _create_v1(
+        cls,
+        v1: dict[str, _Mount],
+        v2: _Mount | None,
+        own: dict[str, str],
+        leaf: str,
+        limits: Limits,
+    ) -> tuple[Cgroup | None, str]:
+        made: list[str] = []
+        parts: list[str] = []
         try:
             for controller in ("memory", "pids"):
-                path = _CGROUP_ROOT / controller / "nyxplug" / leaf
-                path.mkdir(parents=True)
+                base = os.path.join(_host_dir(v1[controller], own.get(controller, "/")), "nyxplug")
+                _make_leaf(base, leaf)
+                path = os.path.join(base, leaf)
                 made.append(path)
-            memory, pids = made
-            if limits.memory is not None:
-                (memory / "memory.limit_in_bytes").write_text(str(limits.memory))
-                swap = memory / "memory.memsw.limit_in_bytes"
-                if swap.exists():
-                    swap.write_text(str(limits.memory))
-            if limits.pids is not None:
-                (pids / "pids.max").write_text(str(limits.pids))
-        except OSError:
-            cls(tuple(made), False).remove()
-            raise
-        return cls(tuple(made), False)
+                if controller == "memory" and limits.memory is not None:
+                    _write(os.path.join(path, "memory.limit_in_bytes"), str(limits.memory))
+                    memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
+                    swap = ""
+                    if os.path.exists(memsw):
+                        _write(memsw, str(limits.memory))
+                        swap = " (+memsw)"
+                    parts.append(f"memory {limits.memory}{swap}")
+                if controller == "pids" and limits.pids is not None:
+                    _write(os.path.join(path, "pids.max"), str(limits.pids))
+                    parts.append(f"pids {limits.pids}")
+        except OSError as exc:
+            cls(tuple(made), 1, "").remove()
+            return None, f"cannot set up v1 cgroups: {type(exc).__name__}: {exc}"
+        kill = ""
+        if v2 is not None:
+            # Hybrid layout: a v2 group without controllers still offers cgroup.kill.
+            base = os.path.join(_host_dir(v2, own.get("", "/")), "nyxplug")
+            try:
+                _make_leaf(base, leaf)
+                path = os.path.join(base, leaf)
+                if os.path.exists(os.path.join(path, "cgroup.kill")):
+                    made.append(path)
+                    kill = "; v2 cgroup.kill"
+                else:
+                    os.rmdir(path)
+                    _rmdir_quietly(base)
+            except OSError:
+                pass
+        return cls(tuple(made), 1, f"v1 {', '.join(parts) or 'no limits'}{kill}"), ""
 
     def oom_kills(self) -> int:
-        """How often the kernel's OOM killer struck in this cgroup."""
-        name = "memory.events" if self.v2 else "memory.oom_control"
+        """How many times the kernel's OOM killer killed a process in this cgroup."""
+        for d in self.dirs:
+            for name in ("memory.oom_control", "memory.events"):
+                try:
+                    with open(os.path.join(d, name)) as f:
+                        for line in f:
+                            key, _, value = line.partition(" ")
+                            if key == "oom_kill":
+                                return int(value)
+                except (OSError, ValueError):
+                    continue
+        return 0
+
+    def pids_refused(self) -> int:
+        """How many forks/threads pids.max refused (``pids.events`` ``max``)."""
         for d in self.dirs:
             try:
-                for line in (d / name).read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
+                with open(os.path.join(d, "pids.events")) as f:
+                    for line in f:
+                        key, _, value = line.partition(" ")
+                        if key == "max":
+                            return int(value)
             except (OSError, ValueError):
                 continue
         return 0
 
-    def kill_all(self) -> None:
-        """SIGKILL everything in the cgroup (v2: cgroup.kill)."""
-        if self.v2 and (self.dirs[0] / "cgroup.kill").exists():
-            (self.dirs[0] / "cgroup.kill").write_text("1")
-            return
+    def pids(self) -> set[int]:
+        """Every process in the cgroup now."""
+        found: set[int] = set()
         for procs in self.procs:
             try:
-                pids = Path(procs).read_text().split()
-            except OSError:
+                with open(procs) as f:
+                    found.update(int(x) for x in f.read().split())
+            except (OSError, ValueError):
                 continue
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL everything in the cgroup (v2 ``cgroup.kill`` when there is one)."""
+        for d in self.dirs:
+            kill = os.path.join(d, "cgroup.kill")
+            if os.path.exists(kill):
+                try:
+                    _write(kill, "1")
+                    return
+                except OSError:
+                    break
+        for _ in range(10):  # a task forked between read and kill is caught next pass
+            pids = self.pids()
+            if not pids:
+                return
             for pid in pids:
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
                     pass
 
     def remove(self) -> None:
-        """Remove the cgroup once its processes are gone; never raises."""
+        """Remove the cgroup once its processes are gone. Retries briefly; never raises."""
         for d in self.dirs:
-            for _ in range(50):
+            for attempt in range(20):
                 try:
-                    d.rmdir()
+                    os.rmdir(d)
                     break
                 except FileNotFoundError:
                     break
-                except OSError:
-                    self.kill_all()
-                    os.sched_yield()
-        self.dirs = ()
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        break
+                    time.sleep(0.005 * (attempt + 1))  # an exiting task leaves a moment later
+            _rmdir_quietly(os.path.dirname(d))  # the shared nyxplug/ parent, once empty
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

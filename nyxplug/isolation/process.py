@@ -487,7 +487,11 @@ class IsolatedPlugin:
             cause += " (out of memory: its cgroup's OOM killer)"
         c = self._c
         lost = 0
-        restarting = not self._closing and self._state in ("running", "restarting")
+        restarting = (
+            not self._closing
+            and self._state in ("running", "restarting")
+            and self._in_a_row < self.options.max_restarts
+        )
         for future, count, frame_type in child.acks.values():
             lost += count
             if not future.done():
@@ -571,10 +575,11 @@ class IsolatedPlugin:
         except TimeoutError:
             logger.error("Plugin %r: child %d did not exit after SIGKILL", self.name,
                          child.process.pid)  # fmt: skip
-        child.process.close()
-        if child.cgroup is not None:
-            child.cgroup.remove()
-            child.cgroup = None
+        finally:  # cancelled (aclose) or not, the fds and the cgroup go
+            child.process.close()
+            if child.cgroup is not None:
+                child.cgroup.remove()
+                child.cgroup = None
 
     # -- heartbeats, resources and limits -----------------------------------------------
 
