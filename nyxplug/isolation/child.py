@@ -42,7 +42,7 @@ class Launch(msgspec.Struct, frozen=True, kw_only=True):
     secret: bytes
     limits: Limits = Limits()
     cgroup_procs: tuple[str, ...] = ()
-    cgroup_reason: str = "no cgroup offered by the host"
+    cgroup_reason: str = ""
     #: Tests only: the protocol range the child claims in its HELLO.
     hello_protocol: int | None = None
 
