@@ -85,7 +85,7 @@ class IsolatedPluginFailed(IsolationError):
         self.reason = reason
 
     def __str__(self) -> str:
-        where = f" refused frame {frame_type_name(self.frame_type)}" if self.frame_type else ""
+        where = f" and refused frame {frame_type_name(self.frame_type)}" if self.frame_type else ""
         return (
             f"Plugin {self.name!r} (id {self.plugin_id}) failed{where}: {self.reason} - "
             "fix the plugin, then `nyxplug reload` or load it again"

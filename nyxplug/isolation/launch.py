@@ -253,6 +253,7 @@ class ForkServer:
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = {}
         self._children: dict[int, ChildProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self._abandoned = _PidSet()
         self.ready = threading.Event()
         self.pid: int | None = None
         self.alive = True
@@ -315,11 +316,11 @@ class ForkServer:
                     with self._lock:
                         entry = self._pending.pop(message.req, None)
                     if entry is not None:
-                        _resolve(entry, message)
+                        _resolve(entry, message, self)
                 elif isinstance(message, Exit):
                     with self._lock:
                         child = self._children.pop(message.pid, None)
-                        if child is None:
+                        if child is None and not self._abandoned.discard_if(message.pid):
                             self._early_exits[message.pid] = message.status
                     if child is not None:
                         _call_soon(child.loop, child.set_exit, message.status)
@@ -337,6 +338,17 @@ class ForkServer:
                 _resolve(entry, SpawnFailed(-1, "the fork server exited"))
             for child in children:  # the server's death killed them (parent-death signal)
                 _call_soon(child.loop, child.set_exit, signal.SIGKILL)
+
+    def abandon(self, pid: int) -> None:
+        """Kill a child whose spawn was cancelled before anyone took it; forget its exit."""
+        with self._lock:
+            if self._early_exits.pop(pid, None) is not None:
+                return  # it is gone (and reaped) already
+            self._abandoned.add(pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
     def children(self) -> list[int]:
         """Pids of the children this server runs now."""
@@ -359,12 +371,16 @@ class ForkServer:
 
 
 def _resolve(
-    entry: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]], message: Spawned | SpawnFailed
+    entry: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]],
+    message: Spawned | SpawnFailed,
+    server: ForkServer | None = None,
 ) -> None:
     loop, future = entry
 
     def settle() -> None:
         if future.done():
+            if isinstance(message, Spawned) and server is not None:
+                server.abandon(message.pid)  # its spawn was cancelled: nobody will run it
             return
         if isinstance(message, Spawned):
             future.set_result(message.pid)
@@ -373,6 +389,15 @@ def _resolve(
                                                  f"{message.error}"))  # fmt: skip
 
     _call_soon(loop, settle)
+
+
+class _PidSet(set[int]):
+    def discard_if(self, pid: int) -> bool:
+        """Remove ``pid``; True if it was there."""
+        if pid in self:
+            self.remove(pid)
+            return True
+        return False
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

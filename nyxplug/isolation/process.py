@@ -221,6 +221,7 @@ class IsolatedPlugin:
         self._closing = False
         self._failure: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unreaped: set[_Child] = set()  # dead children whose fds and cgroup remain
         self._heartbeat: asyncio.Task[None] | None = None
         self._in_a_row = 0
         self.report: IsolationReport | None = None
@@ -314,7 +315,8 @@ class IsolatedPlugin:
             except TimeoutError:
                 child.reason = child.reason or "did not stop in time"
             self._end(child, "was stopped")
-            await self._reap(child)
+        for dead in list(self._unreaped):  # incl. a crash whose cleanup task never ran
+            await self._reap(dead)
         if self._state != "failed":
             self._state = "stopped"
         if self._ready is not None:
@@ -515,6 +517,7 @@ class IsolatedPlugin:
                 waiter.exception()  # retrieved: a start that gave up needs no warning
         if child.channel.transport is not None:
             child.channel.transport.abort()
+        self._unreaped.add(child)
         child.cause = cause
         if self._child is child:
             self._child = None
@@ -576,6 +579,7 @@ class IsolatedPlugin:
             logger.error("Plugin %r: child %d did not exit after SIGKILL", self.name,
                          child.process.pid)  # fmt: skip
         finally:  # cancelled (aclose) or not, the fds and the cgroup go
+            self._unreaped.discard(child)
             child.process.close()
             if child.cgroup is not None:
                 child.cgroup.remove()
