@@ -395,7 +395,7 @@ async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> Non
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # ok-sleep: a bounded poll for state no event announces
 
 
 def layer_details(plugin: IsolatedPlugin) -> str:
