@@ -253,7 +253,7 @@ class ForkServer:
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = {}
         self._children: dict[int, ChildProcess] = {}
         self._early_exits: dict[int, int] = {}
-        self._abandoned = _PidSet()
+        self._abandoned: set[int] = set()  # spawned after their requester gave up
         self.ready = threading.Event()
         self.pid: int | None = None
         self.alive = True
@@ -320,7 +320,9 @@ class ForkServer:
                 elif isinstance(message, Exit):
                     with self._lock:
                         child = self._children.pop(message.pid, None)
-                        if child is None and not self._abandoned.discard_if(message.pid):
+                        if child is None and message.pid in self._abandoned:
+                            self._abandoned.discard(message.pid)
+                        elif child is None:
                             self._early_exits[message.pid] = message.status
                     if child is not None:
                         _call_soon(child.loop, child.set_exit, message.status)
@@ -389,15 +391,6 @@ def _resolve(
                                                  f"{message.error}"))  # fmt: skip
 
     _call_soon(loop, settle)
-
-
-class _PidSet(set[int]):
-    def discard_if(self, pid: int) -> bool:
-        """Remove ``pid``; True if it was there."""
-        if pid in self:
-            self.remove(pid)
-            return True
-        return False
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

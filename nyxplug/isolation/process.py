@@ -18,6 +18,7 @@ import contextvars
 import hmac
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -608,7 +609,7 @@ class IsolatedPlugin:
         """No heartbeat answer: take the child's stack (faulthandler), then kill it."""
         self._c["hangs"] += 1
         child.reason = f"hung (no heartbeat answer in {self.options.heartbeat_timeout} s)"
-        child.process.send_signal(10)  # SIGUSR1: faulthandler dumps every thread's stack
+        child.process.send_signal(signal.SIGUSR1)  # faulthandler dumps every thread's stack
         if await child.process.wait_stderr(_STACK_MARKER, 1.0):
             await asyncio.sleep(0.02)  # the dump is a few writes; let them land
         stack = _last_stack(child.process.stderr)

@@ -183,21 +183,11 @@ def decode_seq(kind: Kind, body: bytes) -> int:
 
 
 def encode_frames(seq: int, messages: Sequence[Any]) -> bytes:
-    """A batch of ``PluginMessage`` objects as one FRAMES message (by the twin that made them)."""
-    codec = _ENCODERS.get(type(messages[0])) if messages else None
-    if codec is None:
-        from .. import _dispatch_py
-
-        codec = _dispatch_py.encode_batch
-        for name in ("nyxplug._dispatch", "nyxplug._dispatch_py"):
-            module = sys.modules.get(name)
-            if module is not None and messages and type(messages[0]) is module.PluginMessage:
-                codec = _ENCODERS[module.PluginMessage] = module.encode_batch
-    data: bytes = codec(Kind.FRAMES, seq, list(messages))
+    """A batch of ``PluginMessage`` objects as one FRAMES message, encoded by the twin
+    (compiled or pure) whose messages they are."""
+    twin = sys.modules[type(messages[0]).__module__]
+    data: bytes = twin.encode_batch(Kind.FRAMES, seq, list(messages))
     return data
-
-
-_ENCODERS: dict[type, Any] = {}
 
 
 def decode_frames(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[Any]]:
