@@ -588,9 +588,9 @@ async def test_installed_distributions_are_found_through_their_entry_points(
     await manager.aclose()
     for module in ("nyx_builtin_echo", "nyx_broken"):
         monkeypatch.delitem(sys.modules, module, raising=False)
-    from nyxplug.plugins import manager as manager_module
+    from nyxplug.plugins import catalog as catalog_module
 
-    monkeypatch.delitem(manager_module._CODE_PLUGINS, "builtin-echo", raising=False)
+    monkeypatch.delitem(catalog_module._CODE_PLUGINS, "builtin-echo", raising=False)
 
 
 def test_required_permission_follows_the_routing_table(impl: Any) -> None:

@@ -18,7 +18,7 @@ from plugin_helpers import RECORDER, write_plugin
 
 from nyxplug import FrameType, PluginHeader
 from nyxplug.plugins import PluginLoadError, PluginManager
-from nyxplug.plugins import manager as manager_module
+from nyxplug.plugins import catalog as catalog_module
 from nyxplug.trust import (
     INDEX_FILE,
     SIGNATURE_FILE,
@@ -96,7 +96,7 @@ async def refused_at_load(host: Host, impl: Any, name: str, check: str) -> None:
 
 
 def test_member_names_match_the_trust_package() -> None:
-    assert (manager_module._INDEX_FILE, manager_module._SIGNATURE_FILE) == (
+    assert (catalog_module._INDEX_FILE, catalog_module._SIGNATURE_FILE) == (
         INDEX_FILE, SIGNATURE_FILE,
     )  # fmt: skip
 

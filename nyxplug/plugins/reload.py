@@ -1,31 +1,47 @@
-"""Hot reload: what counts as a compatible upgrade, the state handoff, and the counters.
+"""Hot reload: the upgrade rules, the state handoff, the counters, and the pipeline.
 
-``PluginManager.reload`` runs the pipeline (stage, verify, import, instantiate,
-``on_load``, ``health()``, swap, old ``on_unload``); this module holds the parts that
-do not need the manager: the upgrade rules, the state handoff that runs while the
-plugin's worker is paused, and what is reported about reloads.
+``reload_plugin`` runs the pipeline (stage, verify, import, instantiate, ``on_load``,
+``health()``, swap, old ``on_unload``) and its retries; the steps it shares with a
+load come from the manager as ``LoadSteps``. Any failure leaves the old version
+serving. The state handoff runs while the plugin's worker is paused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Mapping
-from typing import Any
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..sandbox import SandboxGuard, guarded
+from .errors import ReloadFailed
+from .loader import LoadedCode, Snapshot, unload_code
 from .manifest import Manifest, check_api_compatible
+from .staging import guard_of, instantiate, staged_manifest
+from .state import PluginState
+from .supervise import call_on_unload, lifecycle_call
 from .versions import VersionRange
 
+if TYPE_CHECKING:  # annotations only: the catalog's records carry this module's counters
+    from .catalog import PluginRecord
+
 __all__ = (
+    "LoadSteps",
     "ReloadCounters",
     "ReloadResult",
     "ReloadStats",
     "check_upgrade",
     "hand_over_state",
     "needs_migration",
+    "reload_plugin",
 )
+
+logger = logging.getLogger("nyxplug.runtime")
 
 
 class ReloadStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,3 +192,216 @@ def _plain_call(instance: Any, hook: str, *args: Any) -> Any:
             "plugin's queue is paused), got an awaitable"
         )
     return result
+
+
+# -- the pipeline ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadSteps:
+    """The manager's steps of a load that a reload runs again for the new version."""
+
+    read_code: Callable[[PluginRecord], tuple[Snapshot | None, bool]]
+    import_code: Callable[
+        [PluginRecord, Manifest, Snapshot | None], tuple[Callable[[], Any], LoadedCode | None]
+    ]
+    context: Callable[[str, Manifest, SandboxGuard | None], Any]
+    handler: Callable[[PluginRecord, Any, Manifest], Any]
+    signer_of: Callable[[Path], tuple[str | None, str | None]]
+
+
+async def reload_plugin(
+    record: PluginRecord,
+    records: Mapping[str, PluginRecord],
+    *,
+    if_changed: bool,
+    allow_downgrade: bool,
+    retries: int,
+    backoff: float,
+    dispatcher: Any,
+    steps: LoadSteps,
+) -> ReloadResult:
+    """Swap ``record``'s running version for the one on disk, retrying transient failures.
+
+    The caller holds the plugin's lock and has checked that it is active. A
+    transient failure is tried again up to ``retries`` times, waiting ``backoff``
+    seconds and doubling; the outcome is counted in ``record.reloads``.
+    """
+    counters = record.reloads
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = await _reload_once(
+                record, attempt, records, dispatcher, steps,
+                if_changed=if_changed and attempt == 1, allow_downgrade=allow_downgrade,
+            )  # fmt: skip
+        except ReloadFailed as exc:
+            counters.attempted += attempt == 1
+            if exc.transient and attempt <= retries:
+                counters.retries += 1
+                logger.warning("%s (attempt %d, trying again)", exc, attempt)
+                await asyncio.sleep(backoff * 2 ** (attempt - 1))
+                continue
+            counters.failed(exc.step, exc.reason)
+            logger.error("%s", exc)
+            raise
+        if result.pause is not None:
+            counters.attempted += attempt == 1
+            counters.swapped(result.pause)
+            logger.info(
+                "Plugin %r reloaded: %s -> %s (swap pause %.3f ms)",
+                record.name, result.from_version, result.to_version, result.pause * 1e3,
+            )  # fmt: skip
+        return result
+
+
+async def _reload_once(
+    record: PluginRecord,
+    attempt: int,
+    records: Mapping[str, PluginRecord],
+    dispatcher: Any,
+    steps: LoadSteps,
+    *,
+    if_changed: bool,
+    allow_downgrade: bool,
+) -> ReloadResult:
+    old = record.manifest
+    assert old is not None
+    old_instance, old_guard, old_code = record.instance, record.guard, record.code
+    running = str(old.version)
+    step = "stage"
+    code: LoadedCode | None = None
+    guard: SandboxGuard | None = None
+    instance: Any = None
+    loaded = False
+    from ..trust import TrustError
+
+    try:
+        try:
+            snapshot, verified = steps.read_code(record)
+        except TrustError:
+            step = "verify"
+            raise
+        if if_changed and _same_code(old_code, snapshot):
+            return ReloadResult(
+                name=record.name, outcome="unchanged", from_version=running,
+                to_version=running, pause=None, attempts=attempt,
+            )  # fmt: skip
+        step = "compatibility"
+        manifest = staged_manifest(record, snapshot)
+        check_upgrade(
+            old, manifest, allow_downgrade=allow_downgrade,
+            dependents=_dependents(records, record.name),
+            active_versions=_active_versions(records),
+        )  # fmt: skip
+        step = "import"
+        factory, code = steps.import_code(record, manifest, snapshot)
+        step = "instantiate"
+        instance = instantiate(factory)
+        step = "compatibility"
+        why = needs_migration(old, manifest, instance)
+        if why is not None:
+            raise ValueError(why)
+        guard = guard_of(manifest)
+        instance.ctx = steps.context(record.name, manifest, guard)
+        step = "on_load"
+        await lifecycle_call(guard, instance, "on_load", instance.ctx)
+        loaded = True
+        step = "health"
+        if await lifecycle_call(guard, instance, "health") is False:
+            raise RuntimeError("health() returned False")
+        step = "swap"
+        new_guard = guard
+
+        def between() -> None:  # runs while the plugin's worker is paused
+            hand_over_state(
+                old_instance, instance, running, old_guard=old_guard, new_guard=new_guard
+            )
+            dispatcher.registry.set_permissions(manifest.id, manifest.permission_mask)
+
+        handler = steps.handler(record, instance, manifest)
+        pause = await _finish_even_if_cancelled(
+            dispatcher.swap_handler(manifest.id, handler, sandbox=guard, between=between)
+        )
+    except BaseException as exc:  # cancelled too: nothing of the new version may linger
+        if code is not None:
+            unload_code(code.package)
+        if loaded:
+            await call_on_unload(record.name, guard, instance)
+        if not isinstance(exc, Exception):
+            raise
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ReloadFailed(record.name, step, reason, running, _transient(step, exc)) from exc
+    # The new version serves from here on; the old one says goodbye.
+    record.manifest, record.instance, record.guard, record.code = (
+        manifest,
+        instance,
+        guard,
+        code,
+    )
+    record.verified = verified
+    if record.folder is not None:
+        record.key_id, record.signer = steps.signer_of(record.folder)
+    await call_on_unload(record.name, old_guard, old_instance)
+    if old_code is not None:
+        unload_code(old_code.package)
+    return ReloadResult(
+        name=record.name, outcome="swapped", from_version=running,
+        to_version=str(manifest.version), pause=pause, attempts=attempt,
+    )  # fmt: skip
+
+
+def _dependents(records: Mapping[str, PluginRecord], name: str) -> dict[str, Any]:
+    """Active plugins that depend on ``name``, with the version range each wants."""
+    return {
+        other.name: other.manifest.dependency_ranges[name]
+        for other in records.values()
+        if other.state is PluginState.ACTIVE
+        and other.manifest is not None
+        and name in other.manifest.dependencies
+    }
+
+
+def _active_versions(records: Mapping[str, PluginRecord]) -> dict[str, Any]:
+    return {
+        other.name: other.manifest.version
+        for other in records.values()
+        if other.state is PluginState.ACTIVE and other.manifest is not None
+    }
+
+
+def _same_code(running: LoadedCode | None, snapshot: Snapshot | None) -> bool:
+    """True when the staged bytes are exactly the running code's (a touch, a re-save)."""
+    if snapshot is None:
+        return True  # a code plugin: nothing on disk to differ
+    return running is not None and running.snapshot.files == snapshot.files
+
+
+def _transient(step: str, exc: Exception) -> bool:
+    """Failures worth retrying: files mid-write, a health check not ready yet, timeouts."""
+    return (
+        isinstance(exc, TimeoutError)
+        or step == "health"
+        or (step == "stage" and isinstance(exc, OSError))
+    )
+
+
+async def _finish_even_if_cancelled(swap: Coroutine[Any, Any, float]) -> float:
+    """Await a swap to its end: once begun, the manager must know which version serves.
+
+    A cancellation that arrives meanwhile is delivered after the swap is done.
+    """
+    task = asyncio.ensure_future(swap)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result

@@ -19,9 +19,9 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import io
 import os
 import stat
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 
+from .._atomic import write_atomic
 from ..plugins.loader import MAX_SNAPSHOT_BYTES, MAX_SOURCE_FILE, SKIP_DIRS, read_regular
 from .errors import UnsafePackage
 from .keys import SigningKey
@@ -224,21 +225,14 @@ def write_package(
 ) -> None:
     """Write a ``.nyxp`` atomically (a temporary file renamed over ``target``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                _add(archive, INDEX_FILE, index_bytes)
-                if signature is not None:
-                    _add(archive, SIGNATURE_FILE, signature)
-                for path, data in sorted(files.items()):
-                    _add(archive, path, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        _add(archive, INDEX_FILE, index_bytes)
+        if signature is not None:
+            _add(archive, SIGNATURE_FILE, signature)
+        for path, data in sorted(files.items()):
+            _add(archive, path, data)
+    write_atomic(target, buffer.getvalue())
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

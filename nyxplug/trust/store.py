@@ -21,13 +21,13 @@ import fcntl
 import fnmatch
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import semver
 
+from .._atomic import write_atomic
 from .errors import KeyFileError
 from .keys import PublicKey
 
@@ -147,16 +147,7 @@ class TrustStore:
             data = self._read()
             yield data
             encoded = msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n"
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".trust.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(encoded)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(self.path, encoded)
             self._data = data
 
     # -- keys ---------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Plugin code under time limits: lifecycle hooks, and the handler-timeout watchdog.
+
+``on_load``, ``health()`` and ``on_unload`` run under the plugin's sandbox and
+``LIFECYCLE_TIMEOUT``; an async handler runs under the plugin's handler timeout,
+kept by one watchdog timer per plugin (``supervise``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..sandbox import SandboxGuard, guarded
+from .errors import HandlerTimeout
+
+if TYPE_CHECKING:  # the catalog imports reload, which imports this module
+    from .catalog import PluginRecord
+
+__all__ = ("LIFECYCLE_TIMEOUT", "call_on_unload", "lifecycle_call", "supervise")
+
+#: How long ``on_load`` / ``health()`` / ``on_unload`` may take before the plugin fails.
+LIFECYCLE_TIMEOUT = 30.0
+
+logger = logging.getLogger("nyxplug.runtime")
+
+
+async def lifecycle_call(guard: SandboxGuard | None, instance: Any, hook: str, *args: Any) -> Any:
+    """Await a plugin hook under its sandbox and the lifecycle timeout."""
+    method = getattr(instance, hook, None)
+    if method is None:
+        return None
+    with guarded(guard):
+        async with asyncio.timeout(LIFECYCLE_TIMEOUT):
+            result = method(*args)
+            if inspect.isawaitable(result):
+                result = await result
+    return result
+
+
+async def call_on_unload(name: str, guard: SandboxGuard | None, instance: Any) -> str | None:
+    """``on_unload``; a raising one is logged and its reason returned, never raised."""
+    try:
+        await lifecycle_call(guard, instance, "on_unload")
+    except Exception as exc:  # the instance is gone either way; keep why
+        reason = f"on_unload raised {type(exc).__name__}: {exc}"
+        logger.error("Plugin %r: %s", name, reason)
+        return reason
+    return None
+
+
+def supervise(record: PluginRecord, instance: Any, plugin_id: int, timeout: float | None) -> Any:
+    """The handler the dispatcher calls: the plugin's, under its timeout.
+
+    A synchronous handler cannot be interrupted (it holds the loop until it returns),
+    so it is handed over as it is, without a coroutine per frame.
+    """
+    batch = getattr(instance, "handle_batch", None)
+    if callable(batch):
+        if not inspect.iscoroutinefunction(batch):
+            return _SyncBatch(batch)
+        return _SupervisedBatch(record, batch, plugin_id, timeout)
+    if not inspect.iscoroutinefunction(instance.handle):
+        return instance.handle
+    return _Supervised(record, instance.handle, plugin_id, timeout)
+
+
+class _SyncBatch:
+    """A synchronous ``handle_batch``, as the dispatcher expects to find it."""
+
+    __slots__ = ("handle_batch",)
+
+    def __init__(self, call: Callable[[list[Any]], Any]) -> None:
+        self.handle_batch = call
+
+
+class _Supervised:
+    """Calls an async ``handle`` per frame; cancels it after ``timeout`` seconds, counted.
+
+    One watchdog timer per plugin instead of one timer per frame: each call only
+    notes when it started; the timer, when it fires, cancels the worker task if the
+    running call is past its deadline and otherwise re-arms for the current call.
+    (``asyncio.timeout`` per frame costs several microseconds; this costs a clock read.)
+    """
+
+    __slots__ = (
+        "_call", "_record", "_plugin_id", "_timeout", "_loop", "_task", "_timer", "_started",
+        "_running", "_expired",
+    )  # fmt: skip
+
+    def __init__(
+        self, record: PluginRecord, call: Any, plugin_id: int, timeout: float | None
+    ) -> None:
+        self._record = record
+        self._call = call
+        self._plugin_id = plugin_id
+        self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._running = False
+        self._expired = False
+
+    async def handle(self, message: Any) -> None:
+        await self._run(message, message.frame_type)
+
+    async def _run(self, arg: Any, frame_type: int) -> None:
+        result = self._call(arg)
+        if not inspect.isawaitable(result):
+            return
+        if self._timeout is None:
+            await result
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        # Every call: a swap rolled back restarts this handler on a new worker task.
+        self._task = asyncio.current_task()
+        self._started = loop.time()
+        self._running = True
+        if self._timer is None:
+            self._timer = loop.call_at(self._started + self._timeout, self._watch)
+        try:
+            await result
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise  # cancelled from outside (unload, shutdown): not ours to swallow
+            self._timed_out(frame_type)
+        finally:
+            self._running = False
+        if self._expired:  # the handler swallowed our cancellation and returned
+            self._timed_out(frame_type)
+
+    def _timed_out(self, frame_type: int) -> None:
+        self._expired = False
+        assert self._task is not None
+        self._task.uncancel()
+        self._record.timeouts += 1
+        raise HandlerTimeout(self._record.name, self._plugin_id, frame_type, self._timeout or 0.0)
+
+    def _watch(self) -> None:
+        self._timer = None
+        if not self._running or self._loop is None or self._timeout is None:
+            return  # idle: the next call re-arms
+        deadline = self._started + self._timeout
+        if self._loop.time() >= deadline:
+            self._expired = True
+            assert self._task is not None
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(deadline, self._watch)
+
+
+class _SupervisedBatch(_Supervised):
+    """``handle_batch`` under the same timeout (one per batch)."""
+
+    __slots__ = ()
+
+    async def handle_batch(self, messages: list[Any]) -> None:
+        await self._run(messages, messages[0].frame_type)
