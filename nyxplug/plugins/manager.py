@@ -59,6 +59,7 @@ from .supervise import call_on_unload, lifecycle_call, supervise
 if TYPE_CHECKING:  # nyxplug.trust imports the manifest module, hence this package
     from ..trust import AuditLog, TrustStore
 
+# The catalog names are defined in .catalog and stay importable from here too.
 __all__ = ("ENTRY_POINT_GROUP", "PluginManager", "PluginStatus", "plugin", "registered_plugins")
 
 #: The state file (under the host's ``state_dir``) that remembers disabled plugins.
