@@ -13,7 +13,8 @@ import sys
 import msgspec
 
 from .child import Launch
-from .layers import Cgroup, IsolationReport, Limits, apply_layers
+from .layers import Cgroup, IsolationReport, apply_layers
+from .options import Limits
 
 __all__ = ("isolation_report", "print_own_report")
 

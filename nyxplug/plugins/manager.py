@@ -36,6 +36,16 @@ from .._stats import PluginStats
 from ..config import HostConfig
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy, guarded
+from ..source.importer import LoadedCode, import_entry, unload_code
+from ..source.layout import INDEX_FILE, MANIFEST_FILE, SIGNATURE_FILE
+from ..source.manifest import (
+    Manifest,
+    ManifestError,
+    check_api_compatible,
+    decode_manifest,
+    manifest_from_dict,
+)
+from ..source.snapshot import Snapshot
 from .api import PluginContext
 from .errors import (
     DependencyError,
@@ -44,15 +54,6 @@ from .errors import (
     PluginNotFound,
     PluginStateError,
     ReloadFailed,
-)
-from .loader import LoadedCode, Snapshot, import_entry, unload_code
-from .manifest import (
-    MANIFEST_FILE,
-    Manifest,
-    ManifestError,
-    check_api_compatible,
-    decode_manifest,
-    manifest_from_dict,
 )
 from .reload import (
     ReloadCounters,
@@ -74,9 +75,6 @@ ENTRY_POINT_GROUP = "nyxplug.plugins"
 LIFECYCLE_TIMEOUT = 30.0
 #: The state file (under the host's ``state_dir``) that remembers disabled plugins.
 STATE_FILE = "plugins.json"
-# nyxplug.trust.package's member names (kept in step by a test; imported lazily there).
-_INDEX_FILE = "NYXPLUG-INDEX"
-_SIGNATURE_FILE = "NYXPLUG-SIGNATURE"
 
 logger = logging.getLogger("nyxplug.runtime")
 
@@ -365,7 +363,7 @@ class PluginManager:
             return record
         record = _Record(manifest.name, source, str(folder), manifest, folder=folder)
         record.key_id, record.signer = self._signer_of(folder)
-        if self.require_signatures and not (folder / _INDEX_FILE).is_file():
+        if self.require_signatures and not (folder / INDEX_FILE).is_file():
             record.state = PluginState.FAILED
             record.reason = (
                 "unsigned plugin folder, and this host requires signatures - package, sign "
@@ -380,7 +378,7 @@ class PluginManager:
         Nothing is trusted on this basis: the signature is verified when the plugin loads.
         """
         try:
-            document = json.loads((folder / _SIGNATURE_FILE).read_bytes())
+            document = json.loads((folder / SIGNATURE_FILE).read_bytes())
             key_id = str(document["key_id"])
         except (OSError, ValueError, KeyError, TypeError):
             return None, None
@@ -783,7 +781,7 @@ class PluginManager:
         required or not: a package that fails its own index must never run. Every file
         is read, so a planted ``.pyc`` or extra module is refused, not skipped.
         """
-        from ..trust import INDEX_FILE, TrustError, read_installed, verify_contents
+        from ..trust import TrustError, read_installed, verify_contents
 
         folder = record.folder
         if folder is None:

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 
 from ..sandbox import SandboxGuard, guarded
-from .manifest import Manifest, check_api_compatible
-from .versions import VersionRange
+from ..source.manifest import Manifest, check_api_compatible
+from ..source.versions import VersionRange
 
 __all__ = (
     "ReloadCounters",

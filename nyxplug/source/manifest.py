@@ -20,9 +20,10 @@ import msgspec
 import semver
 from msgspec import Meta
 
-from .._constants import MAX_PLUGIN_ID, Permission
+from .._constants import Permission
 from .._errors import NyxplugError
-from ..config import Capacity, HandlerTimeout, _check_finite, _Invalid, explain_decode_error
+from ..config import _check_finite, _Invalid, explain_decode_error
+from .layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN, Capacity, HandlerTimeout
 from .versions import PLUGIN_API_VERSION, VersionError, VersionRange, parse_version
 
 __all__ = (
@@ -42,10 +43,6 @@ __all__ = (
     "parse_size",
 )
 
-#: The manifest's file name inside a plugin folder.
-MANIFEST_FILE = "nyxplug.toml"
-#: What a plugin name must match (it is also a key in ``[dependencies]``).
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 #: ``[sandbox] memory_limit`` when the manifest leaves it out (SPEC 7: 64 MiB).
 DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 
