@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta
 
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
 from ._impl import parse_flag
 from .isolation.options import IsolationOptions
+from .source.layout import Capacity, HandlerTimeout
 
 __all__ = (
     "DEFAULT_HANDLER_TIMEOUT",
@@ -38,11 +38,6 @@ __all__ = (
 
 #: Seconds a plugin handler may run when neither its manifest nor the host says otherwise.
 DEFAULT_HANDLER_TIMEOUT = 5.0
-
-#: Queue capacity of a plugin; shared with ``nyxplug.plugins.manifest``.
-Capacity = Annotated[int, Meta(ge=1)]
-#: Handler timeout in seconds (finite; checked in ``__post_init__``).
-HandlerTimeout = Annotated[float, Meta(gt=0)]
 
 _AT_ROOT_RE = re.compile(r"^(?P<problem>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _AT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `(?P<key>[^`$][^`]*)`$", re.DOTALL)

@@ -15,7 +15,7 @@ from nyxplug import FrameType, PermissionDenied, PluginHeader
 from nyxplug.cli import main
 from nyxplug.cli.plugins import EXAMPLES_DIR, default_plugin_id
 from nyxplug.plugins import PluginManager
-from nyxplug.plugins.manifest import NAME_PATTERN
+from nyxplug.source.layout import NAME_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("fast", "limited", "slow")
@@ -75,12 +75,6 @@ def row(out: str, name: str) -> list[str]:
         if cells and cells[0] == name:
             return cells
     raise AssertionError(f"no row for {name!r} in:\n{out}")
-
-
-def test_name_rule_is_the_manifests() -> None:
-    from nyxplug.cli import plugins
-
-    assert plugins._NAME_PATTERN == NAME_PATTERN
 
 
 # -- the whole round trip ----------------------------------------------------------------

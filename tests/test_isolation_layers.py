@@ -24,9 +24,9 @@ import pytest
 
 from nyxplug._errors import NyxplugError
 from nyxplug.isolation import IsolationError
+from nyxplug.isolation.cgroup import Cgroup
 from nyxplug.isolation.layers import (
     LAYER_ORDER,
-    Cgroup,
     IsolationReport,
     Layer,
     Limits,
@@ -485,9 +485,10 @@ def test_without_seccomp_nproc_zero_keeps_no_new_processes() -> None:
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to become someone else first")
 def test_a_child_that_is_not_root_says_so_and_still_isolates(open_dir: str) -> None:
     child = run_child(
+        "from nyxplug.isolation.cgroup import Cgroup\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (20, 20))\n"
         "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
-        "attempt('cgroup_create', lambda: layers.Cgroup.create('x', LIMITS))\n"
+        "attempt('cgroup_create', lambda: Cgroup.create('x', LIMITS))\n"
         "report(layers.apply_layers(LIMITS, cgroup_reason='the host is not root'))\n"
         "attempt('rlimits', rlimits)\n"
         "attempt('read_passwd', lambda: open('/etc/passwd').read(10))\n"

@@ -1,4 +1,4 @@
-"""The plugin manifest ``nyxplug.toml`` (``nyxplug.plugins.manifest``).
+"""The plugin manifest ``nyxplug.toml`` (``nyxplug.source.manifest``).
 
 Every broken-manifest kind has its own test with the whole message, so a change in
 wording is a deliberate change here too.
@@ -16,9 +16,9 @@ import semver
 
 from nyxplug._constants import Permission
 from nyxplug._errors import NyxplugError
-from nyxplug.plugins.manifest import (
+from nyxplug.source.layout import MANIFEST_FILE
+from nyxplug.source.manifest import (
     DEFAULT_MEMORY_LIMIT,
-    MANIFEST_FILE,
     Manifest,
     ManifestError,
     check_api_compatible,
@@ -27,7 +27,7 @@ from nyxplug.plugins.manifest import (
     manifest_from_dict,
     parse_size,
 )
-from nyxplug.plugins.versions import PLUGIN_API_VERSION, VersionRange
+from nyxplug.source.versions import PLUGIN_API_VERSION, VersionRange
 
 PLUGIN = """\
 [plugin]

@@ -749,8 +749,8 @@ def test_read_package_never_returns_a_path_outside_the_folder(names: list[str]) 
 
 
 def test_trust_package_imports_on_its_own() -> None:
-    # nyxplug.trust imports nyxplug.plugins.manifest, whose package imports the manager,
-    # which imports nyxplug.trust: a fresh interpreter must survive that cycle.
+    # nyxplug.trust stands on nyxplug.source alone (never the runtime): a fresh
+    # interpreter imports it first (test_circular_imports does this for every module).
     result = subprocess.run(
         [sys.executable, "-c", "import nyxplug.trust; print(nyxplug.trust.PACKAGE_SUFFIX)"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,

@@ -18,10 +18,7 @@ from plugin_helpers import RECORDER, write_plugin
 
 from nyxplug import FrameType, PluginHeader
 from nyxplug.plugins import PluginLoadError, PluginManager
-from nyxplug.plugins import catalog as catalog_module
 from nyxplug.trust import (
-    INDEX_FILE,
-    SIGNATURE_FILE,
     AuditLog,
     SigningKey,
     TrustStore,
@@ -93,12 +90,6 @@ async def refused_at_load(host: Host, impl: Any, name: str, check: str) -> None:
     assert not manager.dispatcher.is_loaded(status.id)
     entry = host.last_load()
     assert (entry["decision"], entry["check"], entry["plugin"]) == ("refused", check, name)
-
-
-def test_member_names_match_the_trust_package() -> None:
-    assert (catalog_module._INDEX_FILE, catalog_module._SIGNATURE_FILE) == (
-        INDEX_FILE, SIGNATURE_FILE,
-    )  # fmt: skip
 
 
 async def test_an_installed_signed_plugin_loads_verified_and_takes_frames(

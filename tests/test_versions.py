@@ -1,4 +1,4 @@
-"""Semantic versions and version ranges (``nyxplug.plugins.versions``)."""
+"""Semantic versions and version ranges (``nyxplug.source.versions``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nyxplug._errors import NyxplugError
-from nyxplug.plugins.versions import (
+from nyxplug.source.versions import (
     PLUGIN_API_VERSION,
     VersionError,
     VersionRange,

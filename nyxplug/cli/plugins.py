@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..source.layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN
 from ._common import Problem, relative_path
 
 __all__ = (
@@ -38,11 +39,7 @@ COMMANDS = ("new", "validate", "list", "info", "enable", "disable", "run")
 #: The example plugin folders shipped in the package (``fast``, ``slow``, ``limited``).
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 
-# Kept in step with nyxplug.plugins.manifest.NAME_PATTERN (checked by the tests); not
-# imported from there so that ``nyxplug --help`` stays a cheap import.
-_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
-_NAME_RE = re.compile(_NAME_PATTERN)
-_MAX_PLUGIN_ID = 2**32 - 1
+_NAME_RE = re.compile(NAME_PATTERN)
 #: How long ``nyxplug list`` waits for a running host's catalog before discovering alone.
 _STATUS_TIMEOUT = 10.0
 _STATES = (
@@ -56,7 +53,7 @@ _STATES = (
 def _plugin_name(text: str) -> str:
     if not _NAME_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"expected a plugin name matching {_NAME_PATTERN} (lowercase letter first, then "
+            f"expected a plugin name matching {NAME_PATTERN} (lowercase letter first, then "
             f"lowercase letters, digits, _ or -), got {text!r}"
         )
     return text
@@ -67,10 +64,8 @@ def _plugin_id(text: str) -> int:
         value = int(text.replace("_", ""), 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= _MAX_PLUGIN_ID:
-        raise argparse.ArgumentTypeError(
-            f"expected a plugin id in 0..{_MAX_PLUGIN_ID}, got {value}"
-        )
+    if not 0 <= value <= MAX_PLUGIN_ID:
+        raise argparse.ArgumentTypeError(f"expected a plugin id in 0..{MAX_PLUGIN_ID}, got {value}")
     return value
 
 
@@ -375,7 +370,7 @@ def scaffold(name: str, parent: Path, *, plugin_id: int) -> tuple[Path, list[tup
 
 def _validate(args: argparse.Namespace) -> int:
     from ..plugins import PluginLoadError, PluginManager, PluginStateError
-    from ..plugins.manifest import MANIFEST_FILE, check_api_compatible, load_manifest
+    from ..source.manifest import check_api_compatible, load_manifest
 
     folder = Path(args.folder).resolve()
     if not (folder / MANIFEST_FILE).is_file():

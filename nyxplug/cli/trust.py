@@ -301,7 +301,7 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; returns the exit status."""
     from ..config import ConfigError
-    from ..plugins.manifest import ManifestError
+    from ..source.manifest import ManifestError
     from ..trust import KeyFileError, TrustError
 
     command: str = args.command
@@ -545,8 +545,9 @@ def _sign(args: argparse.Namespace) -> int:
 def _package(args: argparse.Namespace) -> int:
     import hashlib
 
-    from ..plugins.manifest import MANIFEST_FILE, load_manifest
-    from ..trust import PACKAGE_SUFFIX, package_folder
+    from ..source.layout import MANIFEST_FILE, PACKAGE_SUFFIX
+    from ..source.manifest import load_manifest
+    from ..trust import package_folder
 
     folder = Path(args.folder)
     if not (folder / MANIFEST_FILE).is_file():

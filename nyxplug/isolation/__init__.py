@@ -5,7 +5,16 @@ A plugin whose manifest says ``[resources] isolation = "process"`` runs in a chi
 byte of plugin code, and talks to the host over a Unix socket. The host treats the
 child as hostile: crashes, hangs, garbage and breached limits are contained and
 counted, and the child is restarted or the plugin failed.
+
+The errors and the options load with this package; the host side (``IsolatedPlugin``,
+the layers, ``isolation_report``) loads on first use, so ``nyxplug.config`` and the
+child, which only need the options, never import the process machinery.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ChildCrashed,
@@ -15,10 +24,12 @@ from .errors import (
     IsolationError,
     ProtocolViolation,
 )
-from .layers import IsolationReport, Layer, Limits
-from .options import IsolationOptions
-from .process import IsolatedPlugin, IsolationStats
-from .report import isolation_report
+from .options import IsolationOptions, Limits
+
+if TYPE_CHECKING:
+    from .layers import IsolationReport, Layer
+    from .process import IsolatedPlugin, IsolationStats
+    from .report import isolation_report
 
 __all__ = (
     "ChildCrashed",
@@ -35,3 +46,25 @@ __all__ = (
     "ProtocolViolation",
     "isolation_report",
 )
+
+#: The public names that live in a heavier module, imported when first asked for.
+_LAZY = {
+    "IsolatedPlugin": "process",
+    "IsolationStats": "process",
+    "IsolationReport": "layers",
+    "Layer": "layers",
+    "isolation_report": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

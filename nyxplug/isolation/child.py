@@ -26,8 +26,11 @@ from typing import Any, NoReturn
 import msgspec
 
 from .._constants import DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE
+from ..source.importer import import_entry
+from ..source.snapshot import Snapshot
 from . import wire
-from .layers import IsolationReport, Limits, apply_layers
+from .layers import IsolationReport, apply_layers
+from .options import Limits
 from .wire import Kind
 
 __all__ = ("Launch", "hello_proof", "run_child", "set_parent_death_signal")
@@ -238,8 +241,6 @@ class ChildSide(asyncio.Protocol):
         return self.finished.result()
 
     async def _load(self, load: wire.Load) -> None:
-        from ..plugins.loader import Snapshot, import_entry
-
         error = ""
         try:
             if self.plugin is not None:

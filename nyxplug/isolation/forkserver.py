@@ -70,15 +70,17 @@ SPAWN_DECODER = msgspec.msgpack.Decoder(Spawn)
 
 
 def _preload() -> None:
-    """Import what children use, so they share it instead of importing it each."""
+    """Import what children use, so they share it instead of importing it each.
+
+    The child side (``child``, ``layers``, ``nyxplug.source``) is imported with this
+    module; never the host's runtime (``nyxplug.plugins``).
+    """
     import asyncio  # noqa: F401
     import faulthandler  # noqa: F401
     import json  # noqa: F401
     import logging  # noqa: F401
 
     from .. import _impl  # noqa: F401
-    from ..plugins import api, loader  # noqa: F401
-    from . import layers  # noqa: F401
 
     try:
         import uvloop  # noqa: F401

@@ -1,4 +1,8 @@
-"""``[isolation]``: how isolated children are started, watched, limited and restarted."""
+"""``[isolation]``: how isolated children are started, watched, limited and restarted.
+
+Plain settings only, cheap to import: ``nyxplug.config`` reads them, and so does the
+child (``Limits``), neither of which should load the host's process machinery.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,31 @@ from typing import Literal
 
 import msgspec
 
-from .layers import Limits
+__all__ = ("IsolationOptions", "Limits")
 
-__all__ = ("IsolationOptions",)
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an isolated child may use. ``None`` leaves that limit as the child found it."""
+
+    #: Bytes of address space (RLIMIT_AS). Virtual memory: thread stacks and malloc arenas count.
+    address_space: int | None = 1 << 30
+    #: Seconds of CPU time (RLIMIT_CPU): SIGXCPU at the limit, SIGKILL one second later.
+    cpu_seconds: int | None = None
+    #: Open file descriptors (RLIMIT_NOFILE).
+    open_files: int | None = 64
+    #: RLIMIT_NPROC: 0 = no new processes. Linux counts every task of the uid, threads too,
+    #: so 0 is left to seccomp (which refuses processes, not threads) when seccomp is there.
+    processes: int | None = 0
+    #: Bytes of memory in the child's cgroup (v1 memory.limit_in_bytes, v2 memory.max).
+    memory: int | None = 256 << 20
+    #: Tasks in the child's cgroup (pids.max); threads count too.
+    pids: int | None = 32
+    #: Allow inet sockets and TCP (seccomp and Landlock otherwise deny them).
+    network: bool = False
+    #: Extra paths the child may read (Landlock), beyond ``layers.default_read_paths()``.
+    read_paths: tuple[str, ...] = ()
+    #: The uid and gid a child started as root drops to.
+    user: int = 65534
 
 
 class IsolationOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from . import wire
+from .cgroup import Cgroup
 from .child import Launch, hello_proof
 from .errors import (
     ChildCrashed,
@@ -36,7 +37,7 @@ from .errors import (
     ProtocolViolation,
 )
 from .launch import ChildProcess, describe_status, spawn_child
-from .layers import Cgroup, IsolationReport, Layer
+from .layers import IsolationReport, Layer
 from .options import IsolationOptions
 from .wire import Kind
 

@@ -12,8 +12,10 @@ import sys
 
 import msgspec
 
+from .cgroup import Cgroup
 from .child import Launch
-from .layers import Cgroup, IsolationReport, Limits, apply_layers
+from .layers import IsolationReport, apply_layers
+from .options import Limits
 
 __all__ = ("isolation_report", "print_own_report")
 

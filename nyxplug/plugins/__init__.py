@@ -1,5 +1,8 @@
 """The plugin runtime around the dispatcher: manifests, discovery, lifecycle, hot reload."""
 
+from ..source.manifest import Manifest as Manifest
+from ..source.manifest import ManifestError as ManifestError
+from ..source.manifest import load_manifest as load_manifest
 from .api import Plugin as Plugin
 from .api import PluginContext as PluginContext
 from .errors import DependencyError as DependencyError
@@ -13,9 +16,6 @@ from .manager import PluginManager as PluginManager
 from .manager import PluginStatus as PluginStatus
 from .manager import plugin as plugin
 from .manager import registered_plugins as registered_plugins
-from .manifest import Manifest as Manifest
-from .manifest import ManifestError as ManifestError
-from .manifest import load_manifest as load_manifest
 from .reload import ReloadResult as ReloadResult
 from .reload import ReloadStats as ReloadStats
 from .state import PluginState as PluginState

@@ -21,13 +21,14 @@ import msgspec
 from .._constants import Permission
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
+from ..source.importer import LoadedCode
+from ..source.layout import INDEX_FILE, MANIFEST_FILE, SIGNATURE_FILE
+from ..source.manifest import Manifest, ManifestError, decode_manifest, manifest_from_dict
 from .errors import PluginStateError
-from .loader import LoadedCode
-from .manifest import MANIFEST_FILE, Manifest, ManifestError, decode_manifest, manifest_from_dict
 from .reload import ReloadCounters, ReloadStats
 from .state import PluginState, can_move
 
-if TYPE_CHECKING:  # nyxplug.trust imports the manifest module, hence this package
+if TYPE_CHECKING:  # nyxplug.trust loads lazily (cryptography costs ~20 ms at import)
     from ..trust import TrustStore
 
 __all__ = (
@@ -43,9 +44,6 @@ __all__ = (
 )
 
 ENTRY_POINT_GROUP = "nyxplug.plugins"
-# nyxplug.trust.package's member names (kept in step by a test; imported lazily there).
-_INDEX_FILE = "NYXPLUG-INDEX"
-_SIGNATURE_FILE = "NYXPLUG-SIGNATURE"
 
 #: manifest path -> ((inode, size, mtime), decoded manifest)
 ManifestCache = dict[Path, tuple[tuple[int, int, int], Manifest]]
@@ -270,7 +268,7 @@ def _folder_record(
         return record
     record = PluginRecord(manifest.name, source, str(folder), manifest, folder=folder)
     record.key_id, record.signer = signer_of(folder, sources.trust)
-    if sources.require_signatures and not (folder / _INDEX_FILE).is_file():
+    if sources.require_signatures and not (folder / INDEX_FILE).is_file():
         record.state = PluginState.FAILED
         record.reason = (
             "unsigned plugin folder, and this host requires signatures - package, sign "
@@ -286,7 +284,7 @@ def signer_of(folder: Path, trust: TrustStore | None) -> tuple[str | None, str |
     Nothing is trusted on this basis: the signature is verified when the plugin loads.
     """
     try:
-        document = json.loads((folder / _SIGNATURE_FILE).read_bytes())
+        document = json.loads((folder / SIGNATURE_FILE).read_bytes())
         key_id = str(document["key_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None

@@ -34,6 +34,9 @@ from .._stats import PluginStats
 from ..config import HostConfig
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
+from ..source.importer import LoadedCode, import_entry, unload_code
+from ..source.manifest import Manifest, ManifestError, check_api_compatible
+from ..source.snapshot import Snapshot
 from .api import PluginContext
 from .catalog import (
     ENTRY_POINT_GROUP,
@@ -49,14 +52,14 @@ from .catalog import (
 from .deps import dependency_order
 from .disabled import read_disabled, write_disabled
 from .errors import DependencyError, PluginLoadError, PluginNotFound, PluginStateError
-from .loader import LoadedCode, Snapshot, import_entry, unload_code
-from .manifest import Manifest, ManifestError, check_api_compatible
 from .reload import LoadSteps, ReloadResult, reload_plugin
 from .staging import guard_of, instantiate, read_code, staged_manifest
 from .state import PluginState
 from .supervise import call_on_unload, lifecycle_call, supervise
 
-if TYPE_CHECKING:  # nyxplug.trust imports the manifest module, hence this package
+# nyxplug.trust (and cryptography, ~20 ms) loads when a manager is made or a package
+# verified, not with `import nyxplug.plugins`, which plugin code does for `Plugin`.
+if TYPE_CHECKING:
     from ..trust import AuditLog, TrustStore
 
 # The catalog names are defined in .catalog and stay importable from here too.

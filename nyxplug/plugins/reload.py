@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..sandbox import SandboxGuard, guarded
+from ..source.importer import LoadedCode, unload_code
+from ..source.manifest import Manifest, check_api_compatible
+from ..source.snapshot import Snapshot
+from ..source.versions import VersionRange
 from .errors import ReloadFailed
-from .loader import LoadedCode, Snapshot, unload_code
-from .manifest import Manifest, check_api_compatible
 from .staging import guard_of, instantiate, staged_manifest
 from .state import PluginState
 from .supervise import call_on_unload, lifecycle_call
-from .versions import VersionRange
 
 if TYPE_CHECKING:  # annotations only: the catalog's records carry this module's counters
     from .catalog import PluginRecord

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy
-from .loader import Snapshot
-from .manifest import MANIFEST_FILE, Manifest, decode_manifest
+from ..source.layout import INDEX_FILE, MANIFEST_FILE
+from ..source.manifest import Manifest, decode_manifest
+from ..source.snapshot import Snapshot
 
-if TYPE_CHECKING:  # nyxplug.trust imports the manifest module, hence this package
+if TYPE_CHECKING:  # nyxplug.trust loads lazily (cryptography costs ~20 ms at import)
     from ..trust import AuditLog, TrustStore
     from .catalog import PluginRecord  # the catalog imports reload, which imports this
 
@@ -36,7 +37,7 @@ def read_code(
     required or not: a package that fails its own index must never run. Every file
     is read, so a planted ``.pyc`` or extra module is refused, not skipped.
     """
-    from ..trust import INDEX_FILE, TrustError, read_installed, verify_contents
+    from ..trust import TrustError, read_installed, verify_contents
 
     folder = record.folder
     if folder is None:

@@ -21,16 +21,14 @@ from pathlib import Path
 
 import msgspec
 
-from ..plugins.loader import read_regular
-from ..plugins.manifest import NAME_PATTERN
+from ..source.layout import INDEX_FILE, NAME_PATTERN, SIGNATURE_FILE
+from ..source.snapshot import read_regular
 from .audit import AuditLog
 from .errors import TrustError, UnsafePackage
 from .package import (
-    INDEX_FILE,
     MAX_MEMBER_BYTES,
     MAX_MEMBERS,
     MAX_PACKAGE_BYTES,
-    SIGNATURE_FILE,
     PackageContents,
     read_package,
 )

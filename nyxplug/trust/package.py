@@ -30,7 +30,17 @@ from pathlib import Path
 import msgspec
 
 from .._atomic import write_atomic
-from ..plugins.loader import MAX_SNAPSHOT_BYTES, MAX_SOURCE_FILE, SKIP_DIRS, read_regular
+from ..source.layout import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    MAX_SNAPSHOT_BYTES,
+    MAX_SOURCE_FILE,
+    PACKAGE_SUFFIX,
+    SIGNATURE_FILE,
+    SKIP_DIRS,
+)
+from ..source.manifest import decode_manifest, load_manifest
+from ..source.snapshot import read_regular
 from .errors import UnsafePackage
 from .keys import SigningKey
 
@@ -57,18 +67,15 @@ __all__ = (
     "write_package",
 )
 
-PACKAGE_SUFFIX = ".nyxp"
-INDEX_FILE = "NYXPLUG-INDEX"
-SIGNATURE_FILE = "NYXPLUG-SIGNATURE"
 INDEX_FORMAT = "nyxplug-index/1"
 SIGNATURE_FORMAT = "nyxplug-signature/1"
 _DOMAIN = b"nyxplug-signature/1\x00"
 
 #: At most this many members in a package (a plugin, not a file system).
 MAX_MEMBERS = 4096
-#: No single file may unpack to more than this (the loader's limit for a source file).
+#: No single file may unpack to more than this (the snapshot's limit for a source file).
 MAX_MEMBER_BYTES = MAX_SOURCE_FILE
-#: Nor all of them together (the loader's limit for a plugin folder).
+#: Nor all of them together (the snapshot's limit for a plugin folder).
 MAX_PACKAGE_BYTES = MAX_SNAPSHOT_BYTES
 #: A member that unpacks to more than this many times its compressed size is a bomb.
 MAX_RATIO = 100
@@ -200,8 +207,6 @@ def package_folder(folder: Path, target: Path | None = None) -> tuple[Path, Inde
 
     The default target is ``<name>-<version>.nyxp`` in the current directory.
     """
-    from ..plugins.manifest import MANIFEST_FILE, decode_manifest, load_manifest
-
     load_manifest(folder)  # a clear ManifestError before anything is written
     files = collect_folder(folder)
     manifest = decode_manifest(files[MANIFEST_FILE], str(folder / MANIFEST_FILE))

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import msgspec
 import semver
 
-from ..plugins.manifest import MANIFEST_FILE, ManifestError, decode_manifest
+from ..source.layout import MANIFEST_FILE
+from ..source.manifest import ManifestError, decode_manifest
 from .audit import AuditLog
 from .errors import (
     IntegrityError,
