@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
     from ..plugins import PluginManager
     from ..trust import AuditLog, TrustStore
 
+    #: ``nyxplug``'s subparsers, which each command module adds its commands to.
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
 __all__ = (
     "given_options",
     "host_config",
@@ -160,7 +163,7 @@ def run(
     try:
         return handler(args)
     except (Problem, NyxplugError) as exc:
-        if not isinstance(exc, (Problem, *_reported_errors())):
+        if not isinstance(exc, Problem) and not isinstance(exc, _reported_errors()):
             raise
         problem = str(exc)
     except OSError as exc:

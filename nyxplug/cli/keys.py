@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import _host
 from ._common import Problem, quoted
@@ -44,7 +44,7 @@ def _key_name(text: str) -> str:
     return text
 
 
-def add_keygen(commands: Any) -> None:
+def add_keygen(commands: _host.Commands) -> None:
     """Add ``keygen`` to ``nyxplug``'s subparsers (``commands``)."""
     keygen = commands.add_parser(
         "keygen",
@@ -81,7 +81,7 @@ def add_keygen(commands: Any) -> None:
     )
 
 
-def add_sign(commands: Any) -> None:
+def add_sign(commands: _host.Commands) -> None:
     """Add ``sign`` to ``nyxplug``'s subparsers (``commands``)."""
     sign = commands.add_parser(
         "sign",

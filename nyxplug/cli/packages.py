@@ -14,7 +14,6 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from . import _host
 from ._common import Problem, quoted, relative_path
@@ -26,7 +25,7 @@ __all__ = ("COMMANDS", "add_install_commands", "add_package", "run")
 COMMANDS = ("package", "verify", "install", "uninstall")
 
 
-def add_package(commands: Any) -> None:
+def add_package(commands: _host.Commands) -> None:
     """Add ``package`` to ``nyxplug``'s subparsers (``commands``)."""
     package = commands.add_parser(
         "package",
@@ -46,7 +45,7 @@ def add_package(commands: Any) -> None:
     )
 
 
-def add_install_commands(commands: Any) -> None:
+def add_install_commands(commands: _host.Commands) -> None:
     """Add ``verify``, ``install`` and ``uninstall`` to ``nyxplug``'s subparsers."""
     host = _host.store_options()
     verify = commands.add_parser(

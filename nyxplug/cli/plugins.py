@@ -79,7 +79,7 @@ def _plugin_id(text: str) -> int:
     return value
 
 
-def add_commands(commands: Any, host: argparse.ArgumentParser) -> None:
+def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> None:
     """Add the plugin subcommands to ``nyxplug``'s subparsers; ``host`` holds the host options."""
     new = commands.add_parser(
         "new",

@@ -13,13 +13,14 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import _host
 from ._common import Problem
 
 if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
-    from ..plugins import PluginManager
+    from ..plugins import PluginManager, ReloadStats
+    from ..plugins.watch import PluginWatcher
     from .control import ControlServer, Failure
 
 __all__ = ("COMMANDS", "add_commands", "describe", "reload_count", "run", "serve")
@@ -31,7 +32,7 @@ COMMANDS = ("reload",)
 RELOAD_TIMEOUT = 300.0
 
 
-def add_commands(commands: Any, host: argparse.ArgumentParser) -> None:
+def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> None:
     """Add ``reload`` to ``nyxplug``'s subparsers; ``host`` holds the host options."""
     reload = commands.add_parser(
         "reload",
@@ -197,7 +198,7 @@ async def _serve(manager: PluginManager, server: ControlServer) -> int:
     return 0
 
 
-def reload_count(reloads: Any) -> str:
+def reload_count(reloads: ReloadStats) -> str:
     """``succeeded/attempted``, or ``-`` before the first reload (``nyxplug list``'s RELOADS)."""
     return f"{reloads.succeeded}/{reloads.attempted}" if reloads.attempted else "-"
 
@@ -216,7 +217,7 @@ async def _until(event: asyncio.Event, stop: asyncio.Event) -> None:
 class _OutcomePrinter:
     """Prints each outcome the watcher records, once and in order."""
 
-    def __init__(self, watcher: Any) -> None:
+    def __init__(self, watcher: PluginWatcher) -> None:
         self.watcher = watcher
         self.seen = 0
 

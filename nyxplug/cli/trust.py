@@ -102,7 +102,7 @@ def grant_options() -> argparse.ArgumentParser:
     return grant
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: _host.Commands) -> None:
     """Add ``trust`` and ``audit`` to ``nyxplug``'s subparsers (``commands``)."""
     host = _host.store_options()
     trust = commands.add_parser(
