@@ -42,6 +42,15 @@ from nyxplug.trust import (
     read_package,
     uninstall_package,
 )
+from nyxplug.trust.keys import (
+    KEY_DIR_ENV,
+    PASSPHRASE_ENV,
+    default_key_dir,
+    default_key_name,
+    is_encrypted,
+    key_files,
+    passphrase_from,
+)
 from nyxplug.trust.package import check_member_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -653,6 +662,34 @@ def test_signing_key_load_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.key").write_bytes(b"not a key\n")
     with pytest.raises(KeyFileError, match="not a PEM private key"):
         SigningKey.load(tmp_path / "junk.key")
+
+
+def test_key_folder_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = SigningKey.generate("dana")
+    key.save(tmp_path / "plain.key")
+    key.save(tmp_path / "locked.key", passphrase=b"secret")
+    assert not is_encrypted(tmp_path / "plain.key")
+    assert is_encrypted(tmp_path / "locked.key")
+    with pytest.raises(
+        KeyFileError,
+        match=r"^Cannot use .*missing\.key: cannot read it \(No such file or directory\)$",
+    ):
+        is_encrypted(tmp_path / "missing.key")
+    assert key_files(tmp_path) == [tmp_path / "locked.key", tmp_path / "plain.key"]
+    assert key_files(tmp_path / "nowhere") == []
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_key_dir({KEY_DIR_ENV: str(tmp_path)}) == tmp_path
+    assert default_key_dir({KEY_DIR_ENV: ""}) == tmp_path / "home" / ".nyxplug" / "keys"
+    assert default_key_dir({}) == tmp_path / "home" / ".nyxplug" / "keys"
+    assert passphrase_from({PASSPHRASE_ENV: "pw"}) == b"pw"
+    assert passphrase_from({PASSPHRASE_ENV: ""}) is None
+    assert passphrase_from({}) is None
+
+    monkeypatch.setenv("LOGNAME", "Eve O'Neil")  # getpass.getuser reads $LOGNAME first
+    assert default_key_name() == "eve-o-neil"
+    monkeypatch.setenv("LOGNAME", "!!!")
+    assert default_key_name() == "publisher"
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """The ``nyxplug`` command line: ``demo``, ``bench`` and the plugin commands.
 
-``new``, ``validate``, ``list``, ``info``, ``enable`` and ``disable`` live in
-``nyxplug.cli.plugins``; ``keygen``, ``package``, ``sign``, ``verify``, ``install``,
-``uninstall``, ``trust`` and ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the
-watching host of ``run --watch``) in ``nyxplug.cli.reload``; ``isolation`` in
-``nyxplug.cli.isolation``.
+``new``, ``validate``, ``list``, ``info``, ``run``, ``enable`` and ``disable`` live in
+``nyxplug.cli.plugins``; ``keygen`` and ``sign`` in ``nyxplug.cli.keys``; ``package``,
+``verify``, ``install`` and ``uninstall`` in ``nyxplug.cli.packages``; ``trust`` and
+``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the watching host of ``run --watch``)
+in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``. The host options
+they share, and how a problem is reported, are ``nyxplug.cli._host``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import isolation, plugins, reload, trust
+from . import _host, isolation, keys, packages, plugins, reload, trust
 
 __all__ = ("main",)
 
@@ -62,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    host = plugins.host_options()
+    host = _host.host_options()
     plugins.add_commands(commands, host)
     reload.add_commands(commands, host)
+    # Listed in the order they are used: a publisher's keygen, package, sign; a host's
+    # verify and install.
+    keys.add_keygen(commands)
+    packages.add_package(commands)
+    keys.add_sign(commands)
+    packages.add_install_commands(commands)
     trust.add_commands(commands)
     isolation.add_commands(commands)
     return parser
@@ -117,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return plugins.run(args)
     if args.command in reload.COMMANDS:
         return reload.run(args)
+    if args.command in keys.COMMANDS:
+        return keys.run(args)
+    if args.command in packages.COMMANDS:
+        return packages.run(args)
     if args.command in trust.COMMANDS:
         return trust.run(args)
     if args.command in isolation.COMMANDS:

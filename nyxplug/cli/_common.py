@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
-__all__ = ("Problem", "relative_path")
+__all__ = ("Problem", "quoted", "relative_path")
 
 
 class Problem(Exception):
@@ -17,3 +18,8 @@ def relative_path(path: Path) -> str:
         return str(path.absolute().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def quoted(text: str) -> str:
+    """``text`` as one shell word, for a command the output suggests."""
+    return shlex.quote(text)

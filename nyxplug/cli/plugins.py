@@ -1,8 +1,8 @@
-"""``nyxplug new / validate / list / info / enable / disable``: plugins from the shell.
+"""``nyxplug new / validate / list / info / run / enable / disable``: plugins from the shell.
 
-Every command reads the host configuration (``--config FILE``, else ``$NYXPLUG_CONFIG``,
-else the defaults, then ``NYXPLUG_*`` overrides) and ``--plugin-dir DIR`` replaces its
-plugin directories. Output is plain text on stdout; a problem is one line on stderr,
+Every command reads the host configuration with its host options applied
+(``nyxplug.cli._host``: ``--config``, ``--plugin-dir``, ``--state-dir``,
+``--allow-unsigned``). Output is plain text on stdout; a problem is one line on stderr,
 ``nyxplug COMMAND: what went wrong - what to do``, and exit status 1; usage errors are
 argparse's (exit status 2).
 """
@@ -11,25 +11,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import re
 import sys
-import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..source.layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN
+from . import _host
 from ._common import Problem, relative_path
+
+if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
+    from ..config import HostConfig
+    from ..plugins import PluginManager, PluginStatus
+    from .control import Status
 
 __all__ = (
     "COMMANDS",
     "EXAMPLES_DIR",
     "add_commands",
     "default_plugin_id",
-    "host_options",
     "run",
     "scaffold",
 )
@@ -69,40 +74,8 @@ def _plugin_id(text: str) -> int:
     return value
 
 
-def host_options() -> argparse.ArgumentParser:
-    """The options every command that acts for a host shares (a parent parser)."""
-    host = argparse.ArgumentParser(add_help=False)
-    options = host.add_argument_group("host options")
-    options.add_argument(
-        "--config",
-        metavar="FILE",
-        help="host configuration file (default: $NYXPLUG_CONFIG, else built-in defaults)",
-    )
-    options.add_argument(
-        "--plugin-dir",
-        dest="plugin_dirs",
-        action="append",
-        metavar="DIR",
-        help="folder of plugin folders; repeat for more (replaces runtime.plugin_dirs)",
-    )
-    options.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="where enable/disable is remembered and a running host's control socket is "
-        "(replaces runtime.state_dir)",
-    )
-    options.add_argument(
-        "--allow-unsigned",
-        action="store_true",
-        help="load unsigned plugin folders (development only; replaces runtime.require_signatures)",
-    )
-    return host
-
-
-def add_commands(commands: Any, host: argparse.ArgumentParser | None = None) -> None:
-    """Add the plugin subcommands to ``nyxplug``'s subparsers (``commands``)."""
-    if host is None:
-        host = host_options()
+def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> None:
+    """Add the plugin subcommands to ``nyxplug``'s subparsers; ``host`` holds the host options."""
     new = commands.add_parser(
         "new",
         parents=[host],
@@ -205,62 +178,14 @@ def add_commands(commands: Any, host: argparse.ArgumentParser | None = None) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; returns the exit status."""
-    from ..config import ConfigError
-    from ..plugins import ManifestError, PluginNotFound
-
-    command: str = args.command
-    try:
-        if command == "new":
-            return _new(args)
-        if command == "validate":
-            return _validate(args)
-        if command == "list":
-            return _list(args)
-        if command == "info":
-            return _info(args)
-        if command == "run":
-            return _run_plugins(args)
-        return _toggle(args, enable=command == "enable")
-    except (Problem, ConfigError, ManifestError, PluginNotFound) as exc:
-        print(f"nyxplug {command}: {exc}", file=sys.stderr)
-        return 1
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from ..config import load_config
-
-    return load_config(args.config, environ=os.environ)
-
-
-def _manager(args: argparse.Namespace, config: Any = None) -> Any:
-    """A ``PluginManager`` as the host would build it, with the command-line overrides.
-
-    Classes registered with ``@plugin`` are left out: this process has none of its own
-    (entry-point classes are found through their entry points).
-    """
-    from ..plugins import PluginManager
-
-    try:
-        return PluginManager(
-            config if config is not None else _config(args),
-            plugin_dirs=_dirs(args.plugin_dirs),
-            state_dir=os.path.abspath(args.state_dir) if args.state_dir else None,
-            include_registered=False,
-            require_signatures=False if args.allow_unsigned else None,
-        )
-    except ValueError as exc:  # an unreadable state file or trust store
-        raise Problem(str(exc)) from None
-
-
-def _dirs(dirs: list[str] | None) -> list[str] | None:
-    return None if dirs is None else [os.path.abspath(d) for d in dirs]
+    return _host.run(args.command, _HANDLERS[args.command], args)
 
 
 # -- run --------------------------------------------------------------------------------
 
 
 def _run_plugins(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _host.host_config(args)
     watch = config.runtime.watch if args.watch is None else args.watch
     if watch and args.frames is not None:
         raise Problem(
@@ -279,14 +204,14 @@ def _run_plugins(args: argparse.Namespace) -> int:
         if watch:
             from .reload import serve
 
-            return serve(_manager(args, config))
-        return asyncio.run(_run_async(_manager(args, config), frames))
+            return serve(_host.plugin_manager(config))
+        return asyncio.run(_run_async(_host.plugin_manager(config), frames))
     finally:
         plugin_logs.removeHandler(handler)
         plugin_logs.setLevel(old_level)
 
 
-async def _run_async(manager: Any, frames: int) -> int:
+async def _run_async(manager: PluginManager, frames: int) -> int:
     from .. import FrameType, Permission, PluginHeader
 
     catalog = await manager.start()
@@ -294,20 +219,24 @@ async def _run_async(manager: Any, frames: int) -> int:
         line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
         print(line + (f" - {status.reason}" if status.reason else ""))
     active = [s for s in catalog if s.state == "active"]
-    targets = [s for s in active if "DATA_ACCESS" in s.permissions]
+    # The plugin ids to send to (permissions come from a manifest, so each has an id).
+    targets = {s.name: s.id for s in active if "DATA_ACCESS" in s.permissions and s.id is not None}
     try:
-        for status in targets:
+        for plugin_id in targets.values():
             for n in range(frames):
                 payload = f"frame {n}".encode()
-                await manager.dispatcher.dispatch(FrameType.DATA, PluginHeader(status.id), payload)
+                await manager.dispatcher.dispatch(FrameType.DATA, PluginHeader(plugin_id), payload)
         await manager.dispatcher.wait_idle()
     finally:
         stats = {s.name: manager.stats(s.name) for s in active}
         await manager.aclose()
     print("\nplugin               frames  errors  sandbox_violations")
-    for name, st in stats.items():
-        print(f"{name:<20} {st.messages_processed:>6}  {st.errors:>6}  {st.sandbox_violations:>18}")
-    skipped = [s.name for s in active if s not in targets]
+    for name, st in stats.items():  # no counters: a plugin without a manifest (none sent)
+        frames_done, errors, violations = (
+            (st.messages_processed, st.errors, st.sandbox_violations) if st else (0, 0, 0)
+        )
+        print(f"{name:<20} {frames_done:>6}  {errors:>6}  {violations:>18}")
+    skipped = [s.name for s in active if s.name not in targets]
     if skipped:
         print(f"(no DATA frames for {', '.join(skipped)}: no {Permission.DATA_ACCESS.name})")
     return 0 if active and all(s.state != "failed" for s in catalog) else 1
@@ -369,7 +298,11 @@ def scaffold(name: str, parent: Path, *, plugin_id: int) -> tuple[Path, list[tup
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..plugins import PluginLoadError, PluginManager, PluginStateError
+    import tempfile
+
+    import msgspec
+
+    from ..plugins import PluginLoadError, PluginStateError
     from ..source.manifest import check_api_compatible, load_manifest
 
     folder = Path(args.folder).resolve()
@@ -380,17 +313,17 @@ def _validate(args: argparse.Namespace) -> int:
         )
     manifest = load_manifest(folder)
     check_api_compatible(manifest, source=str(folder / MANIFEST_FILE))
-    config = _config(args)
+    config = _host.host_config(args)
     # A throwaway state dir: whether this host disabled the plugin does not matter here.
     with tempfile.TemporaryDirectory(prefix="nyxplug-validate-") as state:
-        manager = PluginManager(
-            config,
-            plugin_dirs=[folder.parent],
+        runtime = msgspec.structs.replace(
+            config.runtime,
+            plugin_dirs=(str(folder.parent),),
             state_dir=state,
             entry_points=False,
-            include_registered=False,
             require_signatures=False,  # validate checks the folder; `nyxplug verify` a package
         )
+        manager = _host.plugin_manager(msgspec.structs.replace(config, runtime=runtime))
         manager.discover()
         mine = [s for s in manager.catalog() if Path(s.location) == folder]
         if not mine:  # another folder next to it has the same [plugin] name
@@ -426,8 +359,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    config = _config(args)
-    live = _live_status(args, config)
+    config = _host.host_config(args)
+    live = _live_status(config)
     if live is not None:
         path, reply = live
         print(f"Live catalog of the host at {relative_path(path)} (pid {reply.pid})")
@@ -439,7 +372,7 @@ def _list(args: argparse.Namespace) -> int:
         ]
         _print_catalog(args, catalog, reply.discovery_errors, "in the running host", live=True)
         return 0
-    manager = _manager(args, config)
+    manager = _host.plugin_manager(config)
     manager.discover()
     where = ", ".join(str(d) for d in manager.plugin_dirs) or "no plugin directories"
     _print_catalog(
@@ -450,7 +383,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _print_catalog(
-    args: argparse.Namespace, catalog: list[Any], errors: Sequence[str], where: str, *, live: bool
+    args: argparse.Namespace,
+    catalog: list[PluginStatus],
+    errors: Sequence[str],
+    where: str,
+    *,
+    live: bool,
 ) -> None:
     """The catalog table; a running host's adds its reload counts and last swap pause."""
     from .reload import reload_count
@@ -492,11 +430,11 @@ def _print_catalog(
             print(f"  {error}")
 
 
-def _live_status(args: argparse.Namespace, config: Any) -> tuple[Path, Any] | None:
+def _live_status(config: HostConfig) -> tuple[Path, Status] | None:
     """The running host's ``Status`` reply, or None when no host answers."""
     from .control import NoHost, Status, StatusRequest, request, socket_path
 
-    path = socket_path(args.state_dir or config.runtime.state_dir)
+    path = socket_path(config.runtime.state_dir)
     try:
         reply = request(path, StatusRequest(), timeout=_STATUS_TIMEOUT)
     except NoHost:
@@ -519,7 +457,7 @@ def _pause(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f}ms"
 
 
-def _signer(status: Any) -> str:
+def _signer(status: PluginStatus) -> str:
     """``alice:1913a34716a64faa``, ``untrusted:<key id>`` or ``unsigned`` (one word)."""
     if status.key_id is None:
         return "unsigned"
@@ -529,7 +467,7 @@ def _signer(status: Any) -> str:
 def _info(args: argparse.Namespace) -> int:
     import msgspec
 
-    manager = _manager(args)
+    manager = _host.plugin_manager(_host.host_config(args))
     manager.discover()
     status = manager.status(args.name)
     fields = msgspec.structs.asdict(status)
@@ -597,7 +535,7 @@ def _value(value: object) -> str:
 def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
     from ..plugins.manager import STATE_FILE
 
-    manager = _manager(args)
+    manager = _host.plugin_manager(_host.host_config(args))
     manager.discover()
     before = manager.status(args.name)
     try:
@@ -620,3 +558,14 @@ def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
         print(f"{args.name}: {was}; it will not load until `nyxplug enable {args.name}` "
               f"(remembered in {where})")  # fmt: skip
     return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "new": _new,
+    "validate": _validate,
+    "list": _list,
+    "info": _info,
+    "run": _run_plugins,
+    "enable": functools.partial(_toggle, enable=True),
+    "disable": functools.partial(_toggle, enable=False),
+}

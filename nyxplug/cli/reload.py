@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from . import _host
 from ._common import Problem
 
-if TYPE_CHECKING:
-    from .control import ControlServer
+if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
+    from ..plugins import PluginManager, ReloadStats
+    from ..plugins.watch import PluginWatcher
+    from .control import ControlServer, Failure
 
 __all__ = ("COMMANDS", "add_commands", "describe", "reload_count", "run", "serve")
 
@@ -30,7 +32,7 @@ COMMANDS = ("reload",)
 RELOAD_TIMEOUT = 300.0
 
 
-def add_commands(commands: Any, host: argparse.ArgumentParser) -> None:
+def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> None:
     """Add ``reload`` to ``nyxplug``'s subparsers; ``host`` holds the host options."""
     reload = commands.add_parser(
         "reload",
@@ -52,26 +54,24 @@ def add_commands(commands: Any, host: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; returns the exit status."""
-    from ..config import ConfigError, load_config
+    return _host.run(args.command, _reload, args)
+
+
+def _reload(args: argparse.Namespace) -> int:
     from .control import Failure, Reloaded, ReloadRequest, request, socket_path
 
-    try:
-        config = load_config(args.config, environ=os.environ)
-        path = socket_path(args.state_dir or config.runtime.state_dir)
-        message = ReloadRequest(name=args.name, allow_downgrade=args.allow_downgrade)
-        reply = request(path, message, timeout=RELOAD_TIMEOUT)
-        if isinstance(reply, Reloaded):
-            print(describe(reply.result))
-            return 0
-        if isinstance(reply, Failure):
-            raise Problem(_failure_text(reply))
-        raise Problem(f"Expected a reload reply from {path}, got a {type(reply).__name__} reply")
-    except (Problem, ConfigError) as exc:
-        print(f"nyxplug {args.command}: {exc}", file=sys.stderr)
-        return 1
+    path = socket_path(_host.host_config(args).runtime.state_dir)
+    message = ReloadRequest(name=args.name, allow_downgrade=args.allow_downgrade)
+    reply = request(path, message, timeout=RELOAD_TIMEOUT)
+    if isinstance(reply, Reloaded):
+        print(describe(reply.result))
+        return 0
+    if isinstance(reply, Failure):
+        raise Problem(_failure_text(reply))
+    raise Problem(f"Expected a reload reply from {path}, got a {type(reply).__name__} reply")
 
 
-def _failure_text(reply: Any) -> str:
+def _failure_text(reply: Failure) -> str:
     if reply.error != "reload-failed":
         return str(reply.message)
     running = f" ({reply.running})" if reply.running else ""
@@ -113,7 +113,7 @@ def describe(outcome: object, name: str | None = None) -> str:
 # -- the watching host ----------------------------------------------------------------------
 
 
-def serve(manager: Any) -> int:
+def serve(manager: PluginManager) -> int:
     """Run the watching host on ``manager`` until SIGINT/SIGTERM; returns the exit status."""
     from .control import ControlServer, socket_path
 
@@ -136,7 +136,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def _serve(manager: Any, server: ControlServer) -> int:
+async def _serve(manager: PluginManager, server: ControlServer) -> int:
     from ..plugins.watch import PluginWatcher
 
     loop = asyncio.get_running_loop()
@@ -198,7 +198,7 @@ async def _serve(manager: Any, server: ControlServer) -> int:
     return 0
 
 
-def reload_count(reloads: Any) -> str:
+def reload_count(reloads: ReloadStats) -> str:
     """``succeeded/attempted``, or ``-`` before the first reload (``nyxplug list``'s RELOADS)."""
     return f"{reloads.succeeded}/{reloads.attempted}" if reloads.attempted else "-"
 
@@ -217,7 +217,7 @@ async def _until(event: asyncio.Event, stop: asyncio.Event) -> None:
 class _OutcomePrinter:
     """Prints each outcome the watcher records, once and in order."""
 
-    def __init__(self, watcher: Any) -> None:
+    def __init__(self, watcher: PluginWatcher) -> None:
         self.watcher = watcher
         self.seen = 0
 

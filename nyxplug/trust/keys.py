@@ -4,6 +4,10 @@ A private key is a PKCS#8 PEM file, encrypted when a passphrase is given. A publ
 key is one line, ``nyxplug-ed25519 <base64 of the 32 raw bytes> <name>``, easy to
 paste into a trust store. The key id is the first 16 hex digits of the SHA-256 of
 the raw public key: it *selects* a trusted key, it never authenticates anything.
+
+A publisher's keys live in one folder, ``$NYXPLUG_KEY_DIR`` (default
+``~/.nyxplug/keys``), as ``NAME.key`` and ``NAME.pub``; their passphrase can come from
+``$NYXPLUG_KEY_PASSPHRASE``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import base64
 import binascii
 import hashlib
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +28,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .errors import KeyFileError
 
 __all__ = (
+    "KEY_DIR_ENV",
+    "KEY_NAME_PATTERN",
+    "PASSPHRASE_ENV",
     "PUBLIC_KEY_PREFIX",
     "PublicKey",
     "SigningKey",
+    "default_key_dir",
+    "default_key_name",
+    "is_encrypted",
+    "key_files",
     "key_id_of",
+    "passphrase_from",
 )
 
 PUBLIC_KEY_PREFIX = "nyxplug-ed25519"
+#: Names the folder keys are written to and looked up in (default ``~/.nyxplug/keys``).
+KEY_DIR_ENV = "NYXPLUG_KEY_DIR"
+#: The passphrase of (new and existing) private keys, when set and not empty.
+PASSPHRASE_ENV = "NYXPLUG_KEY_PASSPHRASE"
+#: A key's name: its file name in the key folder (``NAME.key``, ``NAME.pub``).
+KEY_NAME_PATTERN = r"^[a-z0-9_][a-z0-9_-]{0,63}$"
 
 
 def key_id_of(raw_public_key: bytes) -> str:
@@ -153,7 +173,7 @@ class SigningKey:
             private = serialization.load_pem_private_key(data, password=passphrase or None)
         except TypeError:
             hint = (
-                "it is encrypted - give the passphrase ($NYXPLUG_KEY_PASSPHRASE)"
+                f"it is encrypted - give the passphrase (${PASSPHRASE_ENV})"
                 if not passphrase
                 else "it is not encrypted - drop the passphrase"
             )
@@ -168,3 +188,52 @@ class SigningKey:
         if not isinstance(private, Ed25519PrivateKey):
             raise KeyFileError(str(path), f"expected an Ed25519 key, got {type(private).__name__}")
         return cls(private, name or Path(path).stem)
+
+
+# -- the key folder ---------------------------------------------------------------------
+
+
+def default_key_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$NYXPLUG_KEY_DIR``, else ``~/.nyxplug/keys`` (absolute)."""
+    named = environ.get(KEY_DIR_ENV, "")
+    folder = Path(named).expanduser() if named else Path.home() / ".nyxplug" / "keys"
+    return folder.absolute()
+
+
+def default_key_name() -> str:
+    """The user name, lowercased, with anything but ``[a-z0-9_-]`` turned into ``-``.
+
+    ``publisher`` when that leaves no valid key name (no user name, or only symbols).
+    """
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no $USER and no passwd entry (some containers)
+        user = ""
+    name = re.sub(r"[^a-z0-9_-]+", "-", user.lower()).strip("-")[:64]
+    return name if re.fullmatch(KEY_NAME_PATTERN, name) else "publisher"
+
+
+def key_files(folder: Path) -> list[Path]:
+    """The private keys (``*.key``) in a key folder, sorted; none when there is no folder."""
+    return sorted(folder.glob("*.key")) if folder.is_dir() else []
+
+
+def passphrase_from(environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """``$NYXPLUG_KEY_PASSPHRASE`` as bytes; None when it is unset or empty."""
+    value = environ.get(PASSPHRASE_ENV, "")
+    return value.encode() if value else None
+
+
+def is_encrypted(path: str | os.PathLike[str]) -> bool:
+    """True when the private key file needs a passphrase (an encrypted PKCS#8 PEM).
+
+    Only the PEM header is read, so a caller asks for a passphrase only when one is needed.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(200)
+    except OSError as exc:
+        raise KeyFileError(str(path), f"cannot read it ({exc.strerror})") from None
+    return b"ENCRYPTED PRIVATE KEY" in head
