@@ -131,6 +131,17 @@ class TrustStore:
             raise KeyFileError(
                 str(self.path), f"expected format {TRUST_FORMAT!r}, got {data.format!r}"
             )
+        for entry in data.keys:
+            # An id is derived from its key, never trusted as written: an entry whose id
+            # names another key would stay trusted when the real id is revoked.
+            derived = entry.public().key_id
+            if derived != entry.key_id:
+                raise KeyFileError(
+                    str(self.path),
+                    f"expected key id {derived} for the key named {entry.name or '(unnamed)'}, "
+                    f"got {entry.key_id} - the store was edited by hand or tampered with; "
+                    "remove the entry and `nyxplug trust add` the .pub file again",
+                )
         return data
 
     def reload(self) -> None:
