@@ -325,6 +325,31 @@ async def test_a_hanging_handler_is_cancelled_at_its_timeout_and_counted(
         assert "exceeded its 0.05 s timeout" in caplog.text
 
 
+
+async def test_a_timeout_is_logged_as_one_line(
+    impl: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 18: no chained tracebacks - the message names plugin, frame and fix."""
+    code = RECORDER.replace(
+        "        self.seen.append(message.payload)",
+        "        self.seen.append(message.payload)\n"
+        "        await asyncio.Event().wait()",
+    )
+    write_plugin(tmp_path, "sleepy", 44, code, resources={"handler_timeout": 0.05})
+    async with manager_for(impl, tmp_path) as manager:
+        with caplog.at_level(logging.ERROR, logger="nyxplug"):
+            await send(manager, 44, b"hang")
+            await manager.dispatcher.wait_idle(44)
+    [record] = [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert record.exc_info is None
+    assert caplog.text.count("Traceback") == 0
+    assert record.getMessage() == (
+        "Handler of plugin 44 timed out on frame 0x52 (DATA): Handler of plugin 'sleepy' (id 44) "
+        "exceeded its 0.05 s timeout on a 0x52 (DATA) frame and was cancelled; raise "
+        "[resources] handler_timeout or make the handler faster"
+    )
+
+
 # -- dependencies ---------------------------------------------------------------------
 
 
