@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._constants import frame_type_name
+from ._errors import NyxplugError
 
 __all__ = ("log_handler_error", "logger", "resolve_handler")
 
@@ -50,6 +51,13 @@ def log_handler_error(plugin_id: int, frame_type: int, count: int, exc: BaseExce
     from .sandbox import unguarded  # the plugin's sandbox must not refuse our log handlers
 
     with unguarded():
+        if isinstance(exc, NyxplugError) and isinstance(exc, TimeoutError):
+            # A timeout nyxplug enforced says all there is (plugin, frame, limit, fix);
+            # the stack of the cancelled handler would bury it in chained tracebacks.
+            logger.error(
+                "Handler of plugin %d timed out on %s: %s", plugin_id, what, exc, exc_info=None
+            )
+            return
         logger.error(
             "Handler of plugin %d raised on %s; counted in PluginStats.errors, the worker goes on",
             plugin_id,

@@ -325,6 +325,29 @@ async def test_a_hanging_handler_is_cancelled_at_its_timeout_and_counted(
         assert "exceeded its 0.05 s timeout" in caplog.text
 
 
+async def test_a_timeout_is_logged_as_one_line(
+    impl: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 18: no chained tracebacks - the message names plugin, frame and fix."""
+    code = RECORDER.replace(
+        "        self.seen.append(message.payload)",
+        "        self.seen.append(message.payload)\n        await asyncio.Event().wait()",
+    )
+    write_plugin(tmp_path, "sleepy", 44, code, resources={"handler_timeout": 0.05})
+    async with manager_for(impl, tmp_path) as manager:
+        with caplog.at_level(logging.ERROR, logger="nyxplug"):
+            await send(manager, 44, b"hang")
+            await manager.dispatcher.wait_idle(44)
+    [record] = [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert record.exc_info is None
+    assert caplog.text.count("Traceback") == 0
+    assert record.getMessage() == (
+        "Handler of plugin 44 timed out on frame 0x52 (DATA): Handler of plugin 'sleepy' (id 44) "
+        "exceeded its 0.05 s timeout on a 0x52 (DATA) frame and was cancelled; raise "
+        "[resources] handler_timeout or make the handler faster"
+    )
+
+
 # -- dependencies ---------------------------------------------------------------------
 
 
@@ -661,3 +684,32 @@ async def test_ctx_dispatch_works_from_on_load_and_follows_the_registry(
         manager.dispatcher.registry.set_permissions(53, Permission(0))
         with pytest.raises(PermissionDenied):
             ctx.dispatch_nowait(FrameType.DATA, PluginHeader(50), b"")
+
+
+async def test_ctx_try_dispatch_reports_its_own_refusals_as_statuses(impl: Any) -> None:
+    """SPEC 3: try_dispatch returns a status and never raises for a refusal (issue 15 item 2)."""
+    from nyxplug import DispatchStatus
+    from nyxplug.plugins import PluginContext
+    from nyxplug.sandbox import SandboxGuard, SandboxPolicy
+
+    async with impl.Dispatcher() as d:
+        await d.load_plugin(impl_info(60), None)
+        await d.load_plugin(impl_info(61), None)
+        guard = SandboxGuard(SandboxPolicy(), 61)
+        ctx = PluginContext(
+            name="p61", plugin_id=61, version="1.0.0", config={}, dispatcher=d, guard=guard
+        )
+        assert ctx.try_dispatch(FrameType.CONTROL, PluginHeader(60)) is (
+            DispatchStatus.PERMISSION_DENIED
+        )
+        d.registry.set_permissions(61, Permission.CONTROL | Permission.DATA_ACCESS)
+        bad = PluginHeader(60, 0, b"SBX:OPEN /etc/passwd")
+        assert ctx.try_dispatch(FrameType.CONTROL, bad) is DispatchStatus.SANDBOX_VIOLATION
+        assert ctx.try_dispatch(FrameType.CONTROL, bad.encode()) is (
+            DispatchStatus.SANDBOX_VIOLATION
+        )
+        assert ctx.try_dispatch(FrameType.CONTROL, b"\xff") is DispatchStatus.HEADER_DECODE_ERROR
+        assert guard.violations == 2
+        assert ctx.try_dispatch(FrameType.DATA, PluginHeader(60), b"ok") is DispatchStatus.OK
+        with pytest.raises(SandboxViolation):
+            ctx.dispatch_nowait(FrameType.CONTROL, bad)

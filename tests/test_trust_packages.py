@@ -51,7 +51,7 @@ from nyxplug.trust.keys import (
     key_files,
     passphrase_from,
 )
-from nyxplug.trust.package import check_member_name
+from nyxplug.trust.package import build_index, check_member_name, sign_index, write_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -802,3 +802,31 @@ def test_refusal_names_the_package_file_and_a_short_check(sim: PackageSimulator)
         sim.install(package)
     assert re.fullmatch(r"[a-z]+(-[a-z]+)*", excinfo.value.check)
     assert str(package) in str(excinfo.value)  # the message names the package file
+
+
+def _signed_with_extra_files(sim: PackageSimulator, extra: dict[str, bytes]) -> Path:
+    """A package whose signed index itself lists ``extra`` (a publisher gone rogue)."""
+    contents = read_package(sim.build(signed=False))
+    files = {**contents.files, **extra}
+    index = build_index("demo", 7, "1.0.0", files).encode()
+    target = sim.pkg_dir / "rogue.nyxp"
+    write_package(target, index, files, sign_index(index, sim.publisher, sim.now))
+    return target
+
+
+def test_a_signed_member_name_no_file_system_holds_is_refused(sim: PackageSimulator) -> None:
+    """Issue 15 item 8: a 300-byte name was a bare OSError at install."""
+    long_name = "a" * 300 + ".py"
+    with pytest.raises(UnsafePackage) as excinfo:
+        sim.install(_signed_with_extra_files(sim, {long_name: b"x = 1\n"}))
+    refused(sim, excinfo, UnsafePackage, "unsafe-path", "longer than 255 bytes",
+            plugin=None)  # fmt: skip
+
+
+def test_a_signed_member_that_is_file_and_folder_is_refused(sim: PackageSimulator) -> None:
+    """Issue 15 item 8: both ``lib`` and ``lib/mod.py`` was a bare OSError at install."""
+    package = _signed_with_extra_files(sim, {"lib": b"", "lib/mod.py": b"x = 1\n"})
+    with pytest.raises(UnsafePackage) as excinfo:
+        sim.install(package)
+    refused(sim, excinfo, UnsafePackage, "unsafe-path",
+            "member 'lib' is a file and also the folder of 'lib/mod.py'", plugin=None)  # fmt: skip

@@ -394,3 +394,13 @@ async def test_closing_does_not_wait_for_the_debounce(impl: Any, tmp_path: Path)
     async with asyncio.timeout(EVENT_TIMEOUT):
         await watcher.aclose()  # closing twice is fine
     assert watcher._task is not None and watcher._task.done()
+
+
+def test_watcher_is_importable_where_the_readme_says() -> None:
+    """README: ``PluginWatcher(manager)`` from ``nyxplug.plugins`` (issue 15 item 23)."""
+    import nyxplug.plugins
+    from nyxplug.plugins import PluginWatcher
+    from nyxplug.plugins.watch import PluginWatcher as defined
+
+    assert PluginWatcher is defined
+    assert "PluginWatcher" in nyxplug.plugins.__all__

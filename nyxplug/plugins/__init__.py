@@ -19,6 +19,7 @@ from .manager import registered_plugins as registered_plugins
 from .reload import ReloadResult as ReloadResult
 from .reload import ReloadStats as ReloadStats
 from .state import PluginState as PluginState
+from .watch import PluginWatcher as PluginWatcher
 
 __all__ = (
     "ENTRY_POINT_GROUP",
@@ -34,6 +35,7 @@ __all__ = (
     "PluginState",
     "PluginStateError",
     "PluginStatus",
+    "PluginWatcher",
     "ReloadFailed",
     "ReloadResult",
     "ReloadStats",

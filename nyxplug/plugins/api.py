@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .._constants import DispatchStatus, FrameType, Permission
-from .._errors import PermissionDenied, SandboxViolation
+from .._errors import DispatchError, HeaderDecodeError, PermissionDenied, SandboxViolation
 from .._impl import PluginHeader
 
 if TYPE_CHECKING:
@@ -85,24 +85,31 @@ class PluginContext:
         info = self._dispatcher.registry.get(self.id)
         return info.permissions if info is not None else Permission(0)
 
-    def _check_sender(self, frame_type: int, header: Any) -> None:
-        """This plugin's own rights: the dispatcher's table and registry, its own guard."""
+    def _refusal(self, frame_type: int, header: PluginHeader | bytes) -> DispatchError | None:
+        """What this plugin's own rights refuse (the dispatcher's table and registry, its
+        own guard), as the error to raise or report - ``None`` when they allow the frame."""
         required = self._dispatcher.required_permission(frame_type)
         if required is not None and not self._dispatcher.registry.has_permission(self.id, required):
-            raise PermissionDenied(self.id, frame_type, required)
+            return PermissionDenied(self.id, frame_type, required)
         if self._guard is not None and frame_type == FrameType.CONTROL:
-            if not hasattr(header, "data"):
-                header = PluginHeader.decode(header)
+            if not hasattr(header, "data"):  # CBOR bytes (a header of either twin passes)
+                try:
+                    header = PluginHeader.decode(header)
+                except HeaderDecodeError as exc:
+                    return exc
             detail = self._guard.preflight(header)
             if detail is not None:
                 self._guard.violations += 1
-                raise SandboxViolation(self.id, frame_type, detail)
+                return SandboxViolation(self.id, frame_type, detail)
+        return None
 
     def dispatch(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
     ) -> Awaitable[None]:
         """``Dispatcher.dispatch`` as this plugin: waits for room in the target's queue."""
-        self._check_sender(frame_type, header)
+        refusal = self._refusal(frame_type, header)
+        if refusal is not None:
+            raise refusal
         waiting: Awaitable[None] = self._dispatcher.dispatch(frame_type, header, payload)
         return waiting
 
@@ -110,15 +117,23 @@ class PluginContext:
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
     ) -> None:
         """``Dispatcher.dispatch_nowait`` as this plugin."""
-        self._check_sender(frame_type, header)
+        refusal = self._refusal(frame_type, header)
+        if refusal is not None:
+            raise refusal
         self._dispatcher.dispatch_nowait(frame_type, header, payload)
 
     def try_dispatch(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
     ) -> DispatchStatus:
-        """``Dispatcher.try_dispatch`` as this plugin; a refusal by its own rights raises."""
-        self._check_sender(frame_type, header)
-        return self._dispatcher.try_dispatch(frame_type, header, payload)
+        """``Dispatcher.try_dispatch`` as this plugin: a refusal is a status, never raised."""
+        refusal = self._refusal(frame_type, header)
+        if refusal is None:
+            return self._dispatcher.try_dispatch(frame_type, header, payload)
+        if isinstance(refusal, PermissionDenied):
+            return DispatchStatus.PERMISSION_DENIED
+        if isinstance(refusal, SandboxViolation):
+            return DispatchStatus.SANDBOX_VIOLATION
+        return DispatchStatus.HEADER_DECODE_ERROR
 
     def __repr__(self) -> str:
         return f"<PluginContext {self.name!r} id={self.id} version={self.version}>"

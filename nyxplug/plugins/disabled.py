@@ -7,14 +7,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .._atomic import write_atomic
+from ..source.snapshot import read_regular
 
 __all__ = ("read_disabled", "write_disabled")
+
+#: The state file lists plugin names; anything this big is not one nyxplug wrote.
+MAX_STATE_FILE = 1024 * 1024
 
 
 def read_disabled(path: Path) -> set[str]:
     """The names in the state file at ``path`` (none when there is no file yet)."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_regular(path, MAX_STATE_FILE, "a state file"))
     except FileNotFoundError:
         return set()
     except (OSError, ValueError) as exc:

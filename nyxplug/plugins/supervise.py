@@ -139,7 +139,8 @@ class _Supervised:
         assert self._task is not None
         self._task.uncancel()
         self._record.timeouts += 1
-        raise HandlerTimeout(self._record.name, self._plugin_id, frame_type, self._timeout or 0.0)
+        timeout = self._timeout or 0.0
+        raise HandlerTimeout(self._record.name, self._plugin_id, frame_type, timeout) from None
 
     def _watch(self) -> None:
         self._timer = None

@@ -73,24 +73,28 @@ def _raise(error: OSError) -> None:
     raise error
 
 
-def read_regular(path: Path) -> bytes:
-    """Read a regular file without following a symlink planted at the last moment.
+def read_regular(
+    path: Path, limit: int = MAX_SOURCE_FILE, what: str = "plugin source files"
+) -> bytes:
+    """Read a regular file of at most ``limit`` bytes, never through a planted symlink.
 
-    ``ValueError`` for anything but a regular file under ``MAX_SOURCE_FILE`` bytes.
+    ``ValueError`` for anything else: a link, a FIFO (opened without blocking, so it
+    cannot hang the host), a device such as ``/dev/zero``, or a file over ``limit``.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"Expected a regular file, got something else at {path}")
-        if info.st_size > MAX_SOURCE_FILE:
-            raise ValueError(
-                f"Expected plugin source files under {MAX_SOURCE_FILE} bytes, got "
-                f"{info.st_size} in {path}"
-            )
+        if info.st_size > limit:
+            raise ValueError(f"Expected {what} under {limit} bytes, got {info.st_size} in {path}")
         chunks = []
+        total = 0
         while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > limit:  # grew while we read it
+                raise ValueError(f"Expected {what} under {limit} bytes, got more in {path}")
             chunks.append(chunk)
         return b"".join(chunks)
     finally:

@@ -23,7 +23,7 @@ import io
 import os
 import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,8 @@ _RATIO_FLOOR = 1024 * 1024
 #: The index and the signature are small documents.
 MAX_INDEX_BYTES = 1024 * 1024
 _SPECIAL = frozenset({INDEX_FILE, SIGNATURE_FILE})
+#: The longest file or folder name the file systems nyxplug installs onto accept.
+_MAX_NAME_BYTES = 255
 
 
 class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -163,6 +165,20 @@ def check_member_name(name: str) -> str | None:
         if ".." in parts:
             return f"path traversal in member {name!r}"
         return f"member path {name!r} is not normalised (empty, '.' or trailing '/')"
+    if any(len(part.encode()) > _MAX_NAME_BYTES for part in parts):
+        return f"member path {name!r} has a part longer than {_MAX_NAME_BYTES} bytes"
+    return None
+
+
+def _file_and_folder(names: Iterable[str]) -> tuple[str, str] | None:
+    """A member that is also a folder of another one (``lib`` and ``lib/mod.py``)."""
+    known = set(names)
+    for name in sorted(known):
+        parts = name.split("/")
+        for end in range(1, len(parts)):
+            folder = "/".join(parts[:end])
+            if folder in known:
+                return folder, name
     return None
 
 
@@ -290,6 +306,13 @@ def read_package(path: str | os.PathLike[str]) -> PackageContents:
                     f"members unpack to more than {MAX_PACKAGE_BYTES} bytes in all",
                 )  # fmt: skip
             files[info.filename] = data
+    clash = _file_and_folder(files)
+    if clash is not None:
+        raise UnsafePackage(
+            "unsafe-path", source,
+            f"member {clash[0]!r} is a file and also the folder of {clash[1]!r} - "
+            "refusing the whole package",
+        )  # fmt: skip
     index_bytes = files.pop(INDEX_FILE, None)
     if index_bytes is None:
         raise UnsafePackage(

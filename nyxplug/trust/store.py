@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import fnmatch
 import hashlib
@@ -28,6 +29,7 @@ import msgspec
 import semver
 
 from .._atomic import write_atomic
+from ..source.snapshot import read_regular
 from .errors import KeyFileError
 from .keys import PublicKey
 
@@ -46,6 +48,8 @@ TRUST_FORMAT = "nyxplug-trust/1"
 SIGNATURE_CACHE_SECONDS = 24 * 3600
 #: Signatures older than this are accepted with a warning (re-sign your packages).
 STALE_SIGNATURE_DAYS = 30
+#: A trust store bigger than this is not one nyxplug wrote (thousands of keys fit in it).
+MAX_TRUST_FILE = 4 * 1024 * 1024
 
 
 class TrustedKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -115,12 +119,18 @@ class TrustStore:
 
     def _read(self) -> _TrustFile:
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(self.path, MAX_TRUST_FILE, "a trust store")
         except FileNotFoundError:
             return _TrustFile()
         except OSError as exc:
-            problem = f"cannot read the trust store ({exc.strerror})"
+            problem = (
+                "it is a symbolic link - the trust store is read as a regular file only"
+                if exc.errno == errno.ELOOP
+                else f"cannot read the trust store ({exc.strerror})"
+            )
             raise KeyFileError(str(self.path), problem) from None
+        except ValueError as exc:  # a FIFO, a device, or far too big
+            raise KeyFileError(str(self.path), f"{exc} - fix or restore it") from None
         try:
             data = msgspec.json.decode(raw, type=_TrustFile)
         except msgspec.DecodeError as exc:
@@ -131,6 +141,17 @@ class TrustStore:
             raise KeyFileError(
                 str(self.path), f"expected format {TRUST_FORMAT!r}, got {data.format!r}"
             )
+        for entry in data.keys:
+            # An id is derived from its key, never trusted as written: an entry whose id
+            # names another key would stay trusted when the real id is revoked.
+            derived = entry.public().key_id
+            if derived != entry.key_id:
+                raise KeyFileError(
+                    str(self.path),
+                    f"expected key id {derived} for the key named {entry.name or '(unnamed)'}, "
+                    f"got {entry.key_id} - the store was edited by hand or tampered with; "
+                    "remove the entry and `nyxplug trust add` the .pub file again",
+                )
         return data
 
     def reload(self) -> None:
