@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from ._constants import FrameType
 
 __all__ = (
+    "BytesLike",
     "as_bytes",
+    "check_list",
     "check_policy",
     "check_uint",
     "enter_guard",
@@ -15,6 +17,8 @@ __all__ = (
     "make_guard",
 )
 
+#: What ``as_bytes`` accepts, for annotations.
+BytesLike: TypeAlias = bytes | bytearray | memoryview
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _FRAME_TYPES = {member.value: member for member in FrameType}
 
@@ -35,6 +39,13 @@ def as_bytes(name: str, value: object) -> bytes:
     if isinstance(value, _BYTES_LIKE):
         return bytes(value)
     raise TypeError(f"Expected `{name}` to be bytes-like, got {type(value).__name__}")
+
+
+def check_list(name: str, value: object) -> list[Any]:
+    """``value`` if it is a list (the batch codec walks it twice, so no other iterable)."""
+    if not isinstance(value, list):
+        raise TypeError(f"Expected `{name}` to be a list, got {type(value).__name__}")
+    return value
 
 
 def frame_type_object(code: int) -> int:
