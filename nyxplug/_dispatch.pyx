@@ -68,6 +68,7 @@ from nyxplug._handlers import log_handler_error, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import (
+    BatchErrors,
     as_bytes,
     check_list,
     check_policy,
@@ -463,13 +464,13 @@ def encode_batch(kind, seq, messages):
     cdef object item
     for item in items:
         if type(item) is not PluginMessage:
-            raise TypeError(f"Expected PluginMessage objects, got {type(item).__name__}")
+            raise BatchErrors.not_a_message(item)
         msg = <PluginMessage>item
         if msg.header._size > 0xFFFF:
-            raise ValueError(f"Expected a header of at most 65535 bytes, got {msg.header._size}")
+            raise BatchErrors.header_too_long(msg.header._size)
         total += 7 + msg.header._size + PyBytes_GET_SIZE(msg.payload)
     if total - 4 > 0xFFFFFFFF or count > 0xFFFFFFFF:
-        raise ValueError(f"Expected a batch of at most 4 GiB, got {total} bytes")
+        raise BatchErrors.batch_too_large(total)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
     _put_le(p, <uint64_t>(total - 4), 4)
@@ -508,21 +509,19 @@ def decode_batch(body, max_header, max_payload):
     cdef PluginMessage msg
     cdef list messages = []
     if end < 12:
-        raise ValueError(f"Expected at least 12 bytes in a frame batch, got {end}")
+        raise BatchErrors.too_short(end)
     seq = _get_le(p, 8)
     count = _get_le(p + 8, 4)
     for i in range(<Py_ssize_t>count):
         if pos + 7 > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         header_len = <Py_ssize_t>_get_le(p + pos + 1, 2)
         payload_len = <Py_ssize_t>_get_le(p + pos + 3, 4)
         if header_len > header_limit or payload_len > payload_limit:
-            raise ValueError(
-                f"Expected a header <= {header_limit} and a payload <= {payload_limit} bytes in "
-                f"frame batch {seq}, got {header_len} and {payload_len}"
-            )
+            raise BatchErrors.frame_too_large(seq, header_limit, payload_limit, header_len,
+                                              payload_len)
         if pos + 7 + header_len + payload_len > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         header = _decode_canonical_at(p + pos + 7, header_len)
         if header is None:
             header = _decode_any(PyBytes_FromStringAndSize(<const char*>p + pos + 7, header_len),
@@ -536,7 +535,7 @@ def decode_batch(body, max_header, max_payload):
         messages.append(msg)
         pos += 7 + header_len + payload_len
     if pos != end:
-        raise ValueError(f"Expected frame batch {seq} to end after {count} frames")
+        raise BatchErrors.trailing_bytes(seq, count)
     return seq, messages
 
 

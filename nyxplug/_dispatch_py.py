@@ -64,6 +64,7 @@ from ._handlers import Handler, log_handler_error, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
+    BatchErrors,
     BytesLike,
     as_bytes,
     check_list,
@@ -285,17 +286,17 @@ def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
     total = 17
     for msg in messages:
         if type(msg) is not PluginMessage:
-            raise TypeError(f"Expected PluginMessage objects, got {type(msg).__name__}")
+            raise BatchErrors.not_a_message(msg)
         header = msg._header.encode()
         if len(header) > 0xFFFF:
-            raise ValueError(f"Expected a header of at most 65535 bytes, got {len(header)}")
+            raise BatchErrors.header_too_long(len(header))
         payload = msg._payload
         append(pack(msg._frame_type, len(header), len(payload)))
         append(header)
         append(payload)
         total += 7 + len(header) + len(payload)
     if total - 4 > 0xFFFFFFFF or len(messages) > 0xFFFFFFFF:
-        raise ValueError(f"Expected a batch of at most 4 GiB, got {total} bytes")
+        raise BatchErrors.batch_too_large(total)
     parts[0] = _BATCH_HEAD.pack(total - 4, kind, seq, len(messages))
     return b"".join(parts)
 
@@ -310,31 +311,28 @@ def decode_batch(
     max_payload = check_uint("max_payload", max_payload, 2**62)
     end = len(body)
     if end < 12:
-        raise ValueError(f"Expected at least 12 bytes in a frame batch, got {end}")
+        raise BatchErrors.too_short(end)
     seq, count = _BATCH_SEQ.unpack_from(body)
     unpack = _BATCH_FRAME.unpack_from
     messages: list[PluginMessage] = []
     pos = 12
     for i in range(count):
         if pos + 7 > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         frame_type, header_len, payload_len = unpack(body, pos)
         if header_len > max_header or payload_len > max_payload:
-            raise ValueError(
-                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
-                f"frame batch {seq}, got {header_len} and {payload_len}"
-            )
+            raise BatchErrors.frame_too_large(seq, max_header, max_payload, header_len, payload_len)
         start = pos + 7
         stop = start + header_len + payload_len
         if stop > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         header = PluginHeader.decode(body[start : start + header_len], max_size=max_header)
         msg = PluginMessage(frame_type, header, body[start + header_len : stop])
         msg._size = header_len + payload_len
         messages.append(msg)
         pos = stop
     if pos != end:
-        raise ValueError(f"Expected frame batch {seq} to end after {count} frames")
+        raise BatchErrors.trailing_bytes(seq, count)
     return seq, messages
 
 

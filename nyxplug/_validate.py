@@ -8,6 +8,7 @@ from ._constants import FrameType
 
 __all__ = (
     "BytesLike",
+    "BatchErrors",
     "as_bytes",
     "check_list",
     "check_policy",
@@ -86,3 +87,43 @@ def enter_guard(guard: Any) -> None:
     from .sandbox import enter_guard as enter
 
     enter(guard)
+
+
+class BatchErrors:
+    """The errors of ``encode_batch``/``decode_batch``, worded once for both twins.
+
+    Each builds the exception for its caller to raise (only on the error path).
+    """
+
+    @staticmethod
+    def not_a_message(item: object) -> TypeError:
+        return TypeError(f"Expected PluginMessage objects, got {type(item).__name__}")
+
+    @staticmethod
+    def header_too_long(size: int) -> ValueError:
+        return ValueError(f"Expected a header of at most 65535 bytes, got {size}")
+
+    @staticmethod
+    def batch_too_large(size: int) -> ValueError:
+        return ValueError(f"Expected a batch of at most 4 GiB, got {size} bytes")
+
+    @staticmethod
+    def too_short(size: int) -> ValueError:
+        return ValueError(f"Expected at least 12 bytes in a frame batch, got {size}")
+
+    @staticmethod
+    def ends_inside(seq: int, index: int, count: int) -> ValueError:
+        return ValueError(f"Frame batch {seq} ends inside frame {index} of {count}")
+
+    @staticmethod
+    def frame_too_large(
+        seq: int, max_header: int, max_payload: int, header_len: int, payload_len: int
+    ) -> ValueError:
+        return ValueError(
+            f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
+            f"frame batch {seq}, got {header_len} and {payload_len}"
+        )
+
+    @staticmethod
+    def trailing_bytes(seq: int, count: int) -> ValueError:
+        return ValueError(f"Expected frame batch {seq} to end after {count} frames")
