@@ -118,10 +118,10 @@ class _Ready:
     def __next__(self) -> None:
         raise StopIteration
 
-    def send(self, value: object, /) -> None:
+    def send(self, value: object) -> None:
         raise StopIteration
 
-    def throw(self, typ: object, val: object = None, tb: object = None, /) -> None:
+    def throw(self, typ: object, val: object = None, tb: object = None) -> None:
         # The frame is already enqueued, so the dispatch has happened: like a finished
         # future, a late cancellation (a task cancelled before its first step, or
         # wait_for(..., 0)) cannot undo it. Complete normally - "returned" means
