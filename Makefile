@@ -19,6 +19,7 @@ help:
 	@echo "make demo       run the demo (nyxplug demo)"
 	@echo "make test       run the tests; fails if the compiled dispatcher is missing"
 	@echo "make test-pure  run the tests on the pure-Python dispatcher only"
+	@echo "make typecheck  mypy --strict (package + tests/typing), stubtest of the compiled stub"
 	@echo "make bench      run the benchmarks (compiled and pure side by side)"
 	@echo "make wheel      build a wheel into dist/"
 	@echo "make clean      remove build products (distclean also removes .venv)"
@@ -51,6 +52,14 @@ test-pure: $(STAMP)
 
 bench: $(STAMP)
 	NYXPLUG_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest benchmarks --benchmark-group-by=func
+
+# Types as users see them: mypy --strict over the package (it reads the pure twin) and the
+# examples in tests/typing; stubtest checks nyxplug/_dispatch.pyi against the built module.
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy --strict nyxplug tests/typing
+	$(BIN)/python -m mypy.stubtest nyxplug._dispatch \
+	  --allowlist tests/typing/stubtest-allowlist.txt
 
 wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps -w dist .

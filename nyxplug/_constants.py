@@ -1,12 +1,16 @@
 """Frame types, permissions, status codes and limits shared by both dispatcher twins.
 
-The compiled module mirrors a few of these as C constants; ``tests/test_public_api.py``
-checks that the mirrors agree with the values here.
+The compiled module mirrors a few of these as C constants and lists them in its
+``_C_MIRRORS``; it refuses to import when ``mirror_mismatches`` finds one out of step,
+and ``tests/test_public_api.py`` checks the list itself.
 """
 
 from __future__ import annotations
 
 import enum
+import operator
+import sys
+from collections.abc import Mapping
 
 __all__ = (
     "DEFAULT_CAPACITY",
@@ -18,10 +22,12 @@ __all__ = (
     "MAX_PLUGIN_ID",
     "MAX_FLAGS",
     "FLAG_REQUIRED",
+    "MAX_BATCH_SEQ",
     "DispatchStatus",
     "FrameType",
     "Permission",
     "frame_type_name",
+    "mirror_mismatches",
 )
 
 
@@ -84,6 +90,8 @@ MAX_PLUGIN_ID = 2**32 - 1
 MAX_FLAGS = 255
 #: Bit 0 of ``flags``: the peer requires this plugin.
 FLAG_REQUIRED = 0x01
+#: Largest sequence number of a frame batch (a u64 on the isolation wire).
+MAX_BATCH_SEQ = 2**64 - 1
 
 
 def frame_type_name(code: int | None) -> str:
@@ -94,3 +102,14 @@ def frame_type_name(code: int | None) -> str:
         return f"0x{code:02x} ({FrameType(code).name})"
     except ValueError:
         return f"0x{code:02x}" if code >= 0 else str(code)
+
+
+def mirror_mismatches(mirrors: Mapping[str, int]) -> list[str]:
+    """The C mirrors (``{"FrameType.CONTROL": 0x53, ...}``) whose value differs from the
+    one here, each as ``"<name> is <C value> in C, <value> here"``; empty when all agree."""
+    here = sys.modules[__name__]
+    return [
+        f"{name} is {value} in C, {int(operator.attrgetter(name)(here))} here"
+        for name, value in mirrors.items()
+        if value != operator.attrgetter(name)(here)
+    ]

@@ -1,11 +1,20 @@
-"""Stub of the compiled dispatcher (``_dispatch.pyx``); the twin ``_dispatch_py.py`` matches it."""
+"""Stub of the compiled dispatcher (``_dispatch.pyx``), for users of the compiled module.
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+The pure twin ``_dispatch_py.py`` carries the same annotations (mypy reads the twin
+through ``_impl.py``); ``tests/test_public_api.py`` fails when a signature here differs
+from the twin's, and ``make typecheck`` runs ``mypy.stubtest`` against the built module.
+"""
+
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, final
 
+from typing_extensions import disjoint_base
+
 from nyxplug._constants import DispatchStatus, Permission
+from nyxplug._handlers import Handler
 from nyxplug._info import PluginInfo
 from nyxplug._stats import DispatchStats, PluginStats
+from nyxplug._validate import BytesLike
 from nyxplug.sandbox import SandboxGuard, SandboxPolicy
 
 __all__ = (
@@ -17,41 +26,36 @@ __all__ = (
     "encode_batch",
 )
 
-_BytesLike = bytes | bytearray | memoryview
-Handler = (
-    Callable[[PluginMessage], Any]
-    | Any  # an object with handle(message) and/or handle_batch(messages)
-    | None
-)
-
 @final
 class PluginHeader:
     """The Nyx plugin header ``{"id", "flags", "data"}`` that names a frame's plugin."""
 
+    def __init__(self, id: int, flags: int = 0, data: BytesLike = b"") -> None: ...
+    @classmethod
+    def required(cls, id: int, data: BytesLike = b"") -> PluginHeader: ...
+    @classmethod
+    def optional(cls, id: int, data: BytesLike = b"") -> PluginHeader: ...
     @property
     def id(self) -> int: ...
     @property
     def flags(self) -> int: ...
     @property
     def data(self) -> bytes: ...
-    def __init__(self, id: int, flags: int = 0, data: _BytesLike = b"") -> None: ...
-    @classmethod
-    def required(cls, id: int, data: _BytesLike = b"") -> PluginHeader: ...
-    @classmethod
-    def optional(cls, id: int, data: _BytesLike = b"") -> PluginHeader: ...
     @property
     def is_required(self) -> bool: ...
     def encode(self) -> bytes: ...
     @classmethod
-    def decode(cls, buf: _BytesLike, *, max_size: int = 4096) -> PluginHeader: ...
-    def __eq__(self, other: object) -> bool: ...
+    def decode(cls, buf: BytesLike, *, max_size: int = 4096) -> PluginHeader: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
+    def __repr__(self) -> str: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
 class PluginMessage:
     """What a plugin's handler receives: the frame type, its header and its payload."""
 
+    def __init__(self, frame_type: int, header: PluginHeader, payload: BytesLike = b"") -> None: ...
     @property
     def frame_type(self) -> int: ...
     @property
@@ -59,19 +63,19 @@ class PluginMessage:
     @property
     def payload(self) -> bytes: ...
     @property
-    def size(self) -> int: ...
-    def __init__(
-        self, frame_type: int, header: PluginHeader, payload: _BytesLike = b""
-    ) -> None: ...
-    @property
     def plugin_id(self) -> int: ...
     @property
     def is_required(self) -> bool: ...
+    @property
+    def size(self) -> int: ...
+    def __repr__(self) -> str: ...
 
 def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
     """One frame batch of the isolation protocol, framed (length, kind, seq, count, frames)."""
 
-def decode_batch(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[PluginMessage]]:
+def decode_batch(
+    body: BytesLike, max_header: int, max_payload: int
+) -> tuple[int, list[PluginMessage]]:
     """``(seq, messages)`` from a frame batch's body; ``ValueError`` if malformed."""
 
 @final
@@ -88,10 +92,11 @@ class PluginRegistry:
     def has_permission(self, plugin_id: int, permission: Permission) -> bool: ...
     def get(self, plugin_id: int) -> PluginInfo | None: ...
     def __len__(self) -> int: ...
-    def __contains__(self, plugin_id: object) -> bool: ...
+    def __contains__(self, plugin_id: object, /) -> bool: ...
     def __iter__(self) -> Iterator[PluginInfo]: ...
+    def __repr__(self) -> str: ...
 
-@final
+@disjoint_base  # a cdef class (so no second C base), but not final: subclassing works
 class Dispatcher:
     """Routes typed frames into per-plugin bounded queues, checked and counted (SPEC 3)."""
 
@@ -108,7 +113,7 @@ class Dispatcher:
     async def load_plugin(
         self,
         info: PluginInfo,
-        handler: Handler = None,
+        handler: Handler[PluginMessage] = None,
         *,
         capacity: int = 100,
         sandbox: SandboxPolicy | SandboxGuard | None = None,
@@ -117,7 +122,7 @@ class Dispatcher:
     async def swap_handler(
         self,
         plugin_id: int,
-        handler: Handler,
+        handler: Handler[PluginMessage],
         *,
         sandbox: SandboxPolicy | SandboxGuard | None = None,
         between: Callable[[], object] | None = None,
@@ -127,14 +132,14 @@ class Dispatcher:
     async def __aexit__(self, *exc_info: object) -> None: ...
     async def wait_idle(self, plugin_id: int | None = None) -> None: ...
     def dispatch_nowait(
-        self, frame_type: int, header: PluginHeader | _BytesLike, payload: _BytesLike = b""
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> None: ...
     def try_dispatch(
-        self, frame_type: int, header: PluginHeader | _BytesLike, payload: _BytesLike = b""
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> DispatchStatus: ...
     def dispatch(
-        self, frame_type: int, header: PluginHeader | _BytesLike, payload: _BytesLike = b""
-    ) -> Awaitable[None]: ...
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+    ) -> Coroutine[Any, Any, None]: ...
     @property
     def registry(self) -> PluginRegistry: ...
     def plugin_stats(self, plugin_id: int) -> PluginStats | None: ...
@@ -142,3 +147,4 @@ class Dispatcher:
     def loaded_plugins(self) -> list[int]: ...
     def is_loaded(self, plugin_id: int) -> bool: ...
     def __len__(self) -> int: ...
+    def __repr__(self) -> str: ...

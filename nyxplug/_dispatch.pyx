@@ -22,15 +22,17 @@ with the twin, so messages are identical by construction.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError
-from cpython.long cimport PyLong_FromUnsignedLong
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromUnsignedLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from libc.limits cimport LLONG_MAX
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy
 
 import asyncio
 import collections.abc
 import inspect
+import sys
 import time
 from collections import deque
 
@@ -39,9 +41,13 @@ from nyxplug._constants import (
     DEFAULT_FRAME_PERMISSIONS,
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_PAYLOAD_SIZE,
+    MAX_BATCH_SEQ,
+    PLUGIN_FRAME_MAX,
+    PLUGIN_FRAME_MIN,
     DispatchStatus,
     FrameType,
     Permission,
+    mirror_mismatches,
 )
 from nyxplug._errors import (
     AlreadyLoaded,
@@ -62,7 +68,9 @@ from nyxplug._handlers import log_handler_error, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import (
+    BatchErrors,
     as_bytes,
+    check_list,
     check_policy,
     check_uint,
     enter_guard,
@@ -77,7 +85,8 @@ __all__ = (
 cdef extern from "Python.h":
     long PyLong_AsLongAndOverflow(object, int*) except? -1
 
-# Mirrors of DispatchStatus (checked against it at import, below).
+# C mirrors of values in _constants.py, for the hot path; _C_MIRRORS below shows them
+# to Python under the names they mirror.
 cdef enum:
     S_OK = 0
     S_WOULD_BLOCK = 1
@@ -92,13 +101,39 @@ cdef enum:
 
 cdef enum:
     FLAG_REQUIRED = 0x01
+    MAX_FLAGS = 255
     CONTROL_CODE = 0x53
-    FIRST_RING_SIZE_LIMIT = 1024
 
 cdef uint64_t MAX_PLUGIN_ID = 0xFFFFFFFF
 
-cdef list _STATUS = [DispatchStatus(i) for i in range(10)]
-assert [s.name for s in _STATUS] == [s.name for s in DispatchStatus], "status mirror out of date"
+_C_MIRRORS = {
+    "FLAG_REQUIRED": FLAG_REQUIRED,
+    "MAX_FLAGS": MAX_FLAGS,
+    "MAX_PLUGIN_ID": MAX_PLUGIN_ID,
+    "FrameType.CONTROL": CONTROL_CODE,
+    "DispatchStatus.OK": S_OK,
+    "DispatchStatus.WOULD_BLOCK": S_WOULD_BLOCK,
+    "DispatchStatus.PLUGIN_CLOSED": S_PLUGIN_CLOSED,
+    "DispatchStatus.PLUGIN_NOT_REGISTERED": S_NOT_REGISTERED,
+    "DispatchStatus.PLUGIN_NOT_LOADED": S_NOT_LOADED,
+    "DispatchStatus.PERMISSION_DENIED": S_PERMISSION_DENIED,
+    "DispatchStatus.SANDBOX_VIOLATION": S_SANDBOX_VIOLATION,
+    "DispatchStatus.HEADER_DECODE_ERROR": S_HEADER_DECODE_ERROR,
+    "DispatchStatus.FRAME_TOO_LARGE": S_FRAME_TOO_LARGE,
+    "DispatchStatus.UNKNOWN_FRAME_TYPE": S_UNKNOWN_FRAME_TYPE,
+}
+_out_of_step = mirror_mismatches(_C_MIRRORS)
+if _out_of_step:  # not an assert: python -O would strip it
+    raise ImportError(
+        "nyxplug._dispatch was built against other constants than nyxplug._constants ("
+        + "; ".join(_out_of_step) + ") - rebuild it with `make install`"
+    )
+del _out_of_step
+
+cdef enum:
+    FIRST_RING_SIZE_LIMIT = 1024  # a ring starts at most this big (not a mirror)
+
+cdef list _STATUS = [DispatchStatus(code) for code in range(S_UNKNOWN_FRAME_TYPE + 1)]
 
 
 @cython.final
@@ -227,7 +262,7 @@ cdef PluginHeader _decode_canonical_at(const unsigned char* p, Py_ssize_t end):
     if pos < 0 or pos + 6 > end or memcmp(p + pos, b"\x65flags", 6) != 0:
         return None
     pos = _read_uint(p, pos + 6, end, 0, &flags)
-    if pos < 0 or flags > 255 or pos + 5 > end or memcmp(p + pos, b"\x64data", 5) != 0:
+    if pos < 0 or flags > MAX_FLAGS or pos + 5 > end or memcmp(p + pos, b"\x64data", 5) != 0:
         return None
     pos = _read_uint(p, pos + 5, end, 2, &length)
     if pos < 0 or <uint64_t>(end - pos) != length:
@@ -289,7 +324,7 @@ cdef class PluginHeader:
 
     def __init__(self, id, flags=0, data=b""):
         self.id = check_uint("id", id, MAX_PLUGIN_ID)
-        self.flags = check_uint("flags", flags, 255)
+        self.flags = check_uint("flags", flags, MAX_FLAGS)
         self.data = as_bytes("data", data)
         self._cid = <unsigned long>self.id
         self._size = _canonical_size(<uint64_t>self.id, <uint64_t>self.flags,
@@ -386,6 +421,17 @@ cdef class PluginMessage:
 cdef list _BATCH_TYPES = [frame_type_object(code) for code in range(256)]
 
 
+cdef inline bint _small_uint(object value, long long limit) noexcept:
+    """True for an int (not a bool) in ``0..limit``, checked in C; the batch codec hands
+    anything else to ``check_uint``, which accepts it or raises the twin's error."""
+    cdef int overflow = 0
+    cdef long long number
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    return overflow == 0 and 0 <= number <= limit
+
+
 cdef inline void _put_le(unsigned char* p, uint64_t value, int width) noexcept:
     cdef int i
     for i in range(width):
@@ -400,30 +446,38 @@ cdef inline uint64_t _get_le(const unsigned char* p, int width) noexcept:
     return value
 
 
-def encode_batch(int kind, uint64_t seq, list messages):
+def encode_batch(kind, seq, messages):
     """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
     u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
     per frame (little-endian; the header in its canonical encoding)."""
-    cdef Py_ssize_t total = 17, count = len(messages)
+    if not _small_uint(kind, 255):
+        kind = check_uint("kind", kind, 255)
+    if not _small_uint(seq, LLONG_MAX):
+        seq = check_uint("seq", seq, MAX_BATCH_SEQ)
+    cdef unsigned char c_kind = kind
+    cdef uint64_t c_seq = seq
+    cdef list items = <list>(messages if type(messages) is list
+                             else check_list("messages", messages))
+    cdef Py_ssize_t total = 17, count = len(items)
     cdef Py_ssize_t pos = 17, size
     cdef PluginMessage msg
     cdef object item
-    for item in messages:
+    for item in items:
         if type(item) is not PluginMessage:
-            raise TypeError(f"Expected PluginMessage objects, got {type(item).__name__}")
+            raise BatchErrors.not_a_message(item)
         msg = <PluginMessage>item
         if msg.header._size > 0xFFFF:
-            raise ValueError(f"Expected a header of at most 65535 bytes, got {msg.header._size}")
+            raise BatchErrors.header_too_long(msg.header._size)
         total += 7 + msg.header._size + PyBytes_GET_SIZE(msg.payload)
     if total - 4 > 0xFFFFFFFF or count > 0xFFFFFFFF:
-        raise ValueError(f"Expected a batch of at most 4 GiB, got {total} bytes")
+        raise BatchErrors.batch_too_large(total)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
     _put_le(p, <uint64_t>(total - 4), 4)
-    p[4] = <unsigned char>kind
-    _put_le(p + 5, seq, 8)
+    p[4] = c_kind
+    _put_le(p + 5, c_seq, 8)
     _put_le(p + 13, <uint64_t>count, 4)
-    for item in messages:
+    for item in items:
         msg = <PluginMessage>item
         size = PyBytes_GET_SIZE(msg.payload)
         p[pos] = <unsigned char>(<int>msg.frame_type)
@@ -437,36 +491,41 @@ def encode_batch(int kind, uint64_t seq, list messages):
     return out
 
 
-def decode_batch(bytes body, Py_ssize_t max_header, Py_ssize_t max_payload):
+def decode_batch(body, max_header, max_payload):
     """``(seq, messages)`` from a frame batch's body (after the kind byte); ``ValueError``
     for anything malformed, the header decoded as strictly as ``PluginHeader.decode``."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(body)
+    cdef bytes raw = <bytes>body if type(body) is bytes else as_bytes("body", body)
+    if not _small_uint(max_header, 2**62):
+        max_header = check_uint("max_header", max_header, 2**62)
+    if not _small_uint(max_payload, 2**62):
+        max_payload = check_uint("max_payload", max_payload, 2**62)
+    cdef Py_ssize_t header_limit = max_header
+    cdef Py_ssize_t payload_limit = max_payload
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
     cdef Py_ssize_t pos = 12, header_len, payload_len, i
     cdef uint64_t seq, count
     cdef PluginHeader header
     cdef PluginMessage msg
     cdef list messages = []
     if end < 12:
-        raise ValueError(f"Expected at least 12 bytes in a frame batch, got {end}")
+        raise BatchErrors.too_short(end)
     seq = _get_le(p, 8)
     count = _get_le(p + 8, 4)
     for i in range(<Py_ssize_t>count):
         if pos + 7 > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         header_len = <Py_ssize_t>_get_le(p + pos + 1, 2)
         payload_len = <Py_ssize_t>_get_le(p + pos + 3, 4)
-        if header_len > max_header or payload_len > max_payload:
-            raise ValueError(
-                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
-                f"frame batch {seq}, got {header_len} and {payload_len}"
-            )
+        if header_len > header_limit or payload_len > payload_limit:
+            raise BatchErrors.frame_too_large(seq, header_limit, payload_limit, header_len,
+                                              payload_len)
         if pos + 7 + header_len + payload_len > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         header = _decode_canonical_at(p + pos + 7, header_len)
         if header is None:
             header = _decode_any(PyBytes_FromStringAndSize(<const char*>p + pos + 7, header_len),
-                                 max_header)
+                                 header_limit)
         msg = PluginMessage.__new__(PluginMessage)
         msg.frame_type = _BATCH_TYPES[p[pos]]
         msg.header = header
@@ -476,7 +535,7 @@ def decode_batch(bytes body, Py_ssize_t max_header, Py_ssize_t max_payload):
         messages.append(msg)
         pos += 7 + header_len + payload_len
     if pos != end:
-        raise ValueError(f"Expected frame batch {seq} to end after {count} frames")
+        raise BatchErrors.trailing_bytes(seq, count)
     return seq, messages
 
 
@@ -782,7 +841,7 @@ cdef class Dispatcher:
         """Route plugin-range frame type ``code`` (``0x50..0x5F``), requiring ``permission``."""
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"Expected `code` to be an int, got {type(code).__name__}")
-        if not 0x50 <= code <= 0x5F:
+        if not PLUGIN_FRAME_MIN <= code <= PLUGIN_FRAME_MAX:
             raise UnknownFrameType(code, None, True)
         if not isinstance(permission, Permission) or not permission.value:
             raise TypeError(
@@ -1048,7 +1107,7 @@ cdef class Dispatcher:
             rt.permission_violations += 1
             return self._fail(frame_type, S_PERMISSION_DENIED, status,
                               PermissionDenied(plugin_id, frame_type, Permission(required)))
-        # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
+        # 7. sandbox preflight (SPEC 7): the plugin's guard checks a CONTROL frame's header
         if rt.guard is not None and code == CONTROL_CODE:
             detail = rt.guard.preflight(hdr)
             if detail is not None:
@@ -1073,9 +1132,8 @@ cdef class Dispatcher:
 
     cdef PluginHeader _coerce_header(self, object header):
         """Accept the other twin's PluginHeader; refuse anything else with TypeError."""
-        if type(header).__name__ == "PluginHeader" and type(header).__module__.startswith(
-            "nyxplug."
-        ):
+        other = sys.modules.get("nyxplug._dispatch_py")  # imported if one of its headers exists
+        if other is not None and type(header) is other.PluginHeader:
             return PluginHeader(header.id, header.flags, header.data)
         raise TypeError(
             f"Expected `header` to be bytes-like or a PluginHeader, got {type(header).__name__}"

@@ -23,10 +23,11 @@ import asyncio
 import collections.abc
 import inspect
 import struct
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, final
 
 from ._constants import (
     DEFAULT_CAPACITY,
@@ -34,6 +35,7 @@ from ._constants import (
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_PAYLOAD_SIZE,
     FLAG_REQUIRED,
+    MAX_BATCH_SEQ,
     MAX_FLAGS,
     MAX_PLUGIN_ID,
     PLUGIN_FRAME_MAX,
@@ -58,17 +60,23 @@ from ._errors import (
     WouldBlock,
 )
 from ._frames import canonical_header_size, decode_header_fields, encode_header
-from ._handlers import log_handler_error, resolve_handler
+from ._handlers import Handler, log_handler_error, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
+    BatchErrors,
+    BytesLike,
     as_bytes,
+    check_list,
     check_policy,
     check_uint,
     enter_guard,
     frame_type_object,
     make_guard,
 )
+
+if TYPE_CHECKING:
+    from .sandbox import SandboxGuard, SandboxPolicy
 
 __all__ = (
     "Dispatcher",
@@ -113,7 +121,7 @@ class _Ready:
     def send(self, value: object) -> None:
         raise StopIteration
 
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> None:
+    def throw(self, typ: object, val: object = None, tb: object = None) -> None:
         # The frame is already enqueued, so the dispatch has happened: like a finished
         # future, a late cancellation (a task cancelled before its first step, or
         # wait_for(..., 0)) cannot undo it. Complete normally - "returned" means
@@ -131,24 +139,25 @@ collections.abc.Coroutine.register(_Ready)
 _READY = _Ready()
 
 
+@final
 class PluginHeader:
     """The Nyx plugin header ``{"id", "flags", "data"}`` that names a frame's plugin."""
 
     __slots__ = ("_id", "_flags", "_data", "_size")
 
-    def __init__(self, id: int, flags: int = 0, data: bytes = b"") -> None:
+    def __init__(self, id: int, flags: int = 0, data: BytesLike = b"") -> None:
         self._id = check_uint("id", id, MAX_PLUGIN_ID)
         self._flags = check_uint("flags", flags, MAX_FLAGS)
         self._data = as_bytes("data", data)
         self._size = canonical_header_size(self._id, self._flags, len(self._data))
 
     @classmethod
-    def required(cls, id: int, data: bytes = b"") -> PluginHeader:
+    def required(cls, id: int, data: BytesLike = b"") -> PluginHeader:
         """A header with the "required" flag (bit 0) set."""
         return cls(id, FLAG_REQUIRED, data)
 
     @classmethod
-    def optional(cls, id: int, data: bytes = b"") -> PluginHeader:
+    def optional(cls, id: int, data: BytesLike = b"") -> PluginHeader:
         """A header with no flags set."""
         return cls(id, 0, data)
 
@@ -177,13 +186,13 @@ class PluginHeader:
         return encode_header(self._id, self._flags, self._data)
 
     @classmethod
-    def decode(cls, buf: bytes, *, max_size: int = DEFAULT_MAX_HEADER_SIZE) -> PluginHeader:
+    def decode(cls, buf: BytesLike, *, max_size: int = DEFAULT_MAX_HEADER_SIZE) -> PluginHeader:
         """Decode a header strictly (SPEC 1); ``FrameTooLarge`` before decoding if too long."""
         limit = check_uint("max_size", max_size, 2**62)
         id_, flags, data = decode_header_fields(as_bytes("buf", buf), limit)
         return _new_header(id_, flags, data)
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: object, /) -> bool:
         if not isinstance(other, PluginHeader):
             return NotImplemented
         return self._id == other._id and self._flags == other._flags and self._data == other._data
@@ -208,12 +217,13 @@ def _new_header(id_: int, flags: int, data: bytes) -> PluginHeader:
     return header
 
 
+@final
 class PluginMessage:
     """What a plugin's handler receives: the frame type, its header and its payload."""
 
     __slots__ = ("_frame_type", "_header", "_payload", "_size")
 
-    def __init__(self, frame_type: int, header: PluginHeader, payload: bytes = b"") -> None:
+    def __init__(self, frame_type: int, header: PluginHeader, payload: BytesLike = b"") -> None:
         if not isinstance(header, PluginHeader):
             raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
         self._frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
@@ -267,57 +277,62 @@ def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
     """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
     u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
     per frame (little-endian; the header in its canonical encoding)."""
+    kind = check_uint("kind", kind, 255)
+    seq = check_uint("seq", seq, MAX_BATCH_SEQ)
+    check_list("messages", messages)
     parts = [b""]
     append = parts.append
     pack = _BATCH_FRAME.pack
     total = 17
     for msg in messages:
         if type(msg) is not PluginMessage:
-            raise TypeError(f"Expected PluginMessage objects, got {type(msg).__name__}")
+            raise BatchErrors.not_a_message(msg)
         header = msg._header.encode()
         if len(header) > 0xFFFF:
-            raise ValueError(f"Expected a header of at most 65535 bytes, got {len(header)}")
+            raise BatchErrors.header_too_long(len(header))
         payload = msg._payload
         append(pack(msg._frame_type, len(header), len(payload)))
         append(header)
         append(payload)
         total += 7 + len(header) + len(payload)
     if total - 4 > 0xFFFFFFFF or len(messages) > 0xFFFFFFFF:
-        raise ValueError(f"Expected a batch of at most 4 GiB, got {total} bytes")
+        raise BatchErrors.batch_too_large(total)
     parts[0] = _BATCH_HEAD.pack(total - 4, kind, seq, len(messages))
     return b"".join(parts)
 
 
-def decode_batch(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[PluginMessage]]:
+def decode_batch(
+    body: BytesLike, max_header: int, max_payload: int
+) -> tuple[int, list[PluginMessage]]:
     """``(seq, messages)`` from a frame batch's body (after the kind byte); ``ValueError``
     for anything malformed, the header decoded as strictly as ``PluginHeader.decode``."""
+    body = as_bytes("body", body)
+    max_header = check_uint("max_header", max_header, 2**62)
+    max_payload = check_uint("max_payload", max_payload, 2**62)
     end = len(body)
     if end < 12:
-        raise ValueError(f"Expected at least 12 bytes in a frame batch, got {end}")
+        raise BatchErrors.too_short(end)
     seq, count = _BATCH_SEQ.unpack_from(body)
     unpack = _BATCH_FRAME.unpack_from
     messages: list[PluginMessage] = []
     pos = 12
     for i in range(count):
         if pos + 7 > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         frame_type, header_len, payload_len = unpack(body, pos)
         if header_len > max_header or payload_len > max_payload:
-            raise ValueError(
-                f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
-                f"frame batch {seq}, got {header_len} and {payload_len}"
-            )
+            raise BatchErrors.frame_too_large(seq, max_header, max_payload, header_len, payload_len)
         start = pos + 7
         stop = start + header_len + payload_len
         if stop > end:
-            raise ValueError(f"Frame batch {seq} ends inside frame {i} of {count}")
+            raise BatchErrors.ends_inside(seq, i, count)
         header = PluginHeader.decode(body[start : start + header_len], max_size=max_header)
         msg = PluginMessage(frame_type, header, body[start + header_len : stop])
         msg._size = header_len + payload_len
         messages.append(msg)
         pos = stop
     if pos != end:
-        raise ValueError(f"Expected frame batch {seq} to end after {count} frames")
+        raise BatchErrors.trailing_bytes(seq, count)
     return seq, messages
 
 
@@ -332,6 +347,7 @@ class _Entry:
         self.alive = True
 
 
+@final
 class PluginRegistry:
     """Which plugins exist and which frame permissions each holds."""
 
@@ -357,7 +373,9 @@ class PluginRegistry:
         entry.alive = False
         return entry.info
 
-    def set_permissions(self, plugin_id: int, permissions: Any) -> PluginInfo:
+    def set_permissions(
+        self, plugin_id: int, permissions: Permission | Iterable[Permission]
+    ) -> PluginInfo:
         """Replace a registered plugin's permissions; applies to the next frame."""
         entry = self._entries.get(plugin_id)
         if entry is None:
@@ -387,7 +405,7 @@ class PluginRegistry:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, plugin_id: object) -> bool:
+    def __contains__(self, plugin_id: object, /) -> bool:
         return plugin_id in self._entries
 
     def __iter__(self) -> Iterator[PluginInfo]:
@@ -480,7 +498,7 @@ class Dispatcher:
         self,
         registry: PluginRegistry | None = None,
         *,
-        sandbox: Any = None,
+        sandbox: SandboxPolicy | None = None,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
     ) -> None:
@@ -538,10 +556,10 @@ class Dispatcher:
     async def load_plugin(
         self,
         info: PluginInfo,
-        handler: Any = None,
+        handler: Handler[PluginMessage] = None,
         *,
         capacity: int = DEFAULT_CAPACITY,
-        sandbox: Any = None,
+        sandbox: SandboxPolicy | SandboxGuard | None = None,
     ) -> None:
         """Register ``info`` if needed, create the plugin's bounded queue, start its worker.
 
@@ -608,9 +626,9 @@ class Dispatcher:
     async def swap_handler(
         self,
         plugin_id: int,
-        handler: Any,
+        handler: Handler[PluginMessage],
         *,
-        sandbox: Any = None,
+        sandbox: SandboxPolicy | SandboxGuard | None = None,
         between: Callable[[], object] | None = None,
     ) -> float:
         """Replace a loaded plugin's handler; its queue, queued frames and counters stay.
@@ -788,7 +806,7 @@ class Dispatcher:
                 _PERMISSION_DENIED,
                 PermissionDenied(plugin_id, frame_type, Permission(required)),
             )
-        # 7. sandbox preflight: the seam SPEC 7 fills in (guards are not built yet)
+        # 7. sandbox preflight (SPEC 7): the plugin's guard checks a CONTROL frame's header
         if rt.guard is not None and code == FrameType.CONTROL:
             detail = rt.guard.preflight(header)
             if detail is not None:
@@ -811,9 +829,8 @@ class Dispatcher:
 
     def _coerce_header(self, header: Any) -> PluginHeader:
         """Accept the other twin's PluginHeader; refuse anything else with TypeError."""
-        if type(header).__name__ == "PluginHeader" and type(header).__module__.startswith(
-            "nyxplug."
-        ):
+        other = sys.modules.get("nyxplug._dispatch")  # imported if one of its headers exists
+        if other is not None and type(header) is other.PluginHeader:
             return PluginHeader(header.id, header.flags, header.data)
         raise TypeError(
             f"Expected `header` to be bytes-like or a PluginHeader, got {type(header).__name__}"
@@ -853,7 +870,7 @@ class Dispatcher:
         return status, rt
 
     def dispatch_nowait(
-        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> None:
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
         status, rt = self._submit(frame_type, header, payload)
@@ -865,7 +882,7 @@ class Dispatcher:
         raise self._error(status)
 
     def try_dispatch(
-        self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> DispatchStatus:
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
         status, _rt = self._submit(frame_type, header, payload)
@@ -873,7 +890,9 @@ class Dispatcher:
             self._p_error = self._p_ft = None
         return DispatchStatus(status)
 
-    def dispatch(self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b"") -> Any:
+    def dispatch(
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+    ) -> Coroutine[Any, Any, None]:
         """Route one frame, waiting for queue space (FIFO among waiting senders).
 
         Returns an awaitable. When the queue has room the frame is enqueued before

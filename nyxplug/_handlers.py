@@ -4,14 +4,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from ._constants import frame_type_name
 from ._errors import NyxplugError
 
-__all__ = ("log_handler_error", "logger", "resolve_handler")
+__all__ = (
+    "HandlesBatches",
+    "HandlesMessages",
+    "Handler",
+    "log_handler_error",
+    "logger",
+    "resolve_handler",
+)
 
 logger = logging.getLogger("nyxplug")
+
+_Message = TypeVar("_Message")
+_Message_contra = TypeVar("_Message_contra", contravariant=True)
+
+
+class HandlesMessages(Protocol[_Message_contra]):
+    """A handler object that takes one frame at a time."""
+
+    def handle(self, message: _Message_contra, /) -> object: ...
+
+
+class HandlesBatches(Protocol[_Message]):
+    """A handler object that takes every frame queued since its last call, as a list."""
+
+    def handle_batch(self, messages: list[_Message], /) -> object: ...
+
+
+#: What ``load_plugin`` and ``swap_handler`` take, over a twin's ``PluginMessage``
+#: (``Handler[PluginMessage]``): see ``resolve_handler``. A call may return an awaitable.
+Handler: TypeAlias = (
+    Callable[[_Message], object] | HandlesMessages[_Message] | HandlesBatches[_Message] | None
+)
 
 
 def resolve_handler(handler: Any) -> tuple[Callable[..., Any] | None, bool]:

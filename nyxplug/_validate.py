@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from ._constants import FrameType
 
 __all__ = (
+    "BytesLike",
+    "BatchErrors",
     "as_bytes",
+    "check_list",
     "check_policy",
     "check_uint",
     "enter_guard",
@@ -15,6 +18,8 @@ __all__ = (
     "make_guard",
 )
 
+#: What ``as_bytes`` accepts, for annotations.
+BytesLike: TypeAlias = bytes | bytearray | memoryview
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _FRAME_TYPES = {member.value: member for member in FrameType}
 
@@ -35,6 +40,13 @@ def as_bytes(name: str, value: object) -> bytes:
     if isinstance(value, _BYTES_LIKE):
         return bytes(value)
     raise TypeError(f"Expected `{name}` to be bytes-like, got {type(value).__name__}")
+
+
+def check_list(name: str, value: object) -> list[Any]:
+    """``value`` if it is a list (the batch codec walks it twice, so no other iterable)."""
+    if not isinstance(value, list):
+        raise TypeError(f"Expected `{name}` to be a list, got {type(value).__name__}")
+    return value
 
 
 def frame_type_object(code: int) -> int:
@@ -75,3 +87,43 @@ def enter_guard(guard: Any) -> None:
     from .sandbox import enter_guard as enter
 
     enter(guard)
+
+
+class BatchErrors:
+    """The errors of ``encode_batch``/``decode_batch``, worded once for both twins.
+
+    Each builds the exception for its caller to raise (only on the error path).
+    """
+
+    @staticmethod
+    def not_a_message(item: object) -> TypeError:
+        return TypeError(f"Expected PluginMessage objects, got {type(item).__name__}")
+
+    @staticmethod
+    def header_too_long(size: int) -> ValueError:
+        return ValueError(f"Expected a header of at most 65535 bytes, got {size}")
+
+    @staticmethod
+    def batch_too_large(size: int) -> ValueError:
+        return ValueError(f"Expected a batch of at most 4 GiB, got {size} bytes")
+
+    @staticmethod
+    def too_short(size: int) -> ValueError:
+        return ValueError(f"Expected at least 12 bytes in a frame batch, got {size}")
+
+    @staticmethod
+    def ends_inside(seq: int, index: int, count: int) -> ValueError:
+        return ValueError(f"Frame batch {seq} ends inside frame {index} of {count}")
+
+    @staticmethod
+    def frame_too_large(
+        seq: int, max_header: int, max_payload: int, header_len: int, payload_len: int
+    ) -> ValueError:
+        return ValueError(
+            f"Expected a header <= {max_header} and a payload <= {max_payload} bytes in "
+            f"frame batch {seq}, got {header_len} and {payload_len}"
+        )
+
+    @staticmethod
+    def trailing_bytes(seq: int, count: int) -> ValueError:
+        return ValueError(f"Expected frame batch {seq} to end after {count} frames")

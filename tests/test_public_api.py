@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import copy
 import inspect
+import operator
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,8 +134,60 @@ def test_twins_async_methods_agree(twins: list[Any]) -> None:
         assert inspect.iscoroutinefunction(getattr(compiled, name)), name
 
 
+def _declared_signatures(path: Path) -> dict[str, str]:
+    """Every public ``def`` of a module and of its public classes, as written: decorators,
+    ``async``, parameter names, kinds and annotations, and the return annotation.
+
+    Defaults count only as present: the stub writes ``4096`` where the twin names
+    ``DEFAULT_MAX_HEADER_SIZE``; stubtest and ``test_twins_have_the_same_public_api``
+    check their values.
+    """
+    found: dict[str, str] = {}
+
+    def add(node: ast.stmt, owner: str) -> None:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            return
+        if node.name.startswith("_") and not node.name.endswith("__"):
+            return
+        args = copy.deepcopy(node.args)
+        args.defaults = [ast.Constant(...) for _ in args.defaults]
+        args.kw_defaults = [None if d is None else ast.Constant(...) for d in args.kw_defaults]
+        decorators = "".join(f"@{ast.unparse(d)} " for d in node.decorator_list)
+        is_async = "async " if isinstance(node, ast.AsyncFunctionDef) else ""
+        returns = ast.unparse(node.returns) if node.returns else "(none)"
+        found[owner + node.name] = f"{decorators}{is_async}({ast.unparse(args)}) -> {returns}"
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef):
+            if not node.name.startswith("_"):
+                for item in node.body:
+                    add(item, f"{node.name}.")
+        else:
+            add(node, "")
+    return found
+
+
+def test_the_stub_declares_what_the_twin_declares() -> None:
+    # mypy reads the twin (users of `nyxplug`), the stub serves users of the compiled
+    # module: both must say the same, down to each annotation.
+    package = Path(nyxplug.__file__).parent
+    stub = _declared_signatures(package / "_dispatch.pyi")
+    twin = _declared_signatures(package / "_dispatch_py.py")
+    assert stub == twin
+
+
 def test_constant_mirrors_agree(twins: list[Any]) -> None:
-    for mod in twins:
-        for name in _constants.__all__:
-            if hasattr(mod, name):
-                assert getattr(mod, name) == getattr(_constants, name), (mod.__name__, name)
+    mirrors = twins[0]._C_MIRRORS
+    assert _constants.mirror_mismatches(mirrors) == []
+    for name, value in mirrors.items():  # the same comparison, spelled out
+        assert value == operator.attrgetter(name)(_constants), name
+    statuses = {name for name in mirrors if name.startswith("DispatchStatus.")}
+    assert statuses == {f"DispatchStatus.{status.name}" for status in _constants.DispatchStatus}
+
+
+def test_a_wrong_mirror_is_reported() -> None:
+    mirrors = {"FLAG_REQUIRED": 2, "FrameType.CONTROL": 0x53, "DispatchStatus.OK": 1}
+    assert _constants.mirror_mismatches(mirrors) == [
+        "FLAG_REQUIRED is 2 in C, 1 here",
+        "DispatchStatus.OK is 1 in C, 0 here",
+    ]

@@ -8,7 +8,7 @@ default so a plugin only writes what it needs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Coroutine, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -105,13 +105,12 @@ class PluginContext:
 
     def dispatch(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
-    ) -> Awaitable[None]:
+    ) -> Coroutine[Any, Any, None]:
         """``Dispatcher.dispatch`` as this plugin: waits for room in the target's queue."""
         refusal = self._refusal(frame_type, header)
         if refusal is not None:
             raise refusal
-        waiting: Awaitable[None] = self._dispatcher.dispatch(frame_type, header, payload)
-        return waiting
+        return self._dispatcher.dispatch(frame_type, header, payload)
 
     def dispatch_nowait(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
