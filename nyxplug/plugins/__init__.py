@@ -1,5 +1,10 @@
 """The plugin runtime around the dispatcher: manifests, discovery, lifecycle, hot reload."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ..source.manifest import Manifest as Manifest
 from ..source.manifest import ManifestError as ManifestError
 from ..source.manifest import load_manifest as load_manifest
@@ -11,15 +16,44 @@ from .errors import PluginLoadError as PluginLoadError
 from .errors import PluginNotFound as PluginNotFound
 from .errors import PluginStateError as PluginStateError
 from .errors import ReloadFailed as ReloadFailed
-from .manager import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
-from .manager import PluginManager as PluginManager
-from .manager import PluginStatus as PluginStatus
-from .manager import plugin as plugin
-from .manager import registered_plugins as registered_plugins
-from .reload import ReloadResult as ReloadResult
-from .reload import ReloadStats as ReloadStats
 from .state import PluginState as PluginState
-from .watch import PluginWatcher as PluginWatcher
+
+if TYPE_CHECKING:
+    from .catalog import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from .catalog import PluginStatus as PluginStatus
+    from .catalog import plugin as plugin
+    from .catalog import registered_plugins as registered_plugins
+    from .manager import PluginManager as PluginManager
+    from .reload import ReloadResult as ReloadResult
+    from .reload import ReloadStats as ReloadStats
+    from .watch import PluginWatcher as PluginWatcher
+
+# Plugin code imports this package for `Plugin` - in isolated children too - so the host
+# side (manager, isolation, watchfiles) loads on first use of its names, not here.
+_HOST_SIDE = {
+    "ENTRY_POINT_GROUP": "catalog",
+    "PluginStatus": "catalog",
+    "plugin": "catalog",
+    "registered_plugins": "catalog",
+    "PluginManager": "manager",
+    "ReloadResult": "reload",
+    "ReloadStats": "reload",
+    "PluginWatcher": "watch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOST_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = (
     "ENTRY_POINT_GROUP",
