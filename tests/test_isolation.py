@@ -175,7 +175,10 @@ async def test_a_crash_loses_its_batch_and_the_child_is_restarted(
         )  # fmt: skip
         assert stats.last_crash is not None and re.search(cause, stats.last_crash)
         plugin_stats = run.plugin_stats()
+        # One frame, one truth: the 4 lost frames were handed over (processed), never
+        # completed; their batch is the one error in both records.
         assert (plugin_stats.messages_processed, plugin_stats.errors) == (12, 1)
+        assert (stats.frames_completed + stats.lost_to_crash, stats.failed_batches) == (12, 1)
 
 
 async def test_a_child_killed_while_idle_is_restarted_and_nothing_is_lost(
@@ -356,6 +359,36 @@ async def test_garbage_from_the_child_is_a_protocol_violation_and_it_is_restarte
         )  # fmt: skip
         assert (stats.frames_sent, stats.frames_completed, stats.lost_to_crash) == (3, 2, 1)
         assert stats.last_crash is not None and "garbage" in stats.last_crash
+
+
+async def test_a_nested_reply_is_a_protocol_violation_and_the_child_is_killed_at_once(
+    impl: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    async with running(impl, "nested_reply", n=2) as run:
+        first = run.plugin.pid
+        await run.send(b"1")
+        began = time.monotonic()
+        await run.send(b"2")  # the helper writes a REPLY nested 200,000 arrays deep
+        took = time.monotonic() - began
+        crashes = [e for e in raised(caplog) if isinstance(e, ChildCrashed)]
+        assert len(crashes) == 1 and crashes[0].lost == 1
+        assert re.search(
+            r"^sent garbage \(Expected REPLY nested at most 32 deep, got deeper\); "
+            r"it was killed by SIGKILL",
+            crashes[0].cause,
+        ), crashes[0].cause
+        # killed at once: not the 1 s grace a closed socket gets
+        assert took < 0.9, took
+        await run.send(b"3")
+        assert pid_gone(first), process_state(first)
+        stats = run.check_ledger()
+        assert (stats.protocol_violations, stats.crashes, stats.restarts) == (1, 1, 1)
+        assert (stats.frames_completed, stats.lost_to_crash, stats.failed_batches) == (2, 1, 1)
+    assert not [r for r in caplog.records if "data_received" in r.getMessage()]
+    assert not [
+        r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], RecursionError)
+    ]
 
 
 # -- 10. handshake ---------------------------------------------------------------------

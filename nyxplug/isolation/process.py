@@ -9,6 +9,13 @@ which the plugin is failed.
 
 Ledger (at any quiet moment): ``frames_sent = frames_completed + lost_to_crash +
 in_child``, and the dispatcher's ``messages_processed = frames_sent + refused``.
+
+One frame, one truth: a frame lost to a crash was handed to the plugin, so the
+dispatcher counts it in ``PluginStats.messages_processed`` and its batch once in
+``PluginStats.errors``; ``IsolationStats`` counts the frame in ``lost_to_crash`` (never in
+``frames_completed``) and its batch once in ``failed_batches``. ``failed_batches`` counts
+every ``handle_batch`` that raised (lost to a crash, a handler that raised or timed out
+in the child, refused by a failed plugin), so it equals ``PluginStats.errors``.
 """
 
 from __future__ import annotations
@@ -81,6 +88,9 @@ class IsolationStats(msgspec.Struct, frozen=True, kw_only=True):
     in_child: int = 0
     #: Frames the failed plugin refused (never sent).
     refused: int = 0
+    #: Batches whose ``handle_batch`` raised: lost to a crash, a handler error or timeout in
+    #: the child, or refused. The dispatcher's ``PluginStats.errors`` for this plugin.
+    failed_batches: int = 0
     child_errors: int = 0
     child_timeouts: int = 0
     logs_dropped: int = 0
@@ -109,6 +119,8 @@ class _Channel(asyncio.Protocol):
                 child.on_message(kind, body)
         except ProtocolViolation as exc:
             child.owner.violation(child, exc.detail)
+        except Exception as exc:  # whatever else a child's bytes caused is its violation too
+            child.owner.violation(child, f"unreadable message ({type(exc).__name__}: {exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.child.owner.lost(self.child, "closed its socket")
@@ -231,7 +243,7 @@ class IsolatedPlugin:
         self._c = dict.fromkeys(
             ("starts", "restarts", "crashes", "hangs", "protocol_violations", "limit_breaches",
              "frames_sent", "batches_sent", "frames_completed", "lost_to_crash", "in_child",
-             "refused", "child_errors", "child_timeouts", "logs_dropped"), 0,
+             "refused", "failed_batches", "child_errors", "child_timeouts", "logs_dropped"), 0,
         )  # fmt: skip
         self._last: dict[str, Any] = {"crash": None, "stack": None, "limit": None}
         self._usage = (0.0, 0, 0, 0)
@@ -253,6 +265,13 @@ class IsolatedPlugin:
 
     async def handle_batch(self, messages: list[Any]) -> None:
         """Send the frames to the child and wait for its receipt."""
+        try:
+            await self._send_batch(messages)
+        except Exception:
+            self._c["failed_batches"] += 1  # once per call, as the dispatcher counts errors
+            raise
+
+    async def _send_batch(self, messages: list[Any]) -> None:
         child = self._child
         if child is None or not child.ready:
             child = await self._wait_for_child(messages)
@@ -260,8 +279,8 @@ class IsolatedPlugin:
         data = wire.encode_frames(seq, messages)
         if len(data) > wire.PARENT_MESSAGE_LIMIT and len(messages) > 1:
             half = len(messages) // 2
-            await self.handle_batch(messages[:half])
-            await self.handle_batch(messages[half:])
+            await self._send_batch(messages[:half])
+            await self._send_batch(messages[half:])
             return
         count = len(messages)
         future: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
