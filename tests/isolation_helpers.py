@@ -150,6 +150,34 @@ class Entry:
                 sock.close()
         self.result["connect"] = outcome
 
+    def do_connect_unix(self):
+        """Reach the pathname Unix sockets the test made reachable (stream and datagram)."""
+        outcome = {}
+        for kind, path in (("stream", self.config["stream"]), ("dgram", self.config["dgram"])):
+            sock = None
+            try:
+                sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+                )
+                if kind == "stream":
+                    sock.connect(path)
+                    sock.sendall(b"escaped")
+                else:
+                    sock.sendto(b"escaped", path)
+                outcome[kind] = "reached"
+            except OSError as exc:
+                outcome[kind] = _err(exc)
+            finally:
+                if sock is not None:
+                    sock.close()
+        try:  # a datagram socketpair could sendto() a path: it must not be made either
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            pair[0].sendto(b"escaped", self.config["dgram"])
+            outcome["dgram_pair"] = "reached"
+        except OSError as exc:
+            outcome["dgram_pair"] = _err(exc)
+        self.result["unix"] = outcome
+
     def do_garbage(self):
         self.result["garbage_fds"] = self._write_to_host(b"\\xff" * 64)
 

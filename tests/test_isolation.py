@@ -17,6 +17,9 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -333,6 +336,63 @@ async def test_an_outgoing_connection_is_refused_and_nothing_reaches_the_listene
             run.check_ledger()
         with pytest.raises(BlockingIOError):  # the accept queue is empty: nobody came
             listener.accept()
+
+
+def _reachable_unix_sockets(directory: str) -> tuple[socket.socket, socket.socket]:
+    """A listening stream socket and a bound datagram socket the child's uid may use."""
+    os.chmod(directory, 0o755)
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stream.bind(os.path.join(directory, "stream.sock"))
+    stream.listen(8)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(os.path.join(directory, "dgram.sock"))
+    for sock in (stream, dgram):
+        os.chmod(sock.getsockname(), 0o777)
+        sock.setblocking(False)
+    return stream, dgram
+
+
+def _unix_reachable_by_the_childs_uid(stream: str, dgram: str) -> None:
+    """The control: without isolation, the child's uid does reach both sockets."""
+    code = (
+        "import os, socket, sys\n"
+        "if os.geteuid() == 0: os.setgroups([]); os.setresgid(65534, 65534, 65534); "
+        "os.setresuid(65534, 65534, 65534)\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.close()\n"
+        "d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.sendto(b'control', sys.argv[2])\n"
+    )
+    subprocess.run([sys.executable, "-I", "-c", code, stream, dgram], check=True, timeout=30)
+
+
+async def test_pathname_unix_sockets_are_out_of_the_childs_reach(impl: Any) -> None:
+    """Item 11: a real escape probe (D-Bus, /dev/log and journald are such sockets)."""
+    with tempfile.TemporaryDirectory(prefix="nyxplug-unix-") as directory:
+        stream, dgram = _reachable_unix_sockets(directory)
+        with stream, dgram:
+            stream_path, dgram_path = stream.getsockname(), dgram.getsockname()
+            _unix_reachable_by_the_childs_uid(stream_path, dgram_path)
+            stream.accept()[0].close()
+            assert dgram.recv(64) == b"control"
+            async with running(
+                impl, "connect_unix", n=1, stream=stream_path, dgram=dgram_path
+            ) as run:
+                report = run.plugin.report
+                assert report is not None
+                if not report.applied("seccomp"):
+                    pytest.skip(f"no seccomp in the child: {layer_details(run.plugin)}")
+                await run.send(b"1")
+                outcome = (await run.state())["unix"]
+                assert outcome == {
+                    "stream": "PermissionError:EPERM",
+                    "dgram": "PermissionError:EPERM",
+                    "dgram_pair": "PermissionError:EPERM",
+                }, outcome
+                assert "socket() of any family (AF_UNIX included)" in report.layer("seccomp").detail
+                run.check_ledger()
+            with pytest.raises(BlockingIOError):  # nobody connected
+                stream.accept()
+            with pytest.raises(BlockingIOError):  # nothing was sent
+                dgram.recv(64)
 
 
 # -- 9. garbage on the socket ----------------------------------------------------------
