@@ -45,7 +45,7 @@ from .errors import (
 )
 from .launch import ChildProcess, describe_status, spawn_child
 from .layers import IsolationReport, Layer
-from .options import IsolationOptions
+from .options import IsolationOptions, Limits
 from .wire import Kind
 
 __all__ = ("IsolatedPlugin", "IsolationStats")
@@ -215,11 +215,18 @@ class IsolatedPlugin:
         on_timeouts: Callable[[int], None] | None = None,
         queue_depth: Callable[[], int] | None = None,
         hello_protocol: int | None = None,
+        limits: Limits | None = None,
+        memory_required: bool = False,
     ) -> None:
+        """``limits`` (the plugin's own, ``manifest_limits.child_limits``) replace the
+        host's ``options.limits``; ``memory_required``: no child starts without a cgroup
+        to hold its memory limit."""
         self.name = name
         self.plugin_id = plugin_id
         self.version = version
         self.options = options if options is not None else IsolationOptions()
+        self.limits = limits if limits is not None else self.options.limits
+        self._memory_required = memory_required
         self._load = wire.Load(
             name, plugin_id, version, entry_module, entry_attr, dict(files), dict(config or {}),
             handler_timeout,
@@ -370,8 +377,14 @@ class IsolatedPlugin:
     async def _start(self) -> None:
         self._state = "starting"
         began = time.perf_counter()
-        limits = self.options.limits
+        limits = self.limits
         cgroup, cgroup_reason = Cgroup.create(self.name, limits)
+        if cgroup is None and self._memory_required:
+            raise IsolationError(
+                f"Plugin {self.name!r}: [sandbox] memory_limit cannot be enforced: the child "
+                f"gets no cgroup ({cgroup_reason}) - run the host where it can create "
+                "cgroups (root, or a delegated cgroup), or remove memory_limit"
+            )
         launch = Launch(
             name=self.name, secret=os.urandom(32), limits=limits,
             cgroup_procs=cgroup.procs if cgroup is not None else (),
