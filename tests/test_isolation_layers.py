@@ -744,3 +744,12 @@ def test_kill_all_takes_the_whole_tree() -> None:
     finally:
         cgroup.remove()
     assert not any(os.path.exists(d) for d in cgroup.dirs)
+
+
+def test_landlock_handles_pathname_unix_sockets_from_abi_9() -> None:
+    """Item 11: where the kernel has it (ABI 9), Landlock also refuses pathname sockets:
+    the right is handled and granted on no path. (This machine's ABI may be older.)"""
+    from nyxplug.isolation import layers as L
+
+    assert not L._fs_rights(8) & L._FS_RESOLVE_UNIX
+    assert L._fs_rights(9) & L._FS_RESOLVE_UNIX == 1 << 16

@@ -14,7 +14,8 @@ with ``strict=True`` it raises :class:`IsolationError` instead.
    processes, no core files, no file writes.
 4. ``landlock``: read-only access beneath :attr:`Limits.read_paths` (plus
    :func:`default_read_paths`), nothing writable, no TCP unless ``Limits.network``,
-   abstract Unix sockets and signals scoped to the child (ABI >= 6).
+   abstract Unix sockets and signals scoped to the child (ABI >= 6), no pathname Unix
+   socket reached (ABI >= 9).
 5. ``seccomp`` (last): an allowlist of socket families (none; AF_INET/AF_INET6 with
    ``Limits.network``) and socketpair() of AF_UNIX streams only, deny exec, new
    processes (threads still work),
@@ -342,6 +343,7 @@ _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _FS_IOCTL_DEV = 1 << 15  # ABI 5
+_FS_RESOLVE_UNIX = 1 << 16  # ABI 9: connect()/sendto() on pathname Unix sockets
 _NET_BIND_TCP = 1 << 0  # ABI 4
 _NET_CONNECT_TCP = 1 << 1
 _SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
@@ -387,6 +389,8 @@ def _fs_rights(abi: int) -> int:
         rights |= _FS_TRUNCATE
     if abi >= 5:
         rights |= _FS_IOCTL_DEV
+    if abi >= 9:
+        rights |= _FS_RESOLVE_UNIX  # handled, granted nowhere: no pathname socket is reached
     return rights
 
 
@@ -419,6 +423,8 @@ def _layer_landlock(limits: Limits, abi: int | None, problem: Exception | None =
         size = 24
         attr.scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL
         scope = "abstract unix sockets and signals scoped"
+    if abi >= 9:
+        scope += ", pathname unix sockets unreachable"
     ruleset = _check(
         _syscall(
             _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
