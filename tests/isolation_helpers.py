@@ -150,7 +150,44 @@ class Entry:
                 sock.close()
         self.result["connect"] = outcome
 
+    def do_connect_unix(self):
+        """Reach the pathname Unix sockets the test made reachable (stream and datagram)."""
+        outcome = {}
+        for kind, path in (("stream", self.config["stream"]), ("dgram", self.config["dgram"])):
+            sock = None
+            try:
+                sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+                )
+                if kind == "stream":
+                    sock.connect(path)
+                    sock.sendall(b"escaped")
+                else:
+                    sock.sendto(b"escaped", path)
+                outcome[kind] = "reached"
+            except OSError as exc:
+                outcome[kind] = _err(exc)
+            finally:
+                if sock is not None:
+                    sock.close()
+        try:  # a datagram socketpair could sendto() a path: it must not be made either
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            pair[0].sendto(b"escaped", self.config["dgram"])
+            outcome["dgram_pair"] = "reached"
+        except OSError as exc:
+            outcome["dgram_pair"] = _err(exc)
+        self.result["unix"] = outcome
+
     def do_garbage(self):
+        self.result["garbage_fds"] = self._write_to_host(b"\\xff" * 64)
+
+    def do_nested_reply(self):
+        """A REPLY whose value nests 200,000 arrays deep (valid msgpack, hostile depth)."""
+        depth = 200_000
+        body = bytes([5]) + b"\\x93\\x01" + b"\\x91" * depth + b"\\xc0\\xa0"
+        self._write_to_host(struct.pack("<I", len(body)) + body)
+
+    def _write_to_host(self, data):
         me = os.getpid()
         written = []
         for name in os.listdir("/proc/self/fd"):
@@ -165,11 +202,11 @@ class Entry:
                     probe.close()
                 if struct.unpack("3i", cred)[0] == me:
                     continue  # a socketpair this process made itself (its loop's), not the host's
-                os.write(fd, b"\\xff" * 64)
+                os.write(fd, data)
                 written.append(fd)
             except OSError:
                 continue
-        self.result["garbage_fds"] = written
+        return written
 
     async def do_resolve(self):
         loop = asyncio.get_running_loop()
@@ -291,10 +328,12 @@ def check_ledger(stats: IsolationStats, plugin_stats: Any = None) -> IsolationSt
     assert stats.frames_sent == stats.frames_completed + stats.lost_to_crash + stats.in_child, stats
     assert stats.in_child >= 0, stats
     if plugin_stats is not None:
+        # One frame, one truth: both records count the same frames and the same failures.
         assert plugin_stats.messages_processed == stats.frames_sent + stats.refused, (
             plugin_stats,
             stats,
         )
+        assert plugin_stats.errors == stats.failed_batches, (plugin_stats, stats)
     return stats
 
 

@@ -112,7 +112,7 @@ def test_new_validate_list_info_disable_enable(
     assert re.search(rf"^location: +{re.escape(str(plugins / 'echo-bot'))}$", out, re.M)
     assert re.search(r"^permissions: +DATA_ACCESS$", out, re.M)
     assert re.search(r"^\[resources\]\n  capacity: +100 \(host default\)$", out, re.M)
-    assert re.search(r"^  memory_limit: +64MiB \(67108864 bytes\)$", out, re.M)
+    assert re.search(r"^  memory_limit: +not set$", out, re.M)  # in-process: not enforced
     assert re.search(r"^\[config\]\n  greeting: hello$", out, re.M)
     assert re.search(r"^\[dependencies\]\n  \(none\)$", out, re.M)
 

@@ -361,7 +361,7 @@ def test_seccomp_denies_sockets_processes_and_exec_but_not_threads(full: Child) 
     got = denied(full, "socket_inet", 1)  # EPERM
     assert got["error"] == "PermissionError"
     denied(full, "socket_inet6", 1)
-    worked(full, "socket_unix")
+    denied(full, "socket_unix", 1)  # item 11: no new Unix sockets (the channel is inherited)
     assert denied(full, "fork", 1)["error"] == "PermissionError"
     denied(full, "subprocess")
     denied(full, "execv")
@@ -454,8 +454,57 @@ def test_seccomp_alone_stops_even_root() -> None:
     assert denied(child, "raise_nofile")["text"] == "not allowed to raise maximum limit"
     worked(child, "read_nofile")  # getrlimit is prlimit64 without a new limit: allowed
     denied(child, "subprocess")
-    worked(child, "socket_unix")
+    denied(child, "socket_unix", 1)
     assert worked(child, "thread")["value"] == [1]
+
+
+#: socket() tries, by family: none may be created without ``Limits.network``.
+FAMILY_PROBES = """
+import nyxplug.isolation.layers as L
+report(layers.IsolationReport((L._layer_seccomp(LIMITS, *L._import_seccomp()),)))
+FAMILIES = {"AF_UNIX": (1, 1), "AF_UNIX_DGRAM": (1, 2), "AF_INET": (2, 1), "AF_INET6": (10, 1),
+            "AF_NETLINK": (16, 3), "AF_PACKET": (17, 3), "AF_ALG": (38, 5), "AF_VSOCK": (40, 1),
+            "AF_BLUETOOTH": (31, 1), "AF_XDP": (44, 3), "AF_42": (42, 1), "AF_BEYOND": (1000, 1)}
+for name, (family, kind) in FAMILIES.items():
+    attempt("socket_" + name, lambda: socket.socket(family, kind).close())
+# the raw syscall, with high bits set above the int the kernel reads (still AF_INET)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def raw_socket(family):
+    fd = libc.syscall(ctypes.c_long(41), ctypes.c_long(family), ctypes.c_long(1), ctypes.c_long(0))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "socket")
+    os.close(fd)
+if os.uname().machine == "x86_64":  # 41 is socket() there
+    attempt("raw_socket_high_bits", lambda: raw_socket((1 << 32) | 2))
+attempt("socketpair_stream", lambda: [s.close() for s in socket.socketpair()])
+attempt("socketpair_dgram", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
+attempt("socketpair_seqpacket", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+done()
+"""
+
+
+@pytest.mark.parametrize("network", [False, True], ids=["no-network", "network"])
+def test_seccomp_allows_only_the_socket_families_a_child_needs(network: bool) -> None:
+    """Items 11/12: an allowlist, so AF_VSOCK, AF_ALG, AF_UNIX... are refused, not listed."""
+    child = run_child(FAMILY_PROBES, limits={"network": network})
+    if child.report is None and "_Unavailable" in child.stderr:
+        pytest.skip(f"seccomp not available here: {child.stderr.strip().splitlines()[-1]}")
+    assert child.returncode == 0, child.explain()
+    require(child, "seccomp")
+    allowed = {"socket_AF_INET", "socket_AF_INET6"} if network else set()
+    for name in ("AF_UNIX", "AF_UNIX_DGRAM", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET",
+                 "AF_ALG", "AF_VSOCK", "AF_BLUETOOTH", "AF_XDP", "AF_42", "AF_BEYOND"):  # fmt: skip
+        if "socket_" + name in allowed:
+            worked(child, "socket_" + name)
+        else:
+            denied(child, "socket_" + name, 1)  # EPERM from seccomp, not EAFNOSUPPORT
+    if "raw_socket_high_bits" in child.results:
+        denied(child, "raw_socket_high_bits", 1)
+    worked(child, "socketpair_stream")  # the event loop's wake-up pair
+    denied(child, "socketpair_dgram", 1)  # could sendto("/dev/log")
+    denied(child, "socketpair_seqpacket", 1)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="dropping to nobody needs root")
@@ -695,3 +744,12 @@ def test_kill_all_takes_the_whole_tree() -> None:
     finally:
         cgroup.remove()
     assert not any(os.path.exists(d) for d in cgroup.dirs)
+
+
+def test_landlock_handles_pathname_unix_sockets_from_abi_9() -> None:
+    """Item 11: where the kernel has it (ABI 9), Landlock also refuses pathname sockets:
+    the right is handled and granted on no path. (This machine's ABI may be older.)"""
+    from nyxplug.isolation import layers as L
+
+    assert not L._fs_rights(8) & L._FS_RESOLVE_UNIX
+    assert L._fs_rights(9) & L._FS_RESOLVE_UNIX == 1 << 16

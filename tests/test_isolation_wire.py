@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -143,3 +144,26 @@ def test_acks_and_pongs_have_exact_sizes() -> None:
         wire.decode_ack(b"\x00" * (20 + wire.TEXT_LIMIT + 1))
     with pytest.raises(ProtocolViolation):
         wire.decode_seq(Kind.PONG, b"\x00" * 7)
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: {"k": v}, lambda v: [1, v, b"x", {}]])
+def test_a_childs_reply_nested_past_the_limit_is_a_violation_not_a_recursion(wrap: Any) -> None:
+    def nested(depth: int) -> Any:
+        value: Any = None
+        for _ in range(depth):
+            value = wrap(value)
+        return value
+
+    def body(depth: int) -> bytes:
+        return msgspec.msgpack.encode(wire.Reply(1, nested(depth), ""))
+
+    limit = wire.CHILD_DEPTH_LIMIT
+    assert wire.decode(Kind.REPLY, body(limit - 1)).value == nested(limit - 1)  # + the Reply
+    with pytest.raises(ProtocolViolation, match=r"^Protocol violation: Expected REPLY nested at "
+                       r"most 32 deep, got deeper$"):  # fmt: skip
+        wire.decode(Kind.REPLY, body(limit))
+    hostile = b"\x93\x01" + b"\x91" * 100_000 + b"\xc0\xa0"
+    with pytest.raises(ProtocolViolation, match=r"nested at most 32 deep"):
+        wire.decode(Kind.REPLY, hostile)
+    with pytest.raises(ProtocolViolation, match=r"^Protocol violation: malformed REPLY message"):
+        wire.decode(Kind.REPLY, b"\x93\x01\xdc\xff")  # truncated: the decoder's own refusal

@@ -214,9 +214,24 @@ def test_parse_size(value: int | str, size: int) -> None:
     assert parse_size(value) == size
 
 
+ISOLATED = '[resources]\nisolation = "process"\n'
+
+
 def test_memory_limit_as_bytes(tmp_path: Path) -> None:
-    manifest = load_manifest(write_plugin(tmp_path, PLUGIN + "[sandbox]\nmemory_limit = 1000\n"))
+    text = PLUGIN + "[sandbox]\nmemory_limit = 1000\n" + ISOLATED
+    manifest = load_manifest(write_plugin(tmp_path, text))
     assert manifest.sandbox.memory_limit == 1000
+
+
+def test_a_memory_limit_nothing_enforces_is_refused(tmp_path: Path) -> None:
+    """Issue 15 item 13: only an isolated child's cgroup enforces memory_limit."""
+    text = PLUGIN + '[sandbox]\nmemory_limit = "8MiB"\n'
+    broken(
+        tmp_path, text,
+        'Expected it only with [resources] isolation = "process" (the child\'s cgroup enforces '
+        'it), got it for an in-process plugin - set isolation = "process" or remove memory_limit',
+        "sandbox.memory_limit",
+    )  # fmt: skip
 
 
 def test_handler_timeout_accepts_an_integer(tmp_path: Path) -> None:

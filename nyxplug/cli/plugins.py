@@ -494,7 +494,9 @@ def _info(args: argparse.Namespace) -> int:
             "network_allowlist": sandbox.network_allowlist,
             "filesystem": sandbox.filesystem,
             "filesystem_allowlist": sandbox.filesystem_allowlist,
-            "memory_limit": f"{sandbox.memory_limit_text} ({sandbox.memory_limit} bytes)",
+            "memory_limit": f"{sandbox.memory_limit_text} ({sandbox.memory_limit} bytes)"
+            if isinstance(sandbox.memory_limit_text, int | str)
+            else "not set",
         },
         "config": dict(manifest.config),
         "dependencies": dict(manifest.dependencies),

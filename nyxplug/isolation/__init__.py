@@ -22,6 +22,7 @@ from .errors import (
     HandshakeFailed,
     IsolatedPluginFailed,
     IsolationError,
+    LimitNotEnforceable,
     ProtocolViolation,
 )
 from .options import IsolationOptions, Limits
@@ -42,6 +43,7 @@ __all__ = (
     "IsolationReport",
     "IsolationStats",
     "Layer",
+    "LimitNotEnforceable",
     "Limits",
     "ProtocolViolation",
     "isolation_report",

@@ -11,6 +11,7 @@ __all__ = (
     "HandshakeFailed",
     "IsolatedPluginFailed",
     "IsolationError",
+    "LimitNotEnforceable",
     "ProtocolViolation",
 )
 
@@ -109,3 +110,16 @@ class ChildHandlerError(IsolationError):
             f"in the isolated child, in a batch from frame {frame_type_name(self.frame_type)}; "
             f"first: {self.first}"
         )
+
+
+class LimitNotEnforceable(IsolationError, ValueError):
+    """A manifest's ``[sandbox]`` key asks for what an isolated child cannot enforce."""
+
+    def __init__(self, name: str, key: str, reason: str) -> None:
+        super().__init__(name, key, reason)
+        self.name = name
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Plugin {self.name!r}: [sandbox] {self.key} {self.reason}"

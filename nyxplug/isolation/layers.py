@@ -14,8 +14,11 @@ with ``strict=True`` it raises :class:`IsolationError` instead.
    processes, no core files, no file writes.
 4. ``landlock``: read-only access beneath :attr:`Limits.read_paths` (plus
    :func:`default_read_paths`), nothing writable, no TCP unless ``Limits.network``,
-   abstract Unix sockets and signals scoped to the child (ABI >= 6).
-5. ``seccomp`` (last): deny network sockets, exec, new processes (threads still work),
+   abstract Unix sockets and signals scoped to the child (ABI >= 6), no pathname Unix
+   socket reached (ABI >= 9).
+5. ``seccomp`` (last): an allowlist of socket families (none; AF_INET/AF_INET6 with
+   ``Limits.network``) and socketpair() of AF_UNIX streams only, deny exec, new
+   processes (threads still work),
    ptrace, limit changes, namespaces, mounts, bpf, io_uring, module loading and going back
    to another uid.
 
@@ -340,6 +343,7 @@ _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _FS_IOCTL_DEV = 1 << 15  # ABI 5
+_FS_RESOLVE_UNIX = 1 << 16  # ABI 9: connect()/sendto() on pathname Unix sockets
 _NET_BIND_TCP = 1 << 0  # ABI 4
 _NET_CONNECT_TCP = 1 << 1
 _SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
@@ -385,6 +389,8 @@ def _fs_rights(abi: int) -> int:
         rights |= _FS_TRUNCATE
     if abi >= 5:
         rights |= _FS_IOCTL_DEV
+    if abi >= 9:
+        rights |= _FS_RESOLVE_UNIX  # handled, granted nowhere: no pathname socket is reached
     return rights
 
 
@@ -417,6 +423,8 @@ def _layer_landlock(limits: Limits, abi: int | None, problem: Exception | None =
         size = 24
         attr.scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL
         scope = "abstract unix sockets and signals scoped"
+    if abi >= 9:
+        scope += ", pathname unix sockets unreachable"
     ruleset = _check(
         _syscall(
             _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
@@ -483,8 +491,15 @@ _DENIED = (
     "open_by_handle_at", "name_to_handle_at",
 )  # fmt: skip
 _CLONE_THREAD = 0x00010000
-#: socket() domains refused without ``Limits.network`` (Linux values).
-_NET_DOMAINS = ((2, "AF_INET"), (10, "AF_INET6"), (16, "AF_NETLINK"), (17, "AF_PACKET"))
+_AF_UNIX = 1
+#: The only socket() families a child may create, and only with ``Limits.network``: an
+#: allowlist (AF_VSOCK, AF_NETLINK, AF_PACKET, AF_ALG, AF_UNIX... are all refused). A
+#: child needs no socket() of its own: its channel to the host is inherited.
+_NETWORK_FAMILIES = ((2, "AF_INET"), (10, "AF_INET6"))
+#: The highest family number any kernel knows is far below this; beyond it: refused.
+_FAMILY_CEILING = 64
+_SOCK_STREAM = 1
+_SOCK_TYPE_MASK = 0xF
 
 
 def _import_seccomp() -> tuple[ModuleType | None, str]:
@@ -523,12 +538,7 @@ def _layer_seccomp(limits: Limits, seccomp: ModuleType | None, reason: str) -> L
         denied.append("clone without CLONE_THREAD")
     if rule(seccomp.ERRNO(errno.ENOSYS), "clone3"):
         denied.append("clone3 (ENOSYS: glibc falls back to clone)")
-    if not limits.network:
-        families = [
-            name for d, name in _NET_DOMAINS if rule(eperm, "socket", seccomp.Arg(0, seccomp.EQ, d))
-        ]
-        if families:
-            denied.append(f"socket({'/'.join(families)})")
+    denied.append(_deny_sockets(limits, seccomp, rule, eperm))
     filt.load()
     net = "inet sockets allowed (Limits.network)" if limits.network else "no inet sockets"
     detail = f"default allow, {net}; EPERM: {', '.join(denied)}; other arch: kill"
@@ -536,6 +546,32 @@ def _layer_seccomp(limits: Limits, seccomp: ModuleType | None, reason: str) -> L
         skipped = ", ".join(sorted(set(unknown)))
         detail += f"; not on this architecture or unknown to this libseccomp, skipped: {skipped}"
     return Layer("seccomp", True, detail)
+
+
+def _deny_sockets(limits: Limits, seccomp: ModuleType, rule: Any, eperm: int) -> str:
+    """socket(): an allowlist of families (none, or inet with ``Limits.network``).
+
+    socketpair(): AF_UNIX SOCK_STREAM only: the event loop's wake-up pair. A connected
+    stream pair reaches nothing but itself; a datagram pair could ``sendto`` a path
+    (``/dev/log``), so it is refused. Rules are ORed, so "not in the allowlist" is
+    written as every other value: below, between and above the allowed ones."""
+    arg, eq, gt = seccomp.Arg, seccomp.EQ, seccomp.GT
+    allowed = {d for d, _ in _NETWORK_FAMILIES} if limits.network else set()
+    if allowed:
+        for family in range(_FAMILY_CEILING + 1):
+            if family not in allowed:
+                rule(eperm, "socket", arg(0, eq, family))
+        rule(eperm, "socket", arg(0, gt, _FAMILY_CEILING))
+        names = "/".join(name for _, name in _NETWORK_FAMILIES)
+        sockets = f"socket() of any family but {names}"
+    else:
+        rule(eperm, "socket")
+        sockets = "socket() of any family (AF_UNIX included)"
+    rule(eperm, "socketpair", arg(0, seccomp.NE, _AF_UNIX))
+    for kind in range(_SOCK_TYPE_MASK + 1):
+        if kind != _SOCK_STREAM:
+            rule(eperm, "socketpair", arg(1, seccomp.MASKED_EQ, _SOCK_TYPE_MASK, kind))
+    return f"{sockets}, socketpair() but AF_UNIX SOCK_STREAM"
 
 
 # --------------------------------------------------------------------------- apply_layers

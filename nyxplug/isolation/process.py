@@ -9,6 +9,13 @@ which the plugin is failed.
 
 Ledger (at any quiet moment): ``frames_sent = frames_completed + lost_to_crash +
 in_child``, and the dispatcher's ``messages_processed = frames_sent + refused``.
+
+One frame, one truth: a frame lost to a crash was handed to the plugin, so the
+dispatcher counts it in ``PluginStats.messages_processed`` and its batch once in
+``PluginStats.errors``; ``IsolationStats`` counts the frame in ``lost_to_crash`` (never in
+``frames_completed``) and its batch once in ``failed_batches``. ``failed_batches`` counts
+every ``handle_batch`` that raised (lost to a crash, a handler that raised or timed out
+in the child, refused by a failed plugin), so it equals ``PluginStats.errors``.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from .errors import (
 )
 from .launch import ChildProcess, describe_status, spawn_child
 from .layers import IsolationReport, Layer
-from .options import IsolationOptions
+from .options import IsolationOptions, Limits
 from .wire import Kind
 
 __all__ = ("IsolatedPlugin", "IsolationStats")
@@ -81,6 +88,9 @@ class IsolationStats(msgspec.Struct, frozen=True, kw_only=True):
     in_child: int = 0
     #: Frames the failed plugin refused (never sent).
     refused: int = 0
+    #: Batches whose ``handle_batch`` raised: lost to a crash, a handler error or timeout in
+    #: the child, or refused. The dispatcher's ``PluginStats.errors`` for this plugin.
+    failed_batches: int = 0
     child_errors: int = 0
     child_timeouts: int = 0
     logs_dropped: int = 0
@@ -109,6 +119,8 @@ class _Channel(asyncio.Protocol):
                 child.on_message(kind, body)
         except ProtocolViolation as exc:
             child.owner.violation(child, exc.detail)
+        except Exception as exc:  # whatever else a child's bytes caused is its violation too
+            child.owner.violation(child, f"unreadable message ({type(exc).__name__}: {exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.child.owner.lost(self.child, "closed its socket")
@@ -203,11 +215,18 @@ class IsolatedPlugin:
         on_timeouts: Callable[[int], None] | None = None,
         queue_depth: Callable[[], int] | None = None,
         hello_protocol: int | None = None,
+        limits: Limits | None = None,
+        memory_required: bool = False,
     ) -> None:
+        """``limits`` (the plugin's own, ``manifest_limits.child_limits``) replace the
+        host's ``options.limits``; ``memory_required``: no child starts without a cgroup
+        to hold its memory limit."""
         self.name = name
         self.plugin_id = plugin_id
         self.version = version
         self.options = options if options is not None else IsolationOptions()
+        self.limits = limits if limits is not None else self.options.limits
+        self._memory_required = memory_required
         self._load = wire.Load(
             name, plugin_id, version, entry_module, entry_attr, dict(files), dict(config or {}),
             handler_timeout,
@@ -231,7 +250,7 @@ class IsolatedPlugin:
         self._c = dict.fromkeys(
             ("starts", "restarts", "crashes", "hangs", "protocol_violations", "limit_breaches",
              "frames_sent", "batches_sent", "frames_completed", "lost_to_crash", "in_child",
-             "refused", "child_errors", "child_timeouts", "logs_dropped"), 0,
+             "refused", "failed_batches", "child_errors", "child_timeouts", "logs_dropped"), 0,
         )  # fmt: skip
         self._last: dict[str, Any] = {"crash": None, "stack": None, "limit": None}
         self._usage = (0.0, 0, 0, 0)
@@ -253,6 +272,13 @@ class IsolatedPlugin:
 
     async def handle_batch(self, messages: list[Any]) -> None:
         """Send the frames to the child and wait for its receipt."""
+        try:
+            await self._send_batch(messages)
+        except Exception:
+            self._c["failed_batches"] += 1  # once per call, as the dispatcher counts errors
+            raise
+
+    async def _send_batch(self, messages: list[Any]) -> None:
         child = self._child
         if child is None or not child.ready:
             child = await self._wait_for_child(messages)
@@ -260,8 +286,8 @@ class IsolatedPlugin:
         data = wire.encode_frames(seq, messages)
         if len(data) > wire.PARENT_MESSAGE_LIMIT and len(messages) > 1:
             half = len(messages) // 2
-            await self.handle_batch(messages[:half])
-            await self.handle_batch(messages[half:])
+            await self._send_batch(messages[:half])
+            await self._send_batch(messages[half:])
             return
         count = len(messages)
         future: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
@@ -351,8 +377,14 @@ class IsolatedPlugin:
     async def _start(self) -> None:
         self._state = "starting"
         began = time.perf_counter()
-        limits = self.options.limits
+        limits = self.limits
         cgroup, cgroup_reason = Cgroup.create(self.name, limits)
+        if cgroup is None and self._memory_required:
+            raise IsolationError(
+                f"Plugin {self.name!r}: [sandbox] memory_limit cannot be enforced: the child "
+                f"gets no cgroup ({cgroup_reason}) - run the host where it can create "
+                "cgroups (root, or a delegated cgroup), or remove memory_limit"
+            )
         launch = Launch(
             name=self.name, secret=os.urandom(32), limits=limits,
             cgroup_procs=cgroup.procs if cgroup is not None else (),

@@ -54,6 +54,10 @@ CHILD_MESSAGE_LIMIT = 1 << 20
 PARENT_MESSAGE_LIMIT = 64 << 20
 #: Longest error text or log line kept from a child.
 TEXT_LIMIT = 4096
+#: Deepest nesting of arrays and maps in a message from a child (a REPLY's value is
+#: ``Any``): deeper is a ``ProtocolViolation`` before the decoder sees it, so no
+#: child can make the host recurse.
+CHILD_DEPTH_LIMIT = 32
 
 
 class Kind(enum.IntEnum):
@@ -163,11 +167,74 @@ def encode(kind: Kind, message: msgspec.Struct) -> bytes:
 
 
 def decode(kind: Kind, body: bytes) -> Any:
-    """A control message's struct; anything malformed is a ``ProtocolViolation``."""
+    """A control message's struct; anything malformed is a ``ProtocolViolation``.
+
+    A child's messages are checked for depth first (:data:`CHILD_DEPTH_LIMIT`)."""
+    if kind in CHILD_KINDS:
+        check_depth(kind, body, CHILD_DEPTH_LIMIT)
     try:
         return _DECODERS[kind].decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolViolation(f"malformed {kind.name} message: {exc}") from None
+
+
+# msgpack lead bytes (0xc0..0xdf) -> (bytes of a length field, fixed extra bytes, container).
+# A container's length field counts items (a map's pairs, doubled below).
+_LEADS: dict[int, tuple[int, int, int]] = {
+    0xC0: (0, 0, 0), 0xC2: (0, 0, 0), 0xC3: (0, 0, 0),
+    0xC4: (1, 0, 0), 0xC5: (2, 0, 0), 0xC6: (4, 0, 0),  # bin
+    0xC7: (1, 1, 0), 0xC8: (2, 1, 0), 0xC9: (4, 1, 0),  # ext
+    0xCA: (0, 4, 0), 0xCB: (0, 8, 0),  # float
+    0xCC: (0, 1, 0), 0xCD: (0, 2, 0), 0xCE: (0, 4, 0), 0xCF: (0, 8, 0),  # uint
+    0xD0: (0, 1, 0), 0xD1: (0, 2, 0), 0xD2: (0, 4, 0), 0xD3: (0, 8, 0),  # int
+    0xD4: (0, 2, 0), 0xD5: (0, 3, 0), 0xD6: (0, 5, 0), 0xD7: (0, 9, 0), 0xD8: (0, 17, 0),
+    0xD9: (1, 0, 0), 0xDA: (2, 0, 0), 0xDB: (4, 0, 0),  # str
+    0xDC: (2, 0, 1), 0xDD: (4, 0, 1), 0xDE: (2, 0, 2), 0xDF: (4, 0, 2),  # array, map
+}  # fmt: skip
+
+
+def check_depth(kind: Kind, body: bytes, limit: int) -> None:
+    """Refuse msgpack nested deeper than ``limit`` arrays/maps, walking it without recursion.
+
+    Only the structure is read; malformed bytes end the walk and are left for the decoder
+    to refuse with its own message."""
+    pending: list[int] = []  # items still to read in each open container
+    pos, end = 0, len(body)
+    while pos < end:
+        lead = body[pos]
+        pos += 1
+        items = 0
+        if lead <= 0x7F or lead >= 0xE0:
+            pass
+        elif lead <= 0x8F:
+            items = 2 * (lead & 0x0F)
+        elif lead <= 0x9F:
+            items = lead & 0x0F
+        elif lead <= 0xBF:
+            pos += lead & 0x1F
+        else:
+            shape = _LEADS.get(lead)
+            if shape is None:
+                return  # 0xc1: never valid; the decoder says so
+            width, extra, container = shape
+            length = int.from_bytes(body[pos : pos + width], "big") if width else 0
+            pos += width + extra
+            if container:
+                items = length * container
+            else:
+                pos += length
+        if items:
+            if len(pending) >= limit:
+                raise ProtocolViolation(
+                    f"Expected {kind.name} nested at most {limit} deep, got deeper"
+                )
+            pending.append(items)
+            continue
+        while pending:  # this item closes every container it was the last of
+            pending[-1] -= 1
+            if pending[-1]:
+                break
+            pending.pop()
 
 
 def encode_seq(kind: Kind, seq: int) -> bytes:

@@ -32,6 +32,7 @@ from .._impl import Dispatcher as DefaultDispatcher
 from .._info import PluginInfo
 from .._stats import PluginStats
 from ..config import HostConfig
+from ..isolation.manifest_limits import child_limits
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode, import_entry, unload_code
@@ -416,6 +417,7 @@ class PluginManager:
                 "child loads the plugin from the files the host read"
             )
         name, plugin_id = record.name, manifest.id
+        limits, memory_required = child_limits(name, manifest.sandbox, self.config.isolation.limits)
 
         def queue_depth() -> int:
             stats = self.dispatcher.plugin_stats(plugin_id)
@@ -435,6 +437,7 @@ class PluginManager:
             files=snapshot.files, config=dict(manifest.config),
             handler_timeout=self._handler_timeout(manifest), options=self.config.isolation,
             on_failed=failed, on_timeouts=timed_out, queue_depth=queue_depth,
+            limits=limits, memory_required=memory_required,
         )  # fmt: skip
         return lambda: instance
 

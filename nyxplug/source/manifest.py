@@ -154,22 +154,28 @@ class SandboxSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     network_allowlist: tuple[str, ...] = ()
     filesystem: Literal["none", "read-only", "full"] = "none"
     filesystem_allowlist: tuple[str, ...] = ()
-    #: As written (``"64MiB"`` or bytes); :attr:`memory_limit` is the parsed size.
-    memory_limit_text: int | str = msgspec.field(default="64MiB", name="memory_limit")
+    #: As written (``"64MiB"`` or bytes), UNSET when left out; :attr:`memory_limit` is the
+    #: parsed size. Enforced only in an isolated child (its cgroup), so refused otherwise.
+    memory_limit_text: int | str | msgspec.UnsetType = msgspec.field(
+        default=msgspec.UNSET, name="memory_limit"
+    )
 
     def __post_init__(self) -> None:
         for key in ("network_allowlist", "filesystem_allowlist"):
             for index, entry in enumerate(getattr(self, key)):
                 if not entry.strip():
                     raise _Invalid(f"{key}[{index}]", "Expected a pattern, got an empty string")
-        try:
-            parse_size(self.memory_limit_text)
-        except ValueError as exc:
-            raise _Invalid("memory_limit", str(exc)) from None
+        if self.memory_limit_text is not msgspec.UNSET:
+            try:
+                parse_size(self.memory_limit_text)
+            except ValueError as exc:
+                raise _Invalid("memory_limit", str(exc)) from None
 
     @property
     def memory_limit(self) -> int:
-        """The memory limit in bytes."""
+        """The memory limit in bytes (:data:`DEFAULT_MEMORY_LIMIT` when left out)."""
+        if self.memory_limit_text is msgspec.UNSET:
+            return DEFAULT_MEMORY_LIMIT
         return parse_size(self.memory_limit_text)
 
 
@@ -196,6 +202,17 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dependencies: dict[str, str] = {}
 
     def __post_init__(self) -> None:
+        if (
+            self.sandbox.memory_limit_text is not msgspec.UNSET
+            and self.resources.isolation != "process"
+        ):
+            # Nothing measures an in-process plugin's memory: no key may claim it is limited.
+            raise _Invalid(
+                "sandbox.memory_limit",
+                'Expected it only with [resources] isolation = "process" (the child\'s cgroup '
+                'enforces it), got it for an in-process plugin - set isolation = "process" or '
+                "remove memory_limit",
+            )
         for name, text in self.dependencies.items():
             key = f"dependencies.{name}"
             if not _NAME_RE.fullmatch(name):

@@ -33,7 +33,7 @@ network = false                   # may it open sockets at all?
 network_allowlist = []            # when network = true: "api.example.com", "*.example.com"
 filesystem = "none"               # "none", "read-only" or "full"
 filesystem_allowlist = []         # path prefixes it may open
-memory_limit = "64MiB"            # bytes, or text with KiB / MiB / GiB
+# memory_limit = "64MiB"          # only with isolation = "process": the child's cgroup
 
 [resources]
 # capacity = 100                  # queue slots (default: the host's defaults.capacity)
