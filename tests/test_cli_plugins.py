@@ -221,6 +221,31 @@ def test_run_reports_a_plugin_that_fails_to_load(
     assert "good 0.1.0 (id " in out
 
 
+def test_a_deeply_nested_manifest_fails_that_plugin_alone(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15 item 5: a 10 KB ``a = [[[...]]]`` stopped the host with RecursionError."""
+    assert cli(capsys, "new", "good", "--dir", "plugins")[0] == 0
+    nested = host / "plugins" / "nested"
+    nested.mkdir()
+    (nested / "nyxplug.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    reason = (
+        f"Invalid manifest {nested / 'nyxplug.toml'}: Expected arrays and tables nested at "
+        "most 32 levels deep, got deeper nesting at line 1 - flatten that value"
+    )
+    code, out, err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "3")
+    assert (code, err) == (1, "")
+    assert re.search(r"^good 0\.1\.0 \(id \d+\): active$", out, re.M), out
+    assert re.search(rf"^nested .*: failed - {re.escape(reason)}$", out, re.M), out
+    assert [line.split() for line in out.splitlines() if line.startswith("good ")][-1] == [
+        "good", "3", "0", "0"
+    ]  # fmt: skip
+    code, out, err = cli(capsys, "list", "--plugin-dir", "plugins")
+    assert (code, err) == (0, "")
+    assert row(out, "nested") == ["nested", "-", "-", "failed", "directory", "unsigned"]
+    assert f"    failed: {reason}\n" in out
+
+
 @pytest.mark.parametrize("name", ["Echo", "1st", "has space", "a" * 65, "", "_x", "é", "a.b"])
 def test_new_refuses_an_invalid_name(
     host: Path, capsys: pytest.CaptureFixture[str], name: str
