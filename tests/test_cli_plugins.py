@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -244,6 +245,49 @@ def test_a_deeply_nested_manifest_fails_that_plugin_alone(
     assert (code, err) == (0, "")
     assert row(out, "nested") == ["nested", "-", "-", "failed", "directory", "unsigned"]
     assert f"    failed: {reason}\n" in out
+
+
+def test_an_installed_package_hiding_the_folder_is_said_where_the_user_looks(
+    host: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 16: 0.5.0 installed, the folder at 0.7.0: ``run`` ran 0.5.0 silently."""
+    manifest = host / "plugins" / "greeter" / "nyxplug.toml"
+    assert cli(capsys, "new", "greeter", "--dir", "plugins")[0] == 0
+    manifest.write_text(manifest.read_text().replace('"0.1.0"', '"0.5.0"'))
+    assert cli(capsys, "package", "plugins/greeter")[0] == 0
+    assert cli(capsys, "install", "greeter-0.5.0.nyxp")[0] == 0
+    manifest.write_text(manifest.read_text().replace('"0.5.0"', '"0.7.0"'))
+    package, folder = host / "state" / "packages" / "greeter", host / "plugins" / "greeter"
+    warning = (
+        f"the installed package {package} (0.5.0) runs instead of the folder {folder} (0.7.0) "
+        "- `nyxplug uninstall greeter` to run the folder, or install 0.7.0 (`nyxplug package "
+        f"{folder}`, then `nyxplug sign` and `nyxplug install` the .nyxp)"
+    )
+    plugin_id = default_plugin_id("greeter")
+
+    caplog.set_level(logging.WARNING, logger="nyxplug.runtime")
+    code, out, err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
+    assert (code, err) == (0, "")
+    assert f"greeter 0.5.0 (id {plugin_id}): active\n  warning: {warning}\n" in out
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("nyxplug.runtime", "WARNING", f"Plugin 'greeter': {warning}")
+    ]
+    assert cli(capsys, "validate", "plugins/greeter") == (
+        0, f"OK greeter 0.7.0 (id {plugin_id})\nwarning: {warning}\n", ""
+    )  # fmt: skip
+    code, out, _ = cli(capsys, "info", "greeter", "--plugin-dir", "plugins")
+    assert code == 0
+    assert re.search(rf"^shadows: +{re.escape(warning)}$", out, re.M), out
+    code, out, _ = cli(capsys, "list", "--plugin-dir", "plugins")
+    assert out.endswith(f"Discovery errors:\n  Plugin 'greeter': {warning}\n")
+
+    # The command it names switches: the folder runs, and nothing is said any more.
+    assert cli(capsys, "uninstall", "greeter")[0] == 0
+    caplog.clear()
+    code, out, _ = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
+    assert f"greeter 0.7.0 (id {plugin_id}): active\n" in out
+    assert "warning" not in out and not caplog.records
+    assert cli(capsys, "validate", "plugins/greeter")[1] == f"OK greeter 0.7.0 (id {plugin_id})\n"
 
 
 @pytest.mark.parametrize("name", ["Echo", "1st", "has space", "a" * 65, "", "_x", "é", "a.b"])

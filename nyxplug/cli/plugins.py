@@ -218,6 +218,8 @@ async def _run_async(manager: PluginManager, frames: int) -> int:
     for status in catalog:
         line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
         print(line + (f" - {status.reason}" if status.reason else ""))
+        if status.shadows:
+            print(f"  warning: {status.shadows}")
     active = [s for s in catalog if s.state == "active"]
     # The plugin ids to send to (permissions come from a manifest, so each has an id).
     targets = {s.name: s.id for s in active if "DATA_ACCESS" in s.permissions and s.id is not None}
@@ -303,6 +305,7 @@ def _validate(args: argparse.Namespace) -> int:
     import msgspec
 
     from ..plugins import PluginLoadError, PluginStateError
+    from ..plugins.catalog import shadow_message
     from ..source.manifest import check_api_compatible, load_manifest
 
     folder = Path(args.folder).resolve()
@@ -352,7 +355,27 @@ def _validate(args: argparse.Namespace) -> int:
     if problem:
         raise Problem(f"Plugin {status.name!r}: {problem}")
     print(f"OK {status.name} {status.version} (id {status.id})")
+    installed = _installed_version(config.package_store_path / status.name)
+    if installed is not None:  # this host would run the package, not the folder just checked
+        text = shadow_message(
+            status.name, str(config.package_store_path / status.name), installed, str(folder),
+            str(status.version),
+        )  # fmt: skip
+        print(f"warning: {text}")
     return 0
+
+
+def _installed_version(package: Path) -> str | None:
+    """The version of the package installed at ``package``, None when none is."""
+    from ..source.layout import INDEX_FILE
+    from ..source.manifest import ManifestError, load_manifest
+
+    if not (package / INDEX_FILE).is_file():
+        return None
+    try:
+        return str(load_manifest(package).version)
+    except ManifestError:
+        return "unreadable manifest"
 
 
 # -- list, info -------------------------------------------------------------------------
