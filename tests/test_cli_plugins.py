@@ -92,8 +92,15 @@ def test_new_validate_list_info_disable_enable(
         f"Created plugin 'echo-bot' (id {expected_id}) in plugins{os.sep}echo-bot"
     )
     assert sorted(p.name for p in (plugins / "echo-bot").iterdir()) == [
-        "echo_bot_plugin.py", "nyxplug.toml", "test_echo_bot_plugin.py"
+        "echo_bot_plugin.py", "nyxplug.toml"
     ]  # fmt: skip
+    assert sorted(p.name for p in (host / "tests").iterdir()) == ["test_echo_bot.py"]
+    assert out.endswith(
+        f"  python -m pytest -q {Path('tests', 'test_echo_bot.py')}\n"
+        f"  nyxplug run --allow-unsigned --plugin-dir plugins\n"
+        "  nyxplug package plugins/echo-bot && nyxplug sign ... && nyxplug install ...  "
+        "(to ship it)\n"
+    )
 
     code, out, err = cli(capsys, "validate", "plugins/echo-bot")
     assert (code, out, err) == (0, f"OK echo-bot 0.1.0 (id {expected_id})\n", "")
@@ -165,12 +172,48 @@ def test_new_then_validate_and_the_generated_test_in_subprocesses(tmp_path: Path
     assert (checked.returncode, checked.stdout, checked.stderr) == (
         0, "OK counter 0.1.0 (id 4242)\n", ""
     )  # fmt: skip
-    folder = tmp_path / "counter"
-    tested = run(
-        "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_counter_plugin.py", cwd=folder
-    )
+    assert sorted(p.name for p in (tmp_path / "counter").iterdir()) == [
+        "counter_plugin.py", "nyxplug.toml"
+    ]  # fmt: skip
+    tested = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_counter.py")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert re.search(r"^1 passed", tested.stdout, re.M), tested.stdout
+
+
+def test_the_generated_test_survives_a_rewritten_class(tmp_path: Path) -> None:
+    """Issue 15 item 21: the test drives a real host, not the template's attributes.
+
+    The author replaces the class body (no ``frames``, no ``last_payload``, another
+    name); the generated test still passes from another folder, and still catches a
+    handler that raises.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NYXPLUG_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+
+    def run(*argv: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    made = run("-m", "nyxplug", "new", "echo-bot", "--dir", "plugins")
+    assert made.returncode == 0, made.stderr
+    code = tmp_path / "plugins" / "echo-bot" / "echo_bot_plugin.py"
+    manifest = code.with_name("nyxplug.toml")
+    manifest.write_text(manifest.read_text().replace(":EchoBotPlugin", ":Echo"))
+    code.write_text(
+        "class Echo:\n"
+        "    async def handle(self, message):\n"
+        "        return bytes(reversed(message.payload))\n"
+    )
+    test = ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "tests")]
+    tested = run(*test, cwd=tmp_path / "plugins")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert re.search(r"^1 passed", tested.stdout, re.M), tested.stdout
+
+    code.write_text("class Echo:\n    async def handle(self, message):\n        1 / 0\n")
+    tested = run(*test)
+    assert tested.returncode == 1, tested.stdout + tested.stderr
+    assert "the handler raised" in tested.stdout, tested.stdout
 
 
 # -- new ----------------------------------------------------------------------------------

@@ -765,3 +765,76 @@ def test_python_m_nyxplug_in_a_subprocess(tmp_path: Path) -> None:
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr.startswith("nyxplug sign: Cannot use ")
     assert "it is encrypted" in refused.stderr
+
+
+# -- what goes into a package (issue 15 item 21) ------------------------------------------
+
+
+def members(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return sorted(archive.namelist())
+
+
+def test_package_leaves_out_caches_and_tests(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = host / "fast"
+    planted = [
+        ".pytest_cache/v/cache/nodeids", ".mypy_cache/3.11/x.json", ".ruff_cache/0.1/y",
+        ".hypothesis/examples/z", "__pycache__/fast_plugin.cpython-311.pyc", "old.pyc",
+        "tests/test_fast.py", "tests/data/sample.bin", "test_fast_plugin.py",
+        "fast_test.py", "conftest.py", "sub/__pycache__/a.pyc", "sub/test_sub.py",
+        "sub/helper.py", "data/notes.txt", ".coverage",
+    ]  # fmt: skip
+    for rel in planted:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    shipped = sorted(["nyxplug.toml", "fast_plugin.py", "sub/helper.py", "data/notes.txt"])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == (
+        sorted([*planted, "nyxplug.toml", "fast_plugin.py"])
+    )
+
+    out = ok(capsys, "package", "fast")
+    assert members(host / "fast-1.0.0.nyxp") == sorted(["NYXPLUG-INDEX", *shipped])
+    assert "Packaged fast 1.0.0 (id " in out and ": 4 files\n" in out
+    assert re.search(
+        r"^  left out: \.coverage, conftest\.py, fast_test\.py, old\.pyc, test_fast_plugin\.py "
+        r"and 7 more - `--include PATTERN` ships what is left out by default$",
+        out,
+        re.M,
+    ), out
+
+    # The choice: --include brings defaults back, --exclude leaves more out (and wins).
+    out = ok(
+        capsys, "package", "fast", "-o", "chosen.nyxp", "--include", "tests",
+        "--include", "conftest.py", "--exclude", "data", "--exclude", "tests/data",
+    )  # fmt: skip
+    assert members(host / "chosen.nyxp") == sorted(
+        ["NYXPLUG-INDEX", "nyxplug.toml", "fast_plugin.py", "sub/helper.py", "conftest.py",
+         "tests/test_fast.py"]
+    )  # fmt: skip
+    # The package installs and verifies as before: nothing left out is missed.
+    keygen(capsys, "alice")
+    ok(capsys, "sign", "fast-1.0.0.nyxp")
+    assert ok(capsys, "install", "fast-1.0.0.nyxp").startswith("Installed fast 1.0.0 ")
+    installed = host / "state" / "packages" / "fast"
+    assert sorted(
+        p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()
+    ) == sorted(["NYXPLUG-INDEX", "NYXPLUG-SIGNATURE", *shipped])
+
+
+def test_package_refuses_to_leave_out_the_entry_module(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy_plugin(host, "probe", **{'name = "fast"': 'name = "probe"'})
+    manifest = host / "probe" / "nyxplug.toml"
+    entry = re.search(r'^entry = "(\w+):', manifest.read_text(), re.M)[1]  # type: ignore[index]
+    (host / "probe" / f"{entry}.py").rename(host / "probe" / "test_entry.py")
+    manifest.write_text(manifest.read_text().replace(f'"{entry}:', '"test_entry:'))
+    err = problem(capsys, "package", "probe")
+    assert err == (
+        "nyxplug package: Refused probe (plugin 'probe') [excluded-file]: the entry module "
+        "'test_entry' (test_entry.py) would be left out of the package - ship it with "
+        "`--include test_entry.py` (or rename it: test and cache files stay out by default)\n"
+    )
+    assert "Packaged probe" in ok(capsys, "package", "probe", "--include", "test_entry.py")
