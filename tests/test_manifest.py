@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import semver
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nyxplug._constants import Permission
@@ -661,7 +661,8 @@ def test_hostile_bytes_decode_or_raise_manifest_error(data: bytes) -> None:
         assert isinstance(manifest, Manifest)
 
 
-@given(text=st.text(max_size=200))
+@given(text=st.text(st.characters(categories=["Cs", "Cc", "L", "N", "P", "S", "Z"]), max_size=200))
+@example(text='description = "\ud800"\n')  # str.encode() raised UnicodeEncodeError here
 @settings(max_examples=200, deadline=None)
 def test_hostile_text_decodes_or_raises_manifest_error(text: str) -> None:
     """Text too, lone surrogates included (refused as bad UTF-8)."""
