@@ -23,6 +23,7 @@ import msgspec
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
 from ._impl import parse_flag
+from ._toml import TOO_DEEP, nesting_problem, toml_value_problem
 from .isolation.options import IsolationOptions
 from .source.layout import Capacity, HandlerTimeout
 
@@ -205,11 +206,17 @@ def _decode_file(file: Path, source: str) -> HostConfig:
         raise ConfigError(source, "$", "Expected an existing file, got nothing there") from None
     except OSError as exc:
         raise ConfigError(source, "$", f"Expected a readable file, got `{exc.strerror}`") from None
+    if problem := nesting_problem(data):  # tomllib would raise RecursionError
+        raise ConfigError(source, "$", problem)
     try:
         return msgspec.toml.decode(data, type=HostConfig)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         key, problem = explain_decode_error(exc, data, HostConfig)
         raise ConfigError(source, key, problem) from None
+    except RecursionError:  # unreachable after the scan above: refuse all the same
+        raise ConfigError(source, "$", TOO_DEEP) from None
+    except ValueError as exc:  # tomllib's own (an over-long integer)
+        raise ConfigError(source, "$", toml_value_problem(exc)) from None
 
 
 def _absolute(base: Path, entry: str) -> str:

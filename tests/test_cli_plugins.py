@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -91,8 +92,15 @@ def test_new_validate_list_info_disable_enable(
         f"Created plugin 'echo-bot' (id {expected_id}) in plugins{os.sep}echo-bot"
     )
     assert sorted(p.name for p in (plugins / "echo-bot").iterdir()) == [
-        "echo_bot_plugin.py", "nyxplug.toml", "test_echo_bot_plugin.py"
+        "echo_bot_plugin.py", "nyxplug.toml"
     ]  # fmt: skip
+    assert sorted(p.name for p in (host / "tests").iterdir()) == ["test_echo_bot.py"]
+    assert out.endswith(
+        f"  python -m pytest -q {Path('tests', 'test_echo_bot.py')}\n"
+        f"  nyxplug run --allow-unsigned --plugin-dir plugins\n"
+        "  nyxplug package plugins/echo-bot && nyxplug sign ... && nyxplug install ...  "
+        "(to ship it)\n"
+    )
 
     code, out, err = cli(capsys, "validate", "plugins/echo-bot")
     assert (code, out, err) == (0, f"OK echo-bot 0.1.0 (id {expected_id})\n", "")
@@ -164,12 +172,48 @@ def test_new_then_validate_and_the_generated_test_in_subprocesses(tmp_path: Path
     assert (checked.returncode, checked.stdout, checked.stderr) == (
         0, "OK counter 0.1.0 (id 4242)\n", ""
     )  # fmt: skip
-    folder = tmp_path / "counter"
-    tested = run(
-        "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_counter_plugin.py", cwd=folder
-    )
+    assert sorted(p.name for p in (tmp_path / "counter").iterdir()) == [
+        "counter_plugin.py", "nyxplug.toml"
+    ]  # fmt: skip
+    tested = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_counter.py")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert re.search(r"^1 passed", tested.stdout, re.M), tested.stdout
+
+
+def test_the_generated_test_survives_a_rewritten_class(tmp_path: Path) -> None:
+    """Issue 15 item 21: the test drives a real host, not the template's attributes.
+
+    The author replaces the class body (no ``frames``, no ``last_payload``, another
+    name); the generated test still passes from another folder, and still catches a
+    handler that raises.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NYXPLUG_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+
+    def run(*argv: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    made = run("-m", "nyxplug", "new", "echo-bot", "--dir", "plugins")
+    assert made.returncode == 0, made.stderr
+    code = tmp_path / "plugins" / "echo-bot" / "echo_bot_plugin.py"
+    manifest = code.with_name("nyxplug.toml")
+    manifest.write_text(manifest.read_text().replace(":EchoBotPlugin", ":Echo"))
+    code.write_text(
+        "class Echo:\n"
+        "    async def handle(self, message):\n"
+        "        return bytes(reversed(message.payload))\n"
+    )
+    test = ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "tests")]
+    tested = run(*test, cwd=tmp_path / "plugins")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert re.search(r"^1 passed", tested.stdout, re.M), tested.stdout
+
+    code.write_text("class Echo:\n    async def handle(self, message):\n        1 / 0\n")
+    tested = run(*test)
+    assert tested.returncode == 1, tested.stdout + tested.stderr
+    assert "the handler raised" in tested.stdout, tested.stdout
 
 
 # -- new ----------------------------------------------------------------------------------
@@ -219,6 +263,74 @@ def test_run_reports_a_plugin_that_fails_to_load(
     assert code == 1
     assert "bad 0.1.0 (id " in out and "failed - import failed: ImportError: nope" in out
     assert "good 0.1.0 (id " in out
+
+
+def test_a_deeply_nested_manifest_fails_that_plugin_alone(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15 item 5: a 10 KB ``a = [[[...]]]`` stopped the host with RecursionError."""
+    assert cli(capsys, "new", "good", "--dir", "plugins")[0] == 0
+    nested = host / "plugins" / "nested"
+    nested.mkdir()
+    (nested / "nyxplug.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    reason = (
+        f"Invalid manifest {nested / 'nyxplug.toml'}: Expected arrays and tables nested at "
+        "most 32 levels deep, got deeper nesting at line 1 - flatten that value"
+    )
+    code, out, err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "3")
+    assert (code, err) == (1, "")
+    assert re.search(r"^good 0\.1\.0 \(id \d+\): active$", out, re.M), out
+    assert re.search(rf"^nested .*: failed - {re.escape(reason)}$", out, re.M), out
+    assert [line.split() for line in out.splitlines() if line.startswith("good ")][-1] == [
+        "good", "3", "0", "0"
+    ]  # fmt: skip
+    code, out, err = cli(capsys, "list", "--plugin-dir", "plugins")
+    assert (code, err) == (0, "")
+    assert row(out, "nested") == ["nested", "-", "-", "failed", "directory", "unsigned"]
+    assert f"    failed: {reason}\n" in out
+
+
+def test_an_installed_package_hiding_the_folder_is_said_where_the_user_looks(
+    host: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 16: 0.5.0 installed, the folder at 0.7.0: ``run`` ran 0.5.0 silently."""
+    manifest = host / "plugins" / "greeter" / "nyxplug.toml"
+    assert cli(capsys, "new", "greeter", "--dir", "plugins")[0] == 0
+    manifest.write_text(manifest.read_text().replace('"0.1.0"', '"0.5.0"'))
+    assert cli(capsys, "package", "plugins/greeter")[0] == 0
+    assert cli(capsys, "install", "greeter-0.5.0.nyxp")[0] == 0
+    manifest.write_text(manifest.read_text().replace('"0.5.0"', '"0.7.0"'))
+    package, folder = host / "state" / "packages" / "greeter", host / "plugins" / "greeter"
+    warning = (
+        f"the installed package {package} (0.5.0) runs instead of the folder {folder} (0.7.0) "
+        "- `nyxplug uninstall greeter` to run the folder, or install 0.7.0 (`nyxplug package "
+        f"{folder}`, then `nyxplug sign` and `nyxplug install` the .nyxp)"
+    )
+    plugin_id = default_plugin_id("greeter")
+
+    caplog.set_level(logging.WARNING, logger="nyxplug.runtime")
+    code, out, err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
+    assert (code, err) == (0, "")
+    assert f"greeter 0.5.0 (id {plugin_id}): active\n  warning: {warning}\n" in out
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("nyxplug.runtime", "WARNING", f"Plugin 'greeter': {warning}")
+    ]
+    assert cli(capsys, "validate", "plugins/greeter") == (
+        0, f"OK greeter 0.7.0 (id {plugin_id})\nwarning: {warning}\n", ""
+    )  # fmt: skip
+    code, out, _ = cli(capsys, "info", "greeter", "--plugin-dir", "plugins")
+    assert code == 0
+    assert re.search(rf"^shadows: +{re.escape(warning)}$", out, re.M), out
+    code, out, _ = cli(capsys, "list", "--plugin-dir", "plugins")
+    assert out.endswith(f"Discovery errors:\n  Plugin 'greeter': {warning}\n")
+
+    # The command it names switches: the folder runs, and nothing is said any more.
+    assert cli(capsys, "uninstall", "greeter")[0] == 0
+    caplog.clear()
+    code, out, _ = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
+    assert f"greeter 0.7.0 (id {plugin_id}): active\n" in out
+    assert "warning" not in out and not caplog.records
+    assert cli(capsys, "validate", "plugins/greeter")[1] == f"OK greeter 0.7.0 (id {plugin_id})\n"
 
 
 @pytest.mark.parametrize("name", ["Echo", "1st", "has space", "a" * 65, "", "_x", "é", "a.b"])

@@ -7,6 +7,7 @@ real ``.nyxp`` zips, a real trust store and audit log; plus one run of the real
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,7 +24,7 @@ import pytest
 
 from nyxplug.cli import main
 from nyxplug.cli.plugins import EXAMPLES_DIR
-from nyxplug.trust import AuditLog, TrustStore
+from nyxplug.trust import AuditLog, TrustStore, read_package
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ID = r"[0-9a-f]{16}"
@@ -472,11 +473,148 @@ def test_revoke_package(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, path = signed_fast(capsys)
     digest = re.search(rf"sha256 ({SHA256})", ok(capsys, "verify", str(path)))[1]  # type: ignore[index]
     assert ok(capsys, "trust", "revoke-package", digest) == (
-        f"Revoked package {digest}: it is refused, whoever signed it\n"
+        f"Revoked package fast 1.0.0 (index sha256 {digest}): it is refused, whoever signed it\n"
     )
     assert f"[revoked-package]: package {digest[:16]}..." in problem(capsys, "install", str(path))
     assert f"Revoked packages:\n  {digest}\n" in ok(capsys, "trust", "list")
     assert audit_entries(host)[-2] == {**audit_entries(host)[-2], "package_sha256": digest}
+
+
+# -- revoke-package takes what the user holds (issue 15 item 10) --------------------------
+
+
+def index_hash(capsys: pytest.CaptureFixture[str], path: Path) -> str:
+    """The package's index sha256, as ``nyxplug verify`` prints it."""
+    return re.search(rf"sha256 ({SHA256})", ok(capsys, "verify", str(path)))[1]  # type: ignore[index]
+
+
+def assert_revoked(capsys: pytest.CaptureFixture[str], path: Path, digest: str) -> None:
+    """Installing ``path`` is refused, and ``digest`` is the only revoked package."""
+    err = problem(capsys, "install", str(path))
+    assert f"[revoked-package]: package {digest[:16]}... is on this host's revocation list" in err
+    assert f"Revoked packages:\n  {digest}\nRollback" in ok(capsys, "trust", "list")
+
+
+def test_revoke_package_by_its_file(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, path = signed_fast(capsys)
+    digest = hashlib.sha256(read_package(path).index_bytes).hexdigest()
+    assert ok(capsys, "trust", "revoke-package", str(path)) == (
+        f"Revoked package fast 1.0.0 (index sha256 {digest}): it is refused, whoever signed it\n"
+    )
+    assert_revoked(capsys, path, digest)
+    entry = [e for e in audit_entries(host) if e["event"] == "revoke-package"][0]
+    assert (entry["package_sha256"], entry["plugin"], entry["source"]) == (
+        digest, "fast", str(path)
+    )  # fmt: skip
+
+
+def test_revoke_package_by_the_file_sha256_maps_it_to_the_index(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reported case: ``sha256sum fast-1.0.0.nyxp`` revoked nothing and it installed."""
+    _, path = signed_fast(capsys)
+    file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(read_package(path).index_bytes).hexdigest()
+    assert file_hash != digest
+    assert ok(capsys, "trust", "revoke-package", file_hash.upper()) == (
+        f"Revoked package fast 1.0.0 (index sha256 {digest}): it is refused, whoever signed it\n"
+        f"  {file_hash} is the SHA-256 of the file {host / path}; packages are revoked by their "
+        "index sha256 (printed by `nyxplug package` and `nyxplug verify`)\n"
+    )
+    assert_revoked(capsys, path, digest)
+
+
+def test_revoke_package_by_the_file_sha256_of_a_file_this_host_verified(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not in the current folder, but the audit log names it: still mapped."""
+    _, path = signed_fast(capsys)
+    (host / "dist").mkdir()
+    moved = path.rename(host / "dist" / path.name)
+    digest = index_hash(capsys, moved)  # recorded in the audit log with its path
+    file_hash = hashlib.sha256(moved.read_bytes()).hexdigest()
+    out = ok(capsys, "trust", "revoke-package", file_hash)
+    assert out.startswith(f"Revoked package fast 1.0.0 (index sha256 {digest}): ")
+    assert f"  {file_hash} is the SHA-256 of the file {moved}; " in out
+    assert_revoked(capsys, moved, digest)
+
+
+def test_revoke_package_by_an_installed_package_s_index_hash_or_folder(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = signed_fast(capsys)
+    ok(capsys, "install", str(path))
+    (host / "state" / "audit.jsonl").unlink()  # known from the installed folder alone
+    digest = hashlib.sha256(read_package(path).index_bytes).hexdigest()
+    assert ok(capsys, "trust", "revoke-package", digest).startswith(
+        f"Revoked package fast 1.0.0 (index sha256 {digest}): "
+    )
+    assert ok(capsys, "trust", "revoke-package", "state/packages/fast").startswith(
+        f"Revoked package fast 1.0.0 (index sha256 {digest}): "
+    )
+    assert_revoked(capsys, path, digest)
+
+
+def test_revoke_package_refuses_a_hash_it_cannot_place(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file hash without its file cannot be mapped: refused, with what was expected."""
+    _, path = signed_fast(capsys)
+    file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    (host / "elsewhere").mkdir()
+    path = path.rename(host / "elsewhere" / path.name)  # never verified from there
+    err = problem(capsys, "trust", "revoke-package", file_hash)
+    assert err == (
+        f"nyxplug trust revoke-package: {file_hash} is not the index sha256 of a package "
+        "this host knows (installed, or verified or installed before - see `nyxplug audit`), "
+        f"nor the SHA-256 of a .nyxp file at hand (in {host}, or one this host verified or "
+        "installed) - give the package file (`nyxplug trust revoke-package PKG.nyxp`) or its "
+        "index sha256 (printed by `nyxplug package` and `nyxplug verify`); to revoke an index "
+        "sha256 this host has never seen (from a publisher's advisory), add --unseen\n"
+    )
+    assert "Revoked packages: none\n" in ok(capsys, "trust", "list")
+    # With the file at hand again, the same hash is mapped and the package refused.
+    path = path.rename(host / path.name)
+    digest = hashlib.sha256(read_package(path).index_bytes).hexdigest()
+    assert ok(capsys, "trust", "revoke-package", file_hash).startswith(
+        f"Revoked package fast 1.0.0 (index sha256 {digest}): "
+    )
+    assert_revoked(capsys, path, digest)
+
+
+def test_revoke_package_unseen_takes_an_advisory_hash_as_given(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    advisory = "ab" * 32
+    assert "add --unseen" in problem(capsys, "trust", "revoke-package", advisory)
+    assert ok(capsys, "trust", "revoke-package", advisory, "--unseen") == (
+        f"Revoked package {advisory}: it is refused, whoever signed it\n"
+        "  not seen on this host: revoked as given (--unseen)\n"
+    )
+    assert f"Revoked packages:\n  {advisory}\n" in ok(capsys, "trust", "list")
+
+
+@pytest.mark.parametrize("value", ["AB" * 32, "ab" * 31, "zz" * 32, ""])
+def test_the_store_revokes_index_hashes_only(tmp_path: Path, value: str) -> None:
+    store = TrustStore(tmp_path / "trust.json")
+    with pytest.raises(
+        ValueError,
+        match=rf"^Expected a package's index sha256 \(64 lowercase hex digits\), got '{value}'$",
+    ):
+        store.revoke_package(value)
+    assert store.revoked() == ([], [])
+
+
+def test_revoke_package_refuses_a_file_that_is_not_a_package(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (host / "notes.txt").write_text("hello")
+    err = problem(capsys, "trust", "revoke-package", "notes.txt")
+    assert err == (
+        "nyxplug trust revoke-package: Refused notes.txt [not-a-package]: not a .nyxp (zip) "
+        "file: File is not a zip file - build one with `nyxplug package DIR`\n"
+    )
+    assert "Revoked packages: none\n" in ok(capsys, "trust", "list")
 
 
 def test_trust_add_with_scope_refuses_other_plugins(
@@ -543,7 +681,7 @@ def test_expired_key(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["keygen", "--name", "../evil"], "expected a key name"),
         (["trust", "add", "k.pub", "--scope", ""], "plugin-name pattern"),
         (["trust", "revoke-key", "abc"], "16 hex digits"),
-        (["trust", "revoke-package", "abc"], "64 hex digits"),
+        (["trust", "revoke-package", "abc"], "a package file (.nyxp), an installed package's"),
         (["audit", "--last", "0"], "expected at least 1"),
         (["trust"], "required: ACTION"),
     ],
@@ -627,3 +765,76 @@ def test_python_m_nyxplug_in_a_subprocess(tmp_path: Path) -> None:
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr.startswith("nyxplug sign: Cannot use ")
     assert "it is encrypted" in refused.stderr
+
+
+# -- what goes into a package (issue 15 item 21) ------------------------------------------
+
+
+def members(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return sorted(archive.namelist())
+
+
+def test_package_leaves_out_caches_and_tests(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = host / "fast"
+    planted = [
+        ".pytest_cache/v/cache/nodeids", ".mypy_cache/3.11/x.json", ".ruff_cache/0.1/y",
+        ".hypothesis/examples/z", "__pycache__/fast_plugin.cpython-311.pyc", "old.pyc",
+        "tests/test_fast.py", "tests/data/sample.bin", "test_fast_plugin.py",
+        "fast_test.py", "conftest.py", "sub/__pycache__/a.pyc", "sub/test_sub.py",
+        "sub/helper.py", "data/notes.txt", ".coverage",
+    ]  # fmt: skip
+    for rel in planted:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    shipped = sorted(["nyxplug.toml", "fast_plugin.py", "sub/helper.py", "data/notes.txt"])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == (
+        sorted([*planted, "nyxplug.toml", "fast_plugin.py"])
+    )
+
+    out = ok(capsys, "package", "fast")
+    assert members(host / "fast-1.0.0.nyxp") == sorted(["NYXPLUG-INDEX", *shipped])
+    assert "Packaged fast 1.0.0 (id " in out and ": 4 files\n" in out
+    assert re.search(
+        r"^  left out: \.coverage, conftest\.py, fast_test\.py, old\.pyc, test_fast_plugin\.py "
+        r"and 7 more - `--include PATTERN` ships what is left out by default$",
+        out,
+        re.M,
+    ), out
+
+    # The choice: --include brings defaults back, --exclude leaves more out (and wins).
+    out = ok(
+        capsys, "package", "fast", "-o", "chosen.nyxp", "--include", "tests",
+        "--include", "conftest.py", "--exclude", "data", "--exclude", "tests/data",
+    )  # fmt: skip
+    assert members(host / "chosen.nyxp") == sorted(
+        ["NYXPLUG-INDEX", "nyxplug.toml", "fast_plugin.py", "sub/helper.py", "conftest.py",
+         "tests/test_fast.py"]
+    )  # fmt: skip
+    # The package installs and verifies as before: nothing left out is missed.
+    keygen(capsys, "alice")
+    ok(capsys, "sign", "fast-1.0.0.nyxp")
+    assert ok(capsys, "install", "fast-1.0.0.nyxp").startswith("Installed fast 1.0.0 ")
+    installed = host / "state" / "packages" / "fast"
+    assert sorted(
+        p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()
+    ) == sorted(["NYXPLUG-INDEX", "NYXPLUG-SIGNATURE", *shipped])
+
+
+def test_package_refuses_to_leave_out_the_entry_module(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy_plugin(host, "probe", **{'name = "fast"': 'name = "probe"'})
+    manifest = host / "probe" / "nyxplug.toml"
+    entry = re.search(r'^entry = "(\w+):', manifest.read_text(), re.M)[1]  # type: ignore[index]
+    (host / "probe" / f"{entry}.py").rename(host / "probe" / "test_entry.py")
+    manifest.write_text(manifest.read_text().replace(f'"{entry}:', '"test_entry:'))
+    err = problem(capsys, "package", "probe")
+    assert err == (
+        "nyxplug package: Refused probe (plugin 'probe') [excluded-file]: the entry module "
+        "'test_entry' (test_entry.py) would be left out of the package - ship it with "
+        "`--include test_entry.py` (or rename it: test and cache files stay out by default)\n"
+    )
+    assert "Packaged probe" in ok(capsys, "package", "probe", "--include", "test_entry.py")

@@ -237,6 +237,13 @@ def test_folder_instead_of_file(tmp_path: Path) -> None:
          "Expected a finite number of seconds, got `inf`"),
         ("[policy]\nallow_process_isolation = 1\n", "policy.allow_process_isolation",
          "Expected `bool`, got `int`"),
+        # Issue 15 item 5: tomllib recursed until RecursionError on these.
+        ("[runtime]\nplugin_dirs = " + "[" * 5000 + "]" * 5000 + "\n", "$",
+         "Expected arrays and tables nested at most 32 levels deep, got deeper nesting at "
+         "line 2 - flatten that value"),
+        ("[defaults]\ncapacity = 1" + "0" * 5000 + "\n", "$",
+         "Expected integers of at most 4300 digits, got a longer one - write such a number "
+         "as a string"),
     ],
 )  # fmt: skip
 def test_bad_file_value(tmp_path: Path, text: str, key: str, problem: str) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import semver
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from nyxplug._constants import Permission
 from nyxplug._errors import NyxplugError
@@ -524,3 +526,162 @@ def test_a_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
     path.write_text(PLUGIN.replace('"echo"', '"echo\\n"'))
     with pytest.raises(ManifestError, match="plugin.name"):
         load_manifest(path)
+
+
+# -- hostile bytes: only a ManifestError ever comes out (issue 15 item 5) -----------------
+
+DEEP = "Expected arrays and tables nested at most 32 levels deep, got deeper nesting"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a = " + "[" * 5000 + "]" * 5000 + "\n", 1),  # the 10 KB manifest that stopped a host
+        (PLUGIN + "[config]\nx = " + "{a = " * 3000 + "}" * 3000 + "\n", 8),
+        (PLUGIN + "[config]\nx = " + "[{a = " * 400 + "}]" * 400 + "\n", 8),
+        (PLUGIN + "[config]\nx = " + "[" * 33 + "]" * 33 + "\n", 8),
+    ],
+    ids=["arrays", "inline-tables", "mixed", "just-over"],
+)
+def test_deep_nesting_is_refused_with_the_line(tmp_path: Path, text: str, line: int) -> None:
+    broken(tmp_path, text, f"{DEEP} at line {line} - flatten that value", "$")
+
+
+def test_nesting_up_to_the_limit_decodes() -> None:
+    manifest = decode_manifest(PLUGIN + "[config]\nx = " + "[" * 31 + "]" * 31 + "\n")
+    value = manifest.config["x"]
+    for _ in range(30):
+        (value,) = value
+    assert value == []
+
+
+def test_brackets_in_strings_and_comments_do_not_count() -> None:
+    deep = "[" * 100
+    text = (
+        PLUGIN
+        + f'description = "{deep}\\"{deep}"\n'
+        + f"tags = ['{deep}', '''{deep}\n{deep}'''', \"\"\"{deep}\"\"\"\"]\n"
+        + f"# {deep}\n"
+    )
+    manifest = decode_manifest(text)
+    assert manifest.plugin.description == f'{deep}"{deep}'
+    assert manifest.plugin.tags == (deep, f"{deep}\n{deep}'", f'{deep}"')
+
+
+def test_dotted_keys_deep_in_config_are_refused(tmp_path: Path) -> None:
+    """``a.b.c = 1`` nests tables without a bracket; plugins must not get 5000 levels."""
+    broken(
+        tmp_path,
+        PLUGIN + "[config]\n" + ".".join(["a"] * 5000) + " = 1\n",
+        "Expected tables and arrays nested at most 32 levels deep (dotted keys count as "
+        "levels), got deeper nesting - flatten the plugin's settings",
+        "config",
+    )
+
+
+def test_an_integer_too_long_for_python_is_refused(tmp_path: Path) -> None:
+    broken(
+        tmp_path,
+        PLUGIN + "[config]\nx = 1" + "0" * 5000 + "\n",
+        "Expected integers of at most 4300 digits, got a longer one - write such a number "
+        "as a string",
+        "$",
+    )
+
+
+def test_deep_python_data_is_refused_by_manifest_from_dict() -> None:
+    value: list[object] = []
+    for _ in range(5000):
+        value = [value]
+    document = {"plugin": {"name": "echo"}, "config": {"x": value}}
+    with pytest.raises(
+        ManifestError, match=exact(f"Invalid manifest <dict>: {DEEP} - flatten the document")
+    ):
+        manifest_from_dict(document)
+
+
+#: Pieces of hostile TOML: nesting, quotes of every kind, escapes, comments, dotted keys,
+#: huge numbers, control characters, invalid UTF-8 and surrogates' encodings.
+_PIECES = [
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"[[",
+    b"]]",
+    b"=",
+    b",",
+    b".",
+    b"a",
+    b"config",
+    b"plugin",
+    b"\n",
+    b"\r",
+    b"\t",
+    b" ",
+    b"#",
+    b'"',
+    b"'",
+    b'"""',
+    b"'''",
+    b"\\",
+    b"\\u",
+    b"\\U0010ffff",
+    b"\x00",
+    b"\x1f",
+    b"\x7f",
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"1",
+    b"-",
+    b"+",
+    b"e",
+    b"inf",
+    b"nan",
+    b"true",
+    b"1979-05-27",
+    b"T07:32:00Z",
+    b"0x",
+    b"9" * 4400,
+    b"1e99999",
+]
+_NESTED = st.builds(
+    lambda opening, depth, closing: opening * depth + closing * depth,
+    st.sampled_from([b"[", b"{a=", b"[{a=", b"a."]),
+    st.integers(0, 3000),
+    st.sampled_from([b"]", b"}", b"}]", b"=1"]),
+)
+_HOSTILE = st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join),
+    st.tuples(
+        st.sampled_from([b"", PLUGIN.encode(), PLUGIN.encode() + b"[config]\n"]),
+        st.sampled_from([b"", b"x = ", b"[config]\nx = ", b"a."]),
+        _NESTED,
+        st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join),
+    ).map(b"".join),
+)
+
+
+@given(data=_HOSTILE)
+@settings(max_examples=400, deadline=None)
+def test_hostile_bytes_decode_or_raise_manifest_error(data: bytes) -> None:
+    try:
+        manifest = decode_manifest(data, "fuzz")
+    except ManifestError as exc:
+        assert exc.source == "fuzz"
+        assert str(exc).startswith("Invalid manifest fuzz: ")
+    else:
+        assert isinstance(manifest, Manifest)
+
+
+@given(text=st.text(st.characters(categories=["Cs", "Cc", "L", "N", "P", "S", "Z"]), max_size=200))
+@example(text='description = "\ud800"\n')  # str.encode() raised UnicodeEncodeError here
+@settings(max_examples=200, deadline=None)
+def test_hostile_text_decodes_or_raises_manifest_error(text: str) -> None:
+    """Text too, lone surrogates included (refused as bad UTF-8)."""
+    try:
+        decode_manifest(PLUGIN + text)
+    except ManifestError:
+        pass

@@ -233,8 +233,11 @@ def test_an_installed_package_takes_precedence_over_a_folder_of_the_same_name(
     manager = host.manager(impl, plugin_dirs=[host.src], require_signatures=False)
     status = {s.name: s for s in manager.discover()}["acme-both"]
     assert (status.source, status.key_id) == ("package", host.key.key_id)
-    assert manager.discovery_errors == [
-        f"Plugin 'acme-both' at {host.src / 'acme-both'} is ignored: the installed package "
-        f"{host.state / 'packages' / 'acme-both'} takes precedence (`nyxplug uninstall "
-        "acme-both` to run the folder instead)"
-    ]
+    shadows = (
+        f"the installed package {host.state / 'packages' / 'acme-both'} (1.0.0) runs instead "
+        f"of the folder {host.src / 'acme-both'} (1.0.0) - `nyxplug uninstall acme-both` to "
+        f"run the folder, or install 1.0.0 (`nyxplug package {host.src / 'acme-both'}`, then "
+        "`nyxplug sign` and `nyxplug install` the .nyxp)"
+    )
+    assert manager.discovery_errors == [f"Plugin 'acme-both': {shadows}"]
+    assert status.shadows == shadows

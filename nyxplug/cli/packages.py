@@ -31,11 +31,29 @@ def add_package(commands: _host.Commands) -> None:
         "package",
         help="build an unsigned .nyxp package from a plugin folder",
         description=(
-            "Pack every file of the plugin folder DIR (not __pycache__, VCS folders or "
-            "compiled bytecode) into a .nyxp with an index of their sizes and SHA-256s."
+            "Pack the files of the plugin folder DIR into a .nyxp with an index of their "
+            "sizes and SHA-256s. Tool caches, bytecode and tests stay out by default "
+            "(__pycache__, *.pyc, .pytest_cache, .mypy_cache, .ruff_cache, .hypothesis, "
+            ".tox, .nox, .coverage, htmlcov, tests/, test_*.py, *_test.py, conftest.py); "
+            "VCS folders and virtualenvs always."
         ),
     )
     package.add_argument("folder", metavar="DIR", help="the plugin folder")
+    package.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="ship files left out by default that match PATTERN (fnmatch, on the path in "
+        "DIR or any part of it: 'tests', 'test_*.py'); repeat for more",
+    )
+    package.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out more files matching PATTERN (as --include; wins over it); repeat for more",
+    )
     package.add_argument(
         "-o",
         "--out",
@@ -109,12 +127,20 @@ def _package(args: argparse.Namespace) -> int:
     if target is not None and (target.is_dir() or args.out.endswith(("/", os.sep))):
         manifest = load_manifest(folder)
         target = target / f"{manifest.name}-{manifest.version}{PACKAGE_SUFFIX}"
-    path, index = package_folder(folder, target)
+    skipped: list[str] = []
+    path, index = package_folder(
+        folder, target, include=args.include, exclude=args.exclude, skipped=skipped
+    )
     digest = hashlib.sha256(index.encode()).hexdigest()
     shown = relative_path(path)
     print(f"Packaged {index.name} {index.version} (id {index.id}): {len(index.files)} files")
     print(f"  package: {shown} (unsigned)")
     print(f"  sha256:  {digest}")
+    if skipped:
+        listed = ", ".join(skipped[:5]) + (
+            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        print(f"  left out: {listed} - `--include PATTERN` ships what is left out by default")
     print("Next:")
     print(f"  nyxplug sign {quoted(shown)}")
     return 0

@@ -218,6 +218,8 @@ async def _run_async(manager: PluginManager, frames: int) -> int:
     for status in catalog:
         line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
         print(line + (f" - {status.reason}" if status.reason else ""))
+        if status.shadows:
+            print(f"  warning: {status.shadows}")
     active = [s for s in catalog if s.state == "active"]
     # The plugin ids to send to (permissions come from a manifest, so each has an id).
     targets = {s.name: s.id for s in active if "DATA_ACCESS" in s.permissions and s.id is not None}
@@ -253,45 +255,59 @@ def default_plugin_id(name: str) -> int:
 def _new(args: argparse.Namespace) -> int:
     parent = Path(args.parent) if args.parent else Path.cwd()
     plugin_id = args.plugin_id if args.plugin_id is not None else default_plugin_id(args.name)
-    folder, files = scaffold(args.name, parent, plugin_id=plugin_id)
+    folder, files = scaffold(args.name, parent, plugin_id=plugin_id, tests=Path.cwd() / "tests")
     shown = relative_path(folder)
     print(f"Created plugin {args.name!r} (id {plugin_id}) in {shown}{os.sep}")
     for file, what in files:
         print(f"  {file:<{max(len(f) for f, _ in files)}}  {what}")
+    test_file = files[-1][0]
     print("Next:")
     print(f"  nyxplug validate {shown}")
-    print(f"  cd {shown} && python -m pytest -q")
+    print(f"  python -m pytest -q {test_file}")
     print(f"  nyxplug run --allow-unsigned --plugin-dir {relative_path(folder.parent)}")
     print(f"  nyxplug package {shown} && nyxplug sign ... && nyxplug install ...  (to ship it)")
     return 0
 
 
-def scaffold(name: str, parent: Path, *, plugin_id: int) -> tuple[Path, list[tuple[str, str]]]:
-    """Write the ``nyxplug new`` skeleton to ``parent/name``; returns it and its files."""
+def scaffold(
+    name: str, parent: Path, *, plugin_id: int, tests: Path
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Write the ``nyxplug new`` skeleton to ``parent/name`` and its test into ``tests``.
+
+    The test sits outside the plugin folder, so it never ships in the plugin's package.
+    Returns the plugin folder and the files written (shown paths, what each is).
+    """
     from .. import templates
 
     module = name.replace("-", "_") + "_plugin"
     class_name = "".join(part.capitalize() for part in re.split(r"[-_]+", name) if part)
     class_name += "Plugin"
     folder = parent / name
+    test = tests / f"test_{name.replace('-', '_')}.py"
+    for path, what in ((folder, "NAME or --dir"), (test, "NAME")):
+        if path.exists() or path.is_symlink():
+            raise Problem(
+                f"{relative_path(path)} already exists - choose another {what}, or remove it"
+            )
     try:
         parent.mkdir(parents=True, exist_ok=True)
         folder.mkdir()
-    except FileExistsError:
-        raise Problem(
-            f"{relative_path(folder)} already exists - choose another NAME or --dir, or remove it"
-        ) from None
+        tests.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Problem(f"cannot create {relative_path(folder)}: {exc.strerror}") from None
-    values = {"name": name, "id": plugin_id, "module": module, "class_name": class_name}
+    plugin_dir = Path(os.path.relpath(parent.resolve(), tests.resolve())).as_posix()
+    values = {
+        "name": name, "id": plugin_id, "module": module, "class_name": class_name,
+        "plugin_dir": plugin_dir, "test_path": relative_path(test),
+    }  # fmt: skip
     files = [
-        ("nyxplug.toml", "the manifest", templates.MANIFEST),
-        (f"{module}.py", f"the plugin class {class_name}", templates.PLUGIN),
-        (f"test_{module}.py", "its test: loads the folder, sends a frame", templates.TEST),
+        (folder / "nyxplug.toml", "the manifest", templates.MANIFEST),
+        (folder / f"{module}.py", f"the plugin class {class_name}", templates.PLUGIN),
+        (test, "its test: a real host loads it, sends frames, checks stats", templates.TEST),
     ]
-    for file, _, template in files:
-        (folder / file).write_text(template.format(**values), encoding="utf-8")
-    return folder, [(file, what) for file, what, _ in files]
+    for path, _, template in files:
+        path.write_text(template.format(**values), encoding="utf-8")
+    return folder, [(relative_path(path), what) for path, what, _ in files]
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -303,6 +319,7 @@ def _validate(args: argparse.Namespace) -> int:
     import msgspec
 
     from ..plugins import PluginLoadError, PluginStateError
+    from ..plugins.catalog import shadow_message
     from ..source.manifest import check_api_compatible, load_manifest
 
     folder = Path(args.folder).resolve()
@@ -352,7 +369,27 @@ def _validate(args: argparse.Namespace) -> int:
     if problem:
         raise Problem(f"Plugin {status.name!r}: {problem}")
     print(f"OK {status.name} {status.version} (id {status.id})")
+    installed = _installed_version(config.package_store_path / status.name)
+    if installed is not None:  # this host would run the package, not the folder just checked
+        text = shadow_message(
+            status.name, str(config.package_store_path / status.name), installed, str(folder),
+            str(status.version),
+        )  # fmt: skip
+        print(f"warning: {text}")
     return 0
+
+
+def _installed_version(package: Path) -> str | None:
+    """The version of the package installed at ``package``, None when none is."""
+    from ..source.layout import INDEX_FILE
+    from ..source.manifest import ManifestError, load_manifest
+
+    if not (package / INDEX_FILE).is_file():
+        return None
+    try:
+        return str(load_manifest(package).version)
+    except ManifestError:
+        return "unreadable manifest"
 
 
 # -- list, info -------------------------------------------------------------------------

@@ -11,7 +11,9 @@ is one line on stderr, ``nyxplug COMMAND: what went wrong - what to do``, and ex
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _host
@@ -61,14 +63,15 @@ def _key_id(text: str) -> str:
     return value
 
 
-def _sha256(text: str) -> str:
-    value = text.strip().lower()
-    if not _SHA256_RE.fullmatch(value):
-        raise argparse.ArgumentTypeError(
-            "expected a package sha256 of 64 hex digits (printed by `nyxplug package` and "
-            f"`nyxplug verify`), got {text!r}"
-        )
-    return value
+def _package(text: str) -> str:
+    """A package file or folder that exists, or a sha256 (resolved when the command runs)."""
+    if _SHA256_RE.fullmatch(text.strip().lower()) or os.path.exists(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        "expected a package file (.nyxp), an installed package's folder, or a package "
+        "sha256 of 64 hex digits (printed by `nyxplug package` and `nyxplug verify`), "
+        f"got {text!r}"
+    )
 
 
 def _count(text: str) -> int:
@@ -142,10 +145,22 @@ def add_commands(commands: _host.Commands) -> None:
         "revoke-package",
         parents=[host],
         help="refuse one package, whoever signed it",
-        description="Revoke the package whose index has this SHA-256.",
+        description="Revoke a package: give its .nyxp file, its installed folder, its "
+        "index sha256 (printed by `nyxplug package` and `nyxplug verify`), or the .nyxp "
+        "file's own SHA-256 while that file is at hand (in the current folder, or one this "
+        "host verified or installed). A hash this host cannot place is refused unless "
+        "--unseen says it is an index sha256 from an advisory.",
     )
     revoke_package.add_argument(
-        "sha256", type=_sha256, metavar="SHA256", help="the package sha256 (64 hex digits)"
+        "package",
+        type=_package,
+        metavar="PACKAGE",
+        help="a .nyxp file, an installed package folder, or a sha256 (64 hex digits)",
+    )
+    revoke_package.add_argument(
+        "--unseen",
+        action="store_true",
+        help="revoke a 64-hex index sha256 this host has never seen (from an advisory)",
     )
 
     audit = commands.add_parser(
@@ -230,9 +245,35 @@ def _trust(args: argparse.Namespace) -> int:
             "installed plugins included, and it cannot be trusted again"
         )
         return 0
-    store.revoke_package(args.sha256)
-    audit.record("revoke-package", "done", package_sha256=args.sha256)
-    print(f"Revoked package {args.sha256}: it is refused, whoever signed it")
+    return _revoke_package(args, config, store, audit)
+
+
+def _revoke_package(
+    args: argparse.Namespace, config: HostConfig, store: TrustStore, audit: AuditLog
+) -> int:
+    from ..trust.revoke import resolve_package
+
+    try:
+        package = resolve_package(
+            args.package, package_dir=config.package_store_path, audit=audit,
+            search=[Path.cwd()], unseen=args.unseen,
+        )  # fmt: skip
+    except LookupError as exc:
+        raise Problem(str(exc.args[0])) from None
+    store.revoke_package(package.index_sha256)
+    audit.record(
+        "revoke-package", "done", package_sha256=package.index_sha256, plugin=package.name,
+        version=package.version, source=package.file, file_sha256=package.file_sha256,
+    )  # fmt: skip
+    print(f"Revoked package {package.describe()}: it is refused, whoever signed it")
+    if package.file_sha256 is not None:
+        print(
+            f"  {package.file_sha256} is the SHA-256 of the file {package.file}; packages "
+            "are revoked by their index sha256 (printed by `nyxplug package` and "
+            "`nyxplug verify`)"
+        )
+    elif package.file is None and package.name is None:
+        print("  not seen on this host: revoked as given (--unseen)")
     return 0
 
 

@@ -40,6 +40,7 @@ __all__ = (
     "find_plugins",
     "plugin",
     "registered_plugins",
+    "shadow_message",
     "signer_of",
 )
 
@@ -112,6 +113,9 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     reloads: ReloadStats = ReloadStats()
     #: An isolated plugin's child, faults and ledger; None for in-process plugins.
     isolation: IsolationStats | None = None
+    #: For an installed package: the plugin folder of the same name it runs instead of,
+    #: and how to switch (see :func:`shadow_message`); None when it hides nothing.
+    shadows: str | None = None
 
 
 class PluginRecord:
@@ -144,6 +148,7 @@ class PluginRecord:
         self.signer: str | None = None  # that key's name in the trust store (None: untrusted)
         self.verified = False  # the bytes of the running code passed verification
         self.reloads = ReloadCounters()
+        self.shadows: str | None = None  # an installed package: the folder it hides
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -176,6 +181,7 @@ class PluginRecord:
             isolation=(
                 self.instance.stats() if isinstance(self.instance, IsolatedPlugin) else None
             ),
+            shadows=self.shadows,
         )
 
 
@@ -206,11 +212,10 @@ def find_plugins(
     for record in _scan(sources, manifest_cache, errors):
         other = found.get(record.name)
         if other is not None and other.source == "package":
-            errors.append(
-                f"Plugin {record.name!r} at {record.location} is ignored: the installed "
-                f"package {other.location} takes precedence (`nyxplug uninstall "
-                f"{record.name}` to run the folder instead)"
+            other.shadows = shadow_message(
+                record.name, other.location, _version(other), record.location, _version(record)
             )
+            errors.append(f"Plugin {record.name!r}: {other.shadows}")
             continue
         if other is not None:
             errors.append(
@@ -221,6 +226,27 @@ def find_plugins(
         found[record.name] = record
     _refuse_duplicate_ids(found)
     return found
+
+
+def shadow_message(
+    name: str, package: str, package_version: str, folder: str, folder_version: str
+) -> str:
+    """What to tell a user whose plugin folder is hidden by an installed package.
+
+    Installed packages win over folders of the same name (they were verified and
+    installed on purpose); a developer editing the folder must hear that the edits do
+    not run, and which command switches.
+    """
+    return (
+        f"the installed package {package} ({package_version}) runs instead of the folder "
+        f"{folder} ({folder_version}) - `nyxplug uninstall {name}` to run the folder, or "
+        f"install {folder_version} (`nyxplug package {folder}`, then `nyxplug sign` and "
+        "`nyxplug install` the .nyxp)"
+    )
+
+
+def _version(record: PluginRecord) -> str:
+    return str(record.manifest.version) if record.manifest is not None else "unreadable manifest"
 
 
 def _scan(

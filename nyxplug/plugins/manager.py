@@ -154,6 +154,7 @@ class PluginManager:
             if current is not None and current.state in (
                 PluginState.LOADING, PluginState.ACTIVE, PluginState.DRAINING
             ):  # fmt: skip
+                current.shadows = record.shadows  # a folder may have appeared since
                 continue
             if name in self._disabled:
                 record.enabled = False
@@ -279,6 +280,9 @@ class PluginManager:
         plugins that depend on it); the others come up.
         """
         self.discover()
+        for record in self._records.values():
+            if record.shadows is not None:  # edits to that folder would silently not run
+                logger.warning("Plugin %r: %s", record.name, record.shadows)
         candidates = [r.name for r in self._records.values()
                       if r.enabled and r.state is PluginState.VALIDATED]  # fmt: skip
         order: list[str] = []

@@ -22,6 +22,7 @@ from msgspec import Meta
 
 from .._constants import Permission
 from .._errors import NyxplugError
+from .._toml import MAX_NESTING, TOO_DEEP, nesting_problem, toml_value_problem, too_deep
 from ..config import _check_finite, _Invalid, explain_decode_error
 from .layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN, Capacity, HandlerTimeout
 from .versions import PLUGIN_API_VERSION, VersionError, VersionRange, parse_version
@@ -262,21 +263,46 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def decode_manifest(data: bytes | str, source: str = "<memory>") -> Manifest:
     """Decode and validate manifest text; every problem becomes a :class:`ManifestError`."""
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode(errors="surrogatepass")  # a lone surrogate: refused as bad UTF-8
+    if problem := nesting_problem(data):
+        raise ManifestError(source, "$", problem)
     try:
-        return msgspec.toml.decode(data, type=Manifest)
+        manifest = msgspec.toml.decode(data, type=Manifest)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         field, problem = explain_decode_error(exc, data, Manifest)
         raise ManifestError(source, field, problem) from None
+    except RecursionError:  # the scan above should make this unreachable: refuse all the same
+        raise ManifestError(source, "$", TOO_DEEP) from None
+    except ValueError as exc:  # tomllib's own, e.g. an integer of more than 4300 digits
+        raise ManifestError(source, "$", toml_value_problem(exc)) from None
+    _check_config_depth(manifest, source)
+    return manifest
 
 
 def manifest_from_dict(document: Mapping[str, Any], source: str = "<dict>") -> Manifest:
     """Validate a manifest given as Python data laid out like ``nyxplug.toml`` (``@plugin``)."""
+    if too_deep(document, MAX_NESTING):
+        raise ManifestError(source, "$", TOO_DEEP)
     try:
-        return msgspec.convert(document, type=Manifest)
+        manifest = msgspec.convert(document, type=Manifest)
     except msgspec.ValidationError as exc:
         field, problem = explain_decode_error(exc, document, Manifest)
         raise ManifestError(source, field, problem) from None
+    except RecursionError:
+        raise ManifestError(source, "$", TOO_DEEP) from None
+    _check_config_depth(manifest, source)
+    return manifest
+
+
+def _check_config_depth(manifest: Manifest, source: str) -> None:
+    """Dotted keys (``a.b.c = 1``) nest ``[config]`` without brackets: bound it too."""
+    if too_deep(manifest.config, MAX_NESTING + 1):  # [config] itself, then 32 levels
+        raise ManifestError(
+            source,
+            "config",
+            f"Expected tables and arrays nested at most {MAX_NESTING} levels deep (dotted "
+            "keys count as levels), got deeper nesting - flatten the plugin's settings",
+        )
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:

@@ -1,7 +1,8 @@
 """The files ``nyxplug new`` writes: ``str.format`` templates (braces in them are doubled).
 
 Fields: ``name`` (the plugin name), ``id``, ``module`` (``name`` with ``_`` for ``-``,
-plus ``_plugin``) and ``class_name``.
+plus ``_plugin``) and ``class_name``; the test also gets ``plugin_dir`` (the folder holding
+the plugin's folder, relative to the test's folder) and ``test_path`` (where it was written).
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ class {class_name}(Plugin):
 '''
 
 TEST = '''\
-"""Load the "{name}" plugin the way the runtime does and send it a frame.
+"""The "{name}" plugin in a real host: load it, send frames, read its stats.
 
-Run it from this folder with plain pytest: `python -m pytest -q`.
+Written by `nyxplug new` outside the plugin folder (tests stay out of its package). It
+talks to the plugin only through the host, so it keeps working whatever you do to the
+class: run it with `python -m pytest -q {test_path}`.
 """
 
 from __future__ import annotations
@@ -111,33 +114,41 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nyxplug import FrameType, PluginHeader
+from nyxplug import FrameType, PluginHeader, PluginStats
 from nyxplug.plugins import PluginManager
 
-FOLDER = Path(__file__).resolve().parent
+#: The folder that holds the plugin's folder (what `--plugin-dir` names).
+PLUGIN_DIR = (Path(__file__).resolve().parent / {plugin_dir!r}).resolve()
 NAME = "{name}"
 
 
-def test_{module}_handles_a_data_frame(tmp_path: Path) -> None:
-    async def scenario() -> tuple[int, bytes | None, int]:
-        manager = PluginManager(
-            plugin_dirs=[FOLDER.parent],  # the folder that holds this plugin's folder
-            state_dir=tmp_path,
-            entry_points=False,
-            include_registered=False,
-            require_signatures=False,  # this folder, straight from your editor
-        )
-        manager.discover()
+async def send(payloads: list[bytes], state_dir: Path) -> PluginStats:
+    """Load the plugin as `nyxplug run` does, send DATA frames, return its stats."""
+    manager = PluginManager(
+        plugin_dirs=[PLUGIN_DIR],
+        state_dir=state_dir,
+        entry_points=False,
+        include_registered=False,
+        require_signatures=False,  # the folder, straight from your editor
+    )
+    manager.discover()
+    try:
         status = await manager.load(NAME)
         assert status.state == "active", status.reason
         assert status.id is not None
-        plugin = manager.instance(NAME)
-        try:
-            await manager.dispatcher.dispatch(FrameType.DATA, PluginHeader(status.id), b"ping")
-        finally:
-            stats = await manager.unload(NAME)  # drains: the frame has been handled
-        return plugin.frames, plugin.last_payload, stats.messages_processed
+        for payload in payloads:
+            await manager.dispatcher.dispatch(FrameType.DATA, PluginHeader(status.id), payload)
+        await manager.dispatcher.wait_idle()  # every frame handled
+        stats = manager.stats(NAME)
+        assert stats is not None
+        return stats
+    finally:
+        await manager.aclose()
 
-    frames, payload, processed = asyncio.run(scenario())
-    assert (frames, payload, processed) == (1, b"ping", 1)
+
+def test_{module}_handles_data_frames(tmp_path: Path) -> None:
+    stats = asyncio.run(send([b"ping", b"pong"], tmp_path))
+    assert stats.messages_processed == 2
+    assert stats.errors == 0, "the handler raised: see the log above"
+    assert stats.sandbox_violations == 0
 '''

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import fnmatch
 import hashlib
 import io
 import os
@@ -45,6 +46,7 @@ from .errors import UnsafePackage
 from .keys import SigningKey
 
 __all__ = (
+    "DEFAULT_EXCLUDE",
     "INDEX_FILE",
     "MAX_MEMBERS",
     "MAX_MEMBER_BYTES",
@@ -59,6 +61,7 @@ __all__ = (
     "build_index",
     "check_member_name",
     "collect_folder",
+    "left_out",
     "package_folder",
     "read_package",
     "sign_index",
@@ -86,6 +89,13 @@ MAX_INDEX_BYTES = 1024 * 1024
 _SPECIAL = frozenset({INDEX_FILE, SIGNATURE_FILE})
 #: The longest file or folder name the file systems nyxplug installs onto accept.
 _MAX_NAME_BYTES = 255
+#: What ``nyxplug package`` leaves out unless told otherwise (``--include``): tool
+#: caches, compiled bytecode and tests, which a plugin does not need at run time.
+DEFAULT_EXCLUDE = (
+    "__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+    ".hypothesis", ".tox", ".nox", ".coverage", ".coverage.*", "htmlcov", ".DS_Store",
+    "tests", "test_*.py", "*_test.py", "conftest.py",
+)  # fmt: skip
 
 
 class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -190,8 +200,41 @@ def build_index(name: str, plugin_id: int, version: str, files: Mapping[str, byt
     return Index(INDEX_FORMAT, name, plugin_id, version, entries)
 
 
-def collect_folder(folder: Path) -> dict[str, bytes]:
-    """Every regular file of a plugin folder (``__pycache__`` and VCS folders skipped)."""
+def left_out(rel: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
+    """Whether the file at ``rel`` (a ``/`` path in the plugin folder) stays out of a package.
+
+    A pattern (``fnmatch``) matches the whole path or any one of its parts, so
+    ``tests`` names a folder anywhere and ``*.log`` a file anywhere. ``exclude`` always
+    leaves a file out; ``include`` brings back one that :data:`DEFAULT_EXCLUDE` left out.
+    """
+    parts = rel.split("/")
+
+    def matches(patterns: Iterable[str]) -> bool:
+        return any(
+            fnmatch.fnmatchcase(rel, pattern)
+            or any(fnmatch.fnmatchcase(part, pattern) for part in parts)
+            for pattern in patterns
+        )
+
+    if matches(exclude):
+        return True
+    return matches(DEFAULT_EXCLUDE) and not matches(include)
+
+
+def collect_folder(
+    folder: Path,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    skipped: list[str] | None = None,
+) -> dict[str, bytes]:
+    """The files of a plugin folder that go into its package, by relative path.
+
+    Caches and tests stay out (:data:`DEFAULT_EXCLUDE`; ``include`` / ``exclude``
+    patterns as in :func:`left_out`); ``__pycache__``, VCS folders and virtualenvs always. The paths
+    left out are appended to ``skipped`` when it is given.
+    """
+    include, exclude = tuple(include), tuple(exclude)
     files: dict[str, bytes] = {}
     total = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -199,7 +242,11 @@ def collect_folder(folder: Path) -> dict[str, bytes]:
         for filename in sorted(filenames):
             path = Path(dirpath, filename)
             rel = path.relative_to(folder).as_posix()
-            if rel in _SPECIAL or filename.endswith((".pyc", ".pyo")):
+            if rel in _SPECIAL:
+                continue
+            if left_out(rel, include, exclude):
+                if skipped is not None:
+                    skipped.append(rel)
                 continue
             if path.is_symlink() or not path.is_file():
                 raise UnsafePackage(
@@ -218,14 +265,36 @@ def collect_folder(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def package_folder(folder: Path, target: Path | None = None) -> tuple[Path, Index]:
+def package_folder(
+    folder: Path,
+    target: Path | None = None,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    skipped: list[str] | None = None,
+) -> tuple[Path, Index]:
     """Build an unsigned ``.nyxp`` from a plugin folder; returns its path and index.
 
-    The default target is ``<name>-<version>.nyxp`` in the current directory.
+    The default target is ``<name>-<version>.nyxp`` in the current directory. Which
+    files go in: :func:`collect_folder`.
     """
     load_manifest(folder)  # a clear ManifestError before anything is written
-    files = collect_folder(folder)
+    files = collect_folder(folder, include=include, exclude=exclude, skipped=skipped)
+    if MANIFEST_FILE not in files:
+        raise UnsafePackage(
+            "excluded-file", str(folder),
+            f"{MANIFEST_FILE} is excluded - a package needs its manifest; drop that --exclude",
+        )  # fmt: skip
     manifest = decode_manifest(files[MANIFEST_FILE], str(folder / MANIFEST_FILE))
+    module = manifest.entry_module.replace(".", "/")
+    if f"{module}.py" not in files and f"{module}/__init__.py" not in files:
+        raise UnsafePackage(
+            "excluded-file", str(folder),
+            f"the entry module {manifest.entry_module!r} ({module}.py) would be left out "
+            f"of the package - ship it with `--include {module.rpartition('/')[2]}.py` "
+            "(or rename it: test and cache files stay out by default)",
+            manifest.name,
+        )  # fmt: skip
     index = build_index(manifest.name, manifest.id, str(manifest.version), files)
     if target is None:
         target = Path(f"{manifest.name}-{manifest.version}{PACKAGE_SUFFIX}")

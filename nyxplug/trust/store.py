@@ -224,6 +224,15 @@ class TrustStore:
         self._cache.clear()
 
     def revoke_package(self, package_sha256: str) -> None:
+        """Refuse the package whose index hashes to ``package_sha256`` (64 lowercase hex).
+
+        ``nyxplug.trust.revoke.resolve_package`` finds that hash from what a user holds.
+        """
+        if not (len(package_sha256) == 64 and set(package_sha256) <= set("0123456789abcdef")):
+            raise ValueError(
+                "Expected a package's index sha256 (64 lowercase hex digits), got "
+                f"{package_sha256!r}"
+            )
         with self._editing() as data:
             if package_sha256 not in data.revoked_packages:
                 data.revoked_packages.append(package_sha256)
