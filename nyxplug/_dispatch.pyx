@@ -24,7 +24,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromUnsignedLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
 from libc.stdint cimport uint64_t
@@ -88,6 +87,21 @@ __all__ = (
 
 cdef extern from "Python.h":
     long PyLong_AsLongAndOverflow(object, int*) except? -1
+
+# The calling thread's id, as threading.get_ident() gives it: on POSIX CPython that is
+# (unsigned long)pthread_self(), so call that directly (one call, not two as through
+# PyThread_get_thread_ident); elsewhere ask CPython.
+cdef extern from *:
+    """
+    #if defined(HAVE_PTHREAD_H) && !defined(_WIN32)
+    #include <pthread.h>
+    static inline unsigned long nyx_thread_id(void) { return (unsigned long)pthread_self(); }
+    #else
+    #include "pythread.h"
+    static inline unsigned long nyx_thread_id(void) { return PyThread_get_thread_ident(); }
+    #endif
+    """
+    unsigned long nyx_thread_id() nogil
 
 # C mirrors of values in _constants.py, for the hot path; _C_MIRRORS below shows them
 # to Python under the names they mirror.
@@ -852,7 +866,7 @@ cdef class Dispatcher:
         self._bind_thread()
 
     cdef int _bind_thread(self) except -1:
-        self._owner = PyThread_get_thread_ident()
+        self._owner = nyx_thread_id()
         self._owner_name = threading.current_thread().name
         return 0
 
@@ -900,7 +914,7 @@ cdef class Dispatcher:
         plugin_id = info.id
         if not self._runtimes and not self._unloading:
             self._bind_thread()  # nothing runs: the dispatcher moves to this loop's thread
-        elif PyThread_get_thread_ident() != self._owner:
+        elif nyx_thread_id() != self._owner:
             raise self._wrong_thread("load_plugin")
         if plugin_id in self._runtimes:
             raise AlreadyLoaded(plugin_id)
@@ -1204,7 +1218,7 @@ cdef class Dispatcher:
     @cython.embedsignature.format("clinic")
     def dispatch_nowait(self, frame_type, header, payload=b""):
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
-        if PyThread_get_thread_ident() != self._owner:
+        if nyx_thread_id() != self._owner:
             raise self._wrong_thread("dispatch_nowait")
         cdef PyObject* found = NULL
         cdef int status = self._submit(frame_type, header, payload, &found)
@@ -1220,7 +1234,7 @@ cdef class Dispatcher:
     @cython.embedsignature.format("clinic")
     def try_dispatch(self, frame_type, header, payload=b""):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
-        if PyThread_get_thread_ident() != self._owner:
+        if nyx_thread_id() != self._owner:
             raise self._wrong_thread("try_dispatch")
         cdef PyObject* found = NULL
         cdef int status = self._submit(frame_type, header, payload, &found)
@@ -1238,7 +1252,7 @@ cdef class Dispatcher:
         the awaitable parks until a slot is granted. A refused frame is counted here
         and its ``DispatchError`` raised by awaiting the result, as with a coroutine.
         """
-        if PyThread_get_thread_ident() != self._owner:
+        if nyx_thread_id() != self._owner:
             raise self._wrong_thread("dispatch")
         cdef int status
         cdef PyObject* found
