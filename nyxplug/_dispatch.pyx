@@ -873,6 +873,10 @@ cdef class Dispatcher:
     cdef object _wrong_thread(self, str method):
         return WrongThread.here(method, self._owner, self._owner_name)
 
+    cdef int _refuse_thread(self, str method) except -1:
+        """Raise WrongThread; kept out of line so the hot methods stay small."""
+        raise self._wrong_thread(method)
+
     # -- frame types -------------------------------------------------------------
 
     def register_frame_type(self, code, permission):
@@ -1219,7 +1223,7 @@ cdef class Dispatcher:
     def dispatch_nowait(self, frame_type, header, payload=b""):
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
         if nyx_thread_id() != self._owner:
-            raise self._wrong_thread("dispatch_nowait")
+            self._refuse_thread("dispatch_nowait")
         cdef PyObject* found = NULL
         cdef int status = self._submit(frame_type, header, payload, &found)
         cdef _Runtime rt
@@ -1235,7 +1239,7 @@ cdef class Dispatcher:
     def try_dispatch(self, frame_type, header, payload=b""):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
         if nyx_thread_id() != self._owner:
-            raise self._wrong_thread("try_dispatch")
+            self._refuse_thread("try_dispatch")
         cdef PyObject* found = NULL
         cdef int status = self._submit(frame_type, header, payload, &found)
         if status != S_OK:
@@ -1253,7 +1257,7 @@ cdef class Dispatcher:
         and its ``DispatchError`` raised by awaiting the result, as with a coroutine.
         """
         if nyx_thread_id() != self._owner:
-            raise self._wrong_thread("dispatch")
+            self._refuse_thread("dispatch")
         cdef int status
         cdef PyObject* found
         cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
