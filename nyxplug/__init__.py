@@ -69,6 +69,9 @@ from ._errors import (
 from ._errors import (
     WouldBlock as WouldBlock,
 )
+from ._errors import (
+    WrongThread as WrongThread,
+)
 from ._impl import (
     USE_EXTENSIONS as USE_EXTENSIONS,
 )
@@ -121,5 +124,6 @@ __all__ = (
     "SandboxViolation",
     "UnknownFrameType",
     "WouldBlock",
+    "WrongThread",
     "run",
 )

@@ -33,6 +33,7 @@ import asyncio
 import collections.abc
 import inspect
 import sys
+import threading
 import time
 from collections import deque
 
@@ -62,10 +63,12 @@ from nyxplug._errors import (
     SandboxViolation,
     UnknownFrameType,
     WouldBlock,
+    WrongThread,
 )
 from nyxplug._frames import decode_header_fields
 from nyxplug._handlers import log_handler_error, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
+from nyxplug._refused import Refused
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import (
     BatchErrors,
@@ -84,6 +87,21 @@ __all__ = (
 
 cdef extern from "Python.h":
     long PyLong_AsLongAndOverflow(object, int*) except? -1
+
+# The calling thread's id, as threading.get_ident() gives it: on POSIX CPython that is
+# (unsigned long)pthread_self(), so call that directly (one call, not two as through
+# PyThread_get_thread_ident); elsewhere ask CPython.
+cdef extern from *:
+    """
+    #if defined(HAVE_PTHREAD_H) && !defined(_WIN32)
+    #include <pthread.h>
+    static inline unsigned long nyx_thread_id(void) { return (unsigned long)pthread_self(); }
+    #else
+    #include "pythread.h"
+    static inline unsigned long nyx_thread_id(void) { return PyThread_get_thread_ident(); }
+    #endif
+    """
+    unsigned long nyx_thread_id() nogil
 
 # C mirrors of values in _constants.py, for the hot path; _C_MIRRORS below shows them
 # to Python under the names they mirror.
@@ -656,6 +674,8 @@ cdef class _Runtime:
     cdef unsigned long long sandbox_violations
     cdef unsigned long long dropped
     cdef Py_ssize_t high_watermark
+    cdef unsigned long long would_block
+    cdef unsigned long long plugin_closed
 
     def __cinit__(self):
         self.ring = NULL
@@ -777,6 +797,8 @@ cdef class _Runtime:
             dropped=self.dropped,
             queue_depth=self.count,
             high_watermark=self.high_watermark,
+            would_block=self.would_block,
+            plugin_closed=self.plugin_closed,
         )
 
 
@@ -807,7 +829,12 @@ cdef class Dispatcher:
     cdef unsigned long long _plugins_loaded
     cdef unsigned long long _plugins_unloaded
     cdef unsigned long long _frames_dispatched
-    cdef unsigned long long _dispatch_errors
+    # Refusals by DispatchStatus code; dispatch_errors is their sum.
+    cdef unsigned long long _refused[S_UNKNOWN_FRAME_TYPE + 1]
+    # The thread whose loop the dispatcher serves (rebound by the first load_plugin):
+    # one compare per call keeps other threads out.
+    cdef unsigned long _owner
+    cdef object _owner_name
     # Left by a failed _prepare for _error: the frame type and the error details.
     cdef object _p_ft
     cdef object _p_error
@@ -834,6 +861,21 @@ cdef class Dispatcher:
         self._type_objects = [frame_type_object(code) for code in range(256)]
         self._runtimes = {}
         self._unloading = {}
+        for code in range(S_UNKNOWN_FRAME_TYPE + 1):
+            self._refused[code] = 0
+        self._bind_thread()
+
+    cdef int _bind_thread(self) except -1:
+        self._owner = nyx_thread_id()
+        self._owner_name = threading.current_thread().name
+        return 0
+
+    cdef object _wrong_thread(self, str method):
+        return WrongThread.here(method, self._owner, self._owner_name)
+
+    cdef int _refuse_thread(self, str method) except -1:
+        """Raise WrongThread; kept out of line so the hot methods stay small."""
+        raise self._wrong_thread(method)
 
     # -- frame types -------------------------------------------------------------
 
@@ -874,6 +916,10 @@ cdef class Dispatcher:
         if capacity < 1:
             raise ValueError(f"Expected `capacity` >= 1, got {capacity} - for plugin {info.id}")
         plugin_id = info.id
+        if not self._runtimes and not self._unloading:
+            self._bind_thread()  # nothing runs: the dispatcher moves to this loop's thread
+        elif nyx_thread_id() != self._owner:
+            raise self._wrong_thread("load_plugin")
         if plugin_id in self._runtimes:
             raise AlreadyLoaded(plugin_id)
         if plugin_id in self._unloading:
@@ -1168,13 +1214,16 @@ cdef class Dispatcher:
                 self._enqueue(rt, msg)
                 return S_OK
             status = S_WOULD_BLOCK
-        self._dispatch_errors += 1
+            rt.would_block += 1
+        self._refused[status] += 1
         return status
 
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
     def dispatch_nowait(self, frame_type, header, payload=b""):
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("dispatch_nowait")
         cdef PyObject* found = NULL
         cdef int status = self._submit(frame_type, header, payload, &found)
         cdef _Runtime rt
@@ -1189,6 +1238,8 @@ cdef class Dispatcher:
     @cython.embedsignature.format("clinic")
     def try_dispatch(self, frame_type, header, payload=b""):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("try_dispatch")
         cdef PyObject* found = NULL
         cdef int status = self._submit(frame_type, header, payload, &found)
         if status != S_OK:
@@ -1202,8 +1253,11 @@ cdef class Dispatcher:
 
         Returns an awaitable. When the queue has room the frame is enqueued before
         this returns and awaiting the result does not yield to the loop; otherwise
-        the awaitable parks until a slot is granted. Check failures raise at once.
+        the awaitable parks until a slot is granted. A refused frame is counted here
+        and its ``DispatchError`` raised by awaiting the result, as with a coroutine.
         """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("dispatch")
         cdef int status
         cdef PyObject* found
         cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
@@ -1214,12 +1268,12 @@ cdef class Dispatcher:
                 self._enqueue(rt, msg)
                 return _READY
             return self._wait_for_space(rt, msg)
-        self._dispatch_errors += 1
-        raise self._error(status)
+        self._refused[status] += 1
+        return Refused(self._error(status))
 
     async def _wait_for_space(self, _Runtime rt, PluginMessage msg):
         if rt.closed:
-            self._dispatch_errors += 1
+            self._refuse_closed(rt)
             raise PluginClosed(rt.id, msg.frame_type)
         if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
@@ -1242,9 +1296,21 @@ cdef class Dispatcher:
         if granted:
             rt.reserved -= 1
         if rt.closed:
-            self._dispatch_errors += 1
+            self._refuse_closed(rt)
             raise PluginClosed(rt.id, msg.frame_type)
         self._enqueue(rt, msg)
+
+    cdef int _refuse_closed(self, _Runtime rt) except -1:
+        self._refused[S_PLUGIN_CLOSED] += 1
+        rt.plugin_closed += 1
+        return 0
+
+    cdef unsigned long long _errors_total(self) noexcept:
+        cdef unsigned long long total = 0
+        cdef int code
+        for code in range(S_UNKNOWN_FRAME_TYPE + 1):
+            total += self._refused[code]
+        return total
 
     cdef int _grant(self, _Runtime rt) except -1:
         """Give freed slots to the longest-waiting senders, at once."""
@@ -1351,7 +1417,16 @@ cdef class Dispatcher:
             plugins_loaded=self._plugins_loaded,
             plugins_unloaded=self._plugins_unloaded,
             frames_dispatched=self._frames_dispatched,
-            dispatch_errors=self._dispatch_errors,
+            dispatch_errors=self._errors_total(),
+            would_block=self._refused[S_WOULD_BLOCK],
+            plugin_closed=self._refused[S_PLUGIN_CLOSED],
+            plugin_not_registered=self._refused[S_NOT_REGISTERED],
+            plugin_not_loaded=self._refused[S_NOT_LOADED],
+            permission_denied=self._refused[S_PERMISSION_DENIED],
+            sandbox_violation=self._refused[S_SANDBOX_VIOLATION],
+            header_decode_error=self._refused[S_HEADER_DECODE_ERROR],
+            frame_too_large=self._refused[S_FRAME_TOO_LARGE],
+            unknown_frame_type=self._refused[S_UNKNOWN_FRAME_TYPE],
         )
 
     def loaded_plugins(self):
@@ -1368,5 +1443,5 @@ cdef class Dispatcher:
     def __repr__(self):
         return (
             f"<nyxplug.Dispatcher plugins={len(self._runtimes)} "
-            f"frames_dispatched={self._frames_dispatched} dispatch_errors={self._dispatch_errors}>"
+            f"frames_dispatched={self._frames_dispatched} dispatch_errors={self._errors_total()}>"
         )

@@ -24,6 +24,7 @@ import collections.abc
 import inspect
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -58,10 +59,12 @@ from ._errors import (
     SandboxViolation,
     UnknownFrameType,
     WouldBlock,
+    WrongThread,
 )
 from ._frames import canonical_header_size, decode_header_fields, encode_header
 from ._handlers import Handler, log_handler_error, resolve_handler
 from ._info import PluginInfo, permission_mask
+from ._refused import Refused
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
     BatchErrors,
@@ -96,6 +99,7 @@ _SANDBOX_VIOLATION = DispatchStatus.SANDBOX_VIOLATION
 _HEADER_DECODE_ERROR = DispatchStatus.HEADER_DECODE_ERROR
 _FRAME_TOO_LARGE = DispatchStatus.FRAME_TOO_LARGE
 _UNKNOWN_FRAME_TYPE = DispatchStatus.UNKNOWN_FRAME_TYPE
+_PLUGIN_CLOSED = DispatchStatus.PLUGIN_CLOSED
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -422,7 +426,7 @@ class _Runtime:
         "id", "entry", "capacity", "queue", "reserved", "waiters", "handler", "batch",
         "loop", "worker", "wakeup", "idle_waiters", "closed", "guard", "pausing", "swap",
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
-        "dropped", "high_watermark",
+        "dropped", "high_watermark", "would_block", "plugin_closed",
     )  # fmt: skip
 
     def __init__(self, plugin_id: int, entry: _Entry, capacity: int, handler: Any,
@@ -453,6 +457,8 @@ class _Runtime:
         self.sandbox_violations = 0
         self.dropped = 0
         self.high_watermark = 0
+        self.would_block = 0
+        self.plugin_closed = 0
 
     def has_room(self) -> bool:
         """A free slot that no parked sender is owed."""
@@ -482,6 +488,8 @@ class _Runtime:
             dropped=self.dropped,
             queue_depth=len(self.queue),
             high_watermark=self.high_watermark,
+            would_block=self.would_block,
+            plugin_closed=self.plugin_closed,
         )
 
 
@@ -522,10 +530,21 @@ class Dispatcher:
         self._plugins_loaded = 0
         self._plugins_unloaded = 0
         self._frames_dispatched = 0
-        self._dispatch_errors = 0
+        # Refusals by DispatchStatus code; dispatch_errors is their sum.
+        self._refused = [0] * len(DispatchStatus)
+        # The thread whose loop the dispatcher serves (rebound by the first load_plugin).
+        self._bind_thread()
         # Left by a failed _prepare for _error: the frame type and the error details.
         self._p_ft: Any = None
         self._p_error: Any = None
+
+    def _bind_thread(self) -> None:
+        current = threading.current_thread()
+        self._owner = threading.get_ident()
+        self._owner_name = current.name
+
+    def _wrong_thread(self, method: str) -> WrongThread:
+        return WrongThread.here(method, self._owner, self._owner_name)
 
     # -- frame types -------------------------------------------------------------
 
@@ -573,6 +592,10 @@ class Dispatcher:
         if capacity < 1:
             raise ValueError(f"Expected `capacity` >= 1, got {capacity} - for plugin {info.id}")
         plugin_id = info.id
+        if not self._runtimes and not self._unloading:
+            self._bind_thread()  # nothing runs: the dispatcher moves to this loop's thread
+        elif threading.get_ident() != self._owner:
+            raise self._wrong_thread("load_plugin")
         if plugin_id in self._runtimes:
             raise AlreadyLoaded(plugin_id)
         if plugin_id in self._unloading:
@@ -866,13 +889,16 @@ class Dispatcher:
                 self._enqueue(rt, msg)
                 return _OK, rt
             status = _WOULD_BLOCK
-        self._dispatch_errors += 1
+            rt.would_block += 1
+        self._refused[status] += 1
         return status, rt
 
     def dispatch_nowait(
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> None:
         """Route one frame without waiting; a full queue is ``WouldBlock``."""
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("dispatch_nowait")
         status, rt = self._submit(frame_type, header, payload)
         if status == _OK:
             return
@@ -885,6 +911,8 @@ class Dispatcher:
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> DispatchStatus:
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("try_dispatch")
         status, _rt = self._submit(frame_type, header, payload)
         if status != _OK:
             self._p_error = self._p_ft = None
@@ -897,8 +925,11 @@ class Dispatcher:
 
         Returns an awaitable. When the queue has room the frame is enqueued before
         this returns and awaiting the result does not yield to the loop; otherwise
-        the awaitable parks until a slot is granted. Check failures raise at once.
+        the awaitable parks until a slot is granted. A refused frame is counted here
+        and its ``DispatchError`` raised by awaiting the result, as with a coroutine.
         """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("dispatch")
         status, rt, msg = self._prepare(frame_type, header, payload)
         if status == _OK:
             assert rt is not None and msg is not None
@@ -906,12 +937,12 @@ class Dispatcher:
                 self._enqueue(rt, msg)
                 return _READY
             return self._wait_for_space(rt, msg)
-        self._dispatch_errors += 1
-        raise self._error(status)
+        self._refused[status] += 1
+        return Refused(self._error(status))
 
     async def _wait_for_space(self, rt: _Runtime, msg: PluginMessage) -> None:
         if rt.closed:
-            self._dispatch_errors += 1
+            self._refuse_closed(rt)
             raise PluginClosed(rt.id, msg._frame_type)
         if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
@@ -934,9 +965,13 @@ class Dispatcher:
         if granted:
             rt.reserved -= 1
         if rt.closed:
-            self._dispatch_errors += 1
+            self._refuse_closed(rt)
             raise PluginClosed(rt.id, msg._frame_type)
         self._enqueue(rt, msg)
+
+    def _refuse_closed(self, rt: _Runtime) -> None:
+        self._refused[_PLUGIN_CLOSED] += 1
+        rt.plugin_closed += 1
 
     def _grant(self, rt: _Runtime) -> None:
         """Give freed slots to the longest-waiting senders, at once."""
@@ -1034,11 +1069,21 @@ class Dispatcher:
 
     def dispatch_stats(self) -> DispatchStats:
         """A snapshot of the dispatcher's counters."""
+        refused = self._refused
         return DispatchStats(
             plugins_loaded=self._plugins_loaded,
             plugins_unloaded=self._plugins_unloaded,
             frames_dispatched=self._frames_dispatched,
-            dispatch_errors=self._dispatch_errors,
+            dispatch_errors=sum(refused),
+            would_block=refused[_WOULD_BLOCK],
+            plugin_closed=refused[_PLUGIN_CLOSED],
+            plugin_not_registered=refused[_NOT_REGISTERED],
+            plugin_not_loaded=refused[_NOT_LOADED],
+            permission_denied=refused[_PERMISSION_DENIED],
+            sandbox_violation=refused[_SANDBOX_VIOLATION],
+            header_decode_error=refused[_HEADER_DECODE_ERROR],
+            frame_too_large=refused[_FRAME_TOO_LARGE],
+            unknown_frame_type=refused[_UNKNOWN_FRAME_TYPE],
         )
 
     def loaded_plugins(self) -> list[int]:
@@ -1055,5 +1100,5 @@ class Dispatcher:
     def __repr__(self) -> str:
         return (
             f"<nyxplug.Dispatcher plugins={len(self._runtimes)} "
-            f"frames_dispatched={self._frames_dispatched} dispatch_errors={self._dispatch_errors}>"
+            f"frames_dispatched={self._frames_dispatched} dispatch_errors={sum(self._refused)}>"
         )

@@ -9,6 +9,7 @@ where (plugin and frame type), and what to do about it.
 from __future__ import annotations
 
 import errno
+import threading
 
 from ._constants import Permission, frame_type_name
 
@@ -28,6 +29,7 @@ __all__ = (
     "SandboxViolation",
     "UnknownFrameType",
     "WouldBlock",
+    "WrongThread",
 )
 
 
@@ -278,6 +280,45 @@ class NotRegistered(NyxplugError, LookupError):
 
     def __str__(self) -> str:
         return f"Plugin {self.plugin_id} is not registered - register it first"
+
+
+class WrongThread(NyxplugError, RuntimeError):
+    """A dispatcher method was called from a thread other than the one running its loop.
+
+    A dispatcher is not thread-safe: its queues and counters belong to one event loop,
+    so a call from another thread could corrupt them. Nothing was checked or counted.
+    """
+
+    def __init__(
+        self, method: str, owner_id: int, owner_name: str, caller_id: int, caller_name: str
+    ) -> None:
+        super().__init__(method, owner_id, owner_name, caller_id, caller_name)
+        self.method = method
+        self.owner_id = owner_id
+        self.owner_name = owner_name
+        self.caller_id = caller_id
+        self.caller_name = caller_name
+
+    @classmethod
+    def here(cls, method: str, owner_id: int, owner_name: str) -> WrongThread:
+        """The error for a call of ``method`` from the current thread."""
+        caller = threading.current_thread()
+        return cls(method, owner_id, owner_name, threading.get_ident(), caller.name)
+
+    def __str__(self) -> str:
+        if self.method == "dispatch":
+            fix = (
+                "asyncio.run_coroutine_threadsafe(<a coroutine that awaits "
+                "dispatcher.dispatch(...)>, loop)"
+            )
+        else:
+            fix = f"loop.call_soon_threadsafe(dispatcher.{self.method}, ...)"
+        return (
+            f"Dispatcher.{self.method}() was called from thread {self.caller_name!r} "
+            f"(id {self.caller_id}), but this dispatcher belongs to thread "
+            f"{self.owner_name!r} (id {self.owner_id}), which runs its event loop; "
+            f"it is not thread-safe - from another thread use {fix}"
+        )
 
 
 def _flag_names(value: Permission) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from ._constants import DispatchStatus
+
 __all__ = ("DispatchStats", "PluginStats")
 
 
@@ -30,13 +32,19 @@ class PluginStats(msgspec.Struct, frozen=True, kw_only=True):
     queue_depth: int = 0
     #: Largest ``queue_depth`` seen since the plugin was loaded.
     high_watermark: int = 0
+    #: Frames refused because the queue was full (``WouldBlock`` / ``WOULD_BLOCK``):
+    #: backpressure, not an error.
+    would_block: int = 0
+    #: Parked ``dispatch`` calls refused because the plugin was unloaded (``PluginClosed``).
+    plugin_closed: int = 0
 
 
 class DispatchStats(msgspec.Struct, frozen=True, kw_only=True):
     """The dispatcher's counters at the moment of the call.
 
     ``frames_dispatched + dispatch_errors`` equals the number of dispatch calls that
-    returned or raised a nyxplug error.
+    returned or raised a ``DispatchError``; ``dispatch_errors`` is the sum of the
+    per-reason counters after it, one per ``DispatchStatus`` reason (``by_status()``).
     """
 
     #: Successful ``load_plugin`` calls since the dispatcher was created.
@@ -45,5 +53,30 @@ class DispatchStats(msgspec.Struct, frozen=True, kw_only=True):
     plugins_unloaded: int = 0
     #: Frames enqueued.
     frames_dispatched: int = 0
-    #: Dispatch calls that failed, whatever the cause.
+    #: Dispatch calls that failed, whatever the cause (the sum of the counters below).
     dispatch_errors: int = 0
+    #: Refused because the plugin's queue was full: backpressure, not an error.
+    would_block: int = 0
+    #: Parked ``dispatch`` calls refused because their plugin was unloaded.
+    plugin_closed: int = 0
+    #: Refused because no plugin is registered under the header's id.
+    plugin_not_registered: int = 0
+    #: Refused because the plugin is registered but not loaded (or unloading).
+    plugin_not_loaded: int = 0
+    #: Refused because the plugin lacks the frame type's permission.
+    permission_denied: int = 0
+    #: Refused by the plugin's sandbox preflight.
+    sandbox_violation: int = 0
+    #: Refused because the header did not decode.
+    header_decode_error: int = 0
+    #: Refused because the header or payload was over its limit.
+    frame_too_large: int = 0
+    #: Refused because the dispatcher does not route the frame type.
+    unknown_frame_type: int = 0
+
+    def by_status(self) -> dict[DispatchStatus, int]:
+        """The refusal counters keyed by ``DispatchStatus`` (every member but ``OK``)."""
+        return {status: getattr(self, status.name.lower()) for status in _REASONS}
+
+
+_REASONS = tuple(status for status in DispatchStatus if status != DispatchStatus.OK)

@@ -68,6 +68,13 @@ def test_errors_match_what_the_demo_sent(results: dict[str, Any]) -> None:
         "OK": SLOW_CAPACITY,
         "WOULD_BLOCK": errors["WouldBlock"],
     }
+    # the dispatcher's own breakdown agrees: backpressure apart from errors (issue 15 item 3)
+    totals = results["dispatch_stats"]
+    assert totals["would_block"] == 2 * errors["WouldBlock"]
+    assert totals["permission_denied"] == errors["PermissionDenied"]
+    assert totals["dispatch_errors"] == sum(
+        totals[status.name.lower()] for status in nyxplug.DispatchStatus if status
+    )
     assert results["slow_awaited"]["parked"] > 0
 
 

@@ -18,6 +18,7 @@ await for "a granted sender has enqueued".
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections import deque
 from typing import Any
 
@@ -285,12 +286,14 @@ class MPlugin:
         self.enqueued = 0
         self.processed = self.errors = self.bytes = 0
         self.permission_violations = self.dropped = self.high_watermark = 0
+        self.would_block = self.plugin_closed = 0
 
     def stats(self) -> nyxplug.PluginStats:
         return nyxplug.PluginStats(
             messages_processed=self.processed, errors=self.errors, bytes_processed=self.bytes,
             permission_violations=self.permission_violations, sandbox_violations=0,
             dropped=self.dropped, queue_depth=len(self.queue), high_watermark=self.high_watermark,
+            would_block=self.would_block, plugin_closed=self.plugin_closed,
         )  # fmt: skip
 
 
@@ -300,7 +303,9 @@ class Model:
     def __init__(self) -> None:
         self.registry: dict[int, int] = {}
         self.plugins: dict[int, MPlugin] = {}
-        self.loaded = self.unloaded = self.frames = self.errors = 0
+        self.loaded = self.unloaded = self.frames = 0
+        # refusals by DispatchStats field (the error's DispatchStatus name, lower case)
+        self.refused: collections.Counter[str] = collections.Counter()
         self.senders: list[Any] = []
         self.sender_frames: dict[int, tuple[int, bytes, int]] = {}
 
@@ -384,7 +389,8 @@ class Model:
                 return "PluginNotLoaded"
             for idx in p.waiters:
                 self.senders[idx] = "PluginClosed"
-                self.errors += 1
+                self.refuse("PluginClosed")
+                p.plugin_closed += 1
             p.waiters.clear()
             if not drain:
                 p.dropped += len(p.queue)
@@ -406,7 +412,7 @@ class Model:
                 self.senders.append("pending")
                 if error is not None:
                     self.senders[idx] = error
-                    self.errors += 1
+                    self.refuse(error)
                     return None
                 p = self.plugins[pid]
                 if p.waiters or len(p.queue) >= p.capacity:
@@ -420,10 +426,11 @@ class Model:
                 p = self.plugins[pid]
                 if p.waiters or len(p.queue) >= p.capacity:
                     error = "WouldBlock"
+                    p.would_block += 1
                 else:
                     self.enqueue(p, payload_of(i), size)
             if error is not None:
-                self.errors += 1
+                self.refuse(error)
             if name == "try":
                 return _STATUS[error]
             return error
@@ -456,13 +463,17 @@ class Model:
             return None
         raise AssertionError(op)
 
+    def refuse(self, error: str) -> None:
+        self.refused[_STATUS[error].name.lower()] += 1
+
     def view(self) -> dict[str, Any]:
         return {
             "dispatch_stats": nyxplug.DispatchStats(
                 plugins_loaded=self.loaded,
                 plugins_unloaded=self.unloaded,
                 frames_dispatched=self.frames,
-                dispatch_errors=self.errors,
+                dispatch_errors=sum(self.refused.values()),
+                **self.refused,
             ),  # fmt: skip
             "plugin_stats": {
                 pid: (self.plugins[pid].stats() if pid in self.plugins else None) for pid in PIDS
@@ -477,6 +488,7 @@ class Model:
 _STATUS = {
     None: DispatchStatus.OK,
     "WouldBlock": DispatchStatus.WOULD_BLOCK,
+    "PluginClosed": DispatchStatus.PLUGIN_CLOSED,
     "PluginNotRegistered": DispatchStatus.PLUGIN_NOT_REGISTERED,
     "PluginNotLoaded": DispatchStatus.PLUGIN_NOT_LOADED,
     "PermissionDenied": DispatchStatus.PERMISSION_DENIED,

@@ -26,12 +26,13 @@ from nyxplug import (
     SandboxViolation,
     UnknownFrameType,
     WouldBlock,
+    WrongThread,
 )
 
 DISPATCH_ERRORS = [WouldBlock, PluginClosed, PluginNotRegistered, PluginNotLoaded,
                    PermissionDenied, SandboxViolation]  # fmt: skip
 FRAME_ERRORS = [HeaderDecodeError, FrameTooLarge, UnknownFrameType]
-LIFECYCLE_ERRORS = [AlreadyLoaded, AlreadyRegistered, NotRegistered]
+LIFECYCLE_ERRORS = [AlreadyLoaded, AlreadyRegistered, NotRegistered, WrongThread]
 
 #: One instance of every error, built the ways the dispatcher builds them.
 INSTANCES = {
@@ -55,6 +56,8 @@ INSTANCES = {
     "already_loaded_unloading": AlreadyLoaded(7, True),
     "already_registered": AlreadyRegistered(7, "seven"),
     "not_registered_lifecycle": NotRegistered(7),
+    "wrong_thread": WrongThread("dispatch_nowait", 11, "MainThread", 22, "reader"),
+    "wrong_thread_dispatch": WrongThread("dispatch", 11, "MainThread", 22, "reader"),
 }
 
 
@@ -73,6 +76,7 @@ def test_hierarchy() -> None:
     for cls in LIFECYCLE_ERRORS:
         assert not issubclass(cls, DispatchError)
     assert issubclass(NyxplugError, Exception)
+    assert issubclass(WrongThread, RuntimeError)
 
 
 def test_dispatch_errors_carry_plugin_and_frame_type() -> None:
@@ -136,6 +140,15 @@ def test_messages_exactly() -> None:
         "already_registered": "Plugin 7 is already registered (as 'seven') - unregister it "
         "first or use another id",
         "not_registered_lifecycle": "Plugin 7 is not registered - register it first",
+        "wrong_thread": "Dispatcher.dispatch_nowait() was called from thread 'reader' (id 22), "
+        "but this dispatcher belongs to thread 'MainThread' (id 11), which runs its event "
+        "loop; it is not thread-safe - from another thread use "
+        "loop.call_soon_threadsafe(dispatcher.dispatch_nowait, ...)",
+        "wrong_thread_dispatch": "Dispatcher.dispatch() was called from thread 'reader' (id 22), "
+        "but this dispatcher belongs to thread 'MainThread' (id 11), which runs its event "
+        "loop; it is not thread-safe - from another thread use "
+        "asyncio.run_coroutine_threadsafe(<a coroutine that awaits dispatcher.dispatch(...)>, "
+        "loop)",
     }
     for name, text in expected.items():
         assert str(INSTANCES[name]) == text, name

@@ -377,7 +377,8 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
     lines += [
         "",
         f"Dispatcher: {totals['frames_dispatched']:,} frames dispatched + "
-        f"{totals['dispatch_errors']:,} dispatch errors = {results['calls']:,} calls; "
+        f"{totals['dispatch_errors']:,} dispatch errors ({totals['would_block']:,} of them "
+        f"backpressure: WouldBlock) = {results['calls']:,} calls; "
         f"{totals['plugins_loaded']} plugins loaded, {totals['plugins_unloaded']} unloaded",
     ]
     return "\n".join(lines)

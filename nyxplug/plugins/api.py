@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._constants import DispatchStatus, FrameType, Permission
 from .._errors import DispatchError, HeaderDecodeError, PermissionDenied, SandboxViolation
 from .._impl import PluginHeader
+from .._refused import Refused
 
 if TYPE_CHECKING:
     from .._dispatch_py import Dispatcher, PluginMessage
@@ -106,10 +107,14 @@ class PluginContext:
     def dispatch(
         self, frame_type: int, header: PluginHeader | bytes, payload: bytes = b""
     ) -> Coroutine[Any, Any, None]:
-        """``Dispatcher.dispatch`` as this plugin: waits for room in the target's queue."""
+        """``Dispatcher.dispatch`` as this plugin: waits for room in the target's queue.
+
+        As with the dispatcher, a refusal (this plugin's own rights included) is raised
+        by awaiting the result, not by the call.
+        """
         refusal = self._refusal(frame_type, header)
         if refusal is not None:
-            raise refusal
+            return Refused(refusal)
         return self._dispatcher.dispatch(frame_type, header, payload)
 
     def dispatch_nowait(

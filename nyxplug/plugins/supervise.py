@@ -2,7 +2,8 @@
 
 ``on_load``, ``health()`` and ``on_unload`` run under the plugin's sandbox and
 ``LIFECYCLE_TIMEOUT``; an async handler runs under the plugin's handler timeout,
-kept by one watchdog timer per plugin (``supervise``).
+kept by one watchdog timer per plugin (``supervise``); a synchronous one cannot be
+interrupted, so each call is timed and an overrun counted and logged.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..sandbox import SandboxGuard, guarded
+from .._constants import frame_type_name
+from ..sandbox import SandboxGuard, guarded, unguarded
 from .errors import HandlerTimeout
 
 if TYPE_CHECKING:  # the catalog imports reload, which imports this module
@@ -54,16 +57,21 @@ async def call_on_unload(name: str, guard: SandboxGuard | None, instance: Any) -
 def supervise(record: PluginRecord, instance: Any, plugin_id: int, timeout: float | None) -> Any:
     """The handler the dispatcher calls: the plugin's, under its timeout.
 
-    A synchronous handler cannot be interrupted (it holds the loop until it returns),
-    so it is handed over as it is, without a coroutine per frame.
+    A synchronous handler cannot be interrupted (it holds the loop until it returns):
+    without a timeout it is handed over as it is; with one, each call is timed (two
+    clock reads, no coroutine) and a call over the limit is counted and logged.
     """
     batch = getattr(instance, "handle_batch", None)
     if callable(batch):
         if not inspect.iscoroutinefunction(batch):
-            return _SyncBatch(batch)
+            if timeout is None:
+                return _SyncBatch(batch)
+            return _SyncBatch(_timed_sync(record, batch, plugin_id, timeout))
         return _SupervisedBatch(record, batch, plugin_id, timeout)
     if not inspect.iscoroutinefunction(instance.handle):
-        return instance.handle
+        if timeout is None:
+            return instance.handle
+        return _timed_sync(record, instance.handle, plugin_id, timeout)
     return _Supervised(record, instance.handle, plugin_id, timeout)
 
 
@@ -74,6 +82,51 @@ class _SyncBatch:
 
     def __init__(self, call: Callable[[list[Any]], Any]) -> None:
         self.handle_batch = call
+
+
+_clock = time.perf_counter
+
+
+def _timed_sync(
+    record: PluginRecord, call: Callable[[Any], Any], plugin_id: int, timeout: float
+) -> Callable[[Any], Any]:
+    """A synchronous ``handle`` (or ``handle_batch``) under the timeout: it cannot be
+    cancelled, so each call is measured; an overrun is counted in the record's
+    ``timeouts`` and logged in one line. A closure, not a class with ``__call__``:
+    about 50 ns less per frame."""
+    clock = _clock
+
+    def timed(arg: Any) -> Any:
+        start = clock()
+        try:
+            return call(arg)
+        finally:
+            elapsed = clock() - start
+            if elapsed > timeout:
+                _overran(record, plugin_id, timeout, elapsed, arg)
+
+    return timed
+
+
+def _overran(
+    record: PluginRecord, plugin_id: int, timeout: float, elapsed: float, arg: Any
+) -> None:
+    record.timeouts += 1
+    first = arg[0] if isinstance(arg, list) else arg  # a batch, or one frame
+    what = f"a {frame_type_name(int(first.frame_type))} frame"
+    if isinstance(arg, list) and len(arg) > 1:
+        what = f"a batch of {len(arg)} frames starting with {what}"
+    with unguarded():  # the plugin's sandbox must not refuse our log handlers
+        logger.warning(
+            "Handler of plugin %r (id %d) took %.3g s on %s, over its %g s "
+            "timeout; a synchronous handler cannot be interrupted - make it async "
+            "(then it is cancelled at the limit) or faster",
+            record.name,
+            plugin_id,
+            elapsed,
+            what,
+            timeout,
+        )
 
 
 class _Supervised:
