@@ -22,7 +22,8 @@ from msgspec import Meta
 
 from .._constants import MAX_PLUGIN_ID, Permission
 from .._errors import NyxplugError
-from ..config import Capacity, HandlerTimeout, _check_finite, _Invalid, explain_decode_error
+from .._schema import _check_finite, _Invalid, explain_decode_error
+from ..config import Capacity, HandlerTimeout
 from .versions import PLUGIN_API_VERSION, VersionError, VersionRange, parse_version
 
 __all__ = (
