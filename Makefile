@@ -36,12 +36,16 @@ help:
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "nyxplug needs Python >= 3.11; run e.g. 'make PYTHON=python3.11 ...'" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
 
-# uv installs everything else; the venv's own pip installs it, pinned with hashes.
+# uv installs everything else; pip installs uv, pinned with hashes: the base Python's pip
+# when it has one (pip >= 22.3 installs into another environment, and the venv needs no pip
+# of its own, 3 s saved), else the pip that ensurepip puts into the venv.
+PIP_BOOTSTRAP := install --disable-pip-version-check --progress-bar off --no-deps \
+  --require-hashes -r $(LOCK)/bootstrap.txt
 $(UV): $(LOCK)/bootstrap.txt | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off --no-deps \
-	  --require-hashes -r $(LOCK)/bootstrap.txt
+	$(PYTHON) -m pip --python $(BIN)/python $(PIP_BOOTSTRAP) || \
+	  { $(BIN)/python -m ensurepip && $(BIN)/python -m pip $(PIP_BOOTSTRAP); }
 	@touch $@
 
 $(VENV)/.%-deps: $(LOCK)/%.txt $(UV)
