@@ -12,7 +12,7 @@ BUILD_INPUTS := pyproject.toml setup.py $(wildcard nyxplug/*.pyx nyxplug/*.pxd)
 BUILD_FLAGS := NYXPLUG_NO_EXTENSIONS=$(NYXPLUG_NO_EXTENSIONS) \
   NYXPLUG_DEBUG_BUILD=$(NYXPLUG_DEBUG_BUILD) NYXPLUG_CYTHON_TRACING=$(NYXPLUG_CYTHON_TRACING)
 FLAGS_FILE := $(VENV)/.build-flags
-# The lock files (`make lock` rewrites them) and what each one was last installed from.
+# The lock files; `make lock` rewrites them.
 LOCK := requirements
 UV_PIP := $(UV) pip install --python $(BIN)/python
 UV_COMPILE := $(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
@@ -48,6 +48,7 @@ $(UV): $(LOCK)/bootstrap.txt | $(BIN)/python
 	  { $(BIN)/python -m ensurepip && $(BIN)/python -m pip $(PIP_BOOTSTRAP); }
 	@touch $@
 
+# .venv/.build-deps, .demo-deps, .test-deps: that lock file is installed (again when it changes).
 $(VENV)/.%-deps: $(LOCK)/%.txt $(UV)
 	$(UV_PIP) --require-hashes -r $<
 	@touch $@
