@@ -8,21 +8,19 @@ change which folders are scanned.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
-import tomllib
-import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
 from ._impl import parse_flag
+from ._schema import _check_finite, _Invalid, explain_decode_error
 from ._toml import TOO_DEEP, nesting_problem, toml_value_problem
 from .isolation.options import IsolationOptions
 from .source.layout import Capacity, HandlerTimeout
@@ -39,11 +37,6 @@ __all__ = (
 
 #: Seconds a plugin handler may run when neither its manifest nor the host says otherwise.
 DEFAULT_HANDLER_TIMEOUT = 5.0
-
-_AT_ROOT_RE = re.compile(r"^(?P<problem>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-_AT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `(?P<key>[^`$][^`]*)`$", re.DOTALL)
-_DICT_KEY_RE = re.compile(r"^(?P<problem>.*) - at `key` in `\$(?P<path>[^`]*)`$", re.DOTALL)
-_PATH_PART_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
 class ConfigError(NyxplugError, ValueError):
@@ -62,22 +55,6 @@ class ConfigError(NyxplugError, ValueError):
     def __str__(self) -> str:
         at = "" if self.key == "$" else f" - at `{self.key}`"
         return f"Invalid configuration {self.source}: {self.problem}{at}"
-
-
-class _Invalid(ValueError):
-    """Raised by ``__post_init__`` checks; msgspec turns it into a ``ValidationError``.
-
-    Its text ends in `` - at `key` `` so :func:`explain_decode_error` can report the
-    exact key instead of only the table msgspec knows about.
-    """
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{problem} - at `{key}`")
-
-
-def _check_finite(key: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise _Invalid(key, f"Expected a finite number of seconds, got `{value}`")
 
 
 def _check_paths(key: str, values: tuple[str, ...]) -> None:
@@ -209,7 +186,8 @@ def _decode_file(file: Path, source: str) -> HostConfig:
     if problem := nesting_problem(data):  # tomllib would raise RecursionError
         raise ConfigError(source, "$", problem)
     try:
-        return msgspec.toml.decode(data, type=HostConfig)
+        # UTF-8 is checked here, not by msgspec, so bad bytes say where they are.
+        return msgspec.toml.decode(data.decode(), type=HostConfig)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         key, problem = explain_decode_error(exc, data, HostConfig)
         raise ConfigError(source, key, problem) from None
@@ -288,126 +266,3 @@ def _parse_float(raw: str) -> float:
     if not math.isfinite(value):
         raise ValueError("Expected a finite number of seconds")
     return value
-
-
-# --- msgspec error translation, shared with nyxplug.plugins.manifest -------------------
-
-
-def explain_decode_error(
-    exc: msgspec.DecodeError | UnicodeDecodeError,
-    document: bytes | Mapping[str, Any],
-    root: type[msgspec.Struct],
-) -> tuple[str, str]:
-    """Turn a ``msgspec.toml.decode`` / ``msgspec.convert`` failure into ``(key, problem)``.
-
-    msgspec says where (``- at `$.plugin.id` ``) but not always what it found, and talks
-    about JSON ``object`` / ``field``; this re-reads ``document`` (the TOML bytes already
-    in memory, or the converted data) to add the found value, speaks TOML (table, key),
-    and suggests the valid key for a typo.
-    """
-    if isinstance(exc, UnicodeDecodeError):
-        bad = exc.object[exc.start : exc.start + 1].hex()
-        return "$", f"Expected UTF-8 text, got byte 0x{bad} at offset {exc.start}"
-    if not isinstance(exc, msgspec.ValidationError):
-        return "$", f"Invalid TOML: {exc}"
-    message = str(exc)
-    parts: list[str] = []
-    if match := _DICT_KEY_RE.match(message):
-        return _dotted(_split_path(match["path"]), "<key>"), match["problem"]
-    if match := _AT_ROOT_RE.match(message):
-        message, parts = match["problem"], _split_path(match["path"])
-    if match := _AT_KEY_RE.match(message):  # raised by one of our __post_init__ checks
-        return _dotted(parts, match["key"]), match["problem"]
-    raw = _raw_toml(document) if isinstance(document, bytes) else document
-    if match := re.fullmatch(r"Object missing required field `(.+)`", message):
-        name = match[1]
-        missing = parts + [name]
-        if _is_struct(_type_at(root, missing)):
-            return _dotted(missing), f"Missing required table `[{_dotted(missing)}]`"
-        return _dotted(missing), f"Missing required key `{name}`"
-    if match := re.fullmatch(r"Object contains unknown field `(.+)`", message):
-        name = match[1]
-        unknown = parts + [name]
-        kind = "table" if isinstance(_value_at(raw, unknown), dict) else "key"
-        shown = f"[{_dotted(unknown)}]" if kind == "table" else name
-        known = [field.encode_name for field in msgspec.structs.fields(_struct_at(root, parts))]
-        close = difflib.get_close_matches(name, known, n=1)
-        if close:
-            hint = f" (did you mean `{close[0]}`?)"
-        else:
-            hint = ", expected one of " + ", ".join(f"`{key}`" for key in known)
-        return _dotted(unknown), f"Unknown {kind} `{shown}`{hint}"
-    found = _show(_value_at(raw, parts))
-    if message.startswith("Invalid enum value"):
-        choices = typing.get_args(_type_at(root, parts))
-        expected = ", ".join(f"`{choice}`" for choice in choices)
-        return _dotted(parts), f"Expected one of {expected}, got {found}"
-    message = re.sub(r"matching regex '(.*)'$", r"matching `\1`", message)
-    message = message.replace("`object`", "`table`").replace(" | null`", "`")
-    if ", got " not in message:
-        message = f"{message}, got {found}"
-    return _dotted(parts), message
-
-
-def _split_path(path: str) -> list[str]:
-    return [name if name else f"[{index}]" for name, index in _PATH_PART_RE.findall(path)]
-
-
-def _dotted(parts: list[str], *more: str) -> str:
-    text = ""
-    for part in [*parts, *more]:
-        text += part if part.startswith("[") or not text else f".{part}"
-    return text or "$"
-
-
-def _raw_toml(data: bytes) -> Any:
-    try:
-        return tomllib.loads(data.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):  # pragma: no cover - decoded once
-        return None
-
-
-def _value_at(raw: Any, parts: list[str]) -> Any:
-    for part in parts:
-        if part.startswith("[") and isinstance(raw, list):
-            index = int(part[1:-1])
-            raw = raw[index] if index < len(raw) else None
-        elif isinstance(raw, dict):
-            raw = raw.get(part)
-        else:
-            return None
-    return raw
-
-
-def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"`{text}`"
-
-
-def _unwrap(tp: Any) -> Any:
-    while typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
-def _is_struct(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
-
-
-def _type_at(root: type[msgspec.Struct], parts: list[str]) -> Any:
-    tp: Any = root
-    for part in parts:
-        if not _is_struct(tp):
-            return None
-        fields = {field.encode_name: field.type for field in msgspec.structs.fields(tp)}
-        tp = _unwrap(fields.get(part))
-    return tp
-
-
-def _struct_at(root: type[msgspec.Struct], parts: list[str]) -> type[msgspec.Struct]:
-    tp = _type_at(root, parts)
-    return tp if _is_struct(tp) else root

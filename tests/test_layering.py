@@ -60,12 +60,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 #: Known upward imports, each with the change that removes it. An entry that no longer
 #: matches an import fails the test, so the list only ever shrinks.
-PENDING: dict[tuple[str, str], str] = {
-    ("nyxplug.source.manifest", "nyxplug.config"): (
-        "the msgspec error translator (_check_finite, _Invalid, explain_decode_error) "
-        "moves from config.py to nyxplug/_schema.py (issue 14, the ci branch)"
-    ),
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 #: Where the isolated child starts: ``python -m nyxplug.host`` and the fork server.
 CHILD_ENTRIES = ("nyxplug.host", "nyxplug.isolation.forkserver")

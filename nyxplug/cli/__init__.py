@@ -11,7 +11,9 @@ they share, and how a problem is reported, are ``nyxplug.cli._host``'s.
 from __future__ import annotations
 
 import argparse
+import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import _host, isolation, keys, packages, plugins, reload, trust
 
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench = commands.add_parser(
         "bench",
-        help="compare nyxplug with asyncio.Queue and anyio in one table (run from a checkout)",
+        help="compare nyxplug with asyncio.Queue and anyio in one table (needs a source checkout)",
         description="Run benchmarks/compare.py: every scenario in one process, one table.",
         add_help=False,
     )
@@ -77,25 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _source_checkout() -> Path | None:
+    """The nyxplug source checkout this package was installed from (editable), if any.
+
+    ``benchmarks/`` ships with the source, not the wheel. Only the checkout that holds this
+    very package counts - never the working directory, so no stray ``benchmarks/`` runs.
+    """
+    root = Path(__file__).resolve().parents[2]
+    try:
+        with open(root / "pyproject.toml", "rb") as file:
+            name = tomllib.load(file)["project"]["name"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return None
+    return root if name == "nyxplug" and (root / "benchmarks" / "compare.py").is_file() else None
+
+
 def _run_bench(args: list[str]) -> int:
-    """``benchmarks/`` ships with the source, not the wheel: find it from the working directory."""
-    import importlib
-    import os
+    """Run ``python -m benchmarks.compare`` in the package's own checkout, in a child process."""
+    import subprocess
     import sys
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        compare = importlib.import_module("benchmarks.compare")
-    except ImportError as exc:
+    checkout = _source_checkout()
+    if checkout is None:
         print(
-            f"nyxplug bench needs the source checkout's benchmarks/ folder ({exc}) - "
-            "run it from the repository root",
+            "nyxplug bench needs a source checkout: this nyxplug is installed without its "
+            "benchmarks/ - in a checkout, run `make install` and then "
+            "`.venv/bin/python -m benchmarks.compare`",
             file=sys.stderr,
         )
         return 2
-    result: int = compare.main(args)
-    return result
+    return subprocess.call([sys.executable, "-m", "benchmarks.compare", *args], cwd=checkout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,8 +22,8 @@ from msgspec import Meta
 
 from .._constants import Permission
 from .._errors import NyxplugError
+from .._schema import _check_finite, _Invalid, explain_decode_error
 from .._toml import MAX_NESTING, TOO_DEEP, nesting_problem, toml_value_problem, too_deep
-from ..config import _check_finite, _Invalid, explain_decode_error
 from .layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN, Capacity, HandlerTimeout
 from .versions import PLUGIN_API_VERSION, VersionError, VersionRange, parse_version
 
