@@ -200,21 +200,23 @@ def _run_plugins(args: argparse.Namespace) -> int:
     plugin_logs.addHandler(handler)
     old_level = plugin_logs.level
     plugin_logs.setLevel(logging.INFO)
+    where = _host.host_line(args, config)
     try:
         if watch:
             from .reload import serve
 
-            return serve(_host.plugin_manager(config))
-        return asyncio.run(_run_async(_host.plugin_manager(config), frames))
+            return serve(_host.plugin_manager(config), where)
+        return asyncio.run(_run_async(_host.plugin_manager(config), frames, where))
     finally:
         plugin_logs.removeHandler(handler)
         plugin_logs.setLevel(old_level)
 
 
-async def _run_async(manager: PluginManager, frames: int) -> int:
+async def _run_async(manager: PluginManager, frames: int, where: str) -> int:
     from .. import FrameType, Permission, PluginHeader
 
     catalog = await manager.start()
+    print(where)
     for status in catalog:
         line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
         print(line + (f" - {status.reason}" if status.reason else ""))

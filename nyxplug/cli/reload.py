@@ -113,8 +113,11 @@ def describe(outcome: object, name: str | None = None) -> str:
 # -- the watching host ----------------------------------------------------------------------
 
 
-def serve(manager: PluginManager) -> int:
-    """Run the watching host on ``manager`` until SIGINT/SIGTERM; returns the exit status."""
+def serve(manager: PluginManager, where: str = "") -> int:
+    """Run the watching host on ``manager`` until SIGINT/SIGTERM; returns the exit status.
+
+    ``where`` (``Host: ...``) is said once the host has claimed its state dir.
+    """
     from .control import ControlServer, socket_path
 
     if manager.state_dir is None:
@@ -125,7 +128,7 @@ def serve(manager: PluginManager) -> int:
         on_outcome=lambda _request, outcome: _say(describe(outcome) + " - by nyxplug reload"),
     )
     try:
-        return asyncio.run(_serve(manager, server))
+        return asyncio.run(_serve(manager, server, where))
     except asyncio.CancelledError:  # a second signal: stop without waiting for the drain
         print("nyxplug run: stopped before every plugin was unloaded", file=sys.stderr)
         return 1
@@ -136,7 +139,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def _serve(manager: PluginManager, server: ControlServer) -> int:
+async def _serve(manager: PluginManager, server: ControlServer, where: str) -> int:
     from ..plugins.watch import PluginWatcher
 
     loop = asyncio.get_running_loop()
@@ -156,6 +159,8 @@ async def _serve(manager: PluginManager, server: ControlServer) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         server.claim()  # before any plugin loads: a second host must not run on_load twice
+        if where:
+            _say(where)
         for status in await manager.start():
             line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
             _say(line + (f" - {status.reason}" if status.reason else ""))

@@ -208,9 +208,13 @@ def _trust(args: argparse.Namespace) -> int:
     action: str = args.trust_command
     config = _host.host_config(args)
     store, audit = _host.trust_and_audit(config)
+    host_line = _host.host_line(args, config)  # which host the change was made on
     if action == "add":
-        return _trust_add(args, store, audit)
+        _trust_add(args, store, audit)
+        print(f"  {host_line}")
+        return 0
     if action == "list":
+        print(host_line)
         return _trust_list(config, store)
     if action == "remove":
         entry = store.key(args.key_id)
@@ -220,6 +224,7 @@ def _trust(args: argparse.Namespace) -> int:
             "trust-remove", "done", key_id=args.key_id, signer=entry.name if entry else None
         )
         print(f"Removed key {_signed_key(args.key_id, entry)}: packages it signs are refused")
+        print(f"  {host_line}")
         return 0
     if action == "revoke-key":
         entry = store.key(args.key_id)
@@ -229,10 +234,12 @@ def _trust(args: argparse.Namespace) -> int:
             f"Revoked key {_signed_key(args.key_id, entry)}: everything it signed is refused, "
             "installed plugins included, and it cannot be trusted again"
         )
+        print(f"  {host_line}")
         return 0
     store.revoke_package(args.sha256)
     audit.record("revoke-package", "done", package_sha256=args.sha256)
     print(f"Revoked package {args.sha256}: it is refused, whoever signed it")
+    print(f"  {host_line}")
     return 0
 
 
