@@ -458,6 +458,24 @@ async def test_ctx_dispatch_sends_under_the_senders_own_permissions(
         await arrived(manager.instance("sneaky"))
         [error] = manager.instance("sneaky").errors
         assert isinstance(error, PermissionDenied) and error.plugin_id == 52
+        # Named, and the fix in the terms it was loaded with: its manifest's [permissions].
+        assert str(error) == (
+            "Plugin 'sneaky' (id 52) lacks permission CONTROL required by frame 0x53 (CONTROL) "
+            f"- grant it in [permissions] of {tmp_path / 'sneaky' / 'nyxplug.toml'}"
+        )
+
+
+async def test_a_refused_frame_names_the_manifest_plugin_and_its_fix(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "quiet", 53, frames=("CONTROL",))
+    async with manager_for(impl, tmp_path) as manager:
+        with pytest.raises(PermissionDenied) as caught:
+            await send(manager, 53, b"data, without the right")
+    assert str(caught.value) == (
+        "Plugin 'quiet' (id 53) lacks permission DATA_ACCESS required by frame 0x52 (DATA) "
+        f"- grant it in [permissions] of {tmp_path / 'quiet' / 'nyxplug.toml'}"
+    )
 
 
 # -- the sandbox while plugin code runs -------------------------------------------------
