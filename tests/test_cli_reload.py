@@ -26,6 +26,7 @@ import pytest
 from plugin_helpers import manifest_text
 
 from nyxplug.cli import main
+from nyxplug.cli._common import relative_path
 from nyxplug.cli.control import (
     LOCK_FILE,
     MAX_REQUEST,
@@ -53,18 +54,27 @@ class Entry(Plugin):
     async def on_load(self, ctx):
 {on_load}
 
+    async def on_unload(self):
+{on_unload}
+
     async def handle(self, message):
         pass
 """
 
 
 def write_plugin(
-    root: Path, name: str, plugin_id: int, version: str, on_load: str = "pass"
+    root: Path,
+    name: str,
+    plugin_id: int,
+    version: str,
+    on_load: str = "pass",
+    on_unload: str = "pass",
 ) -> Path:
     """Write (or rewrite in place, module first, like an editor saving) ``root/name``."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "main.py").write_text(MODULE.format(on_load=f"        {on_load}"))
+    module = MODULE.format(on_load=f"        {on_load}", on_unload=f"        {on_unload}")
+    (folder / "main.py").write_text(module)
     (folder / "nyxplug.toml").write_text(manifest_text(name, plugin_id, version=version))
     return folder
 
@@ -279,6 +289,48 @@ def test_watching_host_reloads_by_hand_and_on_change_and_stops_cleanly(
     assert "SIGTERM: stopping - unloading the plugins (send it again to stop at once)" in host.lines
     assert "unloaded 1 plugin" in host.lines
     assert not sock.exists()
+
+
+def test_disable_and_enable_act_on_the_running_host(
+    tmp_path: Path, start_host: Callable[..., Host], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugins, state = tmp_path / "plugins", tmp_path / "state"
+    write_plugin(plugins, "counter", 7, "1.0.0", on_unload="print('counter unloading')")
+    write_plugin(plugins, "other", 8, "1.0.0")
+    host = start_host("--plugin-dir", str(plugins))
+    host.expect(r"^watching 2 plugin folders for changes; control socket ")
+    sock = relative_path(state / SOCKET_FILE)
+
+    code, out, err = cli(capsys, "disable", "counter", "--state-dir", str(state))
+    assert (code, err) == (0, ""), err
+    assert out == (
+        f"counter: disabled; drained and unloaded from the running host at {sock} (0 frames "
+        "handled); it will not load until `nyxplug enable counter`\n"
+    )
+    host.expect(r"^counter unloading$")  # its on_unload ran in the host, at once
+    code, out, _ = cli(capsys, "list", "--state-dir", str(state))
+    assert row(out, "counter")[1:4] == ["1.0.0", "7", "disabled"]
+    assert row(out, "other")[1:4] == ["1.0.0", "8", "active"]
+    code, out, _ = cli(capsys, "disable", "counter", "--state-dir", str(state))
+    assert out.startswith("counter: was already disabled; not running on the running host at")
+
+    code, out, err = cli(capsys, "enable", "counter", "--state-dir", str(state))
+    assert (code, err) == (0, ""), err
+    assert out == f"counter: enabled; now active on the running host at {sock}\n"
+    code, out, _ = cli(capsys, "list", "--state-dir", str(state))
+    assert row(out, "counter")[1:4] == ["1.0.0", "7", "active"]
+
+    code, out, err = cli(capsys, "disable", "nobody", "--state-dir", str(state))
+    assert (code, out) == (1, "")
+    assert err.startswith("nyxplug disable: No plugin named 'nobody' in the catalog; known")
+
+    # What the host was told is remembered: disabled, it stays down after a restart.
+    cli(capsys, "disable", "other", "--state-dir", str(state))
+    assert host.stop() == 0
+    host = start_host("--plugin-dir", str(plugins))
+    host.expect(r"^counter 1\.0\.0 \(id 7\): active$")
+    host.expect(r"^other 1\.0\.0 \(id 8\): disabled")
+    assert host.stop() == 0
 
 
 # -- without a host -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The control socket of a running host: ``<state_dir>/control.sock``.
 
-``nyxplug run --watch`` serves it; ``nyxplug reload`` and ``nyxplug list`` ask it.
+``nyxplug run --watch`` serves it; ``nyxplug reload``, ``list``, ``info``, ``enable`` and
+``disable`` ask it.
 The protocol is one JSON request line answered by one JSON reply line (msgspec
 Structs, tagged by ``op`` and ``reply``), several per connection if the client
 likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
@@ -37,6 +38,8 @@ __all__ = (
     "MAX_REQUEST",
     "SOCKET_FILE",
     "ControlServer",
+    "DisableRequest",
+    "EnableRequest",
     "Failure",
     "HostRunning",
     "NoHost",
@@ -47,6 +50,7 @@ __all__ = (
     "Request",
     "Status",
     "StatusRequest",
+    "Toggled",
     "request",
     "socket_path",
 )
@@ -84,7 +88,19 @@ class StatusRequest(_Request, tag="status", frozen=True):
     """``{"op": "status"}``: the live catalog and each plugin's dispatcher counters."""
 
 
-Request = ReloadRequest | StatusRequest
+class DisableRequest(_Request, tag="disable", frozen=True):
+    """``{"op": "disable", "name": ...}``: remember it disabled; drain and unload it if active."""
+
+    name: str
+
+
+class EnableRequest(_Request, tag="enable", frozen=True):
+    """``{"op": "enable", "name": ...}``: remember it enabled and load it (re-validated)."""
+
+    name: str
+
+
+Request = ReloadRequest | StatusRequest | DisableRequest | EnableRequest
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
@@ -129,7 +145,21 @@ class Failure(_Reply, tag="error", frozen=True):
     transient: bool = False
 
 
-Reply = Reloaded | Status | Failure
+class Toggled(_Reply, tag="toggled", frozen=True):
+    """An enable or disable ran: ``changed`` is False when it already was so.
+
+    ``status`` is the plugin's entry afterwards; ``stats`` the counters of a plugin the
+    host just drained and unloaded (``None`` when it was not running).
+    """
+
+    name: str
+    enabled: bool
+    changed: bool
+    status: PluginStatus
+    stats: PluginStats | None = None
+
+
+Reply = Reloaded | Status | Toggled | Failure
 
 _request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 _reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
@@ -163,7 +193,7 @@ class NoHost(Problem):
 # -- the client -----------------------------------------------------------------------------
 
 
-def request(path: Path, message: ReloadRequest | StatusRequest, *, timeout: float) -> Reply:
+def request(path: Path, message: Request, *, timeout: float) -> Reply:
     """Send one request to the host at ``path`` and return its reply (blocking).
 
     ``NoHost`` when nothing listens there (no socket file, or a dead host's file);
@@ -403,6 +433,8 @@ class ControlServer:
         try:
             if isinstance(req, StatusRequest):
                 return self.status()
+            if isinstance(req, DisableRequest | EnableRequest):
+                return await self._toggle(req)
             return await self._reload(req)
         except Exception as exc:  # a bug must not take the host down: say it, keep serving
             logger.exception("Control request %r failed", req)
@@ -443,6 +475,50 @@ class ControlServer:
         except PluginStateError as exc:
             return Failure(error="state", message=str(exc), name=req.name)
         return Reloaded(result=result)
+
+    async def _toggle(self, req: DisableRequest | EnableRequest) -> Reply:
+        from ..plugins import PluginLoadError, PluginNotFound, PluginStateError
+
+        # Its own task, shielded as a reload is: a client that hangs up must not leave a
+        # plugin half-drained.
+        task = asyncio.ensure_future(self._apply_toggle(req))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        try:
+            return await asyncio.shield(task)
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=req.name)
+        except PluginStateError as exc:
+            return Failure(error="state", message=str(exc), name=req.name)
+        except PluginLoadError as exc:
+            return Failure(
+                error="load-failed", message=str(exc), name=exc.name, step=exc.step,
+                reason=exc.reason,
+            )  # fmt: skip
+
+    async def _apply_toggle(self, req: DisableRequest | EnableRequest) -> Toggled:
+        """Disable: remember it, then drain and unload it if it runs. Enable: remember it,
+        then load it if it is valid and not running (its dependencies must be active)."""
+        manager = self.manager
+        name = req.name
+        was_enabled = manager.status(name).enabled
+        stats = None
+        if isinstance(req, DisableRequest):
+            manager.disable(name)
+            if manager.status(name).state == "active":
+                stats = await manager.unload(name, drain=True)
+                manager.disable(name)  # not running any more: now listed as disabled
+        else:
+            manager.enable(name)
+            if manager.status(name).state in ("validated", "unloaded"):
+                await manager.load(name)
+        return Toggled(
+            name=name,
+            enabled=isinstance(req, EnableRequest),
+            changed=was_enabled != isinstance(req, EnableRequest),
+            status=manager.status(name),
+            stats=stats,
+        )
 
     def _reload_done(self, req: ReloadRequest, task: asyncio.Task[Any]) -> None:
         self._reloads.discard(task)

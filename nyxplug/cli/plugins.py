@@ -47,6 +47,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 _NAME_RE = re.compile(NAME_PATTERN)
 #: How long ``nyxplug list`` waits for a running host's catalog before discovering alone.
 _STATUS_TIMEOUT = 10.0
+#: How long `nyxplug enable` / `disable` wait for a running host: a drain, on_unload,
+#: on_load and health() (each bounded by the lifecycle timeout) may all run.
+_TOGGLE_TIMEOUT = 300.0
 _STATES = (
     "discovered", "validated", "loading", "active", "draining", "unloaded", "failed", "disabled"
 )  # fmt: skip
@@ -160,8 +163,16 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
     )
 
     for command, verb, effect in (
-        ("enable", "allow", "it loads again on the next start"),
-        ("disable", "keep", "it does not load; remembered across restarts"),
+        (
+            "enable",
+            "allow",
+            "a running host (run --watch) loads it now, others on their next start",
+        ),
+        (
+            "disable",
+            "keep",
+            "a running host (run --watch) drains and unloads it now; remembered across restarts",
+        ),
     ):
         sub = commands.add_parser(
             command,
@@ -537,7 +548,10 @@ def _value(value: object) -> str:
 def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
     from ..plugins.manager import STATE_FILE
 
-    manager = _host.plugin_manager(_host.host_config(args))
+    config = _host.host_config(args)
+    if _toggle_live(args, config, enable=enable):
+        return 0
+    manager = _host.plugin_manager(config)
     manager.discover()
     before = manager.status(args.name)
     try:
@@ -560,6 +574,49 @@ def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
         print(f"{args.name}: {was}; it will not load until `nyxplug enable {args.name}` "
               f"(remembered in {where})")  # fmt: skip
     return 0
+
+
+def _toggle_live(args: argparse.Namespace, config: HostConfig, *, enable: bool) -> bool:
+    """Enable or disable on the running host, if one answers (False: none runs).
+
+    The host remembers it (its state file) and acts at once: a disabled plugin is
+    drained and unloaded, an enabled one loaded.
+    """
+    from .control import (
+        DisableRequest,
+        EnableRequest,
+        Failure,
+        NoHost,
+        Toggled,
+        request,
+        socket_path,
+    )
+
+    path = socket_path(config.runtime.state_dir)
+    message = EnableRequest(name=args.name) if enable else DisableRequest(name=args.name)
+    try:
+        reply = request(path, message, timeout=_TOGGLE_TIMEOUT)
+    except NoHost:
+        return False
+    if isinstance(reply, Failure):
+        raise Problem(reply.message)
+    if not isinstance(reply, Toggled):
+        raise Problem(f"Expected an enable/disable reply from {path}, got {type(reply).__name__}")
+    status = reply.status
+    host = f"the running host at {relative_path(path)}"
+    if enable:
+        was = "enabled" if reply.changed else "was already enabled"
+        reason = f" - {status.reason}" if status.reason else ""
+        print(f"{args.name}: {was}; now {status.state} on {host}{reason}")
+    else:
+        was = "disabled" if reply.changed else "was already disabled"
+        if reply.stats is not None:
+            done = reply.stats.messages_processed
+            now = f"drained and unloaded from {host} ({done} frames handled)"
+        else:
+            now = f"not running on {host}"
+        print(f"{args.name}: {was}; {now}; it will not load until `nyxplug enable {args.name}`")
+    return True
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
