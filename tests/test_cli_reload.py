@@ -301,6 +301,24 @@ def test_disable_and_enable_act_on_the_running_host(
     host.expect(r"^watching 2 plugin folders for changes; control socket ")
     sock = relative_path(state / SOCKET_FILE)
 
+    # info asks the running host: the version that serves, its reloads in words, its stats.
+    write_plugin(plugins, "other", 8, "1.1.0")
+    host.expect(r"^reloaded other 1\.0\.0 -> 1\.1\.0 ")
+    code, out, err = cli(capsys, "info", "other", "--state-dir", str(state),
+                         "--plugin-dir", str(plugins))  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"Live, from the host at {sock} (pid {host.process.pid})\n")
+    assert re.search(r"^version: +1\.1\.0$", out, re.M), out
+    assert re.search(r"^state: +active$", out, re.M), out
+    assert re.search(
+        r"^reloads: +1/1 succeeded, last swapped, pause \d+\.\d\dms \(max \d+\.\d\dms\)$",
+        out,
+        re.M,
+    ), out
+    assert re.search(r"^stats: +0 frames, 0 errors, 0 permission and 0 sandbox violations, "
+                     r"queue 0$", out, re.M), out  # fmt: skip
+    assert "ReloadStats(" not in out
+
     code, out, err = cli(capsys, "disable", "counter", "--state-dir", str(state))
     assert (code, err) == (0, ""), err
     assert out == (
@@ -310,7 +328,7 @@ def test_disable_and_enable_act_on_the_running_host(
     host.expect(r"^counter unloading$")  # its on_unload ran in the host, at once
     code, out, _ = cli(capsys, "list", "--state-dir", str(state))
     assert row(out, "counter")[1:4] == ["1.0.0", "7", "disabled"]
-    assert row(out, "other")[1:4] == ["1.0.0", "8", "active"]
+    assert row(out, "other")[1:4] == ["1.1.0", "8", "active"]
     code, out, _ = cli(capsys, "disable", "counter", "--state-dir", str(state))
     assert out.startswith("counter: was already disabled; not running on the running host at")
 
@@ -329,7 +347,7 @@ def test_disable_and_enable_act_on_the_running_host(
     assert host.stop() == 0
     host = start_host("--plugin-dir", str(plugins))
     host.expect(r"^counter 1\.0\.0 \(id 7\): active$")
-    host.expect(r"^other 1\.0\.0 \(id 8\): disabled")
+    host.expect(r"^other 1\.1\.0 \(id 8\): disabled")
     assert host.stop() == 0
 
 

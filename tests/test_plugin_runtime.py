@@ -365,8 +365,17 @@ def test_dependencies_give_the_load_order(impl: Any, tmp_path: Path) -> None:
     ("deps", "message"),
     [
         ({"a": {"b": ">=1.0"}, "b": {"a": ">=1.0"}}, r"dependency cycle (a -> b -> a|b -> a -> b)"),
-        ({"a": {"ghost": ">=1.0"}}, r"needs 'ghost' >=1\.0\.0, which is not in the catalog"),
-        ({"a": {"b": ">=2.0"}, "b": {}}, r"needs 'b' >=2\.0\.0, but 1\.0\.0 is installed"),
+        (
+            {"a": {"ghost": ">=1.0"}},
+            r"needs 'ghost' >=1\.0\.0, which is not in the catalog - install it "
+            r"\(`nyxplug install` its package\) or add the folder holding 'ghost' with "
+            r"--plugin-dir",
+        ),
+        (
+            {"a": {"b": ">=2.0"}, "b": {}},
+            r"needs 'b' >=2\.0\.0, but 1\.0\.0 is installed - install a 'b' in that range, or "
+            r"change the range in \[dependencies\]",
+        ),
     ],
     ids=["cycle", "missing", "out-of-range"],
 )

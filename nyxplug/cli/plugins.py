@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..source.layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN
 from . import _host
-from ._common import Problem, relative_path
+from ._common import Problem, relative_path, status_line
 
 if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
     from ..config import HostConfig
-    from ..plugins import PluginManager, PluginStatus
+    from ..plugins import PluginManager, PluginStatus, ReloadStats
     from .control import Status
 
 __all__ = (
@@ -229,8 +229,7 @@ async def _run_async(manager: PluginManager, frames: int, where: str) -> int:
     catalog = await manager.start()
     print(where)
     for status in catalog:
-        line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
-        print(line + (f" - {status.reason}" if status.reason else ""))
+        print(status_line(status))
     active = [s for s in catalog if s.state == "active"]
     # The plugin ids to send to (permissions come from a manifest, so each has an id).
     targets = {s.name: s.id for s in active if "DATA_ACCESS" in s.permissions and s.id is not None}
@@ -315,7 +314,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from ..plugins import PluginLoadError, PluginStateError
+    from ..plugins import DependencyError, PluginLoadError, PluginStateError
     from ..source.manifest import check_api_compatible, load_manifest
 
     folder = Path(args.folder).resolve()
@@ -344,11 +343,22 @@ def _validate(args: argparse.Namespace) -> int:
             raise Problem(errors[0] if errors else f"{folder} was not discovered")
         status = mine[0]
         if status.state == "failed":
-            raise Problem(f"{status.name} {status.version} (id {status.id}): {status.reason}")
+            raise Problem(status_line(status, state=False))
+        try:  # worded as `nyxplug run` words it: the same check, the same text
+            order = manager.load_order([status.name])
+        except DependencyError as exc:
+            raise Problem(str(exc)) from None
 
         async def load_and_unload() -> str | None:
-            await manager.load(status.name)
-            await manager.unload(status.name)
+            # Its dependencies (folders next to it) first, as a host loads them.
+            loaded = []
+            try:
+                for name in order:
+                    await manager.load(name)
+                    loaded.append(name)
+            finally:
+                for name in reversed(loaded):
+                    await manager.unload(name)
             reason: str | None = manager.status(status.name).reason
             return reason
 
@@ -443,7 +453,7 @@ def _print_catalog(
             print(f"  {error}")
 
 
-def _live_status(config: HostConfig) -> tuple[Path, Status] | None:
+def _live_status(config: HostConfig, command: str = "list") -> tuple[Path, Status] | None:
     """The running host's ``Status`` reply, or None when no host answers."""
     from .control import NoHost, Status, StatusRequest, request, socket_path
 
@@ -453,11 +463,11 @@ def _live_status(config: HostConfig) -> tuple[Path, Status] | None:
     except NoHost:
         return None
     except Problem as exc:
-        print(f"nyxplug list: {exc}; showing the catalog by discovery", file=sys.stderr)
+        print(f"nyxplug {command}: {exc}; showing the catalog by discovery", file=sys.stderr)
         return None
     if not isinstance(reply, Status):
         print(
-            f"nyxplug list: Expected the catalog from {path}, got {reply!r}; showing the "
+            f"nyxplug {command}: Expected the catalog from {path}, got {reply!r}; showing the "
             "catalog by discovery",
             file=sys.stderr,
         )
@@ -480,10 +490,31 @@ def _signer(status: PluginStatus) -> str:
 def _info(args: argparse.Namespace) -> int:
     import msgspec
 
-    manager = _host.plugin_manager(_host.host_config(args))
+    from ..plugins import PluginNotFound
+
+    config = _host.host_config(args)
+    manager = _host.plugin_manager(config)
     manager.discover()
-    status = manager.status(args.name)
+    live = _live_status(config, command="info")
+    status, stats = manager.status(args.name), None
+    if live is not None:  # the running host's own entry: the version that serves now
+        path, reply = live
+        entries = {entry.status.name: entry for entry in reply.plugins}
+        entry = entries.get(args.name)
+        if entry is None:
+            raise PluginNotFound(args.name, tuple(sorted(entries)))
+        status, stats = entry.status, entry.stats
+        print(f"Live, from the host at {relative_path(path)} (pid {reply.pid})")
     fields = msgspec.structs.asdict(status)
+    if status.id is None:
+        fields["id"] = "- (no valid manifest)"
+    fields["reloads"] = _reloads_text(status.reloads)
+    if stats is not None:
+        fields["stats"] = (
+            f"{stats.messages_processed} frames, {stats.errors} errors, "
+            f"{stats.permission_violations} permission and {stats.sandbox_violations} sandbox "
+            f"violations, queue {stats.queue_depth}"
+        )
     width = max(len(key) for key in fields) + 1
     for key, value in fields.items():
         print(f"{key + ':':<{width}} {_value(value)}")
@@ -520,6 +551,24 @@ def _info(args: argparse.Namespace) -> int:
         for key, value in table.items():
             print(f"  {key + ':':<{inner}} {_value(value)}")
     return 0
+
+
+def _reloads_text(reloads: ReloadStats) -> str:
+    """``ReloadStats`` in words: ``none`` before the first reload."""
+    if not reloads.attempted:
+        return "none"
+    parts = [f"{reloads.succeeded}/{reloads.attempted} succeeded"]
+    if reloads.rolled_back:
+        parts.append(f"{reloads.rolled_back} rolled back")
+    if reloads.retries:
+        parts.append(f"{reloads.retries} retries")
+    if reloads.last_outcome:
+        parts.append(f"last {reloads.last_outcome}")
+    if reloads.last_pause is not None and reloads.max_pause is not None:
+        parts.append(f"pause {_pause(reloads.last_pause)} (max {_pause(reloads.max_pause)})")
+    if reloads.last_error:
+        parts.append(f"last error: {reloads.last_error}")
+    return ", ".join(parts)
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:

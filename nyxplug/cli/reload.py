@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _host
-from ._common import Problem
+from ._common import Problem, status_line
 
 if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
     from ..plugins import PluginManager, ReloadStats
@@ -162,8 +162,7 @@ async def _serve(manager: PluginManager, server: ControlServer, where: str) -> i
         if where:
             _say(where)
         for status in await manager.start():
-            line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
-            _say(line + (f" - {status.reason}" if status.reason else ""))
+            _say(status_line(status))
         if not stop.is_set():
             watcher = PluginWatcher(manager)
             printer = _OutcomePrinter(watcher)

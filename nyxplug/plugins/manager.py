@@ -325,7 +325,11 @@ class PluginManager:
         for dep in record.manifest.dependencies:
             other = self._records.get(dep)
             if other is None or other.state is not PluginState.ACTIVE:
-                reason = f"dependency {dep!r} is not active"
+                now = "not in the catalog" if other is None else str(other.state)
+                reason = (
+                    f"dependency {dep!r} is not active ({now}) - load {dep!r} first, or fix "
+                    "why it is not (`nyxplug list` gives its reason)"
+                )
                 record.state, record.reason = PluginState.FAILED, reason
                 raise PluginLoadError(name, "dependencies", reason)
         record.move(PluginState.LOADING)
