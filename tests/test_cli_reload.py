@@ -351,6 +351,43 @@ def test_disable_and_enable_act_on_the_running_host(
     assert host.stop() == 0
 
 
+def test_send_a_chosen_frame_to_the_running_host(
+    tmp_path: Path, start_host: Callable[..., Host], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugins, state = tmp_path / "plugins", tmp_path / "state"
+    write_plugin(plugins, "counter", 7, "1.0.0")
+    host = start_host("--plugin-dir", str(plugins))
+    host.expect(r"^watching 1 plugin folder for changes; control socket ")
+
+    for n in (1, 2):
+        code, out, err = cli(capsys, "send", "counter", "--payload", "hello",
+                             "--header-data", "hd", "--state-dir", str(state))  # fmt: skip
+        assert (code, err) == (0, ""), err
+        assert out.splitlines() == [
+            "Sent frame 0x52 (DATA) (5 bytes) to counter (id 7): handled",
+            f"  stats: {n} frames, 0 errors, {n * (5 + 20)} bytes, 0 permission and 0 sandbox "
+            "violations, queue 0",
+        ]
+
+    code, out, err = cli(capsys, "send", "counter", "--type", "control", "--payload-hex", "00ff",
+                         "--state-dir", str(state))  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        "nyxplug send: refused - PermissionDenied: Plugin 'counter' (id 7) lacks permission "
+        "CONTROL required by frame 0x53 (CONTROL) - grant it in [permissions] of "
+        f"{plugins / 'counter' / 'nyxplug.toml'}\n"
+    )
+    code, out, err = cli(capsys, "send", "counter", "--type", "0x10", "--state-dir", str(state))
+    assert (code, out) == (1, "")
+    assert err.startswith("nyxplug send: refused - UnknownFrameType: Expected a frame type ")
+    code, out, err = cli(capsys, "send", "nobody", "--state-dir", str(state))
+    assert (code, out) == (1, "")
+    assert err.startswith("nyxplug send: No plugin named 'nobody' in the catalog; known")
+    code, out, _ = cli(capsys, "list", "--state-dir", str(state))
+    assert host.stop() == 0
+    assert re.search(r"^counter +2 +0 ", "\n".join(host.lines), re.M)
+
+
 # -- without a host -------------------------------------------------------------------------
 
 

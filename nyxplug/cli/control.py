@@ -1,7 +1,7 @@
 """The control socket of a running host: ``<state_dir>/control.sock``.
 
-``nyxplug run --watch`` serves it; ``nyxplug reload``, ``list``, ``info``, ``enable`` and
-``disable`` ask it.
+``nyxplug run --watch`` serves it; ``nyxplug reload``, ``list``, ``info``, ``enable``,
+``disable`` and ``send`` ask it.
 The protocol is one JSON request line answered by one JSON reply line (msgspec
 Structs, tagged by ``op`` and ``reply``), several per connection if the client
 likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
@@ -48,6 +48,8 @@ __all__ = (
     "ReloadRequest",
     "Reply",
     "Request",
+    "SendRequest",
+    "Sent",
     "Status",
     "StatusRequest",
     "Toggled",
@@ -100,7 +102,19 @@ class EnableRequest(_Request, tag="enable", frozen=True):
     name: str
 
 
-Request = ReloadRequest | StatusRequest | DisableRequest | EnableRequest
+class SendRequest(_Request, tag="send", frozen=True):
+    """``{"op": "send", "name": ..., "frame_type": 82, ...}``: dispatch one frame to that
+    plugin (its header names the plugin's id), wait until it was handled, and answer with
+    the plugin's counters (``bytes`` travel base64-encoded)."""
+
+    name: str
+    frame_type: int
+    payload: bytes = b""
+    header_data: bytes = b""
+    flags: int = 0
+
+
+Request = ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
@@ -159,7 +173,23 @@ class Toggled(_Reply, tag="toggled", frozen=True):
     stats: PluginStats | None = None
 
 
-Reply = Reloaded | Status | Toggled | Failure
+class Sent(_Reply, tag="sent", frozen=True):
+    """The frame was dispatched and handled; ``before``/``stats`` are the plugin's counters
+    around it (``errors`` grew: its handler raised).
+
+    ``answer`` is where the handler's reply goes once replies exist (SPEC 8,
+    ``Dispatcher.request``); until then it is always ``None``.
+    """
+
+    name: str
+    plugin_id: int
+    frame_type: int
+    before: PluginStats
+    stats: PluginStats
+    answer: bytes | None = None
+
+
+Reply = Reloaded | Status | Toggled | Sent | Failure
 
 _request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 _reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
@@ -435,6 +465,8 @@ class ControlServer:
                 return self.status()
             if isinstance(req, DisableRequest | EnableRequest):
                 return await self._toggle(req)
+            if isinstance(req, SendRequest):
+                return await self._send(req)
             return await self._reload(req)
         except Exception as exc:  # a bug must not take the host down: say it, keep serving
             logger.exception("Control request %r failed", req)
@@ -518,6 +550,49 @@ class ControlServer:
             changed=was_enabled != isinstance(req, EnableRequest),
             status=manager.status(name),
             stats=stats,
+        )
+
+    async def _send(self, req: SendRequest) -> Reply:
+        """Dispatch the frame as any sender would: every check and counter applies."""
+        from .._errors import DispatchError
+        from .._impl import PluginHeader
+        from ..plugins import PluginNotFound
+
+        manager = self.manager
+        try:
+            status = manager.status(req.name)
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=req.name)
+        if status.id is None:
+            return Failure(
+                error="state", name=req.name,
+                message=f"Plugin {req.name!r} has no valid manifest, so no id to send to - "
+                "fix it (`nyxplug info` gives the reason)",
+            )  # fmt: skip
+        if not 0 <= req.flags <= 255:
+            return Failure(
+                error="bad-request", name=req.name,
+                message=f"Expected `flags` in `0..255`, got `{req.flags}`",
+            )  # fmt: skip
+        dispatcher = manager.dispatcher
+        header = PluginHeader(status.id, req.flags, req.header_data).encode()
+        before = manager.stats(req.name) or PluginStats()
+        try:
+            # A refusal is raised by the call itself or by awaiting it (SPEC 3).
+            await dispatcher.dispatch(req.frame_type, header, req.payload)
+            await dispatcher.wait_idle(status.id)
+        except DispatchError as exc:
+            return Failure(
+                error="refused", name=req.name, reason=type(exc).__name__, message=str(exc)
+            )
+        # The seam for SPEC 8: once Dispatcher.request exists, send with it and put the
+        # handler's reply in Sent.answer.
+        return Sent(
+            name=req.name,
+            plugin_id=status.id,
+            frame_type=req.frame_type,
+            before=before,
+            stats=manager.stats(req.name) or before,
         )
 
     def _reload_done(self, req: ReloadRequest, task: asyncio.Task[Any]) -> None:
