@@ -9,6 +9,13 @@ folder is discovered and loaded. Nothing a plugin does stops the watcher: failur
 logged (logger ``nyxplug.watch``) and recorded in ``outcomes``; only cancellation ends
 it.
 
+Change detection never waits for the event loop: watchfiles' Rust watcher runs in a
+thread of its own (``_WatchThread``), which also does the debounce, and hands each
+finished batch to the loop with ``call_soon_threadsafe``. A loop saturated with frames
+therefore delays only the reload itself, not noticing the change (``awatch`` ran one
+``watch`` call per loop round trip through a worker thread, so a busy loop held the
+next call back; see ``benchmarks/reload.py``, the ``saturated`` rows).
+
 Where inotify (or FSEvents...) cannot start - typically the per-user watch limit - it
 falls back to polling, and says so in ``mode``. A watched folder that is removed and
 made again is watched again, and whatever changed meanwhile is looked at.
@@ -22,14 +29,16 @@ import logging
 import math
 import os
 import platform
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
-from watchfiles import Change, awatch
+from watchfiles import Change
+from watchfiles._rust_notify import RustNotify
 
 from .errors import (
     DependencyError,
@@ -53,6 +62,8 @@ _MIN_STEP_MS = 10
 _MIN_IDLE_MS = 100
 #: With no plugin folder to watch, how often to look for one appearing (seconds).
 _ROOTS_RECHECK = 1.0
+#: How often the watch thread looks for changes (ms; the Rust side sleeps without the GIL).
+_TICK_MS = 10
 #: Longest a burst of changes is grouped before it is handled anyway (ms, at least).
 _MIN_BURST_MS = 1600
 
@@ -126,10 +137,10 @@ class PluginWatcher:
 
     ``async with PluginWatcher(manager) as watcher:`` watches in a task until the block
     ends; ``await watcher.ready.wait()`` before relying on a change being seen.
-    ``debounce`` (seconds, default ``runtime.reload_debounce``) bounds the quiet period:
-    changes are handled once no new path changed for half of it to all of it
-    (watchfiles looks every ``debounce / 2``), so a burst of saves reloads once and a
-    change is serving about ``debounce`` later.
+    ``debounce`` (seconds, default ``runtime.reload_debounce``) sets the quiet period:
+    changes are handled once no new path changed for half of it (the watch thread looks
+    every 10 ms), so a burst of saves reloads once and a change is serving about half
+    the debounce plus the reload later, however busy the event loop is.
     ``force_polling``: ``True`` polls every ``poll_interval`` seconds, ``False`` uses
     the native watcher only, ``None`` tries native and polls if it cannot start.
 
@@ -209,7 +220,8 @@ class PluginWatcher:
 
     async def run(self) -> None:
         """Watch until ``aclose()`` (or cancellation); survives anything else."""
-        step = max(_MIN_STEP_MS, round(self.debounce * 500))  # quiet: step..2*step
+        # Quiet for half the debounce: runtime.reload_debounce promises "half to all".
+        quiet = max(_MIN_STEP_MS, round(self.debounce * 500))
         failures = 0
         catch_up = False
         while not self._stop.is_set():
@@ -226,23 +238,18 @@ class PluginWatcher:
                 continue
             armed = False
             try:
-                # watchfiles (main.py, src/lib.rs): every `step` ms it wakes, and yields
-                # once the set of changed paths did not grow since the previous wake - a
-                # quiet period of step..2*step after the last new path; `debounce` caps
-                # how long a busy burst is grouped. With no change it yields an empty
-                # set every `rust_timeout` ms (yield_on_timeout): the first yield of any
-                # kind means the watch is armed, and idle yields let rechecks run.
-                changes = awatch(
-                    *watched,
-                    watch_filter=None,  # filtered below, so ignored changes are counted
-                    step=step,
-                    debounce=max(_MIN_BURST_MS, 4 * step),
-                    rust_timeout=max(step, _MIN_IDLE_MS),
-                    yield_on_timeout=True,
-                    stop_event=self._stop,
+                # A batch comes once no new path changed for `quiet` ms (a busy burst is
+                # cut at `burst` ms); with no change an empty set comes every `idle` ms:
+                # the first of either means the watch is armed, idle ones let rechecks
+                # run. Unfiltered, so ignored changes are counted (see _plan).
+                changes = _WatchThread(
+                    watched,
+                    quiet=quiet,
+                    burst=max(_MIN_BURST_MS, 4 * quiet),
+                    idle=max(quiet, _MIN_IDLE_MS),
                     force_polling=self.mode == "polling",
                     poll_delay_ms=max(1, round(self.poll_interval * 1000)),
-                )
+                ).batches()
                 async with contextlib.aclosing(changes):
                     async for batch in changes:
                         if not armed:
@@ -522,6 +529,81 @@ class PluginWatcher:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _WatchThread:
+    """watchfiles' ``RustNotify`` read by a thread of its own, which also debounces.
+
+    The thread waits for changes (the Rust side sleeps without the GIL between looks
+    every :data:`_TICK_MS`), groups them until no new path changed for ``quiet`` ms (or
+    ``burst`` ms passed since the first), and only then hands the batch to the event
+    loop with ``call_soon_threadsafe`` - so how busy the loop is does not change when a
+    change is noticed or how long it is grouped. An empty set comes every ``idle`` ms
+    without changes. ``batches()`` yields them; leaving it stops the thread.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[Path],
+        *,
+        quiet: int,
+        burst: int,
+        idle: int,
+        force_polling: bool,
+        poll_delay_ms: int,
+    ) -> None:
+        self.paths = [str(path) for path in paths]
+        self.quiet, self.burst, self.idle = quiet / 1000, burst / 1000, idle
+        self.force_polling, self.poll_delay_ms = force_polling, poll_delay_ms
+        self._stop = threading.Event()
+
+    async def batches(self) -> AsyncIterator[set[tuple[Change, str]]]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[set[tuple[Change, str]] | BaseException | None] = asyncio.Queue()
+        # Raises here (a missing root, no inotify watches left) before any thread starts.
+        notify = RustNotify(self.paths, False, self.force_polling, self.poll_delay_ms, True, False)
+
+        def hand_over(item: set[tuple[Change, str]] | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def run() -> None:
+            pending: set[tuple[Change, str]] = set()
+            first = last = 0.0
+            try:
+                while not self._stop.is_set():
+                    if pending:  # wait out the rest of the quiet period, no longer
+                        wait = max(1, round((last + self.quiet - time.monotonic()) * 1000))
+                    else:
+                        wait = self.idle
+                    raw = notify.watch(wait, _TICK_MS, wait, self._stop)
+                    now = time.monotonic()
+                    if raw == "stop":
+                        break
+                    if isinstance(raw, set):
+                        first = first if pending else now
+                        pending |= {(Change(change), path) for change, path in raw}
+                        last = now
+                    elif not pending and items.empty():  # idle: one tick is enough
+                        hand_over(set())
+                    if pending and (now - last >= self.quiet or now - first >= self.burst):
+                        hand_over(pending)
+                        pending = set()
+            except BaseException as exc:  # the watch failed: the loop decides what next
+                hand_over(exc)
+            finally:
+                notify.close()
+                hand_over(None)
+
+        thread = threading.Thread(target=run, name="nyxplug-watch", daemon=True)
+        thread.start()
+        try:
+            while (item := await items.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()  # the thread sees it within a tick and closes the watch
 
 
 def _polling_wanted(force_polling: bool | None) -> bool:
