@@ -10,11 +10,12 @@ logged (logger ``nyxplug.watch``) and recorded in ``outcomes``; only cancellatio
 it.
 
 Change detection never waits for the event loop: watchfiles' Rust watcher runs in a
-thread of its own (``_WatchThread``), which also does the debounce, and hands each
-finished batch to the loop with ``call_soon_threadsafe``. A loop saturated with frames
-therefore delays only the reload itself, not noticing the change (``awatch`` ran one
-``watch`` call per loop round trip through a worker thread, so a busy loop held the
-next call back; see ``benchmarks/reload.py``, the ``saturated`` rows).
+process of its own (``_watch_child.py``), which also does the debounce and writes each
+finished batch as one line the loop reads. A loop saturated with frames therefore
+delays only the reload itself, not noticing the change (``awatch`` ran one ``watch``
+call per loop round trip in a worker thread, and any thread of ours needs our GIL,
+which a busy uvloop loop hardly lets go; see ``benchmarks/reload.py``, the
+``saturated`` rows).
 
 Where inotify (or FSEvents...) cannot start - typically the per-user watch limit - it
 falls back to polling, and says so in ``mode``. A watched folder that is removed and
@@ -24,21 +25,22 @@ made again is watched again, and whatever changed meanwhile is looked at.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import json
 import logging
 import math
 import os
 import platform
-import threading
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
 from watchfiles import Change
-from watchfiles._rust_notify import RustNotify
 
 from .errors import (
     DependencyError,
@@ -62,8 +64,8 @@ _MIN_STEP_MS = 10
 _MIN_IDLE_MS = 100
 #: With no plugin folder to watch, how often to look for one appearing (seconds).
 _ROOTS_RECHECK = 1.0
-#: How often the watch thread looks for changes (ms; the Rust side sleeps without the GIL).
-_TICK_MS = 10
+#: Longest line of changes read from the watch process (bytes).
+_MAX_BATCH_LINE = 64 * 1024 * 1024
 #: Longest a burst of changes is grouped before it is handled anyway (ms, at least).
 _MIN_BURST_MS = 1600
 
@@ -138,8 +140,8 @@ class PluginWatcher:
     ``async with PluginWatcher(manager) as watcher:`` watches in a task until the block
     ends; ``await watcher.ready.wait()`` before relying on a change being seen.
     ``debounce`` (seconds, default ``runtime.reload_debounce``) sets the quiet period:
-    changes are handled once no new path changed for half of it (the watch thread looks
-    every 10 ms), so a burst of saves reloads once and a change is serving about half
+    changes are handled once no new path changed for half of it (the watch process
+    looks every 10 ms), so a burst of saves reloads once and a change is serving about half
     the debounce plus the reload later, however busy the event loop is.
     ``force_polling``: ``True`` polls every ``poll_interval`` seconds, ``False`` uses
     the native watcher only, ``None`` tries native and polls if it cannot start.
@@ -220,6 +222,13 @@ class PluginWatcher:
 
     async def run(self) -> None:
         """Watch until ``aclose()`` (or cancellation); survives anything else."""
+        process = _WatchProcess()
+        try:
+            await self._watch(process)
+        finally:
+            await process.aclose()
+
+    async def _watch(self, process: _WatchProcess) -> None:
         # Quiet for half the debounce: runtime.reload_debounce promises "half to all".
         quiet = max(_MIN_STEP_MS, round(self.debounce * 500))
         failures = 0
@@ -242,14 +251,14 @@ class PluginWatcher:
                 # cut at `burst` ms); with no change an empty set comes every `idle` ms:
                 # the first of either means the watch is armed, idle ones let rechecks
                 # run. Unfiltered, so ignored changes are counted (see _plan).
-                changes = _WatchThread(
+                changes = process.batches(
                     watched,
                     quiet=quiet,
                     burst=max(_MIN_BURST_MS, 4 * quiet),
                     idle=max(quiet, _MIN_IDLE_MS),
                     force_polling=self.mode == "polling",
                     poll_delay_ms=max(1, round(self.poll_interval * 1000)),
-                ).batches()
+                )
                 async with contextlib.aclosing(changes):
                     async for batch in changes:
                         if not armed:
@@ -531,18 +540,23 @@ class PluginWatcher:
         await self.aclose()
 
 
-class _WatchThread:
-    """watchfiles' ``RustNotify`` read by a thread of its own, which also debounces.
+class _WatchProcess:
+    """The file watch in a process of its own (``_watch_child.py``), which also debounces.
 
-    The thread waits for changes (the Rust side sleeps without the GIL between looks
-    every :data:`_TICK_MS`), groups them until no new path changed for ``quiet`` ms (or
-    ``burst`` ms passed since the first), and only then hands the batch to the event
-    loop with ``call_soon_threadsafe`` - so how busy the loop is does not change when a
-    change is noticed or how long it is grouped. An empty set comes every ``idle`` ms
-    without changes. ``batches()`` yields them; leaving it stops the thread.
+    The child groups changes until no new path changed for ``quiet`` ms (or ``burst``
+    ms passed since the first) and writes each finished batch as one line; an empty
+    set comes every ``idle`` ms without changes. The loop only reads those lines, so
+    how busy it is changes neither when a change is noticed nor how long it is grouped
+    (a thread of this process would need our GIL between looks). One child serves a
+    watcher's life: ``batches()`` hands it the folders to watch now (it keeps watching
+    the old ones until then, so a re-arm loses no change); ``aclose()`` ends it.
     """
 
-    def __init__(
+    def __init__(self) -> None:
+        self._child: asyncio.subprocess.Process | None = None
+        self._gen = 0
+
+    async def batches(
         self,
         paths: Iterable[Path],
         *,
@@ -551,59 +565,56 @@ class _WatchThread:
         idle: int,
         force_polling: bool,
         poll_delay_ms: int,
-    ) -> None:
-        self.paths = [str(path) for path in paths]
-        self.quiet, self.burst, self.idle = quiet / 1000, burst / 1000, idle
-        self.force_polling, self.poll_delay_ms = force_polling, poll_delay_ms
-        self._stop = threading.Event()
+    ) -> AsyncGenerator[set[tuple[Change, str]], None]:
+        if self._child is None:
+            self._child = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", str(Path(__file__).with_name("_watch_child.py")),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=_MAX_BATCH_LINE,
+            )  # fmt: skip
+        child = self._child
+        assert child.stdout is not None and child.stdin is not None
+        self._gen += 1
+        gen = self._gen
+        options = {
+            "gen": gen, "paths": [str(path) for path in paths], "quiet": quiet,
+            "burst": burst, "idle": idle, "force_polling": force_polling,
+            "poll_delay_ms": poll_delay_ms,
+        }  # fmt: skip
+        child.stdin.write(json.dumps(options).encode() + b"\n")
+        await child.stdin.drain()
+        while line := await child.stdout.readline():
+            message = json.loads(line)
+            if "error" in message:
+                if message["gen"] == gen:  # an older watch's failure is old news
+                    raise _child_error(message["error"], message["message"])
+            elif "idle" in message:
+                yield set()
+            else:  # changes seen by an older watch too: they happened
+                yield {(Change(change), path) for change, path in message["changes"]}
+        code = await child.wait()
+        self._child = None
+        raise RuntimeError(f"the watch process ended (exit status {code})")
 
-    async def batches(self) -> AsyncIterator[set[tuple[Change, str]]]:
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[set[tuple[Change, str]] | BaseException | None] = asyncio.Queue()
-        # Raises here (a missing root, no inotify watches left) before any thread starts.
-        notify = RustNotify(self.paths, False, self.force_polling, self.poll_delay_ms, True, False)
+    async def aclose(self) -> None:
+        """End the child (killed at once: it holds no state), then reap it."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if child.stdin is not None:
+            child.stdin.close()
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        await child.wait()
 
-        def hand_over(item: set[tuple[Change, str]] | BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(items.put_nowait, item)
 
-        def run() -> None:
-            pending: set[tuple[Change, str]] = set()
-            first = last = 0.0
-            try:
-                while not self._stop.is_set():
-                    if pending:  # wait out the rest of the quiet period, no longer
-                        wait = max(1, round((last + self.quiet - time.monotonic()) * 1000))
-                    else:
-                        wait = self.idle
-                    raw = notify.watch(wait, _TICK_MS, wait, self._stop)
-                    now = time.monotonic()
-                    if raw == "stop":
-                        break
-                    if isinstance(raw, set):
-                        first = first if pending else now
-                        pending |= {(Change(change), path) for change, path in raw}
-                        last = now
-                    elif not pending and items.empty():  # idle: one tick is enough
-                        hand_over(set())
-                    if pending and (now - last >= self.quiet or now - first >= self.burst):
-                        hand_over(pending)
-                        pending = set()
-            except BaseException as exc:  # the watch failed: the loop decides what next
-                hand_over(exc)
-            finally:
-                notify.close()
-                hand_over(None)
-
-        thread = threading.Thread(target=run, name="nyxplug-watch", daemon=True)
-        thread.start()
-        try:
-            while (item := await items.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._stop.set()  # the thread sees it within a tick and closes the watch
+def _child_error(name: str, message: str) -> Exception:
+    """The watch process's failure as the exception it was (for the fallback rules)."""
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        return kind(message)
+    return RuntimeError(f"{name}: {message}")
 
 
 def _polling_wanted(force_polling: bool | None) -> bool:
