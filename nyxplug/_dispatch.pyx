@@ -1152,7 +1152,8 @@ cdef class Dispatcher:
         if (entry.mask & required) != required:
             rt.permission_violations += 1
             return self._fail(frame_type, S_PERMISSION_DENIED, status,
-                              PermissionDenied(plugin_id, frame_type, Permission(required)))
+                              PermissionDenied(plugin_id, frame_type, Permission(required),
+                                               entry.info))
         # 7. sandbox preflight (SPEC 7): the plugin's guard checks a CONTROL frame's header
         if rt.guard is not None and code == CONTROL_CODE:
             detail = rt.guard.preflight(hdr)

@@ -827,7 +827,7 @@ class Dispatcher:
             return self._fail(
                 frame_type,
                 _PERMISSION_DENIED,
-                PermissionDenied(plugin_id, frame_type, Permission(required)),
+                PermissionDenied(plugin_id, frame_type, Permission(required), entry.info),
             )
         # 7. sandbox preflight (SPEC 7): the plugin's guard checks a CONTROL frame's header
         if rt.guard is not None and code == FrameType.CONTROL:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import errno
 import threading
+from typing import TYPE_CHECKING
 
 from ._constants import Permission, frame_type_name
+
+if TYPE_CHECKING:
+    from ._info import PluginInfo
 
 __all__ = (
     "AlreadyLoaded",
@@ -124,19 +128,37 @@ class PluginNotLoaded(DispatchError):
 
 
 class PermissionDenied(DispatchError):
-    """The plugin's registry entry lacks the permission the frame type requires."""
+    """The plugin's registry entry lacks the permission the frame type requires.
 
-    def __init__(self, plugin_id: int, frame_type: int, required: Permission) -> None:
-        super().__init__(plugin_id, frame_type, required)
+    ``info`` is the plugin's registry entry when the refusing code had it at hand; the
+    message then names the plugin and, for one declared in a manifest, the fix in that
+    file's terms. It is only read when the message is formatted, so a refusal costs no
+    more than before.
+    """
+
+    def __init__(
+        self, plugin_id: int, frame_type: int, required: Permission, info: PluginInfo | None = None
+    ) -> None:
+        super().__init__(plugin_id, frame_type, required, info)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.required = required
+        self.info = info
 
     def __str__(self) -> str:
+        info = self.info
+        if info is None:
+            who, fix = f"Plugin {self.plugin_id}", "the plugin's PluginInfo.permissions"
+        else:
+            who = f"Plugin {info.name!r} (id {self.plugin_id})"
+            fix = (
+                f"[permissions] of {info.source}"
+                if info.source is not None
+                else f"PluginInfo.permissions of {info.name!r}"
+            )
         return (
-            f"Plugin {self.plugin_id} lacks permission {_flag_names(self.required)} "
-            f"required by frame {frame_type_name(self.frame_type)} - grant it in the "
-            "plugin's PluginInfo.permissions"
+            f"{who} lacks permission {_flag_names(self.required)} required by frame "
+            f"{frame_type_name(self.frame_type)} - grant it in {fix}"
         )
 
 

@@ -33,17 +33,24 @@ def permission_mask(permissions: Permission | Iterable[Permission]) -> int:
 class PluginInfo:
     """Who a plugin is (``id``, ``name``) and which frame permissions it holds.
 
+    ``source`` is the manifest the plugin was declared in (``None`` for a ``PluginInfo``
+    built in code): errors name it, so their fix is in the terms the plugin was loaded
+    with (``[permissions]`` of that file rather than ``PluginInfo.permissions``).
+
     Immutable: give the registry a new ``PluginInfo`` (or call
-    ``PluginRegistry.set_permissions``) to change a plugin's rights.
+    ``PluginRegistry.set_permissions``, which makes the rights the code's, so its info
+    has no ``source``) to change a plugin's rights.
     """
 
-    __slots__ = ("_id", "_name", "_permissions")
+    __slots__ = ("_id", "_name", "_permissions", "_source")
 
     def __init__(
         self,
         id: int,
         name: str,
         permissions: Permission | Iterable[Permission] = _NO_PERMISSIONS,
+        *,
+        source: str | None = None,
     ) -> None:
         if isinstance(id, bool) or not isinstance(id, int):
             raise TypeError(f"Expected `id` to be an int, got {type(id).__name__}")
@@ -54,6 +61,9 @@ class PluginInfo:
         self._id = int(id)
         self._name = name
         self._permissions = Permission(permission_mask(permissions))
+        if source is not None and not isinstance(source, str):
+            raise TypeError(f"Expected `source` to be a str or None, got {type(source).__name__}")
+        self._source = source
 
     @property
     def id(self) -> int:
@@ -70,24 +80,41 @@ class PluginInfo:
         """The frame permissions granted to the plugin."""
         return self._permissions
 
+    @property
+    def source(self) -> str | None:
+        """The manifest that declared the plugin, or ``None`` when code built this info."""
+        return self._source
+
     def has_permission(self, permission: Permission) -> bool:
         """True when every bit of ``permission`` is granted."""
         return (self._permissions & permission) == permission
 
     def __repr__(self) -> str:
-        return f"PluginInfo(id={self._id}, name={self._name!r}, permissions={self._permissions!r})"
+        source = "" if self._source is None else f", source={self._source!r}"
+        return (
+            f"PluginInfo(id={self._id}, name={self._name!r}, "
+            f"permissions={self._permissions!r}{source})"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PluginInfo):
             return NotImplemented
-        return (self._id, self._name, self._permissions) == (
+        return (self._id, self._name, self._permissions, self._source) == (
             other._id,
             other._name,
             other._permissions,
+            other._source,
         )
 
     def __hash__(self) -> int:
-        return hash((self._id, self._name, self._permissions))
+        return hash((self._id, self._name, self._permissions, self._source))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PluginInfo, (self._id, self._name, self._permissions))
+        if self._source is None:
+            return (PluginInfo, (self._id, self._name, self._permissions))
+        return (_with_source, (self._id, self._name, self._permissions, self._source))
+
+
+def _with_source(id: int, name: str, permissions: Permission, source: str) -> PluginInfo:
+    """Unpickle a ``PluginInfo`` with a ``source`` (``__reduce__`` passes no keywords)."""
+    return PluginInfo(id, name, permissions, source=source)

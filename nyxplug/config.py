@@ -27,13 +27,20 @@ from .source.layout import Capacity, HandlerTimeout
 
 __all__ = (
     "DEFAULT_HANDLER_TIMEOUT",
+    "HOST_CONFIG_FILE",
     "ConfigError",
     "DefaultsSection",
     "HostConfig",
     "PolicySection",
     "RuntimeSection",
+    "find_host_config",
     "load_config",
+    "locate_host_config",
+    "user_state_dir",
 )
+
+#: The host configuration file found by walking up from the current directory.
+HOST_CONFIG_FILE = "nyxplug.host.toml"
 
 #: Seconds a plugin handler may run when neither its manifest nor the host says otherwise.
 DEFAULT_HANDLER_TIMEOUT = 5.0
@@ -148,23 +155,23 @@ def load_config(
 ) -> HostConfig:
     """Read the host configuration file (if any), then apply ``NYXPLUG_*`` overrides.
 
-    ``path=None`` uses ``$NYXPLUG_CONFIG`` if set, else the built-in defaults. Relative
-    paths in the file are resolved against the file's folder; relative paths from the
-    defaults or the environment against the current directory. An empty variable counts
-    as unset. ``NYXPLUG_PLUGIN_DIRS`` (``os.pathsep``-separated) replaces the file's list.
+    The file is found as :func:`locate_host_config` says: ``path``, else
+    ``$NYXPLUG_CONFIG``, else the nearest ``nyxplug.host.toml`` in the current directory
+    or a parent; with none, the built-in defaults with the per-user state dir
+    (:func:`user_state_dir`). Relative paths in the file are resolved against the file's
+    folder; relative paths from the defaults or the environment against the current
+    directory. An empty variable counts as unset. ``NYXPLUG_PLUGIN_DIRS``
+    (``os.pathsep``-separated) replaces the file's list.
     """
-    source = None
-    if path is None:
-        named = environ.get("NYXPLUG_CONFIG", "")
-        if named:
-            path = named
-            source = f"{named} (named by $NYXPLUG_CONFIG)"
-    if path is None:
+    file, source = locate_host_config(path, environ)
+    if file is None:
         config = HostConfig()
+        config = msgspec.structs.replace(
+            config,
+            runtime=msgspec.structs.replace(config.runtime, state_dir=str(user_state_dir(environ))),
+        )
         base = Path.cwd()
     else:
-        file = Path(path)
-        source = source or str(file)
         config = _decode_file(file, source)
         base = file.absolute().parent
     runtime = msgspec.structs.replace(
@@ -174,6 +181,48 @@ def load_config(
     )
     config = msgspec.structs.replace(config, runtime=runtime)
     return _apply_environment(config, environ)
+
+
+def locate_host_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[Path | None, str]:
+    """The host configuration file to read, and how it was chosen (for messages).
+
+    ``path`` (the ``--config`` option), else ``$NYXPLUG_CONFIG``, else the nearest
+    :data:`HOST_CONFIG_FILE` walking up from the current directory; ``(None, why)``
+    when there is none, so every command run anywhere below a host's folder acts on
+    that host, and anywhere else on the per-user one.
+    """
+    if path is not None:
+        return Path(path), str(path)
+    named = environ.get("NYXPLUG_CONFIG", "")
+    if named:
+        return Path(named), f"{named} (named by $NYXPLUG_CONFIG)"
+    found = find_host_config(Path.cwd())
+    if found is not None:
+        return found, str(found)
+    return None, "the per-user default"
+
+
+def find_host_config(start: Path) -> Path | None:
+    """The nearest :data:`HOST_CONFIG_FILE` in ``start`` or one of its parents."""
+    folder = start.absolute()
+    for candidate in (folder, *folder.parents):
+        file = candidate / HOST_CONFIG_FILE
+        if file.is_file():
+            return file
+    return None
+
+
+def user_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The per-user host's state dir: ``~/.nyxplug`` (beside the key folder ``keys``).
+
+    ``HOME`` from ``environ`` when set, so a command run with another home acts on
+    that home's host.
+    """
+    home = environ.get("HOME", "")
+    return (Path(home) if home else Path.home()).absolute() / ".nyxplug"
 
 
 def _decode_file(file: Path, source: str) -> HostConfig:

@@ -533,6 +533,38 @@ def test_info_with_resources_config_and_dependencies(
     assert re.search(r"^\[dependencies\]\n  base: >=1\.0\.0$", out, re.M)
 
 
+def test_a_missing_dependency_reads_the_same_in_validate_and_run_with_the_fix(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = GOOD_MANIFEST.format(name="top", id=2) + '\n[dependencies]\nbase = ">=1.0.0"\n'
+    write_plugin(host / "plugins", "top", manifest)
+    problem = (
+        "Plugin 'top' has unsatisfiable dependencies: needs 'base' >=1.0.0, which is not in the "
+        "catalog - install it (`nyxplug install` its package) or add the folder holding 'base' "
+        "with --plugin-dir"
+    )
+    assert cli(capsys, "validate", "plugins/top") == (1, "", f"nyxplug validate: {problem}\n")
+    code, out, _ = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "0")
+    assert code == 1
+    assert f"top 1.0.0 (id 2): failed - {problem}" in out.splitlines()
+    # With the dependency there, validate loads it first, as a host does.
+    write_plugin(host / "plugins", "base", GOOD_MANIFEST.format(name="base", id=1))
+    assert cli(capsys, "validate", "plugins/top") == (0, "OK top 1.0.0 (id 2)\n", "")
+
+
+def test_a_plugin_without_a_valid_manifest_says_so_not_id_none(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_plugin(host / "plugins", "broken", "[plugin\n")
+    code, out, _ = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "0")
+    assert code == 1 and "None" not in out
+    assert re.search(r"^broken - \(no valid manifest\): failed - Invalid manifest ", out, re.M)
+    code, out, _ = cli(capsys, "info", "broken", "--plugin-dir", "plugins")
+    assert code == 0 and "None" not in out
+    assert re.search(r"^id: +- \(no valid manifest\)$", out, re.M), out
+    assert re.search(r"^reloads: +none$", out, re.M), out
+
+
 # -- host configuration -----------------------------------------------------------------
 
 

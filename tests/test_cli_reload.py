@@ -26,6 +26,7 @@ import pytest
 from plugin_helpers import manifest_text
 
 from nyxplug.cli import main
+from nyxplug.cli._common import relative_path
 from nyxplug.cli.control import (
     LOCK_FILE,
     MAX_REQUEST,
@@ -53,18 +54,27 @@ class Entry(Plugin):
     async def on_load(self, ctx):
 {on_load}
 
+    async def on_unload(self):
+{on_unload}
+
     async def handle(self, message):
         pass
 """
 
 
 def write_plugin(
-    root: Path, name: str, plugin_id: int, version: str, on_load: str = "pass"
+    root: Path,
+    name: str,
+    plugin_id: int,
+    version: str,
+    on_load: str = "pass",
+    on_unload: str = "pass",
 ) -> Path:
     """Write (or rewrite in place, module first, like an editor saving) ``root/name``."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "main.py").write_text(MODULE.format(on_load=f"        {on_load}"))
+    module = MODULE.format(on_load=f"        {on_load}", on_unload=f"        {on_unload}")
+    (folder / "main.py").write_text(module)
     (folder / "nyxplug.toml").write_text(manifest_text(name, plugin_id, version=version))
     return folder
 
@@ -279,6 +289,103 @@ def test_watching_host_reloads_by_hand_and_on_change_and_stops_cleanly(
     assert "SIGTERM: stopping - unloading the plugins (send it again to stop at once)" in host.lines
     assert "unloaded 1 plugin" in host.lines
     assert not sock.exists()
+
+
+def test_disable_and_enable_act_on_the_running_host(
+    tmp_path: Path, start_host: Callable[..., Host], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugins, state = tmp_path / "plugins", tmp_path / "state"
+    write_plugin(plugins, "counter", 7, "1.0.0", on_unload="print('counter unloading')")
+    write_plugin(plugins, "other", 8, "1.0.0")
+    host = start_host("--plugin-dir", str(plugins))
+    host.expect(r"^watching 2 plugin folders for changes; control socket ")
+    sock = relative_path(state / SOCKET_FILE)
+
+    # info asks the running host: the version that serves, its reloads in words, its stats.
+    write_plugin(plugins, "other", 8, "1.1.0")
+    host.expect(r"^reloaded other 1\.0\.0 -> 1\.1\.0 ")
+    code, out, err = cli(capsys, "info", "other", "--state-dir", str(state),
+                         "--plugin-dir", str(plugins))  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"Live, from the host at {sock} (pid {host.process.pid})\n")
+    assert re.search(r"^version: +1\.1\.0$", out, re.M), out
+    assert re.search(r"^state: +active$", out, re.M), out
+    assert re.search(
+        r"^reloads: +1/1 succeeded, last swapped, pause \d+\.\d\dms \(max \d+\.\d\dms\)$",
+        out,
+        re.M,
+    ), out
+    assert re.search(r"^stats: +0 frames, 0 errors, 0 permission and 0 sandbox violations, "
+                     r"queue 0$", out, re.M), out  # fmt: skip
+    assert "ReloadStats(" not in out
+
+    code, out, err = cli(capsys, "disable", "counter", "--state-dir", str(state))
+    assert (code, err) == (0, ""), err
+    assert out == (
+        f"counter: disabled; drained and unloaded from the running host at {sock} (0 frames "
+        "handled); it will not load until `nyxplug enable counter`\n"
+    )
+    host.expect(r"^counter unloading$")  # its on_unload ran in the host, at once
+    code, out, _ = cli(capsys, "list", "--state-dir", str(state))
+    assert row(out, "counter")[1:4] == ["1.0.0", "7", "disabled"]
+    assert row(out, "other")[1:4] == ["1.1.0", "8", "active"]
+    code, out, _ = cli(capsys, "disable", "counter", "--state-dir", str(state))
+    assert out.startswith("counter: was already disabled; not running on the running host at")
+
+    code, out, err = cli(capsys, "enable", "counter", "--state-dir", str(state))
+    assert (code, err) == (0, ""), err
+    assert out == f"counter: enabled; now active on the running host at {sock}\n"
+    code, out, _ = cli(capsys, "list", "--state-dir", str(state))
+    assert row(out, "counter")[1:4] == ["1.0.0", "7", "active"]
+
+    code, out, err = cli(capsys, "disable", "nobody", "--state-dir", str(state))
+    assert (code, out) == (1, "")
+    assert err.startswith("nyxplug disable: No plugin named 'nobody' in the catalog; known")
+
+    # What the host was told is remembered: disabled, it stays down after a restart.
+    cli(capsys, "disable", "other", "--state-dir", str(state))
+    assert host.stop() == 0
+    host = start_host("--plugin-dir", str(plugins))
+    host.expect(r"^counter 1\.0\.0 \(id 7\): active$")
+    host.expect(r"^other 1\.1\.0 \(id 8\): disabled")
+    assert host.stop() == 0
+
+
+def test_send_a_chosen_frame_to_the_running_host(
+    tmp_path: Path, start_host: Callable[..., Host], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugins, state = tmp_path / "plugins", tmp_path / "state"
+    write_plugin(plugins, "counter", 7, "1.0.0")
+    host = start_host("--plugin-dir", str(plugins))
+    host.expect(r"^watching 1 plugin folder for changes; control socket ")
+
+    for n in (1, 2):
+        code, out, err = cli(capsys, "send", "counter", "--payload", "hello",
+                             "--header-data", "hd", "--state-dir", str(state))  # fmt: skip
+        assert (code, err) == (0, ""), err
+        assert out.splitlines() == [
+            "Sent frame 0x52 (DATA) (5 bytes) to counter (id 7): handled",
+            f"  stats: {n} frames, 0 errors, {n * (5 + 20)} bytes, 0 permission and 0 sandbox "
+            "violations, queue 0",
+        ]
+
+    code, out, err = cli(capsys, "send", "counter", "--type", "control", "--payload-hex", "00ff",
+                         "--state-dir", str(state))  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        "nyxplug send: refused - PermissionDenied: Plugin 'counter' (id 7) lacks permission "
+        "CONTROL required by frame 0x53 (CONTROL) - grant it in [permissions] of "
+        f"{plugins / 'counter' / 'nyxplug.toml'}\n"
+    )
+    code, out, err = cli(capsys, "send", "counter", "--type", "0x10", "--state-dir", str(state))
+    assert (code, out) == (1, "")
+    assert err.startswith("nyxplug send: refused - UnknownFrameType: Expected a frame type ")
+    code, out, err = cli(capsys, "send", "nobody", "--state-dir", str(state))
+    assert (code, out) == (1, "")
+    assert err.startswith("nyxplug send: No plugin named 'nobody' in the catalog; known")
+    code, out, _ = cli(capsys, "list", "--state-dir", str(state))
+    assert host.stop() == 0
+    assert re.search(r"^counter +2 +0 ", "\n".join(host.lines), re.M)
 
 
 # -- without a host -------------------------------------------------------------------------

@@ -188,10 +188,11 @@ def test_keygen_package_sign_verify_install_list_audit(
 
     out = ok(capsys, "trust", "list")
     lines = out.splitlines()
-    assert lines[0] == f"Trusted keys ({host}/state/trust.json):"
-    assert lines[1].split() == ["KEY", "ID", "NAME", "SCOPES", "EXPIRES"]
-    assert lines[2].split() == [key_id, "alice", "*", "never"]
-    assert lines[3:] == [
+    assert lines[0] == f"Host: {host}/state (from $NYXPLUG_STATE_DIR)"
+    assert lines[1] == f"Trusted keys ({host}/state/trust.json):"
+    assert lines[2].split() == ["KEY", "ID", "NAME", "SCOPES", "EXPIRES"]
+    assert lines[3].split() == [key_id, "alice", "*", "never"]
+    assert lines[4:] == [
         "Revoked keys: none",
         "Revoked packages: none",
         "Rollback floors (highest version installed):",
@@ -474,6 +475,7 @@ def test_revoke_package(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
     digest = re.search(rf"sha256 ({SHA256})", ok(capsys, "verify", str(path)))[1]  # type: ignore[index]
     assert ok(capsys, "trust", "revoke-package", digest) == (
         f"Revoked package fast 1.0.0 (index sha256 {digest}): it is refused, whoever signed it\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
     )
     assert f"[revoked-package]: package {digest[:16]}..." in problem(capsys, "install", str(path))
     assert f"Revoked packages:\n  {digest}\n" in ok(capsys, "trust", "list")
@@ -500,6 +502,7 @@ def test_revoke_package_by_its_file(host: Path, capsys: pytest.CaptureFixture[st
     digest = hashlib.sha256(read_package(path).index_bytes).hexdigest()
     assert ok(capsys, "trust", "revoke-package", str(path)) == (
         f"Revoked package fast 1.0.0 (index sha256 {digest}): it is refused, whoever signed it\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
     )
     assert_revoked(capsys, path, digest)
     entry = [e for e in audit_entries(host) if e["event"] == "revoke-package"][0]
@@ -520,6 +523,7 @@ def test_revoke_package_by_the_file_sha256_maps_it_to_the_index(
         f"Revoked package fast 1.0.0 (index sha256 {digest}): it is refused, whoever signed it\n"
         f"  {file_hash} is the SHA-256 of the file {host / path}; packages are revoked by their "
         "index sha256 (printed by `nyxplug package` and `nyxplug verify`)\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
     )
     assert_revoked(capsys, path, digest)
 
@@ -590,6 +594,7 @@ def test_revoke_package_unseen_takes_an_advisory_hash_as_given(
     assert ok(capsys, "trust", "revoke-package", advisory, "--unseen") == (
         f"Revoked package {advisory}: it is refused, whoever signed it\n"
         "  not seen on this host: revoked as given (--unseen)\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
     )
     assert f"Revoked packages:\n  {advisory}\n" in ok(capsys, "trust", "list")
 
@@ -628,7 +633,10 @@ def test_trust_add_with_scope_refuses_other_plugins(
     assert "[untrusted-key]" in problem(capsys, "verify", str(acme))
 
     out = ok(capsys, "trust", "add", "keys/acme.pub", "--scope", "acme-*", "--scope", "x")
-    assert out == f"Trusted key {key_id} (acme) for plugins matching acme-*, x, expires never\n"
+    assert out == (
+        f"Trusted key {key_id} (acme) for plugins matching acme-*, x, expires never\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
+    )
     assert ok(capsys, "verify", str(acme)).startswith("OK  acme-fast 1.0.0  signed by acme")
     err = problem(capsys, "verify", str(fast))
     assert f"[out-of-scope]: key {key_id} (acme) is trusted only for plugins matching " in err
@@ -639,11 +647,15 @@ def test_trust_add_with_scope_refuses_other_plugins(
     )  # fmt: skip
 
     out = ok(capsys, "trust", "add", "keys/acme.pub")
-    assert out.endswith("for plugins matching *, expires never (replacing the earlier entry)\n")
+    assert out.endswith(
+        "for plugins matching *, expires never (replacing the earlier entry)\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
+    )
     assert ok(capsys, "verify", str(fast)).startswith("OK  fast")
 
     assert ok(capsys, "trust", "remove", key_id) == (
         f"Removed key {key_id} (acme): packages it signs are refused\n"
+        f"  Host: {host}/state (from $NYXPLUG_STATE_DIR)\n"
     )
     assert "[untrusted-key]" in problem(capsys, "verify", str(fast))
     err = problem(capsys, "trust", "remove", key_id)

@@ -54,17 +54,18 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return work
 
 
-def test_defaults_without_a_file(cwd: Path) -> None:
-    config = load_config(environ={})
+def test_defaults_without_a_file(tmp_path: Path, cwd: Path) -> None:
+    config = load_config(environ={"HOME": str(tmp_path / "home")})
+    # Plugin folders follow the current directory; the state is the per-user host's.
     assert config.runtime.plugin_dirs == (str(cwd / "plugins"),)
-    assert config.runtime.state_dir == str(cwd / ".nyxplug")
+    assert config.runtime.state_dir == str(tmp_path / "home" / ".nyxplug")
     assert config.runtime.entry_points is True
     assert config.runtime.require_signatures is True  # the production default
     assert config.defaults.capacity == DEFAULT_CAPACITY
     assert config.defaults.handler_timeout == DEFAULT_HANDLER_TIMEOUT
     assert config.policy.allow_process_isolation is True
     assert config.plugin_paths == (cwd / "plugins",)
-    assert config.state_path == cwd / ".nyxplug"
+    assert config.state_path == tmp_path / "home" / ".nyxplug"
 
 
 def test_full_file(tmp_path: Path, cwd: Path) -> None:

@@ -173,7 +173,9 @@ async def test_plugin_context_dispatch_refuses_in_its_awaitable(impl: Any) -> No
             name="p61", plugin_id=61, version="1.0.0", config={}, dispatcher=d, guard=guard
         )
         pending = ctx.dispatch(CONTROL, impl.PluginHeader(60))  # lacks CONTROL: no raise here
-        with pytest.raises(PermissionDenied, match=r"^Plugin 61 lacks permission CONTROL "):
+        with pytest.raises(
+            PermissionDenied, match=r"^Plugin 'plugin_61' \(id 61\) lacks permission CONTROL "
+        ):
             await pending
         d.registry.set_permissions(61, Permission.CONTROL | DA)
         bad = impl.PluginHeader(60, 0, b"SBX:OPEN /etc/passwd")

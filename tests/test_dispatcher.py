@@ -76,9 +76,11 @@ def would_block_msg(plugin_id: int, capacity: int, frame: str) -> str:
 
 
 def denied_msg(plugin_id: int, permission: str, frame: str) -> str:
+    """The refusal for the test's ``info(plugin_id)``: named, fixed in PluginInfo (code)."""
+    name = f"plugin_{plugin_id}"
     return (
-        f"Plugin {plugin_id} lacks permission {permission} required by frame {frame} - "
-        "grant it in the plugin's PluginInfo.permissions"
+        f"Plugin {name!r} (id {plugin_id}) lacks permission {permission} required by frame "
+        f"{frame} - grant it in PluginInfo.permissions of {name!r}"
     )
 
 

@@ -21,6 +21,7 @@ from nyxplug import (
     Permission,
     PermissionDenied,
     PluginClosed,
+    PluginInfo,
     PluginNotLoaded,
     PluginNotRegistered,
     SandboxViolation,
@@ -43,6 +44,15 @@ INSTANCES = {
     "not_loaded_unload": PluginNotLoaded(7),
     "denied": PermissionDenied(7, FrameType.ERROR, Permission.ERROR_REPORTING),
     "denied_two": PermissionDenied(7, 0x5A, Permission.CONTROL | Permission.DATA_ACCESS),
+    "denied_named": PermissionDenied(
+        7, FrameType.DATA, Permission.DATA_ACCESS, PluginInfo(7, "seven", Permission.CONTROL)
+    ),
+    "denied_manifest": PermissionDenied(
+        7,
+        FrameType.DATA,
+        Permission.DATA_ACCESS,
+        PluginInfo(7, "seven", source="plugins/seven/nyxplug.toml"),
+    ),  # fmt: skip
     "sandbox": SandboxViolation(7, FrameType.CONTROL, "connect to evil.example:443"),
     "sandbox_nowhere": SandboxViolation(None, None, "open /etc/shadow for writing"),
     "header": HeaderDecodeError("key `id`", "a map without it", 0, FrameType.DATA),
@@ -108,7 +118,8 @@ def test_messages_say_where(name: str) -> None:
     plugin_id = getattr(exc, "plugin_id", None)
     frame_type = getattr(exc, "frame_type", None)
     if plugin_id is not None:
-        assert re.search(rf"\bplugin {plugin_id}\b", text, re.IGNORECASE), text
+        named = rf"\bplugin {plugin_id}\b|^Plugin '[^']+' \(id {plugin_id}\)"
+        assert re.search(named, text, re.IGNORECASE), text
     if frame_type is not None:
         assert f"0x{frame_type:02x}" in text, text
         if frame_type in FrameType._value2member_map_:
@@ -126,6 +137,10 @@ def test_messages_exactly() -> None:
         "grant it in the plugin's PluginInfo.permissions",
         "denied_two": "Plugin 7 lacks permission DATA_ACCESS|CONTROL required by frame 0x5a - "
         "grant it in the plugin's PluginInfo.permissions",
+        "denied_named": "Plugin 'seven' (id 7) lacks permission DATA_ACCESS required by frame "
+        "0x52 (DATA) - grant it in PluginInfo.permissions of 'seven'",
+        "denied_manifest": "Plugin 'seven' (id 7) lacks permission DATA_ACCESS required by "
+        "frame 0x52 (DATA) - grant it in [permissions] of plugins/seven/nyxplug.toml",
         "sandbox": "Sandbox refused connect to evil.example:443 - frame 0x53 (CONTROL) for "
         "plugin 7; allow it in the plugin's SandboxPolicy",
         "sandbox_nowhere": "Sandbox refused open /etc/shadow for writing; allow it in the "

@@ -73,8 +73,9 @@ async def test_permission_enforcement(impl) -> None:
     await d.dispatch(HANDSHAKE, header)
     with pytest.raises(
         PermissionDenied,
-        match=r"^Plugin 3 lacks permission DATA_ACCESS required by frame 0x52 \(DATA\) - "
-        r"grant it in the plugin's PluginInfo\.permissions$",
+        match=r"^Plugin 'limited_permission_plugin' \(id 3\) lacks permission DATA_ACCESS "
+        r"required by frame 0x52 \(DATA\) - grant it in PluginInfo\.permissions of "
+        r"'limited_permission_plugin'$",
     ):
         await d.dispatch(DATA, header)
     await d.wait_idle(3)

@@ -412,8 +412,17 @@ def test_dependencies_give_the_load_order(impl: Any, tmp_path: Path) -> None:
     ("deps", "message"),
     [
         ({"a": {"b": ">=1.0"}, "b": {"a": ">=1.0"}}, r"dependency cycle (a -> b -> a|b -> a -> b)"),
-        ({"a": {"ghost": ">=1.0"}}, r"needs 'ghost' >=1\.0\.0, which is not in the catalog"),
-        ({"a": {"b": ">=2.0"}, "b": {}}, r"needs 'b' >=2\.0\.0, but 1\.0\.0 is installed"),
+        (
+            {"a": {"ghost": ">=1.0"}},
+            r"needs 'ghost' >=1\.0\.0, which is not in the catalog - install it "
+            r"\(`nyxplug install` its package\) or add the folder holding 'ghost' with "
+            r"--plugin-dir",
+        ),
+        (
+            {"a": {"b": ">=2.0"}, "b": {}},
+            r"needs 'b' >=2\.0\.0, but 1\.0\.0 is installed - install a 'b' in that range, or "
+            r"change the range in \[dependencies\]",
+        ),
     ],
     ids=["cycle", "missing", "out-of-range"],
 )
@@ -505,6 +514,24 @@ async def test_ctx_dispatch_sends_under_the_senders_own_permissions(
         await arrived(manager.instance("sneaky"))
         [error] = manager.instance("sneaky").errors
         assert isinstance(error, PermissionDenied) and error.plugin_id == 52
+        # Named, and the fix in the terms it was loaded with: its manifest's [permissions].
+        assert str(error) == (
+            "Plugin 'sneaky' (id 52) lacks permission CONTROL required by frame 0x53 (CONTROL) "
+            f"- grant it in [permissions] of {tmp_path / 'sneaky' / 'nyxplug.toml'}"
+        )
+
+
+async def test_a_refused_frame_names_the_manifest_plugin_and_its_fix(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "quiet", 53, frames=("CONTROL",))
+    async with manager_for(impl, tmp_path) as manager:
+        with pytest.raises(PermissionDenied) as caught:
+            await send(manager, 53, b"data, without the right")
+    assert str(caught.value) == (
+        "Plugin 'quiet' (id 53) lacks permission DATA_ACCESS required by frame 0x52 (DATA) "
+        f"- grant it in [permissions] of {tmp_path / 'quiet' / 'nyxplug.toml'}"
+    )
 
 
 # -- the sandbox while plugin code runs -------------------------------------------------

@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,35 @@ async def test_editing_an_active_plugin_reloads_it_once_and_the_new_code_serves(
             stats = manager.status("counter").reloads
             assert (stats.attempted, stats.succeeded, stats.rolled_back) == (1, 1, 0)
     assert sink.counts() == [1, 2]  # the count went across the swap
+
+
+async def test_a_change_made_while_the_loop_is_busy_is_grouped_without_the_loop(
+    impl: Any, tmp_path: Path, plugins: Path, sink: Sink
+) -> None:
+    """Detecting and debouncing a change never waits for the event loop (issue 15, 24).
+
+    The loop is kept busy (a spin holding it, as a saturated host holds it) from before
+    the change until well after its quiet period; the change is made meanwhile from
+    another thread. Once the loop is free the batch is already decided, so the reload
+    follows at once - not after a debounce that starts only when the loop gets round to
+    watching again (about 2 x 400 ms here).
+    """
+    write_counter(plugins, "counter", 7, "1.0.0")
+    async with manager_for(impl, tmp_path) as manager:
+        async with PluginWatcher(manager, debounce=0.8) as watcher:  # quiet: 0.4 s
+            await started(watcher)
+            edit = threading.Timer(0.6, write_counter, (plugins, "counter", 7, "1.1.0"))
+            edit.start()
+            busy_until = time.monotonic() + 2.0  # the edit, then 1.4 s: quiet is long over
+            while time.monotonic() < busy_until:  # ok-sleep: the busy loop under test
+                pass
+            free = time.monotonic()
+            name, result = await watcher.next_outcome(EVENT_TIMEOUT)
+            handled = time.monotonic() - free
+            edit.join()
+            assert name == "counter" and isinstance(result, ReloadResult)
+            assert result.to_version == "1.1.0"
+            assert handled < 0.4, f"handled {handled:.3f} s after the loop was free"
 
 
 async def test_two_quick_edits_inside_the_debounce_window_reload_once(

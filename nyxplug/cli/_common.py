@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ("Problem", "quoted", "relative_path")
+if TYPE_CHECKING:
+    from ..plugins import PluginStatus
+
+__all__ = ("Problem", "quoted", "relative_path", "status_line")
 
 
 class Problem(Exception):
@@ -23,3 +27,15 @@ def relative_path(path: Path) -> str:
 def quoted(text: str) -> str:
     """``text`` as one shell word, for a command the output suggests."""
     return shlex.quote(text)
+
+
+def status_line(status: PluginStatus, *, state: bool = True) -> str:
+    """``name version (id N): state - reason``; a plugin without a valid manifest says so.
+
+    ``state=False`` leaves the state out: ``name version (id N): reason``.
+    """
+    who = f"(id {status.id})" if status.id is not None else "(no valid manifest)"
+    head = f"{status.name} {status.version or '-'} {who}:"
+    if not state:
+        return f"{head} {status.reason}"
+    return f"{head} {status.state}" + (f" - {status.reason}" if status.reason else "")

@@ -3,10 +3,12 @@
 Every command that acts for a host takes ``--config FILE`` and ``--state-dir DIR``;
 the commands that run or list plugins also take ``--plugin-dir DIR`` and
 ``--allow-unsigned``. :func:`host_config` turns them into the host's ``HostConfig``
-(the file, else ``$NYXPLUG_CONFIG``, else the defaults; then the ``NYXPLUG_*``
-overrides; then these options), the same way for every command. Everything a command
-needs of the host - its plugin manager, trust store, audit log, control socket - is
-built from that configuration, never from the options again.
+(``--config``, else ``$NYXPLUG_CONFIG``, else the nearest ``nyxplug.host.toml`` walking
+up from the current directory, else the per-user host in ``~/.nyxplug``; then the
+``NYXPLUG_*`` overrides; then these options), the same way for every command, so a
+command acts on the same host from any folder. :func:`host_line` says which one.
+Everything a command needs of the host - its plugin manager, trust store, audit log,
+control socket - is built from that configuration, never from the options again.
 
 :func:`run` reports a command's problems the same way for every command: one line on
 stderr, ``nyxplug COMMAND: what went wrong - what to do``, and exit status 1.
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
 __all__ = (
     "given_options",
     "host_config",
+    "host_line",
     "host_options",
     "plugin_manager",
     "run",
@@ -68,7 +71,8 @@ def _options(state_dir_help: str, *, plugins: bool) -> argparse.ArgumentParser:
     options.add_argument(
         "--config",
         metavar="FILE",
-        help="host configuration file (default: $NYXPLUG_CONFIG, else built-in defaults)",
+        help="host configuration file (default: $NYXPLUG_CONFIG, else the nearest "
+        "nyxplug.host.toml here or above, else the per-user host in ~/.nyxplug)",
     )
     if plugins:
         options.add_argument(
@@ -115,6 +119,19 @@ def host_config(args: argparse.Namespace) -> HostConfig:
     if args.allow_unsigned:
         runtime = msgspec.structs.replace(runtime, require_signatures=False)
     return msgspec.structs.replace(config, runtime=runtime)
+
+
+def host_line(args: argparse.Namespace, config: HostConfig) -> str:
+    """``Host: STATE_DIR (from WHERE)``: which host a command acted on, and why that one."""
+    from ..config import locate_host_config
+
+    if args.state_dir:
+        why = "--state-dir"
+    elif os.environ.get("NYXPLUG_STATE_DIR"):
+        why = "$NYXPLUG_STATE_DIR"
+    else:
+        why = locate_host_config(args.config, os.environ)[1]
+    return f"Host: {config.runtime.state_dir} (from {why})"
 
 
 def _absolute(path: str) -> str:

@@ -1,6 +1,7 @@
 """The control socket of a running host: ``<state_dir>/control.sock``.
 
-``nyxplug run --watch`` serves it; ``nyxplug reload`` and ``nyxplug list`` ask it.
+``nyxplug run --watch`` serves it; ``nyxplug reload``, ``list``, ``info``, ``enable``,
+``disable`` and ``send`` ask it.
 The protocol is one JSON request line answered by one JSON reply line (msgspec
 Structs, tagged by ``op`` and ``reply``), several per connection if the client
 likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
@@ -37,6 +38,8 @@ __all__ = (
     "MAX_REQUEST",
     "SOCKET_FILE",
     "ControlServer",
+    "DisableRequest",
+    "EnableRequest",
     "Failure",
     "HostRunning",
     "NoHost",
@@ -45,8 +48,11 @@ __all__ = (
     "ReloadRequest",
     "Reply",
     "Request",
+    "SendRequest",
+    "Sent",
     "Status",
     "StatusRequest",
+    "Toggled",
     "request",
     "socket_path",
 )
@@ -84,7 +90,31 @@ class StatusRequest(_Request, tag="status", frozen=True):
     """``{"op": "status"}``: the live catalog and each plugin's dispatcher counters."""
 
 
-Request = ReloadRequest | StatusRequest
+class DisableRequest(_Request, tag="disable", frozen=True):
+    """``{"op": "disable", "name": ...}``: remember it disabled; drain and unload it if active."""
+
+    name: str
+
+
+class EnableRequest(_Request, tag="enable", frozen=True):
+    """``{"op": "enable", "name": ...}``: remember it enabled and load it (re-validated)."""
+
+    name: str
+
+
+class SendRequest(_Request, tag="send", frozen=True):
+    """``{"op": "send", "name": ..., "frame_type": 82, ...}``: dispatch one frame to that
+    plugin (its header names the plugin's id), wait until it was handled, and answer with
+    the plugin's counters (``bytes`` travel base64-encoded)."""
+
+    name: str
+    frame_type: int
+    payload: bytes = b""
+    header_data: bytes = b""
+    flags: int = 0
+
+
+Request = ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
@@ -129,7 +159,37 @@ class Failure(_Reply, tag="error", frozen=True):
     transient: bool = False
 
 
-Reply = Reloaded | Status | Failure
+class Toggled(_Reply, tag="toggled", frozen=True):
+    """An enable or disable ran: ``changed`` is False when it already was so.
+
+    ``status`` is the plugin's entry afterwards; ``stats`` the counters of a plugin the
+    host just drained and unloaded (``None`` when it was not running).
+    """
+
+    name: str
+    enabled: bool
+    changed: bool
+    status: PluginStatus
+    stats: PluginStats | None = None
+
+
+class Sent(_Reply, tag="sent", frozen=True):
+    """The frame was dispatched and handled; ``before``/``stats`` are the plugin's counters
+    around it (``errors`` grew: its handler raised).
+
+    ``answer`` is where the handler's reply goes once replies exist (SPEC 8,
+    ``Dispatcher.request``); until then it is always ``None``.
+    """
+
+    name: str
+    plugin_id: int
+    frame_type: int
+    before: PluginStats
+    stats: PluginStats
+    answer: bytes | None = None
+
+
+Reply = Reloaded | Status | Toggled | Sent | Failure
 
 _request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 _reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
@@ -163,7 +223,7 @@ class NoHost(Problem):
 # -- the client -----------------------------------------------------------------------------
 
 
-def request(path: Path, message: ReloadRequest | StatusRequest, *, timeout: float) -> Reply:
+def request(path: Path, message: Request, *, timeout: float) -> Reply:
     """Send one request to the host at ``path`` and return its reply (blocking).
 
     ``NoHost`` when nothing listens there (no socket file, or a dead host's file);
@@ -403,6 +463,10 @@ class ControlServer:
         try:
             if isinstance(req, StatusRequest):
                 return self.status()
+            if isinstance(req, DisableRequest | EnableRequest):
+                return await self._toggle(req)
+            if isinstance(req, SendRequest):
+                return await self._send(req)
             return await self._reload(req)
         except Exception as exc:  # a bug must not take the host down: say it, keep serving
             logger.exception("Control request %r failed", req)
@@ -443,6 +507,93 @@ class ControlServer:
         except PluginStateError as exc:
             return Failure(error="state", message=str(exc), name=req.name)
         return Reloaded(result=result)
+
+    async def _toggle(self, req: DisableRequest | EnableRequest) -> Reply:
+        from ..plugins import PluginLoadError, PluginNotFound, PluginStateError
+
+        # Its own task, shielded as a reload is: a client that hangs up must not leave a
+        # plugin half-drained.
+        task = asyncio.ensure_future(self._apply_toggle(req))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        try:
+            return await asyncio.shield(task)
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=req.name)
+        except PluginStateError as exc:
+            return Failure(error="state", message=str(exc), name=req.name)
+        except PluginLoadError as exc:
+            return Failure(
+                error="load-failed", message=str(exc), name=exc.name, step=exc.step,
+                reason=exc.reason,
+            )  # fmt: skip
+
+    async def _apply_toggle(self, req: DisableRequest | EnableRequest) -> Toggled:
+        """Disable: remember it, then drain and unload it if it runs. Enable: remember it,
+        then load it if it is valid and not running (its dependencies must be active)."""
+        manager = self.manager
+        name = req.name
+        was_enabled = manager.status(name).enabled
+        stats = None
+        if isinstance(req, DisableRequest):
+            manager.disable(name)
+            if manager.status(name).state == "active":
+                stats = await manager.unload(name, drain=True)
+                manager.disable(name)  # not running any more: now listed as disabled
+        else:
+            manager.enable(name)
+            if manager.status(name).state in ("validated", "unloaded"):
+                await manager.load(name)
+        return Toggled(
+            name=name,
+            enabled=isinstance(req, EnableRequest),
+            changed=was_enabled != isinstance(req, EnableRequest),
+            status=manager.status(name),
+            stats=stats,
+        )
+
+    async def _send(self, req: SendRequest) -> Reply:
+        """Dispatch the frame as any sender would: every check and counter applies."""
+        from .._errors import DispatchError
+        from .._impl import PluginHeader
+        from ..plugins import PluginNotFound
+
+        manager = self.manager
+        try:
+            status = manager.status(req.name)
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=req.name)
+        if status.id is None:
+            return Failure(
+                error="state", name=req.name,
+                message=f"Plugin {req.name!r} has no valid manifest, so no id to send to - "
+                "fix it (`nyxplug info` gives the reason)",
+            )  # fmt: skip
+        if not 0 <= req.flags <= 255:
+            return Failure(
+                error="bad-request", name=req.name,
+                message=f"Expected `flags` in `0..255`, got `{req.flags}`",
+            )  # fmt: skip
+        dispatcher = manager.dispatcher
+        header = PluginHeader(status.id, req.flags, req.header_data).encode()
+        before = manager.stats(req.name) or PluginStats()
+        try:
+            # A refusal is raised by the call itself or by awaiting it (SPEC 3).
+            await dispatcher.dispatch(req.frame_type, header, req.payload)
+            await dispatcher.wait_idle(status.id)
+        except DispatchError as exc:
+            return Failure(
+                error="refused", name=req.name, reason=type(exc).__name__, message=str(exc)
+            )
+        # The seam for SPEC 8: once Dispatcher.request exists, send with it and put the
+        # handler's reply in Sent.answer.
+        return Sent(
+            name=req.name,
+            plugin_id=status.id,
+            frame_type=req.frame_type,
+            before=before,
+            stats=manager.stats(req.name) or before,
+        )
 
     def _reload_done(self, req: ReloadRequest, task: asyncio.Task[Any]) -> None:
         self._reloads.discard(task)

@@ -155,7 +155,8 @@ def _keygen(args: argparse.Namespace) -> int:
             "leave them out with --no-trust"
         )
     # Read the configuration and the trust store first: a problem there writes nothing.
-    host = None if args.no_trust else _host.trust_and_audit(_host.host_config(args))
+    config = _host.host_config(args)
+    host = None if args.no_trust else _host.trust_and_audit(config)
     private_path = folder / f"{name}.key"
     for path in (private_path, private_path.with_suffix(".pub")):
         if path.exists():
@@ -187,6 +188,7 @@ def _keygen(args: argparse.Namespace) -> int:
             f"Trusted on this host for plugins matching {', '.join(entry.scopes)}, expires "
             f"{entry.expires or 'never'} ({store.path})"
         )
+        print(f"  {_host.host_line(args, config)}")
         warn_if_expired(store, entry)
     else:
         print(

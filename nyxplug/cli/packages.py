@@ -11,13 +11,18 @@ is one line on stderr, ``nyxplug COMMAND: what went wrong - what to do``, and ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _host
 from ._common import Problem, quoted, relative_path
 from .trust import signed_by
+
+if TYPE_CHECKING:
+    from ..config import HostConfig
 
 __all__ = ("COMMANDS", "add_install_commands", "add_package", "run")
 
@@ -149,7 +154,8 @@ def _package(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ..trust import TrustError, read_package, verify_contents
 
-    store, audit = _host.trust_and_audit(_host.host_config(args))
+    config = _host.host_config(args)
+    store, audit = _host.trust_and_audit(config)
     try:
         contents = read_package(args.package)
     except TrustError as exc:  # a malformed archive: refused before the checks, logged too
@@ -158,11 +164,12 @@ def _verify(args: argparse.Namespace) -> int:
             reason=exc.problem,
         )  # fmt: skip
         raise
-    verified = verify_contents(
-        store, source=contents.source, index_bytes=contents.index_bytes,
-        signature_bytes=contents.signature_bytes, files=contents.files,
-        require_signature=True, audit=audit, event="verify",
-    )  # fmt: skip
+    with _own_key_hint(args, config):
+        verified = verify_contents(
+            store, source=contents.source, index_bytes=contents.index_bytes,
+            signature_bytes=contents.signature_bytes, files=contents.files,
+            require_signature=True, audit=audit, event="verify",
+        )  # fmt: skip
     print(
         f"OK  {verified.name} {verified.version}  signed by "
         f"{signed_by(verified.signer, verified.key_id)} at {verified.signed_at}  "
@@ -178,13 +185,15 @@ def _install(args: argparse.Namespace) -> int:
 
     config = _host.host_config(args)
     store, audit = _host.trust_and_audit(config)
-    installed = install_package(
-        args.package, config.package_store_path, store, audit=audit,
-        require_signature=config.runtime.require_signatures,
-        allow_rollback=args.allow_rollback,
-    )  # fmt: skip
+    with _own_key_hint(args, config):
+        installed = install_package(
+            args.package, config.package_store_path, store, audit=audit,
+            require_signature=config.runtime.require_signatures,
+            allow_rollback=args.allow_rollback,
+        )  # fmt: skip
     package = installed.package
     print(f"Installed {package.name} {package.version} (id {package.id}) in {installed.folder}")
+    print(f"  {_host.host_line(args, config)}")
     if package.signed:
         print(f"  signed by {signed_by(package.signer, package.key_id)} at {package.signed_at}")
     else:
@@ -196,6 +205,49 @@ def _install(args: argparse.Namespace) -> int:
     print("Next:")
     print(f"  nyxplug list{_host.given_options(args)}")
     return 0
+
+
+@contextlib.contextmanager
+def _own_key_hint(args: argparse.Namespace, config: HostConfig) -> Iterator[None]:
+    """Turn an untrusted-key refusal for one of the user's own keys into that key's fix.
+
+    keygen trusts a new key on the host it was run for; a package signed with it and
+    installed on another host is refused as ``untrusted-key``, whose general hint
+    (``trust add THEIR_KEY.pub``) does not say the key is the user's own.
+    """
+    from ..trust import SignatureRejected
+
+    try:
+        yield
+    except SignatureRejected as exc:
+        own = _own_public_key(args.package) if exc.check == "untrusted-key" else None
+        if own is None:
+            raise
+        where = f" on this host ({config.runtime.state_dir})"
+        raise SignatureRejected(
+            exc.check, exc.source,
+            f"signed by your own key {own.stem} ({own}), which is not trusted{where} - run "
+            f"`nyxplug trust add {quoted(str(own))}{_host.given_options(args)}`",
+            exc.plugin,
+        ) from None  # fmt: skip
+
+
+def _own_public_key(package: str) -> Path | None:
+    """The ``.pub`` in the user's key folder whose key signed ``package``, if any."""
+    import msgspec
+
+    from ..trust import PublicKey, read_package
+    from ..trust.keys import default_key_dir
+
+    try:
+        signature = msgspec.json.decode(read_package(package).signature_bytes or b"{}")
+        key_id = signature.get("key_id") if isinstance(signature, dict) else None
+        for path in sorted(default_key_dir(os.environ).glob("*.pub")):
+            if PublicKey.load(path).key_id == key_id:
+                return path
+    except (ValueError, OSError):  # nothing to recognise: the general hint stands
+        return None
+    return None
 
 
 def _uninstall(args: argparse.Namespace) -> int:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..source.layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN
 from . import _host
-from ._common import Problem, relative_path
+from ._common import Problem, relative_path, status_line
 
 if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
     from ..config import HostConfig
-    from ..plugins import PluginManager, PluginStatus
+    from ..plugins import PluginManager, PluginStatus, ReloadStats
     from .control import Status
 
 __all__ = (
@@ -47,6 +47,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 _NAME_RE = re.compile(NAME_PATTERN)
 #: How long ``nyxplug list`` waits for a running host's catalog before discovering alone.
 _STATUS_TIMEOUT = 10.0
+#: How long `nyxplug enable` / `disable` wait for a running host: a drain, on_unload,
+#: on_load and health() (each bounded by the lifecycle timeout) may all run.
+_TOGGLE_TIMEOUT = 300.0
 _STATES = (
     "discovered", "validated", "loading", "active", "draining", "unloaded", "failed", "disabled"
 )  # fmt: skip
@@ -160,8 +163,16 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
     )
 
     for command, verb, effect in (
-        ("enable", "allow", "it loads again on the next start"),
-        ("disable", "keep", "it does not load; remembered across restarts"),
+        (
+            "enable",
+            "allow",
+            "a running host (run --watch) loads it now, others on their next start",
+        ),
+        (
+            "disable",
+            "keep",
+            "a running host (run --watch) drains and unloads it now; remembered across restarts",
+        ),
     ):
         sub = commands.add_parser(
             command,
@@ -200,24 +211,25 @@ def _run_plugins(args: argparse.Namespace) -> int:
     plugin_logs.addHandler(handler)
     old_level = plugin_logs.level
     plugin_logs.setLevel(logging.INFO)
+    where = _host.host_line(args, config)
     try:
         if watch:
             from .reload import serve
 
-            return serve(_host.plugin_manager(config))
-        return asyncio.run(_run_async(_host.plugin_manager(config), frames))
+            return serve(_host.plugin_manager(config), where)
+        return asyncio.run(_run_async(_host.plugin_manager(config), frames, where))
     finally:
         plugin_logs.removeHandler(handler)
         plugin_logs.setLevel(old_level)
 
 
-async def _run_async(manager: PluginManager, frames: int) -> int:
+async def _run_async(manager: PluginManager, frames: int, where: str) -> int:
     from .. import FrameType, Permission, PluginHeader
 
     catalog = await manager.start()
+    print(where)
     for status in catalog:
-        line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
-        print(line + (f" - {status.reason}" if status.reason else ""))
+        print(status_line(status))
         if status.shadows:
             print(f"  warning: {status.shadows}")
     active = [s for s in catalog if s.state == "active"]
@@ -318,7 +330,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from ..plugins import PluginLoadError, PluginStateError
+    from ..plugins import DependencyError, PluginLoadError, PluginStateError
     from ..plugins.catalog import shadow_message
     from ..source.manifest import check_api_compatible, load_manifest
 
@@ -348,11 +360,22 @@ def _validate(args: argparse.Namespace) -> int:
             raise Problem(errors[0] if errors else f"{folder} was not discovered")
         status = mine[0]
         if status.state == "failed":
-            raise Problem(f"{status.name} {status.version} (id {status.id}): {status.reason}")
+            raise Problem(status_line(status, state=False))
+        try:  # worded as `nyxplug run` words it: the same check, the same text
+            order = manager.load_order([status.name])
+        except DependencyError as exc:
+            raise Problem(str(exc)) from None
 
         async def load_and_unload() -> str | None:
-            await manager.load(status.name)
-            await manager.unload(status.name)
+            # Its dependencies (folders next to it) first, as a host loads them.
+            loaded = []
+            try:
+                for name in order:
+                    await manager.load(name)
+                    loaded.append(name)
+            finally:
+                for name in reversed(loaded):
+                    await manager.unload(name)
             reason: str | None = manager.status(status.name).reason
             return reason
 
@@ -467,7 +490,7 @@ def _print_catalog(
             print(f"  {error}")
 
 
-def _live_status(config: HostConfig) -> tuple[Path, Status] | None:
+def _live_status(config: HostConfig, command: str = "list") -> tuple[Path, Status] | None:
     """The running host's ``Status`` reply, or None when no host answers."""
     from .control import NoHost, Status, StatusRequest, request, socket_path
 
@@ -477,11 +500,11 @@ def _live_status(config: HostConfig) -> tuple[Path, Status] | None:
     except NoHost:
         return None
     except Problem as exc:
-        print(f"nyxplug list: {exc}; showing the catalog by discovery", file=sys.stderr)
+        print(f"nyxplug {command}: {exc}; showing the catalog by discovery", file=sys.stderr)
         return None
     if not isinstance(reply, Status):
         print(
-            f"nyxplug list: Expected the catalog from {path}, got {reply!r}; showing the "
+            f"nyxplug {command}: Expected the catalog from {path}, got {reply!r}; showing the "
             "catalog by discovery",
             file=sys.stderr,
         )
@@ -504,10 +527,31 @@ def _signer(status: PluginStatus) -> str:
 def _info(args: argparse.Namespace) -> int:
     import msgspec
 
-    manager = _host.plugin_manager(_host.host_config(args))
+    from ..plugins import PluginNotFound
+
+    config = _host.host_config(args)
+    manager = _host.plugin_manager(config)
     manager.discover()
-    status = manager.status(args.name)
+    live = _live_status(config, command="info")
+    status, stats = manager.status(args.name), None
+    if live is not None:  # the running host's own entry: the version that serves now
+        path, reply = live
+        entries = {entry.status.name: entry for entry in reply.plugins}
+        entry = entries.get(args.name)
+        if entry is None:
+            raise PluginNotFound(args.name, tuple(sorted(entries)))
+        status, stats = entry.status, entry.stats
+        print(f"Live, from the host at {relative_path(path)} (pid {reply.pid})")
     fields = msgspec.structs.asdict(status)
+    if status.id is None:
+        fields["id"] = "- (no valid manifest)"
+    fields["reloads"] = _reloads_text(status.reloads)
+    if stats is not None:
+        fields["stats"] = (
+            f"{stats.messages_processed} frames, {stats.errors} errors, "
+            f"{stats.permission_violations} permission and {stats.sandbox_violations} sandbox "
+            f"violations, queue {stats.queue_depth}"
+        )
     width = max(len(key) for key in fields) + 1
     for key, value in fields.items():
         print(f"{key + ':':<{width}} {_value(value)}")
@@ -548,6 +592,24 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reloads_text(reloads: ReloadStats) -> str:
+    """``ReloadStats`` in words: ``none`` before the first reload."""
+    if not reloads.attempted:
+        return "none"
+    parts = [f"{reloads.succeeded}/{reloads.attempted} succeeded"]
+    if reloads.rolled_back:
+        parts.append(f"{reloads.rolled_back} rolled back")
+    if reloads.retries:
+        parts.append(f"{reloads.retries} retries")
+    if reloads.last_outcome:
+        parts.append(f"last {reloads.last_outcome}")
+    if reloads.last_pause is not None and reloads.max_pause is not None:
+        parts.append(f"pause {_pause(reloads.last_pause)} (max {_pause(reloads.max_pause)})")
+    if reloads.last_error:
+        parts.append(f"last error: {reloads.last_error}")
+    return ", ".join(parts)
+
+
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
 
@@ -574,7 +636,10 @@ def _value(value: object) -> str:
 def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
     from ..plugins.manager import STATE_FILE
 
-    manager = _host.plugin_manager(_host.host_config(args))
+    config = _host.host_config(args)
+    if _toggle_live(args, config, enable=enable):
+        return 0
+    manager = _host.plugin_manager(config)
     manager.discover()
     before = manager.status(args.name)
     try:
@@ -597,6 +662,49 @@ def _toggle(args: argparse.Namespace, *, enable: bool) -> int:
         print(f"{args.name}: {was}; it will not load until `nyxplug enable {args.name}` "
               f"(remembered in {where})")  # fmt: skip
     return 0
+
+
+def _toggle_live(args: argparse.Namespace, config: HostConfig, *, enable: bool) -> bool:
+    """Enable or disable on the running host, if one answers (False: none runs).
+
+    The host remembers it (its state file) and acts at once: a disabled plugin is
+    drained and unloaded, an enabled one loaded.
+    """
+    from .control import (
+        DisableRequest,
+        EnableRequest,
+        Failure,
+        NoHost,
+        Toggled,
+        request,
+        socket_path,
+    )
+
+    path = socket_path(config.runtime.state_dir)
+    message = EnableRequest(name=args.name) if enable else DisableRequest(name=args.name)
+    try:
+        reply = request(path, message, timeout=_TOGGLE_TIMEOUT)
+    except NoHost:
+        return False
+    if isinstance(reply, Failure):
+        raise Problem(reply.message)
+    if not isinstance(reply, Toggled):
+        raise Problem(f"Expected an enable/disable reply from {path}, got {type(reply).__name__}")
+    status = reply.status
+    host = f"the running host at {relative_path(path)}"
+    if enable:
+        was = "enabled" if reply.changed else "was already enabled"
+        reason = f" - {status.reason}" if status.reason else ""
+        print(f"{args.name}: {was}; now {status.state} on {host}{reason}")
+    else:
+        was = "disabled" if reply.changed else "was already disabled"
+        if reply.stats is not None:
+            done = reply.stats.messages_processed
+            now = f"drained and unloaded from {host} ({done} frames handled)"
+        else:
+            now = f"not running on {host}"
+        print(f"{args.name}: {was}; {now}; it will not load until `nyxplug enable {args.name}`")
+    return True
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {

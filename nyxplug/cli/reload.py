@@ -1,4 +1,4 @@
-"""``nyxplug run --watch`` (a host that stays up) and ``nyxplug reload NAME``.
+"""``nyxplug run --watch`` (a host that stays up), ``nyxplug reload`` and ``nyxplug send``.
 
 The watching host starts the plugins, reloads them when their folders change
 (``PluginWatcher``), answers ``nyxplug reload`` / ``nyxplug list`` on its control
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _host
-from ._common import Problem
+from ._common import Problem, status_line
 
 if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
     from ..plugins import PluginManager, ReloadStats
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # imported when used: `nyxplug --help` stays a cheap import
 __all__ = ("COMMANDS", "add_commands", "describe", "reload_count", "run", "serve")
 
 #: The subcommands this module adds to ``nyxplug``.
-COMMANDS = ("reload",)
+COMMANDS = ("reload", "send")
 #: How long ``nyxplug reload`` waits for the host's answer: retries and lifecycle
 #: timeouts (30 s per hook) can make one reload slow, never endless.
 RELOAD_TIMEOUT = 300.0
@@ -51,10 +51,109 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
         help="accept a new version lower than the running one",
     )
 
+    send = commands.add_parser(
+        "send",
+        parents=[host],
+        help="send one frame to a plugin of the running host (nyxplug run --watch)",
+        description=(
+            "Dispatch one frame to NAME on the host running with this state dir, as any "
+            "sender would (every check and counter applies), wait until it was handled, and "
+            "print the outcome: the typed refusal, or the plugin's counters after it. Exit "
+            "status 0 when handled, 1 when refused."
+        ),
+    )
+    send.add_argument("name", metavar="NAME", help="the plugin's name (its id goes in the header)")
+    send.add_argument(
+        "--type",
+        dest="frame_type",
+        type=_frame_type,
+        default=0x52,
+        metavar="T",
+        help="frame type: HANDSHAKE, DATA, CONTROL, ERROR or a number such as 0x5a (default: DATA)",
+    )
+    send.add_argument("--payload", default="", metavar="TEXT", help="the payload, as UTF-8")
+    send.add_argument(
+        "--payload-hex", metavar="HEX", help="the payload as hex digits (instead of --payload)"
+    )
+    send.add_argument(
+        "--header-data", default="", metavar="TEXT", help="the header's data field, as UTF-8"
+    )
+    send.add_argument(
+        "--flags", type=_flags, default=0, metavar="N", help="the header's flags, 0..255"
+    )
+
+
+def _frame_type(text: str) -> int:
+    from .._constants import FrameType
+
+    name = text.strip().upper()
+    if name in FrameType.__members__:
+        return int(FrameType[name])
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected HANDSHAKE, DATA, CONTROL, ERROR or a number such as 0x5a, got {text!r}"
+        ) from None
+
+
+def _flags(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"expected flags in 0..255, got {text!r}")
+    return value
+
 
 def run(args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; returns the exit status."""
-    return _host.run(args.command, _reload, args)
+    return _host.run(args.command, _send if args.command == "send" else _reload, args)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from .._constants import frame_type_name
+    from .control import Failure, SendRequest, Sent, request, socket_path
+
+    if args.payload_hex is not None:
+        if args.payload:
+            raise Problem("give --payload or --payload-hex, not both")
+        try:
+            payload = bytes.fromhex(args.payload_hex)
+        except ValueError:
+            raise Problem(
+                f"expected hex digits in --payload-hex, got {args.payload_hex!r}"
+            ) from None
+    else:
+        payload = args.payload.encode()
+    path = socket_path(_host.host_config(args).runtime.state_dir)
+    message = SendRequest(
+        name=args.name, frame_type=args.frame_type, payload=payload,
+        header_data=args.header_data.encode(), flags=args.flags,
+    )  # fmt: skip
+    reply = request(path, message, timeout=RELOAD_TIMEOUT)
+    if isinstance(reply, Failure):
+        kind = f"{reply.reason}: " if reply.error == "refused" else ""
+        raise Problem(f"refused - {kind}{reply.message}" if kind else reply.message)
+    if not isinstance(reply, Sent):
+        raise Problem(f"Expected a send reply from {path}, got a {type(reply).__name__} reply")
+    before, after = reply.before, reply.stats
+    print(
+        f"Sent frame {frame_type_name(reply.frame_type)} ({len(payload)} bytes) to "
+        f"{reply.name} (id {reply.plugin_id}): handled"
+    )
+    if after.errors > before.errors:
+        print("  its handler raised (errors +1) - the host's output has the traceback")
+    # Replies (SPEC 8) do not exist yet: Sent.answer is where one will be printed.
+    if reply.answer is not None:
+        print(f"  reply: {reply.answer!r}")
+    print(
+        f"  stats: {after.messages_processed} frames, {after.errors} errors, "
+        f"{after.bytes_processed} bytes, {after.permission_violations} permission and "
+        f"{after.sandbox_violations} sandbox violations, queue {after.queue_depth}"
+    )
+    return 0
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -113,8 +212,11 @@ def describe(outcome: object, name: str | None = None) -> str:
 # -- the watching host ----------------------------------------------------------------------
 
 
-def serve(manager: PluginManager) -> int:
-    """Run the watching host on ``manager`` until SIGINT/SIGTERM; returns the exit status."""
+def serve(manager: PluginManager, where: str = "") -> int:
+    """Run the watching host on ``manager`` until SIGINT/SIGTERM; returns the exit status.
+
+    ``where`` (``Host: ...``) is said once the host has claimed its state dir.
+    """
     from .control import ControlServer, socket_path
 
     if manager.state_dir is None:
@@ -125,7 +227,7 @@ def serve(manager: PluginManager) -> int:
         on_outcome=lambda _request, outcome: _say(describe(outcome) + " - by nyxplug reload"),
     )
     try:
-        return asyncio.run(_serve(manager, server))
+        return asyncio.run(_serve(manager, server, where))
     except asyncio.CancelledError:  # a second signal: stop without waiting for the drain
         print("nyxplug run: stopped before every plugin was unloaded", file=sys.stderr)
         return 1
@@ -136,7 +238,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def _serve(manager: PluginManager, server: ControlServer) -> int:
+async def _serve(manager: PluginManager, server: ControlServer, where: str) -> int:
     from ..plugins.watch import PluginWatcher
 
     loop = asyncio.get_running_loop()
@@ -156,9 +258,10 @@ async def _serve(manager: PluginManager, server: ControlServer) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         server.claim()  # before any plugin loads: a second host must not run on_load twice
+        if where:
+            _say(where)
         for status in await manager.start():
-            line = f"{status.name} {status.version or '-'} (id {status.id}): {status.state}"
-            _say(line + (f" - {status.reason}" if status.reason else ""))
+            _say(status_line(status))
         if not stop.is_set():
             watcher = PluginWatcher(manager)
             printer = _OutcomePrinter(watcher)

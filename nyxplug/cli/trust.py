@@ -223,9 +223,13 @@ def _trust(args: argparse.Namespace) -> int:
     action: str = args.trust_command
     config = _host.host_config(args)
     store, audit = _host.trust_and_audit(config)
+    host_line = _host.host_line(args, config)  # which host the change was made on
     if action == "add":
-        return _trust_add(args, store, audit)
+        _trust_add(args, store, audit)
+        print(f"  {host_line}")
+        return 0
     if action == "list":
+        print(host_line)
         return _trust_list(config, store)
     if action == "remove":
         entry = store.key(args.key_id)
@@ -235,6 +239,7 @@ def _trust(args: argparse.Namespace) -> int:
             "trust-remove", "done", key_id=args.key_id, signer=entry.name if entry else None
         )
         print(f"Removed key {_signed_key(args.key_id, entry)}: packages it signs are refused")
+        print(f"  {host_line}")
         return 0
     if action == "revoke-key":
         entry = store.key(args.key_id)
@@ -244,12 +249,17 @@ def _trust(args: argparse.Namespace) -> int:
             f"Revoked key {_signed_key(args.key_id, entry)}: everything it signed is refused, "
             "installed plugins included, and it cannot be trusted again"
         )
+        print(f"  {host_line}")
         return 0
-    return _revoke_package(args, config, store, audit)
+    return _revoke_package(args, config, store, audit, host_line)
 
 
 def _revoke_package(
-    args: argparse.Namespace, config: HostConfig, store: TrustStore, audit: AuditLog
+    args: argparse.Namespace,
+    config: HostConfig,
+    store: TrustStore,
+    audit: AuditLog,
+    host_line: str,
 ) -> int:
     from ..trust.revoke import resolve_package
 
@@ -274,6 +284,7 @@ def _revoke_package(
         )
     elif package.file is None and package.name is None:
         print("  not seen on this host: revoked as given (--unseen)")
+    print(f"  {host_line}")
     return 0
 
 

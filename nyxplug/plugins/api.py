@@ -91,7 +91,8 @@ class PluginContext:
         own guard), as the error to raise or report - ``None`` when they allow the frame."""
         required = self._dispatcher.required_permission(frame_type)
         if required is not None and not self._dispatcher.registry.has_permission(self.id, required):
-            return PermissionDenied(self.id, frame_type, required)
+            info = self._dispatcher.registry.get(self.id)
+            return PermissionDenied(self.id, frame_type, required, info)
         if self._guard is not None and frame_type == FrameType.CONTROL:
             if not hasattr(header, "data"):  # CBOR bytes (a header of either twin passes)
                 try:

@@ -33,13 +33,22 @@ def dependency_order(names: Iterable[str], records: Mapping[str, PluginRecord]) 
         for dep, wanted in sorted(record.manifest.dependency_ranges.items()):
             other = records.get(dep)
             if other is None or other.manifest is None:
-                raise DependencyError(name, f"needs {dep!r} {wanted}, which is not in the catalog")
+                raise DependencyError(
+                    name,
+                    f"needs {dep!r} {wanted}, which is not in the catalog - install it "
+                    f"(`nyxplug install` its package) or add the folder holding {dep!r} with "
+                    f"--plugin-dir",
+                )
             if not wanted.contains(other.manifest.version):
                 raise DependencyError(
-                    name, f"needs {dep!r} {wanted}, but {other.manifest.version} is installed"
+                    name,
+                    f"needs {dep!r} {wanted}, but {other.manifest.version} is installed - "
+                    f"install a {dep!r} in that range, or change the range in [dependencies]",
                 )
             if not other.enabled:
-                raise DependencyError(name, f"needs {dep!r}, which is disabled")
+                raise DependencyError(
+                    name, f"needs {dep!r}, which is disabled - run `nyxplug enable {dep}`"
+                )
             deps.append(dep)
             pending.append(dep)
         graph[name] = deps

@@ -36,6 +36,7 @@ from ..isolation.manifest_limits import child_limits
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode, import_entry, unload_code
+from ..source.layout import MANIFEST_FILE
 from ..source.manifest import Manifest, ManifestError, check_api_compatible
 from ..source.snapshot import Snapshot
 from .api import PluginContext
@@ -329,7 +330,11 @@ class PluginManager:
         for dep in record.manifest.dependencies:
             other = self._records.get(dep)
             if other is None or other.state is not PluginState.ACTIVE:
-                reason = f"dependency {dep!r} is not active"
+                now = "not in the catalog" if other is None else str(other.state)
+                reason = (
+                    f"dependency {dep!r} is not active ({now}) - load {dep!r} first, or fix "
+                    "why it is not (`nyxplug list` gives its reason)"
+                )
                 record.state, record.reason = PluginState.FAILED, reason
                 raise PluginLoadError(name, "dependencies", reason)
         record.move(PluginState.LOADING)
@@ -350,7 +355,9 @@ class PluginManager:
             # and its rights in the registry from now on, so ctx.dispatch in on_load works.
             # An isolated plugin's guard is its child's kernel layers, not an audit hook.
             record.guard = guard_of(manifest)
-            info = PluginInfo(manifest.id, name, manifest.permission_mask)
+            # The manifest, so a refusal says to grant the right in its [permissions].
+            source = str(record.folder / MANIFEST_FILE) if record.folder is not None else None
+            info = PluginInfo(manifest.id, name, manifest.permission_mask, source=source)
             if not registry.is_registered(manifest.id):
                 registry.register(info)
                 registered_here = True

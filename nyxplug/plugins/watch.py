@@ -9,6 +9,14 @@ folder is discovered and loaded. Nothing a plugin does stops the watcher: failur
 logged (logger ``nyxplug.watch``) and recorded in ``outcomes``; only cancellation ends
 it.
 
+Change detection never waits for the event loop: watchfiles' Rust watcher runs in a
+process of its own (``_watch_child.py``), which also does the debounce and writes each
+finished batch as one line the loop reads. A loop saturated with frames therefore
+delays only the reload itself, not noticing the change (``awatch`` ran one ``watch``
+call per loop round trip in a worker thread, and any thread of ours needs our GIL,
+which a busy uvloop loop hardly lets go; see ``benchmarks/reload.py``, the
+``saturated`` rows).
+
 Where inotify (or FSEvents...) cannot start - typically the per-user watch limit - it
 falls back to polling, and says so in ``mode``. A watched folder that is removed and
 made again is watched again, and whatever changed meanwhile is looked at.
@@ -17,19 +25,22 @@ made again is watched again, and whatever changed meanwhile is looked at.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import json
 import logging
 import math
 import os
 import platform
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
-from watchfiles import Change, awatch
+from watchfiles import Change
 
 from .errors import (
     DependencyError,
@@ -53,6 +64,8 @@ _MIN_STEP_MS = 10
 _MIN_IDLE_MS = 100
 #: With no plugin folder to watch, how often to look for one appearing (seconds).
 _ROOTS_RECHECK = 1.0
+#: Longest line of changes read from the watch process (bytes).
+_MAX_BATCH_LINE = 64 * 1024 * 1024
 #: Longest a burst of changes is grouped before it is handled anyway (ms, at least).
 _MIN_BURST_MS = 1600
 
@@ -126,10 +139,10 @@ class PluginWatcher:
 
     ``async with PluginWatcher(manager) as watcher:`` watches in a task until the block
     ends; ``await watcher.ready.wait()`` before relying on a change being seen.
-    ``debounce`` (seconds, default ``runtime.reload_debounce``) bounds the quiet period:
-    changes are handled once no new path changed for half of it to all of it
-    (watchfiles looks every ``debounce / 2``), so a burst of saves reloads once and a
-    change is serving about ``debounce`` later.
+    ``debounce`` (seconds, default ``runtime.reload_debounce``) sets the quiet period:
+    changes are handled once no new path changed for half of it (the watch process
+    looks every 10 ms), so a burst of saves reloads once and a change is serving about half
+    the debounce plus the reload later, however busy the event loop is.
     ``force_polling``: ``True`` polls every ``poll_interval`` seconds, ``False`` uses
     the native watcher only, ``None`` tries native and polls if it cannot start.
 
@@ -209,7 +222,15 @@ class PluginWatcher:
 
     async def run(self) -> None:
         """Watch until ``aclose()`` (or cancellation); survives anything else."""
-        step = max(_MIN_STEP_MS, round(self.debounce * 500))  # quiet: step..2*step
+        process = _WatchProcess()
+        try:
+            await self._watch(process)
+        finally:
+            await process.aclose()
+
+    async def _watch(self, process: _WatchProcess) -> None:
+        # Quiet for half the debounce: runtime.reload_debounce promises "half to all".
+        quiet = max(_MIN_STEP_MS, round(self.debounce * 500))
         failures = 0
         catch_up = False
         while not self._stop.is_set():
@@ -226,20 +247,15 @@ class PluginWatcher:
                 continue
             armed = False
             try:
-                # watchfiles (main.py, src/lib.rs): every `step` ms it wakes, and yields
-                # once the set of changed paths did not grow since the previous wake - a
-                # quiet period of step..2*step after the last new path; `debounce` caps
-                # how long a busy burst is grouped. With no change it yields an empty
-                # set every `rust_timeout` ms (yield_on_timeout): the first yield of any
-                # kind means the watch is armed, and idle yields let rechecks run.
-                changes = awatch(
-                    *watched,
-                    watch_filter=None,  # filtered below, so ignored changes are counted
-                    step=step,
-                    debounce=max(_MIN_BURST_MS, 4 * step),
-                    rust_timeout=max(step, _MIN_IDLE_MS),
-                    yield_on_timeout=True,
-                    stop_event=self._stop,
+                # A batch comes once no new path changed for `quiet` ms (a busy burst is
+                # cut at `burst` ms); with no change an empty set comes every `idle` ms:
+                # the first of either means the watch is armed, idle ones let rechecks
+                # run. Unfiltered, so ignored changes are counted (see _plan).
+                changes = process.batches(
+                    watched,
+                    quiet=quiet,
+                    burst=max(_MIN_BURST_MS, 4 * quiet),
+                    idle=max(quiet, _MIN_IDLE_MS),
                     force_polling=self.mode == "polling",
                     poll_delay_ms=max(1, round(self.poll_interval * 1000)),
                 )
@@ -522,6 +538,83 @@ class PluginWatcher:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _WatchProcess:
+    """The file watch in a process of its own (``_watch_child.py``), which also debounces.
+
+    The child groups changes until no new path changed for ``quiet`` ms (or ``burst``
+    ms passed since the first) and writes each finished batch as one line; an empty
+    set comes every ``idle`` ms without changes. The loop only reads those lines, so
+    how busy it is changes neither when a change is noticed nor how long it is grouped
+    (a thread of this process would need our GIL between looks). One child serves a
+    watcher's life: ``batches()`` hands it the folders to watch now (it keeps watching
+    the old ones until then, so a re-arm loses no change); ``aclose()`` ends it.
+    """
+
+    def __init__(self) -> None:
+        self._child: asyncio.subprocess.Process | None = None
+        self._gen = 0
+
+    async def batches(
+        self,
+        paths: Iterable[Path],
+        *,
+        quiet: int,
+        burst: int,
+        idle: int,
+        force_polling: bool,
+        poll_delay_ms: int,
+    ) -> AsyncGenerator[set[tuple[Change, str]], None]:
+        if self._child is None:
+            self._child = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", str(Path(__file__).with_name("_watch_child.py")),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=_MAX_BATCH_LINE,
+            )  # fmt: skip
+        child = self._child
+        assert child.stdout is not None and child.stdin is not None
+        self._gen += 1
+        gen = self._gen
+        options = {
+            "gen": gen, "paths": [str(path) for path in paths], "quiet": quiet,
+            "burst": burst, "idle": idle, "force_polling": force_polling,
+            "poll_delay_ms": poll_delay_ms,
+        }  # fmt: skip
+        child.stdin.write(json.dumps(options).encode() + b"\n")
+        await child.stdin.drain()
+        while line := await child.stdout.readline():
+            message = json.loads(line)
+            if "error" in message:
+                if message["gen"] == gen:  # an older watch's failure is old news
+                    raise _child_error(message["error"], message["message"])
+            elif "idle" in message:
+                yield set()
+            else:  # changes seen by an older watch too: they happened
+                yield {(Change(change), path) for change, path in message["changes"]}
+        code = await child.wait()
+        self._child = None
+        raise RuntimeError(f"the watch process ended (exit status {code})")
+
+    async def aclose(self) -> None:
+        """End the child (killed at once: it holds no state), then reap it."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if child.stdin is not None:
+            child.stdin.close()
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        await child.wait()
+
+
+def _child_error(name: str, message: str) -> Exception:
+    """The watch process's failure as the exception it was (for the fallback rules)."""
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        return kind(message)
+    return RuntimeError(f"{name}: {message}")
 
 
 def _polling_wanted(force_polling: bool | None) -> bool:
