@@ -105,7 +105,7 @@ cdef extern from *:
     unsigned long nyx_thread_id() nogil
 
 # A monotonic clock in seconds for timing a synchronous handler call: clock_gettime
-# (a vDSO call on Linux, about 20 ns) where there is one, else CPython's own.
+# (a vDSO call on Linux, about 25 ns) where there is one, else CPython's own.
 cdef extern from *:
     """
     #include <time.h>
