@@ -117,6 +117,8 @@ class Dispatcher:
         *,
         capacity: int = 100,
         sandbox: SandboxPolicy | SandboxGuard | None = None,
+        overrun_limit: float | None = None,
+        on_overrun: Callable[[Any, float], object] | None = None,
     ) -> None: ...
     async def unload_plugin(self, plugin_id: int, *, drain: bool = True) -> PluginStats: ...
     async def swap_handler(
@@ -126,6 +128,8 @@ class Dispatcher:
         *,
         sandbox: SandboxPolicy | SandboxGuard | None = None,
         between: Callable[[], object] | None = None,
+        overrun_limit: float | None = None,
+        on_overrun: Callable[[Any, float], object] | None = None,
     ) -> float: ...
     async def aclose(self) -> None: ...
     async def __aenter__(self) -> Dispatcher: ...

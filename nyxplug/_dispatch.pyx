@@ -66,7 +66,7 @@ from nyxplug._errors import (
     WrongThread,
 )
 from nyxplug._frames import decode_header_fields
-from nyxplug._handlers import log_handler_error, resolve_handler
+from nyxplug._handlers import log_handler_error, report_overrun, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._refused import Refused
 from nyxplug._stats import DispatchStats, PluginStats
@@ -74,6 +74,7 @@ from nyxplug._validate import (
     BatchErrors,
     as_bytes,
     check_list,
+    check_overrun,
     check_policy,
     check_uint,
     enter_guard,
@@ -102,6 +103,31 @@ cdef extern from *:
     #endif
     """
     unsigned long nyx_thread_id() nogil
+
+# A monotonic clock in seconds for timing a synchronous handler call: clock_gettime
+# (a vDSO call on Linux, about 25 ns) where there is one, else CPython's own.
+cdef extern from *:
+    """
+    #include <time.h>
+    #if defined(CLOCK_MONOTONIC) && !defined(_WIN32)
+    static inline double nyx_monotonic(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    #elif PY_VERSION_HEX >= 0x030D0000
+    static inline double nyx_monotonic(void) {
+        PyTime_t t;
+        (void)PyTime_MonotonicRaw(&t);
+        return PyTime_AsSecondsDouble(t);
+    }
+    #else
+    static inline double nyx_monotonic(void) {
+        return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+    }
+    #endif
+    """
+    double nyx_monotonic() nogil
 
 # C mirrors of values in _constants.py, for the hot path; _C_MIRRORS below shows them
 # to Python under the names they mirror.
@@ -667,6 +693,10 @@ cdef class _Runtime:
     cdef bint pausing
     cdef object swap
     cdef object guard  # the plugin's SandboxGuard (SPEC 7), or None when no policy applies
+    # A synchronous call longer than ``overrun_limit`` seconds is told to ``on_overrun``
+    # (None: calls are not timed).
+    cdef double overrun_limit
+    cdef object on_overrun
     cdef unsigned long long processed
     cdef unsigned long long errors
     cdef unsigned long long nbytes
@@ -903,11 +933,15 @@ cdef class Dispatcher:
 
     # -- plugins -----------------------------------------------------------------
 
-    async def load_plugin(self, info, handler=None, *, capacity=DEFAULT_CAPACITY, sandbox=None):
+    async def load_plugin(self, info, handler=None, *, capacity=DEFAULT_CAPACITY, sandbox=None,
+                          overrun_limit=None, on_overrun=None):
         """Register ``info`` if needed, create the plugin's bounded queue, start its worker.
 
         ``sandbox`` (a ``SandboxPolicy``, or a ready ``SandboxGuard``) overrides the
-        dispatcher's policy for this plugin.
+        dispatcher's policy for this plugin. With ``overrun_limit`` (seconds) and
+        ``on_overrun``, each synchronous handler call is timed and one that took longer
+        is reported as ``on_overrun(message_or_batch, elapsed_seconds)`` (it cannot be
+        interrupted; an awaitable it returns is not counted).
         """
         if not isinstance(info, PluginInfo):
             raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
@@ -925,6 +959,7 @@ cdef class Dispatcher:
         if plugin_id in self._unloading:
             raise AlreadyLoaded(plugin_id, True)
         policy = check_policy("sandbox", sandbox, guard_ok=True)
+        limit, report = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         loop = asyncio.get_running_loop()
         cdef PluginRegistry registry = self._registry
@@ -933,6 +968,8 @@ cdef class Dispatcher:
         cdef _Runtime rt = _Runtime()
         rt.setup(plugin_id, <_Entry>registry._entries[plugin_id], capacity, call, batch, loop)
         rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        rt.overrun_limit = limit
+        rt.on_overrun = report
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
         self._start_worker(rt, None)
@@ -970,7 +1007,8 @@ cdef class Dispatcher:
                 raise
         return self._finish_unload(rt)
 
-    async def swap_handler(self, plugin_id, handler, *, sandbox=None, between=None):
+    async def swap_handler(self, plugin_id, handler, *, sandbox=None, between=None,
+                           overrun_limit=None, on_overrun=None):
         """Replace a loaded plugin's handler; its queue, queued frames and counters stay.
 
         The worker finishes the frame (or batch) in flight and stops; ``between()``
@@ -979,18 +1017,20 @@ cdef class Dispatcher:
         ``handler`` from the same queue, so nothing is lost or reordered and senders
         never see an error. Returns the pause in seconds (old worker's last frame to
         the new worker's start). Swaps of one plugin run in turn; cancelling the
-        caller does not cancel the swap.
+        caller does not cancel the swap. Like ``sandbox``, ``overrun_limit`` and
+        ``on_overrun`` belong to the new handler: give them again to keep timing it.
         """
         rt_obj = self._runtimes.get(plugin_id)
         if rt_obj is None:
             raise PluginNotLoaded(plugin_id)
         cdef _Runtime rt = <_Runtime>rt_obj
         policy = check_policy("sandbox", sandbox, guard_ok=True)
+        overrun = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         if between is not None and not callable(between):
             raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
         guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
-        swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between))
+        swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between, overrun))
         rt.swap = swap
         try:
             return await asyncio.shield(swap)
@@ -999,7 +1039,7 @@ cdef class Dispatcher:
                 swap.add_done_callback(_observe)
             raise
 
-    async def _swap(self, _Runtime rt, previous, call, bint batch, guard, between):
+    async def _swap(self, _Runtime rt, previous, call, bint batch, guard, between, overrun):
         try:
             if previous is not None:
                 await asyncio.wait([previous])
@@ -1022,6 +1062,7 @@ cdef class Dispatcher:
             rt.handler = call
             rt.batch = batch
             rt.guard = guard
+            rt.overrun_limit, rt.on_overrun = overrun
             started = rt.loop.create_future()
             self._start_worker(rt, started)
             return await started - stopped
@@ -1337,6 +1378,7 @@ cdef class Dispatcher:
         cdef PluginMessage msg
         cdef list batch
         handler = rt.handler
+        cdef bint timed = rt.on_overrun is not None  # fixed for this worker: a swap starts another
         if rt.guard is not None:
             # This task's context only: every handler call (and task it spawns) is checked.
             enter_guard(rt.guard)
@@ -1363,7 +1405,7 @@ cdef class Dispatcher:
                     if rt.waiters:
                         self._grant(rt)
                     try:
-                        result = handler(batch)
+                        result = self._call_timed(rt, batch) if timed else handler(batch)
                         if result is not None and inspect.isawaitable(result):
                             await result
                     except Exception as exc:
@@ -1379,7 +1421,7 @@ cdef class Dispatcher:
                     if rt.waiters:
                         self._grant(rt)
                     try:
-                        result = handler(msg)
+                        result = self._call_timed(rt, msg) if timed else handler(msg)
                         if result is not None and inspect.isawaitable(result):
                             await result
                     except Exception as exc:
@@ -1390,6 +1432,17 @@ cdef class Dispatcher:
         finally:
             rt.wakeup = None
             self._notify_idle(rt, not rt.pausing)
+
+    cdef object _call_timed(self, _Runtime rt, object arg):
+        """``rt.handler(arg)``, reporting a call longer than the limit (even one that raised)."""
+        cdef double start = nyx_monotonic()
+        cdef double elapsed
+        try:
+            return rt.handler(arg)
+        finally:
+            elapsed = nyx_monotonic() - start
+            if elapsed > rt.overrun_limit:
+                report_overrun(rt.id, rt.on_overrun, arg, elapsed)
 
     cdef int _notify_idle(self, _Runtime rt, bint force) except -1:
         waiters = rt.idle_waiters

@@ -62,7 +62,7 @@ from ._errors import (
     WrongThread,
 )
 from ._frames import canonical_header_size, decode_header_fields, encode_header
-from ._handlers import Handler, log_handler_error, resolve_handler
+from ._handlers import Handler, log_handler_error, report_overrun, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._refused import Refused
 from ._stats import DispatchStats, PluginStats
@@ -71,6 +71,7 @@ from ._validate import (
     BytesLike,
     as_bytes,
     check_list,
+    check_overrun,
     check_policy,
     check_uint,
     enter_guard,
@@ -425,6 +426,7 @@ class _Runtime:
     __slots__ = (
         "id", "entry", "capacity", "queue", "reserved", "waiters", "handler", "batch",
         "loop", "worker", "wakeup", "idle_waiters", "closed", "guard", "pausing", "swap",
+        "overrun_limit", "on_overrun",
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
         "dropped", "high_watermark", "would_block", "plugin_closed",
     )  # fmt: skip
@@ -450,6 +452,10 @@ class _Runtime:
         self.swap: asyncio.Task[float] | None = None
         # The plugin's SandboxGuard (SPEC 7), or None when no policy applies.
         self.guard: Any = None
+        # A synchronous call longer than ``overrun_limit`` seconds is told to ``on_overrun``
+        # (None: calls are not timed).
+        self.overrun_limit = 0.0
+        self.on_overrun: Callable[[Any, float], object] | None = None
         self.processed = 0
         self.errors = 0
         self.bytes = 0
@@ -579,11 +585,16 @@ class Dispatcher:
         *,
         capacity: int = DEFAULT_CAPACITY,
         sandbox: SandboxPolicy | SandboxGuard | None = None,
+        overrun_limit: float | None = None,
+        on_overrun: Callable[[Any, float], object] | None = None,
     ) -> None:
         """Register ``info`` if needed, create the plugin's bounded queue, start its worker.
 
         ``sandbox`` (a ``SandboxPolicy``, or a ready ``SandboxGuard``) overrides the
-        dispatcher's policy for this plugin.
+        dispatcher's policy for this plugin. With ``overrun_limit`` (seconds) and
+        ``on_overrun``, each synchronous handler call is timed and one that took longer
+        is reported as ``on_overrun(message_or_batch, elapsed_seconds)`` (it cannot be
+        interrupted; an awaitable it returns is not counted).
         """
         if not isinstance(info, PluginInfo):
             raise TypeError(f"Expected `info` to be a PluginInfo, got {type(info).__name__}")
@@ -601,6 +612,7 @@ class Dispatcher:
         if plugin_id in self._unloading:
             raise AlreadyLoaded(plugin_id, True)
         policy = check_policy("sandbox", sandbox, guard_ok=True)
+        limit, report = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         loop = asyncio.get_running_loop()
         registry = self._registry
@@ -609,6 +621,7 @@ class Dispatcher:
         entry = registry._entries[plugin_id]
         rt = _Runtime(plugin_id, entry, capacity, call, batch, loop)
         rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        rt.overrun_limit, rt.on_overrun = limit, report
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
         self._start_worker(rt, None)
@@ -653,6 +666,8 @@ class Dispatcher:
         *,
         sandbox: SandboxPolicy | SandboxGuard | None = None,
         between: Callable[[], object] | None = None,
+        overrun_limit: float | None = None,
+        on_overrun: Callable[[Any, float], object] | None = None,
     ) -> float:
         """Replace a loaded plugin's handler; its queue, queued frames and counters stay.
 
@@ -662,17 +677,19 @@ class Dispatcher:
         ``handler`` from the same queue, so nothing is lost or reordered and senders
         never see an error. Returns the pause in seconds (old worker's last frame to
         the new worker's start). Swaps of one plugin run in turn; cancelling the
-        caller does not cancel the swap.
+        caller does not cancel the swap. Like ``sandbox``, ``overrun_limit`` and
+        ``on_overrun`` belong to the new handler: give them again to keep timing it.
         """
         rt = self._runtimes.get(plugin_id)
         if rt is None:
             raise PluginNotLoaded(plugin_id)
         policy = check_policy("sandbox", sandbox, guard_ok=True)
+        overrun = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         if between is not None and not callable(between):
             raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
         guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
-        swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between))
+        swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between, overrun))
         rt.swap = swap
         try:
             return await asyncio.shield(swap)
@@ -689,6 +706,7 @@ class Dispatcher:
         batch: bool,
         guard: Any,
         between: Callable[[], object] | None,
+        overrun: tuple[float, Any],
     ) -> float:
         try:
             if previous is not None:
@@ -711,6 +729,7 @@ class Dispatcher:
             if rt.guard is not None:  # its refusals stay counted after the guard goes
                 rt.sandbox_violations += rt.guard.violations
             rt.handler, rt.batch, rt.guard = call, batch, guard
+            rt.overrun_limit, rt.on_overrun = overrun
             started: asyncio.Future[float] = rt.loop.create_future()
             self._start_worker(rt, started)
             return await started - stopped
@@ -994,6 +1013,7 @@ class Dispatcher:
     async def _work(self, rt: _Runtime, started: asyncio.Future[float] | None) -> None:
         queue = rt.queue
         handler = rt.handler
+        timed = rt.on_overrun is not None  # fixed for this worker: a swap starts another
         if rt.guard is not None:
             # This task's context only: every handler call (and task it spawns) is checked.
             enter_guard(rt.guard)
@@ -1020,7 +1040,7 @@ class Dispatcher:
                     if rt.waiters:
                         self._grant(rt)
                     try:
-                        result = handler(batch)
+                        result = self._call_timed(rt, batch) if timed else handler(batch)
                         if result is not None and inspect.isawaitable(result):
                             await result
                     except Exception as exc:
@@ -1035,7 +1055,7 @@ class Dispatcher:
                     if rt.waiters:
                         self._grant(rt)
                     try:
-                        result = handler(msg)
+                        result = self._call_timed(rt, msg) if timed else handler(msg)
                         if result is not None and inspect.isawaitable(result):
                             await result
                     except Exception as exc:
@@ -1046,6 +1066,16 @@ class Dispatcher:
         finally:
             rt.wakeup = None
             self._notify_idle(rt, force=not rt.pausing)
+
+    def _call_timed(self, rt: _Runtime, arg: Any) -> Any:
+        """``rt.handler(arg)``, reporting a call longer than the limit (even one that raised)."""
+        start = time.monotonic()
+        try:
+            return rt.handler(arg)
+        finally:
+            elapsed = time.monotonic() - start
+            if elapsed > rt.overrun_limit:
+                report_overrun(rt.id, rt.on_overrun, arg, elapsed)
 
     def _notify_idle(self, rt: _Runtime, force: bool = False) -> None:
         waiters = rt.idle_waiters

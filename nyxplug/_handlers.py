@@ -15,6 +15,7 @@ __all__ = (
     "Handler",
     "log_handler_error",
     "logger",
+    "report_overrun",
     "resolve_handler",
 )
 
@@ -93,3 +94,22 @@ def log_handler_error(plugin_id: int, frame_type: int, count: int, exc: BaseExce
             what,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
+
+
+def report_overrun(plugin_id: int, report: Any, arg: Any, elapsed: float) -> None:
+    """Tell ``on_overrun`` a synchronous call took ``elapsed`` seconds, outside the sandbox.
+
+    The callback is the host's code, not the plugin's, so the plugin's guard does not
+    apply; if it raises, that is logged and the worker goes on with the next frame.
+    """
+    from .sandbox import unguarded
+
+    with unguarded():
+        try:
+            report(arg, elapsed)
+        except Exception as exc:
+            logger.error(
+                "on_overrun of plugin %d raised; the worker goes on",
+                plugin_id,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeAlias
 
 from ._constants import FrameType
@@ -11,6 +12,7 @@ __all__ = (
     "BatchErrors",
     "as_bytes",
     "check_list",
+    "check_overrun",
     "check_policy",
     "check_uint",
     "enter_guard",
@@ -67,6 +69,32 @@ def check_policy(name: str, policy: object, *, guard_ok: bool = False) -> Any:
         return policy
     wanted = "a SandboxPolicy, a SandboxGuard" if guard_ok else "a SandboxPolicy"
     raise TypeError(f"Expected `{name}` to be {wanted} or None, got {type(policy).__name__}")
+
+
+def check_overrun(limit: object, report: object, plugin_id: int) -> tuple[float, Any]:
+    """``(limit, report)`` for timing a synchronous handler, or ``(0.0, None)`` for no timing.
+
+    Both are given or neither: a limit nobody hears about, or a callback that never
+    fires, is a mistake to refuse at load rather than a silent no-op.
+    """
+    if limit is None and report is None:
+        return 0.0, None
+    if limit is None or report is None:
+        given, missing = (
+            ("on_overrun", "overrun_limit") if limit is None else ("overrun_limit", "on_overrun")
+        )
+        raise TypeError(
+            f"Expected `{missing}` with `{given}`, got only `{given}` - for plugin {plugin_id}"
+        )
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise TypeError(f"Expected `overrun_limit` to be a float, got {type(limit).__name__}")
+    if not (limit > 0 and math.isfinite(limit)):
+        raise ValueError(
+            f"Expected `overrun_limit` > 0 and finite, got {limit!r} - for plugin {plugin_id}"
+        )
+    if not callable(report):
+        raise TypeError(f"Expected `on_overrun` to be callable, got {type(report).__name__}")
+    return float(limit), report
 
 
 def make_guard(policy: Any, plugin_id: int) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import py_compile
+import re
 import socket
 import sys
 from pathlib import Path
@@ -348,38 +349,37 @@ async def test_a_timeout_is_logged_as_one_line(
     )
 
 
-SYNC_RECORDER = RECORDER.replace("async def handle(self, message):", "def handle(self, message):")
-SYNC_BATCH = RECORDER.replace(
+#: A synchronous handler that, on a b"slow" frame, holds the loop for 0.12 s (a spin on
+#: the monotonic clock, as a CPU-bound handler would), past the 0.1 s timeout below.
+SLOW_SYNC = RECORDER.replace(
     "    async def handle(self, message):\n",
+    "    def handle(self, message):\n"
+    "        import time\n"
+    "        deadline = time.monotonic() + 0.12\n"
+    "        while message.payload == b'slow' and time.monotonic() < deadline:\n"
+    "            pass\n",
+)
+SLOW_SYNC_BATCH = SLOW_SYNC.replace(
+    "    def handle(self, message):\n",
     "    def handle_batch(self, messages):\n        [message] = messages\n",
 )
 
 
-@pytest.mark.parametrize("code", [SYNC_RECORDER, SYNC_BATCH], ids=["handle", "handle_batch"])
+@pytest.mark.parametrize("code", [SLOW_SYNC, SLOW_SYNC_BATCH], ids=["handle", "handle_batch"])
 async def test_a_sync_handler_over_its_timeout_is_measured_counted_and_logged(
-    impl: Any,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-    code: str,
+    impl: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, code: str
 ) -> None:
-    """Issue 15 item 18: a sync overrun cannot be interrupted, but it is not silent."""
-    from nyxplug.plugins import supervise
+    """Issue 15 item 18: a sync overrun cannot be interrupted, but it is not silent.
 
-    ticks = iter(range(1000))
-    slow = {"on": True}
-
-    def clock() -> float:  # each call of a slow handler "takes" 1.5 s
-        return next(ticks) * 1.5 if slow["on"] else 0.0
-
-    monkeypatch.setattr(supervise, "_clock", clock)
-    write_plugin(tmp_path, "busy", 45, code, resources={"handler_timeout": 0.5})
+    The dispatcher's worker times the call (the engine tests cover the timing itself);
+    the runtime counts it in ``handler_timeouts`` and logs one line.
+    """
+    write_plugin(tmp_path, "busy", 45, code, resources={"handler_timeout": 0.1})
     async with manager_for(impl, tmp_path) as manager:
         instance = manager.instance("busy")
         with caplog.at_level(logging.WARNING, logger="nyxplug"):
             await send(manager, 45, b"slow")
             await manager.dispatcher.wait_idle(45)
-            slow["on"] = False
             await send(manager, 45, b"fast")
             await manager.dispatcher.wait_idle(45)
         assert instance.seen == [b"slow", b"fast"]
@@ -388,11 +388,14 @@ async def test_a_sync_handler_over_its_timeout_is_measured_counted_and_logged(
         assert manager.status("busy").handler_timeouts == 1
     [record] = [r for r in caplog.records if "over its" in r.getMessage()]
     assert record.levelno == logging.WARNING and record.exc_info is None
-    assert record.getMessage() == (
-        "Handler of plugin 'busy' (id 45) took 1.5 s on a 0x52 (DATA) frame, over its 0.5 s "
-        "timeout; a synchronous handler cannot be interrupted - make it async (then it is "
-        "cancelled at the limit) or faster"
+    took = re.fullmatch(
+        r"Handler of plugin 'busy' \(id 45\) took (\S+) s on a 0x52 \(DATA\) frame, over its "
+        r"0\.1 s timeout; a synchronous handler cannot be interrupted - make it async \(then it "
+        r"is cancelled at the limit\) or faster",
+        record.getMessage(),
     )
+    assert took is not None, record.getMessage()
+    assert float(took[1]) >= 0.12
 
 
 # -- dependencies ---------------------------------------------------------------------

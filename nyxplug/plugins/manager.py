@@ -57,7 +57,7 @@ from .errors import DependencyError, PluginLoadError, PluginNotFound, PluginStat
 from .reload import LoadSteps, ReloadResult, reload_plugin
 from .staging import guard_of, instantiate, read_code, staged_manifest
 from .state import PluginState
-from .supervise import call_on_unload, lifecycle_call, supervise
+from .supervise import Supervision, call_on_unload, lifecycle_call, supervise
 
 # nyxplug.trust (and cryptography, ~20 ms) loads when a manager is made or a package
 # verified, not with `import nyxplug.plugins`, which plugin code does for `Plugin`.
@@ -369,11 +369,14 @@ class PluginManager:
             if healthy is False:
                 raise RuntimeError("health() returned False")
             step = "start"
+            supervised = self._handler(record, instance, manifest)
             await self.dispatcher.load_plugin(
                 info,
-                self._handler(record, instance, manifest),
+                supervised.handler,
                 capacity=manifest.resources.capacity or self.config.defaults.capacity,
                 sandbox=record.guard,
+                overrun_limit=supervised.overrun_limit,
+                on_overrun=supervised.on_overrun,
             )
         except BaseException as exc:  # cancelled too: never left half-loaded in LOADING
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "cancelled"
@@ -409,10 +412,10 @@ class PluginManager:
     def _handler_timeout(self, manifest: Manifest) -> float | None:
         return manifest.resources.handler_timeout or self.config.defaults.handler_timeout
 
-    def _handler(self, record: PluginRecord, instance: Any, manifest: Manifest) -> Any:
+    def _handler(self, record: PluginRecord, instance: Any, manifest: Manifest) -> Supervision:
         """What the dispatcher calls: an isolated plugin times its handler in the child."""
         if isinstance(instance, IsolatedPlugin):
-            return instance
+            return Supervision(instance)
         return supervise(record, instance, manifest.id, self._handler_timeout(manifest))
 
     def _isolated(self, record: PluginRecord, manifest: Manifest, snapshot: Snapshot | None) -> Any:

@@ -26,7 +26,7 @@ from ..source.versions import VersionRange
 from .errors import ReloadFailed
 from .staging import guard_of, instantiate, staged_manifest
 from .state import PluginState
-from .supervise import call_on_unload, lifecycle_call
+from .supervise import Supervision, call_on_unload, lifecycle_call
 
 if TYPE_CHECKING:  # annotations only: the catalog's records carry this module's counters
     from .catalog import PluginRecord
@@ -207,7 +207,7 @@ class LoadSteps:
         [PluginRecord, Manifest, Snapshot | None], tuple[Callable[[], Any], LoadedCode | None]
     ]
     context: Callable[[str, Manifest, SandboxGuard | None], Any]
-    handler: Callable[[PluginRecord, Any, Manifest], Any]
+    handler: Callable[[PluginRecord, Any, Manifest], Supervision]
     signer_of: Callable[[Path], tuple[str | None, str | None]]
 
 
@@ -321,9 +321,16 @@ async def _reload_once(
             )
             dispatcher.registry.set_permissions(manifest.id, manifest.permission_mask)
 
-        handler = steps.handler(record, instance, manifest)
+        supervised = steps.handler(record, instance, manifest)
         pause = await _finish_even_if_cancelled(
-            dispatcher.swap_handler(manifest.id, handler, sandbox=guard, between=between)
+            dispatcher.swap_handler(
+                manifest.id,
+                supervised.handler,
+                sandbox=guard,
+                between=between,
+                overrun_limit=supervised.overrun_limit,
+                on_overrun=supervised.on_overrun,
+            )  # fmt: skip
         )
     except BaseException as exc:  # cancelled too: nothing of the new version may linger
         if code is not None:
