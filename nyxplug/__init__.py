@@ -10,6 +10,9 @@ from ._constants import (
     DEFAULT_CAPACITY as DEFAULT_CAPACITY,
 )
 from ._constants import (
+    DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE,
+)
+from ._constants import (
     DEFAULT_MAX_HEADER_SIZE as DEFAULT_MAX_HEADER_SIZE,
 )
 from ._constants import (
@@ -34,10 +37,16 @@ from ._errors import (
     DispatchError as DispatchError,
 )
 from ._errors import (
+    FrameDecodeError as FrameDecodeError,
+)
+from ._errors import (
     FrameError as FrameError,
 )
 from ._errors import (
     FrameTooLarge as FrameTooLarge,
+)
+from ._errors import (
+    FramingError as FramingError,
 )
 from ._errors import (
     HeaderDecodeError as HeaderDecodeError,
@@ -79,6 +88,9 @@ from ._impl import (
     Dispatcher as Dispatcher,
 )
 from ._impl import (
+    PluginFrame as PluginFrame,
+)
+from ._impl import (
     PluginHeader as PluginHeader,
 )
 from ._impl import (
@@ -91,11 +103,14 @@ from ._info import PluginInfo as PluginInfo
 from ._runner import run as run
 from ._stats import DispatchStats as DispatchStats
 from ._stats import PluginStats as PluginStats
+from ._stream import FrameReader as FrameReader
+from ._stream import frame_message as frame_message
 
 __version__ = "0.1.0"
 
 __all__ = (
     "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_PAYLOAD_SIZE",
     "USE_EXTENSIONS",
@@ -105,15 +120,19 @@ __all__ = (
     "DispatchStats",
     "DispatchStatus",
     "Dispatcher",
+    "FrameDecodeError",
     "FrameError",
+    "FrameReader",
     "FrameTooLarge",
     "FrameType",
+    "FramingError",
     "HeaderDecodeError",
     "NotRegistered",
     "NyxplugError",
     "Permission",
     "PermissionDenied",
     "PluginClosed",
+    "PluginFrame",
     "PluginHeader",
     "PluginInfo",
     "PluginMessage",
@@ -125,5 +144,6 @@ __all__ = (
     "UnknownFrameType",
     "WouldBlock",
     "WrongThread",
+    "frame_message",
     "run",
 )

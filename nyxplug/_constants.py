@@ -16,6 +16,7 @@ __all__ = (
     "DEFAULT_CAPACITY",
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_PAYLOAD_SIZE",
+    "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_FRAME_PERMISSIONS",
     "PLUGIN_FRAME_MIN",
     "PLUGIN_FRAME_MAX",
@@ -85,6 +86,9 @@ DEFAULT_CAPACITY = 100
 DEFAULT_MAX_HEADER_SIZE = 4096
 #: Largest payload accepted per frame.
 DEFAULT_MAX_PAYLOAD_SIZE = 16 * 1024 * 1024
+#: Largest whole frame (``PluginFrame``) and largest message on a length-prefixed
+#: stream (SPEC 8): a 1 MiB payload plus a header at its own 4 KiB limit.
+DEFAULT_MAX_FRAME_SIZE = 1024 * 1024 + 4096
 
 MAX_PLUGIN_ID = 2**32 - 1
 MAX_FLAGS = 255

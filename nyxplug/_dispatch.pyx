@@ -20,6 +20,7 @@ with the twin, so messages are identical by construction.
 """
 
 cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromUnsignedLong
@@ -40,6 +41,7 @@ from collections import deque
 from nyxplug._constants import (
     DEFAULT_CAPACITY,
     DEFAULT_FRAME_PERMISSIONS,
+    DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_PAYLOAD_SIZE,
     MAX_BATCH_SEQ,
@@ -65,13 +67,14 @@ from nyxplug._errors import (
     WouldBlock,
     WrongThread,
 )
-from nyxplug._frames import decode_header_fields
+from nyxplug._frames import decode_frame_fields, decode_header_fields
 from nyxplug._handlers import log_handler_error, report_overrun, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._refused import Refused
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import (
     BatchErrors,
+    as_byte_view,
     as_bytes,
     check_list,
     check_overrun,
@@ -83,7 +86,8 @@ from nyxplug._validate import (
 )
 
 __all__ = (
-    "Dispatcher", "PluginHeader", "PluginMessage", "PluginRegistry", "decode_batch", "encode_batch",
+    "Dispatcher", "PluginFrame", "PluginHeader", "PluginMessage", "PluginRegistry", "decode_batch",
+    "encode_batch",
 )
 
 cdef extern from "Python.h":
@@ -458,6 +462,174 @@ cdef class PluginMessage:
             f"PluginMessage(frame_type=0x{int(self.frame_type):02x}, "
             f"header={self.header!r}, payload={self.payload!r})"
         )
+
+
+# -- whole frames (SPEC 8) ------------------------------------------------------------
+
+cdef list _FRAME_TYPES = [frame_type_object(code) for code in range(256)]
+
+
+cdef PluginFrame _decode_frame_at(const unsigned char* p, Py_ssize_t end, bint prefix,
+                                  Py_ssize_t* used):
+    """The layout ``encode`` writes, in C; None for anything else (other key order, long
+    heads, truncation, trailing bytes outside prefix mode): the shared strict decoder
+    then decides, and writes any error message."""
+    cdef Py_ssize_t pos, data_at
+    cdef uint64_t frame_type = 0, id_ = 0, flags = 0, length = 0, payload_len = 0
+    if end < 47 or memcmp(p, b"\xa3\x6aframe_type", 12) != 0:
+        return None
+    pos = _read_uint(p, 12, end, 0, &frame_type)
+    if pos < 0 or frame_type > 255 or pos + 11 > end:
+        return None
+    if memcmp(p + pos, b"\x66header\xa3\x62id", 11) != 0:
+        return None
+    pos = _read_uint(p, pos + 11, end, 0, &id_)
+    if pos < 0 or pos + 6 > end or memcmp(p + pos, b"\x65flags", 6) != 0:
+        return None
+    pos = _read_uint(p, pos + 6, end, 0, &flags)
+    if pos < 0 or flags > MAX_FLAGS or pos + 5 > end or memcmp(p + pos, b"\x64data", 5) != 0:
+        return None
+    pos = _read_uint(p, pos + 5, end, 2, &length)
+    if pos < 0 or length > <uint64_t>(end - pos):
+        return None
+    data_at = pos
+    pos += <Py_ssize_t>length
+    if pos + 8 > end or memcmp(p + pos, b"\x67payload", 8) != 0:
+        return None
+    pos = _read_uint(p, pos + 8, end, 2, &payload_len)
+    if pos < 0 or payload_len > <uint64_t>(end - pos):
+        return None
+    if not prefix and <uint64_t>(end - pos) != payload_len:
+        return None
+    cdef PluginHeader header = PluginHeader.__new__(PluginHeader)
+    header.id = PyLong_FromUnsignedLong(<unsigned long>id_)
+    header.flags = <int>flags
+    header.data = PyBytes_FromStringAndSize(<const char*>p + data_at, <Py_ssize_t>length)
+    header._cid = <unsigned long>id_
+    header._size = _canonical_size(id_, flags, <Py_ssize_t>length)
+    cdef PluginFrame frame = PluginFrame.__new__(PluginFrame)
+    frame.frame_type = _FRAME_TYPES[frame_type]
+    frame.header = header
+    frame.payload = PyBytes_FromStringAndSize(<const char*>p + pos, <Py_ssize_t>payload_len)
+    used[0] = pos + <Py_ssize_t>payload_len
+    return frame
+
+
+cdef PluginFrame _new_frame(object frame_type, object id_, int flags, bytes data, bytes payload):
+    cdef PluginFrame frame = PluginFrame.__new__(PluginFrame)
+    frame.frame_type = _FRAME_TYPES[frame_type]
+    frame.header = _new_header(id_, flags, data)
+    frame.payload = payload
+    return frame
+
+
+cdef inline Py_ssize_t _frame_limit(object max_size) except -1:
+    if type(max_size) is int and 0 <= max_size <= 2**62:
+        return max_size
+    return check_uint("max_size", max_size, 2**62)  # the twin's check and message
+
+
+@cython.final
+@cython.no_gc
+@cython.freelist(256)
+cdef class PluginFrame:
+    """A whole Nyx ``PluginFrame`` as it crosses a byte stream (SPEC 8): frame type,
+    header and payload in one CBOR map, ``{"frame_type", "header", "payload"}``."""
+
+    cdef readonly object frame_type
+    cdef readonly PluginHeader header
+    cdef readonly bytes payload
+
+    def __init__(self, frame_type, header, payload=b""):
+        if not isinstance(header, PluginHeader):
+            raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
+        self.frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
+        self.header = <PluginHeader>header
+        self.payload = as_bytes("payload", payload)
+
+    def encode(self):
+        """Byte-for-byte ``cbor2.dumps`` of the frame's map (Nyx's own layout)."""
+        cdef uint64_t frame_type = <int>self.frame_type
+        cdef Py_ssize_t payload_len = PyBytes_GET_SIZE(self.payload)
+        cdef Py_ssize_t pos = 12 + _head_size(frame_type) + 7
+        cdef Py_ssize_t size = pos + self.header._size + 8 + _head_size(payload_len) + payload_len
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+        cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+        memcpy(p, b"\xa3\x6aframe_type", 12)
+        _put_head(p + 12, 0, frame_type)
+        memcpy(p + pos - 7, b"\x66header", 7)
+        _write_header(p + pos, self.header)
+        pos += self.header._size
+        memcpy(p + pos, b"\x67payload", 8)
+        pos += 8
+        pos += _put_head(p + pos, 2, <uint64_t>payload_len)
+        memcpy(p + pos, PyBytes_AS_STRING(self.payload), payload_len)
+        return out
+
+    @classmethod
+    def decode(cls, buf, *, max_size=DEFAULT_MAX_FRAME_SIZE):
+        """Decode exactly one frame, strictly (SPEC 8); ``FrameTooLarge`` before decoding
+        if ``buf`` is longer than ``max_size``, ``FrameDecodeError`` for the rest."""
+        cdef bytes raw = <bytes>buf if type(buf) is bytes else as_bytes("buf", buf)
+        cdef Py_ssize_t limit = _frame_limit(max_size)
+        cdef Py_ssize_t used = 0
+        cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
+        if end > limit:
+            raise FrameTooLarge("frame", end, limit)
+        frame = _decode_frame_at(<const unsigned char*>PyBytes_AS_STRING(raw), end, False, &used)
+        if frame is not None:
+            return frame
+        ft, id_, flags, data, payload, used = decode_frame_fields(raw, limit)
+        return _new_frame(ft, id_, flags, data, payload)
+
+    @classmethod
+    def decode_prefix(cls, buf, *, max_size=DEFAULT_MAX_FRAME_SIZE):
+        """Decode the frame at the front of ``buf``: ``(frame, bytes used)``; bytes after
+        it are left alone. ``None`` when ``buf`` ends inside the frame (feed more bytes);
+        ``FrameTooLarge`` when the frame needs more than ``max_size`` bytes."""
+        cdef Py_ssize_t limit = _frame_limit(max_size)
+        cdef Py_ssize_t used = 0
+        cdef Py_buffer view
+        cdef PluginFrame frame
+        if type(buf) is bytes:
+            frame = _decode_frame_at(<const unsigned char*>PyBytes_AS_STRING(buf),
+                                     min(PyBytes_GET_SIZE(buf), limit), True, &used)
+        elif isinstance(buf, (bytearray, memoryview)):
+            source = as_byte_view("buf", buf)
+            PyObject_GetBuffer(source, &view, PyBUF_SIMPLE)
+            try:
+                frame = _decode_frame_at(<const unsigned char*>view.buf, min(view.len, limit),
+                                         True, &used)
+            finally:
+                PyBuffer_Release(&view)
+        else:
+            frame = None
+        if frame is not None:
+            return frame, used
+        fields = decode_frame_fields(as_byte_view("buf", buf), limit, True)
+        if fields is None:
+            return None
+        ft, id_, flags, data, payload, used_ = fields
+        return _new_frame(ft, id_, flags, data, payload), used_
+
+    def __eq__(self, other):
+        if not isinstance(other, PluginFrame):
+            return NotImplemented
+        cdef PluginFrame o = <PluginFrame>other
+        return (self.frame_type == o.frame_type and self.header == o.header
+                and self.payload == o.payload)
+
+    def __hash__(self):
+        return hash((self.frame_type, self.header, self.payload))
+
+    def __repr__(self):
+        return (
+            f"PluginFrame(frame_type=0x{int(self.frame_type):02x}, "
+            f"header={self.header!r}, payload={self.payload!r})"
+        )
+
+    def __reduce__(self):
+        return (PluginFrame, (int(self.frame_type), self.header, self.payload))
 
 
 # -- the isolation wire's frame batches ---------------------------------------------

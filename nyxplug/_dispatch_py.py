@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, final
 from ._constants import (
     DEFAULT_CAPACITY,
     DEFAULT_FRAME_PERMISSIONS,
+    DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_PAYLOAD_SIZE,
     FLAG_REQUIRED,
@@ -61,7 +62,13 @@ from ._errors import (
     WouldBlock,
     WrongThread,
 )
-from ._frames import canonical_header_size, decode_header_fields, encode_header
+from ._frames import (
+    canonical_header_size,
+    decode_frame_fields,
+    decode_header_fields,
+    encode_frame,
+    encode_header,
+)
 from ._handlers import Handler, log_handler_error, report_overrun, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._refused import Refused
@@ -69,6 +76,7 @@ from ._stats import DispatchStats, PluginStats
 from ._validate import (
     BatchErrors,
     BytesLike,
+    as_byte_view,
     as_bytes,
     check_list,
     check_overrun,
@@ -84,6 +92,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Dispatcher",
+    "PluginFrame",
     "PluginHeader",
     "PluginMessage",
     "PluginRegistry",
@@ -271,6 +280,97 @@ class PluginMessage:
             f"PluginMessage(frame_type=0x{int(self._frame_type):02x}, "
             f"header={self._header!r}, payload={self._payload!r})"
         )
+
+
+@final
+class PluginFrame:
+    """A whole Nyx ``PluginFrame`` as it crosses a byte stream (SPEC 8): frame type,
+    header and payload in one CBOR map, ``{"frame_type", "header", "payload"}``."""
+
+    __slots__ = ("_frame_type", "_header", "_payload")
+
+    def __init__(self, frame_type: int, header: PluginHeader, payload: BytesLike = b"") -> None:
+        if not isinstance(header, PluginHeader):
+            raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
+        self._frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
+        self._header = header
+        self._payload = as_bytes("payload", payload)
+
+    @property
+    def frame_type(self) -> int:
+        """The frame type (a ``FrameType`` member for the four built-in types)."""
+        return self._frame_type
+
+    @property
+    def header(self) -> PluginHeader:
+        """The plugin header."""
+        return self._header
+
+    @property
+    def payload(self) -> bytes:
+        """The frame's payload bytes."""
+        return self._payload
+
+    def encode(self) -> bytes:
+        """Byte-for-byte ``cbor2.dumps`` of the frame's map (Nyx's own layout)."""
+        header = self._header
+        return encode_frame(
+            self._frame_type, header._id, header._flags, header._data, self._payload
+        )
+
+    @classmethod
+    def decode(cls, buf: BytesLike, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> PluginFrame:
+        """Decode exactly one frame, strictly (SPEC 8); ``FrameTooLarge`` before decoding
+        if ``buf`` is longer than ``max_size``, ``FrameDecodeError`` for the rest."""
+        limit = check_uint("max_size", max_size, 2**62)
+        fields = decode_frame_fields(as_bytes("buf", buf), limit)
+        assert fields is not None
+        return _new_frame(*fields)
+
+    @classmethod
+    def decode_prefix(
+        cls, buf: BytesLike, *, max_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> tuple[PluginFrame, int] | None:
+        """Decode the frame at the front of ``buf``: ``(frame, bytes used)``; bytes after
+        it are left alone. ``None`` when ``buf`` ends inside the frame (feed more bytes);
+        ``FrameTooLarge`` when the frame needs more than ``max_size`` bytes."""
+        limit = check_uint("max_size", max_size, 2**62)
+        fields = decode_frame_fields(as_byte_view("buf", buf), limit, True)
+        if fields is None:
+            return None
+        return _new_frame(*fields[:5]), fields[5]
+
+    def __eq__(self, other: object, /) -> bool:
+        if not isinstance(other, PluginFrame):
+            return NotImplemented
+        return (
+            self._frame_type == other._frame_type
+            and self._header == other._header
+            and self._payload == other._payload
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._frame_type, self._header, self._payload))
+
+    def __repr__(self) -> str:
+        return (
+            f"PluginFrame(frame_type=0x{int(self._frame_type):02x}, "
+            f"header={self._header!r}, payload={self._payload!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PluginFrame, (int(self._frame_type), self._header, self._payload))
+
+
+def _new_frame(
+    frame_type: int, id_: int, flags: int, data: bytes, payload: bytes, used: int = 0
+) -> PluginFrame:
+    """Build a frame from fields the decoder already validated."""
+    frame = PluginFrame.__new__(PluginFrame)
+    frame._frame_type = frame_type_object(frame_type)
+    frame._header = _new_header(id_, flags, data)
+    frame._payload = payload
+    return frame
 
 
 _BATCH_HEAD = struct.Struct("<IBQI")

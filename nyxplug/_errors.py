@@ -21,8 +21,10 @@ __all__ = (
     "AlreadyLoaded",
     "AlreadyRegistered",
     "DispatchError",
+    "FrameDecodeError",
     "FrameError",
     "FrameTooLarge",
+    "FramingError",
     "HeaderDecodeError",
     "NotRegistered",
     "NyxplugError",
@@ -217,6 +219,42 @@ class HeaderDecodeError(FrameError):
         return HeaderDecodeError(self.expected, self.found, self.offset, frame_type)
 
 
+class FrameDecodeError(HeaderDecodeError):
+    """A whole ``PluginFrame`` is not the CBOR map SPEC 8 describes.
+
+    A ``HeaderDecodeError`` too, so code that handles undecodable headers handles
+    undecodable frames alike; the message says "in plugin frame" and offsets count
+    from the frame's first byte.
+    """
+
+    def __str__(self) -> str:
+        at = "" if self.offset is None else f" at byte {self.offset}"
+        return f"Expected {self.expected}, got {self.found}{at} - in plugin frame"
+
+
+class FramingError(FrameError):
+    """A byte stream broke the length-prefix framing of SPEC 8; nothing after it is trusted.
+
+    ``offset`` counts bytes from the start of the stream.
+    """
+
+    def __init__(self, expected: str, found: str, offset: int) -> None:
+        super().__init__(expected, found, offset)
+        self.expected = expected
+        self.found = found
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return (
+            f"Expected {self.expected}, got {self.found} at stream byte {self.offset} - in a "
+            "length-prefixed stream; nothing after it can be trusted, close the connection"
+        )
+
+
+#: The option that raises each part's size limit, named in ``FrameTooLarge``'s message.
+_SIZE_OPTIONS = {"header": "max_header_size", "frame": "max_size", "message": "max_size"}
+
+
 class FrameTooLarge(FrameError):
     """The header or payload is longer than the configured limit; nothing was decoded."""
 
@@ -229,7 +267,7 @@ class FrameTooLarge(FrameError):
 
     def __str__(self) -> str:
         where = "" if self.frame_type is None else f" of frame {frame_type_name(self.frame_type)}"
-        option = "max_header_size" if self.part == "header" else "max_payload_size"
+        option = _SIZE_OPTIONS.get(self.part, "max_payload_size")
         return (
             f"Expected a {self.part} of at most {self.limit} bytes, got {self.size} bytes"
             f" - in {self.part}{where}; raise {option} or send less"

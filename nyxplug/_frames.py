@@ -18,9 +18,15 @@ from __future__ import annotations
 import struct
 
 from ._constants import MAX_FLAGS, MAX_PLUGIN_ID
-from ._errors import FrameTooLarge, HeaderDecodeError
+from ._errors import FrameDecodeError, FrameTooLarge, HeaderDecodeError
 
-__all__ = ("canonical_header_size", "decode_header_fields", "encode_header")
+__all__ = (
+    "canonical_header_size",
+    "decode_frame_fields",
+    "encode_frame",
+    "encode_header",
+    "decode_header_fields",
+)
 
 _MAJOR_NAMES = (
     "an unsigned integer",
@@ -96,9 +102,11 @@ class _Reader:
         if self.end - self.pos < n:
             raise HeaderDecodeError(
                 f"{n} more bytes for {what}",
-                f"{self.end - self.pos} left (truncated header)",
+                f"{self.end - self.pos} left (truncated {self.part})",
                 self.pos,
             )
+
+    part = "header"  # what the truncation message calls the input
 
     def head(self) -> tuple[int, int, int, int]:
         """Read one item head: (major type, additional info, argument, offset of head)."""
@@ -203,6 +211,25 @@ def _check_data(major: int, value: object, offset: int) -> bytes:
     return value
 
 
+def _header_map(reader: _Reader, count: int, start: int) -> tuple[int, int, bytes]:
+    """The entries of a header map of ``count`` entries whose head is at ``start``."""
+    fields: dict[str, tuple[int, object, int]] = {}
+    # Each entry takes at least two bytes, so a huge declared count fails on
+    # truncation after at most len(buf) / 2 iterations.
+    for _ in range(count):
+        key_major, key, key_off = reader.scalar("as a map key")
+        value = reader.scalar(f"as value of key {key!r}")
+        if key_major == 3 and key in ("id", "flags", "data"):
+            assert isinstance(key, str)
+            if key in fields:
+                raise HeaderDecodeError(f"key `{key}` once", "a duplicate", key_off)
+            fields[key] = value
+    for key in ("id", "flags", "data"):
+        if key not in fields:
+            raise HeaderDecodeError(f"key `{key}`", "a map without it", start)
+    return _check_id(*fields["id"]), _check_flags(*fields["flags"]), _check_data(*fields["data"])
+
+
 def _decode_canonical(buf: bytes) -> tuple[int, int, bytes] | None:
     """The shape ``encode_header`` writes, read with slicing; None for anything else.
 
@@ -281,23 +308,7 @@ def decode_header_fields(buf: bytes, max_size: int) -> tuple[int, int, bytes]:
         m, v, off = reader.scalar("as item 2 of the header array")
         data = _check_data(m, v, off)
     elif major == 5:
-        fields: dict[str, tuple[int, object, int]] = {}
-        # Each entry takes at least two bytes, so a huge declared count fails on
-        # truncation after at most len(buf) / 2 iterations.
-        for _ in range(count):
-            key_major, key, key_off = reader.scalar("as a map key")
-            value = reader.scalar(f"as value of key {key!r}")
-            if key_major == 3 and key in ("id", "flags", "data"):
-                assert isinstance(key, str)
-                if key in fields:
-                    raise HeaderDecodeError(f"key `{key}` once", "a duplicate", key_off)
-                fields[key] = value
-        for key in ("id", "flags", "data"):
-            if key not in fields:
-                raise HeaderDecodeError(f"key `{key}`", "a map without it", start)
-        id_ = _check_id(*fields["id"])
-        flags = _check_flags(*fields["flags"])
-        data = _check_data(*fields["data"])
+        id_, flags, data = _header_map(reader, count, start)
     elif major == 6:
         raise HeaderDecodeError("no CBOR tags", f"tag {count} around the header", start)
     else:
@@ -309,3 +320,212 @@ def decode_header_fields(buf: bytes, max_size: int) -> tuple[int, int, bytes]:
             reader.pos,
         )
     return id_, flags, data
+
+
+# -- whole frames (SPEC 8) -------------------------------------------------------------
+
+_FRAME_EXPECTED = "a CBOR map {frame_type, header, payload}"
+_HEADER_EXPECTED = "`header` as a CBOR map {id, flags, data}"
+
+
+def encode_frame(frame_type: int, id: int, flags: int, data: bytes, payload: bytes) -> bytes:
+    """Byte-for-byte ``cbor2.dumps({"frame_type": …, "header": {…}, "payload": …})``."""
+    return b"".join(
+        (
+            b"\xa3\x6aframe_type",
+            _uint_head(0, frame_type),
+            b"\x66header",
+            encode_header(id, flags, data),
+            b"\x67payload",
+            _uint_head(2, len(payload)),
+            payload,
+        )
+    )
+
+
+class _Short(Exception):
+    """Prefix mode: the buffer ends inside the frame, which needs at least ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class _FrameReader(_Reader):
+    """The header's reader over a frame: bytes values (also from a memoryview), and in
+    prefix mode a short buffer is ``_Short`` (more bytes may come), not an error."""
+
+    __slots__ = ("prefix",)
+    part = "frame"
+
+    def __init__(self, buf: bytes | memoryview, prefix: bool) -> None:
+        super().__init__(buf)  # type: ignore[arg-type]
+        self.prefix = prefix
+
+    def need(self, n: int, what: str) -> None:
+        if self.end - self.pos < n:
+            if self.prefix:
+                raise _Short(self.pos + n)
+            super().need(n, what)
+
+    def take(self, n: int, what: str) -> bytes:
+        return bytes(super().take(n, what))
+
+
+def _check_frame_type(major: int, value: object, offset: int) -> int:
+    if major not in (0, 1):
+        raise HeaderDecodeError(
+            "`frame_type` as an unsigned integer in 0..255", _MAJOR_NAMES[major], offset
+        )
+    assert isinstance(value, int)
+    if not 0 <= value <= 255:
+        raise HeaderDecodeError("`frame_type` in 0..255", str(value), offset)
+    return value
+
+
+def _check_payload(major: int, value: object, offset: int) -> bytes:
+    if major != 2:
+        raise HeaderDecodeError("`payload` as a byte string", _MAJOR_NAMES[major], offset)
+    assert isinstance(value, bytes)
+    return value
+
+
+def _frame_map(reader: _FrameReader) -> tuple[int, int, int, bytes, bytes]:
+    major, _info, count, start = reader.head()
+    if major == 6:
+        raise HeaderDecodeError("no CBOR tags", f"tag {count} around the frame", start)
+    if major != 5:
+        raise HeaderDecodeError(_FRAME_EXPECTED, _MAJOR_NAMES[major], start)
+    fields: dict[str, tuple[int, object, int]] = {}
+    header: tuple[int, int, bytes] | None = None
+    for _ in range(count):
+        key_major, key, key_off = reader.scalar("as a map key")
+        if key_major == 3 and key == "header":
+            if header is not None:
+                raise HeaderDecodeError("key `header` once", "a duplicate", key_off)
+            major, _info, arg, at = reader.head()
+            if major == 6:
+                raise HeaderDecodeError("no CBOR tags", f"tag {arg} as value of key 'header'", at)
+            if major != 5:
+                raise HeaderDecodeError(_HEADER_EXPECTED, _MAJOR_NAMES[major], at)
+            header = _header_map(reader, arg, at)
+            continue
+        value = reader.scalar(f"as value of key {key!r}")
+        if key_major == 3 and key in ("frame_type", "payload"):
+            assert isinstance(key, str)
+            if key in fields:
+                raise HeaderDecodeError(f"key `{key}` once", "a duplicate", key_off)
+            fields[key] = value
+    for key in ("frame_type", "header", "payload"):
+        if key not in fields and (key != "header" or header is None):
+            raise HeaderDecodeError(f"key `{key}`", "a map without it", start)
+    assert header is not None
+    frame_type = _check_frame_type(*fields["frame_type"])
+    return frame_type, *header, _check_payload(*fields["payload"])
+
+
+def _decode_frame_canonical(
+    buf: bytes | memoryview, prefix: bool
+) -> tuple[int, int, int, bytes, bytes, int] | None:
+    """The layout ``encode_frame`` writes, read with slicing; None for anything else
+    (other key order, long heads, truncation), which the strict reader then explains."""
+    if buf[:12] != b"\xa3\x6aframe_type":
+        return None
+    try:
+        head = buf[12]
+        if head < 24:
+            frame_type, pos = head, 13
+        elif head == 24:
+            frame_type, pos = buf[13], 14
+        else:
+            return None
+        if buf[pos : pos + 11] != b"\x66header\xa3\x62id":
+            return None
+        pos += 11
+        head = buf[pos]
+        if head < 24:
+            id_, pos = head, pos + 1
+        elif head == 24:
+            id_, pos = buf[pos + 1], pos + 2
+        elif head == 25:
+            id_, pos = int.from_bytes(buf[pos + 1 : pos + 3], "big"), pos + 3
+        elif head == 26:
+            id_, pos = int.from_bytes(buf[pos + 1 : pos + 5], "big"), pos + 5
+        else:
+            return None
+        if buf[pos : pos + 6] != b"\x65flags":
+            return None
+        head = buf[pos + 6]
+        if head < 24:
+            flags, pos = head, pos + 7
+        elif head == 24:
+            flags, pos = buf[pos + 7], pos + 8
+        else:
+            return None
+        if buf[pos : pos + 5] != b"\x64data":
+            return None
+        length, pos = _bstr_head(buf, pos + 5)
+        data = bytes(buf[pos : pos + length])
+        pos += length
+        if buf[pos : pos + 8] != b"\x67payload":
+            return None
+        length, pos = _bstr_head(buf, pos + 8)
+    except IndexError:
+        return None
+    end = pos + length
+    if end > len(buf) or (end != len(buf) and not prefix):
+        return None
+    return frame_type, id_, flags, data, bytes(buf[pos:end]), end
+
+
+def _bstr_head(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """A byte string's length and where its bytes start; IndexError if not one."""
+    head = buf[pos]
+    if 0x40 <= head < 0x58:
+        return head - 0x40, pos + 1
+    if head == 0x58:
+        return buf[pos + 1], pos + 2
+    if head == 0x59:
+        return int.from_bytes(buf[pos + 1 : pos + 3], "big"), pos + 3
+    if head == 0x5A:
+        return int.from_bytes(buf[pos + 1 : pos + 5], "big"), pos + 5
+    raise IndexError(pos)
+
+
+def decode_frame_fields(
+    buf: bytes | memoryview, max_size: int, prefix: bool = False
+) -> tuple[int, int, int, bytes, bytes, int] | None:
+    """Decode one whole frame into ``(frame_type, id, flags, data, payload, used)``.
+
+    Whole-buffer mode: ``FrameTooLarge`` when ``len(buf) > max_size`` (before reading
+    anything), ``FrameDecodeError`` for everything SPEC 8 refuses, trailing bytes
+    included. Prefix mode reads one frame from the front of ``buf`` and allows bytes
+    after it; ``None`` when ``buf`` ends inside a frame that could still be valid and
+    fit (more bytes needed), ``FrameTooLarge`` when that frame needs more than
+    ``max_size`` bytes.
+    """
+    size = len(buf)
+    if size > max_size:
+        if not prefix:
+            raise FrameTooLarge("frame", size, max_size)
+        buf = memoryview(buf)[:max_size]
+    canonical = _decode_frame_canonical(buf, prefix)
+    if canonical is not None:
+        return canonical
+    reader = _FrameReader(buf, prefix)
+    try:
+        if reader.end == 0 and not prefix:
+            raise HeaderDecodeError(_FRAME_EXPECTED, "empty input", 0)
+        fields = _frame_map(reader)
+        if not prefix and reader.pos != reader.end:
+            raise HeaderDecodeError(
+                "the end of the frame after one CBOR item",
+                f"{reader.end - reader.pos} trailing bytes",
+                reader.pos,
+            )
+    except _Short as short:
+        if size >= max_size:
+            raise FrameTooLarge("frame", short.size, max_size) from None
+        return None
+    except HeaderDecodeError as exc:
+        raise FrameDecodeError(exc.expected, exc.found, exc.offset) from None
+    return (*fields, reader.pos)

@@ -16,6 +16,7 @@ __all__ = (
     "REQUIRE_EXTENSIONS",
     "USE_EXTENSIONS",
     "Dispatcher",
+    "PluginFrame",
     "PluginHeader",
     "PluginMessage",
     "PluginRegistry",
@@ -61,6 +62,7 @@ if NO_EXTENSIONS and REQUIRE_EXTENSIONS:
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._dispatch_py import (
         Dispatcher,
+        PluginFrame,
         PluginHeader,
         PluginMessage,
         PluginRegistry,
@@ -73,6 +75,7 @@ else:
     try:
         from ._dispatch import (  # type: ignore[no-redef]
             Dispatcher,
+            PluginFrame,
             PluginHeader,
             PluginMessage,
             PluginRegistry,
@@ -89,6 +92,7 @@ else:
             ) from exc
         from ._dispatch_py import (  # type: ignore[assignment]
             Dispatcher,
+            PluginFrame,
             PluginHeader,
             PluginMessage,
             PluginRegistry,

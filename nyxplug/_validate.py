@@ -10,6 +10,7 @@ from ._constants import FrameType
 __all__ = (
     "BytesLike",
     "BatchErrors",
+    "as_byte_view",
     "as_bytes",
     "check_list",
     "check_overrun",
@@ -42,6 +43,18 @@ def as_bytes(name: str, value: object) -> bytes:
     if isinstance(value, _BYTES_LIKE):
         return bytes(value)
     raise TypeError(f"Expected `{name}` to be bytes-like, got {type(value).__name__}")
+
+
+def as_byte_view(name: str, value: object) -> bytes | memoryview:
+    """``value`` without copying it where possible: bytes as they are, a flat byte view
+    of a bytearray or memoryview, else ``as_bytes`` (a copy, or its TypeError)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        view = memoryview(value)
+        if view.format == "B" and view.c_contiguous:
+            return view
+    return as_bytes(name, value)
 
 
 def check_list(name: str, value: object) -> list[Any]:
