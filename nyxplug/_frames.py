@@ -395,7 +395,9 @@ def _frame_map(reader: _FrameReader) -> tuple[int, int, int, bytes, bytes]:
         raise HeaderDecodeError("no CBOR tags", f"tag {count} around the frame", start)
     if major != 5:
         raise HeaderDecodeError(_FRAME_EXPECTED, _MAJOR_NAMES[major], start)
-    fields: dict[str, tuple[int, object, int]] = {}
+    # Each field is checked as soon as it is read, so prefix mode refuses a bad frame
+    # without waiting for the rest of it.
+    fields: dict[str, object] = {}
     header: tuple[int, int, bytes] | None = None
     for _ in range(count):
         key_major, key, key_off = reader.scalar("as a map key")
@@ -414,13 +416,16 @@ def _frame_map(reader: _FrameReader) -> tuple[int, int, int, bytes, bytes]:
             assert isinstance(key, str)
             if key in fields:
                 raise HeaderDecodeError(f"key `{key}` once", "a duplicate", key_off)
-            fields[key] = value
+            check = _check_frame_type if key == "frame_type" else _check_payload
+            fields[key] = check(*value)
     for key in ("frame_type", "header", "payload"):
         if key not in fields and (key != "header" or header is None):
             raise HeaderDecodeError(f"key `{key}`", "a map without it", start)
     assert header is not None
-    frame_type = _check_frame_type(*fields["frame_type"])
-    return frame_type, *header, _check_payload(*fields["payload"])
+    frame_type = fields["frame_type"]
+    payload = fields["payload"]
+    assert isinstance(frame_type, int) and isinstance(payload, bytes)
+    return frame_type, *header, payload
 
 
 def _decode_frame_canonical(
