@@ -156,7 +156,9 @@ def test_decode_accepts_non_shortest_heads(impl) -> None:
         b"\xa3\x6aframe_type\x19\x00\x52\x66header\xa3\x62id\x1a\x00\x00\x00\x07"
         b"\x65flags\x18\x01\x64data\x59\x00\x01z\x67payload\x5a\x00\x00\x00\x01p"
     )
-    assert impl.PluginFrame.decode(buf) == impl.PluginFrame(0x52, impl.PluginHeader(7, 1, b"z"), b"p")
+    assert impl.PluginFrame.decode(buf) == impl.PluginFrame(
+        0x52, impl.PluginHeader(7, 1, b"z"), b"p"
+    )
 
 
 # -- refused input, with the message each one gets ----------------------------------
@@ -270,18 +272,18 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "Expected `data` as a byte string, got a text string at byte 38",
     ),
     "header duplicate id": (
-        nyx(header={"id": 1, "flags": 0, "data": b""})[:21]
-        + b"\xa4\x62id\x02"
-        + V[22:],
+        nyx(header={"id": 1, "flags": 0, "data": b""})[:21] + b"\xa4\x62id\x02" + V[22:],
         "Expected key `id` once, got a duplicate at byte 26",
     ),
     "map inside the header": (
         nyx(header={**H, "x": {}}),
-        f"Expected a scalar, text or byte string as value of key 'x', got a map {NESTED} at byte 41",
+        f"Expected a scalar, text or byte string as value of key 'x', got a map {NESTED} at "
+        "byte 41",
     ),
     "map under an unknown key": (
         cbor2.dumps({"frame_type": 0x52, "x": {}, "header": H, "payload": b""}),
-        f"Expected a scalar, text or byte string as value of key 'x', got a map {NESTED} at byte 16",
+        f"Expected a scalar, text or byte string as value of key 'x', got a map {NESTED} at "
+        "byte 16",
     ),
     "array under an unknown key": (
         nyx(payload=b"", x=[1]),
@@ -392,7 +394,11 @@ def test_prefix_mode_bounds_the_frame_not_the_buffer(impl) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"max_size": -1}, ValueError, r"^Expected `max_size` in 0\.\.4611686018427387904, got -1$"),
+        (
+            {"max_size": -1},
+            ValueError,
+            r"^Expected `max_size` in 0\.\.4611686018427387904, got -1$",
+        ),
         ({"max_size": 1.0}, TypeError, r"^Expected `max_size` to be an int, got float$"),
         ({"buf": "text"}, TypeError, r"^Expected `buf` to be bytes-like, got str$"),
     ],

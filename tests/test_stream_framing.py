@@ -8,9 +8,14 @@ repeats for every later call.
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT
 
 from nyxplug import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -30,7 +35,9 @@ STREAM = b"".join(frame_message(m) for m in MESSAGES)
 def test_frame_message_is_a_big_endian_length_prefix() -> None:
     assert frame_message(b"abc") == b"\x00\x00\x00\x03abc"
     assert frame_message(bytearray(b"x" * 256))[:4] == b"\x00\x00\x01\x00"
-    with pytest.raises(ValueError, match=r"^Expected a message of 1\.\.4294967295 bytes, got 0 bytes$"):
+    with pytest.raises(
+        ValueError, match=r"^Expected a message of 1\.\.4294967295 bytes, got 0 bytes$"
+    ):
         frame_message(b"")
 
 
@@ -190,7 +197,11 @@ def test_close_reports_a_stream_cut_inside_a_message() -> None:
     ("kwargs", "error", "message"),
     [
         ({"max_size": -1}, ValueError, r"^Expected `max_size` in 0\.\.4294967295, got -1$"),
-        ({"max_size": 2**32}, ValueError, r"^Expected `max_size` in 0\.\.4294967295, got 4294967296$"),
+        (
+            {"max_size": 2**32},
+            ValueError,
+            r"^Expected `max_size` in 0\.\.4294967295, got 4294967296$",
+        ),
         ({"max_size": "1"}, TypeError, r"^Expected `max_size` to be an int, got str$"),
     ],
 )
@@ -211,3 +222,25 @@ def test_repr_says_the_state() -> None:
     with pytest.raises(FramingError):
         reader.feed(b"\x00\x00\x00")
     assert repr(reader) == "<FrameReader max_size=100, failed, offset 0>"
+
+
+def test_readme_snippet_prints_what_the_readme_says(tmp_path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(
+        r"### Whole frames and stream framing\n.*?```python\n(.*?)```"
+        r"\n\nprints\n\n```text\n(.*?)```",
+        readme,
+        re.S,
+    )
+    assert found is not None
+    script = tmp_path / "frames.py"
+    script.write_text(found.group(1), encoding="utf-8")
+    for pure in ("0", "1"):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), NYXPLUG_NO_EXTENSIONS=pure)
+        if pure == "1":
+            env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == found.group(2)
