@@ -9,6 +9,7 @@ repeats for every later call.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import subprocess
@@ -147,6 +148,8 @@ def test_errors_are_frame_errors_and_fresh_each_time() -> None:
         errors.append(excinfo.value)
     assert errors[0] is not errors[1] and str(errors[0]) == str(errors[2])
     assert isinstance(errors[0], ValueError)
+    copy = pickle.loads(pickle.dumps(errors[0]))
+    assert type(copy) is FramingError and str(copy) == str(errors[0]) and copy.offset == 0
 
 
 def test_a_flood_stays_bounded() -> None:
