@@ -1,4 +1,5 @@
-"""The plugin header codec shared by both twins: canonical encoder, strict decoder.
+"""The plugin header and whole-frame codecs shared by both twins: canonical encoders,
+strict decoders.
 
 The compiled dispatcher decodes the canonical shape (what ``encode_header`` writes)
 in C and hands every other shape to ``decode_header_fields`` below, so error
@@ -23,9 +24,9 @@ from ._errors import FrameDecodeError, FrameTooLarge, HeaderDecodeError
 __all__ = (
     "canonical_header_size",
     "decode_frame_fields",
+    "decode_header_fields",
     "encode_frame",
     "encode_header",
-    "decode_header_fields",
 )
 
 _MAJOR_NAMES = (
@@ -92,6 +93,7 @@ class _Reader:
     """A cursor over the header bytes; every read checks the bytes are there."""
 
     __slots__ = ("buf", "pos", "end")
+    part = "header"  # what the truncation message calls the input
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
@@ -105,8 +107,6 @@ class _Reader:
                 f"{self.end - self.pos} left (truncated {self.part})",
                 self.pos,
             )
-
-    part = "header"  # what the truncation message calls the input
 
     def head(self) -> tuple[int, int, int, int]:
         """Read one item head: (major type, additional info, argument, offset of head)."""
@@ -506,7 +506,9 @@ def decode_frame_fields(
     included. Prefix mode reads one frame from the front of ``buf`` and allows bytes
     after it; ``None`` when ``buf`` ends inside a frame that could still be valid and
     fit (more bytes needed), ``FrameTooLarge`` when that frame needs more than
-    ``max_size`` bytes.
+    ``max_size`` bytes (its ``size`` is then the least the frame needs, as far as read).
+    The frame's header follows SPEC 1's map rules and messages; ``header`` is the only
+    nested map, and the array forms are not accepted in a frame.
     """
     size = len(buf)
     if size > max_size:
