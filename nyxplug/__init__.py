@@ -40,6 +40,9 @@ from ._errors import (
     FrameTooLarge as FrameTooLarge,
 )
 from ._errors import (
+    HandlerError as HandlerError,
+)
+from ._errors import (
     HeaderDecodeError as HeaderDecodeError,
 )
 from ._errors import (
@@ -59,6 +62,12 @@ from ._errors import (
 )
 from ._errors import (
     PluginNotRegistered as PluginNotRegistered,
+)
+from ._errors import (
+    ReplyTimeout as ReplyTimeout,
+)
+from ._errors import (
+    RequestDropped as RequestDropped,
 )
 from ._errors import (
     SandboxViolation as SandboxViolation,
@@ -108,6 +117,7 @@ __all__ = (
     "FrameError",
     "FrameTooLarge",
     "FrameType",
+    "HandlerError",
     "HeaderDecodeError",
     "NotRegistered",
     "NyxplugError",
@@ -121,6 +131,8 @@ __all__ = (
     "PluginNotRegistered",
     "PluginRegistry",
     "PluginStats",
+    "ReplyTimeout",
+    "RequestDropped",
     "SandboxViolation",
     "UnknownFrameType",
     "WouldBlock",
