@@ -148,14 +148,16 @@ def settle_batch(
             return exc
         return None
     bad: Exception | None = None
-    for msg, item in zip(batch, result):
+    for msg, item in zip(batch, result, strict=True):
         error = settle(replies, msg, plugin_id, item)
         if bad is None:
             bad = error
     return bad
 
 
-def fail_batch(replies: dict[Any, Any], batch: list[Any], plugin_id: int, exc: BaseException) -> None:
+def fail_batch(
+    replies: dict[Any, Any], batch: list[Any], plugin_id: int, exc: BaseException
+) -> None:
     """``handle_batch`` raised ``exc``: every request in the batch gets a ``HandlerError``."""
     for msg in batch:
         fail(replies, msg, plugin_id, exc)
