@@ -83,7 +83,7 @@ async def await_reply(
 
 def _as_reply(result: object) -> bytes | None:
     if result is None or type(result) is bytes:
-        return result  # type: ignore[return-value]
+        return result
     if isinstance(result, _BYTES_LIKE):
         return bytes(result)
     raise TypeError(

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+from conftest import ROOT
 from nyx_helpers import DATA, Gate, Ledger, assert_accounting, info
 from test_dispatcher import full_plugin, started_task
 
@@ -450,3 +454,26 @@ def test_reply_errors_pickle_and_say_where(name: str) -> None:
     )
     assert re.search(r"\bplugin 7\b", str(exc), re.IGNORECASE)
     assert f"0x{int(exc.frame_type):02x} ({FrameType(exc.frame_type).name})" in str(exc)
+
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SNIPPET = re.search(
+    r"### Replies\n.*?```python\n(.*?)```\n\nprints\n\n```text\n(.*?)```", README, re.S
+)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_replies_snippet_prints_what_the_readme_says(pure: bool, tmp_path) -> None:
+    assert SNIPPET is not None
+    script = tmp_path / "replies.py"
+    script.write_text(SNIPPET.group(1), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NYXPLUG_NO_EXTENSIONS", None)
+    if pure:
+        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
+        env["NYXPLUG_NO_EXTENSIONS"] = "1"
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == SNIPPET.group(2)
