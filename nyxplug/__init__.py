@@ -49,6 +49,9 @@ from ._errors import (
     FramingError as FramingError,
 )
 from ._errors import (
+    HandlerError as HandlerError,
+)
+from ._errors import (
     HeaderDecodeError as HeaderDecodeError,
 )
 from ._errors import (
@@ -68,6 +71,12 @@ from ._errors import (
 )
 from ._errors import (
     PluginNotRegistered as PluginNotRegistered,
+)
+from ._errors import (
+    ReplyTimeout as ReplyTimeout,
+)
+from ._errors import (
+    RequestDropped as RequestDropped,
 )
 from ._errors import (
     SandboxViolation as SandboxViolation,
@@ -126,6 +135,7 @@ __all__ = (
     "FrameTooLarge",
     "FrameType",
     "FramingError",
+    "HandlerError",
     "HeaderDecodeError",
     "NotRegistered",
     "NyxplugError",
@@ -140,6 +150,8 @@ __all__ = (
     "PluginNotRegistered",
     "PluginRegistry",
     "PluginStats",
+    "ReplyTimeout",
+    "RequestDropped",
     "SandboxViolation",
     "UnknownFrameType",
     "WouldBlock",

@@ -168,6 +168,14 @@ class Dispatcher:
     def dispatch(
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> Coroutine[Any, Any, None]: ...
+    async def request(
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        timeout: float | None = None,
+    ) -> bytes | None: ...
     @property
     def registry(self) -> PluginRegistry: ...
     def plugin_stats(self, plugin_id: int) -> PluginStats | None: ...

@@ -71,6 +71,15 @@ from nyxplug._frames import decode_frame_fields, decode_header_fields
 from nyxplug._handlers import log_handler_error, report_overrun, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._refused import Refused
+from nyxplug._replies import (
+    abandon,
+    await_reply,
+    check_timeout,
+    fail,
+    fail_batch,
+    settle,
+    settle_batch,
+)
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import (
     BatchErrors,
@@ -869,6 +878,8 @@ cdef class _Runtime:
     # (None: calls are not timed).
     cdef double overrun_limit
     cdef object on_overrun
+    # Requests waiting for their reply: message -> future (see _replies).
+    cdef dict replies
     cdef unsigned long long processed
     cdef unsigned long long errors
     cdef unsigned long long nbytes
@@ -905,6 +916,7 @@ cdef class _Runtime:
         self.batch = batch
         self.loop = loop
         self.idle_waiters = []
+        self.replies = {}
         return 0
 
     cdef int _grow(self) except -1:
@@ -1247,6 +1259,8 @@ cdef class Dispatcher:
         return 0
 
     def _finish_unload(self, _Runtime rt):
+        if rt.replies:  # requests whose frames were dropped: never left waiting
+            abandon(rt.replies, rt.id)
         if self._unloading.get(rt.id) is rt:
             del self._unloading[rt.id]
             if self._registry.is_registered(rt.id):
@@ -1514,6 +1528,34 @@ cdef class Dispatcher:
             raise PluginClosed(rt.id, msg.frame_type)
         self._enqueue(rt, msg)
 
+    async def request(self, frame_type, header, payload=b"", *, timeout=None):
+        """Route one frame like ``dispatch`` and return the handler's reply (SPEC 8).
+
+        The handler's return value is the reply (``None``: no reply). A handler that
+        raises fails this with ``HandlerError`` (its exception as ``__cause__``; still
+        counted in ``errors``). After ``timeout`` seconds ``ReplyTimeout``. Cancelled (or
+        timed out) before the frame was enqueued, nothing happened; after, the frame is
+        still handled and counted, and its reply dropped.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("request")
+        limit = check_timeout(timeout)
+        cdef int status
+        cdef PyObject* found
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
+        cdef _Runtime rt
+        if status != S_OK:
+            self._refused[status] += 1
+            raise self._error(status)
+        rt = <_Runtime>found
+        reply = rt.loop.create_future()
+        parked = None
+        if rt.has_room():
+            self._enqueue(rt, msg)
+        else:
+            parked = self._wait_for_space(rt, msg)
+        return await await_reply(parked, rt.replies, msg, reply, limit, rt.id, msg.frame_type)
+
     cdef int _refuse_closed(self, _Runtime rt) except -1:
         self._refused[S_PLUGIN_CLOSED] += 1
         rt.plugin_closed += 1
@@ -1550,6 +1592,7 @@ cdef class Dispatcher:
         cdef PluginMessage msg
         cdef list batch
         handler = rt.handler
+        cdef dict replies = rt.replies  # non-empty only while a request waits
         cdef bint timed = rt.on_overrun is not None  # fixed for this worker: a swap starts another
         if rt.guard is not None:
             # This task's context only: every handler call (and task it spawns) is checked.
@@ -1569,7 +1612,11 @@ cdef class Dispatcher:
                     continue
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
-                    rt.consume_all()
+                    if replies:
+                        batch = rt.take_all()  # same counting, but the requests get None
+                        settle_batch(replies, batch, rt.id, None)
+                    else:
+                        rt.consume_all()
                     if rt.waiters:
                         self._grant(rt)
                 elif rt.batch:
@@ -1579,11 +1626,20 @@ cdef class Dispatcher:
                     try:
                         result = self._call_timed(rt, batch) if timed else handler(batch)
                         if result is not None and inspect.isawaitable(result):
-                            await result
+                            result = await result
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
                                           len(batch), exc)
+                        if replies:
+                            fail_batch(replies, batch, rt.id, exc)
+                    else:
+                        if replies:
+                            bad = settle_batch(replies, batch, rt.id, result)
+                            if bad is not None:
+                                rt.errors += 1
+                                log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
+                                                  len(batch), bad)
                     if rt.pausing:  # a swap: the next frame goes to the new handler
                         return
                 else:
@@ -1595,10 +1651,18 @@ cdef class Dispatcher:
                     try:
                         result = self._call_timed(rt, msg) if timed else handler(msg)
                         if result is not None and inspect.isawaitable(result):
-                            await result
+                            result = await result
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, msg.frame_type, 1, exc)
+                        if replies:
+                            fail(replies, msg, rt.id, exc)
+                    else:
+                        if replies:
+                            bad = settle(replies, msg, rt.id, result)
+                            if bad is not None:
+                                rt.errors += 1
+                                log_handler_error(rt.id, msg.frame_type, 1, bad)
                     if rt.pausing:
                         return
         finally:

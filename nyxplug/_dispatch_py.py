@@ -72,6 +72,7 @@ from ._frames import (
 from ._handlers import Handler, log_handler_error, report_overrun, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._refused import Refused
+from ._replies import abandon, await_reply, check_timeout, fail, fail_batch, settle, settle_batch
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
     BatchErrors,
@@ -526,7 +527,7 @@ class _Runtime:
     __slots__ = (
         "id", "entry", "capacity", "queue", "reserved", "waiters", "handler", "batch",
         "loop", "worker", "wakeup", "idle_waiters", "closed", "guard", "pausing", "swap",
-        "overrun_limit", "on_overrun",
+        "overrun_limit", "on_overrun", "replies",
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
         "dropped", "high_watermark", "would_block", "plugin_closed",
     )  # fmt: skip
@@ -556,6 +557,8 @@ class _Runtime:
         # (None: calls are not timed).
         self.overrun_limit = 0.0
         self.on_overrun: Callable[[Any, float], object] | None = None
+        # Requests waiting for their reply: message -> future (see _replies).
+        self.replies: dict[PluginMessage, asyncio.Future[bytes | None]] = {}
         self.processed = 0
         self.errors = 0
         self.bytes = 0
@@ -841,6 +844,8 @@ class Dispatcher:
         rt.worker = rt.loop.create_task(self._work(rt, started), name=f"nyxplug-worker-{rt.id}")
 
     def _finish_unload(self, rt: _Runtime) -> PluginStats:
+        if rt.replies:  # requests whose frames were dropped: never left waiting
+            abandon(rt.replies, rt.id)
         if self._unloading.get(rt.id) is rt:
             del self._unloading[rt.id]
             if self._registry.is_registered(rt.id):
@@ -1088,6 +1093,38 @@ class Dispatcher:
             raise PluginClosed(rt.id, msg._frame_type)
         self._enqueue(rt, msg)
 
+    async def request(
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        timeout: float | None = None,
+    ) -> bytes | None:
+        """Route one frame like ``dispatch`` and return the handler's reply (SPEC 8).
+
+        The handler's return value is the reply (``None``: no reply). A handler that
+        raises fails this with ``HandlerError`` (its exception as ``__cause__``; still
+        counted in ``errors``). After ``timeout`` seconds ``ReplyTimeout``. Cancelled (or
+        timed out) before the frame was enqueued, nothing happened; after, the frame is
+        still handled and counted, and its reply dropped.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("request")
+        limit = check_timeout(timeout)
+        status, rt, msg = self._prepare(frame_type, header, payload)
+        if status != _OK:
+            self._refused[status] += 1
+            raise self._error(status)
+        assert rt is not None and msg is not None
+        reply: asyncio.Future[bytes | None] = rt.loop.create_future()
+        parked = None
+        if rt.has_room():
+            self._enqueue(rt, msg)
+        else:
+            parked = self._wait_for_space(rt, msg)
+        return await await_reply(parked, rt.replies, msg, reply, limit, rt.id, msg._frame_type)
+
     def _refuse_closed(self, rt: _Runtime) -> None:
         self._refused[_PLUGIN_CLOSED] += 1
         rt.plugin_closed += 1
@@ -1113,6 +1150,7 @@ class Dispatcher:
     async def _work(self, rt: _Runtime, started: asyncio.Future[float] | None) -> None:
         queue = rt.queue
         handler = rt.handler
+        replies = rt.replies  # non-empty only while a request waits: plain frames skip it
         timed = rt.on_overrun is not None  # fixed for this worker: a swap starts another
         if rt.guard is not None:
             # This task's context only: every handler call (and task it spawns) is checked.
@@ -1132,9 +1170,11 @@ class Dispatcher:
                     continue
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
-                    rt.take_all()
+                    batch = rt.take_all()
                     if rt.waiters:
                         self._grant(rt)
+                    if replies:
+                        settle_batch(replies, batch, rt.id, None)
                 elif rt.batch:
                     batch = rt.take_all()
                     if rt.waiters:
@@ -1142,10 +1182,18 @@ class Dispatcher:
                     try:
                         result = self._call_timed(rt, batch) if timed else handler(batch)
                         if result is not None and inspect.isawaitable(result):
-                            await result
+                            result = await result
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, batch[0]._frame_type, len(batch), exc)
+                        if replies:
+                            fail_batch(replies, batch, rt.id, exc)
+                    else:
+                        if replies:
+                            bad = settle_batch(replies, batch, rt.id, result)
+                            if bad is not None:
+                                rt.errors += 1
+                                log_handler_error(rt.id, batch[0]._frame_type, len(batch), bad)
                     if rt.pausing:  # a swap: the next frame goes to the new handler
                         return
                 else:
@@ -1157,10 +1205,18 @@ class Dispatcher:
                     try:
                         result = self._call_timed(rt, msg) if timed else handler(msg)
                         if result is not None and inspect.isawaitable(result):
-                            await result
+                            result = await result
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, msg._frame_type, 1, exc)
+                        if replies:
+                            fail(replies, msg, rt.id, exc)
+                    else:
+                        if replies:
+                            bad = settle(replies, msg, rt.id, result)
+                            if bad is not None:
+                                rt.errors += 1
+                                log_handler_error(rt.id, msg._frame_type, 1, bad)
                     if rt.pausing:
                         return
         finally:

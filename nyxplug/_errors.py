@@ -25,6 +25,7 @@ __all__ = (
     "FrameError",
     "FrameTooLarge",
     "FramingError",
+    "HandlerError",
     "HeaderDecodeError",
     "NotRegistered",
     "NyxplugError",
@@ -32,6 +33,8 @@ __all__ = (
     "PluginClosed",
     "PluginNotLoaded",
     "PluginNotRegistered",
+    "ReplyTimeout",
+    "RequestDropped",
     "SandboxViolation",
     "UnknownFrameType",
     "WouldBlock",
@@ -53,7 +56,8 @@ class NyxplugError(Exception):
 
 
 class DispatchError(NyxplugError):
-    """A frame was not enqueued. ``plugin_id`` and ``frame_type`` are set where known."""
+    """A frame was not enqueued (or, for ``request``, its reply failed: ``HandlerError``,
+    ``ReplyTimeout``, ``RequestDropped``). ``plugin_id`` and ``frame_type`` are set where known."""
 
     plugin_id: int | None = None
     frame_type: int | None = None
@@ -378,6 +382,76 @@ class WrongThread(NyxplugError, RuntimeError):
             f"(id {self.caller_id}), but this dispatcher belongs to thread "
             f"{self.owner_name!r} (id {self.owner_id}), which runs its event loop; "
             f"it is not thread-safe - from another thread use {fix}"
+        )
+
+
+class HandlerError(DispatchError):
+    """The handler raised on a frame sent with ``request``; the plugin's exception is
+    ``__cause__``. The frame was handled and counted in ``PluginStats.errors``."""
+
+    def __init__(self, plugin_id: int, frame_type: int, error: str) -> None:
+        super().__init__(plugin_id, frame_type, error)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.error = error
+
+    @classmethod
+    def caused_by(cls, plugin_id: int, frame_type: int, exc: BaseException) -> HandlerError:
+        """The error for ``exc``, chained to it (``raise ... from exc`` without raising)."""
+        error = cls(plugin_id, int(frame_type), f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def __str__(self) -> str:
+        return (
+            f"Handler of plugin {self.plugin_id} raised on frame "
+            f"{frame_type_name(self.frame_type)}: {self.error} - the frame was handled and "
+            "counted in PluginStats.errors; fix the plugin, or catch the error in its handler"
+        )
+
+
+class ReplyTimeout(DispatchError, TimeoutError):
+    """``request`` gave up waiting after ``timeout`` seconds (also a ``TimeoutError``, so
+    ``except TimeoutError`` and ``asyncio.timeout`` habits keep working).
+
+    ``enqueued`` says whether the frame got into the queue: if it did, it is still
+    handled and counted and only its reply is dropped; if not, nothing happened.
+    """
+
+    def __init__(self, plugin_id: int, frame_type: int, timeout: float, enqueued: bool) -> None:
+        # BaseException's __init__, not OSError's (see SandboxViolation): fields stay in args.
+        BaseException.__init__(self, plugin_id, frame_type, timeout, enqueued)
+        self.errno = errno.ETIMEDOUT
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.timeout = timeout
+        self.enqueued = enqueued
+
+    def __str__(self) -> str:
+        if self.enqueued:
+            what = "the frame is still handled and counted; its reply will be dropped"
+        else:
+            what = "the queue stayed full, so the frame was not enqueued"
+        return (
+            f"No reply from plugin {self.plugin_id} to frame "
+            f"{frame_type_name(self.frame_type)} within {self.timeout:g} s - {what}; "
+            "raise the timeout or make the handler faster"
+        )
+
+
+class RequestDropped(DispatchError):
+    """The plugin was unloaded with ``drain=False`` before it handled the request's frame."""
+
+    def __init__(self, plugin_id: int, frame_type: int) -> None:
+        super().__init__(plugin_id, frame_type)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+
+    def __str__(self) -> str:
+        return (
+            f"Plugin {self.plugin_id} was unloaded before it handled frame "
+            f"{frame_type_name(self.frame_type)} - the frame was dropped (PluginStats.dropped) "
+            "and has no reply; unload with drain=True to let queued requests finish"
         )
 
 

@@ -1,7 +1,8 @@
 """Lockstep differential test: the compiled twin, the pure twin and a small model.
 
 Hypothesis draws a list of operations (load, unload with or without drain,
-dispatch_nowait, try_dispatch, a ``dispatch`` that may park, cancelling a parked one,
+dispatch_nowait, try_dispatch, a ``dispatch`` or a ``request`` that may park, cancelling a
+pending sender (a request also after its frame was enqueued),
 letting one handler call finish, pumping everything, permission changes, hostile
 headers). Each twin runs them on its own event loop, one ``runner.run`` per step
 (hypothesis has no async rules); the model runs them in plain Python. After every
@@ -42,7 +43,7 @@ pids = st.sampled_from((1, 1, 1, 1, 2, 2, 3, 4))
 fts = st.sampled_from((0x52, 0x52, 0x52, 0x51, 0x53, 0x54, 0x55))
 load_op = st.tuples(st.just("load"), st.sampled_from((1, 2, 3)), st.integers(1, 4), masks,
                     st.sampled_from(KINDS))  # fmt: skip
-dispatch_op = st.tuples(st.sampled_from(("nowait", "try", "send", "send")), pids, fts)
+dispatch_op = st.tuples(st.sampled_from(("nowait", "try", "send", "send", "request")), pids, fts)
 other_op = st.one_of(
     load_op,
     st.tuples(st.just("unload"), pids, st.booleans()),
@@ -204,6 +205,11 @@ class Side:
                     await d.dispatch(ft, header, payload_of(i))
 
                 self.senders.append(asyncio.ensure_future(send()))
+            elif name == "request":  # a sender that also waits for the reply (SPEC 8)
+                _, pid, ft = op
+                self.senders.append(
+                    asyncio.ensure_future(d.request(ft, self.header(i, pid), payload_of(i)))
+                )
             elif name == "cancel":
                 pending = self.pending()
                 if pending:
@@ -279,8 +285,9 @@ class MPlugin:
     def __init__(self, capacity: int, kind: str) -> None:
         self.capacity = capacity
         self.kind = kind
-        self.queue: deque[tuple[bytes, int]] = deque()
+        self.queue: deque[tuple[bytes, int, int]] = deque()  # payload, size, request or -1
         self.in_handler = False
+        self.current = -1  # the request a gated handler holds
         self.waiters: deque[int] = deque()
         self.log: list[bytes] = []
         self.enqueued = 0
@@ -308,6 +315,8 @@ class Model:
         self.refused: collections.Counter[str] = collections.Counter()
         self.senders: list[Any] = []
         self.sender_frames: dict[int, tuple[int, bytes, int]] = {}
+        self.requests: set[int] = set()  # sender indexes that are requests
+        self.cancelled_enqueued = 0  # requests cancelled after their frame was enqueued
 
     # checks and queue
     def check(self, pid: int, ft: int) -> str | None:
@@ -322,34 +331,57 @@ class Model:
             return "PermissionDenied"
         return None
 
-    def enqueue(self, p: MPlugin, payload: bytes, size: int) -> None:
-        p.queue.append((payload, size))
+    def enqueue(self, p: MPlugin, payload: bytes, size: int, idx: int = -1) -> None:
+        p.queue.append((payload, size, idx if idx in self.requests else -1))
         p.enqueued += 1
         p.high_watermark = max(p.high_watermark, len(p.queue))
         self.frames += 1
 
     def hand(self, p: MPlugin) -> None:
-        payload, size = p.queue.popleft()
+        payload, size, idx = p.queue.popleft()
         p.processed += 1
         p.bytes += size
         if p.kind != "none":
             p.log.append(payload)
-        if p.kind == "raising" and raises_on(payload):
+        failed = p.kind == "raising" and raises_on(payload)
+        if failed:
             p.errors += 1
+        if p.kind == "gated":
+            p.current = idx  # answered when the handler lets the frame go
+        else:
+            self.answer(idx, "HandlerError" if failed else "ok")
+
+    def answer(self, idx: int, state: str) -> None:
+        if idx >= 0 and self.senders[idx] == "pending":
+            self.senders[idx] = state
+
+    def let_go(self, p: MPlugin) -> None:
+        """The gated handler returns: its request (if any) gets the reply ``None``."""
+        p.in_handler = False
+        self.answer(p.current, "ok")
+        p.current = -1
+
+    def granted(self, p: MPlugin, idx: int) -> None:
+        _pid, payload, size = self.sender_frames[idx]
+        self.enqueue(p, payload, size, idx)
+        if idx not in self.requests:  # a request waits on for its reply
+            self.senders[idx] = "ok"
 
     def drain(self, p: MPlugin) -> None:
         """Run the plugin's worker with its handler letting every frame through."""
+        if p.in_handler:
+            self.let_go(p)
         while p.queue:
             granted: list[int] = []
             while p.queue:
                 self.hand(p)
+                if p.kind == "gated":
+                    self.let_go(p)
                 while p.waiters and len(p.queue) + len(granted) < p.capacity:
                     granted.append(p.waiters.popleft())
             for idx in granted:  # the granted senders run once the worker idles
-                _pid, payload, size = self.sender_frames[idx]
-                self.enqueue(p, payload, size)
-                self.senders[idx] = "ok"
-        p.in_handler = False
+                self.granted(p, idx)
+        self.let_go(p)
 
     def settle(self) -> None:
         for p in self.plugins.values():
@@ -359,10 +391,7 @@ class Model:
                 self.hand(p)
                 p.in_handler = True
                 while p.waiters and len(p.queue) < p.capacity:
-                    idx = p.waiters.popleft()
-                    _pid, payload, size = self.sender_frames[idx]
-                    self.enqueue(p, payload, size)
-                    self.senders[idx] = "ok"
+                    self.granted(p, p.waiters.popleft())
 
     def pending(self) -> list[int]:
         return [i for i, s in enumerate(self.senders) if s == "pending"]
@@ -394,12 +423,14 @@ class Model:
             p.waiters.clear()
             if not drain:
                 p.dropped += len(p.queue)
+                for _payload, _size, idx in p.queue:
+                    self.answer(idx, "RequestDropped")
                 p.queue.clear()
             self.drain(p)
             del self.registry[pid]
             self.unloaded += 1
             return p.stats()
-        if name in ("nowait", "try", "send", "bad"):
+        if name in ("nowait", "try", "send", "request", "bad"):
             if name == "bad":
                 pid, ft, error = 0, 0x52, "HeaderDecodeError"
             else:
@@ -407,9 +438,11 @@ class Model:
                 error = self.check(pid, ft)
             hid, hflags, hdata = header_args(i, pid)
             size = len(nyxplug.PluginHeader(hid, hflags, hdata).encode()) + 2
-            if name == "send":
+            if name in ("send", "request"):
                 idx = len(self.senders)
                 self.senders.append("pending")
+                if name == "request":
+                    self.requests.add(idx)
                 if error is not None:
                     self.senders[idx] = error
                     self.refuse(error)
@@ -419,8 +452,8 @@ class Model:
                     p.waiters.append(idx)
                     self.sender_frames[idx] = (pid, payload_of(i), size)
                 else:
-                    self.enqueue(p, payload_of(i), size)
-                    self.senders[idx] = "ok"
+                    self.sender_frames[idx] = (pid, payload_of(i), size)
+                    self.granted(p, idx)
                 return None
             if error is None:
                 p = self.plugins[pid]
@@ -440,12 +473,16 @@ class Model:
                 idx = pending[op[1] % len(pending)]
                 self.senders[idx] = "cancelled"
                 pid = self.sender_frames[idx][0]
-                self.plugins[pid].waiters.remove(idx)
+                p = self.plugins.get(pid)
+                if p is not None and idx in p.waiters:
+                    p.waiters.remove(idx)
+                else:  # a request whose frame is queued or handled: the reply is dropped
+                    self.cancelled_enqueued += 1
             return None
         if name == "release":
             p = self.plugins.get(op[1])
             if p is not None and p.kind == "gated" and p.in_handler:
-                p.in_handler = False
+                self.let_go(p)
             return None
         if name == "pump":
             for p in self.plugins.values():
@@ -548,7 +585,11 @@ def test_twins_and_model_agree(
                             stats.messages_processed + stats.dropped + stats.queue_depth
                         ), where
                     ds = side.d.dispatch_stats()
-                    assert ds.frames_dispatched + ds.dispatch_errors == side.calls_with_senders
+                    # a request cancelled after enqueueing counts as dispatched, not as a call
+                    assert (
+                        ds.frames_dispatched + ds.dispatch_errors
+                        == side.calls_with_senders + model.cancelled_enqueued
+                    ), where
     finally:
         for side in sides:
             side.close()

@@ -129,7 +129,7 @@ def test_twins_constructors_take_the_same_keywords(twins: list[Any]) -> None:
 
 def test_twins_async_methods_agree(twins: list[Any]) -> None:
     compiled, pure = (m.Dispatcher for m in twins)
-    for name in ("load_plugin", "unload_plugin", "aclose", "wait_idle"):
+    for name in ("load_plugin", "unload_plugin", "aclose", "wait_idle", "request"):
         assert inspect.iscoroutinefunction(getattr(pure, name)), name
         assert inspect.iscoroutinefunction(getattr(compiled, name)), name
 

@@ -141,7 +141,7 @@ class ChildContext:
             "yet - send results back through the frames your handler receives"
         )
 
-    dispatch_nowait = try_dispatch = dispatch
+    dispatch_nowait = try_dispatch = request = dispatch
 
     def __repr__(self) -> str:
         return f"<ChildContext {self.name!r} id={self.id} version={self.version}>"

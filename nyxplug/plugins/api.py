@@ -34,8 +34,11 @@ class Plugin:
     async def on_load(self, ctx: PluginContext) -> None:
         """Called once before the first frame; raise to refuse loading (the plugin fails)."""
 
-    async def handle(self, message: PluginMessage) -> None:
-        """Handle one frame. Exceptions are counted and logged; the next frame follows."""
+    async def handle(self, message: PluginMessage) -> bytes | None:
+        """Handle one frame. Exceptions are counted and logged; the next frame follows.
+
+        What it returns is the reply to a ``request`` (bytes-like, or None for none);
+        for frames sent with ``dispatch`` it is ignored."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle(message)")
 
     async def on_unload(self) -> None:
@@ -139,6 +142,21 @@ class PluginContext:
         if isinstance(refusal, SandboxViolation):
             return DispatchStatus.SANDBOX_VIOLATION
         return DispatchStatus.HEADER_DECODE_ERROR
+
+    async def request(
+        self,
+        frame_type: int,
+        header: PluginHeader | bytes,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,
+    ) -> bytes | None:
+        """``Dispatcher.request`` as this plugin: the target's reply, under this plugin's
+        own rights (a refusal is raised by awaiting, before anything is enqueued)."""
+        refusal = self._refusal(frame_type, header)
+        if refusal is not None:
+            raise refusal
+        return await self._dispatcher.request(frame_type, header, payload, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<PluginContext {self.name!r} id={self.id} version={self.version}>"

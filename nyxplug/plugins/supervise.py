@@ -149,16 +149,16 @@ class _Supervised:
         self._running = False
         self._expired = False
 
-    async def handle(self, message: Any) -> None:
-        await self._run(message, message.frame_type)
+    async def handle(self, message: Any) -> Any:
+        return await self._run(message, message.frame_type)
 
-    async def _run(self, arg: Any, frame_type: int) -> None:
+    async def _run(self, arg: Any, frame_type: int) -> Any:
+        """The handler's result (its reply to a ``request``, SPEC 8), awaited if needed."""
         result = self._call(arg)
         if not inspect.isawaitable(result):
-            return
+            return result
         if self._timeout is None:
-            await result
-            return
+            return await result
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -169,7 +169,7 @@ class _Supervised:
         if self._timer is None:
             self._timer = loop.call_at(self._started + self._timeout, self._watch)
         try:
-            await result
+            reply = await result
         except asyncio.CancelledError:
             if not self._expired:
                 raise  # cancelled from outside (unload, shutdown): not ours to swallow
@@ -178,6 +178,7 @@ class _Supervised:
             self._running = False
         if self._expired:  # the handler swallowed our cancellation and returned
             self._timed_out(frame_type)
+        return reply
 
     def _timed_out(self, frame_type: int) -> None:
         self._expired = False
@@ -205,5 +206,5 @@ class _SupervisedBatch(_Supervised):
 
     __slots__ = ()
 
-    async def handle_batch(self, messages: list[Any]) -> None:
-        await self._run(messages, messages[0].frame_type)
+    async def handle_batch(self, messages: list[Any]) -> Any:
+        return await self._run(messages, messages[0].frame_type)

@@ -26,4 +26,6 @@ async def compiled(d: Dispatcher) -> None:
     assert_type(await d.swap_handler(7, Echo()), float)
     assert_type(await d.unload_plugin(7), PluginStats)
     assert_type(decode_batch(b"", 1, 1), tuple[int, list[PluginMessage]])
+    assert_type(await d.request(FrameType.DATA, header, b"x", timeout=1.0), bytes | None)
+    await d.request(FrameType.DATA, header, timeout="1")  # type: ignore[arg-type]
     d.try_dispatch(FrameType.DATA, "header")  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ class Greeter(Plugin):
     async def on_load(self, ctx: PluginContext) -> None:
         waiting = ctx.dispatch(FrameType.DATA, PluginHeader(8))
         await assert_type(waiting, Coroutine[Any, Any, None])
+        assert_type(await ctx.request(FrameType.DATA, PluginHeader(8), timeout=2), bytes | None)
 
 
 async def on_frame(message: PluginMessage) -> None:
@@ -72,6 +73,7 @@ async def sending(d: Dispatcher, header: PluginHeader) -> None:
     task = asyncio.create_task(d.dispatch(FrameType.DATA, memoryview(header.encode())))
     assert_type(task, asyncio.Task[None])
     assert_type(d.try_dispatch(FrameType.CONTROL, header), DispatchStatus)
+    assert_type(await d.request(FrameType.DATA, header.encode(), bytearray(b"x")), bytes | None)
     d.try_dispatch(FrameType.DATA, "header")  # type: ignore[arg-type]
     d.dispatch_nowait(FrameType.DATA, header, payload=[1, 2])  # type: ignore[arg-type]
     assert_type(d.dispatch_stats(), DispatchStats)
