@@ -620,7 +620,9 @@ class Dispatcher:
             registry.register(info)
         entry = registry._entries[plugin_id]
         rt = _Runtime(plugin_id, entry, capacity, call, batch, loop)
-        rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        rt.guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, entry.info
+        )
         rt.overrun_limit, rt.on_overrun = limit, report
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
@@ -634,11 +636,11 @@ class Dispatcher:
         """
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         while rt.swap is not None:  # the swapped-in worker is the one that drains
             await asyncio.wait([rt.swap])
             if self._runtimes.get(plugin_id) is not rt:
-                raise PluginNotLoaded(plugin_id)
+                raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         del self._runtimes[plugin_id]
         self._unloading[plugin_id] = rt
         rt.closed = True
@@ -682,13 +684,15 @@ class Dispatcher:
         """
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         policy = check_policy("sandbox", sandbox, guard_ok=True)
         overrun = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         if between is not None and not callable(between):
             raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
-        guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, rt.entry.info
+        )
         swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between, overrun))
         rt.swap = swap
         try:
@@ -712,7 +716,7 @@ class Dispatcher:
             if previous is not None:
                 await asyncio.wait([previous])
             if rt.closed:
-                raise PluginNotLoaded(rt.id)
+                raise PluginNotLoaded(rt.id, None, rt.entry.info)
             worker = rt.worker
             assert worker is not None
             rt.pausing = True
@@ -768,7 +772,7 @@ class Dispatcher:
             return
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         await self._wait_idle(rt)
 
     async def _wait_idle(self, rt: _Runtime) -> None:
@@ -854,7 +858,9 @@ class Dispatcher:
             if detail is not None:
                 rt.sandbox_violations += 1
                 return self._fail(
-                    frame_type, _SANDBOX_VIOLATION, SandboxViolation(plugin_id, frame_type, detail)
+                    frame_type,
+                    _SANDBOX_VIOLATION,
+                    SandboxViolation(plugin_id, frame_type, detail, entry.info),
                 )
         msg = PluginMessage.__new__(PluginMessage)
         msg._frame_type = self._type_objects[code]
@@ -885,7 +891,7 @@ class Dispatcher:
         if status == _NOT_REGISTERED:
             return PluginNotRegistered(detail, frame_type)
         if status == _NOT_LOADED:
-            return PluginNotLoaded(detail, frame_type)
+            return PluginNotLoaded(detail, frame_type, self._registry.get(detail))
         assert isinstance(detail, DispatchError)
         return detail
 
@@ -923,7 +929,7 @@ class Dispatcher:
             return
         if status == _WOULD_BLOCK:
             assert rt is not None
-            raise WouldBlock(rt.id, frame_type, rt.capacity)
+            raise WouldBlock(rt.id, frame_type, rt.capacity, rt.entry.info)
         raise self._error(status)
 
     def try_dispatch(
@@ -962,7 +968,7 @@ class Dispatcher:
     async def _wait_for_space(self, rt: _Runtime, msg: PluginMessage) -> None:
         if rt.closed:
             self._refuse_closed(rt)
-            raise PluginClosed(rt.id, msg._frame_type)
+            raise PluginClosed(rt.id, msg._frame_type, rt.entry.info)
         if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
@@ -985,7 +991,7 @@ class Dispatcher:
             rt.reserved -= 1
         if rt.closed:
             self._refuse_closed(rt)
-            raise PluginClosed(rt.id, msg._frame_type)
+            raise PluginClosed(rt.id, msg._frame_type, rt.entry.info)
         self._enqueue(rt, msg)
 
     def _refuse_closed(self, rt: _Runtime) -> None:

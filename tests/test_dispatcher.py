@@ -61,17 +61,24 @@ def not_registered_msg(plugin_id: int, frame: str) -> str:
     )
 
 
+def named(plugin_id: int) -> str:
+    """How errors name the test's ``info(plugin_id)``, which the registry knows."""
+    return f"plugin 'plugin_{plugin_id}' (id {plugin_id})"
+
+
 def not_loaded_msg(plugin_id: int, frame: str) -> str:
     return (
-        f"Plugin {plugin_id} is not loaded - frame {frame} was refused; "
+        f"P{named(plugin_id)[1:]} is not loaded - frame {frame} was refused; "
         "load it with Dispatcher.load_plugin() first"
     )
 
 
 def would_block_msg(plugin_id: int, capacity: int, frame: str) -> str:
+    """The refusal for ``info(plugin_id)``: named, capacity raised in code."""
     return (
-        f"Queue of plugin {plugin_id} is full (capacity {capacity}) - frame {frame} was not "
-        "enqueued; await dispatch() to wait for space, or retry later"
+        f"Queue of {named(plugin_id)} is full (capacity {capacity}) - frame {frame} was not "
+        "enqueued; await dispatch() to wait for space, retry later, or raise "
+        f"load_plugin(capacity=...) for 'plugin_{plugin_id}'"
     )
 
 
@@ -93,7 +100,7 @@ def unknown_type_msg(code: str, plugin_id: int) -> str:
 
 def closed_msg(plugin_id: int, frame: str) -> str:
     return (
-        f"Plugin {plugin_id} was unloaded while frame {frame} waited for queue space - "
+        f"P{named(plugin_id)[1:]} was unloaded while frame {frame} waited for queue space - "
         "the frame was not enqueued"
     )
 

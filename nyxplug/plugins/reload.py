@@ -24,7 +24,7 @@ from ..source.manifest import Manifest, check_api_compatible
 from ..source.snapshot import Snapshot
 from ..source.versions import VersionRange
 from .errors import ReloadFailed
-from .staging import guard_of, instantiate, staged_manifest
+from .staging import guard_of, info_of, instantiate, staged_manifest
 from .state import PluginState
 from .supervise import Supervision, call_on_unload, lifecycle_call
 
@@ -304,7 +304,7 @@ async def _reload_once(
         why = needs_migration(old, manifest, instance)
         if why is not None:
             raise ValueError(why)
-        guard = guard_of(manifest)
+        guard = guard_of(manifest, info_of(record, manifest))
         instance.ctx = steps.context(record.name, manifest, guard)
         step = "on_load"
         await lifecycle_call(guard, instance, "on_load", instance.ctx)
