@@ -625,13 +625,18 @@ cdef class PluginRegistry:
         (<_Entry>entry).alive = False
         return (<_Entry>entry).info
 
-    def set_permissions(self, plugin_id, permissions):
-        """Replace a registered plugin's permissions; applies to the next frame."""
+    def set_permissions(self, plugin_id, permissions, *, source=None):
+        """Replace a registered plugin's permissions; applies to the next frame.
+
+        ``source`` is the manifest that grants them (errors then name its fix), None
+        when code does.
+        """
         entry = self._entries.get(plugin_id)
         if entry is None:
             raise NotRegistered(plugin_id)
         old = (<_Entry>entry).info
-        info = PluginInfo(old.id, old.name, Permission(permission_mask(permissions)))
+        info = PluginInfo(old.id, old.name, Permission(permission_mask(permissions)),
+                          source=source)
         (<_Entry>entry).info = info
         (<_Entry>entry).mask = info.permissions.value
         return info

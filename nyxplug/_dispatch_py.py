@@ -379,13 +379,22 @@ class PluginRegistry:
         return entry.info
 
     def set_permissions(
-        self, plugin_id: int, permissions: Permission | Iterable[Permission]
+        self,
+        plugin_id: int,
+        permissions: Permission | Iterable[Permission],
+        *,
+        source: str | None = None,
     ) -> PluginInfo:
-        """Replace a registered plugin's permissions; applies to the next frame."""
+        """Replace a registered plugin's permissions; applies to the next frame.
+
+        ``source`` is the manifest that grants them (errors then name its fix), None
+        when code does.
+        """
         entry = self._entries.get(plugin_id)
         if entry is None:
             raise NotRegistered(plugin_id)
-        info = PluginInfo(entry.info.id, entry.info.name, Permission(permission_mask(permissions)))
+        mask = Permission(permission_mask(permissions))
+        info = PluginInfo(entry.info.id, entry.info.name, mask, source=source)
         entry.info = info
         entry.mask = info.permissions.value
         return info

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_helpers import RECORDER, write_plugin
+from plugin_helpers import RECORDER, manifest_text, write_plugin
 
 from nyxplug import (
     FrameType,
@@ -544,6 +544,23 @@ async def test_a_refused_frame_names_the_manifest_plugin_and_its_fix(
     assert str(caught.value) == (
         "Plugin 'quiet' (id 53) lacks permission DATA_ACCESS required by frame 0x52 (DATA) "
         f"- grant it in [permissions] of {tmp_path / 'quiet' / 'nyxplug.toml'}"
+    )
+
+
+async def test_after_a_reload_refusals_still_name_the_manifest_fix(
+    impl: Any, tmp_path: Path
+) -> None:
+    folder = write_plugin(tmp_path, "quiet", 53, frames=("CONTROL",))
+    async with manager_for(impl, tmp_path) as manager:
+        (folder / "nyxplug.toml").write_text(
+            manifest_text("quiet", 53, version="1.1.0", frames=("CONTROL",))
+        )
+        assert (await manager.reload("quiet")).outcome == "swapped"
+        with pytest.raises(PermissionDenied) as caught:
+            await send(manager, 53, b"data, still without the right")
+    assert str(caught.value) == (
+        "Plugin 'quiet' (id 53) lacks permission DATA_ACCESS required by frame 0x52 (DATA) "
+        f"- grant it in [permissions] of {folder / 'nyxplug.toml'}"
     )
 
 
