@@ -806,13 +806,18 @@ cdef class PluginRegistry:
         (<_Entry>entry).alive = False
         return (<_Entry>entry).info
 
-    def set_permissions(self, plugin_id, permissions):
-        """Replace a registered plugin's permissions; applies to the next frame."""
+    def set_permissions(self, plugin_id, permissions, *, source=None):
+        """Replace a registered plugin's permissions; applies to the next frame.
+
+        ``source`` is the manifest that grants them (errors then name its fix), None
+        when code does.
+        """
         entry = self._entries.get(plugin_id)
         if entry is None:
             raise NotRegistered(plugin_id)
         old = (<_Entry>entry).info
-        info = PluginInfo(old.id, old.name, Permission(permission_mask(permissions)))
+        info = PluginInfo(old.id, old.name, Permission(permission_mask(permissions)),
+                          source=source)
         (<_Entry>entry).info = info
         (<_Entry>entry).mask = info.permissions.value
         return info
@@ -1151,7 +1156,9 @@ cdef class Dispatcher:
             registry.register(info)
         cdef _Runtime rt = _Runtime()
         rt.setup(plugin_id, <_Entry>registry._entries[plugin_id], capacity, call, batch, loop)
-        rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        rt.guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, rt.entry.info
+        )
         rt.overrun_limit = limit
         rt.on_overrun = report
         self._runtimes[plugin_id] = rt
@@ -1166,12 +1173,12 @@ cdef class Dispatcher:
         """
         rt_obj = self._runtimes.get(plugin_id)
         if rt_obj is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         cdef _Runtime rt = <_Runtime>rt_obj
         while rt.swap is not None:  # the swapped-in worker is the one that drains
             await asyncio.wait([rt.swap])
             if self._runtimes.get(plugin_id) is not rt:
-                raise PluginNotLoaded(plugin_id)
+                raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         del self._runtimes[plugin_id]
         self._unloading[plugin_id] = rt
         rt.closed = True
@@ -1206,14 +1213,16 @@ cdef class Dispatcher:
         """
         rt_obj = self._runtimes.get(plugin_id)
         if rt_obj is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         cdef _Runtime rt = <_Runtime>rt_obj
         policy = check_policy("sandbox", sandbox, guard_ok=True)
         overrun = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         if between is not None and not callable(between):
             raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
-        guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, rt.entry.info
+        )
         swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between, overrun))
         rt.swap = swap
         try:
@@ -1228,7 +1237,7 @@ cdef class Dispatcher:
             if previous is not None:
                 await asyncio.wait([previous])
             if rt.closed:
-                raise PluginNotLoaded(rt.id)
+                raise PluginNotLoaded(rt.id, None, rt.entry.info)
             worker = rt.worker
             rt.pausing = True
             self._wake_worker(rt)
@@ -1288,7 +1297,7 @@ cdef class Dispatcher:
             return
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         await self._wait_idle(rt)
 
     async def _wait_idle(self, _Runtime rt):
@@ -1387,7 +1396,7 @@ cdef class Dispatcher:
             if detail is not None:
                 rt.sandbox_violations += 1
                 return self._fail(frame_type, S_SANDBOX_VIOLATION, status,
-                                  SandboxViolation(plugin_id, frame_type, detail))
+                                  SandboxViolation(plugin_id, frame_type, detail, entry.info))
         cdef PluginMessage msg = PluginMessage.__new__(PluginMessage)
         msg.frame_type = self._type_objects[code]
         msg.header = hdr
@@ -1420,7 +1429,7 @@ cdef class Dispatcher:
         if status == S_NOT_REGISTERED:
             return PluginNotRegistered(detail, frame_type)
         if status == S_NOT_LOADED:
-            return PluginNotLoaded(detail, frame_type)
+            return PluginNotLoaded(detail, frame_type, self._registry.get(detail))
         return detail
 
     cdef inline int _enqueue(self, _Runtime rt, PluginMessage msg) except -1:
@@ -1459,7 +1468,7 @@ cdef class Dispatcher:
             return
         if status == S_WOULD_BLOCK:
             rt = <_Runtime>found
-            raise WouldBlock(rt.id, frame_type, rt.capacity)
+            raise WouldBlock(rt.id, frame_type, rt.capacity, rt.entry.info)
         raise self._error(status)
 
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
@@ -1502,7 +1511,7 @@ cdef class Dispatcher:
     async def _wait_for_space(self, _Runtime rt, PluginMessage msg):
         if rt.closed:
             self._refuse_closed(rt)
-            raise PluginClosed(rt.id, msg.frame_type)
+            raise PluginClosed(rt.id, msg.frame_type, rt.entry.info)
         if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
@@ -1525,7 +1534,7 @@ cdef class Dispatcher:
             rt.reserved -= 1
         if rt.closed:
             self._refuse_closed(rt)
-            raise PluginClosed(rt.id, msg.frame_type)
+            raise PluginClosed(rt.id, msg.frame_type, rt.entry.info)
         self._enqueue(rt, msg)
 
     async def request(self, frame_type, header, payload=b"", *, timeout=None):

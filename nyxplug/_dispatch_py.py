@@ -480,13 +480,22 @@ class PluginRegistry:
         return entry.info
 
     def set_permissions(
-        self, plugin_id: int, permissions: Permission | Iterable[Permission]
+        self,
+        plugin_id: int,
+        permissions: Permission | Iterable[Permission],
+        *,
+        source: str | None = None,
     ) -> PluginInfo:
-        """Replace a registered plugin's permissions; applies to the next frame."""
+        """Replace a registered plugin's permissions; applies to the next frame.
+
+        ``source`` is the manifest that grants them (errors then name its fix), None
+        when code does.
+        """
         entry = self._entries.get(plugin_id)
         if entry is None:
             raise NotRegistered(plugin_id)
-        info = PluginInfo(entry.info.id, entry.info.name, Permission(permission_mask(permissions)))
+        mask = Permission(permission_mask(permissions))
+        info = PluginInfo(entry.info.id, entry.info.name, mask, source=source)
         entry.info = info
         entry.mask = info.permissions.value
         return info
@@ -723,7 +732,9 @@ class Dispatcher:
             registry.register(info)
         entry = registry._entries[plugin_id]
         rt = _Runtime(plugin_id, entry, capacity, call, batch, loop)
-        rt.guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        rt.guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, entry.info
+        )
         rt.overrun_limit, rt.on_overrun = limit, report
         self._runtimes[plugin_id] = rt
         self._plugins_loaded += 1
@@ -737,11 +748,11 @@ class Dispatcher:
         """
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         while rt.swap is not None:  # the swapped-in worker is the one that drains
             await asyncio.wait([rt.swap])
             if self._runtimes.get(plugin_id) is not rt:
-                raise PluginNotLoaded(plugin_id)
+                raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         del self._runtimes[plugin_id]
         self._unloading[plugin_id] = rt
         rt.closed = True
@@ -785,13 +796,15 @@ class Dispatcher:
         """
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         policy = check_policy("sandbox", sandbox, guard_ok=True)
         overrun = check_overrun(overrun_limit, on_overrun, plugin_id)
         call, batch = resolve_handler(handler)
         if between is not None and not callable(between):
             raise TypeError(f"Expected `between` to be callable, got {type(between).__name__}")
-        guard = make_guard(policy if policy is not None else self._sandbox, plugin_id)
+        guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, rt.entry.info
+        )
         swap = rt.loop.create_task(self._swap(rt, rt.swap, call, batch, guard, between, overrun))
         rt.swap = swap
         try:
@@ -815,7 +828,7 @@ class Dispatcher:
             if previous is not None:
                 await asyncio.wait([previous])
             if rt.closed:
-                raise PluginNotLoaded(rt.id)
+                raise PluginNotLoaded(rt.id, None, rt.entry.info)
             worker = rt.worker
             assert worker is not None
             rt.pausing = True
@@ -873,7 +886,7 @@ class Dispatcher:
             return
         rt = self._runtimes.get(plugin_id)
         if rt is None:
-            raise PluginNotLoaded(plugin_id)
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         await self._wait_idle(rt)
 
     async def _wait_idle(self, rt: _Runtime) -> None:
@@ -959,7 +972,9 @@ class Dispatcher:
             if detail is not None:
                 rt.sandbox_violations += 1
                 return self._fail(
-                    frame_type, _SANDBOX_VIOLATION, SandboxViolation(plugin_id, frame_type, detail)
+                    frame_type,
+                    _SANDBOX_VIOLATION,
+                    SandboxViolation(plugin_id, frame_type, detail, entry.info),
                 )
         msg = PluginMessage.__new__(PluginMessage)
         msg._frame_type = self._type_objects[code]
@@ -990,7 +1005,7 @@ class Dispatcher:
         if status == _NOT_REGISTERED:
             return PluginNotRegistered(detail, frame_type)
         if status == _NOT_LOADED:
-            return PluginNotLoaded(detail, frame_type)
+            return PluginNotLoaded(detail, frame_type, self._registry.get(detail))
         assert isinstance(detail, DispatchError)
         return detail
 
@@ -1028,7 +1043,7 @@ class Dispatcher:
             return
         if status == _WOULD_BLOCK:
             assert rt is not None
-            raise WouldBlock(rt.id, frame_type, rt.capacity)
+            raise WouldBlock(rt.id, frame_type, rt.capacity, rt.entry.info)
         raise self._error(status)
 
     def try_dispatch(
@@ -1067,7 +1082,7 @@ class Dispatcher:
     async def _wait_for_space(self, rt: _Runtime, msg: PluginMessage) -> None:
         if rt.closed:
             self._refuse_closed(rt)
-            raise PluginClosed(rt.id, msg._frame_type)
+            raise PluginClosed(rt.id, msg._frame_type, rt.entry.info)
         if not rt.waiters and rt.has_room():
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
@@ -1090,7 +1105,7 @@ class Dispatcher:
             rt.reserved -= 1
         if rt.closed:
             self._refuse_closed(rt)
-            raise PluginClosed(rt.id, msg._frame_type)
+            raise PluginClosed(rt.id, msg._frame_type, rt.entry.info)
         self._enqueue(rt, msg)
 
     async def request(

@@ -42,13 +42,33 @@ __all__ = (
 )
 
 
-def _where(plugin_id: int | None, frame_type: int | None) -> str:
+def _where(plugin_id: int | None, frame_type: int | None, info: PluginInfo | None = None) -> str:
     parts = []
     if frame_type is not None:
         parts.append(f"frame {frame_type_name(frame_type)}")
     if plugin_id is not None:
-        parts.append(f"plugin {plugin_id}")
+        parts.append(_plugin(plugin_id, info))
     return " for ".join(parts)
+
+
+def _plugin(plugin_id: int | None, info: PluginInfo | None) -> str:
+    """``plugin 'name' (id N)`` when the registry entry is known, else ``plugin N``."""
+    if info is None:
+        return f"plugin {plugin_id}"
+    return f"plugin {info.name!r} (id {plugin_id})"
+
+
+def _subject(plugin_id: int | None, info: PluginInfo | None) -> str:
+    """``_plugin`` at the start of a sentence."""
+    return "P" + _plugin(plugin_id, info)[1:]
+
+
+def _in_terms(info: PluginInfo, manifest_key: str, code: str) -> str:
+    """Where to fix it, in the terms the plugin was loaded with: its manifest's
+    ``manifest_key`` for a plugin declared in one, ``code`` for one built in code."""
+    if info.source is not None:
+        return f"{manifest_key} of {info.source}"
+    return f"{code} for {info.name!r}"
 
 
 class NyxplugError(Exception):
@@ -64,33 +84,51 @@ class DispatchError(NyxplugError):
 
 
 class WouldBlock(DispatchError):
-    """``dispatch_nowait`` found the plugin's queue full (or senders already waiting)."""
+    """``dispatch_nowait`` found the plugin's queue full (or senders already waiting).
 
-    def __init__(self, plugin_id: int, frame_type: int, capacity: int) -> None:
-        super().__init__(plugin_id, frame_type, capacity)
+    ``info`` is the plugin's registry entry (the raising code holds it; read only when
+    the message is formatted): the message then names the plugin and where to raise
+    its capacity, in the terms it was loaded with.
+    """
+
+    def __init__(
+        self, plugin_id: int, frame_type: int, capacity: int, info: PluginInfo | None = None
+    ) -> None:
+        super().__init__(plugin_id, frame_type, capacity, info)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.capacity = capacity
+        self.info = info
 
     def __str__(self) -> str:
+        info = self.info
+        if info is None:
+            fix = "or retry later"
+        else:
+            where = _in_terms(info, "[resources] capacity", "load_plugin(capacity=...)")
+            fix = f"retry later, or raise {where}"
         return (
-            f"Queue of plugin {self.plugin_id} is full (capacity {self.capacity}) - "
+            f"Queue of {_plugin(self.plugin_id, info)} is full (capacity {self.capacity}) - "
             f"frame {frame_type_name(self.frame_type)} was not enqueued; "
-            "await dispatch() to wait for space, or retry later"
+            f"await dispatch() to wait for space, {fix}"
         )
 
 
 class PluginClosed(DispatchError):
-    """The plugin was unloaded while the sender waited for queue space."""
+    """The plugin was unloaded while the sender waited for queue space.
 
-    def __init__(self, plugin_id: int, frame_type: int) -> None:
-        super().__init__(plugin_id, frame_type)
+    ``info`` (the plugin's registry entry, when the raising code holds it) names it.
+    """
+
+    def __init__(self, plugin_id: int, frame_type: int, info: PluginInfo | None = None) -> None:
+        super().__init__(plugin_id, frame_type, info)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
+        self.info = info
 
     def __str__(self) -> str:
         return (
-            f"Plugin {self.plugin_id} was unloaded while frame "
+            f"{_subject(self.plugin_id, self.info)} was unloaded while frame "
             f"{frame_type_name(self.frame_type)} waited for queue space - "
             "the frame was not enqueued"
         )
@@ -113,24 +151,33 @@ class PluginNotRegistered(DispatchError):
 
 
 class PluginNotLoaded(DispatchError):
-    """The plugin is registered but has no running queue (never loaded, or unloading)."""
+    """The plugin is registered but has no running queue (never loaded, or unloading).
 
-    def __init__(self, plugin_id: int, frame_type: int | None = None) -> None:
-        super().__init__(plugin_id, frame_type)
+    ``info`` is the plugin's registry entry when the registry knows it: the message then
+    names the plugin and how to load it, in the terms it was declared with.
+    """
+
+    def __init__(
+        self, plugin_id: int, frame_type: int | None = None, info: PluginInfo | None = None
+    ) -> None:
+        super().__init__(plugin_id, frame_type, info)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
+        self.info = info
 
     def __str__(self) -> str:
-        if self.frame_type is None:
-            return (
-                f"Plugin {self.plugin_id} is not loaded - load it with "
-                "Dispatcher.load_plugin() first"
+        info = self.info
+        if info is None or info.source is None:
+            fix = "load it with Dispatcher.load_plugin() first"
+        else:
+            fix = (
+                f"load it with PluginManager.load({info.name!r}) first "
+                f"(`nyxplug enable {info.name}` on a running host)"
             )
-        return (
-            f"Plugin {self.plugin_id} is not loaded - frame "
-            f"{frame_type_name(self.frame_type)} was refused; load it with "
-            "Dispatcher.load_plugin() first"
-        )
+        who = _subject(self.plugin_id, info)
+        if self.frame_type is None:
+            return f"{who} is not loaded - {fix}"
+        return f"{who} is not loaded - frame {frame_type_name(self.frame_type)} was refused; {fix}"
 
 
 class PermissionDenied(DispatchError):
@@ -174,21 +221,37 @@ class SandboxViolation(DispatchError, PermissionError):
     Also a ``PermissionError`` (errno ``EACCES``), so code that handles ``OSError`` —
     including the standard library's own clean-up, such as ``socket.create_connection``
     closing its socket — treats a refusal like the kernel refusing the call.
+
+    ``info`` is the plugin's registry entry when the refusing code holds it: the
+    message then names the plugin and where its policy is set (the manifest's
+    ``[sandbox]``, or the policy given to ``load_plugin``).
     """
 
-    def __init__(self, plugin_id: int | None, frame_type: int | None, detail: str) -> None:
+    def __init__(
+        self,
+        plugin_id: int | None,
+        frame_type: int | None,
+        detail: str,
+        info: PluginInfo | None = None,
+    ) -> None:
         # BaseException's __init__, not OSError's: that one would turn the fields into
         # (errno, strerror, filename) and break "fields in args" (and pickling).
-        BaseException.__init__(self, plugin_id, frame_type, detail)
+        BaseException.__init__(self, plugin_id, frame_type, detail, info)
         self.errno = errno.EACCES
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.detail = detail
+        self.info = info
 
     def __str__(self) -> str:
-        where = _where(self.plugin_id, self.frame_type)
+        info = self.info
+        where = _where(self.plugin_id, self.frame_type, info)
         suffix = f" - {where}" if where else ""
-        return f"Sandbox refused {self.detail}{suffix}; allow it in the plugin's SandboxPolicy"
+        if info is None:
+            fix = "the plugin's SandboxPolicy"
+        else:
+            fix = _in_terms(info, "[sandbox]", "the SandboxPolicy given to load_plugin()")
+        return f"Sandbox refused {self.detail}{suffix}; allow it in {fix}"
 
 
 class FrameError(DispatchError, ValueError):

@@ -38,8 +38,8 @@ class PluginInfo:
     with (``[permissions]`` of that file rather than ``PluginInfo.permissions``).
 
     Immutable: give the registry a new ``PluginInfo`` (or call
-    ``PluginRegistry.set_permissions``, which makes the rights the code's, so its info
-    has no ``source``) to change a plugin's rights.
+    ``PluginRegistry.set_permissions``, which makes the rights the code's unless given
+    the manifest that grants them as ``source``) to change a plugin's rights.
     """
 
     __slots__ = ("_id", "_name", "_permissions", "_source")

@@ -110,17 +110,20 @@ def check_overrun(limit: object, report: object, plugin_id: int) -> tuple[float,
     return float(limit), report
 
 
-def make_guard(policy: Any, plugin_id: int) -> Any:
+def make_guard(policy: Any, plugin_id: int, info: Any = None) -> Any:
     """The plugin's ``SandboxGuard``: the one given, one for ``policy``, or None for no policy.
 
     Passing a guard lets the plugin runtime count, on one guard, what the plugin was
-    refused while loading, while sending and while its handler ran.
+    refused while loading, while sending and while its handler ran. ``info`` (the
+    registry entry's ``PluginInfo``) lets a guard built here name the plugin.
     """
     if policy is None:
         return None
     from .sandbox import SandboxGuard
 
-    return policy if isinstance(policy, SandboxGuard) else SandboxGuard(policy, plugin_id)
+    if isinstance(policy, SandboxGuard):
+        return policy
+    return SandboxGuard(policy, plugin_id, info=info)
 
 
 def enter_guard(guard: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -76,6 +77,25 @@ def test_errors_match_what_the_demo_sent(results: dict[str, Any]) -> None:
         totals[status.name.lower()] for status in nyxplug.DispatchStatus if status
     )
     assert results["slow_awaited"]["parked"] > 0
+
+
+def test_the_printed_refusals_name_the_plugin_and_its_manifest_fix(
+    results: dict[str, Any],
+) -> None:
+    """The example plugins are installed from manifests: the fix is in them (issue 15 item 17)."""
+    sep = re.escape(os.sep)
+    manifest = rf"\S+{sep}packages{sep}{{name}}{sep}nyxplug\.toml"
+    assert re.match(
+        r"^Queue of plugin 'slow' \(id 2\) is full \(capacity 8\) - frame 0x52 \(DATA\) was "
+        r"not enqueued; await dispatch\(\) to wait for space, retry later, or raise "
+        rf"\[resources\] capacity of {manifest.format(name='slow')}$",
+        results["errors"]["WouldBlock"]["example"],
+    )
+    assert re.match(
+        r"^Plugin 'limited' \(id 3\) lacks permission DATA_ACCESS required by frame 0x52 "
+        rf"\(DATA\) - grant it in \[permissions\] of {manifest.format(name='limited')}$",
+        results["errors"]["PermissionDenied"]["example"],
+    )
 
 
 def test_report_names_the_implementation_and_fits_a_screen(results: dict[str, Any]) -> None:

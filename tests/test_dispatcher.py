@@ -39,9 +39,11 @@ from nyxplug import (
     PluginClosed,
     PluginNotLoaded,
     PluginNotRegistered,
+    SandboxViolation,
     UnknownFrameType,
     WouldBlock,
 )
+from nyxplug.sandbox import SandboxPolicy
 
 DA = Permission.DATA_ACCESS
 HS = Permission.HANDSHAKE
@@ -61,17 +63,24 @@ def not_registered_msg(plugin_id: int, frame: str) -> str:
     )
 
 
+def named(plugin_id: int) -> str:
+    """How errors name the test's ``info(plugin_id)``, which the registry knows."""
+    return f"plugin 'plugin_{plugin_id}' (id {plugin_id})"
+
+
 def not_loaded_msg(plugin_id: int, frame: str) -> str:
     return (
-        f"Plugin {plugin_id} is not loaded - frame {frame} was refused; "
+        f"P{named(plugin_id)[1:]} is not loaded - frame {frame} was refused; "
         "load it with Dispatcher.load_plugin() first"
     )
 
 
 def would_block_msg(plugin_id: int, capacity: int, frame: str) -> str:
+    """The refusal for ``info(plugin_id)``: named, capacity raised in code."""
     return (
-        f"Queue of plugin {plugin_id} is full (capacity {capacity}) - frame {frame} was not "
-        "enqueued; await dispatch() to wait for space, or retry later"
+        f"Queue of {named(plugin_id)} is full (capacity {capacity}) - frame {frame} was not "
+        "enqueued; await dispatch() to wait for space, retry later, or raise "
+        f"load_plugin(capacity=...) for 'plugin_{plugin_id}'"
     )
 
 
@@ -93,7 +102,7 @@ def unknown_type_msg(code: str, plugin_id: int) -> str:
 
 def closed_msg(plugin_id: int, frame: str) -> str:
     return (
-        f"Plugin {plugin_id} was unloaded while frame {frame} waited for queue space - "
+        f"P{named(plugin_id)[1:]} was unloaded while frame {frame} waited for queue space - "
         "the frame was not enqueued"
     )
 
@@ -1192,3 +1201,67 @@ async def test_frames_follow_a_reloaded_plugin_to_its_new_queue(impl: Any) -> No
     assert [m.payload for m in old.messages] == [b"1"]
     assert [m.payload for m in new.messages] == [b"2", b"3"]
     await d.aclose()
+
+
+# -- refusals name a code-loaded plugin and the fix in code (issue 15 item 17) -------------
+
+
+def sandbox_msg(plugin_id: int, detail: str, frame: str | None) -> str:
+    """A refusal under the policy given to ``load_plugin`` for ``info(plugin_id)``."""
+    where = f"frame {frame} for {named(plugin_id)}" if frame else named(plugin_id)
+    return (
+        f"Sandbox refused {detail} - {where}; allow it in the SandboxPolicy given to "
+        f"load_plugin() for 'plugin_{plugin_id}'"
+    )
+
+
+async def test_a_sandbox_refusal_names_the_code_loaded_plugin_and_its_policy(
+    impl, tmp_path
+) -> None:
+    refusals: list[BaseException] = []
+    done = asyncio.Event()
+
+    def handler(message: Any) -> None:
+        try:
+            (tmp_path / "out.txt").write_text("x")
+        except SandboxViolation as exc:
+            refusals.append(exc)
+        finally:
+            done.set()
+
+    d = impl.Dispatcher()
+    await d.load_plugin(info(4, CT | DA), handler, sandbox=SandboxPolicy())
+    # refused before the queue: the CONTROL frame's SBX: header
+    header = impl.PluginHeader(4, 0, b"SBX:CONNECT evil.example:443")
+    detail = "connect to 'evil.example:443' (network is disabled)"
+    with pytest.raises(SandboxViolation, match=exact(sandbox_msg(4, detail, "0x53 (CONTROL)"))):
+        d.dispatch_nowait(CONTROL, header)
+    # refused while the handler runs: the audit hook, under the guard load_plugin made
+    d.dispatch_nowait(DATA, impl.PluginHeader(4), b"write")
+    async with asyncio.timeout(5):
+        await done.wait()
+    detail = f"write to {str(tmp_path / 'out.txt')!r} (filesystem is disabled)"
+    [refusal] = refusals
+    assert re.match(exact(sandbox_msg(4, detail, None)), str(refusal)), str(refusal)
+    await d.aclose()
+
+
+async def test_not_loaded_and_closed_name_the_plugin_the_registry_knows(impl) -> None:
+    d = impl.Dispatcher()
+    gate = asyncio.Event()
+
+    async def held(message: Any) -> None:
+        await gate.wait()
+
+    await d.load_plugin(info(6, DA), held, capacity=1)
+    d.dispatch_nowait(DATA, impl.PluginHeader(6))
+    await d.dispatch(DATA, impl.PluginHeader(6))  # the worker took the first: room for one
+    parked = await started_task(lambda: d.dispatch(DATA, impl.PluginHeader(6)))
+    unloading = await started_task(lambda: d.unload_plugin(6))
+    # unloading: the registry still knows it, the runtime is gone
+    with pytest.raises(PluginNotLoaded, match=exact(not_loaded_msg(6, "0x52 (DATA)"))):
+        d.dispatch_nowait(DATA, impl.PluginHeader(6))
+    with pytest.raises(PluginClosed, match=exact(closed_msg(6, "0x52 (DATA)"))):
+        await parked
+    gate.set()
+    await unloading

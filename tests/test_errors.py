@@ -35,13 +35,22 @@ DISPATCH_ERRORS = [WouldBlock, PluginClosed, PluginNotRegistered, PluginNotLoade
 FRAME_ERRORS = [HeaderDecodeError, FrameTooLarge, UnknownFrameType]
 LIFECYCLE_ERRORS = [AlreadyLoaded, AlreadyRegistered, NotRegistered, WrongThread]
 
+#: The registry entries errors name: declared in a manifest, or built in code.
+MANIFEST_INFO = PluginInfo(7, "seven", source="plugins/seven/nyxplug.toml")
+CODE_INFO = PluginInfo(7, "seven", Permission.CONTROL)
+
 #: One instance of every error, built the ways the dispatcher builds them.
 INSTANCES = {
     "would_block": WouldBlock(7, FrameType.DATA, 100),
+    "would_block_manifest": WouldBlock(7, FrameType.DATA, 100, MANIFEST_INFO),
+    "would_block_code": WouldBlock(7, FrameType.DATA, 100, CODE_INFO),
     "closed": PluginClosed(7, FrameType.CONTROL),
+    "closed_named": PluginClosed(7, FrameType.CONTROL, MANIFEST_INFO),
     "not_registered": PluginNotRegistered(7, FrameType.DATA),
     "not_loaded_frame": PluginNotLoaded(7, FrameType.HANDSHAKE),
     "not_loaded_unload": PluginNotLoaded(7),
+    "not_loaded_manifest": PluginNotLoaded(7, FrameType.DATA, MANIFEST_INFO),
+    "not_loaded_code": PluginNotLoaded(7, None, CODE_INFO),
     "denied": PermissionDenied(7, FrameType.ERROR, Permission.ERROR_REPORTING),
     "denied_two": PermissionDenied(7, 0x5A, Permission.CONTROL | Permission.DATA_ACCESS),
     "denied_named": PermissionDenied(
@@ -55,6 +64,10 @@ INSTANCES = {
     ),  # fmt: skip
     "sandbox": SandboxViolation(7, FrameType.CONTROL, "connect to evil.example:443"),
     "sandbox_nowhere": SandboxViolation(None, None, "open /etc/shadow for writing"),
+    "sandbox_manifest": SandboxViolation(
+        7, FrameType.CONTROL, "connect to evil.example:443", MANIFEST_INFO
+    ),
+    "sandbox_code": SandboxViolation(7, None, "open /etc/shadow for writing", CODE_INFO),
     "header": HeaderDecodeError("key `id`", "a map without it", 0, FrameType.DATA),
     "header_plain": HeaderDecodeError("a CBOR item", "empty input"),
     "too_large": FrameTooLarge("header", 5000, 4096, FrameType.DATA),
@@ -118,7 +131,7 @@ def test_messages_say_where(name: str) -> None:
     plugin_id = getattr(exc, "plugin_id", None)
     frame_type = getattr(exc, "frame_type", None)
     if plugin_id is not None:
-        named = rf"\bplugin {plugin_id}\b|^Plugin '[^']+' \(id {plugin_id}\)"
+        named = rf"\bplugin {plugin_id}\b|\bplugin '[^']+' \(id {plugin_id}\)"
         assert re.search(named, text, re.IGNORECASE), text
     if frame_type is not None:
         assert f"0x{frame_type:02x}" in text, text
@@ -130,6 +143,23 @@ def test_messages_exactly() -> None:
     expected = {
         "would_block": "Queue of plugin 7 is full (capacity 100) - frame 0x52 (DATA) was not "
         "enqueued; await dispatch() to wait for space, or retry later",
+        "would_block_manifest": "Queue of plugin 'seven' (id 7) is full (capacity 100) - frame "
+        "0x52 (DATA) was not enqueued; await dispatch() to wait for space, retry later, or "
+        "raise [resources] capacity of plugins/seven/nyxplug.toml",
+        "would_block_code": "Queue of plugin 'seven' (id 7) is full (capacity 100) - frame 0x52 "
+        "(DATA) was not enqueued; await dispatch() to wait for space, retry later, or raise "
+        "load_plugin(capacity=...) for 'seven'",
+        "closed_named": "Plugin 'seven' (id 7) was unloaded while frame 0x53 (CONTROL) waited "
+        "for queue space - the frame was not enqueued",
+        "not_loaded_manifest": "Plugin 'seven' (id 7) is not loaded - frame 0x52 (DATA) was "
+        "refused; load it with PluginManager.load('seven') first (`nyxplug enable seven` on a "
+        "running host)",
+        "not_loaded_code": "Plugin 'seven' (id 7) is not loaded - load it with "
+        "Dispatcher.load_plugin() first",
+        "sandbox_manifest": "Sandbox refused connect to evil.example:443 - frame 0x53 (CONTROL) "
+        "for plugin 'seven' (id 7); allow it in [sandbox] of plugins/seven/nyxplug.toml",
+        "sandbox_code": "Sandbox refused open /etc/shadow for writing - plugin 'seven' (id 7); "
+        "allow it in the SandboxPolicy given to load_plugin() for 'seven'",
         "closed": "Plugin 7 was unloaded while frame 0x53 (CONTROL) waited for queue space - "
         "the frame was not enqueued",
         "not_loaded_unload": "Plugin 7 is not loaded - load it with Dispatcher.load_plugin() first",

@@ -131,8 +131,9 @@ async def test_plugin_message_backpressure(impl) -> None:
     await d.dispatch(DATA, header)
     with pytest.raises(
         WouldBlock,
-        match=r"^Queue of plugin 4 is full \(capacity 1\) - frame 0x52 \(DATA\) was not "
-        r"enqueued; await dispatch\(\) to wait for space, or retry later$",
+        match=r"^Queue of plugin 'backpressure_test_plugin' \(id 4\) is full \(capacity 1\) - "
+        r"frame 0x52 \(DATA\) was not enqueued; await dispatch\(\) to wait for space, retry "
+        r"later, or raise load_plugin\(capacity=\.\.\.\) for 'backpressure_test_plugin'$",
     ) as excinfo:
         d.dispatch_nowait(DATA, header)
     assert (excinfo.value.plugin_id, excinfo.value.frame_type) == (4, DATA)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import py_compile
 import re
 import socket
@@ -12,9 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_helpers import RECORDER, write_plugin
+from plugin_helpers import RECORDER, manifest_text, write_plugin
 
-from nyxplug import FrameType, Permission, PermissionDenied, PluginHeader, SandboxViolation
+from nyxplug import (
+    FrameType,
+    Permission,
+    PermissionDenied,
+    PluginClosed,
+    PluginHeader,
+    PluginNotLoaded,
+    SandboxViolation,
+    WouldBlock,
+)
 from nyxplug.plugins import (
     DependencyError,
     Plugin,
@@ -537,6 +547,80 @@ async def test_a_refused_frame_names_the_manifest_plugin_and_its_fix(
     )
 
 
+async def test_after_a_reload_refusals_still_name_the_manifest_fix(
+    impl: Any, tmp_path: Path
+) -> None:
+    folder = write_plugin(tmp_path, "quiet", 53, frames=("CONTROL",))
+    async with manager_for(impl, tmp_path) as manager:
+        (folder / "nyxplug.toml").write_text(
+            manifest_text("quiet", 53, version="1.1.0", frames=("CONTROL",))
+        )
+        assert (await manager.reload("quiet")).outcome == "swapped"
+        with pytest.raises(PermissionDenied) as caught:
+            await send(manager, 53, b"data, still without the right")
+    assert str(caught.value) == (
+        "Plugin 'quiet' (id 53) lacks permission DATA_ACCESS required by frame 0x52 (DATA) "
+        f"- grant it in [permissions] of {folder / 'nyxplug.toml'}"
+    )
+
+
+GATED = """
+import asyncio
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    def __init__(self):
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def handle(self, message):
+        self.entered.set()
+        await self.gate.wait()
+"""
+
+
+async def test_queue_refusals_name_the_manifest_plugin_and_its_fix(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_plugin(tmp_path, "gated", 54, GATED, resources={"capacity": 1})
+    manifest = tmp_path / "gated" / "nyxplug.toml"
+    header = PluginHeader(54).encode()
+    async with manager_for(impl, tmp_path) as manager:
+        dispatcher, instance = manager.dispatcher, manager.instance("gated")
+        try:
+            dispatcher.dispatch_nowait(DATA, header)
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                await instance.entered.wait()  # the handler holds the first frame
+            dispatcher.dispatch_nowait(DATA, header)  # the one slot
+            with pytest.raises(WouldBlock) as full:
+                dispatcher.dispatch_nowait(DATA, header)
+            assert str(full.value) == (
+                "Queue of plugin 'gated' (id 54) is full (capacity 1) - frame 0x52 (DATA) was not "
+                "enqueued; await dispatch() to wait for space, retry later, or raise "
+                f"[resources] capacity of {manifest}"
+            )
+            parked = asyncio.create_task(dispatcher.dispatch(DATA, header))
+            unloading = asyncio.create_task(manager.unload("gated"))
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                with pytest.raises(PluginClosed) as closed:
+                    await parked  # the unload closed the queue it waited for
+            assert str(closed.value) == (
+                "Plugin 'gated' (id 54) was unloaded while frame 0x52 (DATA) waited for queue "
+                "space - the frame was not enqueued"
+            )
+            with pytest.raises(PluginNotLoaded) as draining:
+                dispatcher.dispatch_nowait(DATA, header)
+            assert str(draining.value) == (
+                "Plugin 'gated' (id 54) is not loaded - frame 0x52 (DATA) was refused; load it "
+                "with PluginManager.load('gated') first (`nyxplug enable gated` on a running host)"
+            )
+            instance.gate.set()
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                await unloading
+        finally:
+            instance.gate.set()  # a failed check must not leave the handler waiting
+
+
 # -- the sandbox while plugin code runs -------------------------------------------------
 
 SNOOP = """
@@ -582,6 +666,7 @@ async def test_the_sandbox_refuses_files_and_sockets_outside_the_policy_and_coun
     server.bind(("127.0.0.1", 0))
     server.listen()
     port = server.getsockname()[1]
+    manifest = tmp_path / "plugins" / "snoop" / "nyxplug.toml"
     write_plugin(
         tmp_path / "plugins", "snoop", 60, SNOOP,
         sandbox={"filesystem": "read-only", "filesystem_allowlist": [str(allowed)],
@@ -601,6 +686,9 @@ async def test_the_sandbox_refuses_files_and_sockets_outside_the_policy_and_coun
             results = instance.results
             assert results[0] == ("ok", "public")
             assert [kind for kind, _ in results[1:]] == ["SandboxViolation"] * 3
+            # each names the plugin and the fix in its manifest's terms
+            fix = f" - plugin 'snoop' (id 60); allow it in [sandbox] of {manifest}"
+            assert [text.endswith(fix) for _, text in results[1:]] == [True] * 3, results
             assert not (allowed / "new.txt").exists()
             stats = manager.stats("snoop")
             assert stats is not None and stats.sandbox_violations == 3 and stats.errors == 3
@@ -618,8 +706,13 @@ async def test_control_frames_naming_a_forbidden_target_are_refused_before_the_q
     write_plugin(tmp_path, "ctl", 70, frames=("CONTROL",), sandbox={"network": False})
     async with manager_for(impl, tmp_path) as manager:
         header = PluginHeader(70, 0, b"SBX:CONNECT evil.example:443").encode()
-        with pytest.raises(SandboxViolation, match=r"evil\.example"):
+        with pytest.raises(SandboxViolation) as caught:
             await manager.dispatcher.dispatch(FrameType.CONTROL, header, b"")
+        assert str(caught.value) == (
+            "Sandbox refused connect to 'evil.example:443' (network is disabled) - frame 0x53 "
+            f"(CONTROL) for plugin 'ctl' (id 70); allow it in [sandbox] of {tmp_path / 'ctl'}"
+            f"{os.sep}nyxplug.toml"
+        )
         stats = manager.stats("ctl")
         assert stats is not None and stats.sandbox_violations == 1
         assert manager.instance("ctl").seen == []
@@ -788,5 +881,11 @@ async def test_ctx_try_dispatch_reports_its_own_refusals_as_statuses(impl: Any) 
         assert ctx.try_dispatch(FrameType.CONTROL, b"\xff") is DispatchStatus.HEADER_DECODE_ERROR
         assert guard.violations == 2
         assert ctx.try_dispatch(FrameType.DATA, PluginHeader(60), b"ok") is DispatchStatus.OK
-        with pytest.raises(SandboxViolation):
+        # named from the registry; its info was built in code, so the fix is the code's
+        with pytest.raises(
+            SandboxViolation,
+            match=r"^Sandbox refused read of '/etc/passwd' \(filesystem is disabled\) - frame "
+            r"0x53 \(CONTROL\) for plugin 'p61' \(id 61\); allow it in the SandboxPolicy "
+            r"given to load_plugin\(\) for 'p61'$",
+        ):
             ctx.dispatch_nowait(FrameType.CONTROL, bad)

@@ -105,7 +105,8 @@ class PluginContext:
             detail = self._guard.preflight(header)
             if detail is not None:
                 self._guard.violations += 1
-                return SandboxViolation(self.id, frame_type, detail)
+                info = self._dispatcher.registry.get(self.id)
+                return SandboxViolation(self.id, frame_type, detail, info)
         return None
 
     def dispatch(

@@ -29,14 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import Permission
 from .._impl import Dispatcher as DefaultDispatcher
-from .._info import PluginInfo
 from .._stats import PluginStats
 from ..config import HostConfig
 from ..isolation.manifest_limits import child_limits
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode, import_entry, unload_code
-from ..source.layout import MANIFEST_FILE
 from ..source.manifest import Manifest, ManifestError, check_api_compatible
 from ..source.snapshot import Snapshot
 from .api import PluginContext
@@ -55,7 +53,7 @@ from .deps import dependency_order
 from .disabled import read_disabled, write_disabled
 from .errors import DependencyError, PluginLoadError, PluginNotFound, PluginStateError
 from .reload import LoadSteps, ReloadResult, reload_plugin
-from .staging import guard_of, instantiate, read_code, staged_manifest
+from .staging import guard_of, info_of, instantiate, read_code, staged_manifest
 from .state import PluginState
 from .supervise import Supervision, call_on_unload, lifecycle_call, supervise
 
@@ -354,10 +352,10 @@ class PluginManager:
             # One guard for everything this plugin does (on_load, sending, its handler),
             # and its rights in the registry from now on, so ctx.dispatch in on_load works.
             # An isolated plugin's guard is its child's kernel layers, not an audit hook.
-            record.guard = guard_of(manifest)
-            # The manifest, so a refusal says to grant the right in its [permissions].
-            source = str(record.folder / MANIFEST_FILE) if record.folder is not None else None
-            info = PluginInfo(manifest.id, name, manifest.permission_mask, source=source)
+            # The manifest is the info's source, so a refusal (the guard's too) gives the
+            # fix in its terms: [permissions], [sandbox], [resources].
+            info = info_of(record, manifest)
+            record.guard = guard_of(manifest, info)
             if not registry.is_registered(manifest.id):
                 registry.register(info)
                 registered_here = True

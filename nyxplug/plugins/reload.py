@@ -24,7 +24,7 @@ from ..source.manifest import Manifest, check_api_compatible
 from ..source.snapshot import Snapshot
 from ..source.versions import VersionRange
 from .errors import ReloadFailed
-from .staging import guard_of, instantiate, staged_manifest
+from .staging import guard_of, info_of, instantiate, staged_manifest
 from .state import PluginState
 from .supervise import Supervision, call_on_unload, lifecycle_call
 
@@ -304,7 +304,8 @@ async def _reload_once(
         why = needs_migration(old, manifest, instance)
         if why is not None:
             raise ValueError(why)
-        guard = guard_of(manifest)
+        info = info_of(record, manifest)
+        guard = guard_of(manifest, info)
         instance.ctx = steps.context(record.name, manifest, guard)
         step = "on_load"
         await lifecycle_call(guard, instance, "on_load", instance.ctx)
@@ -319,7 +320,9 @@ async def _reload_once(
             hand_over_state(
                 old_instance, instance, running, old_guard=old_guard, new_guard=new_guard
             )
-            dispatcher.registry.set_permissions(manifest.id, manifest.permission_mask)
+            dispatcher.registry.set_permissions(
+                manifest.id, manifest.permission_mask, source=info.source
+            )
 
         supervised = steps.handler(record, instance, manifest)
         pause = await _finish_even_if_cancelled(

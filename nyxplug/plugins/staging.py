@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._info import PluginInfo
 from ..sandbox import FilesystemAccess, SandboxGuard, SandboxPolicy
 from ..source.layout import INDEX_FILE, MANIFEST_FILE
 from ..source.manifest import Manifest, decode_manifest
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # nyxplug.trust loads lazily (cryptography costs ~20 ms at im
     from ..trust import AuditLog, TrustStore
     from .catalog import PluginRecord  # the catalog imports reload, which imports this
 
-__all__ = ("guard_of", "instantiate", "policy_of", "read_code", "staged_manifest")
+__all__ = ("guard_of", "info_of", "instantiate", "policy_of", "read_code", "staged_manifest")
 
 logger = logging.getLogger("nyxplug.runtime")
 
@@ -94,11 +95,21 @@ def policy_of(manifest: Manifest) -> SandboxPolicy:
     )
 
 
-def guard_of(manifest: Manifest) -> SandboxGuard | None:
-    """The plugin's cooperative sandbox; none for an isolated one (its child has the kernel's)."""
+def info_of(record: PluginRecord, manifest: Manifest) -> PluginInfo:
+    """The plugin's registry entry, with its manifest as ``source``: errors about it then
+    name the fix in that file's terms (``[permissions]``, ``[sandbox]``, ``[resources]``)."""
+    source = str(record.folder / MANIFEST_FILE) if record.folder is not None else None
+    return PluginInfo(manifest.id, record.name, manifest.permission_mask, source=source)
+
+
+def guard_of(manifest: Manifest, info: PluginInfo | None = None) -> SandboxGuard | None:
+    """The plugin's cooperative sandbox; none for an isolated one (its child has the kernel's).
+
+    ``info`` (from ``info_of``) lets its refusals name the plugin and its ``[sandbox]``.
+    """
     if manifest.resources.isolation == "process":
         return None
-    return SandboxGuard(policy_of(manifest), manifest.id)
+    return SandboxGuard(policy_of(manifest), manifest.id, info=info)
 
 
 def instantiate(factory: Callable[[], Any]) -> Any:

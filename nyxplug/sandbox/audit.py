@@ -171,7 +171,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         _ACTIVE.reset(token)
     if detail is not None:
         guard.violations += 1
-        raise SandboxViolation(guard.plugin_id, None, detail)
+        raise SandboxViolation(guard.plugin_id, None, detail, guard.info)
 
 
 def _for_interpreter(frame: FrameType | None) -> bool:

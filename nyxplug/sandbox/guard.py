@@ -13,6 +13,7 @@ import os
 from typing import Any, Protocol
 
 from .._errors import SandboxViolation
+from .._info import PluginInfo
 from .policy import FilesystemAccess, SandboxPolicy
 
 __all__ = ("SandboxGuard",)
@@ -68,15 +69,19 @@ class SandboxGuard:
     """Checks one plugin's operations against its ``SandboxPolicy``.
 
     ``check_connect``, ``check_open`` and ``check_memory`` return None or raise
-    ``SandboxViolation(plugin_id, None, detail)``. ``violations`` counts what the
-    audit hook refused under this guard (the dispatcher adds it to the plugin's
-    ``sandbox_violations``); direct ``check_*`` calls and ``preflight`` do not count.
+    ``SandboxViolation(plugin_id, None, detail, info)``: ``info``, the plugin's
+    ``PluginInfo`` when the code that built the guard knows it, names the plugin and
+    where its policy is set (its manifest's ``[sandbox]`` or the code's SandboxPolicy).
+    ``violations`` counts what the audit hook refused under this guard (the dispatcher
+    adds it to the plugin's ``sandbox_violations``); direct ``check_*`` calls and
+    ``preflight`` do not count.
     """
 
     __slots__ = (
         "_any_host",
         "_exact",
         "_filesystem",
+        "_info",
         "_memory_limit",
         "_network",
         "_plugin_id",
@@ -87,7 +92,9 @@ class SandboxGuard:
         "violations",
     )
 
-    def __init__(self, policy: SandboxPolicy, plugin_id: int | None = None) -> None:
+    def __init__(
+        self, policy: SandboxPolicy, plugin_id: int | None = None, *, info: PluginInfo | None = None
+    ) -> None:
         if not isinstance(policy, SandboxPolicy):
             raise TypeError(f"Expected `policy` to be a SandboxPolicy, got {type(policy).__name__}")
         if plugin_id is not None and (
@@ -96,8 +103,13 @@ class SandboxGuard:
             raise TypeError(
                 f"Expected `plugin_id` to be an int or None, got {type(plugin_id).__name__}"
             )
+        if info is not None and not isinstance(info, PluginInfo):
+            raise TypeError(
+                f"Expected `info` to be a PluginInfo or None, got {type(info).__name__}"
+            )
         self._policy = policy
         self._plugin_id = plugin_id
+        self._info = info
         self.violations = 0
         self._network = policy.allow_network
         self._filesystem = policy.filesystem
@@ -140,6 +152,11 @@ class SandboxGuard:
         """The plugin refusals are attributed to (None for an anonymous guard)."""
         return self._plugin_id
 
+    @property
+    def info(self) -> PluginInfo | None:
+        """The plugin's info, which refusals name (None when the guard was built without)."""
+        return self._info
+
     def __repr__(self) -> str:
         return (
             f"SandboxGuard({self._policy!r}, plugin_id={self._plugin_id!r}, "
@@ -156,7 +173,7 @@ class SandboxGuard:
             )
         detail = self._connect_refusal(dest)
         if detail is not None:
-            raise SandboxViolation(self._plugin_id, None, detail)
+            raise SandboxViolation(self._plugin_id, None, detail, self._info)
 
     def check_open(self, path: str | bytes | os.PathLike[Any], write: bool = False) -> None:
         """Refuse opening ``path`` for reading (or writing, with ``write=True``)."""
@@ -168,7 +185,7 @@ class SandboxGuard:
             os.fsdecode(os.fspath(path)), write, "write to" if write else "read of"
         )
         if detail is not None:
-            raise SandboxViolation(self._plugin_id, None, detail)
+            raise SandboxViolation(self._plugin_id, None, detail, self._info)
 
     def check_memory(self, nbytes: int) -> None:
         """Refuse using ``nbytes`` bytes when that is more than ``memory_limit``."""
@@ -181,6 +198,7 @@ class SandboxGuard:
                 self._plugin_id,
                 None,
                 f"memory use of {nbytes} bytes (memory_limit is {self._memory_limit} bytes)",
+                self._info,
             )
 
     def preflight(self, header: _Header) -> str | None:
