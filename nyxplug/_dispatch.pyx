@@ -1623,7 +1623,7 @@ cdef class Dispatcher:
                     # The no-op consumer takes the whole queue at once.
                     if replies:
                         batch = rt.take_all()  # same counting, but the requests get None
-                        settle_batch(replies, batch, rt.id, None)
+                        settle_batch(replies, batch, rt.entry.info, None)
                     else:
                         rt.consume_all()
                     if rt.waiters:
@@ -1639,16 +1639,16 @@ cdef class Dispatcher:
                     except Exception as exc:
                         rt.errors += 1
                         log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
-                                          len(batch), exc)
+                                          len(batch), exc, rt.entry.info)
                         if replies:
-                            fail_batch(replies, batch, rt.id, exc)
+                            fail_batch(replies, batch, rt.entry.info, exc)
                     else:
                         if replies:
-                            bad = settle_batch(replies, batch, rt.id, result)
+                            bad = settle_batch(replies, batch, rt.entry.info, result)
                             if bad is not None:
                                 rt.errors += 1
                                 log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
-                                                  len(batch), bad)
+                                                  len(batch), bad, rt.entry.info)
                     if rt.pausing:  # a swap: the next frame goes to the new handler
                         return
                 else:
@@ -1663,15 +1663,16 @@ cdef class Dispatcher:
                             result = await result
                     except Exception as exc:
                         rt.errors += 1
-                        log_handler_error(rt.id, msg.frame_type, 1, exc)
+                        log_handler_error(rt.id, msg.frame_type, 1, exc, rt.entry.info)
                         if replies:
-                            fail(replies, msg, rt.id, exc)
+                            fail(replies, msg, rt.entry.info, exc)
                     else:
                         if replies:
-                            bad = settle(replies, msg, rt.id, result)
+                            bad = settle(replies, msg, rt.entry.info, result)
                             if bad is not None:
                                 rt.errors += 1
-                                log_handler_error(rt.id, msg.frame_type, 1, bad)
+                                log_handler_error(rt.id, msg.frame_type, 1, bad,
+                                                  rt.entry.info)
                     if rt.pausing:
                         return
         finally:

@@ -1189,7 +1189,7 @@ class Dispatcher:
                     if rt.waiters:
                         self._grant(rt)
                     if replies:
-                        settle_batch(replies, batch, rt.id, None)
+                        settle_batch(replies, batch, rt.entry.info, None)
                 elif rt.batch:
                     batch = rt.take_all()
                     if rt.waiters:
@@ -1200,15 +1200,19 @@ class Dispatcher:
                             result = await result
                     except Exception as exc:
                         rt.errors += 1
-                        log_handler_error(rt.id, batch[0]._frame_type, len(batch), exc)
+                        log_handler_error(
+                            rt.id, batch[0]._frame_type, len(batch), exc, rt.entry.info
+                        )
                         if replies:
-                            fail_batch(replies, batch, rt.id, exc)
+                            fail_batch(replies, batch, rt.entry.info, exc)
                     else:
                         if replies:
-                            bad = settle_batch(replies, batch, rt.id, result)
+                            bad = settle_batch(replies, batch, rt.entry.info, result)
                             if bad is not None:
                                 rt.errors += 1
-                                log_handler_error(rt.id, batch[0]._frame_type, len(batch), bad)
+                                log_handler_error(
+                                    rt.id, batch[0]._frame_type, len(batch), bad, rt.entry.info
+                                )
                     if rt.pausing:  # a swap: the next frame goes to the new handler
                         return
                 else:
@@ -1223,15 +1227,15 @@ class Dispatcher:
                             result = await result
                     except Exception as exc:
                         rt.errors += 1
-                        log_handler_error(rt.id, msg._frame_type, 1, exc)
+                        log_handler_error(rt.id, msg._frame_type, 1, exc, rt.entry.info)
                         if replies:
-                            fail(replies, msg, rt.id, exc)
+                            fail(replies, msg, rt.entry.info, exc)
                     else:
                         if replies:
-                            bad = settle(replies, msg, rt.id, result)
+                            bad = settle(replies, msg, rt.entry.info, result)
                             if bad is not None:
                                 rt.errors += 1
-                                log_handler_error(rt.id, msg._frame_type, 1, bad)
+                                log_handler_error(rt.id, msg._frame_type, 1, bad, rt.entry.info)
                     if rt.pausing:
                         return
         finally:

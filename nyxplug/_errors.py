@@ -47,11 +47,11 @@ def _where(plugin_id: int | None, frame_type: int | None, info: PluginInfo | Non
     if frame_type is not None:
         parts.append(f"frame {frame_type_name(frame_type)}")
     if plugin_id is not None:
-        parts.append(_plugin(plugin_id, info))
+        parts.append(plugin_label(plugin_id, info))
     return " for ".join(parts)
 
 
-def _plugin(plugin_id: int | None, info: PluginInfo | None) -> str:
+def plugin_label(plugin_id: int | None, info: PluginInfo | None) -> str:
     """``plugin 'name' (id N)`` when the registry entry is known, else ``plugin N``."""
     if info is None:
         return f"plugin {plugin_id}"
@@ -60,7 +60,7 @@ def _plugin(plugin_id: int | None, info: PluginInfo | None) -> str:
 
 def _subject(plugin_id: int | None, info: PluginInfo | None) -> str:
     """``_plugin`` at the start of a sentence."""
-    return "P" + _plugin(plugin_id, info)[1:]
+    return "P" + plugin_label(plugin_id, info)[1:]
 
 
 def _in_terms(info: PluginInfo, manifest_key: str, code: str) -> str:
@@ -108,7 +108,7 @@ class WouldBlock(DispatchError):
             where = _in_terms(info, "[resources] capacity", "load_plugin(capacity=...)")
             fix = f"retry later, or raise {where}"
         return (
-            f"Queue of {_plugin(self.plugin_id, info)} is full (capacity {self.capacity}) - "
+            f"Queue of {plugin_label(self.plugin_id, info)} is full (capacity {self.capacity}) - "
             f"frame {frame_type_name(self.frame_type)} was not enqueued; "
             f"await dispatch() to wait for space, {fix}"
         )
@@ -452,22 +452,27 @@ class HandlerError(DispatchError):
     """The handler raised on a frame sent with ``request``; the plugin's exception is
     ``__cause__``. The frame was handled and counted in ``PluginStats.errors``."""
 
-    def __init__(self, plugin_id: int, frame_type: int, error: str) -> None:
-        super().__init__(plugin_id, frame_type, error)
+    def __init__(
+        self, plugin_id: int, frame_type: int, error: str, info: PluginInfo | None = None
+    ) -> None:
+        super().__init__(plugin_id, frame_type, error, info)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.error = error
+        self.info = info
 
     @classmethod
-    def caused_by(cls, plugin_id: int, frame_type: int, exc: BaseException) -> HandlerError:
+    def caused_by(
+        cls, plugin_id: int, frame_type: int, exc: BaseException, info: PluginInfo | None = None
+    ) -> HandlerError:
         """The error for ``exc``, chained to it (``raise ... from exc`` without raising)."""
-        error = cls(plugin_id, int(frame_type), f"{type(exc).__name__}: {exc}")
+        error = cls(plugin_id, int(frame_type), f"{type(exc).__name__}: {exc}", info)
         error.__cause__ = exc
         return error
 
     def __str__(self) -> str:
         return (
-            f"Handler of plugin {self.plugin_id} raised on frame "
+            f"Handler of {plugin_label(self.plugin_id, self.info)} raised on frame "
             f"{frame_type_name(self.frame_type)}: {self.error} - the frame was handled and "
             "counted in PluginStats.errors; fix the plugin, or catch the error in its handler"
         )

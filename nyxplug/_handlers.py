@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from ._constants import frame_type_name
-from ._errors import NyxplugError
+from ._errors import NyxplugError, plugin_label
 
 __all__ = (
     "HandlesBatches",
@@ -72,25 +72,27 @@ def resolve_handler(handler: Any) -> tuple[Callable[..., Any] | None, bool]:
     )
 
 
-def log_handler_error(plugin_id: int, frame_type: int, count: int, exc: BaseException) -> None:
-    """Log a handler's exception with the plugin id and frame type, never hiding it."""
-    if count == 1:
-        what = f"frame {frame_type_name(int(frame_type))}"
-    else:
-        what = f"a batch of {count} frames starting with frame {frame_type_name(int(frame_type))}"
+def log_handler_error(
+    plugin_id: int, frame_type: int, count: int, exc: BaseException, info: Any = None
+) -> None:
+    """Log a handler's exception with the plugin (named when ``info``, its registry entry,
+    is given) and frame type, never hiding it."""
     from .sandbox import unguarded  # the plugin's sandbox must not refuse our log handlers
 
     with unguarded():
         if isinstance(exc, NyxplugError) and isinstance(exc, TimeoutError):
             # A timeout nyxplug enforced says all there is (plugin, frame, limit, fix);
             # the stack of the cancelled handler would bury it in chained tracebacks.
-            logger.error(
-                "Handler of plugin %d timed out on %s: %s", plugin_id, what, exc, exc_info=None
-            )
+            logger.error("%s", exc, exc_info=None)
             return
+        if count == 1:
+            what = f"frame {frame_type_name(int(frame_type))}"
+        else:
+            first = frame_type_name(int(frame_type))
+            what = f"a batch of {count} frames starting with frame {first}"
         logger.error(
-            "Handler of plugin %d raised on %s; counted in PluginStats.errors, the worker goes on",
-            plugin_id,
+            "Handler of %s raised on %s; counted in PluginStats.errors, the worker goes on",
+            plugin_label(plugin_id, info),
             what,
             exc_info=(type(exc), exc, exc.__traceback__),
         )

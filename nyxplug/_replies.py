@@ -91,7 +91,7 @@ def _as_reply(result: object) -> bytes | None:
     )
 
 
-def settle(replies: dict[Any, Any], msg: Any, plugin_id: int, result: object) -> Exception | None:
+def settle(replies: dict[Any, Any], msg: Any, info: Any, result: object) -> Exception | None:
     """Answer ``msg``'s request with the handler's ``result``, if it is a request.
 
     Returns the ``TypeError`` when ``result`` is not a reply (the requester got it as
@@ -103,27 +103,27 @@ def settle(replies: dict[Any, Any], msg: Any, plugin_id: int, result: object) ->
     try:
         value = _as_reply(result)
     except TypeError as exc:
-        fail_one(reply, msg, plugin_id, exc)
+        fail_one(reply, msg, info, exc)
         return exc
     if not reply.done():
         reply.set_result(value)
     return None
 
 
-def fail_one(reply: asyncio.Future[Any], msg: Any, plugin_id: int, exc: BaseException) -> None:
+def fail_one(reply: asyncio.Future[Any], msg: Any, info: Any, exc: BaseException) -> None:
     if not reply.done():
-        reply.set_exception(HandlerError.caused_by(plugin_id, msg.frame_type, exc))
+        reply.set_exception(HandlerError.caused_by(info.id, msg.frame_type, exc, info))
 
 
-def fail(replies: dict[Any, Any], msg: Any, plugin_id: int, exc: BaseException) -> None:
+def fail(replies: dict[Any, Any], msg: Any, info: Any, exc: BaseException) -> None:
     """The handler raised ``exc`` on ``msg``: its requester gets a ``HandlerError``."""
     reply = replies.pop(msg, None)
     if reply is not None:
-        fail_one(reply, msg, plugin_id, exc)
+        fail_one(reply, msg, info, exc)
 
 
 def settle_batch(
-    replies: dict[Any, Any], batch: list[Any], plugin_id: int, result: object
+    replies: dict[Any, Any], batch: list[Any], info: Any, result: object
 ) -> Exception | None:
     """Answer the requests in ``batch`` from ``handle_batch``'s ``result``.
 
@@ -144,23 +144,21 @@ def settle_batch(
             f"(one per message), got {got}"
         )
         if any(msg in replies for msg in batch):
-            fail_batch(replies, batch, plugin_id, exc)
+            fail_batch(replies, batch, info, exc)
             return exc
         return None
     bad: Exception | None = None
     for msg, item in zip(batch, result, strict=True):
-        error = settle(replies, msg, plugin_id, item)
+        error = settle(replies, msg, info, item)
         if bad is None:
             bad = error
     return bad
 
 
-def fail_batch(
-    replies: dict[Any, Any], batch: list[Any], plugin_id: int, exc: BaseException
-) -> None:
+def fail_batch(replies: dict[Any, Any], batch: list[Any], info: Any, exc: BaseException) -> None:
     """``handle_batch`` raised ``exc``: every request in the batch gets a ``HandlerError``."""
     for msg in batch:
-        fail(replies, msg, plugin_id, exc)
+        fail(replies, msg, info, exc)
 
 
 def abandon(replies: dict[Any, Any], plugin_id: int) -> None:

@@ -855,7 +855,7 @@ async def test_object_with_handle_and_handle_batch_gets_each_frame_once(impl) ->
 
 
 HANDLER_LOG = re.compile(
-    r"^Handler of plugin 7 raised on (frame 0x52 \(DATA\)|a batch of \d+ frames starting with "
+    r"^Handler of plugin 'plugin_7' \(id 7\) raised on (frame 0x52 \(DATA\)|a batch of \d+ frames starting with "
     r"frame 0x52 \(DATA\)); counted in PluginStats\.errors, the worker goes on$"
 )
 
@@ -889,7 +889,9 @@ async def test_raising_handler_is_counted_logged_and_the_worker_goes_on(
     for record, payload in zip(records, [b"bad1", b"bad2", b"bad3"], strict=True):
         assert record.levelno == logging.ERROR
         assert HANDLER_LOG.match(record.getMessage()), record.getMessage()
-        assert record.getMessage().startswith("Handler of plugin 7 raised on frame 0x52")
+        assert record.getMessage().startswith(
+            "Handler of plugin 'plugin_7' (id 7) raised on frame 0x52"
+        )
         assert isinstance(record.exc_info[1], KeyError)
         assert record.exc_info[1].args == (payload,)
     # the worker is alive

@@ -37,7 +37,7 @@ from nyxplug.plugins.api import PluginContext
 
 def handler_error_msg(plugin_id: int, frame: str, error: str) -> str:
     return (
-        rf"^Handler of plugin {plugin_id} raised on frame {re.escape(frame)}: "
+        rf"^Handler of plugin 'plugin_{plugin_id}' \(id {plugin_id}\) raised on frame {re.escape(frame)}: "
         rf"{re.escape(error)} - the frame was handled and counted in PluginStats\.errors; "
         r"fix the plugin, or catch the error in its handler$"
     )
@@ -97,7 +97,9 @@ async def test_a_raising_handler_fails_the_request_and_is_counted(impl, caplog) 
     assert str(caught.value.__cause__) == "boom"
     assert (caught.value.plugin_id, caught.value.frame_type) == (7, DATA)
     assert d.plugin_stats(7).errors == 1
-    assert "Handler of plugin 7 raised on frame 0x52 (DATA)" in caplog.text  # logged as ever
+    assert (
+        "Handler of plugin 'plugin_7' (id 7) raised on frame 0x52 (DATA)" in caplog.text
+    )  # logged as ever
     assert await d.request(DATA, impl.PluginHeader(7), b"ok") == b"OK"  # the worker goes on
     assert_accounting(d, {7: 2}, calls=2)
     await d.aclose()
