@@ -855,8 +855,9 @@ async def test_object_with_handle_and_handle_batch_gets_each_frame_once(impl) ->
 
 
 HANDLER_LOG = re.compile(
-    r"^Handler of plugin 'plugin_7' \(id 7\) raised on (frame 0x52 \(DATA\)|a batch of \d+ frames starting with "
-    r"frame 0x52 \(DATA\)); counted in PluginStats\.errors, the worker goes on$"
+    r"^Handler of plugin 'plugin_7' \(id 7\) raised on "
+    r"(frame 0x52 \(DATA\)|a batch of \d+ frames starting with frame 0x52 \(DATA\)); "
+    r"counted in PluginStats\.errors, the worker goes on$"
 )
 
 

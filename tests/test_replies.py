@@ -37,7 +37,8 @@ from nyxplug.plugins.api import PluginContext
 
 def handler_error_msg(plugin_id: int, frame: str, error: str) -> str:
     return (
-        rf"^Handler of plugin 'plugin_{plugin_id}' \(id {plugin_id}\) raised on frame {re.escape(frame)}: "
+        rf"^Handler of plugin 'plugin_{plugin_id}' \(id {plugin_id}\) raised on frame "
+        rf"{re.escape(frame)}: "
         rf"{re.escape(error)} - the frame was handled and counted in PluginStats\.errors; "
         r"fix the plugin, or catch the error in its handler$"
     )
