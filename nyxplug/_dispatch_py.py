@@ -1073,7 +1073,7 @@ class Dispatcher:
         submit = self._submit
         for frame in items:
             status, _rt = submit(frame._frame_type, frame._header, frame._payload)
-            statuses.append(status)
+            statuses.append(DispatchStatus(status))
             if status == _OK:
                 dispatched += 1
                 continue
@@ -1111,16 +1111,16 @@ class Dispatcher:
             if stop > end:
                 break
             try:
-                ft, id_, flags, data, payload, _used = decode_frame_fields(
-                    bytes(view[pos + 4 : stop]), limit
-                )
+                fields = decode_frame_fields(bytes(view[pos + 4 : stop]), limit)
             except HeaderDecodeError:
                 self._refused[_HEADER_DECODE_ERROR] += 1
                 statuses.append(_HEADER_DECODE_ERROR)
                 pos = stop
                 continue
+            assert fields is not None  # only prefix mode returns None
+            ft, id_, flags, data, payload, _used = fields
             status, _rt = submit(ft, _new_header(id_, flags, data), payload)
-            statuses.append(status)
+            statuses.append(DispatchStatus(status))
             if status == _OK:
                 dispatched += 1
             else:
