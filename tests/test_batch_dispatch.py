@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from typing import Any
 
 import cbor2
@@ -24,6 +25,7 @@ from nyxplug import (
     FrameTooLarge,
     FramingError,
     Permission,
+    WrongThread,
     frame_message,
 )
 from nyxplug.sandbox import SandboxPolicy
@@ -361,3 +363,34 @@ def test_lockstep_batches_equal_one_try_dispatch_per_frame(steps: list[Any]) -> 
     reference = results.pop(f"{available_impls()[0].__name__}:each")
     for key, seen in results.items():
         assert seen == reference, key
+
+
+@pytest.mark.parametrize("method", ["try_dispatch_many", "try_dispatch_framed"])
+async def test_a_batch_from_another_thread_is_refused(impl, method: str) -> None:
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7, DA))
+    frame = impl.PluginFrame(DATA, impl.PluginHeader(7))
+    arg = [frame] if method == "try_dispatch_many" else framed(frame)
+    before = snapshot(d, 7)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            getattr(d, method)(arg)
+        except BaseException as exc:  # handed back to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="intruder")
+    thread.start()
+    thread.join(10)
+    [exc] = outcome
+    assert isinstance(exc, WrongThread)
+    fix = f"loop.call_soon_threadsafe(dispatcher.{method}, ...)"
+    assert re.match(
+        rf"^Dispatcher\.{method}\(\) was called from thread 'intruder' \(id \d+\), but this "
+        rf"dispatcher belongs to thread '{threading.current_thread().name}' \(id \d+\), which "
+        rf"runs its event loop; it is not thread-safe - from another thread use {re.escape(fix)}$",
+        str(exc),
+    ), str(exc)
+    assert snapshot(d, 7) == before
+    await d.aclose()
