@@ -76,6 +76,49 @@ async def _nowait(impl: Any, n: int, ready: bool) -> int:
     return elapsed
 
 
+async def _batch(impl: Any, n: int, mode: str) -> int:
+    """The frames of "nowait, ready header" (no payload) sent 1000 at a time: one
+    ``try_dispatch`` per frame (``mode="each"``), one ``try_dispatch_many`` per chunk
+    (``"many"``), or one ``try_dispatch_framed`` over the chunk's SPEC 8 framed messages
+    (``"framed"``, decoding included)."""
+    from nyxplug import frame_message
+
+    d = impl.Dispatcher()
+    await d.load_plugin(_info(), None, capacity=1024)
+    frames = [impl.PluginFrame(DATA, h) for h in ready_headers(impl)]
+    buffer = b"".join(frame_message(f.encode()) for f in frames)
+    try_dispatch = d.try_dispatch
+    elapsed = 0
+    done = 0
+    while done < n:
+        count = min(len(frames), n - done)  # 1024 fills the queue exactly
+        chunk = frames[:count]
+        if mode == "each":
+            t0 = time.perf_counter_ns()
+            for frame in chunk:
+                try_dispatch(frame.frame_type, frame.header, frame.payload)
+            elapsed += time.perf_counter_ns() - t0
+        elif mode == "many":
+            t0 = time.perf_counter_ns()
+            result = d.try_dispatch_many(chunk)
+            elapsed += time.perf_counter_ns() - t0
+            assert result.dispatched == count, result
+        else:
+            data = (
+                buffer
+                if count == len(frames)
+                else b"".join(frame_message(f.encode()) for f in chunk)
+            )
+            t0 = time.perf_counter_ns()
+            result = d.try_dispatch_framed(data)
+            elapsed += time.perf_counter_ns() - t0
+            assert result.dispatched == count, result
+        done += count
+        await d.wait_idle(PLUGIN)  # the worker drains between timed chunks
+    await d.aclose()
+    return elapsed
+
+
 def _call_floor(n: int) -> int:
     """A Python->C call that does nothing (``id(x)``): the floor under any dispatch call."""
     chunk = list(itertools.islice(itertools.cycle(encoded_headers()), 1000))
@@ -277,6 +320,17 @@ def build_rows(
                 small,
                 lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, True)),
             )
+            for label, mode in (
+                ("try_dispatch per frame, ready frame", "each"),
+                ("try_dispatch_many, ready frames", "many"),
+                ("try_dispatch_framed, SPEC 8 buffer", "framed"),
+            ):
+                add(
+                    label,
+                    f"nyxplug {tag} [{kind}]",
+                    small,
+                    lambda impl=impl, k=kind, m=small, md=mode: _run(k, _batch(impl, m, md)),
+                )
             add(
                 "try_dispatch, queue full (refused)",
                 f"nyxplug {tag} [{kind}]",

@@ -31,6 +31,16 @@ def test_dispatch_nowait_ready_header(
     )
 
 
+@pytest.mark.parametrize("mode", ["each", "many", "framed"])
+def test_try_dispatch_batch(
+    benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop, mode: str
+) -> None:
+    """One try_dispatch per frame, try_dispatch_many, try_dispatch_framed (issue 16 item 3)."""
+    benchmark.pedantic(
+        lambda: loop.run_until_complete(compare._batch(impl, FRAMES, mode)), rounds=5
+    )
+
+
 def test_end_to_end_cbor_bytes(benchmark: Any, impl: Any, loop: asyncio.AbstractEventLoop) -> None:
     benchmark.pedantic(
         lambda: loop.run_until_complete(compare._end_to_end(impl, FRAMES, False, 1024, 1, False)),

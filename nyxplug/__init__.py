@@ -6,6 +6,7 @@ registry, permission) and routed into each plugin's bounded queue, with awaiting
 The hot path is compiled with Cython; ``USE_EXTENSIONS`` says whether it is active.
 """
 
+from ._batch import BatchResult as BatchResult
 from ._constants import (
     DEFAULT_CAPACITY as DEFAULT_CAPACITY,
 )
@@ -125,6 +126,7 @@ __all__ = (
     "USE_EXTENSIONS",
     "AlreadyLoaded",
     "AlreadyRegistered",
+    "BatchResult",
     "DispatchError",
     "DispatchStats",
     "DispatchStatus",

@@ -10,6 +10,7 @@ from typing import Any, final
 
 from typing_extensions import disjoint_base
 
+from nyxplug._batch import BatchResult
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._handlers import Handler
 from nyxplug._info import PluginInfo
@@ -169,6 +170,8 @@ class Dispatcher:
     def try_dispatch(
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> DispatchStatus: ...
+    def try_dispatch_many(self, frames: Iterable[PluginFrame]) -> BatchResult: ...
+    def try_dispatch_framed(self, buf: BytesLike, *, max_size: int = 1052672) -> BatchResult: ...
     def dispatch(
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
     ) -> Coroutine[Any, Any, None]: ...

@@ -23,6 +23,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromUnsignedLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
@@ -38,6 +39,7 @@ import threading
 import time
 from collections import deque
 
+from nyxplug._batch import MAX_MESSAGE_LIMIT, BatchResult, bad_length, frame_list
 from nyxplug._constants import (
     DEFAULT_CAPACITY,
     DEFAULT_FRAME_PERMISSIONS,
@@ -1455,6 +1457,32 @@ cdef class Dispatcher:
         self._refused[status] += 1
         return status
 
+    cdef inline int _submit_frame(self, PluginFrame frame) except -1:
+        """``_submit`` for a ``PluginFrame`` (already typed, as a batch's are): when every
+        check of ``_prepare`` passes for the cached runtime and its queue has room, build
+        and enqueue the message here; otherwise ``_submit`` runs them all and counts the
+        refusal, so statuses and counters are the same either way."""
+        cdef _Runtime rt = self._last_rt
+        cdef PluginHeader hdr = frame.header
+        cdef long code = <long>frame.frame_type  # 0..255: PluginFrame checked it
+        cdef unsigned int required = self._required[code]
+        cdef PyObject* found = NULL
+        cdef Py_ssize_t payload_size = PyBytes_GET_SIZE(frame.payload)
+        cdef PluginMessage msg
+        if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
+                and rt.entry.alive and (rt.entry.mask & required) == required
+                and (code != CONTROL_CODE or rt.guard is None)
+                and hdr._size <= self._max_header and payload_size <= self._max_payload
+                and rt.has_room()):
+            msg = PluginMessage.__new__(PluginMessage)
+            msg.frame_type = frame.frame_type  # the same object as _type_objects[code]
+            msg.header = hdr
+            msg.payload = frame.payload
+            msg.size = hdr._size + payload_size
+            self._enqueue(rt, msg)
+            return S_OK
+        return self._submit(frame.frame_type, hdr, frame.payload, &found)
+
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
     def dispatch_nowait(self, frame_type, header, payload=b""):
@@ -1482,6 +1510,101 @@ cdef class Dispatcher:
         if status != S_OK:
             self._p_error = self._p_ft = None
         return _STATUS[status]
+
+    def try_dispatch_many(self, frames):
+        """``try_dispatch`` for each frame in order, in one call; stop at ``WOULD_BLOCK``.
+
+        Every frame is counted as its own ``try_dispatch`` would count it; a refusal is a
+        status, never an exception. A non-frame item is a TypeError before anything runs.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("try_dispatch_many")
+        cdef list items = <list>frames if type(frames) is list else list(frames)
+        cdef Py_ssize_t dispatched = 0, i, n = len(items)
+        for i in range(n):  # check every item in C first; the shared check on a mismatch
+            if type(items[i]) is not PluginFrame:
+                items = frame_list(items, PluginFrame, PluginHeader)
+                break
+        cdef list statuses = PyList_New(n)  # filled in C, cut short at a WOULD_BLOCK
+        cdef object ok = _STATUS[S_OK]
+        cdef object outcome
+        cdef int status
+        for i in range(n):
+            status = self._submit_frame(<PluginFrame>PyList_GET_ITEM(items, i))
+            if status == S_OK:
+                Py_INCREF(ok)
+                PyList_SET_ITEM(statuses, i, ok)
+                dispatched += 1
+                continue
+            outcome = _STATUS[status]
+            Py_INCREF(outcome)
+            PyList_SET_ITEM(statuses, i, outcome)
+            self._p_error = self._p_ft = None
+            if status == S_WOULD_BLOCK:
+                del statuses[i + 1:]
+                return BatchResult(statuses, dispatched, i)
+        return BatchResult(statuses, dispatched, n)
+
+    def try_dispatch_framed(self, buf, *, max_size=DEFAULT_MAX_FRAME_SIZE):
+        """``try_dispatch_many`` over the length-prefixed ``PluginFrame`` messages of SPEC 8
+        in ``buf``, decoding each one; ``used`` says where the rest begins.
+
+        A message whose frame does not decode is ``HEADER_DECODE_ERROR`` (counted like an
+        undecodable header) and the batch goes on; a bad length ends it with ``error``
+        set; a message cut short at the end of ``buf`` is left for the next call.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("try_dispatch_framed")
+        cdef Py_ssize_t limit = (<Py_ssize_t>max_size if type(max_size) is int
+                                 and 0 <= max_size <= MAX_MESSAGE_LIMIT
+                                 else check_uint("max_size", max_size, MAX_MESSAGE_LIMIT))
+        cdef Py_buffer view
+        source = buf if type(buf) is bytes else as_byte_view("buf", buf)
+        PyObject_GetBuffer(source, &view, PyBUF_SIMPLE)
+        try:
+            return self._dispatch_framed(<const unsigned char*>view.buf, view.len, limit)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object _dispatch_framed(self, const unsigned char* p, Py_ssize_t end,
+                                 Py_ssize_t limit):
+        cdef list statuses = []
+        cdef Py_ssize_t dispatched = 0, pos = 0, stop, used = 0
+        cdef uint64_t size
+        cdef PluginFrame frame
+        cdef int status
+        while end - pos >= 4:
+            size = ((<uint64_t>p[pos] << 24) | (<uint64_t>p[pos + 1] << 16)
+                    | (<uint64_t>p[pos + 2] << 8) | p[pos + 3])
+            if size == 0 or size > <uint64_t>limit:
+                return BatchResult(statuses, dispatched, len(statuses), pos,
+                                   bad_length(size, limit, pos))
+            stop = pos + 4 + <Py_ssize_t>size
+            if stop > end:
+                break
+            frame = _decode_frame_at(p + pos + 4, stop - pos - 4, False, &used)
+            if frame is None:
+                try:
+                    fields = decode_frame_fields(
+                        PyBytes_FromStringAndSize(<const char*>p + pos + 4, stop - pos - 4),
+                        limit)
+                except HeaderDecodeError:
+                    self._refused[S_HEADER_DECODE_ERROR] += 1
+                    statuses.append(_STATUS[S_HEADER_DECODE_ERROR])
+                    pos = stop
+                    continue
+                ft, id_, flags, data, payload, _used = fields
+                frame = _new_frame(ft, id_, flags, data, payload)
+            status = self._submit_frame(frame)
+            statuses.append(_STATUS[status])
+            if status == S_OK:
+                dispatched += 1
+            else:
+                self._p_error = self._p_ft = None
+                if status == S_WOULD_BLOCK:
+                    return BatchResult(statuses, dispatched, len(statuses) - 1, pos)
+            pos = stop
+        return BatchResult(statuses, dispatched, len(statuses), pos)
 
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, final
 
+from ._batch import MAX_MESSAGE_LIMIT, BatchResult, bad_length, frame_list
 from ._constants import (
     DEFAULT_CAPACITY,
     DEFAULT_FRAME_PERMISSIONS,
@@ -374,6 +375,7 @@ def _new_frame(
     return frame
 
 
+_LENGTH = struct.Struct(">I")  # the length prefix of SPEC 8 stream framing
 _BATCH_HEAD = struct.Struct("<IBQI")
 _BATCH_SEQ = struct.Struct("<QI")
 _BATCH_FRAME = struct.Struct("<BHI")
@@ -1056,6 +1058,77 @@ class Dispatcher:
         if status != _OK:
             self._p_error = self._p_ft = None
         return DispatchStatus(status)
+
+    def try_dispatch_many(self, frames: Iterable[PluginFrame]) -> BatchResult:
+        """``try_dispatch`` for each frame in order, in one call; stop at ``WOULD_BLOCK``.
+
+        Every frame is counted as its own ``try_dispatch`` would count it; a refusal is a
+        status, never an exception. A non-frame item is a TypeError before anything runs.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("try_dispatch_many")
+        items = frame_list(frames, PluginFrame, PluginHeader)
+        statuses: list[DispatchStatus] = []
+        dispatched = 0
+        submit = self._submit
+        for frame in items:
+            status, _rt = submit(frame._frame_type, frame._header, frame._payload)
+            statuses.append(DispatchStatus(status))
+            if status == _OK:
+                dispatched += 1
+                continue
+            self._p_error = self._p_ft = None
+            if status == _WOULD_BLOCK:
+                return BatchResult(statuses, dispatched, len(statuses) - 1)
+        return BatchResult(statuses, dispatched, len(statuses))
+
+    def try_dispatch_framed(
+        self, buf: BytesLike, *, max_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> BatchResult:
+        """``try_dispatch_many`` over the length-prefixed ``PluginFrame`` messages of SPEC 8
+        in ``buf``, decoding each one; ``used`` says where the rest begins.
+
+        A message whose frame does not decode is ``HEADER_DECODE_ERROR`` (counted like an
+        undecodable header) and the batch goes on; a bad length ends it with ``error``
+        set; a message cut short at the end of ``buf`` is left for the next call.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("try_dispatch_framed")
+        limit = check_uint("max_size", max_size, MAX_MESSAGE_LIMIT)
+        view = as_byte_view("buf", buf)
+        end = len(view)
+        statuses: list[DispatchStatus] = []
+        dispatched = 0
+        pos = 0
+        submit = self._submit
+        unpack = _LENGTH.unpack_from
+        while end - pos >= 4:
+            (size,) = unpack(view, pos)
+            error = bad_length(size, limit, pos)
+            if error is not None:
+                return BatchResult(statuses, dispatched, len(statuses), pos, error)
+            stop = pos + 4 + size
+            if stop > end:
+                break
+            try:
+                fields = decode_frame_fields(bytes(view[pos + 4 : stop]), limit)
+            except HeaderDecodeError:
+                self._refused[_HEADER_DECODE_ERROR] += 1
+                statuses.append(_HEADER_DECODE_ERROR)
+                pos = stop
+                continue
+            assert fields is not None  # only prefix mode returns None
+            ft, id_, flags, data, payload, _used = fields
+            status, _rt = submit(ft, _new_header(id_, flags, data), payload)
+            statuses.append(DispatchStatus(status))
+            if status == _OK:
+                dispatched += 1
+            else:
+                self._p_error = self._p_ft = None
+                if status == _WOULD_BLOCK:
+                    return BatchResult(statuses, dispatched, len(statuses) - 1, pos)
+            pos = stop
+        return BatchResult(statuses, dispatched, len(statuses), pos)
 
     def dispatch(
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
