@@ -1271,7 +1271,7 @@ cdef class Dispatcher:
 
     def _finish_unload(self, _Runtime rt):
         if rt.replies:  # requests whose frames were dropped: never left waiting
-            abandon(rt.replies, rt.id)
+            abandon(rt.replies, rt.entry.info)
         if self._unloading.get(rt.id) is rt:
             del self._unloading[rt.id]
             if self._registry.is_registered(rt.id):
@@ -1686,7 +1686,7 @@ cdef class Dispatcher:
             self._enqueue(rt, msg)
         else:
             parked = self._wait_for_space(rt, msg)
-        return await await_reply(parked, rt.replies, msg, reply, limit, rt.id, msg.frame_type)
+        return await await_reply(parked, rt.replies, msg, reply, limit, rt.entry.info, msg.frame_type)
 
     cdef int _refuse_closed(self, _Runtime rt) except -1:
         self._refused[S_PLUGIN_CLOSED] += 1

@@ -860,7 +860,7 @@ class Dispatcher:
 
     def _finish_unload(self, rt: _Runtime) -> PluginStats:
         if rt.replies:  # requests whose frames were dropped: never left waiting
-            abandon(rt.replies, rt.id)
+            abandon(rt.replies, rt.entry.info)
         if self._unloading.get(rt.id) is rt:
             del self._unloading[rt.id]
             if self._registry.is_registered(rt.id):
@@ -1211,7 +1211,9 @@ class Dispatcher:
             self._enqueue(rt, msg)
         else:
             parked = self._wait_for_space(rt, msg)
-        return await await_reply(parked, rt.replies, msg, reply, limit, rt.id, msg._frame_type)
+        return await await_reply(
+            parked, rt.replies, msg, reply, limit, rt.entry.info, msg._frame_type
+        )
 
     def _refuse_closed(self, rt: _Runtime) -> None:
         self._refused[_PLUGIN_CLOSED] += 1

@@ -486,14 +486,22 @@ class ReplyTimeout(DispatchError, TimeoutError):
     handled and counted and only its reply is dropped; if not, nothing happened.
     """
 
-    def __init__(self, plugin_id: int, frame_type: int, timeout: float, enqueued: bool) -> None:
+    def __init__(
+        self,
+        plugin_id: int,
+        frame_type: int,
+        timeout: float,
+        enqueued: bool,
+        info: PluginInfo | None = None,
+    ) -> None:
         # BaseException's __init__, not OSError's (see SandboxViolation): fields stay in args.
-        BaseException.__init__(self, plugin_id, frame_type, timeout, enqueued)
+        BaseException.__init__(self, plugin_id, frame_type, timeout, enqueued, info)
         self.errno = errno.ETIMEDOUT
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.timeout = timeout
         self.enqueued = enqueued
+        self.info = info
 
     def __str__(self) -> str:
         if self.enqueued:
@@ -501,7 +509,7 @@ class ReplyTimeout(DispatchError, TimeoutError):
         else:
             what = "the queue stayed full, so the frame was not enqueued"
         return (
-            f"No reply from plugin {self.plugin_id} to frame "
+            f"No reply from {plugin_label(self.plugin_id, self.info)} to frame "
             f"{frame_type_name(self.frame_type)} within {self.timeout:g} s - {what}; "
             "raise the timeout or make the handler faster"
         )
@@ -510,14 +518,15 @@ class ReplyTimeout(DispatchError, TimeoutError):
 class RequestDropped(DispatchError):
     """The plugin was unloaded with ``drain=False`` before it handled the request's frame."""
 
-    def __init__(self, plugin_id: int, frame_type: int) -> None:
-        super().__init__(plugin_id, frame_type)
+    def __init__(self, plugin_id: int, frame_type: int, info: PluginInfo | None = None) -> None:
+        super().__init__(plugin_id, frame_type, info)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
+        self.info = info
 
     def __str__(self) -> str:
         return (
-            f"Plugin {self.plugin_id} was unloaded before it handled frame "
+            f"{_subject(self.plugin_id, self.info)} was unloaded before it handled frame "
             f"{frame_type_name(self.frame_type)} - the frame was dropped (PluginStats.dropped) "
             "and has no reply; unload with drain=True to let queued requests finish"
         )

@@ -52,7 +52,7 @@ async def await_reply(
     msg: Any,
     reply: asyncio.Future[Any],
     timeout: float | None,
-    plugin_id: int,
+    info: Any,
     frame_type: int,
 ) -> bytes | None:
     """Wait for ``msg``'s reply (after ``parked``, the wait for queue space, if any).
@@ -74,7 +74,7 @@ async def await_reply(
                 return await reply  # type: ignore[no-any-return]
         except TimeoutError:
             enqueued = msg in replies or reply.done()
-            raise ReplyTimeout(plugin_id, int(frame_type), timeout, enqueued) from None
+            raise ReplyTimeout(info.id, int(frame_type), timeout, enqueued, info) from None
     finally:
         replies.pop(msg, None)
         if reply.done() and not reply.cancelled():
@@ -161,10 +161,10 @@ def fail_batch(replies: dict[Any, Any], batch: list[Any], info: Any, exc: BaseEx
         fail(replies, msg, info, exc)
 
 
-def abandon(replies: dict[Any, Any], plugin_id: int) -> None:
+def abandon(replies: dict[Any, Any], info: Any) -> None:
     """The worker is gone: requests whose frames were never handled (dropped by an
     unload without drain) fail with ``RequestDropped`` instead of waiting for ever."""
     for msg, reply in list(replies.items()):
         if not reply.done():
-            reply.set_exception(RequestDropped(plugin_id, int(msg.frame_type)))
+            reply.set_exception(RequestDropped(info.id, int(msg.frame_type), info))
     replies.clear()

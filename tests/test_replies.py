@@ -172,7 +172,8 @@ async def test_timeout_after_enqueue_still_handles_the_frame(impl) -> None:
     with pytest.raises(ReplyTimeout) as caught:
         await d.request(DATA, impl.PluginHeader(7), b"slow", timeout=0.01)
     assert re.match(
-        r"^No reply from plugin 7 to frame 0x52 \(DATA\) within 0\.01 s - the frame is still "
+        r"^No reply from plugin 'plugin_7' \(id 7\) to frame 0x52 \(DATA\) within 0\.01 s - "
+        r"the frame is still "
         r"handled and counted; its reply will be dropped; raise the timeout or make the "
         r"handler faster$",
         str(caught.value),
@@ -255,7 +256,8 @@ async def test_a_request_dropped_by_unload_fails_with_request_dropped(impl) -> N
     assert await first == b"re:in flight"
     with pytest.raises(
         RequestDropped,
-        match=r"^Plugin 7 was unloaded before it handled frame 0x52 \(DATA\) - the frame was "
+        match=r"^Plugin 'plugin_7' \(id 7\) was unloaded before it handled frame 0x52 \(DATA\) - "
+        r"the frame was "
         r"dropped \(PluginStats\.dropped\) and has no reply; unload with drain=True to let "
         r"queued requests finish$",
     ):
