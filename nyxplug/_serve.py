@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sys
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 import msgspec
@@ -173,8 +173,8 @@ class FrameProtocol(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self._service.connections.add(self)
         self._counts["connections"] += 1
         if self._service._draining:

@@ -213,7 +213,7 @@ async def test_a_full_queue_pauses_reading_and_memory_stays_bounded(impl) -> Non
     assert not protocol.reading and not protocol._transport.is_reading()
     # Held: the reader's unfinished message and at most two chunks of read frames.
     assert protocol.buffered <= service.max_size + 4 + 2 * CHUNK
-    assert d.plugin_stats(7).queue_depth == 2
+    assert d.plugin_stats(7).high_watermark == 2  # full: the next frame waits for a slot
     gate.open()
     await writer.drain()
     writer.write_eof()
@@ -340,6 +340,8 @@ def test_nyxplug_serve_answers_and_drains_on_sigterm(tmp_path: Path) -> None:
         assert third["payload"] == b"re:two"
         proc.send_signal(signal.SIGTERM)
         assert tcp_answers.read() == b"" and unix_answers.read() == b""  # closed by the drain
+        for file in (tcp_answers, unix_answers, tcp, via_unix):
+            file.close()
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
