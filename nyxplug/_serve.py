@@ -373,4 +373,3 @@ def _refusal(seq: int, plugin_id: int, exc: BaseException) -> bytes:
     """The framed refusal of SPEC 8: type 0x54, payload {"seq", "error", "message"}."""
     payload = cbor2.dumps({"seq": seq, "error": type(exc).__name__, "message": str(exc)})
     return frame_message(encode_frame(REFUSAL_FRAME_TYPE, plugin_id, 0, b"", payload))
-

@@ -129,7 +129,9 @@ async def test_replies_and_refusals_come_back_in_seq_order(impl) -> None:
     }
     assert_refusal(
         await read_answer(reader), 2, 7, "HandlerError",
-        r"^Handler of plugin 'plugin_7' \(id 7\) raised on frame 0x52 \(DATA\): ValueError: boom - the frame was handled and counted in PluginStats\.errors; fix the plugin, or catch the error in its handler$",
+        r"^Handler of plugin 'plugin_7' \(id 7\) raised on frame 0x52 \(DATA\): ValueError: "
+        r"boom - the frame was handled and counted in PluginStats\.errors; fix the plugin, or "
+        r"catch the error in its handler$",
     )  # fmt: skip
     assert_refusal(
         await read_answer(reader), 3, 0, "FrameDecodeError",
@@ -237,7 +239,9 @@ async def test_a_client_gone_mid_stream_leaves_every_frame_accounted(impl) -> No
     count = 500
     sock = socket.create_connection(("127.0.0.1", port))
     # Every frame, then half of one more; then gone without reading a single answer.
-    sock.sendall(b"".join(nyx_frame(DATA, 7, b"%d" % n) for n in range(count)) + b"\x00\x00\x00\x09\xa3")
+    sock.sendall(
+        b"".join(nyx_frame(DATA, 7, b"%d" % n) for n in range(count)) + b"\x00\x00\x00\x09\xa3"
+    )
     sock.close()
     await served.connected.wait()
     protocol = served.protocols[0]
@@ -246,7 +250,12 @@ async def test_a_client_gone_mid_stream_leaves_every_frame_accounted(impl) -> No
     await protocol.wait_closed()
     await d.wait_idle()
     stats = served.service.stats()
-    assert (stats.frames, stats.dispatched, stats.refused, stats.undecodable) == (count, count, 0, 0)
+    assert (stats.frames, stats.dispatched, stats.refused, stats.undecodable) == (
+        count,
+        count,
+        0,
+        0,
+    )
     assert (stats.waiting, stats.framing_errors, stats.open_connections) == (0, 1, 0)
     assert d.plugin_stats(7).messages_processed == count
     assert [m.payload for m in gate.finished] == [b"%d" % n for n in range(count)]
@@ -348,7 +357,9 @@ def test_nyxplug_serve_answers_and_drains_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert (proc.returncode, err) == (0, "")
-    assert "served 2 connections: 3 frames, 2 dispatched, 1 refused, 0 undecodable, 2 replies" in out
+    assert (
+        "served 2 connections: 3 frames, 2 dispatched, 1 refused, 0 undecodable, 2 replies" in out
+    )
 
 
 def test_plaintext_off_loopback_is_refused(tmp_path: Path) -> None:
