@@ -106,19 +106,29 @@ class FrameService:
     def stats(self) -> StreamStats:
         counts = dict(self._counts)
         counts["open_connections"] = len(self.connections)
-        counts["waiting"] = sum(len(p._inbox) + p._waiting for p in self.connections)
+        counts["waiting"] = sum(
+            sum(type(m) is bytes for m in p._inbox) + p._waiting for p in self.connections
+        )
         return StreamStats(**counts)
 
-    async def drain(self) -> None:
+    async def drain(self, *, timeout: float | None = 30.0) -> None:
         """Stop reading on every connection, let the frames read so far be dispatched
         and answered, close the connections and wait for them. Close the server (stop
-        accepting) before calling this."""
+        accepting) before calling this. After ``timeout`` seconds the connections still
+        open (a peer that does not read its answers) are aborted; their frames are
+        still handled, and the answers they miss are counted in ``answers_lost``."""
         self._draining = True
         protocols = list(self.connections)
         for protocol in protocols:
             protocol.shutdown()
-        for protocol in protocols:
-            await protocol.wait_closed()
+        closing = asyncio.gather(*(protocol.wait_closed() for protocol in protocols))
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), timeout)
+        except TimeoutError:
+            for protocol in protocols:
+                if protocol._transport is not None:
+                    protocol._transport.abort()
+            await closing
 
 
 class FrameProtocol(asyncio.Protocol):

@@ -376,3 +376,26 @@ def test_plaintext_off_loopback_is_refused(tmp_path: Path) -> None:
         r"trusted network\n$",
         done.stderr,
     )
+
+
+# -- Dispatcher.submit: request in two steps --------------------------------------------------
+
+
+async def test_submit_returns_a_reply_future_once_enqueued(impl) -> None:
+    d = impl.Dispatcher()
+    gate = Gate()
+    await d.load_plugin(info(7), gate, capacity=1)
+    header = impl.PluginHeader(7)
+    first = await d.submit(DATA, header, b"a")
+    second = await d.submit(DATA, header, b"b")  # the first is in the handler: room for one
+    parked = asyncio.create_task(d.submit(DATA, header, b"c"))
+    await gate.entered()
+    assert not parked.done() and d.plugin_stats(7).queue_depth == 1
+    gate.open()
+    third = await parked
+    assert [await first, await second, await third] == [None, None, None]
+    with pytest.raises(impl.PluginNotRegistered):
+        await d.submit(DATA, impl.PluginHeader(8))
+    assert d.dispatch_stats().frames_dispatched == 3
+    assert d.dispatch_stats().dispatch_errors == 1
+    await d.aclose()
