@@ -5,6 +5,7 @@ through ``_impl.py``); ``tests/test_public_api.py`` fails when a signature here 
 from the twin's, and ``make typecheck`` runs ``mypy.stubtest`` against the built module.
 """
 
+import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, final
 
@@ -183,6 +184,9 @@ class Dispatcher:
         *,
         timeout: float | None = None,
     ) -> bytes | None: ...
+    async def submit(
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+    ) -> asyncio.Future[bytes | None]: ...
     @property
     def registry(self) -> PluginRegistry: ...
     def plugin_stats(self, plugin_id: int) -> PluginStats | None: ...

@@ -1688,6 +1688,33 @@ cdef class Dispatcher:
             parked = self._wait_for_space(rt, msg)
         return await await_reply(parked, rt.replies, msg, reply, limit, rt.entry.info, msg.frame_type)
 
+    async def submit(self, frame_type, header, payload=b""):
+        """Route one frame like ``dispatch`` (waiting for space, FIFO) and, once it is
+        enqueued, return a future for its reply: ``request`` in two steps.
+
+        A stream adapter awaits this to keep frames in order with backpressure, and keeps
+        the futures to answer in order while later frames go on. The future gets what
+        ``request`` would return or raise (a reply, ``None``, ``HandlerError``,
+        ``RequestDropped``). Cancelled before the frame was enqueued, nothing happened.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("submit")
+        cdef int status
+        cdef PyObject* found
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
+        cdef _Runtime rt
+        if status != S_OK:
+            self._refused[status] += 1
+            raise self._error(status)
+        rt = <_Runtime>found
+        if rt.has_room():
+            self._enqueue(rt, msg)
+        else:
+            await self._wait_for_space(rt, msg)
+        reply = rt.loop.create_future()
+        rt.replies[msg] = reply
+        return reply
+
     cdef int _refuse_closed(self, _Runtime rt) except -1:
         self._refused[S_PLUGIN_CLOSED] += 1
         rt.plugin_closed += 1

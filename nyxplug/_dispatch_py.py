@@ -1215,6 +1215,32 @@ class Dispatcher:
             parked, rt.replies, msg, reply, limit, rt.entry.info, msg._frame_type
         )
 
+    async def submit(
+        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+    ) -> asyncio.Future[bytes | None]:
+        """Route one frame like ``dispatch`` (waiting for space, FIFO) and, once it is
+        enqueued, return a future for its reply: ``request`` in two steps.
+
+        A stream adapter awaits this to keep frames in order with backpressure, and keeps
+        the futures to answer in order while later frames go on. The future gets what
+        ``request`` would return or raise (a reply, ``None``, ``HandlerError``,
+        ``RequestDropped``). Cancelled before the frame was enqueued, nothing happened.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("submit")
+        status, rt, msg = self._prepare(frame_type, header, payload)
+        if status != _OK:
+            self._refused[status] += 1
+            raise self._error(status)
+        assert rt is not None and msg is not None
+        if rt.has_room():
+            self._enqueue(rt, msg)
+        else:
+            await self._wait_for_space(rt, msg)
+        reply: asyncio.Future[bytes | None] = rt.loop.create_future()
+        rt.replies[msg] = reply
+        return reply
+
     def _refuse_closed(self, rt: _Runtime) -> None:
         self._refused[_PLUGIN_CLOSED] += 1
         rt.plugin_closed += 1

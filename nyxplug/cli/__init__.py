@@ -4,7 +4,8 @@
 ``nyxplug.cli.plugins``; ``keygen`` and ``sign`` in ``nyxplug.cli.keys``; ``package``,
 ``verify``, ``install`` and ``uninstall`` in ``nyxplug.cli.packages``; ``trust`` and
 ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the watching host of ``run --watch``)
-in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``. The host options
+in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``; ``serve`` in
+``nyxplug.cli.serve``. The host options
 they share, and how a problem is reported, are ``nyxplug.cli._host``'s.
 """
 
@@ -15,7 +16,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _host, isolation, keys, packages, plugins, reload, trust
+from . import _host, isolation, keys, packages, plugins, reload, serve, trust
 
 __all__ = ("main",)
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     host = _host.host_options()
     plugins.add_commands(commands, host)
     reload.add_commands(commands, host)
+    serve.add_commands(commands, host)
     # Listed in the order they are used: a publisher's keygen, package, sign; a host's
     # verify and install.
     keys.add_keygen(commands)
@@ -137,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return plugins.run(args)
     if args.command in reload.COMMANDS:
         return reload.run(args)
+    if args.command in serve.COMMANDS:
+        return serve.run(args)
     if args.command in keys.COMMANDS:
         return keys.run(args)
     if args.command in packages.COMMANDS:
