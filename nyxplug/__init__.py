@@ -6,6 +6,8 @@ registry, permission) and routed into each plugin's bounded queue, with awaiting
 The hot path is compiled with Cython; ``USE_EXTENSIONS`` says whether it is active.
 """
 
+import typing as _typing
+
 from ._batch import BatchResult as BatchResult
 from ._constants import (
     DEFAULT_CAPACITY as DEFAULT_CAPACITY,
@@ -133,7 +135,9 @@ __all__ = (
     "Dispatcher",
     "FrameDecodeError",
     "FrameError",
+    "FrameProtocol",
     "FrameReader",
+    "FrameService",
     "FrameTooLarge",
     "FrameType",
     "FramingError",
@@ -155,9 +159,29 @@ __all__ = (
     "ReplyTimeout",
     "RequestDropped",
     "SandboxViolation",
+    "StreamStats",
     "UnknownFrameType",
     "WouldBlock",
     "WrongThread",
     "frame_message",
     "run",
 )
+
+if _typing.TYPE_CHECKING:
+    from ._serve import FrameProtocol as FrameProtocol
+    from ._serve import FrameService as FrameService
+    from ._serve import StreamStats as StreamStats
+
+_SERVING = frozenset({"FrameProtocol", "FrameService", "StreamStats"})
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # Serving frames over a socket (and cbor2, which its refusals use) loads on first use,
+    # so `import nyxplug` stays as small as the dispatcher itself.
+    if name not in _SERVING:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _serve
+
+    value = getattr(_serve, name)
+    globals()[name] = value
+    return value

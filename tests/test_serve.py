@@ -22,7 +22,7 @@ import pytest
 from nyx_helpers import DATA, Gate, info
 from plugin_helpers import write_plugin
 
-from nyxplug._serve import FrameProtocol, FrameService
+from nyxplug import FrameProtocol, FrameService
 
 #: What ``data_received`` may be handed at once (asyncio and uvloop read 256 KiB).
 CHUNK = 256 * 1024
