@@ -112,6 +112,7 @@ from ._impl import (
     PluginRegistry as PluginRegistry,
 )
 from ._info import PluginInfo as PluginInfo
+from ._lazy import lazy_exports as _lazy_exports
 from ._runner import run as run
 from ._stats import DispatchStats as DispatchStats
 from ._stats import PluginStats as PluginStats
@@ -172,16 +173,8 @@ if _typing.TYPE_CHECKING:
     from ._serve import FrameService as FrameService
     from ._serve import StreamStats as StreamStats
 
-_SERVING = frozenset({"FrameProtocol", "FrameService", "StreamStats"})
-
-
-def __getattr__(name: str) -> _typing.Any:
-    # Serving frames over a socket (and cbor2, which its refusals use) loads on first use,
-    # so `import nyxplug` stays as small as the dispatcher itself.
-    if name not in _SERVING:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import _serve
-
-    value = getattr(_serve, name)
-    globals()[name] = value
-    return value
+# Serving frames over a socket (and cbor2, which its refusals use) loads on first use,
+# so `import nyxplug` stays as small as the dispatcher itself.
+__getattr__, __dir__ = _lazy_exports(
+    __name__, {"FrameProtocol": "_serve", "FrameService": "_serve", "StreamStats": "_serve"}
+)

@@ -19,6 +19,7 @@ import pytest
 from conftest import available_impls
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis_helpers import mutations
 
 from benchmarks import fuzz_frames
 from nyxplug import (
@@ -423,38 +424,14 @@ def both_impls() -> list[Any]:
     return mods
 
 
-def _mutations(base: bytes) -> st.SearchStrategy[bytes]:
-    @st.composite
-    def mutate(draw: Any) -> bytes:
-        buf = bytearray(base)
-        for _ in range(draw(st.integers(1, 4))):
-            op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "append"]))
-            pos = draw(st.integers(0, max(len(buf) - 1, 0)))
-            if op == "flip" and buf:
-                buf[pos] ^= 1 << draw(st.integers(0, 7))
-            elif op == "set" and buf:
-                buf[pos] = draw(st.integers(0, 255))
-            elif op == "insert":
-                buf[pos:pos] = draw(st.binary(min_size=1, max_size=9))
-            elif op == "delete" and buf:
-                del buf[pos : pos + draw(st.integers(1, 3))]
-            elif op == "truncate":
-                del buf[pos:]
-            elif op == "append":
-                buf += draw(st.binary(min_size=1, max_size=9))
-        return bytes(buf)
-
-    return mutate()
-
-
 valid_frames = st.builds(
     lambda ft, i, f, d, p: nyx(ft, {"id": i, "flags": f, "data": d}, p),
     frame_types, ids, flag_values, st.binary(max_size=30), st.binary(max_size=30),
 )  # fmt: skip
 hostile_bytes = st.one_of(
     st.binary(max_size=80),
-    valid_frames.flatmap(_mutations),
-    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(_mutations),
+    valid_frames.flatmap(mutations),
+    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(mutations),
 )
 
 

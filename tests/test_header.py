@@ -16,6 +16,7 @@ import pytest
 from conftest import available_impls
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis_helpers import mutations
 from nyx_helpers import DATA, info
 
 from nyxplug import FrameTooLarge, HeaderDecodeError
@@ -503,30 +504,6 @@ def check_outcome(impl: Any, buf: bytes, max_size: int = 4096) -> tuple[Any, ...
     return ("ok", header.id, header.flags, header.data)
 
 
-def _mutations(base: bytes) -> st.SearchStrategy[bytes]:
-    @st.composite
-    def mutate(draw: Any) -> bytes:
-        buf = bytearray(base)
-        for _ in range(draw(st.integers(1, 4))):
-            op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "append"]))
-            pos = draw(st.integers(0, max(len(buf) - 1, 0)))
-            if op == "flip" and buf:
-                buf[pos] ^= 1 << draw(st.integers(0, 7))
-            elif op == "set" and buf:
-                buf[pos] = draw(st.integers(0, 255))
-            elif op == "insert":
-                buf[pos:pos] = draw(st.binary(min_size=1, max_size=9))
-            elif op == "delete" and buf:
-                del buf[pos : pos + draw(st.integers(1, 3))]
-            elif op == "truncate":
-                del buf[pos:]
-            elif op == "append":
-                buf += draw(st.binary(min_size=1, max_size=9))
-        return bytes(buf)
-
-    return mutate()
-
-
 valid_shapes = st.one_of(
     st.builds(lambda i, f, d: cbor2.dumps({"id": i, "flags": f, "data": d}), ids, flags, datas),
     st.builds(lambda i, f, d: cbor2.dumps([i, f, d]), ids, flags, st.binary(max_size=20)),
@@ -551,8 +528,8 @@ valid_shapes = st.one_of(
 )
 hostile_bytes = st.one_of(
     st.binary(max_size=64),
-    valid_shapes.flatmap(_mutations),
-    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(_mutations),
+    valid_shapes.flatmap(mutations),
+    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(mutations),
 )
 
 

@@ -13,9 +13,9 @@ child, which only need the options, never import the process machinery.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from .errors import (
     ChildCrashed,
     ChildHandlerError,
@@ -50,23 +50,13 @@ __all__ = (
 )
 
 #: The public names that live in a heavier module, imported when first asked for.
-_LAZY = {
-    "IsolatedPlugin": "process",
-    "IsolationStats": "process",
-    "IsolationReport": "layers",
-    "Layer": "layers",
-    "isolation_report": "report",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "IsolatedPlugin": "process",
+        "IsolationStats": "process",
+        "IsolationReport": "layers",
+        "Layer": "layers",
+        "isolation_report": "report",
+    },
+)

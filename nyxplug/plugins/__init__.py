@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from ..source.manifest import Manifest as Manifest
 from ..source.manifest import ManifestError as ManifestError
 from ..source.manifest import load_manifest as load_manifest
@@ -28,33 +28,6 @@ if TYPE_CHECKING:
     from .reload import ReloadStats as ReloadStats
     from .watch import PluginWatcher as PluginWatcher
 
-# Plugin code imports this package for `Plugin` - in isolated children too - so the host
-# side (manager, isolation, watchfiles) loads on first use of its names, not here.
-_HOST_SIDE = {
-    "ENTRY_POINT_GROUP": "catalog",
-    "PluginStatus": "catalog",
-    "plugin": "catalog",
-    "registered_plugins": "catalog",
-    "PluginManager": "manager",
-    "ReloadResult": "reload",
-    "ReloadStats": "reload",
-    "PluginWatcher": "watch",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOST_SIDE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
 __all__ = (
     "ENTRY_POINT_GROUP",
     "DependencyError",
@@ -76,4 +49,20 @@ __all__ = (
     "load_manifest",
     "plugin",
     "registered_plugins",
+)
+
+# Plugin code imports this package for `Plugin` - in isolated children too - so the host
+# side (manager, isolation, watchfiles) loads on first use of its names, not here.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ENTRY_POINT_GROUP": "catalog",
+        "PluginStatus": "catalog",
+        "plugin": "catalog",
+        "registered_plugins": "catalog",
+        "PluginManager": "manager",
+        "ReloadResult": "reload",
+        "ReloadStats": "reload",
+        "PluginWatcher": "watch",
+    },
 )
