@@ -476,8 +476,11 @@ def test_list_shows_a_broken_folder_failed_with_its_reason(
     assert re.search(
         r"^    failed: Invalid manifest .*bad.nyxplug\.toml: .*`-2`.* - at `plugin\.id`$", out, re.M
     ), out
+    assert "Discovery errors" not in out
     assert out.endswith(
-        f"Discovery errors:\n  Plugin directory {host / 'missing'} does not exist\n"
+        "Plugin folder missing does not exist yet: create a plugin in it with `nyxplug new "
+        "NAME --dir missing`, or name another folder with --plugin-dir DIR (or "
+        "runtime.plugin_dirs in nyxplug.host.toml).\n"
     )
     code, out, _ = cli(capsys, "list", "--plugin-dir", "plugins", "--state", "failed")
     assert [line.split()[0] for line in out.splitlines()] == ["NAME", "bad", "failed:"]

@@ -435,11 +435,27 @@ def _list(args: argparse.Namespace) -> int:
     manager = _host.plugin_manager(config)
     manager.discover()
     where = ", ".join(str(d) for d in manager.plugin_dirs) or "no plugin directories"
+    missing = [d for d in manager.plugin_dirs if not d.is_dir()]
+    errors = [e for e in manager.discovery_errors if e not in _missing_dir_errors(missing)]
     _print_catalog(
-        args, manager.catalog(state=args.state, tag=args.tag), manager.discovery_errors,
+        args, manager.catalog(state=args.state, tag=args.tag), errors,
         f"(searched {where})", live=False,
     )  # fmt: skip
+    if missing:
+        # Not an error: a new folder has no plugins yet. Say where they would go and how.
+        for folder in missing:
+            shown = relative_path(folder)
+            print(
+                f"Plugin folder {shown} does not exist yet: create a plugin in it with "
+                f"`nyxplug new NAME --dir {shown}`, or name another folder with "
+                "--plugin-dir DIR (or runtime.plugin_dirs in nyxplug.host.toml)."
+            )
     return 0
+
+
+def _missing_dir_errors(missing: Sequence[Path]) -> set[str]:
+    """The discovery errors that only say a plugin folder is absent (reported apart)."""
+    return {f"Plugin directory {folder} does not exist" for folder in missing}
 
 
 def _print_catalog(
