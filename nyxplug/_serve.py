@@ -151,6 +151,10 @@ class FrameProtocol(asyncio.Protocol):
         self._closing = False  # read nothing more; close once everything is answered
         self._lost = False
         self._room: asyncio.Future[None] | None = None
+        # The reply the oldest unanswered frame waits for: the one future per connection
+        # with a done-callback, so answers go out once per completed run of frames, not
+        # once per frame (a callback per future costs a loop turn each).
+        self._watched: asyncio.Future[bytes | None] | None = None
         self._closed: asyncio.Future[None] | None = None
 
     # -- what a test or an operator may look at ---------------------------------------
@@ -300,7 +304,8 @@ class FrameProtocol(asyncio.Protocol):
                     self._waiting = 0
                 counts["dispatched"] += 1
                 self._answers.append((seq, int(frame.frame_type), header.id, header.flags, reply))
-                reply.add_done_callback(self._answered)
+                if self._watched is None:
+                    self._watch_head()
         except Exception:
             _log.exception("frame stream connection failed; closing it")
             if self._transport is not None:
@@ -321,8 +326,17 @@ class FrameProtocol(asyncio.Protocol):
     # -- answering, in seq order ------------------------------------------------------
 
     def _answered(self, reply: asyncio.Future[bytes | None]) -> None:
+        self._watched = None
         self._flush()
         self._finish()
+
+    def _watch_head(self) -> None:
+        """Be called back when the oldest unanswered frame's reply is done."""
+        answers = self._answers
+        if answers and self._watched is None and type(answers[0]) is not bytes:
+            reply = answers[0][4]
+            self._watched = reply
+            reply.add_done_callback(self._answered)
 
     def _flush(self) -> None:
         answers = self._answers
@@ -353,6 +367,7 @@ class FrameProtocol(asyncio.Protocol):
                 self._transport.write(b"".join(out))
             else:
                 counts["answers_lost"] += len(out)
+        self._watch_head()
         self._make_room()
 
     def _make_room(self) -> None:
