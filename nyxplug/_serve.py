@@ -274,7 +274,10 @@ class FrameProtocol(asyncio.Protocol):
                 self._end_stream(exc)
         self._closing = True
         self._finish()
-        return True  # keep the transport open to send the answers
+        # Keep the transport open to send the answers; TLS has no half-close in asyncio
+        # (the close_notify ends both directions), so there the answers still due are lost,
+        # counted in answers_lost.
+        return self._transport is None or self._transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -481,6 +484,10 @@ class FrameProtocol(asyncio.Protocol):
         """Close once nothing is left to dispatch or answer, if the stream is ending."""
         if self._closing and self._pump is None and not self._answers and not self._inbox:
             if self._transport is not None and not self._transport.is_closing():
+                if self._paused:
+                    # TLS closes with a close_notify exchange: it must read the peer's.
+                    self._paused = False
+                    self._transport.resume_reading()
                 self._transport.close()
         self._check_closed()
 
