@@ -333,6 +333,11 @@ class FrameProtocol(asyncio.Protocol):
         decode = self._service._frame_class.decode
         access = self._access
         budget = 0  # frames the peer's rate lets through before asking again
+        # Within one run of the pump (the frames read so far), what each frame type
+        # requires and what the peer may send to each plugin, as ints: the enum
+        # operations would cost more than the rest of the check.
+        required_of: dict[int, int] = {}
+        allowed_for: dict[int, int] = {}
         try:
             while inbox:
                 message = inbox.popleft()
@@ -360,15 +365,23 @@ class FrameProtocol(asyncio.Protocol):
                     continue
                 header = frame.header
                 if access is not None:
-                    required = dispatcher.required_permission(frame.frame_type)
-                    if required is not None and not access.permissions(header.id) & required:
+                    frame_type = frame.frame_type
+                    required = required_of.get(frame_type)
+                    if required is None:
+                        routed = dispatcher.required_permission(frame_type)
+                        required = required_of[frame_type] = 0 if routed is None else routed.value
+                    plugin_id = header.id
+                    allowed = allowed_for.get(plugin_id)
+                    if allowed is None:
+                        allowed = allowed_for[plugin_id] = access.permissions(plugin_id).value
+                    if required and not allowed & required:
                         counts["refused"] += 1
                         counts["denied"] += 1
-                        info = dispatcher.registry.get(header.id)
+                        info = dispatcher.registry.get(plugin_id)
                         denied = PermissionDenied(
-                            header.id, frame.frame_type, required, info, access.identity
+                            plugin_id, frame_type, Permission(required), info, access.identity
                         )
-                        self._refuse(seq, header.id, denied)
+                        self._refuse(seq, plugin_id, denied)
                         continue
                 self._waiting = 1
                 self._parked = True
