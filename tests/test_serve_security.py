@@ -511,13 +511,18 @@ class Entry(Plugin):
 """
 
 
-def _stdlib_client(pki: Pki, client: Issued | None, port: int) -> ssl.SSLSocket:
-    """A TLS client from the standard library alone."""
+def _stdlib_client(pki: Pki, client: Issued | None, where: int | Path) -> ssl.SSLSocket:
+    """A TLS client from the standard library alone, to a port or a Unix socket."""
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     if client is not None:
         context.load_cert_chain(client.cert, client.key)
-    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if isinstance(where, Path):
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(30)
+        raw.connect(str(where))
+    else:
+        raw = socket.create_connection(("127.0.0.1", where), timeout=30)
     return context.wrap_socket(raw, server_hostname="localhost")
 
 
@@ -553,6 +558,7 @@ def test_nyxplug_serve_over_mutual_tls_with_an_acl(tmp_path: Path, pki: Pki,
         [sys.executable, "-m", "nyxplug", "serve", "--listen", "127.0.0.1:0",
          "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key),
          "--tls-client-ca", str(pki.ca), "--acl", str(acl), "--rate", "5000",
+         "--unix", str(tmp_path / "serve.sock"),
          "--plugin-dir", str(tmp_path / "plugins"), "--state-dir", str(tmp_path / "state"),
          "--allow-unsigned"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
@@ -580,7 +586,12 @@ def test_nyxplug_serve_over_mutual_tls_with_an_acl(tmp_path: Path, pki: Pki,
         assert _read_answer(ingest)["payload"] == b"re:one"
         refused = denied("ingest-1", CONTROL, 7).replace("plugin_7", "replier")
         assert_refusal(_read_answer(ingest), 1, 7, "PermissionDenied", refused)
-        stranger = _stdlib_client(pki, pki.client("stranger"), port)
+        # the Unix socket speaks TLS too, under the same access list
+        assert proc.stdout.readline().strip() == (
+            f"listening on unix:{tmp_path / 'serve.sock'} (codec nyx, TLS 1.3, client "
+            "certificates required)"
+        )
+        stranger = _stdlib_client(pki, pki.client("stranger"), tmp_path / "serve.sock")
         stranger.sendall(nyx_frame(DATA, 7, b"three"))
         assert_refusal(_read_answer(stranger), 0, 7, "PermissionDenied",
                        denied("stranger", DATA, 7).replace("plugin_7", "replier"))  # fmt: skip
@@ -643,3 +654,14 @@ async def test_a_tls_client_offering_nyx_1_gets_it(
     protocol: FrameProtocol = served.protocols[0]
     assert protocol.peer == "alpn"
     await d.aclose()
+
+
+def test_the_access_list_in_the_readme_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- serve-acl-example -->")
+    block = readme[start:].split("```toml\n", 1)[1].split("```", 1)[0]
+    acl = AccessList.parse(block, source="README.md")
+    assert [rule.key[0] for rule in acl.rules] == ["cn", "sha256"]
+    assert acl.rules[0].by_id == {7: Permission.DATA_ACCESS | Permission.CONTROL}
+    assert acl.rules[0].by_name == {"echo": Permission.DATA_ACCESS}
+    assert acl.rules[1].every == Permission.HANDSHAKE | Permission.DATA_ACCESS

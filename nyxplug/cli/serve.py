@@ -194,6 +194,8 @@ class _Security:
         from ..serving.security import LocalPolicy, TlsPolicy
 
         if self.context is None:
+            if self.rate is None:
+                return None  # every local (or allowed remote) peer may send everything: no checks
             return LocalPolicy(rate=self.rate, burst=self.burst, allow_remote=self.allow_remote)
         return TlsPolicy(self.acl, registry=registry, rate=self.rate, burst=self.burst)
 
