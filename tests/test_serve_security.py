@@ -391,8 +391,8 @@ class Watched:
         while so_far < total:
             so_far += (await self.takes.get())[1]
         assert so_far == total
-        while (await self.takes.get())[1] != 0:
-            raise AssertionError("granted more than the rate allows")
+        _, granted = await self.takes.get()
+        assert granted == 0, "granted more than the rate allows"
         return so_far
 
 
@@ -470,6 +470,31 @@ async def test_frames_still_waiting_for_the_rate_when_a_drain_times_out_are_aban
     assert (stats.frames, stats.dispatched, stats.abandoned, stats.waiting) == (5, 1, 4, 0)
     writer.close()
     await served.server.wait_closed()
+    await d.aclose()
+
+
+class Failing:
+    def admit(self, transport: asyncio.BaseTransport) -> PeerAccess | None:
+        raise RuntimeError("policy bug")
+
+
+async def test_a_policy_that_fails_refuses_the_connection_and_logs_it(
+    impl: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = impl.Dispatcher()
+    served = Served(FrameService(d, policy=Failing()))
+    port = await served.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(nyx_frame(DATA, 7))
+    try:
+        assert await reader.read() == b""
+    except ConnectionResetError:
+        pass
+    writer.close()
+    await served.close()
+    stats = served.service.stats()
+    assert (stats.refused_connections, stats.connections, stats.frames) == (1, 0, 0)
+    assert "the listener's policy failed on a new connection; refusing it" in caplog.text
     await d.aclose()
 
 
@@ -665,3 +690,11 @@ def test_the_access_list_in_the_readme_is_valid() -> None:
     assert acl.rules[0].by_id == {7: Permission.DATA_ACCESS | Permission.CONTROL}
     assert acl.rules[0].by_name == {"echo": Permission.DATA_ACCESS}
     assert acl.rules[1].every == Permission.HANDSHAKE | Permission.DATA_ACCESS
+
+
+@pytest.mark.parametrize("mode", ["plain", "plain+policy", "tls", "tls+acl"])
+async def test_the_tls_benchmark_runs(mode: str, pki: Pki) -> None:
+    """benchmarks/serve_tls.py is a script, not a pytest benchmark: keep it from rotting."""
+    from benchmarks.serve_tls import measure
+
+    assert await measure(300, mode, pki) > 0
