@@ -21,6 +21,8 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nyx_helpers import CONTROL, DATA, info
 from plugin_helpers import write_plugin
 from test_serve import Served, assert_refusal, echo, nyx_frame, read_answer
@@ -371,6 +373,32 @@ def test_the_token_bucket_holds_its_rate_and_burst() -> None:
             TokenBucket(bad)
     with pytest.raises(ValueError, match=r"^Expected `burst` to be an int >= 1, got 0$"):
         TokenBucket(1, 0)
+
+
+@settings(max_examples=300)
+@given(
+    rate=st.floats(0.5, 1e6),
+    burst=st.integers(1, 10_000),
+    steps=st.lists(st.tuples(st.floats(0, 2), st.integers(0, 20_000)), max_size=60),
+)
+def test_no_span_ever_passes_more_than_burst_plus_rate_times_its_length(
+    rate: float, burst: int, steps: list[tuple[float, int]]
+) -> None:
+    """Whatever the timing of the asks: from a full bucket, over any suffix of the run, at
+    most ``burst + rate * span`` frames pass (float rounding aside)."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate, burst, clock=clock)
+    history: list[tuple[float, int]] = []
+    for dt, n in steps:
+        clock.now += dt
+        granted = bucket.take(n)
+        assert 0 <= granted <= n
+        history.append((clock.now, granted))
+    for start in range(len(history)):
+        begun = history[start - 1][0] if start else 0.0
+        passed = sum(granted for _, granted in history[start:])
+        span = history[-1][0] - begun
+        assert passed <= burst + rate * span + 1e-6 * (1 + rate * span), (start, passed)
 
 
 class Watched:
