@@ -407,9 +407,9 @@ def test_plaintext_off_loopback_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert re.match(
         r"^nyxplug serve: --listen 0\.0\.0\.0:0: 0\.0\.0\.0 is not a loopback address and "
-        r"frames would cross the network in plaintext \(TLS is a later step\) - listen on "
-        r"127\.0\.0\.1, ::1 or a --unix socket, or pass --allow-remote-plaintext on a "
-        r"trusted network\n$",
+        r"frames would cross the network in plaintext - give --tls-cert and --tls-key, "
+        r"listen on 127\.0\.0\.1, ::1 or a --unix socket, or pass --allow-remote-plaintext "
+        r"on a trusted network\n$",
         done.stderr,
     )
 
