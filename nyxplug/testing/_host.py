@@ -30,6 +30,7 @@ from ._ledger import LedgerRow, check_ledger
 from ._manifest import apply_overrides, class_manifest, dumps
 
 if TYPE_CHECKING:
+    from ..isolation.process import IsolationStats
     from ..plugins import PluginManager, PluginStatus, ReloadResult
 
 __all__ = ("NyxHost", "PluginHandle")
@@ -399,6 +400,11 @@ class PluginHandle:
     def instance(self) -> Any:
         """The running plugin object (for an isolated plugin: its host-side proxy)."""
         return self.host.manager.instance(self.name)
+
+    @property
+    def isolation_stats(self) -> IsolationStats | None:
+        """An isolated plugin's child, faults and ledger (None when it runs in-process)."""
+        return self.host.run(_call(self.host.manager.isolation_stats, self.name))
 
     def reload(self, path: str | os.PathLike[str] | None = None) -> ReloadResult:
         """Hot-swap the plugin for the folder at ``path`` (default: the folder it was
