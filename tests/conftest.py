@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+#: pytest's own plugin for testing plugins: the testing kit is tested through it.
+pytest_plugins = ("pytester",)
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 for _path in (ROOT, TESTS):

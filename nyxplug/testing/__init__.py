@@ -143,5 +143,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         try:
             host.ledger(timeout=item.config.getoption("nyx_ledger_timeout"))
         except LedgerError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            ledger = str(exc)
+        else:
+            return result
+        pytest.fail(ledger, pytrace=False)  # outside the except: the ledger is printed once
     return result
