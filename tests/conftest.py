@@ -118,6 +118,12 @@ def impl(request: pytest.FixtureRequest) -> Any:
     return import_impl(request.param)
 
 
+@pytest.fixture(params=LOOP_KINDS)
+def nyx_host_options(impl: Any, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The testing kit's ``nyx_host`` runs nyxplug's own tests on both twins and loops."""
+    return {"dispatcher_factory": impl.Dispatcher, "loop": request.param}
+
+
 # -- running async tests on both loops ---------------------------------------------
 
 

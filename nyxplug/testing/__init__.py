@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     from ._ledger import LedgerError as LedgerError
     from ._ledger import LedgerRow as LedgerRow
 
-__all__ = ("LedgerError", "LedgerRow", "NyxHost", "PluginHandle", "bench", "nyx_bench", "nyx_host")
+__all__ = (
+    "LedgerError",
+    "LedgerRow",
+    "NyxHost",
+    "PluginHandle",
+    "bench",
+    "nyx_bench",
+    "nyx_host",
+    "nyx_host_options",
+)
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -84,8 +93,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
+def nyx_host_options() -> dict[str, Any]:
+    """Keyword arguments for ``nyx_host``'s ``NyxHost``; override it in a conftest, e.g.
+    ``{"dispatcher_factory": ...}`` parametrized to run every test on several dispatchers
+    (options given here win over the command line's ``--nyx-loop`` / ``--nyx-timeout``)."""
+    return {}
+
+
+@pytest.fixture
 def nyx_host(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    nyx_host_options: dict[str, Any],
 ) -> Iterator[NyxHost]:
     """A started nyxplug plugin host; ``nyx_host.load(folder_or_class, **overrides)``.
 
@@ -96,11 +115,12 @@ def nyx_host(
     from ._host import NyxHost
 
     config = request.config
-    host = NyxHost(
-        tmp_path_factory.mktemp("nyx-host"),
-        loop=config.getoption("nyx_loop"),
-        timeout=config.getoption("nyx_timeout"),
-    )
+    options = {
+        "loop": config.getoption("nyx_loop"),
+        "timeout": config.getoption("nyx_timeout"),
+        **nyx_host_options,
+    }
+    host = NyxHost(tmp_path_factory.mktemp("nyx-host"), **options)
     request.node.stash[_HOST] = host
     try:
         yield host
