@@ -154,7 +154,7 @@ def test_the_manifest_writer_round_trips_through_tomllib() -> None:
     import tomllib
 
     document = {
-        "plugin": {"name": "x", "id": 1, "version": "1.0.0", "tags": ["a", "b\"c"]},
+        "plugin": {"name": "x", "id": 1, "version": "1.0.0", "tags": ["a", 'b"c']},
         "config": {"nested": {"k": 1.5, "on": True}, "key with space": "v\n"},
     }
     assert tomllib.loads(dumps(document)) == document

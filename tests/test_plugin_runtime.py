@@ -303,7 +303,9 @@ def test_a_raising_handler_is_counted_and_logged_and_the_next_frame_follows(
         flaky.send(b"after")
     assert flaky.instance.seen == [b"boom", b"after"]
     assert (flaky.stats.messages_processed, flaky.stats.errors) == (2, 1)
-    assert "Handler of plugin 'flaky' (id 41) raised" in caplog.text and "handler bug" in caplog.text
+    assert (
+        "Handler of plugin 'flaky' (id 41) raised" in caplog.text and "handler bug" in caplog.text
+    )
 
 
 async def test_a_hanging_handler_is_cancelled_at_its_timeout_and_counted(

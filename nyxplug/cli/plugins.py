@@ -334,7 +334,11 @@ def scaffold(
     }  # fmt: skip
     files = [
         (folder / "nyxplug.toml", "the manifest", templates.MANIFEST),
-        (folder / f"{module}.py", f"the plugin class {class_name} ({kind})", templates.PLUGINS[kind]),
+        (
+            folder / f"{module}.py",
+            f"the plugin class {class_name} ({kind})",
+            templates.PLUGINS[kind],
+        ),
         (test, "its tests (nyx_host) and a benchmark (nyx_bench)", templates.TESTS[kind]),
     ]
     for path, _, template in files:

@@ -86,8 +86,13 @@ class {class_name}(Plugin):
 
     async def on_load(self, ctx: PluginContext) -> None:
         """Called once before the first frame (``self.ctx`` is set); raise to refuse."""
-        ctx.logger.info("%s %s loaded as id %d: %s", ctx.name, ctx.version, ctx.id,
-                        ctx.config.get("greeting", "hello"))
+        ctx.logger.info(
+            "%s %s loaded as id %d: %s",
+            ctx.name,
+            ctx.version,
+            ctx.id,
+            ctx.config.get("greeting", "hello"),
+        )
 
     async def handle(self, message: PluginMessage) -> None:
         """One frame; an exception is counted and logged, and the next frame follows."""
@@ -102,8 +107,9 @@ class {class_name}(Plugin):
 
     async def on_unload(self) -> None:
         """Called once after the last frame was handled."""
-        self.ctx.logger.info("%s unloaded after %d frames (%d bytes)", self.ctx.name,
-                             self.frames, self.bytes)
+        self.ctx.logger.info(
+            "%s unloaded after %d frames (%d bytes)", self.ctx.name, self.frames, self.bytes
+        )
 
     def export_state(self) -> Any:
         """Handed to the next version of this plugin on a hot swap."""
@@ -200,8 +206,11 @@ class {class_name}(Plugin):
     def migrate_state(self, state: Any, from_version: str) -> Any:
         """The previous major version's state, in this version's shape."""
         if isinstance(state, dict) and state.get("v") != STATE_VERSION:
-            return {{"v": STATE_VERSION, "frames": int(state.get("count", state.get("frames", 0))),
-                    "bytes": 0}}
+            return {{
+                "v": STATE_VERSION,
+                "frames": int(state.get("count", state.get("frames", 0))),
+                "bytes": 0,
+            }}
         return state
 
     def import_state(self, state: Any) -> None:
@@ -263,7 +272,7 @@ from pathlib import Path
 from nyxplug.testing import NyxHost
 
 #: The plugin's folder (what `nyx_host.load` reads, as `nyxplug run --plugin-dir` would).
-PLUGIN = (Path(__file__).resolve().parent / {plugin_dir!r} / "{name}").resolve()
+PLUGIN = (Path(__file__).resolve().parent / "{plugin_dir}" / "{name}").resolve()
 '''
 
 _TEST_BENCH = '''
@@ -276,7 +285,7 @@ def test_{module}_throughput(nyx_host: NyxHost, nyx_bench) -> None:
     assert plugin.stats.errors == 0
 '''
 
-_TEST_ASYNC = '''
+_TEST_ASYNC = """
 
 def test_{module}_handles_data_frames(nyx_host: NyxHost) -> None:
     plugin = nyx_host.load(PLUGIN)
@@ -285,18 +294,18 @@ def test_{module}_handles_data_frames(nyx_host: NyxHost) -> None:
     assert stats.messages_processed == 2
     assert stats.errors == 0, "the handler raised: see the log above"
     assert stats.sandbox_violations == 0
-'''
+"""
 
-_TEST_SYNC = '''
+_TEST_SYNC = """
 
 def test_{module}_answers_in_upper_case(nyx_host: NyxHost) -> None:
     plugin = nyx_host.load(PLUGIN)
     assert plugin.send(b"ping") == b"PING"
     assert plugin.send_many([b"a", b"b"]) == [b"A", b"B"]
     assert plugin.stats.messages_processed == 3
-'''
+"""
 
-_TEST_BATCH = '''
+_TEST_BATCH = """
 
 def test_{module}_answers_every_frame_of_a_batch(nyx_host: NyxHost) -> None:
     plugin = nyx_host.load(PLUGIN, resources={{"capacity": 64}})
@@ -305,9 +314,9 @@ def test_{module}_answers_every_frame_of_a_batch(nyx_host: NyxHost) -> None:
     assert replies == [len(p).to_bytes(4, "big") for p in payloads]
     assert plugin.stats.messages_processed == 50
     assert plugin.instance.batches >= 1
-'''
+"""
 
-_TEST_STATEFUL = '''
+_TEST_STATEFUL = """
 
 def test_{module}_counts(nyx_host: NyxHost) -> None:
     plugin = nyx_host.load(PLUGIN)
@@ -336,7 +345,7 @@ def test_{module}_migrates_state_across_a_major_version(
     result = plugin.reload(new)  # 0.x -> 1.x: migrate_state runs before import_state
     assert (result.from_version, result.to_version) == ("0.1.0", "1.0.0")
     assert plugin.send(b"c") == (3).to_bytes(8, "big")
-'''
+"""
 
 _TEST_ISOLATED = '''
 

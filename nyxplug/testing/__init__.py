@@ -140,8 +140,7 @@ def nyx_bench(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
         benchmark = request.getfixturevalue("benchmark")
     except pytest.FixtureLookupError:
         pytest.fail(
-            "nyx_bench needs pytest-benchmark: pip install pytest-benchmark "
-            "(or nyxplug[testing])",
+            "nyx_bench needs pytest-benchmark: pip install pytest-benchmark (or nyxplug[testing])",
             pytrace=False,
         )
     from ._bench import bench

@@ -348,9 +348,7 @@ class PluginHandle:
         data: bytes = b"",
     ) -> bytes | None:
         """``send`` for async tests: the test's own loop keeps running meanwhile."""
-        return await self.host.arun(
-            self._request(frame_type, self._header(flags, data), payload)
-        )
+        return await self.host.arun(self._request(frame_type, self._header(flags, data), payload))
 
     async def _send_many(
         self, frame_type: int, header: Any, payloads: Iterable[bytes]
@@ -453,4 +451,3 @@ class PluginHandle:
 async def _call(fn: Callable[..., T], *args: Any) -> T:
     """A plain function of the manager, run on the host's loop thread."""
     return fn(*args)
-

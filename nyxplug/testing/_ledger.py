@@ -74,8 +74,12 @@ def check_ledger(host: NyxHost, *, timeout: float) -> list[LedgerRow]:
     ids = sorted(set(known) | set(host.sent) | set(host.refused))
     rows = [
         LedgerRow(
-            name=names.get(pid, "?"), id=pid, sent=host.sent[pid], refused=host.refused[pid],
-            stats=known.get(pid), state=states.get(pid, "?"),
+            name=names.get(pid, "?"),
+            id=pid,
+            sent=host.sent[pid],
+            refused=host.refused[pid],
+            stats=known.get(pid),
+            state=states.get(pid, "?"),
         )  # fmt: skip
         for pid in ids
     ]
@@ -94,9 +98,7 @@ def check_ledger(host: NyxHost, *, timeout: float) -> list[LedgerRow]:
                 f"{row.stats.messages_processed} handled, {row.stats.dropped} dropped, "
                 f"{row.stats.queue_depth} still queued"
             )
-    in_ledger = sum(
-        s.messages_processed + s.dropped + s.queue_depth for s in known.values()
-    )
+    in_ledger = sum(s.messages_processed + s.dropped + s.queue_depth for s in known.values())
     if in_ledger != ds.frames_dispatched and not problems:
         problems.append(
             f"the dispatcher enqueued {ds.frames_dispatched} frame(s), the plugins account "

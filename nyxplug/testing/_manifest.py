@@ -26,10 +26,10 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def _frames(value: Any) -> list[str]:
     if isinstance(value, Permission):
-        return [member.name for member in Permission if member in value and member.name]
+        return [str(member.name) for member in Permission if member in value]
     if isinstance(value, str):
         return [value]
-    return [member.name if isinstance(member, Permission) else str(member) for member in value]
+    return [str(m.name) if isinstance(m, Permission) else str(m) for m in value]
 
 
 def apply_overrides(document: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -83,7 +83,10 @@ def headers(
     from .._impl import PluginHeader
 
     return st.builds(
-        PluginHeader, ids if ids is not None else plugin_ids(), flags(), st.binary(max_size=max_data)
+        PluginHeader,
+        ids if ids is not None else plugin_ids(),
+        flags(),
+        st.binary(max_size=max_data),
     )
 
 
