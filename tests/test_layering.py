@@ -19,6 +19,8 @@ plugins      nyxplug.plugins  (the runtime)             config, trust, isolation
                                                         engine
 serving      nyxplug.serving (listeners, access)        plugins, config, trust, isolation,
                                                         source, engine
+testing      nyxplug.testing  (the plugin author's kit: plugins, config, trust, isolation,
+             a pytest plugin)                           source, engine
 facade       nyxplug (its __init__)                     engine
 host         nyxplug.host  (the isolated child's entry) isolation, engine
 cli          nyxplug.cli, nyxplug.__main__,             everything above but host
@@ -56,10 +58,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset({"isolation", "source", "engine"}),
     "plugins": frozenset({"config", "trust", "isolation", "source", "engine"}),
     "serving": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
+    "testing": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
     "facade": frozenset({"engine"}),
     "host": frozenset({"isolation", "engine"}),
     "cli": frozenset(
-        {"facade", "serving", "plugins", "config", "trust", "isolation", "source", "engine"}
+        {
+            "facade",
+            "serving",
+            "testing",
+            "plugins",
+            "config",
+            "trust",
+            "isolation",
+            "source",
+            "engine",
+        }
     ),
 }
 
@@ -81,7 +94,8 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if (top.startswith("_") and top != "__main__") or top == "sandbox":
         return "engine"
-    if top in ("source", "trust", "isolation", "config", "plugins", "serving", "host"):
+    layers = ("source", "trust", "isolation", "config", "plugins", "serving", "testing", "host")
+    if top in layers:
         return top
     if top in ("cli", "__main__", "templates"):
         return "cli"
