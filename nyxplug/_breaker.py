@@ -119,7 +119,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     half_open_deadline: float = 60.0
     #: The worker records outcomes at least every this many frames (and whenever its
     #: queue runs empty); a trip is decided at most this many frames late.
-    record_every: int = 64
+    record_every: int = 256
 
     def __post_init__(self) -> None:
         if self.window not in ("count", "time"):
@@ -204,15 +204,18 @@ class _CountWindow:
             self._push(failed, 1, s)
 
     def _push(self, count: int, failed: int, slow: int) -> None:
-        self.runs.append([count, failed, slow])
+        runs = self.runs
+        if runs and runs[-1][1] == failed and runs[-1][2] == slow:
+            runs[-1][0] += count  # same outcome as the newest run: it grows
+        else:
+            runs.append([count, failed, slow])
         self.calls += count
         self.failures += count * failed
         self.slow += count * slow
         excess = self.calls - self.size
-        runs = self.runs
         while excess > 0:
             run = runs[0]
-            take = min(excess, run[0])
+            take = run[0] if run[0] < excess else excess
             run[0] -= take
             self.calls -= take
             self.failures -= take * run[1]
@@ -287,6 +290,8 @@ class CircuitBreaker:
         self.config = config
         self.clock = clock
         self.random = random
+        self.minimum_calls = config.effective_minimum_calls
+        self.slow_call_duration = config.slow_call_duration
         self.state = _CLOSED
         self.gate = 0
         self.epoch = 0
@@ -401,25 +406,29 @@ class CircuitBreaker:
         counted as stale. A group that spans that boundary is all-success or all-failure
         (the workers cut mixed groups there), so it splits exactly.
         """
-        self._advance(now, enqueued)
+        if self.gate:
+            self._advance(now, enqueued)
         state = self.state
-        if state == _DISABLED:
+        if state is _DISABLED:
             return
-        stale = min(max(self.stale_until - first + 1, 0), n)
-        if stale:
+        stale = 0
+        if first <= self.stale_until:
+            stale = self.stale_until - first + 1
+            if stale > n:
+                stale = n
             self.stale_outcomes += stale
             fresh = n - stale
             if not fresh:
                 return
             failed = fresh if failed else 0
             n = fresh
-        if state not in _PASSING and state != _HALF_OPEN:
+        if state is _OPEN or state is _FORCED_OPEN:
             self.stale_outcomes += n  # cannot happen: nothing is admitted while open
             return
         config = self.config
-        slow = elapsed > config.slow_call_duration * (n + stale)
+        slow = elapsed > self.slow_call_duration * (n + stale)
         self.outcomes_recorded += n
-        if state == _HALF_OPEN:
+        if state is _HALF_OPEN:
             extra = self.probes_recorded + n - self.probes_admitted
             if extra > 0:  # cannot happen: only admitted probes carry a fresh ordinal
                 self.stale_outcomes += extra
@@ -434,15 +443,15 @@ class CircuitBreaker:
             return
         window = self.window
         window.add(n, failed, slow, now)
-        if window.calls < config.effective_minimum_calls:
+        calls = window.calls
+        if calls < self.minimum_calls:
             return
-        if (
-            window.failures / window.calls >= config.failure_rate
-            or window.slow / window.calls >= config.slow_call_rate
+        if window.failures / calls >= config.failure_rate or (
+            window.slow and window.slow / calls >= config.slow_call_rate
         ):
-            if state == _CLOSED:
+            if state is _CLOSED:
                 self._to(_OPEN, enqueued, now)
-        elif state == _CLOSED:
+        elif state is _CLOSED:
             self.consecutive_trips = 0  # a healthy verdict: the open time starts over
 
     # -- operators and readers -------------------------------------------------------

@@ -906,6 +906,8 @@ cdef class _Runtime:
     cdef object breaker
     cdef int gate
     cdef long long epoch
+    cdef long long stale_until  # the breaker's, and its config's record_every
+    cdef long long record_every
     cdef unsigned long long circuit_open
 
     def __cinit__(self):
@@ -1040,8 +1042,10 @@ cdef class _Runtime:
 
     cdef int sync(self) except -1:
         """Copy the breaker's gate and epoch after it was asked anything."""
-        self.gate = self.breaker.gate
-        self.epoch = self.breaker.epoch
+        breaker = self.breaker
+        self.gate = breaker.gate
+        self.epoch = breaker.epoch
+        self.stale_until = breaker.stale_until
         return 0
 
 
@@ -1885,9 +1889,9 @@ cdef class Dispatcher:
                         # ``record_every`` frames, or at the last stale frame so no group
                         # mixes stale and fresh outcomes - or when the epoch moves.
                         first, errors, epoch = rt.processed, rt.errors, rt.epoch
-                        stop = first + <long long>rt.breaker.config.record_every - 1
-                        if first <= rt.breaker.stale_until < stop:
-                            stop = rt.breaker.stale_until
+                        stop = first + rt.record_every - 1
+                        if first <= rt.stale_until < stop:
+                            stop = rt.stale_until
                         if since is None:
                             since = rt.breaker.clock()
                     try:
@@ -1972,8 +1976,10 @@ cdef class Dispatcher:
         """Give a loaded plugin a circuit breaker (CLOSED, empty window), replacing any it
         had; ``None`` removes it. Frames already queued are not judged by it.
 
-        ``clock`` (seconds, monotonic; default the loop's ``time``) and ``random``
-        (``[0, 1)``, for the open time's jitter) are for tests and simulations.
+        ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
+        uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
+        batch) and ``random`` (``[0, 1)``, the open time's jitter) are for tests and
+        simulations.
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("set_breaker")
@@ -1986,10 +1992,11 @@ cdef class Dispatcher:
             rt.gate = 0
             rt.epoch += 1
             return
-        breaker = CircuitBreaker(config, rt.loop.time if clock is None else clock, random)
+        breaker = CircuitBreaker(config, time.monotonic if clock is None else clock, random)
         breaker.epoch = rt.epoch + 1
         breaker.stale_until = rt.enqueued()
         rt.breaker = breaker
+        rt.record_every = config.record_every
         rt.sync()
 
     def set_breaker_state(self, plugin_id, state):

@@ -1492,8 +1492,10 @@ class Dispatcher:
         """Give a loaded plugin a circuit breaker (CLOSED, empty window), replacing any it
         had; ``None`` removes it. Frames already queued are not judged by it.
 
-        ``clock`` (seconds, monotonic; default the loop's ``time``) and ``random``
-        (``[0, 1)``, for the open time's jitter) are for tests and simulations.
+        ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
+        uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
+        batch) and ``random`` (``[0, 1)``, the open time's jitter) are for tests and
+        simulations.
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("set_breaker")
@@ -1505,7 +1507,7 @@ class Dispatcher:
             rt.gate = 0
             rt.epoch += 1
             return
-        breaker = CircuitBreaker(config, rt.loop.time if clock is None else clock, random)
+        breaker = CircuitBreaker(config, time.monotonic if clock is None else clock, random)
         breaker.epoch = rt.epoch + 1
         breaker.stale_until = rt.processed + len(rt.queue)
         rt.breaker = breaker

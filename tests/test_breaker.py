@@ -488,14 +488,14 @@ async def test_a_failing_batch_handler_fails_every_frame_of_its_batch(impl: Any)
     await d.aclose()
 
 
-async def test_the_default_clock_is_the_loop_s(impl: Any) -> None:
+async def test_the_default_clock_is_monotonic(impl: Any) -> None:
     d = impl.Dispatcher()
     await d.load_plugin(info(7), Outcomes(FakeClock()))
     d.set_breaker(7, BreakerConfig(minimum_calls=2, window_size=2, open_wait=30.0))
     await send(d, impl, [b"fail", b"fail"])
     stats = d.breaker_stats(7)
     assert stats.state is BreakerState.OPEN
-    assert 27.0 <= stats.retry_after <= 33.0  # ±10 % jitter, read on the loop's clock
+    assert 27.0 <= stats.retry_after <= 33.0  # ±10 % jitter, on time.monotonic
     await d.aclose()
 
 
@@ -537,4 +537,26 @@ async def test_ledger_holds_while_breakers_trip_and_recover(impl: Any) -> None:
     ds = d.dispatch_stats()
     assert ds.circuit_open == total_refused > 0
     assert ds.dispatch_errors == ds.circuit_open + ds.would_block
+    await d.aclose()
+
+
+@pytest.mark.parametrize("record_every", [1, 64, 256])
+async def test_a_plugin_that_starts_failing_trips_within_minimum_calls_and_a_group(
+    impl: Any, record_every: int
+) -> None:
+    d, _clock, _ = await with_breaker(
+        impl,
+        window_size=100,
+        minimum_calls=100,
+        failure_rate=0.5,
+        jitter=0.0,
+        record_every=record_every,
+    )
+    await send(d, impl, [b"ok"] * 100)
+    await send(d, impl, [b"fail"] * 1000)  # all queued at once: the worst case
+    stats = d.breaker_stats(7)
+    assert stats.state is BreakerState.OPEN
+    assert 50 <= stats.failures <= 100 + record_every
+    assert stats.failures == max(50, min(record_every, 100))
+    assert stats.outcomes_recorded + stats.stale_outcomes == 1100
     await d.aclose()
