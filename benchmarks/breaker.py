@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from benchmarks import compare
+from benchmarks._corpus import ready_headers
 
 IMPLEMENTATIONS = {"compiled": "nyxplug._dispatch", "pure twin": "nyxplug._dispatch_py"}
 RATE = 100_000
@@ -68,6 +69,34 @@ def cost_rows(frames: int, loop: str, reps: int) -> dict[str, dict[str, float]]:
         key: {"median": statistics.median(values), "min": min(values)}
         for key, values in samples.items()
     }
+
+
+async def paired_nowait(impl: Any, chunks: int, size: int = 1000) -> dict[str, float]:
+    """``dispatch_nowait`` to two plugins of one dispatcher, one with a closed breaker, in
+    alternating chunks of ``size`` frames: the fastest chunk of each, in ns per frame. The
+    same loop, corpus and moment for both, so a busy machine shifts both alike."""
+    from nyxplug import BreakerConfig, Permission, PluginInfo
+
+    d = impl.Dispatcher()
+    plain, guarded = 7, 8
+    for plugin_id in (plain, guarded):
+        info = PluginInfo(plugin_id, f"p{plugin_id}", Permission.DATA_ACCESS)
+        await d.load_plugin(info, None, capacity=size)
+    d.set_breaker(guarded, BreakerConfig())
+    corpus = {pid: ready_headers(impl, (pid,), size) for pid in (plain, guarded)}
+    send = d.dispatch_nowait
+    best = {plain: float("inf"), guarded: float("inf")}
+    clock = time.perf_counter_ns
+    for i in range(chunks):
+        for pid in (plain, guarded) if i % 2 else (guarded, plain):
+            headers = corpus[pid]
+            t0 = clock()
+            for header in headers:
+                send(compare.DATA, header)
+            best[pid] = min(best[pid], (clock() - t0) / size)
+        await d.wait_idle()
+    await d.aclose()
+    return {"no breaker": best[plain], "closed breaker": best[guarded]}
 
 
 async def trip_latency(
@@ -140,12 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("nyxplug").setLevel(logging.CRITICAL)  # failing frames are the point
     costs = cost_rows(args.frames, args.loop, args.reps)
+    paired = {
+        label: compare._run(
+            args.loop,
+            paired_nowait(importlib.import_module(name), 400 if label == "compiled" else 40),
+        )
+        for label, name in IMPLEMENTATIONS.items()
+    }
     trips: dict[str, list[dict[str, float]]] = {}
     for label, name in IMPLEMENTATIONS.items():
         impl = importlib.import_module(name)
         trips[label] = [compare._run(args.loop, trip_latency(impl)) for _ in range(args.trips)]
     if args.json:
-        print(json.dumps({"costs": costs, "trips": trips}, indent=2))
+        print(json.dumps({"costs": costs, "paired": paired, "trips": trips}, indent=2))
         return 0
     print(f"nyxplug breaker benchmark - {compare.versions()} [{args.loop}]")
     print(f"{args.reps} interleaved reps; ns per frame (median / min); lower is better\n")
@@ -156,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
             base = costs[key.replace("closed breaker", "no breaker")]["median"]
             delta = f"{cell['median'] - base:+.1f}"
         print(f"{key:<66} {cell['median']:>8.1f} {cell['min']:>8.1f} {delta:>8}")
+    print("\ndispatch_nowait to two plugins of one dispatcher, alternating chunks of 1000 (best)")
+    for label, pair in paired.items():
+        delta = pair["closed breaker"] - pair["no breaker"]
+        print(
+            f"{label:<10} no breaker {pair['no breaker']:.1f} ns, closed breaker "
+            f"{pair['closed breaker']:.1f} ns, delta {delta:+.1f} ns "
+            f"({delta / pair['no breaker']:+.1%})"
+        )
     print(
         "\ntrip latency at ~100k frames/s (window = minimum_calls = 100, rate 50 %, "
         "record_every 256, the default)"

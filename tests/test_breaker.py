@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from breaker_helpers import FakeClock, Outcomes, payloads, send, with_breaker
+from conftest import ROOT
 from nyx_helpers import DATA, Gate, Ledger, assert_accounting, info
 
 import nyxplug
@@ -560,3 +565,26 @@ async def test_a_plugin_that_starts_failing_trips_within_minimum_calls_and_a_gro
     assert stats.failures == max(50, min(record_every, 100))
     assert stats.outcomes_recorded + stats.stale_outcomes == 1100
     await d.aclose()
+
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SNIPPET = re.search(
+    r"### Circuit breakers\n.*?```python\n(.*?)```\n\nprints\n\n```text\n(.*?)```", README, re.S
+)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_breaker_snippet_prints_what_the_readme_says(pure: bool, tmp_path: Path) -> None:
+    assert SNIPPET is not None
+    script = tmp_path / "breaker.py"
+    script.write_text(SNIPPET.group(1), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NYXPLUG_NO_EXTENSIONS", None)
+    if pure:
+        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
+        env["NYXPLUG_NO_EXTENSIONS"] = "1"
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == SNIPPET.group(2)
