@@ -89,10 +89,12 @@ def _fail(field: str, expected: str, got: object) -> ValueError:
     return ValueError(f"Expected `{field}` {expected}, got {got!r} - in BreakerConfig")
 
 
-class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
+class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a plugin's circuit breaker decides; defaults are resilience4j's where it has one.
 
-    Validated when created, so a breaker never meets a bad value on the frame path.
+    Validated when created, so a breaker never meets a bad value on the frame path. It is
+    also the ``[breaker]`` table of a plugin's manifest and ``[defaults.breaker]`` of the
+    host configuration (same keys).
     """
 
     #: ``"count"``: the last ``window_size`` calls; ``"time"``: the last ``window_size`` s.

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from ._breaker import BreakerConfig
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
 from ._impl import parse_flag
@@ -103,6 +104,8 @@ class DefaultsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     capacity: Capacity = DEFAULT_CAPACITY
     handler_timeout: HandlerTimeout = DEFAULT_HANDLER_TIMEOUT
+    #: A circuit breaker for every plugin whose manifest has no ``[breaker]`` (None: none).
+    breaker: BreakerConfig | None = None
 
     def __post_init__(self) -> None:
         _check_finite("handler_timeout", self.handler_timeout)

@@ -588,3 +588,34 @@ def test_readme_breaker_snippet_prints_what_the_readme_says(pure: bool, tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == SNIPPET.group(2)
+
+
+# -- manifests and the host configuration -------------------------------------------
+
+
+async def test_manifest_and_host_config_give_plugins_their_breakers(
+    impl: Any, tmp_path: Path
+) -> None:
+    from plugin_helpers import write_plugin
+
+    from nyxplug.config import DefaultsSection, HostConfig, RuntimeSection
+    from nyxplug.plugins import PluginManager
+
+    write_plugin(tmp_path, "own", 61, breaker={"window_size": 20, "failure_rate": 0.25})
+    write_plugin(tmp_path, "plain", 62)
+    host = HostConfig(
+        runtime=RuntimeSection(
+            plugin_dirs=(str(tmp_path),), state_dir=str(tmp_path / "state"),
+            require_signatures=False,
+        ),
+        defaults=DefaultsSection(breaker=BreakerConfig(minimum_calls=7)),
+    )  # fmt: skip
+    async with PluginManager(
+        dispatcher=impl.Dispatcher(), config=host, entry_points=False, include_registered=False
+    ) as manager:
+        own, plain = manager.dispatcher.breaker_stats(61), manager.dispatcher.breaker_stats(62)
+        assert own is not None and plain is not None
+        assert (own.state, plain.state) == (BreakerState.CLOSED, BreakerState.CLOSED)
+        manager.dispatcher.set_breaker_state(61, BreakerState.FORCED_OPEN)
+        with pytest.raises(CircuitOpen, match=r"^Circuit breaker of plugin 'own' \(id 61\)"):
+            manager.dispatcher.dispatch_nowait(DATA, impl.PluginHeader(61))

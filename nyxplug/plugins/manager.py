@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._breaker import BreakerConfig
 from .._constants import Permission
 from .._impl import Dispatcher as DefaultDispatcher
 from .._stats import PluginStats
@@ -130,6 +131,7 @@ class PluginManager:
         self._steps = LoadSteps(
             read_code=self._read_code, import_code=self._import_code, context=self._context,
             handler=self._handler, signer_of=lambda folder: signer_of(folder, self.trust),
+            breaker_of=self._breaker_of,
         )  # fmt: skip
 
     # -- discovery and the catalog -------------------------------------------------
@@ -376,6 +378,9 @@ class PluginManager:
                 overrun_limit=supervised.overrun_limit,
                 on_overrun=supervised.on_overrun,
             )
+            breaker = self._breaker_of(manifest)
+            if breaker is not None:
+                self.dispatcher.set_breaker(manifest.id, breaker)
         except BaseException as exc:  # cancelled too: never left half-loaded in LOADING
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "cancelled"
             if registered_here and not self.dispatcher.is_loaded(manifest.id):
@@ -396,6 +401,10 @@ class PluginManager:
         record.move(PluginState.ACTIVE)
         self._load_order.append(name)
         return record.status()
+
+    def _breaker_of(self, manifest: Manifest) -> BreakerConfig | None:
+        """The manifest's ``[breaker]``, else the host's ``[defaults.breaker]``."""
+        return manifest.breaker if manifest.breaker is not None else self.config.defaults.breaker
 
     def _context(self, name: str, manifest: Manifest, guard: SandboxGuard | None) -> PluginContext:
         return PluginContext(

@@ -20,6 +20,7 @@ import msgspec
 import semver
 from msgspec import Meta
 
+from .._breaker import BreakerConfig
 from .._constants import Permission
 from .._errors import NyxplugError
 from .._schema import _check_finite, _Invalid, explain_decode_error
@@ -199,6 +200,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     permissions: PermissionsSection = msgspec.field(default_factory=PermissionsSection)
     sandbox: SandboxSection = msgspec.field(default_factory=SandboxSection)
     resources: ResourcesSection = msgspec.field(default_factory=ResourcesSection)
+    #: ``[breaker]``: the plugin's circuit breaker (None: the host's ``[defaults.breaker]``).
+    breaker: BreakerConfig | None = None
     config: dict[str, Any] = {}
     dependencies: dict[str, str] = {}
 
