@@ -234,3 +234,23 @@ async def test_manifest_health_checks_run_on_the_schedule(
         assert any("failed its liveness checks" in r.getMessage() for r in caplog.records)
         assert manager.status("plain").health is None
     assert record.health is None  # stopped with the plugin
+
+
+def test_readme_manifest_tables_decode() -> None:
+    from conftest import ROOT
+
+    from nyxplug.plugins import Manifest
+    from nyxplug.source.manifest import decode_manifest
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"\*\*Breakers and health checks\*\*.*?```toml\n(.*?)```", readme, re.S)
+    assert found is not None
+    tables = "\n".join(line.strip() for line in found.group(1).splitlines())
+    manifest: Manifest = decode_manifest(
+        '[plugin]\nname = "x"\nid = 1\nversion = "1.0.0"\nentry = "main:Entry"\n'
+        'api = ">=1.0, <2"\n' + tables
+    )
+    assert manifest.breaker == BreakerConfig(
+        window="time", window_size=30, minimum_calls=50, failure_rate=0.25, open_wait=5.0
+    )
+    assert manifest.health == HealthConfig(interval=5.0, timeout=1.0)
