@@ -186,6 +186,8 @@ class BreakerStats(msgspec.Struct, frozen=True, kw_only=True):
     #: admitted before the last transition).
     outcomes_recorded: int
     stale_outcomes: int
+    #: Why it is FORCED_OPEN when that was not an operator (health checks); else None.
+    forced_by: str | None = None
 
 
 class _CountWindow:
@@ -309,6 +311,7 @@ class CircuitBreaker:
         self.deadline: float | None = None
         self.refused = [0, 0, 0, 0]  # by REFUSED_* code
         self.retry_after: float | None = None  # of the last refusal
+        self.forced_by: str | None = None  # why FORCED_OPEN, when not an operator's
         self.outcomes_recorded = 0
         self.stale_outcomes = 0
 
@@ -328,6 +331,7 @@ class CircuitBreaker:
         self.probes_admitted = self.probes_recorded = 0
         self.probe_failures = self.probe_slow = 0
         self.deadline = None
+        self.forced_by = None
         if state == _OPEN:
             config = self.config
             self.trips += 1
@@ -458,17 +462,22 @@ class CircuitBreaker:
 
     # -- operators and readers -------------------------------------------------------
 
-    def set_state(self, state: BreakerState, enqueued: int) -> None:
-        """An operator's transition: CLOSED (a reset), DISABLED, FORCED_OPEN, METRICS_ONLY."""
+    def set_state(self, state: BreakerState, enqueued: int, why: str | None = None) -> None:
+        """An operator's transition: CLOSED (a reset), DISABLED, FORCED_OPEN, METRICS_ONLY;
+        ``why`` says who forced it open when it was not an operator (a refusal names it)."""
         if not isinstance(state, BreakerState) or state in (_OPEN, _HALF_OPEN):
             raise ValueError(
                 "Expected `state` to be BreakerState.CLOSED, DISABLED, FORCED_OPEN or "
                 f"METRICS_ONLY, got {state!r} - OPEN and HALF_OPEN are reached by the "
                 "breaker itself; force traffic off with FORCED_OPEN"
             )
+        if why is not None and not isinstance(why, str):
+            raise TypeError(f"Expected `why` to be a str or None, got {type(why).__name__}")
         if state == _CLOSED:
             self.consecutive_trips = 0
         self._to(state, enqueued, self.clock())
+        if state == _FORCED_OPEN:
+            self.forced_by = why
 
     def poll(self, enqueued: int) -> float:
         """Take the transitions due by now; return now."""
@@ -512,4 +521,5 @@ class CircuitBreaker:
             refused_half_open=self.refused[REFUSED_HALF_OPEN],
             outcomes_recorded=self.outcomes_recorded,
             stale_outcomes=self.stale_outcomes,
+            forced_by=self.forced_by,
         )

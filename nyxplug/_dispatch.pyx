@@ -1448,7 +1448,7 @@ cdef class Dispatcher:
         rt.circuit_open += 1
         self._p_ft = frame_type
         self._p_error = CircuitOpen(rt.id, frame_type, REFUSAL_REASONS[reason],
-                                    breaker.retry_after, rt.entry.info)
+                                    breaker.retry_after, rt.entry.info, breaker.forced_by)
         return 1
 
     cdef PluginMessage _fail(self, object frame_type, int code, int* status, object detail):
@@ -1999,17 +1999,18 @@ cdef class Dispatcher:
         rt.record_every = config.record_every
         rt.sync()
 
-    def set_breaker_state(self, plugin_id, state):
+    def set_breaker_state(self, plugin_id, state, *, why=None):
         """An operator's transition of the plugin's breaker: ``CLOSED`` resets it (fresh
         window, open time back to ``open_wait``), ``DISABLED`` admits everything and
         records nothing, ``FORCED_OPEN`` refuses everything, ``METRICS_ONLY`` records
         but never trips. Applies from the next frame; outcomes of frames admitted
-        before it are ignored.
+        before it are ignored. ``why`` names who forces it open when that is not an
+        operator (health checks do): refusals say so instead of blaming an operator.
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("set_breaker_state")
         cdef _Runtime rt = self._breaker_runtime(plugin_id)
-        rt.breaker.set_state(state, rt.enqueued())
+        rt.breaker.set_state(state, rt.enqueued(), why)
         rt.sync()
 
     def breaker_stats(self, plugin_id):

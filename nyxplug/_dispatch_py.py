@@ -1013,7 +1013,12 @@ class Dispatcher:
             frame_type,
             _CIRCUIT_OPEN,
             CircuitOpen(
-                rt.id, frame_type, REFUSAL_REASONS[reason], breaker.retry_after, rt.entry.info
+                rt.id,
+                frame_type,
+                REFUSAL_REASONS[reason],
+                breaker.retry_after,
+                rt.entry.info,
+                breaker.forced_by,
             ),
         )
         return True
@@ -1513,18 +1518,21 @@ class Dispatcher:
         rt.breaker = breaker
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
 
-    def set_breaker_state(self, plugin_id: int, state: BreakerState) -> None:
+    def set_breaker_state(
+        self, plugin_id: int, state: BreakerState, *, why: str | None = None
+    ) -> None:
         """An operator's transition of the plugin's breaker: ``CLOSED`` resets it (fresh
         window, open time back to ``open_wait``), ``DISABLED`` admits everything and
         records nothing, ``FORCED_OPEN`` refuses everything, ``METRICS_ONLY`` records
         but never trips. Applies from the next frame; outcomes of frames admitted
-        before it are ignored.
+        before it are ignored. ``why`` names who forces it open when that is not an
+        operator (health checks do): refusals say so instead of blaming an operator.
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("set_breaker_state")
         breaker = self._breaker(plugin_id)
         rt = self._runtimes[plugin_id]
-        breaker.set_state(state, rt.processed + len(rt.queue))
+        breaker.set_state(state, rt.processed + len(rt.queue), why)
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
 
     def breaker_stats(self, plugin_id: int) -> BreakerStats | None:

@@ -141,8 +141,9 @@ class CircuitOpen(DispatchError):
 
     ``reason`` is ``"open"`` (tripped; ``retry_after`` is the time left open),
     ``"half_open"`` (every probe is taken; ``retry_after`` is the time to the verdict's
-    deadline) or ``"forced_open"`` (an operator's; ``retry_after`` is None). The frame
-    was not enqueued and the refusal is counted (``circuit_open``).
+    deadline) or ``"forced_open"`` (an operator's, or ``forced_by`` says whose;
+    ``retry_after`` is None). The frame was not enqueued and the refusal is counted
+    (``circuit_open``).
     """
 
     def __init__(
@@ -152,13 +153,15 @@ class CircuitOpen(DispatchError):
         reason: str,
         retry_after: float | None,
         info: PluginInfo | None = None,
+        forced_by: str | None = None,
     ) -> None:
-        super().__init__(plugin_id, frame_type, reason, retry_after, info)
+        super().__init__(plugin_id, frame_type, reason, retry_after, info, forced_by)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.reason = reason
         self.retry_after = retry_after
         self.info = info
+        self.forced_by = forced_by
 
     def __str__(self) -> str:
         label = plugin_label(self.plugin_id, self.info)
@@ -167,7 +170,10 @@ class CircuitOpen(DispatchError):
             "half_open": "is half-open and every probe frame is taken",
             "forced_open": "was forced open by an operator",
         }.get(self.reason, f"refused it ({self.reason})")
-        if self.retry_after is None:
+        if self.forced_by is not None:
+            what = f"is held open by {self.forced_by}"
+            when = "retry once it recovers"
+        elif self.retry_after is None:
             when = "retry once an operator closes it"
         else:
             when = f"retry after {self.retry_after:.3f} s"

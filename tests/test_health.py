@@ -126,6 +126,13 @@ async def test_readiness_failures_route_traffic_away_and_back(impl: Any) -> None
     with pytest.raises(CircuitOpen) as refused:
         d.dispatch_nowait(DATA, header)
     assert refused.value.reason == "forced_open"
+    assert str(refused.value) == (
+        "Circuit breaker of plugin 'plugin_7' (id 7) is held open by its health checks "
+        "(ready() returned False) - frame 0x52 (DATA) was not enqueued; retry once it "
+        "recovers, or see Dispatcher.breaker_stats(7) and reset it with "
+        "set_breaker_state(7, BreakerState.CLOSED)"
+    )
+    assert d.breaker_stats(7).forced_by == "its health checks (ready() returned False)"
     await monitor.check()
     assert d.try_dispatch(DATA, header) is DispatchStatus.CIRCUIT_OPEN  # one success: not yet
     await monitor.check()

@@ -175,7 +175,10 @@ class HealthMonitor:
             else:
                 self._own_breaker = False
                 self._restore = stats.state
-            d.set_breaker_state(plugin_id, BreakerState.FORCED_OPEN)
+            why = "its health checks"
+            if self._last_failure is not None:
+                why += f" ({self._last_failure})"
+            d.set_breaker_state(plugin_id, BreakerState.FORCED_OPEN, why=why)
             self._routed_away = True
             return
         self._routed_away = False
