@@ -55,10 +55,20 @@ def _info() -> Any:
 # -- scenarios: each returns elapsed ns for n frames ---------------------------------
 
 
-async def _nowait(impl: Any, n: int, ready: bool) -> int:
-    """dispatch_nowait alone: decode (or not) + route + permission + enqueue + counters."""
+def _closed_breaker(d: Any, plugin_id: int = PLUGIN) -> None:
+    """Give a plugin a circuit breaker that stays CLOSED (nothing fails)."""
+    from nyxplug import BreakerConfig
+
+    d.set_breaker(plugin_id, BreakerConfig())
+
+
+async def _nowait(impl: Any, n: int, ready: bool, breaker: bool = False) -> int:
+    """dispatch_nowait alone: decode (or not) + route + permission + enqueue + counters
+    (``breaker``: with a closed circuit breaker on the plugin)."""
     d = impl.Dispatcher()
     await d.load_plugin(_info(), None, capacity=1024)
+    if breaker:
+        _closed_breaker(d)
     corpus = ready_headers(impl) if ready else encoded_headers()
     send = d.dispatch_nowait
     frames = itertools.cycle(corpus)
@@ -167,10 +177,12 @@ async def _end_to_end(
     plugins: int,
     wait: bool,
     handler: Callable[[Any], None] | None = None,
+    breaker: bool = False,
 ) -> int:
     """Producer task -> each plugin's worker -> handler, until every frame is handled.
 
-    ``handler=None`` is nyxplug's built-in no-op consumer (counts and frees in C).
+    ``handler=None`` is nyxplug's built-in no-op consumer (counts and frees in C);
+    ``breaker``: the first plugin has a closed circuit breaker recording every outcome.
     """
     from nyxplug import DispatchStatus, Permission, PluginInfo
 
@@ -180,6 +192,8 @@ async def _end_to_end(
         await d.load_plugin(
             PluginInfo(plugin_id, "bench", Permission.DATA_ACCESS), handler, capacity=capacity
         )
+    if breaker:
+        _closed_breaker(d, ids[0])
     corpus = ready_headers(impl, ids) if ready else encoded_headers(ids)
     frames = itertools.islice(itertools.cycle(corpus), n)
     t0 = time.perf_counter_ns()
@@ -319,6 +333,12 @@ def build_rows(
                 f"nyxplug {tag} [{kind}]",
                 small,
                 lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, True)),
+            )
+            add(
+                "nowait, ready header",
+                f"nyxplug {tag}, closed breaker [{kind}]",
+                small,
+                lambda impl=impl, k=kind, m=small: _run(k, _nowait(impl, m, True, True)),
             )
             for label, mode in (
                 ("try_dispatch per frame, ready frame", "each"),

@@ -9,6 +9,9 @@ The hot path is compiled with Cython; ``USE_EXTENSIONS`` says whether it is acti
 import typing as _typing
 
 from ._batch import BatchResult as BatchResult
+from ._breaker import BreakerConfig as BreakerConfig
+from ._breaker import BreakerState as BreakerState
+from ._breaker import BreakerStats as BreakerStats
 from ._constants import (
     DEFAULT_CAPACITY as DEFAULT_CAPACITY,
 )
@@ -35,6 +38,12 @@ from ._errors import (
 )
 from ._errors import (
     AlreadyRegistered as AlreadyRegistered,
+)
+from ._errors import (
+    BreakerNotSet as BreakerNotSet,
+)
+from ._errors import (
+    CircuitOpen as CircuitOpen,
 )
 from ._errors import (
     DispatchError as DispatchError,
@@ -130,6 +139,11 @@ __all__ = (
     "AlreadyLoaded",
     "AlreadyRegistered",
     "BatchResult",
+    "BreakerConfig",
+    "BreakerNotSet",
+    "BreakerState",
+    "BreakerStats",
+    "CircuitOpen",
     "DispatchError",
     "DispatchStats",
     "DispatchStatus",

@@ -66,6 +66,7 @@ class DispatchStatus(enum.IntEnum):
     HEADER_DECODE_ERROR = 7
     FRAME_TOO_LARGE = 8
     UNKNOWN_FRAME_TYPE = 9
+    CIRCUIT_OPEN = 10
 
 
 #: Frame types a dispatcher knows from the start, and the permission each requires.

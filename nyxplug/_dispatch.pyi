@@ -12,6 +12,7 @@ from typing import Any, final
 from typing_extensions import disjoint_base
 
 from nyxplug._batch import BatchResult
+from nyxplug._breaker import BreakerConfig, BreakerState, BreakerStats
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._handlers import Handler
 from nyxplug._info import PluginInfo
@@ -190,6 +191,18 @@ class Dispatcher:
     @property
     def registry(self) -> PluginRegistry: ...
     def plugin_stats(self, plugin_id: int) -> PluginStats | None: ...
+    def set_breaker(
+        self,
+        plugin_id: int,
+        config: BreakerConfig | None,
+        *,
+        clock: Callable[[], float] | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None: ...
+    def set_breaker_state(
+        self, plugin_id: int, state: BreakerState, *, why: str | None = None
+    ) -> None: ...
+    def breaker_stats(self, plugin_id: int) -> BreakerStats | None: ...
     def dispatch_stats(self) -> DispatchStats: ...
     def loaded_plugins(self) -> list[int]: ...
     def is_loaded(self, plugin_id: int) -> bool: ...

@@ -40,6 +40,7 @@ import time
 from collections import deque
 
 from nyxplug._batch import MAX_MESSAGE_LIMIT, BatchResult, bad_length, frame_list
+from nyxplug._breaker import REFUSAL_REASONS, CircuitBreaker
 from nyxplug._constants import (
     DEFAULT_CAPACITY,
     DEFAULT_FRAME_PERMISSIONS,
@@ -57,6 +58,8 @@ from nyxplug._constants import (
 from nyxplug._errors import (
     AlreadyLoaded,
     AlreadyRegistered,
+    BreakerNotSet,
+    CircuitOpen,
     FrameTooLarge,
     HeaderDecodeError,
     NotRegistered,
@@ -157,6 +160,7 @@ cdef enum:
     S_HEADER_DECODE_ERROR = 7
     S_FRAME_TOO_LARGE = 8
     S_UNKNOWN_FRAME_TYPE = 9
+    S_CIRCUIT_OPEN = 10
 
 cdef enum:
     FLAG_REQUIRED = 0x01
@@ -180,6 +184,7 @@ _C_MIRRORS = {
     "DispatchStatus.HEADER_DECODE_ERROR": S_HEADER_DECODE_ERROR,
     "DispatchStatus.FRAME_TOO_LARGE": S_FRAME_TOO_LARGE,
     "DispatchStatus.UNKNOWN_FRAME_TYPE": S_UNKNOWN_FRAME_TYPE,
+    "DispatchStatus.CIRCUIT_OPEN": S_CIRCUIT_OPEN,
 }
 _out_of_step = mirror_mismatches(_C_MIRRORS)
 if _out_of_step:  # not an assert: python -O would strip it
@@ -192,7 +197,7 @@ del _out_of_step
 cdef enum:
     FIRST_RING_SIZE_LIMIT = 1024  # a ring starts at most this big (not a mirror)
 
-cdef list _STATUS = [DispatchStatus(code) for code in range(S_UNKNOWN_FRAME_TYPE + 1)]
+cdef list _STATUS = [DispatchStatus(code) for code in range(S_CIRCUIT_OPEN + 1)]
 
 
 @cython.final
@@ -896,6 +901,14 @@ cdef class _Runtime:
     cdef Py_ssize_t high_watermark
     cdef unsigned long long would_block
     cdef unsigned long long plugin_closed
+    # The circuit breaker (None: none set). ``gate`` is 0 while frames pass without
+    # asking it; ``epoch`` changes with each of its transitions (see _breaker).
+    cdef object breaker
+    cdef int gate
+    cdef long long epoch
+    cdef long long stale_until  # the breaker's, and its config's record_every
+    cdef long long record_every
+    cdef unsigned long long circuit_open
 
     def __cinit__(self):
         self.ring = NULL
@@ -1020,7 +1033,20 @@ cdef class _Runtime:
             high_watermark=self.high_watermark,
             would_block=self.would_block,
             plugin_closed=self.plugin_closed,
+            circuit_open=self.circuit_open,
         )
+
+    cdef inline long long enqueued(self) noexcept:
+        """Frames enqueued so far: the ordinal of the last one (see _breaker)."""
+        return <long long>self.processed + self.count
+
+    cdef int sync(self) except -1:
+        """Copy the breaker's gate and epoch after it was asked anything."""
+        breaker = self.breaker
+        self.gate = breaker.gate
+        self.epoch = breaker.epoch
+        self.stale_until = breaker.stale_until
+        return 0
 
 
 # -- the dispatcher ------------------------------------------------------------------
@@ -1051,7 +1077,7 @@ cdef class Dispatcher:
     cdef unsigned long long _plugins_unloaded
     cdef unsigned long long _frames_dispatched
     # Refusals by DispatchStatus code; dispatch_errors is their sum.
-    cdef unsigned long long _refused[S_UNKNOWN_FRAME_TYPE + 1]
+    cdef unsigned long long _refused[S_CIRCUIT_OPEN + 1]
     # The thread whose loop the dispatcher serves (rebound by the first load_plugin):
     # one compare per call keeps other threads out.
     cdef unsigned long _owner
@@ -1082,7 +1108,7 @@ cdef class Dispatcher:
         self._type_objects = [frame_type_object(code) for code in range(256)]
         self._runtimes = {}
         self._unloading = {}
-        for code in range(S_UNKNOWN_FRAME_TYPE + 1):
+        for code in range(S_CIRCUIT_OPEN + 1):
             self._refused[code] = 0
         self._bind_thread()
 
@@ -1399,6 +1425,10 @@ cdef class Dispatcher:
                 rt.sandbox_violations += 1
                 return self._fail(frame_type, S_SANDBOX_VIOLATION, status,
                                   SandboxViolation(plugin_id, frame_type, detail, entry.info))
+        # 8. circuit breaker: asked only when its gate is shut (not plain CLOSED)
+        if rt.gate and self._refused_by_breaker(rt, frame_type):
+            status[0] = S_CIRCUIT_OPEN
+            return None
         cdef PluginMessage msg = PluginMessage.__new__(PluginMessage)
         msg.frame_type = self._type_objects[code]
         msg.header = hdr
@@ -1407,6 +1437,19 @@ cdef class Dispatcher:
         rt_out[0] = <PyObject*>rt
         status[0] = S_OK
         return msg
+
+    cdef int _refused_by_breaker(self, _Runtime rt, object frame_type) except -1:
+        """Ask the breaker to admit one frame; on refusal keep the error for ``_error``."""
+        breaker = rt.breaker
+        cdef int reason = breaker.admit(rt.enqueued())
+        rt.sync()
+        if not reason:
+            return 0
+        rt.circuit_open += 1
+        self._p_ft = frame_type
+        self._p_error = CircuitOpen(rt.id, frame_type, REFUSAL_REASONS[reason],
+                                    breaker.retry_after, rt.entry.info, breaker.forced_by)
+        return 1
 
     cdef PluginMessage _fail(self, object frame_type, int code, int* status, object detail):
         """Keep what ``_error`` needs to build the exception, only if one is raised."""
@@ -1454,6 +1497,8 @@ cdef class Dispatcher:
                 return S_OK
             status = S_WOULD_BLOCK
             rt.would_block += 1
+            if rt.gate:  # a half-open probe met a full queue: load, not an outcome
+                rt.breaker.unadmit()
         self._refused[status] += 1
         return status
 
@@ -1471,7 +1516,7 @@ cdef class Dispatcher:
         cdef PluginMessage msg
         if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
                 and rt.entry.alive and (rt.entry.mask & required) == required
-                and (code != CONTROL_CODE or rt.guard is None)
+                and (code != CONTROL_CODE or rt.guard is None) and not rt.gate
                 and hdr._size <= self._max_header and payload_size <= self._max_payload
                 and rt.has_room()):
             msg = PluginMessage.__new__(PluginMessage)
@@ -1639,6 +1684,7 @@ cdef class Dispatcher:
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
             return
+        cdef long long epoch = rt.epoch
         waiter = asyncio.get_running_loop().create_future()
         rt.waiters.append(waiter)
         try:
@@ -1658,6 +1704,12 @@ cdef class Dispatcher:
         if rt.closed:
             self._refuse_closed(rt)
             raise PluginClosed(rt.id, msg.frame_type, rt.entry.info)
+        if rt.epoch != epoch and rt.gate and self._refused_by_breaker(rt, msg.frame_type):
+            # The breaker changed state while this sender waited: it is admitted anew.
+            self._refused[S_CIRCUIT_OPEN] += 1
+            if granted:
+                self._grant(rt)  # the slot goes to the next waiter
+            raise self._error(S_CIRCUIT_OPEN)
         self._enqueue(rt, msg)
 
     async def request(self, frame_type, header, payload=b"", *, timeout=None):
@@ -1723,7 +1775,7 @@ cdef class Dispatcher:
     cdef unsigned long long _errors_total(self) noexcept:
         cdef unsigned long long total = 0
         cdef int code
-        for code in range(S_UNKNOWN_FRAME_TYPE + 1):
+        for code in range(S_CIRCUIT_OPEN + 1):
             total += self._refused[code]
         return total
 
@@ -1758,9 +1810,20 @@ cdef class Dispatcher:
             enter_guard(rt.guard)
         if started is not None:  # a swap measures its pause up to here
             started.set_result(time.perf_counter())
+        # Outcomes for the breaker are recorded per group of frames (a batch, or up to
+        # ``record_every`` single frames), with one clock read per group: ``first`` is the
+        # group's first ordinal (0: no group open), ``errors`` the error count before it,
+        # ``since`` its start time (None: read the clock when the next group opens).
+        cdef long long first = 0, stop = 0, epoch = 0
+        cdef unsigned long long errors = 0
+        since = None
         try:
             while True:
                 if rt.count == 0:
+                    if first:
+                        self._record(rt, first, errors, since, False)
+                        first = 0
+                    since = None
                     self._notify_idle(rt, False)
                     if rt.closed:
                         return
@@ -1771,6 +1834,10 @@ cdef class Dispatcher:
                     continue
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
+                    if rt.breaker is not None:
+                        first, errors = <long long>rt.processed + 1, rt.errors
+                        if since is None:
+                            since = rt.breaker.clock()
                     if replies:
                         batch = rt.take_all()  # same counting, but the requests get None
                         settle_batch(replies, batch, rt.entry.info, None)
@@ -1778,10 +1845,17 @@ cdef class Dispatcher:
                         rt.consume_all()
                     if rt.waiters:
                         self._grant(rt)
+                    if first:
+                        since = self._record(rt, first, errors, since, False)
+                        first = 0
                 elif rt.batch:
                     batch = rt.take_all()
                     if rt.waiters:
                         self._grant(rt)
+                    if rt.breaker is not None:
+                        first, errors = <long long>rt.processed - len(batch) + 1, rt.errors
+                        if since is None:
+                            since = rt.breaker.clock()
                     try:
                         result = self._call_timed(rt, batch) if timed else handler(batch)
                         if result is not None and inspect.isawaitable(result):
@@ -1799,6 +1873,9 @@ cdef class Dispatcher:
                                 rt.errors += 1
                                 log_handler_error(rt.id, (<PluginMessage>batch[0]).frame_type,
                                                   len(batch), bad, rt.entry.info)
+                    if first:
+                        since = self._record(rt, first, errors, since, True)
+                        first = 0
                     if rt.pausing:  # a swap: the next frame goes to the new handler
                         return
                 else:
@@ -1807,6 +1884,16 @@ cdef class Dispatcher:
                     rt.nbytes += msg.size
                     if rt.waiters:
                         self._grant(rt)
+                    if not first and rt.breaker is not None:
+                        # Open a group at this frame. It closes at ordinal ``stop`` - after
+                        # ``record_every`` frames, or at the last stale frame so no group
+                        # mixes stale and fresh outcomes - or when the epoch moves.
+                        first, errors, epoch = rt.processed, rt.errors, rt.epoch
+                        stop = first + rt.record_every - 1
+                        if first <= rt.stale_until < stop:
+                            stop = rt.stale_until
+                        if since is None:
+                            since = rt.breaker.clock()
                     try:
                         result = self._call_timed(rt, msg) if timed else handler(msg)
                         if result is not None and inspect.isawaitable(result):
@@ -1823,11 +1910,33 @@ cdef class Dispatcher:
                                 rt.errors += 1
                                 log_handler_error(rt.id, msg.frame_type, 1, bad,
                                                   rt.entry.info)
+                    if first and (<long long>rt.processed >= stop or rt.epoch != epoch):
+                        since = self._record(rt, first, errors, since, False)
+                        first = 0
                     if rt.pausing:
+                        if first:
+                            self._record(rt, first, errors, since, False)
                         return
         finally:
             rt.wakeup = None
             self._notify_idle(rt, not rt.pausing)
+
+    cdef object _record(self, _Runtime rt, long long first, unsigned long long errors,
+                        object since, bint whole):
+        """Give the breaker the outcomes of frames ``first .. processed``: the errors
+        counted since ``errors`` are theirs (``whole``: one batch, all failed or none);
+        return now, the next group's start."""
+        breaker = rt.breaker
+        if breaker is None or since is None:
+            return None
+        cdef long long n = <long long>rt.processed - first + 1
+        cdef long long failed = <long long>(rt.errors - errors)
+        if whole and failed:  # a batch handler's error fails every frame of the batch
+            failed = n
+        now = breaker.clock()
+        breaker.record(first, n, failed, now - since, now, rt.enqueued())
+        rt.sync()
+        return now
 
     cdef object _call_timed(self, _Runtime rt, object arg):
         """``rt.handler(arg)``, reporting a call longer than the limit (even one that raised)."""
@@ -1861,6 +1970,72 @@ cdef class Dispatcher:
         rt = self._runtimes.get(plugin_id)
         return None if rt is None else (<_Runtime>rt).stats()
 
+    # -- circuit breakers ----------------------------------------------------------
+
+    def set_breaker(self, plugin_id, config, *, clock=None, random=None):
+        """Give a loaded plugin a circuit breaker (CLOSED, empty window), replacing any it
+        had; ``None`` removes it. Frames already queued are not judged by it.
+
+        ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
+        uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
+        batch) and ``random`` (``[0, 1)``, the open time's jitter) are for tests and
+        simulations.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("set_breaker")
+        found = self._runtimes.get(plugin_id)
+        if found is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        cdef _Runtime rt = <_Runtime>found
+        if config is None:
+            rt.breaker = None
+            rt.gate = 0
+            rt.epoch += 1
+            return
+        breaker = CircuitBreaker(config, time.monotonic if clock is None else clock, random)
+        breaker.epoch = rt.epoch + 1
+        breaker.stale_until = rt.enqueued()
+        rt.breaker = breaker
+        rt.record_every = config.record_every
+        rt.sync()
+
+    def set_breaker_state(self, plugin_id, state, *, why=None):
+        """An operator's transition of the plugin's breaker: ``CLOSED`` resets it (fresh
+        window, open time back to ``open_wait``), ``DISABLED`` admits everything and
+        records nothing, ``FORCED_OPEN`` refuses everything, ``METRICS_ONLY`` records
+        but never trips. Applies from the next frame; outcomes of frames admitted
+        before it are ignored. ``why`` names who forces it open when that is not an
+        operator (health checks do): refusals say so instead of blaming an operator.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("set_breaker_state")
+        cdef _Runtime rt = self._breaker_runtime(plugin_id)
+        rt.breaker.set_state(state, rt.enqueued(), why)
+        rt.sync()
+
+    def breaker_stats(self, plugin_id):
+        """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).
+
+        Transitions due by the clock (OPEN -> HALF_OPEN, a half-open deadline) are taken
+        first, so the state is the one the next frame would meet.
+        """
+        found = self._runtimes.get(plugin_id)
+        if found is None or (<_Runtime>found).breaker is None:
+            return None
+        cdef _Runtime rt = <_Runtime>found
+        stats = rt.breaker.stats(rt.enqueued())
+        rt.sync()
+        return stats
+
+    cdef _Runtime _breaker_runtime(self, object plugin_id):
+        found = self._runtimes.get(plugin_id)
+        if found is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        cdef _Runtime rt = <_Runtime>found
+        if rt.breaker is None:
+            raise BreakerNotSet(plugin_id, rt.entry.info)
+        return rt
+
     def dispatch_stats(self):
         """A snapshot of the dispatcher's counters."""
         return DispatchStats(
@@ -1877,6 +2052,7 @@ cdef class Dispatcher:
             header_decode_error=self._refused[S_HEADER_DECODE_ERROR],
             frame_too_large=self._refused[S_FRAME_TOO_LARGE],
             unknown_frame_type=self._refused[S_UNKNOWN_FRAME_TYPE],
+            circuit_open=self._refused[S_CIRCUIT_OPEN],
         )
 
     def loaded_plugins(self):

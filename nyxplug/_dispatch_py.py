@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, final
 
 from ._batch import MAX_MESSAGE_LIMIT, BatchResult, bad_length, frame_list
+from ._breaker import REFUSAL_REASONS, BreakerConfig, BreakerState, BreakerStats, CircuitBreaker
 from ._constants import (
     DEFAULT_CAPACITY,
     DEFAULT_FRAME_PERMISSIONS,
@@ -50,6 +51,8 @@ from ._constants import (
 from ._errors import (
     AlreadyLoaded,
     AlreadyRegistered,
+    BreakerNotSet,
+    CircuitOpen,
     DispatchError,
     FrameTooLarge,
     HeaderDecodeError,
@@ -112,6 +115,7 @@ _HEADER_DECODE_ERROR = DispatchStatus.HEADER_DECODE_ERROR
 _FRAME_TOO_LARGE = DispatchStatus.FRAME_TOO_LARGE
 _UNKNOWN_FRAME_TYPE = DispatchStatus.UNKNOWN_FRAME_TYPE
 _PLUGIN_CLOSED = DispatchStatus.PLUGIN_CLOSED
+_CIRCUIT_OPEN = DispatchStatus.CIRCUIT_OPEN
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -541,6 +545,7 @@ class _Runtime:
         "overrun_limit", "on_overrun", "replies",
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
         "dropped", "high_watermark", "would_block", "plugin_closed",
+        "breaker", "gate", "epoch", "circuit_open",
     )  # fmt: skip
 
     def __init__(self, plugin_id: int, entry: _Entry, capacity: int, handler: Any,
@@ -579,6 +584,12 @@ class _Runtime:
         self.high_watermark = 0
         self.would_block = 0
         self.plugin_closed = 0
+        # The circuit breaker (None: none set). ``gate`` is 0 while frames pass without
+        # asking it; ``epoch`` changes with each of its transitions (see _breaker).
+        self.breaker: CircuitBreaker | None = None
+        self.gate = 0
+        self.epoch = 0
+        self.circuit_open = 0
 
     def has_room(self) -> bool:
         """A free slot that no parked sender is owed."""
@@ -610,6 +621,7 @@ class _Runtime:
             high_watermark=self.high_watermark,
             would_block=self.would_block,
             plugin_closed=self.plugin_closed,
+            circuit_open=self.circuit_open,
         )
 
 
@@ -978,12 +990,38 @@ class Dispatcher:
                     _SANDBOX_VIOLATION,
                     SandboxViolation(plugin_id, frame_type, detail, entry.info),
                 )
+        # 8. circuit breaker: asked only when its gate is shut (not plain CLOSED)
+        if rt.gate and self._refused_by_breaker(rt, frame_type):
+            return _CIRCUIT_OPEN, None, None
         msg = PluginMessage.__new__(PluginMessage)
         msg._frame_type = self._type_objects[code]
         msg._header = header
         msg._payload = payload
         msg._size = header_size + len(payload)
         return _OK, rt, msg
+
+    def _refused_by_breaker(self, rt: _Runtime, frame_type: Any) -> bool:
+        """Ask the breaker to admit one frame; on refusal keep the error for ``_error``."""
+        breaker = rt.breaker
+        assert breaker is not None
+        reason = breaker.admit(rt.processed + len(rt.queue))
+        rt.gate, rt.epoch = breaker.gate, breaker.epoch
+        if not reason:
+            return False
+        rt.circuit_open += 1
+        self._fail(
+            frame_type,
+            _CIRCUIT_OPEN,
+            CircuitOpen(
+                rt.id,
+                frame_type,
+                REFUSAL_REASONS[reason],
+                breaker.retry_after,
+                rt.entry.info,
+                breaker.forced_by,
+            ),
+        )
+        return True
 
     def _fail(self, frame_type: Any, status: int, detail: Any) -> tuple[int, None, None]:
         """Keep what ``_error`` needs to build the exception, only if one is raised."""
@@ -1031,8 +1069,15 @@ class Dispatcher:
                 return _OK, rt
             status = _WOULD_BLOCK
             rt.would_block += 1
+            if rt.gate:  # a half-open probe met a full queue: load, not an outcome
+                self._unadmit(rt)
         self._refused[status] += 1
         return status, rt
+
+    def _unadmit(self, rt: _Runtime) -> None:
+        breaker = rt.breaker
+        assert breaker is not None
+        breaker.unadmit()
 
     def dispatch_nowait(
         self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
@@ -1160,6 +1205,7 @@ class Dispatcher:
             # Space freed between the call and the first await: no need to park.
             self._enqueue(rt, msg)
             return
+        epoch = rt.epoch
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         rt.waiters.append(waiter)
         try:
@@ -1179,6 +1225,12 @@ class Dispatcher:
         if rt.closed:
             self._refuse_closed(rt)
             raise PluginClosed(rt.id, msg._frame_type, rt.entry.info)
+        if rt.epoch != epoch and rt.gate and self._refused_by_breaker(rt, msg._frame_type):
+            # The breaker changed state while this sender waited: it is admitted anew.
+            self._refused[_CIRCUIT_OPEN] += 1
+            if granted:
+                self._grant(rt)  # the slot goes to the next waiter
+            raise self._error(_CIRCUIT_OPEN)
         self._enqueue(rt, msg)
 
     async def request(
@@ -1273,9 +1325,19 @@ class Dispatcher:
             enter_guard(rt.guard)
         if started is not None:  # a swap measures its pause up to here
             started.set_result(time.perf_counter())
+        # Outcomes for the breaker are recorded per group of frames (a batch, or up to
+        # ``record_every`` single frames), with one clock read per group: ``first`` is the
+        # group's first ordinal (0: no group open), ``errors`` the error count before it,
+        # ``since`` its start time (None: read the clock when the next group opens).
+        first = errors = epoch = stop = 0
+        since: float | None = None
         try:
             while True:
                 if not queue:
+                    if first:
+                        self._record(rt, first, errors, since)
+                        first = 0
+                    since = None
                     self._notify_idle(rt)
                     if rt.closed:
                         return
@@ -1284,17 +1346,23 @@ class Dispatcher:
                     if rt.pausing:
                         return
                     continue
+                if handler is None or rt.batch:
+                    batch = rt.take_all()
+                    if rt.waiters:
+                        self._grant(rt)
+                    breaker = rt.breaker
+                    if breaker is not None:
+                        first, errors = rt.processed - len(batch) + 1, rt.errors
+                        if since is None:
+                            since = breaker.clock()
                 if handler is None:
                     # The no-op consumer takes the whole queue at once.
-                    batch = rt.take_all()
-                    if rt.waiters:
-                        self._grant(rt)
                     if replies:
                         settle_batch(replies, batch, rt.entry.info, None)
+                    if first:
+                        since = self._record(rt, first, errors, since)
+                        first = 0
                 elif rt.batch:
-                    batch = rt.take_all()
-                    if rt.waiters:
-                        self._grant(rt)
                     try:
                         result = self._call_timed(rt, batch) if timed else handler(batch)
                         if result is not None and inspect.isawaitable(result):
@@ -1314,6 +1382,9 @@ class Dispatcher:
                                 log_handler_error(
                                     rt.id, batch[0]._frame_type, len(batch), bad, rt.entry.info
                                 )
+                    if first:
+                        since = self._record(rt, first, errors, since, True)
+                        first = 0
                     if rt.pausing:  # a swap: the next frame goes to the new handler
                         return
                 else:
@@ -1322,6 +1393,8 @@ class Dispatcher:
                     rt.bytes += msg._size
                     if rt.waiters:
                         self._grant(rt)
+                    if not first and rt.breaker is not None:
+                        first, errors, epoch, stop, since = self._open_group(rt, since)
                     try:
                         result = self._call_timed(rt, msg) if timed else handler(msg)
                         if result is not None and inspect.isawaitable(result):
@@ -1337,11 +1410,49 @@ class Dispatcher:
                             if bad is not None:
                                 rt.errors += 1
                                 log_handler_error(rt.id, msg._frame_type, 1, bad, rt.entry.info)
+                    if first and (rt.processed >= stop or rt.epoch != epoch):
+                        since = self._record(rt, first, errors, since)
+                        first = 0
                     if rt.pausing:
+                        if first:
+                            self._record(rt, first, errors, since)
                         return
         finally:
             rt.wakeup = None
             self._notify_idle(rt, force=not rt.pausing)
+
+    def _open_group(self, rt: _Runtime, since: float | None) -> tuple[int, int, int, int, float]:
+        """Open a group of single frames at the one just taken: ``(first, errors, epoch,
+        stop, since)``. It closes at ordinal ``stop`` - after ``record_every`` frames, or
+        at the last stale frame so no group mixes stale and fresh outcomes - or when the
+        breaker's epoch moves while it is open."""
+        breaker = rt.breaker
+        assert breaker is not None
+        first = rt.processed
+        stop = first + breaker.config.record_every - 1
+        if first <= breaker.stale_until < stop:
+            stop = breaker.stale_until
+        if since is None:
+            since = breaker.clock()
+        return first, rt.errors, rt.epoch, stop, since
+
+    def _record(
+        self, rt: _Runtime, first: int, errors: int, since: float | None, whole: bool = False
+    ) -> float | None:
+        """Give the breaker the outcomes of frames ``first .. processed``: the errors
+        counted since ``errors`` are theirs (``whole``: one batch, all failed or none);
+        return now, the next group's start."""
+        breaker = rt.breaker
+        if breaker is None or since is None:
+            return None
+        n = rt.processed - first + 1
+        failed = rt.errors - errors
+        if whole and failed:  # a batch handler's error fails every frame of the batch
+            failed = n
+        now = breaker.clock()
+        breaker.record(first, n, failed, now - since, now, rt.processed + len(rt.queue))
+        rt.gate, rt.epoch = breaker.gate, breaker.epoch
+        return now
 
     def _call_timed(self, rt: _Runtime, arg: Any) -> Any:
         """``rt.handler(arg)``, reporting a call longer than the limit (even one that raised)."""
@@ -1373,6 +1484,79 @@ class Dispatcher:
         rt = self._runtimes.get(plugin_id)
         return None if rt is None else rt.stats()
 
+    # -- circuit breakers ----------------------------------------------------------
+
+    def set_breaker(
+        self,
+        plugin_id: int,
+        config: BreakerConfig | None,
+        *,
+        clock: Callable[[], float] | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        """Give a loaded plugin a circuit breaker (CLOSED, empty window), replacing any it
+        had; ``None`` removes it. Frames already queued are not judged by it.
+
+        ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
+        uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
+        batch) and ``random`` (``[0, 1)``, the open time's jitter) are for tests and
+        simulations.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("set_breaker")
+        rt = self._runtimes.get(plugin_id)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        if config is None:
+            rt.breaker = None
+            rt.gate = 0
+            rt.epoch += 1
+            return
+        breaker = CircuitBreaker(config, time.monotonic if clock is None else clock, random)
+        breaker.epoch = rt.epoch + 1
+        breaker.stale_until = rt.processed + len(rt.queue)
+        rt.breaker = breaker
+        rt.gate, rt.epoch = breaker.gate, breaker.epoch
+
+    def set_breaker_state(
+        self, plugin_id: int, state: BreakerState, *, why: str | None = None
+    ) -> None:
+        """An operator's transition of the plugin's breaker: ``CLOSED`` resets it (fresh
+        window, open time back to ``open_wait``), ``DISABLED`` admits everything and
+        records nothing, ``FORCED_OPEN`` refuses everything, ``METRICS_ONLY`` records
+        but never trips. Applies from the next frame; outcomes of frames admitted
+        before it are ignored. ``why`` names who forces it open when that is not an
+        operator (health checks do): refusals say so instead of blaming an operator.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("set_breaker_state")
+        breaker = self._breaker(plugin_id)
+        rt = self._runtimes[plugin_id]
+        breaker.set_state(state, rt.processed + len(rt.queue), why)
+        rt.gate, rt.epoch = breaker.gate, breaker.epoch
+
+    def breaker_stats(self, plugin_id: int) -> BreakerStats | None:
+        """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).
+
+        Transitions due by the clock (OPEN -> HALF_OPEN, a half-open deadline) are taken
+        first, so the state is the one the next frame would meet.
+        """
+        rt = self._runtimes.get(plugin_id)
+        if rt is None or rt.breaker is None:
+            return None
+        breaker = rt.breaker
+        stats = breaker.stats(rt.processed + len(rt.queue))
+        rt.gate, rt.epoch = breaker.gate, breaker.epoch
+        return stats
+
+    def _breaker(self, plugin_id: int) -> CircuitBreaker:
+        rt = self._runtimes.get(plugin_id)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        if rt.breaker is None:
+            raise BreakerNotSet(plugin_id, rt.entry.info)
+        return rt.breaker
+
     def dispatch_stats(self) -> DispatchStats:
         """A snapshot of the dispatcher's counters."""
         refused = self._refused
@@ -1390,6 +1574,7 @@ class Dispatcher:
             header_decode_error=refused[_HEADER_DECODE_ERROR],
             frame_too_large=refused[_FRAME_TOO_LARGE],
             unknown_frame_type=refused[_UNKNOWN_FRAME_TYPE],
+            circuit_open=refused[_CIRCUIT_OPEN],
         )
 
     def loaded_plugins(self) -> list[int]:

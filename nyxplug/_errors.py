@@ -21,6 +21,8 @@ __all__ = (
     "AccessListError",
     "AlreadyLoaded",
     "AlreadyRegistered",
+    "BreakerNotSet",
+    "CircuitOpen",
     "DispatchError",
     "FrameDecodeError",
     "FrameError",
@@ -133,6 +135,54 @@ class PluginClosed(DispatchError):
             f"{_subject(self.plugin_id, self.info)} was unloaded while frame "
             f"{frame_type_name(self.frame_type)} waited for queue space - "
             "the frame was not enqueued"
+        )
+
+
+class CircuitOpen(DispatchError):
+    """The plugin's circuit breaker refused the frame (Polly's ``BrokenCircuitException``).
+
+    ``reason`` is ``"open"`` (tripped; ``retry_after`` is the time left open),
+    ``"half_open"`` (every probe is taken; ``retry_after`` is the time to the verdict's
+    deadline) or ``"forced_open"`` (an operator's, or ``forced_by`` says whose;
+    ``retry_after`` is None). The frame was not enqueued and the refusal is counted
+    (``circuit_open``).
+    """
+
+    def __init__(
+        self,
+        plugin_id: int,
+        frame_type: int,
+        reason: str,
+        retry_after: float | None,
+        info: PluginInfo | None = None,
+        forced_by: str | None = None,
+    ) -> None:
+        super().__init__(plugin_id, frame_type, reason, retry_after, info, forced_by)
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.reason = reason
+        self.retry_after = retry_after
+        self.info = info
+        self.forced_by = forced_by
+
+    def __str__(self) -> str:
+        label = plugin_label(self.plugin_id, self.info)
+        what = {
+            "open": "is open after too many failed or slow calls",
+            "half_open": "is half-open and every probe frame is taken",
+            "forced_open": "was forced open by an operator",
+        }.get(self.reason, f"refused it ({self.reason})")
+        if self.forced_by is not None:
+            what = f"is held open by {self.forced_by}"
+            when = "retry once it recovers"
+        elif self.retry_after is None:
+            when = "retry once an operator closes it"
+        else:
+            when = f"retry after {self.retry_after:.3f} s"
+        return (
+            f"Circuit breaker of {label} {what} - frame {frame_type_name(self.frame_type)} "
+            f"was not enqueued; {when}, or see Dispatcher.breaker_stats({self.plugin_id}) "
+            f"and reset it with set_breaker_state({self.plugin_id}, BreakerState.CLOSED)"
         )
 
 
@@ -416,6 +466,22 @@ class AlreadyRegistered(NyxplugError):
         return (
             f"Plugin {self.plugin_id} is already registered (as {self.name!r}) - "
             "unregister it first or use another id"
+        )
+
+
+class BreakerNotSet(NyxplugError, LookupError):
+    """An operator action or breaker read named a loaded plugin without a circuit breaker."""
+
+    def __init__(self, plugin_id: int, info: PluginInfo | None = None) -> None:
+        super().__init__(plugin_id, info)
+        self.plugin_id = plugin_id
+        self.info = info
+
+    def __str__(self) -> str:
+        return (
+            f"Expected {plugin_label(self.plugin_id, self.info)} to have a circuit breaker, "
+            f"got none - give it one with Dispatcher.set_breaker({self.plugin_id}, "
+            "BreakerConfig(...))"
         )
 
 

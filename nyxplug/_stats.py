@@ -37,6 +37,9 @@ class PluginStats(msgspec.Struct, frozen=True, kw_only=True):
     would_block: int = 0
     #: Parked ``dispatch`` calls refused because the plugin was unloaded (``PluginClosed``).
     plugin_closed: int = 0
+    #: Frames refused by the plugin's circuit breaker (``CircuitOpen`` / ``CIRCUIT_OPEN``);
+    #: ``Dispatcher.breaker_stats`` splits them by reason.
+    circuit_open: int = 0
 
 
 class DispatchStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +76,9 @@ class DispatchStats(msgspec.Struct, frozen=True, kw_only=True):
     frame_too_large: int = 0
     #: Refused because the dispatcher does not route the frame type.
     unknown_frame_type: int = 0
+    #: Refused by the target plugin's circuit breaker (open, forced open, or half-open
+    #: with every probe taken).
+    circuit_open: int = 0
 
     def by_status(self) -> dict[DispatchStatus, int]:
         """The refusal counters keyed by ``DispatchStatus`` (every member but ``OK``)."""

@@ -17,8 +17,10 @@ from typing import Any
 
 import msgspec
 
+from ._breaker import BreakerConfig
 from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
+from ._health import HealthConfig
 from ._impl import parse_flag
 from ._schema import _check_finite, _Invalid, explain_decode_error
 from ._toml import TOO_DEEP, nesting_problem, toml_value_problem
@@ -103,6 +105,10 @@ class DefaultsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     capacity: Capacity = DEFAULT_CAPACITY
     handler_timeout: HandlerTimeout = DEFAULT_HANDLER_TIMEOUT
+    #: A circuit breaker for every plugin whose manifest has no ``[breaker]`` (None: none).
+    breaker: BreakerConfig | None = None
+    #: Scheduled health checks for every plugin whose manifest has no ``[health]``.
+    health: HealthConfig | None = None
 
     def __post_init__(self) -> None:
         _check_finite("handler_timeout", self.handler_timeout)

@@ -414,7 +414,7 @@ def test_dispatch_status_names_one_member_per_error() -> None:
     assert set(camel) == {
         "WouldBlock", "PluginClosed", "PluginNotRegistered", "PluginNotLoaded",
         "PermissionDenied", "SandboxViolation", "HeaderDecodeError", "FrameTooLarge",
-        "UnknownFrameType",
+        "UnknownFrameType", "CircuitOpen",
     }  # fmt: skip
     for name in camel:
         assert issubclass(getattr(nyxplug, name), nyxplug.DispatchError)

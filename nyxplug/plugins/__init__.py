@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._health import HealthConfig as HealthConfig
+from .._health import HealthStats as HealthStats
 from .._lazy import lazy_exports
 from ..source.manifest import Manifest as Manifest
 from ..source.manifest import ManifestError as ManifestError
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from .catalog import PluginStatus as PluginStatus
     from .catalog import plugin as plugin
     from .catalog import registered_plugins as registered_plugins
+    from .health import HealthMonitor as HealthMonitor
     from .manager import PluginManager as PluginManager
     from .reload import ReloadResult as ReloadResult
     from .reload import ReloadStats as ReloadStats
@@ -32,6 +35,9 @@ __all__ = (
     "ENTRY_POINT_GROUP",
     "DependencyError",
     "HandlerTimeout",
+    "HealthConfig",
+    "HealthMonitor",
+    "HealthStats",
     "Manifest",
     "ManifestError",
     "Plugin",
@@ -60,6 +66,7 @@ __getattr__, __dir__ = lazy_exports(
         "PluginStatus": "catalog",
         "plugin": "catalog",
         "registered_plugins": "catalog",
+        "HealthMonitor": "health",
         "PluginManager": "manager",
         "ReloadResult": "reload",
         "ReloadStats": "reload",

@@ -45,7 +45,14 @@ class Plugin:
         """Called once after the last frame was handled (the queue is drained)."""
 
     async def health(self) -> bool:
-        """True when the plugin can take traffic (checked after ``on_load`` and on reload)."""
+        """Liveness: True while the plugin works (checked after ``on_load``, on reload, and
+        on the ``[health]`` schedule; failing there holds its frames off until it passes)."""
+        return True
+
+    async def ready(self) -> bool:
+        """Readiness: False while the plugin cannot take traffic for now (a dependency is
+        down); with ``[health]``, its frames are refused until it is ready again, nothing
+        is restarted."""
         return True
 
     def export_state(self) -> Any:

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from .._constants import Permission
+from .._health import HealthStats
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode
 from ..source.layout import INDEX_FILE, MANIFEST_FILE, SIGNATURE_FILE
 from ..source.manifest import Manifest, ManifestError, decode_manifest, manifest_from_dict
 from .errors import PluginStateError
+from .health import HealthMonitor
 from .reload import ReloadCounters, ReloadStats
 from .state import PluginState, can_move
 
@@ -116,6 +118,8 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: For an installed package: the plugin folder of the same name it runs instead of,
     #: and how to switch (see :func:`shadow_message`); None when it hides nothing.
     shadows: str | None = None
+    #: The scheduled health checks (``[health]``); None when the plugin has none.
+    health: HealthStats | None = None
 
 
 class PluginRecord:
@@ -149,6 +153,7 @@ class PluginRecord:
         self.verified = False  # the bytes of the running code passed verification
         self.reloads = ReloadCounters()
         self.shadows: str | None = None  # an installed package: the folder it hides
+        self.health: HealthMonitor | None = None  # its scheduled checks, while active
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -182,6 +187,7 @@ class PluginRecord:
                 self.instance.stats() if isinstance(self.instance, IsolatedPlugin) else None
             ),
             shadows=self.shadows,
+            health=self.health.stats() if self.health is not None else None,
         )
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._breaker import BreakerConfig
 from .._constants import Permission
 from .._impl import Dispatcher as DefaultDispatcher
 from .._stats import PluginStats
@@ -52,6 +54,7 @@ from .catalog import (
 from .deps import dependency_order
 from .disabled import read_disabled, write_disabled
 from .errors import DependencyError, PluginLoadError, PluginNotFound, PluginStateError
+from .health import HealthMonitor
 from .reload import LoadSteps, ReloadResult, reload_plugin
 from .staging import guard_of, info_of, instantiate, read_code, staged_manifest
 from .state import PluginState
@@ -130,6 +133,7 @@ class PluginManager:
         self._steps = LoadSteps(
             read_code=self._read_code, import_code=self._import_code, context=self._context,
             handler=self._handler, signer_of=lambda folder: signer_of(folder, self.trust),
+            breaker_of=self._breaker_of,
         )  # fmt: skip
 
     # -- discovery and the catalog -------------------------------------------------
@@ -376,6 +380,10 @@ class PluginManager:
                 overrun_limit=supervised.overrun_limit,
                 on_overrun=supervised.on_overrun,
             )
+            breaker = self._breaker_of(manifest)
+            if breaker is not None:
+                self.dispatcher.set_breaker(manifest.id, breaker)
+            self._start_health(record, manifest, instance)
         except BaseException as exc:  # cancelled too: never left half-loaded in LOADING
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "cancelled"
             if registered_here and not self.dispatcher.is_loaded(manifest.id):
@@ -396,6 +404,44 @@ class PluginManager:
         record.move(PluginState.ACTIVE)
         self._load_order.append(name)
         return record.status()
+
+    def _start_health(self, record: PluginRecord, manifest: Manifest, instance: Any) -> None:
+        """Scheduled checks (``[health]``, else ``[defaults.health]``) on their own task.
+
+        They ask whichever instance is running (a reload swaps it under them).
+        """
+        config = manifest.health if manifest.health is not None else self.config.defaults.health
+        if config is None:
+            return
+        readiness = None
+        if callable(getattr(instance, "ready", None)):
+
+            def readiness() -> Any:
+                return lifecycle_call(record.guard, record.instance, "ready")
+
+        record.health = HealthMonitor(
+            self.dispatcher, manifest.id, config,
+            lambda: lifecycle_call(record.guard, record.instance, "health"), readiness,
+            on_liveness_failure=functools.partial(self._liveness_failed, record.name),
+        )  # fmt: skip
+        record.health.start()
+
+    async def _stop_health(self, record: PluginRecord) -> None:
+        monitor, record.health = record.health, None
+        if monitor is not None:
+            await monitor.aclose()
+
+    def _liveness_failed(self, name: str, reason: str) -> None:
+        """A plugin failed its liveness checks: its frames are refused until it recovers."""
+        logger.error(
+            "Plugin %r failed its liveness checks (%s) - its circuit breaker is held open "
+            "until health() passes again; reload or restart it to recover sooner",
+            name, reason,
+        )  # fmt: skip
+
+    def _breaker_of(self, manifest: Manifest) -> BreakerConfig | None:
+        """The manifest's ``[breaker]``, else the host's ``[defaults.breaker]``."""
+        return manifest.breaker if manifest.breaker is not None else self.config.defaults.breaker
 
     def _context(self, name: str, manifest: Manifest, guard: SandboxGuard | None) -> PluginContext:
         return PluginContext(
@@ -460,6 +506,7 @@ class PluginManager:
                 return
             assert record.manifest is not None
             record.move(PluginState.DRAINING)
+            await self._stop_health(record)
             try:
                 await self.dispatcher.unload_plugin(record.manifest.id, drain=False)
             finally:
@@ -499,6 +546,7 @@ class PluginManager:
                 raise PluginStateError(name, str(record.state), "unload", "it is not active")
             assert record.manifest is not None
             record.move(PluginState.DRAINING)
+            await self._stop_health(record)
             try:
                 stats = await self.dispatcher.unload_plugin(record.manifest.id, drain=drain)
             finally:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._breaker import BreakerConfig
 from ..sandbox import SandboxGuard, guarded
 from ..source.importer import LoadedCode, unload_code
 from ..source.manifest import Manifest, check_api_compatible
@@ -209,6 +210,8 @@ class LoadSteps:
     context: Callable[[str, Manifest, SandboxGuard | None], Any]
     handler: Callable[[PluginRecord, Any, Manifest], Supervision]
     signer_of: Callable[[Path], tuple[str | None, str | None]]
+    #: The circuit breaker a manifest asks for (its ``[breaker]``, else the host's default).
+    breaker_of: Callable[[Manifest], BreakerConfig | None]
 
 
 async def reload_plugin(
@@ -344,7 +347,11 @@ async def _reload_once(
             raise
         reason = f"{type(exc).__name__}: {exc}"
         raise ReloadFailed(record.name, step, reason, running, _transient(step, exc)) from exc
-    # The new version serves from here on; the old one says goodbye.
+    # The new version serves from here on; the old one says goodbye. Its breaker stays
+    # (state and windows) unless the new manifest asks for another one.
+    breaker = steps.breaker_of(manifest)
+    if record.manifest is None or breaker != steps.breaker_of(record.manifest):
+        dispatcher.set_breaker(manifest.id, breaker)
     record.manifest, record.instance, record.guard, record.code = (
         manifest,
         instance,

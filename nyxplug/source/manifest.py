@@ -20,8 +20,10 @@ import msgspec
 import semver
 from msgspec import Meta
 
+from .._breaker import BreakerConfig
 from .._constants import Permission
 from .._errors import NyxplugError
+from .._health import HealthConfig
 from .._schema import _check_finite, _Invalid, explain_decode_error
 from .._toml import MAX_NESTING, TOO_DEEP, nesting_problem, toml_value_problem, too_deep
 from .layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN, Capacity, HandlerTimeout
@@ -199,6 +201,10 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     permissions: PermissionsSection = msgspec.field(default_factory=PermissionsSection)
     sandbox: SandboxSection = msgspec.field(default_factory=SandboxSection)
     resources: ResourcesSection = msgspec.field(default_factory=ResourcesSection)
+    #: ``[breaker]``: the plugin's circuit breaker (None: the host's ``[defaults.breaker]``).
+    breaker: BreakerConfig | None = None
+    #: ``[health]``: scheduled ``health()`` / ``ready()`` checks (None: the host's default).
+    health: HealthConfig | None = None
     config: dict[str, Any] = {}
     dependencies: dict[str, str] = {}
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any, assert_type
 
-from nyxplug import DispatchStatus, FrameType, PluginStats
+from nyxplug import (
+    BreakerConfig,
+    BreakerState,
+    BreakerStats,
+    DispatchStatus,
+    FrameType,
+    PluginStats,
+)
 from nyxplug._dispatch import Dispatcher, PluginHeader, PluginMessage, decode_batch
 
 
@@ -29,3 +36,7 @@ async def compiled(d: Dispatcher) -> None:
     assert_type(await d.request(FrameType.DATA, header, b"x", timeout=1.0), bytes | None)
     await d.request(FrameType.DATA, header, timeout="1")  # type: ignore[arg-type]
     d.try_dispatch(FrameType.DATA, "header")  # type: ignore[arg-type]
+    d.set_breaker(7, BreakerConfig(), clock=lambda: 0.0)
+    d.set_breaker_state(7, BreakerState.DISABLED)
+    assert_type(d.breaker_stats(7), BreakerStats | None)
+    d.set_breaker(7, {"window": "count"})  # type: ignore[arg-type]

@@ -12,6 +12,10 @@ from collections.abc import Coroutine
 from typing import Any, assert_type
 
 from nyxplug import (
+    BreakerConfig,
+    BreakerState,
+    BreakerStats,
+    CircuitOpen,
     Dispatcher,
     DispatchStats,
     DispatchStatus,
@@ -102,3 +106,21 @@ def headers_and_registry(registry: PluginRegistry) -> None:
 
 class MyHeader(PluginHeader):  # type: ignore[misc]  # final, as the compiled class is
     pass
+
+
+def breakers(d: Dispatcher) -> None:
+    config = BreakerConfig(window="time", window_size=30, failure_rate=0.25)
+    d.set_breaker(7, config, clock=lambda: 0.0, random=lambda: 0.5)
+    d.set_breaker(7, None)
+    BreakerConfig(window="sliding")  # type: ignore[arg-type]
+    d.set_breaker_state(7, BreakerState.FORCED_OPEN)
+    d.set_breaker_state(7, "closed")  # type: ignore[arg-type]
+    stats = d.breaker_stats(7)
+    assert_type(stats, BreakerStats | None)
+    if stats is not None:
+        assert_type(stats.retry_after, float | None)
+    try:
+        d.dispatch_nowait(FrameType.DATA, PluginHeader(7))
+    except CircuitOpen as exc:
+        assert_type(exc.retry_after, float | None)
+        assert_type(exc.reason, str)
