@@ -1483,6 +1483,27 @@ cdef class Dispatcher:
             return S_OK
         return self._submit(frame.frame_type, hdr, frame.payload, &found)
 
+    cdef inline int _submit_message(self, PluginMessage item) except -1:
+        """``_submit_frame`` for a ``PluginMessage`` (a decoded batch's): on the fast path
+        the message itself is enqueued (it is immutable), with its size recomputed as
+        ``_prepare`` computes it."""
+        cdef _Runtime rt = self._last_rt
+        cdef PluginHeader hdr = item.header
+        cdef long code = <long>item.frame_type  # 0..255: PluginMessage checked it
+        cdef unsigned int required = self._required[code]
+        cdef PyObject* found = NULL
+        cdef Py_ssize_t payload_size = PyBytes_GET_SIZE(item.payload)
+        if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
+                and rt.entry.alive and (rt.entry.mask & required) == required
+                and (code != CONTROL_CODE or rt.guard is None)
+                and hdr._size <= self._max_header and payload_size <= self._max_payload
+                and rt.has_room()):
+            if item.size != hdr._size + payload_size:  # a non-canonical header on the wire
+                return self._submit(item.frame_type, hdr, item.payload, &found)
+            self._enqueue(rt, item)
+            return S_OK
+        return self._submit(item.frame_type, hdr, item.payload, &found)
+
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
     def dispatch_nowait(self, frame_type, header, payload=b""):
@@ -1514,6 +1535,9 @@ cdef class Dispatcher:
     def try_dispatch_many(self, frames):
         """``try_dispatch`` for each frame in order, in one call; stop at ``WOULD_BLOCK``.
 
+        ``frames`` holds ``PluginFrame`` or ``PluginMessage`` items (a batch decoded by
+        ``decode_batch`` goes in as it is, as the session server feeds it).
+
         Every frame is counted as its own ``try_dispatch`` would count it; a refusal is a
         status, never an exception. A non-frame item is a TypeError before anything runs.
         """
@@ -1521,16 +1545,22 @@ cdef class Dispatcher:
             self._refuse_thread("try_dispatch_many")
         cdef list items = <list>frames if type(frames) is list else list(frames)
         cdef Py_ssize_t dispatched = 0, i, n = len(items)
+        cdef object item
         for i in range(n):  # check every item in C first; the shared check on a mismatch
-            if type(items[i]) is not PluginFrame:
-                items = frame_list(items, PluginFrame, PluginHeader)
+            item = <object>PyList_GET_ITEM(items, i)
+            if type(item) is not PluginFrame and type(item) is not PluginMessage:
+                items = frame_list(items, PluginFrame, PluginHeader, PluginMessage)
                 break
         cdef list statuses = PyList_New(n)  # filled in C, cut short at a WOULD_BLOCK
         cdef object ok = _STATUS[S_OK]
         cdef object outcome
         cdef int status
         for i in range(n):
-            status = self._submit_frame(<PluginFrame>PyList_GET_ITEM(items, i))
+            item = <object>PyList_GET_ITEM(items, i)
+            if type(item) is PluginMessage:
+                status = self._submit_message(<PluginMessage>item)
+            else:
+                status = self._submit_frame(<PluginFrame>item)
             if status == S_OK:
                 Py_INCREF(ok)
                 PyList_SET_ITEM(statuses, i, ok)

@@ -1059,15 +1059,18 @@ class Dispatcher:
             self._p_error = self._p_ft = None
         return DispatchStatus(status)
 
-    def try_dispatch_many(self, frames: Iterable[PluginFrame]) -> BatchResult:
+    def try_dispatch_many(self, frames: Iterable[PluginFrame | PluginMessage]) -> BatchResult:
         """``try_dispatch`` for each frame in order, in one call; stop at ``WOULD_BLOCK``.
+
+        ``frames`` holds ``PluginFrame`` or ``PluginMessage`` items (a batch decoded by
+        ``decode_batch`` goes in as it is, as the session server feeds it).
 
         Every frame is counted as its own ``try_dispatch`` would count it; a refusal is a
         status, never an exception. A non-frame item is a TypeError before anything runs.
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("try_dispatch_many")
-        items = frame_list(frames, PluginFrame, PluginHeader)
+        items = frame_list(frames, PluginFrame, PluginHeader, PluginMessage)
         statuses: list[DispatchStatus] = []
         dispatched = 0
         submit = self._submit
