@@ -85,6 +85,15 @@ from ._errors import (
     SandboxViolation as SandboxViolation,
 )
 from ._errors import (
+    SessionClosed as SessionClosed,
+)
+from ._errors import (
+    SessionError as SessionError,
+)
+from ._errors import (
+    SessionViolation as SessionViolation,
+)
+from ._errors import (
     UnknownFrameType as UnknownFrameType,
 )
 from ._errors import (
@@ -110,15 +119,6 @@ from ._impl import (
 )
 from ._impl import (
     PluginRegistry as PluginRegistry,
-)
-from ._errors import (
-    SessionClosed as SessionClosed,
-)
-from ._errors import (
-    SessionError as SessionError,
-)
-from ._errors import (
-    SessionViolation as SessionViolation,
 )
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports

@@ -17,7 +17,9 @@ isolation    nyxplug.isolation                          source, engine
 config       nyxplug.config                             isolation, source, engine
 plugins      nyxplug.plugins  (the runtime)             config, trust, isolation, source,
                                                         engine
-facade       nyxplug (its __init__)                     engine
+serving      nyxplug.serving (session protocol server    plugins, config, trust, isolation,
+             and client)                                source, engine
+facade       nyxplug (its __init__)                     engine (serving: lazily, see below)
 host         nyxplug.host  (the isolated child's entry) isolation, engine
 cli          nyxplug.cli, nyxplug.__main__,             everything above but host
              nyxplug.templates
@@ -26,7 +28,11 @@ cli          nyxplug.cli, nyxplug.__main__,             everything above but hos
 The sandbox sits in the engine layer: the dispatcher enters a plugin's sandbox guard
 around every handler call and checks policies when a plugin is loaded, so the sandbox is
 part of the hot path's contract, and it imports nothing but the engine's errors.
-``trust`` and ``isolation`` stand side by side and never import each other. The facade
+``serving`` needs only the dispatcher today (its server takes a ``Dispatcher``, its client
+mirrors one), but it is a network front end for a running host, so it sits above the
+runtime, where access policies may later consult the plugin manager; the facade exports
+``RemoteDispatcher`` and ``SessionService`` lazily (loaded on first use, named for
+type checkers only). ``trust`` and ``isolation`` stand side by side and never import each other. The facade
 re-exports the engine only, so ``import nyxplug`` stays small. An upward import that
 another change removes is listed in ``PENDING`` with that change, until it lands.
 
@@ -53,9 +59,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "isolation": frozenset({"source", "engine"}),
     "config": frozenset({"isolation", "source", "engine"}),
     "plugins": frozenset({"config", "trust", "isolation", "source", "engine"}),
-    "facade": frozenset({"engine"}),
+    "serving": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
+    "facade": frozenset({"engine", "serving"}),
     "host": frozenset({"isolation", "engine"}),
-    "cli": frozenset({"facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
+    "cli": frozenset(
+        {"facade", "serving", "plugins", "config", "trust", "isolation", "source", "engine"}
+    ),
 }
 
 #: Known upward imports, each with the change that removes it. An entry that no longer
@@ -76,7 +85,7 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if (top.startswith("_") and top != "__main__") or top == "sandbox":
         return "engine"
-    if top in ("source", "trust", "isolation", "config", "plugins", "host"):
+    if top in ("source", "trust", "isolation", "config", "plugins", "host", "serving"):
         return top
     if top in ("cli", "__main__", "templates"):
         return "cli"

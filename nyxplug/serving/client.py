@@ -291,7 +291,9 @@ class RemoteDispatcher:
 
     def statistics(self) -> ClientStats:
         """The ledger now (an immutable snapshot)."""
-        by_status = tuple(a + b for a, b in zip(self._batch_acked, self._request_counts))
+        by_status = tuple(
+            a + b for a, b in zip(self._batch_acked, self._request_counts, strict=True)
+        )
         sent = self._counts["sent"]
         return ClientStats(
             **self._counts,
@@ -426,9 +428,7 @@ class RemoteDispatcher:
             self._transport.write(data)
 
     def _unacknowledged(self) -> int:
-        return (
-            self._counts["sent"] - sum(self._batch_acked) - sum(self._request_counts)
-        )
+        return self._counts["sent"] - sum(self._batch_acked) - sum(self._request_counts)
 
     # -- receiving -------------------------------------------------------------------
 
@@ -523,4 +523,3 @@ class RemoteDispatcher:
         self._wake_idle()
         if not self._gone.done():
             self._gone.set_result(None)
-

@@ -259,7 +259,9 @@ class SessionProtocol(asyncio.Protocol):
         """This connection's ledger."""
         return SessionStats(
             **self._counts,
-            by_status=tuple(a + b for a, b in zip(self._batch_counts, self._request_counts)),
+            by_status=tuple(
+                a + b for a, b in zip(self._batch_counts, self._request_counts, strict=True)
+            ),
             in_flight=self._in_flight,
             open_connections=0 if self._lost else 1,
         )
@@ -398,12 +400,16 @@ class SessionProtocol(asyncio.Protocol):
         self._limited = access is not ALLOW_EVERYTHING
         credit = self._service.credit
         plugins = []
+        registry = self._dispatcher.registry
         for plugin_id in self._dispatcher.loaded_plugins():
             mask = access.permissions(plugin_id).value
             if not mask:
                 continue
             self._credit[plugin_id] = credit
             self._masks[plugin_id] = mask
+            registered = registry.get(plugin_id)
+            if registered is not None:  # what its frames can get through: both must allow
+                mask &= registered.permissions.value
             plugins.append(PluginGrant(plugin_id, mask, credit))
         self.peer = hello.client[:TEXT_LIMIT]
         self._state = _OPEN
@@ -604,7 +610,9 @@ class SessionProtocol(asyncio.Protocol):
         if self._state == _DRAINING and self._goaway_sent and not self._replies:
             self._close()
 
-    def _reply(self, request_id: int, status: int, value: bytes | None, name: str, text: str) -> None:
+    def _reply(
+        self, request_id: int, status: int, value: bytes | None, name: str, text: str
+    ) -> None:
         self._counts["replies"] += 1
         self._send_ack()  # the grants first: the reply may free the sender's next request
         self._write(encode(Kind.REPLY, Reply(request_id, status, value, name, text[:TEXT_LIMIT])))
