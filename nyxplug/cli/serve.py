@@ -233,7 +233,7 @@ async def _serve_async(
         session = service.stats()
         print(
             f"served {session.connections} sessions: {session.frames} frames, "
-            f"{session.count(0)} dispatched, {session.decided - session.count(0)} refused, "
+            f"{session.by_status[0]} dispatched, {session.decided - session.by_status[0]} refused, "
             f"{session.discarded} discarded, {session.replies} replies, "
             f"{session.handler_errors} handler errors, "
             f"{session.credit_violations} credit violations"

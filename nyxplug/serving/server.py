@@ -353,7 +353,8 @@ class SessionProtocol(asyncio.Protocol):
                 elif kind == Kind.REQUEST:
                     waiter = self._request(body)
                 else:
-                    waiter = self._hello(body)
+                    self._hello(body)
+                    continue
                 if waiter is not None:
                     self._pause()
                     self._task = asyncio.get_running_loop().create_task(self._wait(waiter))
@@ -424,7 +425,6 @@ class SessionProtocol(asyncio.Protocol):
             self._service.max_batch,
         )
         self._write(encode(Kind.WELCOME, welcome))
-        return None
 
     def _decode(self, kind: str, body: bytes) -> tuple[int, list[Any]]:
         if self._state == _HELLO:

@@ -83,7 +83,7 @@ SERVER_KINDS = frozenset(k for k in Kind if k >= 16)
 _STRUCT = {"frozen": True, "forbid_unknown_fields": True, "array_like": True}
 
 
-class Hello(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class Hello(msgspec.Struct, **_STRUCT):
     """The client's first message: the protocol it speaks and who it is."""
 
     version: int
@@ -91,7 +91,7 @@ class Hello(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
     client: str
 
 
-class PluginGrant(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class PluginGrant(msgspec.Struct, **_STRUCT):
     """One plugin this peer may send to: its permission bits and its initial credit."""
 
     plugin_id: int
@@ -99,7 +99,7 @@ class PluginGrant(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
     credit: int
 
 
-class Welcome(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class Welcome(msgspec.Struct, **_STRUCT):
     """The server's answer to HELLO: the version both speak, the plugins and the limits."""
 
     version: int
@@ -109,7 +109,7 @@ class Welcome(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
     max_batch: int
 
 
-class Ack(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class Ack(msgspec.Struct, **_STRUCT):
     """Cumulative: every BATCH with ``seq < next_seq`` is handled; ``counts[s]`` is how many
     of their frames ended with ``DispatchStatus(s)``; ``credits`` are new grants."""
 
@@ -118,13 +118,13 @@ class Ack(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
     credits: list[tuple[int, int]]
 
 
-class Credit(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class Credit(msgspec.Struct, **_STRUCT):
     """New credit without an acknowledgement: ``(plugin_id, n)`` pairs."""
 
     credits: list[tuple[int, int]]
 
 
-class Reply(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class Reply(msgspec.Struct, **_STRUCT):
     """The answer to one REQUEST: its ``DispatchStatus``, the reply bytes (or None), or the
     error (class name and message) the local ``request`` would have raised."""
 
@@ -135,14 +135,14 @@ class Reply(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
     message: str
 
 
-class GoAway(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class GoAway(msgspec.Struct, **_STRUCT):
     """The server drains: batches with ``seq < next_seq`` were handled, later ones will not be."""
 
     next_seq: int
     reason: str
 
 
-class Error(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
+class Error(msgspec.Struct, **_STRUCT):
     """A protocol violation (``code``), then the server closes the connection."""
 
     code: str

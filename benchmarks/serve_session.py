@@ -1,0 +1,354 @@
+"""The session protocol end to end over loopback, side by side with what a user would write.
+
+    python -m benchmarks.serve_session [--frames N] [--loop uvloop|asyncio] [--rounds R]
+
+Every server runs in its own process (a second core, as a real deployment has) with a
+no-op plugin; the client is this process. Each scenario pipelines ``--frames`` frames of
+64-byte payloads from the client's API to the plugin and ends when the server has handled
+them all; frames/s is the best of ``--rounds`` runs:
+
+- ``session``: ``RemoteDispatcher.dispatch_many`` -> ``SessionService`` -> ``try_dispatch_many``;
+  the end is a final ``request`` (the plugin's queue is FIFO, so its reply means every
+  frame before it was handled).
+- ``interop``: SPEC 8's listener (``--codec nyx``): one framed CBOR ``PluginFrame`` per
+  message, encoded by ``PluginFrame.encode``; the end is the server closing after the
+  client's half-close (it closes once every frame was dispatched and answered).
+- ``baseline``: what a user writes by hand: asyncio streams, a 4-byte length prefix,
+  ``cbor2`` frames, an ``asyncio.Queue`` and a worker task; the end is a marker frame the
+  worker answers.
+
+Then the request round trip (one frame, p50 of 2,000) against a plain asyncio echo server
+on the same loop kind, and the server's RSS while peers flood it ignoring their credit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+import cbor2
+
+PAYLOAD = b"x" * 64
+_LEN = struct.Struct(">I")
+
+
+# -- servers (run in a child process: ``--serve KIND``) --------------------------------
+
+
+async def _serve(kind: str, credit: int) -> None:
+    from nyxplug import Dispatcher, Permission, PluginInfo
+    from nyxplug._serve import FrameService
+    from nyxplug.serving import SessionService
+
+    loop = asyncio.get_running_loop()
+    d = Dispatcher()
+    await d.load_plugin(PluginInfo(1, "noop", [Permission.DATA_ACCESS]), None, capacity=4096)
+    factory: Any
+    if kind == "session":
+        factory = SessionService(d, credit=credit).protocol
+    elif kind == "interop":
+        factory = FrameService(d).protocol
+    elif kind == "echo":
+        factory = _Echo
+    else:
+        factory = None
+    if factory is None:
+        server = await asyncio.start_server(_baseline_connection, "127.0.0.1", 0)
+    else:
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
+    server.close()
+    await d.aclose()
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def _baseline_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The hand-written server: length prefix, cbor2, an asyncio.Queue and a worker."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(4096)
+
+    async def worker() -> None:
+        while True:
+            frame = await queue.get()
+            if frame["payload"] == b"END":
+                writer.write(b"done")
+                return
+            # the no-op plugin
+
+    task = asyncio.create_task(worker())
+    try:
+        while True:
+            head = await reader.readexactly(4)
+            frame = cbor2.loads(await reader.readexactly(_LEN.unpack(head)[0]))
+            await queue.put(frame)
+    except asyncio.IncompleteReadError:
+        pass
+    await task
+    writer.close()
+
+
+class Server:
+    """A server process of one kind; ``port`` once it listens."""
+
+    def __init__(self, kind: str, loop_kind: str, credit: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.serve_session", "--serve", kind,
+             "--loop", loop_kind, "--credit", str(credit)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+# -- clients -----------------------------------------------------------------------------
+
+
+async def session_run(port: int, frames: int) -> float:
+    from nyxplug import FrameType, PluginFrame, PluginHeader
+    from nyxplug.serving import RemoteDispatcher
+
+    header = PluginHeader(1)
+    batch = [PluginFrame(FrameType.DATA, header, PAYLOAD) for _ in range(1000)]
+    client = await RemoteDispatcher.connect(("127.0.0.1", port))
+    start = time.perf_counter()
+    for _ in range(frames // 1000):
+        await client.dispatch_many(batch)
+    await client.request(FrameType.DATA, header, b"END")
+    elapsed = time.perf_counter() - start
+    stats = client.statistics()
+    assert stats.count(0) == stats.sent == frames // 1000 * 1000 + 1, stats
+    await client.aclose()
+    return (frames // 1000 * 1000) / elapsed
+
+
+async def interop_run(port: int, frames: int) -> float:
+    from nyxplug import FrameType, PluginFrame, PluginHeader, frame_message
+
+    header = PluginHeader(1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.perf_counter()
+    for _ in range(frames // 1000):
+        writer.write(
+            b"".join(
+                frame_message(PluginFrame(FrameType.DATA, header, PAYLOAD).encode())
+                for _ in range(1000)
+            )
+        )
+        await writer.drain()
+    writer.write_eof()
+    assert await reader.read() == b""
+    elapsed = time.perf_counter() - start
+    writer.close()
+    return (frames // 1000 * 1000) / elapsed
+
+
+async def baseline_run(port: int, frames: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    def frame(payload: bytes) -> bytes:
+        body = cbor2.dumps(
+            {"frame_type": 0x52, "header": {"id": 1, "flags": 0, "data": b""}, "payload": payload}
+        )
+        return _LEN.pack(len(body)) + body
+
+    start = time.perf_counter()
+    for _ in range(frames // 1000):
+        for _ in range(1000):
+            writer.write(frame(PAYLOAD))
+        await writer.drain()
+    writer.write(frame(b"END"))
+    writer.write_eof()
+    assert await reader.read() == b"done"
+    elapsed = time.perf_counter() - start
+    writer.close()
+    return (frames // 1000 * 1000) / elapsed
+
+
+async def session_round_trips(port: int, count: int) -> list[float]:
+    from nyxplug import FrameType, PluginHeader
+    from nyxplug.serving import RemoteDispatcher
+
+    header = PluginHeader(1)
+    client = await RemoteDispatcher.connect(("127.0.0.1", port))
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await client.request(FrameType.DATA, header, PAYLOAD)
+        times.append(time.perf_counter() - start)
+    await client.aclose()
+    return times
+
+
+class _EchoClient(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.waiter: asyncio.Future[None] | None = None
+        self.want = 0
+        self.got = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got >= self.want and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+async def echo_round_trips(port: int, count: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    _transport, protocol = await loop.create_connection(_EchoClient, "127.0.0.1", port)
+    message = _LEN.pack(len(PAYLOAD)) + PAYLOAD
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        protocol.waiter = loop.create_future()
+        protocol.got = 0
+        protocol.want = len(message)
+        protocol.transport.write(message)
+        await protocol.waiter
+        times.append(time.perf_counter() - start)
+    protocol.transport.close()
+    return times
+
+
+async def flood(port: int, connections: int, megabytes: int, server: Server) -> tuple[int, int]:
+    """Peers that ignore their credit: each sends ``megabytes`` of valid batches far beyond
+    it as fast as it can. Returns (peak server RSS KiB during the flood, peers refused)."""
+    from nyxplug import FrameType, PluginHeader, PluginMessage
+    from nyxplug._impl import encode_batch
+    from nyxplug.serving.wire import Hello, Kind, encode
+
+    peak = server.rss_kib()
+    refused = 0
+    batch_messages = [PluginMessage(FrameType.DATA, PluginHeader(1), PAYLOAD)] * 4096
+
+    async def peer() -> None:
+        nonlocal refused
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode(Kind.HELLO, Hello(1, "nyx/1", "flood")))
+        sent = 0
+        seq = 0
+        try:
+            while sent < megabytes << 20:
+                data = encode_batch(Kind.BATCH, seq, batch_messages)
+                seq += 1
+                writer.write(data)
+                sent += len(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            refused += 1
+        else:
+            if await reader.read() != b"":
+                refused += 1
+        writer.close()
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, server.rss_kib())
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    await asyncio.gather(*(peer() for _ in range(connections)), return_exceptions=True)
+    sampler.cancel()
+    return peak, refused
+
+
+async def run_all(args: argparse.Namespace) -> None:
+    rates: dict[str, float] = {}
+    for kind, client in (
+        ("baseline", baseline_run),
+        ("interop", interop_run),
+        ("session", session_run),
+    ):
+        server = Server(kind, args.loop, args.credit)
+        try:
+            rates[kind] = max([await client(server.port, args.frames) for _ in range(args.rounds)])
+        finally:
+            server.close()
+    print(f"loop {args.loop}, {args.frames:,} frames of 64-byte payloads, best of {args.rounds}")
+    print("| scenario | frames/s | vs baseline |")
+    print("|---|---:|---:|")
+    for kind in ("session", "interop", "baseline"):
+        print(f"| {kind} | {rates[kind]:,.0f} | {rates[kind] / rates['baseline']:.1f}x |")
+
+    session = Server("session", args.loop, args.credit)
+    echo = Server("echo", args.loop, args.credit)
+    try:
+        await session_round_trips(session.port, 200)  # warm up
+        ours = statistics.median(await session_round_trips(session.port, 2000))
+        theirs = statistics.median(await echo_round_trips(echo.port, 2000))
+    finally:
+        session.close()
+        echo.close()
+    print(
+        f"request round trip p50: session {ours * 1e6:.1f} us, asyncio echo {theirs * 1e6:.1f} "
+        f"us, ratio {ours / theirs:.2f}"
+    )
+
+    server = Server("session", args.loop, args.credit)
+    try:
+        before = server.rss_kib()
+        peak, refused = await flood(server.port, 8, 64, server)
+        after = server.rss_kib()
+    finally:
+        server.close()
+    frame = 7 + 3 + len(PAYLOAD)  # batch entry + canonical header of id 1 + payload
+    bound = args.credit * frame / 1024 + 1024
+    print(
+        f"flood: 8 peers ignoring credit, 64 MiB each: server RSS {before} KiB before, peak "
+        f"{peak} KiB (+{peak - before} KiB, +{(peak - before) / 8:.0f} KiB per connection; "
+        f"bound credits x frame + 1 MiB = {bound:.0f} KiB per connection), {after} KiB "
+        f"after; {refused}/8 peers disconnected"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument("--credit", type=int, default=1024)
+    parser.add_argument("--serve", choices=("session", "interop", "baseline", "echo"))
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        run: Any = uvloop.run
+    else:
+        run = asyncio.run
+    if args.serve:
+        run(_serve(args.serve, args.credit))
+    else:
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+        run(run_all(args))
+
+
+if __name__ == "__main__":
+    main()
