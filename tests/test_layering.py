@@ -32,8 +32,9 @@ part of the hot path's contract, and it imports nothing but the engine's errors.
 mirrors one), but it is a network front end for a running host, so it sits above the
 runtime, where access policies may later consult the plugin manager; the facade exports
 ``RemoteDispatcher`` and ``SessionService`` lazily (loaded on first use, named for
-type checkers only). ``trust`` and ``isolation`` stand side by side and never import each other. The facade
-re-exports the engine only, so ``import nyxplug`` stays small. An upward import that
+type checkers only). ``trust`` and ``isolation`` stand side by side and never import
+each other. The facade re-exports the engine only (and ``serving`` lazily), so ``import
+nyxplug`` stays small. An upward import that
 another change removes is listed in ``PENDING`` with that change, until it lands.
 
 The isolated child (``nyxplug.host`` and the fork server) must never reach the runtime:
