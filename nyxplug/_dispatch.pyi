@@ -96,7 +96,7 @@ class PluginFrame:
     def __repr__(self) -> str: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
 
-def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
+def encode_batch(kind: int, seq: int, messages: list[PluginMessage] | list[PluginFrame]) -> bytes:
     """One frame batch of the isolation protocol, framed (length, kind, seq, count, frames)."""
 
 def decode_batch(

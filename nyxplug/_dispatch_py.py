@@ -381,10 +381,11 @@ _BATCH_SEQ = struct.Struct("<QI")
 _BATCH_FRAME = struct.Struct("<BHI")
 
 
-def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
+def encode_batch(kind: int, seq: int, messages: list[PluginMessage] | list[PluginFrame]) -> bytes:
     """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
     u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
-    per frame (little-endian; the header in its canonical encoding)."""
+    per frame (little-endian; the header in its canonical encoding). ``messages`` holds
+    ``PluginMessage`` or ``PluginFrame`` items."""
     kind = check_uint("kind", kind, 255)
     seq = check_uint("seq", seq, MAX_BATCH_SEQ)
     check_list("messages", messages)
@@ -393,7 +394,7 @@ def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
     pack = _BATCH_FRAME.pack
     total = 17
     for msg in messages:
-        if type(msg) is not PluginMessage:
+        if type(msg) is not PluginMessage and type(msg) is not PluginFrame:
             raise BatchErrors.not_a_message(msg)
         header = msg._header.encode()
         if len(header) > 0xFFFF:
