@@ -67,6 +67,8 @@ _STATUS_OF = {
     "FrameTooLarge": DispatchStatus.FRAME_TOO_LARGE,
     "UnknownFrameType": DispatchStatus.UNKNOWN_FRAME_TYPE,
 }
+#: How long grants for requests alone may wait to leave with their REPLY (seconds).
+CREDIT_DELAY = 0.001
 #: How long a connection whose rate limit let nothing through waits before asking again.
 RATE_RETRY = 0.005
 
@@ -247,6 +249,7 @@ class SessionProtocol(asyncio.Protocol):
         self._in_flight = 0
         self._replies: set[asyncio.Future[bytes | None]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._credit_timer: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] | None = None
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._batch_counts = [0] * _STATUSES  # what the ACKs report (BATCH frames)
@@ -336,6 +339,9 @@ class SessionProtocol(asyncio.Protocol):
         self._transport = None
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
+            self._credit_timer = None
         if self._state == _HELLO:
             self._state = _CLOSED
         self._check_closed()
@@ -362,7 +368,12 @@ class SessionProtocol(asyncio.Protocol):
         except SessionViolation as exc:
             self._violation(exc)
             return
-        self._send_ack()
+        if self._ack_due or self._state != _OPEN:
+            self._send_ack()
+        elif self._grants and self._credit_timer is None:
+            # Only requests' grants: they usually leave with the REPLY, in the same write;
+            # a slow handler's sender gets them within CREDIT_DELAY anyway.
+            self._credit_timer = asyncio.get_running_loop().call_later(CREDIT_DELAY, self._send_ack)
         if self._state == _DRAINING:
             self._finish_drain()
         elif self._paused and self._transport is not None:
@@ -668,21 +679,32 @@ class SessionProtocol(asyncio.Protocol):
         self, request_id: int, status: int, value: bytes | None, name: str, text: str
     ) -> None:
         self._counts["replies"] += 1
-        self._send_ack()  # the grants first: the reply may free the sender's next request
-        self._write(encode(Kind.REPLY, Reply(request_id, status, value, name, text[:TEXT_LIMIT])))
+        reply = encode(Kind.REPLY, Reply(request_id, status, value, name, text[:TEXT_LIMIT]))
+        # the grants first, in the same write: the reply may free the sender's next request
+        self._write(self._ack_message() + reply)
 
     # -- writing ----------------------------------------------------------------------
 
     def _send_ack(self) -> None:
+        message = self._ack_message()
+        if message:
+            self._write(message)
+
+    def _ack_message(self) -> bytes:
+        """The ACK (batches handled since the last one) or CREDIT (grants only) due, or b""."""
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
+            self._credit_timer = None
         grants = self._grants
         credits = list(grants.items())
         if self._ack_due:
             self._ack_due = False
             grants.clear()
-            self._write(encode(Kind.ACK, Ack(self._done_seq, self._batch_counts, credits)))
-        elif credits:
+            return encode(Kind.ACK, Ack(self._done_seq, self._batch_counts, credits))
+        if credits:
             grants.clear()
-            self._write(encode(Kind.CREDIT, Credit(credits)))
+            return encode(Kind.CREDIT, Credit(credits))
+        return b""
 
     def _write(self, data: bytes) -> None:
         transport = self._transport
