@@ -237,36 +237,37 @@ async def echo_round_trips(port: int, count: int) -> list[float]:
     return times
 
 
-async def flood(port: int, connections: int, megabytes: int, server: Server) -> tuple[int, int]:
-    """Peers that ignore their credit: each sends ``megabytes`` of valid batches far beyond
-    it as fast as it can. Returns (peak server RSS KiB during the flood, peers refused)."""
+async def flood(port: int, credit: int, seconds: float, server: Server) -> tuple[int, int]:
+    """Eight peers that never read an ACK, for ``seconds``: four send one batch beyond their
+    credit after another, four send credit-sized batches back to back (within credit only
+    while the server grants faster than they send; when the plugin's queue is full the
+    server stops reading them and their writes block in the kernel). Returns (peak server
+    RSS in KiB, peers disconnected)."""
     from nyxplug import FrameType, PluginHeader, PluginMessage
     from nyxplug._impl import encode_batch
     from nyxplug.serving.wire import Hello, Kind, encode
 
     peak = server.rss_kib()
     refused = 0
-    batch_messages = [PluginMessage(FrameType.DATA, PluginHeader(1), PAYLOAD)] * 4096
+    message = PluginMessage(FrameType.DATA, PluginHeader(1), PAYLOAD)
+    deadline = time.perf_counter() + seconds
 
-    async def peer() -> None:
+    async def peer(frames_per_batch: int) -> None:
         nonlocal refused
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(encode(Kind.HELLO, Hello(1, "nyx/1", "flood")))
-        sent = 0
         seq = 0
         try:
-            while sent < megabytes << 20:
-                data = encode_batch(Kind.BATCH, seq, batch_messages)
+            while time.perf_counter() < deadline:
+                writer.write(encode_batch(Kind.BATCH, seq, [message] * frames_per_batch))
                 seq += 1
-                writer.write(data)
-                sent += len(data)
-                await writer.drain()
+                async with asyncio.timeout(max(deadline - time.perf_counter(), 0.01)):
+                    await writer.drain()
         except (ConnectionError, OSError):
             refused += 1
-        else:
-            if await reader.read() != b"":
-                refused += 1
-        writer.close()
+        except TimeoutError:
+            pass  # blocked by backpressure until the end: the server stopped reading us
+        writer.transport.abort()
 
     async def sample() -> None:
         nonlocal peak
@@ -275,7 +276,7 @@ async def flood(port: int, connections: int, megabytes: int, server: Server) -> 
             await asyncio.sleep(0.005)
 
     sampler = asyncio.create_task(sample())
-    await asyncio.gather(*(peer() for _ in range(connections)), return_exceptions=True)
+    await asyncio.gather(*(peer(credit + 1) for _ in range(4)), *(peer(credit) for _ in range(4)))
     sampler.cancel()
     return peak, refused
 
@@ -315,14 +316,14 @@ async def run_all(args: argparse.Namespace) -> None:
     server = Server("session", args.loop, args.credit)
     try:
         before = server.rss_kib()
-        peak, refused = await flood(server.port, 8, 64, server)
+        peak, refused = await flood(server.port, args.credit, 3.0, server)
         after = server.rss_kib()
     finally:
         server.close()
     frame = 7 + 3 + len(PAYLOAD)  # batch entry + canonical header of id 1 + payload
     bound = args.credit * frame / 1024 + 1024
     print(
-        f"flood: 8 peers ignoring credit, 64 MiB each: server RSS {before} KiB before, peak "
+        f"flood: 8 peers ignoring credit for 3 s: server RSS {before} KiB before, peak "
         f"{peak} KiB (+{peak - before} KiB, +{(peak - before) / 8:.0f} KiB per connection; "
         f"bound credits x frame + 1 MiB = {bound:.0f} KiB per connection), {after} KiB "
         f"after; {refused}/8 peers disconnected"

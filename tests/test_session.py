@@ -542,3 +542,21 @@ def test_the_session_layer_packs_frames_little_endian(impl) -> None:
     batch = impl.encode_batch(Kind.BATCH, 5, [impl.PluginMessage(DATA, impl.PluginHeader(7))])
     length, kind, seq, count = struct.unpack_from("<IBQI", batch)
     assert (length, kind, seq, count) == (len(batch) - 4, Kind.BATCH, 5, 1)
+
+
+def test_the_session_example_in_the_readme_runs() -> None:
+    """The README's RemoteDispatcher example is this code; keep them in step."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- session-example -->")
+    block = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", block], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "b'HELLO'\n"
+        "HandlerError: Handler of plugin 'upper' (id 7) raised on frame 0x52 (DATA): "
+        "ValueError: boom\n"
+        "sent 102, acknowledged 102, lost 0\n"
+    )
