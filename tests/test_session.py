@@ -560,3 +560,81 @@ def test_the_session_example_in_the_readme_runs() -> None:
         "ValueError: boom\n"
         "sent 102, acknowledged 102, lost 0\n"
     )
+
+
+# -- Unix sockets and TLS ---------------------------------------------------------------
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (cryptography, P-256)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nyxplug test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_sessions_over_a_unix_socket_and_tls_1_3(impl, tmp_path: Path) -> None:
+    import ssl
+
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), echo)
+    service = SessionService(d)
+    loop = asyncio.get_running_loop()
+    unix = await loop.create_unix_server(service.protocol, str(tmp_path / "s.sock"))
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_tls.load_cert_chain(cert, key)
+    tls = await loop.create_server(service.protocol, "127.0.0.1", 0, ssl=server_tls)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    port = tls.sockets[0].getsockname()[1]
+    header = impl.PluginHeader(7)
+    for target, context in (
+        (f"unix:{tmp_path / 's.sock'}", None),
+        (("127.0.0.1", port), client_tls),
+    ):
+        async with await RemoteDispatcher.connect(target, ssl=context, codec=impl) as client:
+            await client.dispatch_many([impl.PluginFrame(DATA, header, b"x")] * 300)
+            assert await client.request(DATA, header, b"tls") == b"TLS"
+            await client.wait_acknowledged()
+            assert client.statistics().count(OK) == 301
+    with pytest.raises(ssl.SSLError):  # a client that does not trust the certificate
+        await RemoteDispatcher.connect(("127.0.0.1", port), ssl=ssl.create_default_context())
+    for server in (unix, tls):
+        server.close()
+    await service.drain(timeout=10)
+    stats = service.stats()
+    assert stats.count(OK) == 602
+    check_server_ledger(stats)
+    await d.aclose()
