@@ -7,7 +7,8 @@ no-op plugin; the client is this process. Each scenario pipelines ``--frames`` f
 64-byte payloads from the client's API to the plugin and ends when the server has handled
 them all; frames/s is the best of ``--rounds`` runs:
 
-- ``session``: ``RemoteDispatcher.dispatch_many`` -> ``SessionService`` -> ``try_dispatch_many``;
+- ``session`` (and ``session-tls``, the same over TLS 1.3 with a P-256 certificate made for
+  the run): ``RemoteDispatcher.dispatch_many`` -> ``SessionService`` -> ``try_dispatch_many``;
   the end is a final ``request`` (the plugin's queue is FIFO, so its reply means every
   frame before it was handled).
 - ``interop``: SPEC 8's listener (``--codec nyx``): one framed CBOR ``PluginFrame`` per
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import statistics
 import struct
 import subprocess
@@ -42,6 +44,52 @@ _LEN = struct.Struct(">I")
 # -- servers (run in a child process: ``--serve KIND``) --------------------------------
 
 
+def _self_signed(folder: str) -> tuple[str, str]:
+    """A P-256 certificate for 127.0.0.1 and its key, written to ``folder``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nyxplug bench")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    with open(cert_path, "wb") as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+def _client_tls() -> ssl.SSLContext | None:
+    cert = os.environ.get("NYXPLUG_BENCH_CERT")
+    return ssl.create_default_context(cafile=cert) if cert else None
+
+
 async def _serve(kind: str, credit: int) -> None:
     from nyxplug import Dispatcher, Permission, PluginInfo
     from nyxplug._serve import FrameService
@@ -51,7 +99,13 @@ async def _serve(kind: str, credit: int) -> None:
     d = Dispatcher()
     await d.load_plugin(PluginInfo(1, "noop", [Permission.DATA_ACCESS]), None, capacity=4096)
     factory: Any
-    if kind == "session":
+    tls = None
+    if kind == "session-tls":
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_3
+        tls.load_cert_chain(os.environ["NYXPLUG_BENCH_CERT"], os.environ["NYXPLUG_BENCH_KEY"])
+        factory = SessionService(d, credit=credit).protocol
+    elif kind == "session":
         factory = SessionService(d, credit=credit).protocol
     elif kind == "interop":
         factory = FrameService(d).protocol
@@ -62,7 +116,7 @@ async def _serve(kind: str, credit: int) -> None:
     if factory is None:
         server = await asyncio.start_server(_baseline_connection, "127.0.0.1", 0)
     else:
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=tls)
     print(server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
     server.close()
@@ -129,13 +183,17 @@ class Server:
 # -- clients -----------------------------------------------------------------------------
 
 
-async def session_run(port: int, frames: int) -> float:
+async def session_tls_run(port: int, frames: int) -> float:
+    return await session_run(port, frames, _client_tls())
+
+
+async def session_run(port: int, frames: int, tls: ssl.SSLContext | None = None) -> float:
     from nyxplug import FrameType, PluginFrame, PluginHeader
     from nyxplug.serving import RemoteDispatcher
 
     header = PluginHeader(1)
     batch = [PluginFrame(FrameType.DATA, header, PAYLOAD) for _ in range(1000)]
-    client = await RemoteDispatcher.connect(("127.0.0.1", port))
+    client = await RemoteDispatcher.connect(("127.0.0.1", port), ssl=tls)
     start = time.perf_counter()
     for _ in range(frames // 1000):
         await client.dispatch_many(batch)
@@ -283,10 +341,16 @@ async def flood(port: int, credit: int, seconds: float, server: Server) -> tuple
 
 async def run_all(args: argparse.Namespace) -> None:
     rates: dict[str, float] = {}
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    cert, key = _self_signed(folder)
+    os.environ.update(NYXPLUG_BENCH_CERT=cert, NYXPLUG_BENCH_KEY=key)
     for kind, client in (
         ("baseline", baseline_run),
         ("interop", interop_run),
         ("session", session_run),
+        ("session-tls", session_tls_run),
     ):
         server = Server(kind, args.loop, args.credit)
         try:
@@ -296,7 +360,7 @@ async def run_all(args: argparse.Namespace) -> None:
     print(f"loop {args.loop}, {args.frames:,} frames of 64-byte payloads, best of {args.rounds}")
     print("| scenario | frames/s | vs baseline |")
     print("|---|---:|---:|")
-    for kind in ("session", "interop", "baseline"):
+    for kind in ("session", "session-tls", "interop", "baseline"):
         print(f"| {kind} | {rates[kind]:,.0f} | {rates[kind] / rates['baseline']:.1f}x |")
 
     session = Server("session", args.loop, args.credit)
@@ -336,7 +400,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     parser.add_argument("--credit", type=int, default=1024)
-    parser.add_argument("--serve", choices=("session", "interop", "baseline", "echo"))
+    parser.add_argument(
+        "--serve", choices=("session", "session-tls", "interop", "baseline", "echo")
+    )
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop
