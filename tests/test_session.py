@@ -638,3 +638,33 @@ async def test_sessions_over_a_unix_socket_and_tls_1_3(impl, tmp_path: Path) -> 
     assert stats.count(OK) == 602
     check_server_ledger(stats)
     await d.aclose()
+
+
+async def test_sigterm_sends_goaway_and_both_ledgers_agree(tmp_path: Path) -> None:
+    proc, port = await asyncio.to_thread(start_serve, tmp_path)
+    try:
+        client = await RemoteDispatcher.connect(("127.0.0.1", port))
+        header = nyxplug.PluginHeader(7)
+        await client.dispatch_many([nyxplug.PluginFrame(DATA, header, b"x")] * 2000)
+        await client.wait_acknowledged()
+        await client.dispatch_many([nyxplug.PluginFrame(DATA, header, b"y")] * 500)
+        proc.send_signal(signal.SIGTERM)  # while frames may still be on the wire
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        await wait_for(lambda: client.closed, "the session ended")
+        assert re.match(
+            r"^the server is shutting down|^the connection was lost", client._reason or ""
+        )
+        await client.aclose()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    stats = client.statistics()
+    check_client_ledger(stats)
+    assert stats.in_flight == 0 and stats.count(OK) >= 2000
+    served = re.search(r"served 1 sessions: (\d+) frames, (\d+) dispatched", out)
+    assert served is not None, out
+    # every frame the server read was dispatched and acknowledged before GOAWAY
+    assert int(served.group(1)) == int(served.group(2)) == stats.count(OK)
+    assert stats.lost == stats.sent - stats.count(OK)
