@@ -134,6 +134,8 @@ async def test_frames_are_acknowledged_by_status_and_requests_answered(impl) -> 
     )
     with pytest.raises(nyxplug.PluginNotRegistered):
         client.dispatch_nowait(DATA, impl.PluginHeader(8), b"x")
+    with pytest.raises(nyxplug.FrameTooLarge):  # beyond WELCOME's max_message: not sent
+        client.dispatch_nowait(DATA, header, bytes(4 << 20))
     assert await client.request(DATA, header, b"hi") == b"HI"
     assert await client.request(DATA, header, b"") is None
     with pytest.raises(nyxplug.HandlerError, match=r"^HandlerError from the server: Handler "):

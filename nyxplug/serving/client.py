@@ -25,6 +25,7 @@ import msgspec
 from .. import _impl
 from .._constants import DispatchStatus
 from .._errors import (
+    FrameTooLarge,
     PluginNotRegistered,
     ReplyTimeout,
     SessionClosed,
@@ -48,6 +49,8 @@ from .wire import (
 __all__ = ("ClientStats", "RemoteDispatcher", "parse_target")
 
 _STATUSES = len(DispatchStatus)
+#: A BATCH of one frame: the message prefix (5), seq and count (12), the frame's entry (7).
+_BATCH_OVERHEAD = 24
 _OK = DispatchStatus.OK
 _WOULD_BLOCK = DispatchStatus.WOULD_BLOCK
 _NOT_REGISTERED = DispatchStatus.PLUGIN_NOT_REGISTERED
@@ -371,7 +374,11 @@ class RemoteDispatcher:
                 header = self._header_cls.decode(header)
             else:
                 header = self._header_cls(header.id, header.flags, header.data)
-        return self._message_cls(frame_type, header, payload)
+        msg = self._message_cls(frame_type, header, payload)
+        if msg.size + _BATCH_OVERHEAD > self._max_message:
+            # the server would end the session for it: refuse it here, nothing is sent
+            raise FrameTooLarge("frame", msg.size, self._max_message - _BATCH_OVERHEAD, frame_type)
+        return msg
 
     def _take(self, plugin_id: int) -> DispatchStatus:
         """Spend one credit of ``plugin_id`` if it has one and nobody waits before us."""
