@@ -399,7 +399,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
-    parser.add_argument("--credit", type=int, default=1024)
+    parser.add_argument("--credit", type=int, default=4096)
     parser.add_argument(
         "--serve", choices=("session", "session-tls", "interop", "baseline", "echo")
     )

@@ -68,9 +68,9 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--credit",
         type=int,
-        default=1024,
+        default=4096,
         metavar="N",
-        help="session codec: initial credit per plugin and connection (default 1024)",
+        help="session codec: initial credit per plugin and connection (default 4096)",
     )
     serve.add_argument(
         "--allow-remote-plaintext",

@@ -144,7 +144,7 @@ class SessionService:
         dispatcher: Dispatcher,
         *,
         policy: AccessPolicy = ALLOW_EVERYTHING,
-        credit: int = 1024,
+        credit: int = 4096,
         max_message: int = 4 << 20,
         max_batch: int = 4096,
         hello_timeout: float = 10.0,
