@@ -367,8 +367,8 @@ async def run_all(args: argparse.Namespace) -> None:
     echo = Server("echo", args.loop, args.credit)
     try:
         await session_round_trips(session.port, 200)  # warm up
-        ours = statistics.median(await session_round_trips(session.port, 2000))
-        theirs = statistics.median(await echo_round_trips(echo.port, 2000))
+        ours = statistics.median(await session_round_trips(session.port, args.round_trips))
+        theirs = statistics.median(await echo_round_trips(echo.port, args.round_trips))
     finally:
         session.close()
         echo.close()
@@ -380,14 +380,15 @@ async def run_all(args: argparse.Namespace) -> None:
     server = Server("session", args.loop, args.credit)
     try:
         before = server.rss_kib()
-        peak, refused = await flood(server.port, args.credit, 3.0, server)
+        peak, refused = await flood(server.port, args.credit, args.flood_seconds, server)
         after = server.rss_kib()
     finally:
         server.close()
     frame = 7 + 3 + len(PAYLOAD)  # batch entry + canonical header of id 1 + payload
     bound = args.credit * frame / 1024 + 1024
     print(
-        f"flood: 8 peers ignoring credit for 3 s: server RSS {before} KiB before, peak "
+        f"flood: 8 peers ignoring credit for {args.flood_seconds:g} s: server RSS {before} KiB "
+        f"before, peak "
         f"{peak} KiB (+{peak - before} KiB, +{(peak - before) / 8:.0f} KiB per connection; "
         f"bound credits x frame + 1 MiB = {bound:.0f} KiB per connection), {after} KiB "
         f"after; {refused}/8 peers disconnected"
@@ -400,6 +401,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     parser.add_argument("--credit", type=int, default=4096)
+    parser.add_argument("--flood-seconds", type=float, default=3.0)
+    parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument(
         "--serve", choices=("session", "session-tls", "interop", "baseline", "echo")
     )

@@ -670,3 +670,30 @@ async def test_sigterm_sends_goaway_and_both_ledgers_agree(tmp_path: Path) -> No
     # every frame the server read was dispatched and acknowledged before GOAWAY
     assert int(served.group(1)) == int(served.group(2)) == stats.count(OK)
     assert stats.lost == stats.sent - stats.count(OK)
+
+
+# -- the benchmark and the fuzz target stay runnable ------------------------------------
+
+
+@pytest.mark.parametrize("twin", ["cython", "python"])
+def test_a_small_run_of_the_session_fuzz_target(twin: str) -> None:
+    """A seeded run of ``python -m benchmarks.fuzz_session`` (the large one: 1,000,000)."""
+    from benchmarks import fuzz_session
+
+    if twin == "cython":
+        pytest.importorskip("nyxplug._dispatch")
+    outcomes = asyncio.run(fuzz_session.fuzz_twin(twin, 3000, 16))
+    assert outcomes.untyped == 0 and outcomes.violations > 0 and outcomes.errors_sent > 0
+
+
+def test_the_session_benchmark_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve_session", "--frames", "3000", "--rounds", "1",
+         "--round-trips", "50", "--flood-seconds", "0.2", "--loop", "asyncio"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\| session \| [\d,]+ \| [\d.]+x \|$", done.stdout, re.M), done.stdout
+    assert "request round trip p50: session" in done.stdout
+    assert re.search(r"\d/8 peers disconnected", done.stdout), done.stdout
