@@ -697,3 +697,50 @@ def test_the_session_benchmark_runs(tmp_path: Path) -> None:
     assert re.search(r"^\| session \| [\d,]+ \| [\d.]+x \|$", done.stdout, re.M), done.stdout
     assert "request round trip p50: session" in done.stdout
     assert re.search(r"\d/8 peers disconnected", done.stdout), done.stdout
+
+
+CLIENT_SCRIPT = """
+import asyncio, sys
+from nyxplug import FrameType, PluginFrame, PluginHeader
+from nyxplug.serving import RemoteDispatcher
+
+async def main():
+    client = await RemoteDispatcher.connect(("127.0.0.1", int(sys.argv[1])))
+    frames = [PluginFrame(FrameType.DATA, PluginHeader(7), b"x")] * 256
+    await client.dispatch_many(frames)
+    print("sending", flush=True)
+    while True:
+        await client.dispatch_many(frames)
+
+asyncio.run(main())
+"""
+
+
+async def test_killing_a_client_process_mid_stream_keeps_the_server_ledger(impl) -> None:
+    d = impl.Dispatcher()
+    gate = Gate()
+    await d.load_plugin(info(7), gate, capacity=64)
+    served, port = await serve(d)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT_SCRIPT, str(port), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        assert await proc.stdout.readline() == b"sending\n"
+        protocol = next(iter(served.service.connections))
+        await wait_for(lambda: not protocol.reading, "the queue is full: the server waits")
+        proc.kill()
+        await proc.wait()
+        gate.open()
+        await protocol.wait_closed()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    await served.close()
+    stats = served.service.stats()
+    assert stats.in_flight == 0 and stats.count(OK) >= 256 and stats.open_connections == 0
+    check_server_ledger(stats)
+    await d.wait_idle()
+    assert len(gate.finished) == stats.count(OK)  # every frame decided OK was handled
+    await d.aclose()
