@@ -78,6 +78,9 @@ bench: install
 
 wheel: install
 	$(UV) build --python $(BIN)/python --no-build-isolation --wheel --out-dir dist
+	@# setuptools leaves nyxplug.egg-info here; on sys.path (python -m pytest) its stale
+	@# metadata would hide the installed entry points (the pytest11 kit among them).
+	rm -rf nyxplug.egg-info
 
 # One line refreshes every lock: the build tools are read from [build-system] requires.
 lock: $(UV)

@@ -28,6 +28,20 @@ def impl(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """The event loop kind (for the testing kit's host, which makes its own loop)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
+@pytest.fixture
+def nyx_host_options(impl: Any, loop_kind: str) -> dict[str, Any]:
+    """The testing kit's ``nyx_host`` on each twin and loop: rows side by side."""
+    return {"dispatcher_factory": impl.Dispatcher, "loop": loop_kind}
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
 def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
     """A fresh event loop of each kind; benchmarks drive it with run_until_complete."""
     if request.param == "uvloop":

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._info import PluginInfo
 
 __all__ = (
+    "AccessListError",
     "AlreadyLoaded",
     "AlreadyRegistered",
     "DispatchError",
@@ -39,6 +40,7 @@ __all__ = (
     "SessionClosed",
     "SessionError",
     "SessionViolation",
+    "TlsSetupError",
     "UnknownFrameType",
     "WouldBlock",
     "WrongThread",
@@ -184,25 +186,44 @@ class PluginNotLoaded(DispatchError):
 
 
 class PermissionDenied(DispatchError):
-    """The plugin's registry entry lacks the permission the frame type requires.
+    """The plugin's registry entry lacks the permission the frame type requires, or the
+    network peer that sent the frame may not send it to that plugin.
 
     ``info`` is the plugin's registry entry when the refusing code had it at hand; the
     message then names the plugin and, for one declared in a manifest, the fix in that
     file's terms. It is only read when the message is formatted, so a refusal costs no
-    more than before.
+    more than before. ``peer`` is the identity of the connection whose access refused
+    the frame (a certificate's subject CN, ``loopback``...), ``None`` for the plugin's own
+    permissions: the same exception, so a peer sees the name SPEC 8 refusals use.
     """
 
     def __init__(
-        self, plugin_id: int, frame_type: int, required: Permission, info: PluginInfo | None = None
+        self,
+        plugin_id: int,
+        frame_type: int,
+        required: Permission,
+        info: PluginInfo | None = None,
+        peer: str | None = None,
     ) -> None:
-        super().__init__(plugin_id, frame_type, required, info)
+        if peer is None:
+            super().__init__(plugin_id, frame_type, required, info)
+        else:
+            super().__init__(plugin_id, frame_type, required, info, peer)
         self.plugin_id = plugin_id
         self.frame_type = frame_type
         self.required = required
         self.info = info
+        self.peer = peer
 
     def __str__(self) -> str:
         info = self.info
+        if self.peer is not None:
+            return (
+                f"Peer {self.peer!r} may not send frame {frame_type_name(self.frame_type)} to "
+                f"{plugin_label(self.plugin_id, info)}: its access lacks "
+                f"{_flag_names(self.required)} - grant it in the peer's entry of the "
+                "listener's access list (nyxplug serve --acl)"
+            )
         if info is None:
             who, fix = f"Plugin {self.plugin_id}", "the plugin's PluginInfo.permissions"
         else:
@@ -532,6 +553,45 @@ class RequestDropped(DispatchError):
             f"{_subject(self.plugin_id, self.info)} was unloaded before it handled frame "
             f"{frame_type_name(self.frame_type)} - the frame was dropped (PluginStats.dropped) "
             "and has no reply; unload with drain=True to let queued requests finish"
+        )
+
+
+class AccessListError(NyxplugError, ValueError):
+    """An access list (``nyxplug serve --acl FILE``) has a bad value.
+
+    ``source`` is the file, ``key`` the dotted key (``peers[0].plugins.echo``, or ``$`` for
+    the whole file), ``problem`` what was expected and found - the words of
+    ``ConfigError``, so the two files read alike.
+    """
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(source, key, problem)
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        at = "" if self.key == "$" else f" - at `{self.key}`"
+        return f"Invalid access list {self.source}: {self.problem}{at}"
+
+
+class TlsSetupError(NyxplugError, ValueError):
+    """A certificate, key or CA file could not be used for a TLS context.
+
+    ``role`` says which (``certificate``, ``client CA``...), ``path`` the file, ``problem``
+    what OpenSSL or the file system said.
+    """
+
+    def __init__(self, role: str, path: str, problem: str) -> None:
+        super().__init__(role, path, problem)
+        self.role = role
+        self.path = path
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return (
+            f"Expected a PEM {self.role} file, got {self.problem} - in {self.path}; check the "
+            "path and that the file holds what its option names"
         )
 
 

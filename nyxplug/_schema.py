@@ -174,6 +174,11 @@ def _is_struct(tp: Any) -> bool:
 def _type_at(root: type[msgspec.Struct], parts: list[str]) -> Any:
     tp: Any = root
     for part in parts:
+        if part.startswith("["):  # an item of an array (of tables): its element type
+            args = typing.get_args(tp)
+            is_array = typing.get_origin(tp) in (tuple, list) and args
+            tp = _unwrap(args[0]) if is_array else None
+            continue
         if not _is_struct(tp):
             return None
         fields = {field.encode_name: field.type for field in msgspec.structs.fields(tp)}

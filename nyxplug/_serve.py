@@ -15,6 +15,16 @@ the target queue is full; while it waits the connection stops reading
 (``transport.pause_reading()``), so the peer's sends block in its kernel instead of
 growing our memory. A connection holds at most the reader's unfinished message, the
 frames of the chunks already read, and ``max_pending`` unanswered frames.
+
+Access (``policy=``, a ``nyxplug.serving.policy.PeerPolicy``): when a connection is made
+(after its TLS handshake) the policy admits it or refuses it (counted in
+``refused_connections``). An admitted peer's frames pass only for the plugins and frame
+types its access grants; the others are refused as ``PermissionDenied`` (counted in
+``refused`` and ``denied``). Its rate limit is asked once per batch of frames read; frames
+over the rate wait - reading pauses, as for a full queue - until tokens return
+(``throttled``), and are abandoned (``abandoned``) only if the peer goes away meanwhile.
+Without a policy every connection may send everything, unthrottled, and pays nothing for
+the checks.
 """
 
 from __future__ import annotations
@@ -23,13 +33,13 @@ import asyncio
 import logging
 import sys
 from collections import deque
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import cbor2
 import msgspec
 
-from ._constants import DEFAULT_MAX_FRAME_SIZE
-from ._errors import DispatchError, FrameError
+from ._constants import DEFAULT_MAX_FRAME_SIZE, Permission
+from ._errors import DispatchError, FrameError, PermissionDenied
 from ._frames import encode_frame
 from ._impl import Dispatcher, PluginFrame
 from ._stream import FrameReader, frame_message
@@ -42,12 +52,32 @@ REFUSAL_FRAME_TYPE = 0x54
 
 _log = logging.getLogger("nyxplug.serve")
 
+#: While a peer is over its rate, its connection asks for tokens again after this many
+#: seconds, doubling up to the maximum while none come (the bucket saves them up
+#: meanwhile, so the rate holds whatever the retry timing; only latency depends on it).
+_RATE_RETRY_MIN = 0.001
+_RATE_RETRY_MAX = 0.05
+
+
+# The shape of nyxplug.serving.policy's PeerPolicy / PeerAccess (structural: the engine
+# may not import the serving layer, and needs nothing more than these methods).
+class _PeerAccess(Protocol):
+    identity: str
+
+    def permissions(self, plugin_id: int) -> Permission: ...
+
+    def take(self, n: int) -> int: ...
+
+
+class _PeerPolicy(Protocol):
+    def admit(self, transport: asyncio.BaseTransport) -> _PeerAccess | None: ...
+
 
 class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
     """The ledger of a ``FrameService`` at the moment of the call.
 
     Every message read off a connection is in exactly one bucket: ``frames`` =
-    ``dispatched + refused + undecodable + waiting``.
+    ``dispatched + refused + undecodable + abandoned + waiting``.
     """
 
     #: Connections accepted since the service was created.
@@ -58,8 +88,11 @@ class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
     frames: int = 0
     #: Frames enqueued for a plugin (``Dispatcher.submit`` returned).
     dispatched: int = 0
-    #: Frames the dispatcher refused (a ``DispatchError``: not registered, full...).
+    #: Frames refused (a ``DispatchError``: not registered, full..., or not allowed to
+    #: the peer by the listener's policy).
     refused: int = 0
+    #: Of ``refused``: frames the peer's access did not allow (``PermissionDenied``).
+    denied: int = 0
     #: Messages that were not a decodable ``PluginFrame``.
     undecodable: int = 0
     #: Messages read but not yet handed to the dispatcher.
@@ -72,6 +105,13 @@ class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
     handler_errors: int = 0
     #: Answers not sent because the peer had gone.
     answers_lost: int = 0
+    #: Connections the policy refused when they were made (closed at once, no frames read).
+    refused_connections: int = 0
+    #: Frames that had to wait for the peer's rate limit (reading paused meanwhile).
+    throttled: int = 0
+    #: Frames read but never dispatched: their peer went away while they waited for its
+    #: rate limit.
+    abandoned: int = 0
 
 
 class FrameService:
@@ -79,6 +119,9 @@ class FrameService:
 
     ``max_pending`` bounds the frames one connection may have dispatched but not yet
     answered (their answers must go out in order); at the bound it stops reading.
+    ``policy`` admits connections and says what each peer may send, how fast (a
+    ``nyxplug.serving.policy.PeerPolicy``, e.g. ``nyxplug.serving.security.TlsPolicy``);
+    ``None`` lets every connection send everything.
     """
 
     def __init__(
@@ -87,8 +130,10 @@ class FrameService:
         *,
         max_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_pending: int = 1024,
+        policy: _PeerPolicy | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.policy = policy
         self.max_size = check_uint("max_size", max_size, 0xFFFFFFFF)
         self.max_pending = check_uint("max_pending", max_pending, 2**31)
         if self.max_pending < 1:
@@ -144,6 +189,7 @@ class FrameProtocol(asyncio.Protocol):
         self._seq = 0
         self._waiting = 0
         self._transport: asyncio.Transport | None = None
+        self._access: _PeerAccess | None = None
         self._pump: asyncio.Task[None] | None = None
         self._parked = False  # the pump waits: a full queue, or too many unanswered
         self._paused = False  # reading paused by us
@@ -151,6 +197,10 @@ class FrameProtocol(asyncio.Protocol):
         self._closing = False  # read nothing more; close once everything is answered
         self._lost = False
         self._room: asyncio.Future[None] | None = None
+        # The reply the oldest unanswered frame waits for: the one future per connection
+        # with a done-callback, so answers go out once per completed run of frames, not
+        # once per frame (a callback per future costs a loop turn each).
+        self._watched: asyncio.Future[bytes | None] | None = None
         self._closed: asyncio.Future[None] | None = None
 
     # -- what a test or an operator may look at ---------------------------------------
@@ -182,7 +232,23 @@ class FrameProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
+    @property
+    def peer(self) -> str | None:
+        """Who the policy says the peer is (``None`` without a policy, or before admission)."""
+        return None if self._access is None else self._access.identity
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        policy = self._service.policy
+        if policy is not None:
+            try:
+                self._access = policy.admit(transport)
+            except Exception:
+                _log.exception("the listener's policy failed on a new connection; refusing it")
+            if self._access is None:
+                self._counts["refused_connections"] += 1
+                self._closing = True
+                cast(asyncio.Transport, transport).abort()
+                return
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._service.connections.add(self)
@@ -212,7 +278,10 @@ class FrameProtocol(asyncio.Protocol):
                 self._end_stream(exc)
         self._closing = True
         self._finish()
-        return True  # keep the transport open to send the answers
+        # Keep the transport open to send the answers; TLS has no half-close in asyncio
+        # (the close_notify ends both directions), so there the answers still due are lost,
+        # counted in answers_lost.
+        return self._transport is None or self._transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -262,9 +331,17 @@ class FrameProtocol(asyncio.Protocol):
         """Dispatch the read messages in order; the one task per connection that waits."""
         counts = self._counts
         inbox = self._inbox
-        submit = self._service.dispatcher.submit
+        dispatcher = self._service.dispatcher
+        submit = dispatcher.submit
         max_size = self._service.max_size
         decode = self._service._frame_class.decode
+        access = self._access
+        budget = 0  # frames the peer's rate lets through before asking again
+        # Within one run of the pump (the frames read so far), what each frame type
+        # requires and what the peer may send to each plugin, as ints: the enum
+        # operations would cost more than the rest of the check.
+        required_of: dict[int, int] = {}
+        allowed_for: dict[int, int] = {}
         try:
             while inbox:
                 message = inbox.popleft()
@@ -272,6 +349,16 @@ class FrameProtocol(asyncio.Protocol):
                     self._refuse(self._seq, 0, message)
                     inbox.clear()
                     break
+                if access is not None:
+                    if not budget:
+                        budget = access.take(len(inbox) + 1)
+                        if not budget:
+                            budget = await self._wait_for_rate(access, len(inbox) + 1)
+                        if not budget:  # the peer went away while its frames waited
+                            counts["abandoned"] += 1 + sum(type(m) is bytes for m in inbox)
+                            inbox.clear()
+                            break
+                    budget -= 1
                 seq = self._seq
                 self._seq += 1
                 try:
@@ -281,6 +368,25 @@ class FrameProtocol(asyncio.Protocol):
                     self._refuse(seq, 0, exc)
                     continue
                 header = frame.header
+                if access is not None:
+                    frame_type = frame.frame_type
+                    required = required_of.get(frame_type)
+                    if required is None:
+                        routed = dispatcher.required_permission(frame_type)
+                        required = required_of[frame_type] = 0 if routed is None else routed.value
+                    plugin_id = header.id
+                    allowed = allowed_for.get(plugin_id)
+                    if allowed is None:
+                        allowed = allowed_for[plugin_id] = access.permissions(plugin_id).value
+                    if required and not allowed & required:
+                        counts["refused"] += 1
+                        counts["denied"] += 1
+                        info = dispatcher.registry.get(plugin_id)
+                        denied = PermissionDenied(
+                            plugin_id, frame_type, Permission(required), info, access.identity
+                        )
+                        self._refuse(seq, plugin_id, denied)
+                        continue
                 self._waiting = 1
                 self._parked = True
                 try:
@@ -300,7 +406,8 @@ class FrameProtocol(asyncio.Protocol):
                     self._waiting = 0
                 counts["dispatched"] += 1
                 self._answers.append((seq, int(frame.frame_type), header.id, header.flags, reply))
-                reply.add_done_callback(self._answered)
+                if self._watched is None:
+                    self._watch_head()
         except Exception:
             _log.exception("frame stream connection failed; closing it")
             if self._transport is not None:
@@ -314,6 +421,32 @@ class FrameProtocol(asyncio.Protocol):
             self._flush()
             self._finish()
 
+    async def _wait_for_rate(self, access: _PeerAccess, n: int) -> int:
+        """Pause reading until the peer's rate lets some of ``n`` frames through; how
+        many (0: the connection was lost meanwhile)."""
+        loop = asyncio.get_running_loop()
+        delay = _RATE_RETRY_MIN
+        self._waiting = 1  # the frame in hand, for the ledger
+        self._parked = True
+        try:
+            while not self._lost:
+                self._pause()
+                room = self._room = loop.create_future()
+                timer = loop.call_later(delay, _wake, room)
+                try:
+                    await room
+                finally:
+                    timer.cancel()
+                granted = access.take(n)
+                if granted:
+                    self._counts["throttled"] += granted
+                    return granted
+                delay = min(delay * 2, _RATE_RETRY_MAX)
+            return 0
+        finally:
+            self._parked = False
+            self._waiting = 0
+
     def _refuse(self, seq: int, plugin_id: int, exc: BaseException) -> None:
         self._answers.append(_refusal(seq, plugin_id, exc))
         self._flush()
@@ -321,8 +454,17 @@ class FrameProtocol(asyncio.Protocol):
     # -- answering, in seq order ------------------------------------------------------
 
     def _answered(self, reply: asyncio.Future[bytes | None]) -> None:
+        self._watched = None
         self._flush()
         self._finish()
+
+    def _watch_head(self) -> None:
+        """Be called back when the oldest unanswered frame's reply is done."""
+        answers = self._answers
+        if answers and self._watched is None and type(answers[0]) is not bytes:
+            reply = answers[0][4]
+            self._watched = reply
+            reply.add_done_callback(self._answered)
 
     def _flush(self) -> None:
         answers = self._answers
@@ -353,6 +495,7 @@ class FrameProtocol(asyncio.Protocol):
                 self._transport.write(b"".join(out))
             else:
                 counts["answers_lost"] += len(out)
+        self._watch_head()
         self._make_room()
 
     def _make_room(self) -> None:
@@ -369,6 +512,10 @@ class FrameProtocol(asyncio.Protocol):
         """Close once nothing is left to dispatch or answer, if the stream is ending."""
         if self._closing and self._pump is None and not self._answers and not self._inbox:
             if self._transport is not None and not self._transport.is_closing():
+                if self._paused:
+                    # TLS closes with a close_notify exchange: it must read the peer's.
+                    self._paused = False
+                    self._transport.resume_reading()
                 self._transport.close()
         self._check_closed()
 
@@ -377,6 +524,11 @@ class FrameProtocol(asyncio.Protocol):
             self._service.connections.discard(self)
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
+
+
+def _wake(room: asyncio.Future[None]) -> None:
+    if not room.done():
+        room.set_result(None)
 
 
 def _refusal(seq: int, plugin_id: int, exc: BaseException) -> bytes:

@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+#: pytest's own plugin for testing plugins: the testing kit is tested through it.
+pytest_plugins = ("pytester",)
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 for _path in (ROOT, TESTS):
@@ -113,6 +116,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def impl(request: pytest.FixtureRequest) -> Any:
     """The dispatcher module under test (``[cython]`` or ``[python]``)."""
     return import_impl(request.param)
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def nyx_host_options(impl: Any, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The testing kit's ``nyx_host`` runs nyxplug's own tests on both twins and loops."""
+    return {"dispatcher_factory": impl.Dispatcher, "loop": request.param}
 
 
 # -- running async tests on both loops ---------------------------------------------

@@ -29,6 +29,7 @@ from nyxplug import (
     WouldBlock,
     WrongThread,
 )
+from nyxplug._errors import AccessListError, TlsSetupError
 
 DISPATCH_ERRORS = [WouldBlock, PluginClosed, PluginNotRegistered, PluginNotLoaded,
                    PermissionDenied, SandboxViolation]  # fmt: skip
@@ -62,6 +63,13 @@ INSTANCES = {
         Permission.DATA_ACCESS,
         PluginInfo(7, "seven", source="plugins/seven/nyxplug.toml"),
     ),  # fmt: skip
+    "denied_peer": PermissionDenied(
+        7, FrameType.CONTROL, Permission.CONTROL, PluginInfo(7, "seven"), "ingest-1"
+    ),
+    "denied_peer_unnamed": PermissionDenied(8, FrameType.DATA, Permission.DATA_ACCESS, None, "x"),
+    "acl": AccessListError("acl.toml", "peers[0].rate", "Expected `float` > 0, got `0`"),
+    "acl_whole": AccessListError("acl.toml", "$", "Invalid TOML: oops"),
+    "tls_setup": TlsSetupError("client CA certificate", "ca.pem", "`No such file or directory`"),
     "sandbox": SandboxViolation(7, FrameType.CONTROL, "connect to evil.example:443"),
     "sandbox_nowhere": SandboxViolation(None, None, "open /etc/shadow for writing"),
     "sandbox_manifest": SandboxViolation(
@@ -171,6 +179,16 @@ def test_messages_exactly() -> None:
         "0x52 (DATA) - grant it in PluginInfo.permissions of 'seven'",
         "denied_manifest": "Plugin 'seven' (id 7) lacks permission DATA_ACCESS required by "
         "frame 0x52 (DATA) - grant it in [permissions] of plugins/seven/nyxplug.toml",
+        "denied_peer": "Peer 'ingest-1' may not send frame 0x53 (CONTROL) to plugin 'seven' "
+        "(id 7): its access lacks CONTROL - grant it in the peer's entry of the listener's "
+        "access list (nyxplug serve --acl)",
+        "denied_peer_unnamed": "Peer 'x' may not send frame 0x52 (DATA) to plugin 8: its "
+        "access lacks DATA_ACCESS - grant it in the peer's entry of the listener's access "
+        "list (nyxplug serve --acl)",
+        "acl": "Invalid access list acl.toml: Expected `float` > 0, got `0` - at `peers[0].rate`",
+        "acl_whole": "Invalid access list acl.toml: Invalid TOML: oops",
+        "tls_setup": "Expected a PEM client CA certificate file, got `No such file or "
+        "directory` - in ca.pem; check the path and that the file holds what its option names",
         "sandbox": "Sandbox refused connect to evil.example:443 - frame 0x53 (CONTROL) for "
         "plugin 7; allow it in the plugin's SandboxPolicy",
         "sandbox_nowhere": "Sandbox refused open /etc/shadow for writing; allow it in the "

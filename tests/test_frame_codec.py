@@ -19,7 +19,6 @@ import pytest
 from conftest import available_impls
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from hypothesis_helpers import mutations
 
 from benchmarks import fuzz_frames
 from nyxplug import (
@@ -30,6 +29,7 @@ from nyxplug import (
     FrameType,
     HeaderDecodeError,
 )
+from nyxplug.testing import strategies as nyx_st
 
 H = {"id": 1, "flags": 0, "data": b""}
 
@@ -430,8 +430,8 @@ valid_frames = st.builds(
 )  # fmt: skip
 hostile_bytes = st.one_of(
     st.binary(max_size=80),
-    valid_frames.flatmap(mutations),
-    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(mutations),
+    valid_frames.flatmap(nyx_st.mutations),
+    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(nyx_st.mutations),
 )
 
 

@@ -16,10 +16,10 @@ import pytest
 from conftest import available_impls
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from hypothesis_helpers import mutations
 from nyx_helpers import DATA, info
 
 from nyxplug import FrameTooLarge, HeaderDecodeError
+from nyxplug.testing import strategies as nyx_st
 
 V = cbor2.dumps({"id": 1, "flags": 0, "data": b"\x01\x02\x03\x04"})  # the SPEC example
 MAP_HEAD = b"\xa3\x62id\x01\x65flags\x00\x64data"
@@ -504,32 +504,12 @@ def check_outcome(impl: Any, buf: bytes, max_size: int = 4096) -> tuple[Any, ...
     return ("ok", header.id, header.flags, header.data)
 
 
-valid_shapes = st.one_of(
-    st.builds(lambda i, f, d: cbor2.dumps({"id": i, "flags": f, "data": d}), ids, flags, datas),
-    st.builds(lambda i, f, d: cbor2.dumps([i, f, d]), ids, flags, st.binary(max_size=20)),
-    st.builds(
-        lambda i, f, d, extra: cbor2.dumps({"id": i, **extra, "flags": f, "data": d}),
-        ids,
-        flags,
-        st.binary(max_size=8),
-        st.dictionaries(
-            st.text(max_size=4).filter(lambda k: k not in ("id", "flags", "data")),
-            st.one_of(
-                st.integers(-(2**64), 2**64 - 1),
-                st.text(max_size=4),
-                st.binary(max_size=4),
-                st.none(),
-                st.booleans(),
-                st.floats(allow_nan=False),
-            ),
-            max_size=3,
-        ),
-    ),  # fmt: skip
-)
+# Every shape the decoder accepts: map keys in any order, extra scalar keys, the array.
+valid_shapes = nyx_st.header_bytes(max_data=300)
 hostile_bytes = st.one_of(
     st.binary(max_size=64),
-    valid_shapes.flatmap(mutations),
-    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(mutations),
+    valid_shapes.flatmap(nyx_st.mutations),
+    st.sampled_from([buf for buf, _ in HOSTILE.values()]).flatmap(nyx_st.mutations),
 )
 
 

@@ -17,6 +17,7 @@ from plugin_helpers import RECORDER, manifest_text, write_plugin
 
 from nyxplug import (
     FrameType,
+    HandlerError,
     Permission,
     PermissionDenied,
     PluginClosed,
@@ -35,6 +36,7 @@ from nyxplug.plugins import (
     PluginStateError,
     plugin,
 )
+from nyxplug.testing import NyxHost
 
 DATA = FrameType.DATA
 EVENT_TIMEOUT = 5.0
@@ -284,30 +286,26 @@ async def test_a_plugin_that_cannot_load_fails_with_the_step_and_the_host_runs_o
     await manager.aclose()
 
 
-async def test_a_raising_handler_is_counted_and_logged_and_the_next_frame_follows(
-    impl: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_raising_handler_is_counted_and_logged_and_the_next_frame_follows(
+    nyx_host: NyxHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     code = RECORDER.replace(
         "        self.seen.append(message.payload)",
         "        self.seen.append(message.payload)\n"
         "        if message.payload == b'boom':\n"
-        "            self.arrived.set()\n"
         "            raise RuntimeError('handler bug')",
     )
-    write_plugin(tmp_path, "flaky", 41, code)
-    async with manager_for(impl, tmp_path) as manager:
-        instance = manager.instance("flaky")
-        with caplog.at_level(logging.ERROR, logger="nyxplug"):
-            await send(manager, 41, b"boom")
-            await send(manager, 41, b"after")
-            await manager.dispatcher.wait_idle(41)
-        assert instance.seen == [b"boom", b"after"]
-        stats = manager.stats("flaky")
-        assert stats is not None and (stats.messages_processed, stats.errors) == (2, 1)
-        assert (
-            "Handler of plugin 'flaky' (id 41) raised" in caplog.text
-            and "handler bug" in caplog.text
-        )
+    flaky = nyx_host.load(write_plugin(tmp_path, "flaky", 41, code))
+    with caplog.at_level(logging.ERROR, logger="nyxplug"):
+        with pytest.raises(HandlerError) as excinfo:
+            flaky.send(b"boom")
+        assert isinstance(excinfo.value.__cause__, RuntimeError)
+        flaky.send(b"after")
+    assert flaky.instance.seen == [b"boom", b"after"]
+    assert (flaky.stats.messages_processed, flaky.stats.errors) == (2, 1)
+    assert (
+        "Handler of plugin 'flaky' (id 41) raised" in caplog.text and "handler bug" in caplog.text
+    )
 
 
 async def test_a_hanging_handler_is_cancelled_at_its_timeout_and_counted(

@@ -160,6 +160,42 @@ async def test_replies_and_refusals_come_back_in_seq_order(impl) -> None:
     await d.aclose()
 
 
+async def test_a_later_frame_answered_first_still_waits_for_its_turn(impl) -> None:
+    """Answers leave in seq order even when another plugin finishes a later frame first."""
+    d = impl.Dispatcher()
+    gate = Gate()
+    fast_done = asyncio.Event()
+
+    def fast(message: Any) -> bytes:
+        fast_done.set()
+        return b"second"
+
+    async def slow(message: Any) -> bytes:
+        await gate(message)
+        return b"first"
+
+    await d.load_plugin(info(1), slow)
+    await d.load_plugin(info(2), fast)
+    served, port = await serve(d)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(nyx_frame(DATA, 1, b"first") + nyx_frame(DATA, 2, b"x"))
+    await asyncio.wait_for(gate.entered(), 5)
+    await asyncio.wait_for(fast_done.wait(), 5)
+    await asyncio.wait_for(d.wait_idle(2), 5)  # frame 1's reply is done, frame 0's is not
+    assert len(served.protocols[0]._answers) == 2
+    gate.release()
+    writer.write_eof()
+    first = await read_answer(reader)
+    assert first is not None and first["header"]["data"] == (0).to_bytes(8, "big")
+    assert first["payload"] == b"first"
+    second = await read_answer(reader)
+    assert second is not None and second["header"]["data"] == (1).to_bytes(8, "big")
+    assert second["payload"] == b"second"
+    writer.close()
+    await served.close()
+    await d.aclose()
+
+
 @pytest.mark.parametrize(
     ("length", "error", "message"),
     [
@@ -371,9 +407,9 @@ def test_plaintext_off_loopback_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert re.match(
         r"^nyxplug serve: --listen 0\.0\.0\.0:0: 0\.0\.0\.0 is not a loopback address and "
-        r"frames would cross the network in plaintext \(TLS is a later step\) - listen on "
-        r"127\.0\.0\.1, ::1 or a --unix socket, or pass --allow-remote-plaintext on a "
-        r"trusted network\n$",
+        r"frames would cross the network in plaintext - give --tls-cert and --tls-key, "
+        r"listen on 127\.0\.0\.1, ::1 or a --unix socket, or pass --allow-remote-plaintext "
+        r"on a trusted network\n$",
         done.stderr,
     )
 

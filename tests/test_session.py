@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis_helpers import mutations
 from nyx_helpers import DATA, HANDSHAKE, Gate, info
 from plugin_helpers import write_plugin
 
@@ -48,6 +47,7 @@ from nyxplug.serving.wire import (
     decode,
     encode,
 )
+from nyxplug.testing.strategies import mutations
 
 OK = DispatchStatus.OK
 
@@ -312,8 +312,9 @@ async def test_the_access_policy_refuses_peers_and_permissions(impl) -> None:
     await d.load_plugin(info(9), echo)
     served, port = await serve(d, policy=Policy())
     client = await RemoteDispatcher.connect(("127.0.0.1", port), codec=impl)
-    assert client.plugins() == {7: Permission.DATA_ACCESS.value}
+    assert client.plugins() == {7: Permission.DATA_ACCESS.value, 9: 0}
     header = impl.PluginHeader(7)
+    client.dispatch_nowait(DATA, impl.PluginHeader(9), b"to a plugin this peer may not use")
     for _ in range(5):
         client.dispatch_nowait(DATA, header, b"x")
     client.dispatch_nowait(HANDSHAKE, header, b"x")
@@ -321,7 +322,7 @@ async def test_the_access_policy_refuses_peers_and_permissions(impl) -> None:
         await client.request(HANDSHAKE, header, b"x")
     await client.wait_acknowledged()
     stats = client.statistics()
-    assert stats.count(OK) == 5 and stats.count(DispatchStatus.PERMISSION_DENIED) == 2
+    assert stats.count(OK) == 5 and stats.count(DispatchStatus.PERMISSION_DENIED) == 3
     assert max(access.asked) <= 5
     with pytest.raises(SessionClosed, match=r"\(refused\)"):
         await RemoteDispatcher.connect(("127.0.0.1", port), codec=impl)
@@ -743,4 +744,66 @@ async def test_killing_a_client_process_mid_stream_keeps_the_server_ledger(impl)
     check_server_ledger(stats)
     await d.wait_idle()
     assert len(gate.finished) == stats.count(OK)  # every frame decided OK was handled
+    await d.aclose()
+
+
+async def test_mutual_tls_and_an_access_list_guard_a_session(impl, tmp_path: Path) -> None:
+    """No client certificate: no handshake. A certificate the access list does not name:
+    every frame PermissionDenied, counted on both sides. A named one: its grants."""
+    import ssl
+
+    from tls_helpers import Pki
+
+    from nyxplug.serving.security import (
+        AccessList,
+        TlsPolicy,
+        client_tls_context,
+        server_tls_context,
+    )
+
+    pki = Pki(tmp_path / "pki")
+    server_cert = pki.server()
+    acl_file = tmp_path / "acl.toml"
+    acl_file.write_text('[[peers]]\ncn = "ingest"\nplugins = { "7" = ["DATA_ACCESS"] }\n')
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), echo)
+    policy = TlsPolicy(AccessList.load(acl_file), registry=d.registry)
+    service = SessionService(d, policy=policy)
+    context = server_tls_context(server_cert.cert, server_cert.key, client_ca=pki.ca)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(service.protocol, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    header = impl.PluginHeader(7)
+
+    def tls(cn: str | None) -> ssl.SSLContext:
+        if cn is None:
+            return client_tls_context(pki.ca)
+        issued = pki.client(cn)
+        return client_tls_context(pki.ca, cert=issued.cert, key=issued.key)
+
+    with pytest.raises((ssl.SSLError, ConnectionError, SessionClosed)):
+        await RemoteDispatcher.connect(
+            ("127.0.0.1", port), ssl=tls(None), server_hostname="localhost", codec=impl
+        )
+    async with await RemoteDispatcher.connect(
+        ("127.0.0.1", port), ssl=tls("stranger"), server_hostname="localhost", codec=impl
+    ) as stranger:
+        assert stranger.plugins() == {7: 0}
+        for _ in range(10):
+            await stranger.dispatch(DATA, header, b"x")
+        with pytest.raises(nyxplug.PermissionDenied):
+            await stranger.request(DATA, header, b"x")
+        await stranger.wait_acknowledged()
+        refused = stranger.statistics()
+        assert refused.count(DispatchStatus.PERMISSION_DENIED) == 11 == refused.sent
+    async with await RemoteDispatcher.connect(
+        ("127.0.0.1", port), ssl=tls("ingest"), server_hostname="localhost", codec=impl
+    ) as ingest:
+        assert ingest.plugins() == {7: Permission.DATA_ACCESS.value}
+        assert await ingest.request(DATA, header, b"ok") == b"OK"
+    server.close()
+    await service.drain(timeout=10)
+    stats = service.stats()
+    assert stats.count(DispatchStatus.PERMISSION_DENIED) == 11 and stats.count(OK) == 1
+    check_server_ledger(stats)
     await d.aclose()

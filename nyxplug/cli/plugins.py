@@ -82,11 +82,12 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
     new = commands.add_parser(
         "new",
         parents=[host],
-        help="create a plugin folder: manifest, plugin class and a test",
+        help="create a plugin folder: manifest, plugin class, tests and a benchmark",
         description=(
-            "Create PARENT/NAME/ with a commented nyxplug.toml, NAME_plugin.py (a Plugin "
-            "subclass that counts frames) and test_NAME_plugin.py (a pytest test that loads "
-            "the folder and sends it a frame)."
+            "Create PARENT/NAME/ with a commented nyxplug.toml and NAME_plugin.py (a Plugin "
+            "subclass of the handler kind asked for), and tests/test_NAME.py: pytest tests "
+            "that load the folder in a real host with nyxplug's testing kit (nyx_host) and "
+            "a benchmark of its throughput (nyx_bench)."
         ),
     )
     new.add_argument("name", type=_plugin_name, metavar="NAME", help="the plugin's name")
@@ -95,6 +96,13 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
         dest="parent",
         metavar="PARENT",
         help="create the folder in PARENT (default: the current directory)",
+    )
+    new.add_argument(
+        "--kind",
+        choices=templates_kinds(),
+        default="async",
+        help="the handler: async (the default), sync, batch (handle_batch), stateful "
+        "(export/import/migrate_state across reloads) or isolated (a child process)",
     )
     new.add_argument(
         "--id",
@@ -267,7 +275,9 @@ def default_plugin_id(name: str) -> int:
 def _new(args: argparse.Namespace) -> int:
     parent = Path(args.parent) if args.parent else Path.cwd()
     plugin_id = args.plugin_id if args.plugin_id is not None else default_plugin_id(args.name)
-    folder, files = scaffold(args.name, parent, plugin_id=plugin_id, tests=Path.cwd() / "tests")
+    folder, files = scaffold(
+        args.name, parent, plugin_id=plugin_id, tests=Path.cwd() / "tests", kind=args.kind
+    )
     shown = relative_path(folder)
     print(f"Created plugin {args.name!r} (id {plugin_id}) in {shown}{os.sep}")
     for file, what in files:
@@ -281,8 +291,15 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
+def templates_kinds() -> tuple[str, ...]:
+    """The handler kinds ``nyxplug new --kind`` offers."""
+    from .. import templates
+
+    return templates.KINDS
+
+
 def scaffold(
-    name: str, parent: Path, *, plugin_id: int, tests: Path
+    name: str, parent: Path, *, plugin_id: int, tests: Path, kind: str = "async"
 ) -> tuple[Path, list[tuple[str, str]]]:
     """Write the ``nyxplug new`` skeleton to ``parent/name`` and its test into ``tests``.
 
@@ -308,14 +325,21 @@ def scaffold(
     except OSError as exc:
         raise Problem(f"cannot create {relative_path(folder)}: {exc.strerror}") from None
     plugin_dir = Path(os.path.relpath(parent.resolve(), tests.resolve())).as_posix()
+    isolation = "process" if kind == "isolated" else "in-process"
     values = {
         "name": name, "id": plugin_id, "module": module, "class_name": class_name,
         "plugin_dir": plugin_dir, "test_path": relative_path(test),
+        "description": templates.DESCRIPTIONS[kind], "isolation": isolation,
+        "isolation_pad": " " * max(1, 34 - len(f'isolation = "{isolation}"')),
     }  # fmt: skip
     files = [
         (folder / "nyxplug.toml", "the manifest", templates.MANIFEST),
-        (folder / f"{module}.py", f"the plugin class {class_name}", templates.PLUGIN),
-        (test, "its test: a real host loads it, sends frames, checks stats", templates.TEST),
+        (
+            folder / f"{module}.py",
+            f"the plugin class {class_name} ({kind})",
+            templates.PLUGINS[kind],
+        ),
+        (test, "its tests (nyx_host) and a benchmark (nyx_bench)", templates.TESTS[kind]),
     ]
     for path, _, template in files:
         path.write_text(template.format(**values), encoding="utf-8")
@@ -435,11 +459,27 @@ def _list(args: argparse.Namespace) -> int:
     manager = _host.plugin_manager(config)
     manager.discover()
     where = ", ".join(str(d) for d in manager.plugin_dirs) or "no plugin directories"
+    missing = [d for d in manager.plugin_dirs if not d.is_dir()]
+    errors = [e for e in manager.discovery_errors if e not in _missing_dir_errors(missing)]
     _print_catalog(
-        args, manager.catalog(state=args.state, tag=args.tag), manager.discovery_errors,
+        args, manager.catalog(state=args.state, tag=args.tag), errors,
         f"(searched {where})", live=False,
     )  # fmt: skip
+    if missing:
+        # Not an error: a new folder has no plugins yet. Say where they would go and how.
+        for folder in missing:
+            shown = relative_path(folder)
+            print(
+                f"Plugin folder {shown} does not exist yet: create a plugin in it with "
+                f"`nyxplug new NAME --dir {shown}`, or name another folder with "
+                "--plugin-dir DIR (or runtime.plugin_dirs in nyxplug.host.toml)."
+            )
     return 0
+
+
+def _missing_dir_errors(missing: Sequence[Path]) -> set[str]:
+    """The discovery errors that only say a plugin folder is absent (reported apart)."""
+    return {f"Plugin directory {folder} does not exist" for folder in missing}
 
 
 def _print_catalog(

@@ -205,7 +205,8 @@ class RemoteDispatcher:
             try:
                 await asyncio.shield(self._welcome)
             except BaseException:
-                self._transport.abort()
+                if self._transport is not None:  # None: the server already closed it
+                    self._transport.abort()
                 raise
         return self
 

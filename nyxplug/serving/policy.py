@@ -1,71 +1,65 @@
-"""Who may send what: the per-peer access hook of the session server.
+"""The per-peer hook of a listener: admit a connection, then say what its peer may send.
 
-When a connection's HELLO arrives, the server asks its policy ``admit(transport)``: ``None``
-refuses the peer (ERROR ``refused``, then close); a ``PeerAccess`` says, per plugin, which
-permissions the peer's frames may use (frames needing more are refused as
-``PERMISSION_DENIED`` and counted, exactly as the dispatcher refuses a plugin's own missing
-permission) and how many frames may pass now (a frames/s token bucket on top of credits).
-
-``nyxplug.serving.security`` builds TLS, mutual-TLS ACL and rate-limit policies on this
-interface; the default, ``ALLOW_EVERYTHING``, is what a loopback or Unix-socket listener
-without a policy uses.
+A listener calls ``policy.admit(transport)`` once per connection, after the TLS handshake.
+``None`` refuses the connection (the listener counts it); otherwise the ``PeerAccess`` it
+returns answers, for every frame, which frame types the peer may send to a plugin
+(``permissions``: the same ``Permission`` flags the dispatcher checks) and, per batch, how
+many frames its rate allows now (``take``). ``OPEN_POLICY`` admits everyone to
+everything, unthrottled: the default of a listener given no policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, runtime_checkable
+import functools
+import operator
+from typing import Protocol
 
 from .._constants import Permission
 
-__all__ = ("ALLOW_EVERYTHING", "AccessPolicy", "AllowEverything", "PeerAccess")
-
-#: Every permission bit: a peer holding it for a plugin is not filtered at all.
-ALL_PERMISSIONS = Permission(sum(p.value for p in Permission))
+__all__ = ("OPEN_POLICY", "PeerAccess", "PeerPolicy")
 
 
-@runtime_checkable
 class PeerAccess(Protocol):
-    """What one admitted peer may do (asked by its connection, on the event loop)."""
+    #: Who the peer is, for messages and counters: a certificate's subject CN, "loopback"...
+    identity: str
 
     def permissions(self, plugin_id: int) -> Permission:
-        """The permissions this peer's frames to ``plugin_id`` may use (``Permission(0)``:
-        none; the plugin is then not offered in WELCOME)."""
+        """The frame types (as the permissions they require) this peer may send to that plugin."""
         ...
 
     def take(self, n: int) -> int:
-        """How many of ``n`` frames may pass now (``n`` when unlimited). The connection
-        dispatches that many, stops reading and asks again for the rest a moment later."""
+        """How many of ``n`` frames may pass now (a token bucket); the rest wait."""
         ...
 
 
-@runtime_checkable
-class AccessPolicy(Protocol):
-    """Decides, per connection, whether the peer is admitted and with what access."""
-
+class PeerPolicy(Protocol):
     def admit(self, transport: asyncio.BaseTransport) -> PeerAccess | None:
-        """The peer's access, or ``None`` to refuse it (``transport.get_extra_info`` has
-        its address and, over TLS, its certificate)."""
+        """The access of a new connection's peer; ``None`` refuses the connection (counted)."""
         ...
 
 
-class AllowEverything:
-    """The default policy and access: every peer, every plugin, every permission, no rate
-    limit. Fit for loopback and Unix sockets, where the peer is already trusted."""
+_EVERYTHING = functools.reduce(operator.or_, Permission)
 
-    __slots__ = ()
 
-    def admit(self, transport: asyncio.BaseTransport) -> PeerAccess | None:
-        return self
+class _OpenAccess:
+    def __init__(self) -> None:
+        self.identity = "open"
 
     def permissions(self, plugin_id: int) -> Permission:
-        return ALL_PERMISSIONS
+        return _EVERYTHING
 
     def take(self, n: int) -> int:
         return n
 
-    def __repr__(self) -> str:
-        return "ALLOW_EVERYTHING"
+
+class _OpenPolicy:
+    def __init__(self) -> None:
+        self._access = _OpenAccess()
+
+    def admit(self, transport: asyncio.BaseTransport) -> PeerAccess | None:
+        return self._access
 
 
-ALLOW_EVERYTHING = AllowEverything()
+#: Every connection admitted, every frame type to every plugin, no rate limit.
+OPEN_POLICY: PeerPolicy = _OpenPolicy()

@@ -25,11 +25,11 @@ from typing import Any, cast
 
 import msgspec
 
-from .._constants import DispatchStatus
+from .._constants import DispatchStatus, Permission
 from .._errors import DispatchError, HandlerError, SessionViolation
 from .._impl import Dispatcher
 from .._validate import check_uint
-from .policy import ALL_PERMISSIONS, ALLOW_EVERYTHING, AccessPolicy, PeerAccess
+from .policy import OPEN_POLICY, PeerAccess, PeerPolicy
 from .wire import (
     ALPN,
     CLIENT_KINDS,
@@ -73,6 +73,8 @@ CREDIT_DELAY = 0.001
 RATE_RETRY = 0.005
 
 _HELLO, _OPEN, _DRAINING, _CLOSED = range(4)
+#: Every permission bit: a peer holding them all for a plugin is not filtered at all.
+_ALL_PERMISSIONS = sum(p.value for p in Permission)
 
 
 class SessionStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,14 +138,15 @@ class SessionService:
     ``credit`` is the initial credit per plugin and connection: the most frames a peer
     may have sent to one plugin and not yet seen granted back. ``max_message`` caps one
     message (a BATCH's bytes), ``max_batch`` its frames. ``policy`` admits peers and
-    restricts them (``nyxplug.serving.policy``); the default admits everyone.
+    restricts them (a ``nyxplug.serving.policy.PeerPolicy``, e.g.
+    ``nyxplug.serving.security.TlsPolicy``); ``None`` admits everyone to everything.
     """
 
     def __init__(
         self,
         dispatcher: Dispatcher,
         *,
-        policy: AccessPolicy = ALLOW_EVERYTHING,
+        policy: PeerPolicy | None = None,
         credit: int = 4096,
         max_message: int = 4 << 20,
         max_batch: int = 4096,
@@ -151,7 +154,7 @@ class SessionService:
         name: str = "nyxplug",
     ) -> None:
         self.dispatcher = dispatcher
-        self.policy = policy
+        self.policy: PeerPolicy = OPEN_POLICY if policy is None else policy
         self.credit = check_uint("credit", credit, 2**31)
         self.max_message = check_uint("max_message", max_message, 0xFFFFFFFF)
         self.max_batch = check_uint("max_batch", max_batch, 0xFFFFFFFF)
@@ -233,8 +236,7 @@ class SessionProtocol(asyncio.Protocol):
         self._reader = SessionReader(CLIENT_KINDS, service.max_message)
         self._transport: asyncio.Transport | None = None
         self._state = _HELLO
-        self._access: PeerAccess = ALLOW_EVERYTHING
-        self._limited = False
+        self._access: PeerAccess | None = None
         self._credit: dict[int, int] = {}
         self._masks: dict[int, int] = {}
         self._grants: dict[int, int] = {}
@@ -404,19 +406,23 @@ class SessionProtocol(asyncio.Protocol):
                 f"{hello.protocol[:64]!r} version {hello.version}",
             )
         assert self._transport is not None
-        access = self._service.policy.admit(self._transport)
+        try:
+            access = self._service.policy.admit(self._transport)
+        except Exception:
+            _log.exception("the access policy failed on a session peer; refusing it")
+            access = None
         if access is None:
             self._counts["refused_peers"] += 1
             raise SessionViolation("refused", "the server's access policy does not admit this peer")
         self._access = access
-        self._limited = access is not ALLOW_EVERYTHING
         credit = self._service.credit
         plugins = []
         registry = self._dispatcher.registry
         for plugin_id in self._dispatcher.loaded_plugins():
+            # Offered even with no permission: the peer's frames are then refused
+            # PERMISSION_DENIED and counted on both sides (as the interop listener does),
+            # instead of vanishing on the client as "not registered".
             mask = access.permissions(plugin_id).value
-            if not mask:
-                continue
             self._credit[plugin_id] = credit
             self._masks[plugin_id] = mask
             registered = registry.get(plugin_id)
@@ -503,9 +509,11 @@ class SessionProtocol(asyncio.Protocol):
         counts["frames"] += n
         per = self._take_credit(messages, f"BATCH {seq}")
         batch_counts = self._batch_counts
-        if any(self._masks[plugin_id] != ALL_PERMISSIONS.value for plugin_id in per):
+        if any(self._masks[plugin_id] != _ALL_PERMISSIONS for plugin_id in per):
             messages = self._denied(messages, batch_counts)
-        if not self._limited:
+        assert self._access is not None
+        allowed = self._access.take(len(messages)) if messages else 0
+        if allowed >= len(messages):
             result = self._try_many(messages)
             if not result.blocked:
                 if result.dispatched == result.consumed:
@@ -517,22 +525,21 @@ class SessionProtocol(asyncio.Protocol):
                 self._done_seq = seq + 1
                 self._ack_due = True
                 return None
-            for status in result.statuses[: result.consumed]:
-                batch_counts[status] += 1
-            start = result.consumed
-        else:
-            start = 0
-        self._in_flight = len(messages) - start
-        return self._finish_batch(seq, messages, start, per)
+        else:  # the rate limit lets part of it through now
+            result = self._try_many(messages[: max(allowed, 0)])
+        for status in result.statuses[: result.consumed]:
+            batch_counts[status] += 1
+        self._in_flight = len(messages) - result.consumed
+        return self._finish_batch(seq, messages, result.consumed, per, result.blocked)
 
     async def _finish_batch(
-        self, seq: int, messages: list[Any], start: int, per: dict[int, int]
+        self, seq: int, messages: list[Any], start: int, per: dict[int, int], blocked: bool
     ) -> None:
-        """The rest of a batch, from the frame that met a full queue (or a rate limit)."""
+        """The rest of a batch, from the frame that met a full queue (``blocked``) or the
+        peer's rate limit."""
         counts = self._batch_counts
         end = len(messages)
         index = start
-        blocked = not self._limited
         while index < end:
             if blocked:
                 msg = messages[index]
@@ -559,8 +566,7 @@ class SessionProtocol(asyncio.Protocol):
 
     async def _take(self, n: int) -> int:
         """How many of ``n`` frames the peer's rate limit lets through, waiting for one."""
-        if not self._limited:
-            return n
+        assert self._access is not None
         while True:
             allowed = self._access.take(n)
             if allowed > 0:
@@ -578,7 +584,7 @@ class SessionProtocol(asyncio.Protocol):
         per = self._take_credit(messages, f"REQUEST {request_id}")
         msg = messages[0]
         plugin_id = msg.header.id
-        if self._masks[plugin_id] != ALL_PERMISSIONS.value and not self._denied(
+        if self._masks[plugin_id] != _ALL_PERMISSIONS and not self._denied(
             messages, self._request_counts
         ):
             self._grant(per)
@@ -587,7 +593,8 @@ class SessionProtocol(asyncio.Protocol):
                         f"{plugin_id} - the server's access policy does not grant its "
                         "permission")  # fmt: skip
             return None
-        if not self._limited:
+        assert self._access is not None
+        if self._access.take(1) >= 1:
             # The common case: the queue has room, so ``submit`` finishes without waiting;
             # run it to its first suspension here (as 3.12's eager tasks would) instead of
             # paying a task and a loop iteration per request.
