@@ -94,6 +94,15 @@ from ._errors import (
     SandboxViolation as SandboxViolation,
 )
 from ._errors import (
+    SessionClosed as SessionClosed,
+)
+from ._errors import (
+    SessionError as SessionError,
+)
+from ._errors import (
+    SessionViolation as SessionViolation,
+)
+from ._errors import (
     UnknownFrameType as UnknownFrameType,
 )
 from ._errors import (
@@ -171,9 +180,14 @@ __all__ = (
     "PluginNotRegistered",
     "PluginRegistry",
     "PluginStats",
+    "RemoteDispatcher",
     "ReplyTimeout",
     "RequestDropped",
     "SandboxViolation",
+    "SessionClosed",
+    "SessionError",
+    "SessionService",
+    "SessionViolation",
     "StreamStats",
     "UnknownFrameType",
     "WouldBlock",
@@ -186,9 +200,18 @@ if _typing.TYPE_CHECKING:
     from ._serve import FrameProtocol as FrameProtocol
     from ._serve import FrameService as FrameService
     from ._serve import StreamStats as StreamStats
+    from .serving import RemoteDispatcher as RemoteDispatcher
+    from .serving import SessionService as SessionService
 
-# Serving frames over a socket (and cbor2, which its refusals use) loads on first use,
-# so `import nyxplug` stays as small as the dispatcher itself.
+# Serving frames over a socket (and cbor2, which its refusals use) and the session
+# protocol load on first use, so `import nyxplug` stays as small as the dispatcher itself.
 __getattr__, __dir__ = _lazy_exports(
-    __name__, {"FrameProtocol": "_serve", "FrameService": "_serve", "StreamStats": "_serve"}
+    __name__,
+    {
+        "FrameProtocol": "_serve",
+        "FrameService": "_serve",
+        "StreamStats": "_serve",
+        "RemoteDispatcher": "serving",
+        "SessionService": "serving",
+    },
 )

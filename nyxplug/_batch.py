@@ -81,21 +81,24 @@ class BatchResult:
         )
 
 
-def frame_list(frames: Iterable[Any], frame_cls: type, header_cls: type) -> list[Any]:
-    """``frames`` as a list of ``frame_cls``, checked before any frame is dispatched.
+def frame_list(
+    frames: Iterable[Any], frame_cls: type, header_cls: type, message_cls: type
+) -> list[Any]:
+    """``frames`` as a list of ``frame_cls`` or ``message_cls`` items (what ``decode_batch``
+    returns), checked before any frame is dispatched.
 
-    The other twin's frames are rebuilt as this twin's; anything else is a TypeError
-    naming its index, raised before the batch changes anything.
+    The other twin's frames and messages are rebuilt as this twin's frames; anything else
+    is a TypeError naming its index, raised before the batch changes anything.
     """
     items = frames if type(frames) is list else list(frames)
     converted: list[Any] | None = None
     for index, item in enumerate(items):
-        if type(item) is frame_cls:
+        if type(item) is frame_cls or type(item) is message_cls:
             if converted is not None:
                 converted.append(item)
             continue
         kind = type(item)
-        if kind.__name__ != "PluginFrame" or kind.__module__ not in _TWINS:
+        if kind.__name__ not in ("PluginFrame", "PluginMessage") or kind.__module__ not in _TWINS:
             raise TypeError(f"Expected `frames[{index}]` to be a PluginFrame, got {kind.__name__}")
         if converted is None:
             converted = items[:index]

@@ -444,6 +444,21 @@ cdef class PluginHeader:
         return (PluginHeader, (self.id, self.flags, self.data))
 
 
+cdef list _TYPE_OBJECTS = [frame_type_object(code) for code in range(256)]
+
+
+cdef inline object _frame_type_of(object frame_type):
+    """``frame_type_object(check_uint("frame_type", frame_type, 255))``, in C for an int or
+    ``FrameType`` in range (the shared check raises the twin's error for the rest)."""
+    cdef int overflow = 0
+    cdef long long code
+    if isinstance(frame_type, int) and not isinstance(frame_type, bool):
+        code = PyLong_AsLongLongAndOverflow(frame_type, &overflow)
+        if overflow == 0 and 0 <= code <= 255:
+            return _TYPE_OBJECTS[code]
+    return frame_type_object(check_uint("frame_type", frame_type, 255))
+
+
 @cython.final
 @cython.no_gc
 @cython.freelist(1024)
@@ -458,9 +473,9 @@ cdef class PluginMessage:
     def __init__(self, frame_type, header, payload=b""):
         if not isinstance(header, PluginHeader):
             raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
-        self.frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
+        self.frame_type = _frame_type_of(frame_type)
         self.header = <PluginHeader>header
-        self.payload = as_bytes("payload", payload)
+        self.payload = <bytes>payload if type(payload) is bytes else as_bytes("payload", payload)
         self.size = self.header._size + PyBytes_GET_SIZE(self.payload)
 
     @property
@@ -559,9 +574,9 @@ cdef class PluginFrame:
     def __init__(self, frame_type, header, payload=b""):
         if not isinstance(header, PluginHeader):
             raise TypeError(f"Expected `header` to be a PluginHeader, got {type(header).__name__}")
-        self.frame_type = frame_type_object(check_uint("frame_type", frame_type, 255))
+        self.frame_type = _frame_type_of(frame_type)
         self.header = <PluginHeader>header
-        self.payload = as_bytes("payload", payload)
+        self.payload = <bytes>payload if type(payload) is bytes else as_bytes("payload", payload)
 
     def encode(self):
         """Byte-for-byte ``cbor2.dumps`` of the frame's map (Nyx's own layout)."""
@@ -681,7 +696,8 @@ cdef inline uint64_t _get_le(const unsigned char* p, int width) noexcept:
 def encode_batch(kind, seq, messages):
     """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
     u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
-    per frame (little-endian; the header in its canonical encoding)."""
+    per frame (little-endian; the header in its canonical encoding). ``messages`` holds
+    ``PluginMessage`` or ``PluginFrame`` items."""
     if not _small_uint(kind, 255):
         kind = check_uint("kind", kind, 255)
     if not _small_uint(seq, LLONG_MAX):
@@ -692,15 +708,21 @@ def encode_batch(kind, seq, messages):
                              else check_list("messages", messages))
     cdef Py_ssize_t total = 17, count = len(items)
     cdef Py_ssize_t pos = 17, size
-    cdef PluginMessage msg
+    cdef PluginHeader hdr
+    cdef bytes payload
     cdef object item
     for item in items:
-        if type(item) is not PluginMessage:
+        if type(item) is PluginMessage:
+            hdr = (<PluginMessage>item).header
+            payload = (<PluginMessage>item).payload
+        elif type(item) is PluginFrame:
+            hdr = (<PluginFrame>item).header
+            payload = (<PluginFrame>item).payload
+        else:
             raise BatchErrors.not_a_message(item)
-        msg = <PluginMessage>item
-        if msg.header._size > 0xFFFF:
-            raise BatchErrors.header_too_long(msg.header._size)
-        total += 7 + msg.header._size + PyBytes_GET_SIZE(msg.payload)
+        if hdr._size > 0xFFFF:
+            raise BatchErrors.header_too_long(hdr._size)
+        total += 7 + hdr._size + PyBytes_GET_SIZE(payload)
     if total - 4 > 0xFFFFFFFF or count > 0xFFFFFFFF:
         raise BatchErrors.batch_too_large(total)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
@@ -709,16 +731,24 @@ def encode_batch(kind, seq, messages):
     p[4] = c_kind
     _put_le(p + 5, c_seq, 8)
     _put_le(p + 13, <uint64_t>count, 4)
+    cdef object frame_type
     for item in items:
-        msg = <PluginMessage>item
-        size = PyBytes_GET_SIZE(msg.payload)
-        p[pos] = <unsigned char>(<int>msg.frame_type)
-        _put_le(p + pos + 1, <uint64_t>msg.header._size, 2)
+        if type(item) is PluginMessage:
+            frame_type = (<PluginMessage>item).frame_type
+            hdr = (<PluginMessage>item).header
+            payload = (<PluginMessage>item).payload
+        else:
+            frame_type = (<PluginFrame>item).frame_type
+            hdr = (<PluginFrame>item).header
+            payload = (<PluginFrame>item).payload
+        size = PyBytes_GET_SIZE(payload)
+        p[pos] = <unsigned char>(<int>frame_type)
+        _put_le(p + pos + 1, <uint64_t>hdr._size, 2)
         _put_le(p + pos + 3, <uint64_t>size, 4)
         pos += 7
-        _write_header(p + pos, msg.header)
-        pos += msg.header._size
-        memcpy(p + pos, PyBytes_AS_STRING(msg.payload), size)
+        _write_header(p + pos, hdr)
+        pos += hdr._size
+        memcpy(p + pos, PyBytes_AS_STRING(payload), size)
         pos += size
     return out
 
@@ -1528,6 +1558,27 @@ cdef class Dispatcher:
             return S_OK
         return self._submit(frame.frame_type, hdr, frame.payload, &found)
 
+    cdef inline int _submit_message(self, PluginMessage item) except -1:
+        """``_submit_frame`` for a ``PluginMessage`` (a decoded batch's): on the fast path
+        the message itself is enqueued (it is immutable), with its size recomputed as
+        ``_prepare`` computes it."""
+        cdef _Runtime rt = self._last_rt
+        cdef PluginHeader hdr = item.header
+        cdef long code = <long>item.frame_type  # 0..255: PluginMessage checked it
+        cdef unsigned int required = self._required[code]
+        cdef PyObject* found = NULL
+        cdef Py_ssize_t payload_size = PyBytes_GET_SIZE(item.payload)
+        if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
+                and rt.entry.alive and (rt.entry.mask & required) == required
+                and (code != CONTROL_CODE or rt.guard is None)
+                and hdr._size <= self._max_header and payload_size <= self._max_payload
+                and rt.has_room()):
+            if item.size != hdr._size + payload_size:  # a non-canonical header on the wire
+                return self._submit(item.frame_type, hdr, item.payload, &found)
+            self._enqueue(rt, item)
+            return S_OK
+        return self._submit(item.frame_type, hdr, item.payload, &found)
+
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
     def dispatch_nowait(self, frame_type, header, payload=b""):
@@ -1559,6 +1610,9 @@ cdef class Dispatcher:
     def try_dispatch_many(self, frames):
         """``try_dispatch`` for each frame in order, in one call; stop at ``WOULD_BLOCK``.
 
+        ``frames`` holds ``PluginFrame`` or ``PluginMessage`` items (a batch decoded by
+        ``decode_batch`` goes in as it is, as the session server feeds it).
+
         Every frame is counted as its own ``try_dispatch`` would count it; a refusal is a
         status, never an exception. A non-frame item is a TypeError before anything runs.
         """
@@ -1566,16 +1620,22 @@ cdef class Dispatcher:
             self._refuse_thread("try_dispatch_many")
         cdef list items = <list>frames if type(frames) is list else list(frames)
         cdef Py_ssize_t dispatched = 0, i, n = len(items)
+        cdef object item
         for i in range(n):  # check every item in C first; the shared check on a mismatch
-            if type(items[i]) is not PluginFrame:
-                items = frame_list(items, PluginFrame, PluginHeader)
+            item = <object>PyList_GET_ITEM(items, i)
+            if type(item) is not PluginFrame and type(item) is not PluginMessage:
+                items = frame_list(items, PluginFrame, PluginHeader, PluginMessage)
                 break
         cdef list statuses = PyList_New(n)  # filled in C, cut short at a WOULD_BLOCK
         cdef object ok = _STATUS[S_OK]
         cdef object outcome
         cdef int status
         for i in range(n):
-            status = self._submit_frame(<PluginFrame>PyList_GET_ITEM(items, i))
+            item = <object>PyList_GET_ITEM(items, i)
+            if type(item) is PluginMessage:
+                status = self._submit_message(<PluginMessage>item)
+            else:
+                status = self._submit_frame(<PluginFrame>item)
             if status == S_OK:
                 Py_INCREF(ok)
                 PyList_SET_ITEM(statuses, i, ok)

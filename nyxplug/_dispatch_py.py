@@ -385,10 +385,11 @@ _BATCH_SEQ = struct.Struct("<QI")
 _BATCH_FRAME = struct.Struct("<BHI")
 
 
-def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
+def encode_batch(kind: int, seq: int, messages: list[PluginMessage] | list[PluginFrame]) -> bytes:
     """One frame batch of the isolation protocol, framed: ``u32 length | u8 kind | u64 seq |
     u32 count`` then ``u8 type | u16 header length | u32 payload length | header | payload``
-    per frame (little-endian; the header in its canonical encoding)."""
+    per frame (little-endian; the header in its canonical encoding). ``messages`` holds
+    ``PluginMessage`` or ``PluginFrame`` items."""
     kind = check_uint("kind", kind, 255)
     seq = check_uint("seq", seq, MAX_BATCH_SEQ)
     check_list("messages", messages)
@@ -397,7 +398,7 @@ def encode_batch(kind: int, seq: int, messages: list[PluginMessage]) -> bytes:
     pack = _BATCH_FRAME.pack
     total = 17
     for msg in messages:
-        if type(msg) is not PluginMessage:
+        if type(msg) is not PluginMessage and type(msg) is not PluginFrame:
             raise BatchErrors.not_a_message(msg)
         header = msg._header.encode()
         if len(header) > 0xFFFF:
@@ -1104,15 +1105,18 @@ class Dispatcher:
             self._p_error = self._p_ft = None
         return DispatchStatus(status)
 
-    def try_dispatch_many(self, frames: Iterable[PluginFrame]) -> BatchResult:
+    def try_dispatch_many(self, frames: Iterable[PluginFrame | PluginMessage]) -> BatchResult:
         """``try_dispatch`` for each frame in order, in one call; stop at ``WOULD_BLOCK``.
+
+        ``frames`` holds ``PluginFrame`` or ``PluginMessage`` items (a batch decoded by
+        ``decode_batch`` goes in as it is, as the session server feeds it).
 
         Every frame is counted as its own ``try_dispatch`` would count it; a refusal is a
         status, never an exception. A non-frame item is a TypeError before anything runs.
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("try_dispatch_many")
-        items = frame_list(frames, PluginFrame, PluginHeader)
+        items = frame_list(frames, PluginFrame, PluginHeader, PluginMessage)
         statuses: list[DispatchStatus] = []
         dispatched = 0
         submit = self._submit

@@ -39,6 +39,9 @@ __all__ = (
     "ReplyTimeout",
     "RequestDropped",
     "SandboxViolation",
+    "SessionClosed",
+    "SessionError",
+    "SessionViolation",
     "TlsSetupError",
     "UnknownFrameType",
     "WouldBlock",
@@ -661,3 +664,36 @@ class TlsSetupError(NyxplugError, ValueError):
 def _flag_names(value: Permission) -> str:
     names = [member.name for member in Permission if member in value and member.name]
     return "|".join(names) if names else "NONE"
+
+
+class SessionError(NyxplugError):
+    """Something went wrong in a session of nyxplug's own protocol (docs/session-protocol.md)."""
+
+
+class SessionViolation(SessionError, ValueError):
+    """A peer broke the session protocol: ``code`` names the rule (the ERROR message's
+    code), ``detail`` says what was expected and what came. The session ends."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"Session protocol violation ({self.code}): {self.detail}"
+
+
+class SessionClosed(SessionError, ConnectionError):
+    """The session is over (the server said GOAWAY or ERROR, the connection was lost, or
+    ``aclose`` was called): nothing more can be sent on it. Frames sent and not yet
+    acknowledged are counted ``lost`` in the client's ledger."""
+
+    def __init__(self, reason: str) -> None:
+        BaseException.__init__(self, reason)  # not OSError's: the reason stays in args
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"Session closed: {self.reason} - connect a new RemoteDispatcher to send more; "
+            "its statistics() count the frames lost"
+        )

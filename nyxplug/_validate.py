@@ -141,7 +141,9 @@ class BatchErrors:
 
     @staticmethod
     def not_a_message(item: object) -> TypeError:
-        return TypeError(f"Expected PluginMessage objects, got {type(item).__name__}")
+        return TypeError(
+            f"Expected PluginMessage or PluginFrame objects, got {type(item).__name__}"
+        )
 
     @staticmethod
     def header_too_long(size: int) -> ValueError:

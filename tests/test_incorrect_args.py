@@ -70,7 +70,8 @@ ENCODE_CASES = [
     ("seq", None, TypeError, r"^Expected `seq` to be an int, got NoneType$"),
     ("messages", "tuple", TypeError, r"^Expected `messages` to be a list, got tuple$"),
     ("messages", None, TypeError, r"^Expected `messages` to be a list, got NoneType$"),
-    ("messages", [b"frame"], TypeError, r"^Expected PluginMessage objects, got bytes$"),
+    ("messages", [b"frame"], TypeError,
+     r"^Expected PluginMessage or PluginFrame objects, got bytes$"),
 ]  # fmt: skip
 
 

@@ -79,7 +79,9 @@ def test_a_truncated_or_padded_batch_is_refused(impl: Any) -> None:
 
 
 def test_encode_batch_takes_only_its_own_messages(impl: Any) -> None:
-    with pytest.raises(TypeError, match=r"^Expected PluginMessage objects, got int$"):
+    with pytest.raises(
+        TypeError, match=r"^Expected PluginMessage or PluginFrame objects, got int$"
+    ):
         impl.encode_batch(Kind.FRAMES, 1, [1])
 
 

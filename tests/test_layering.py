@@ -17,11 +17,11 @@ isolation    nyxplug.isolation                          source, engine
 config       nyxplug.config                             isolation, source, engine
 plugins      nyxplug.plugins  (the runtime)             config, trust, isolation, source,
                                                         engine
-serving      nyxplug.serving (listeners, access)        plugins, config, trust, isolation,
-                                                        source, engine
+serving      nyxplug.serving (listeners, access, the    plugins, config, trust, isolation,
+             session protocol and its client)           source, engine
 testing      nyxplug.testing  (the plugin author's kit: plugins, config, trust, isolation,
              a pytest plugin)                           source, engine
-facade       nyxplug (its __init__)                     engine
+facade       nyxplug (its __init__)                     engine (serving: lazily, see below)
 host         nyxplug.host  (the isolated child's entry) isolation, engine
 cli          nyxplug.cli, nyxplug.__main__,             everything above but host
              nyxplug.templates
@@ -30,9 +30,14 @@ cli          nyxplug.cli, nyxplug.__main__,             everything above but hos
 The sandbox sits in the engine layer: the dispatcher enters a plugin's sandbox guard
 around every handler call and checks policies when a plugin is loaded, so the sandbox is
 part of the hot path's contract, and it imports nothing but the engine's errors.
-``trust`` and ``isolation`` stand side by side and never import each other. The facade
-re-exports the engine only, so ``import nyxplug`` stays small. An upward import that
-another change removes is listed in ``PENDING`` with that change, until it lands.
+``serving``'s session server and client need only the dispatcher today (the server takes
+a ``Dispatcher``, the client mirrors one), but they are a network front end for a running
+host, so they sit above the runtime, beside the access policies. ``trust`` and
+``isolation`` stand side by side and never import each other. The facade re-exports the
+engine only, so ``import nyxplug`` stays small; ``RemoteDispatcher`` and
+``SessionService`` it exports lazily (loaded on first use, imported for type checkers
+only). An upward import that another change removes is listed in ``PENDING`` with that
+change, until it lands.
 
 The isolated child (``nyxplug.host`` and the fork server) must never reach the runtime:
 checked on the import graph and in real children, exec'd and forked.
@@ -59,7 +64,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "plugins": frozenset({"config", "trust", "isolation", "source", "engine"}),
     "serving": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
     "testing": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
-    "facade": frozenset({"engine"}),
+    "facade": frozenset({"engine", "serving"}),
     "host": frozenset({"isolation", "engine"}),
     "cli": frozenset(
         {

@@ -608,7 +608,7 @@ def test_nyxplug_serve_over_mutual_tls_with_an_acl(tmp_path: Path, pki: Pki,
     if "NYXPLUG_REQUIRE_EXTENSIONS" in os.environ:
         env["NYXPLUG_REQUIRE_EXTENSIONS"] = os.environ["NYXPLUG_REQUIRE_EXTENSIONS"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nyxplug", "serve", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "nyxplug", "serve", "--listen", "127.0.0.1:0", "--codec", "nyx",
          "--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key),
          "--tls-client-ca", str(pki.ca), "--acl", str(acl), "--rate", "5000",
          "--unix", str(tmp_path / "serve.sock"),

@@ -62,7 +62,22 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
             "status 0 when handled, 1 when refused."
         ),
     )
-    send.add_argument("name", metavar="NAME", help="the plugin's name (its id goes in the header)")
+    send.add_argument(
+        "name",
+        metavar="NAME",
+        help="the plugin's name (its id goes in the header); with --to, the plugin's id",
+    )
+    send.add_argument(
+        "--to",
+        metavar="ADDRESS",
+        help="send over nyxplug's session protocol to `nyxplug serve` at HOST:PORT or "
+        "unix:PATH instead of the local host's control socket; prints the replies "
+        "(--request) and the ledger: sent = acknowledged by status + lost + in flight",
+    )
+    send.add_argument(
+        "--request", action="store_true", help="with --to: wait for each reply and print it"
+    )
+    send.add_argument("--stdin", action="store_true", help="with --to: one frame per line of stdin")
     send.add_argument(
         "--type",
         dest="frame_type",
@@ -127,6 +142,12 @@ def _send(args: argparse.Namespace) -> int:
             ) from None
     else:
         payload = args.payload.encode()
+    if args.to is not None:
+        from .serve import send_session
+
+        return send_session(args, payload)
+    if args.request or args.stdin:
+        raise Problem("--request and --stdin need --to ADDRESS (a `nyxplug serve` session)")
     path = socket_path(_host.host_config(args).runtime.state_dir)
     message = SendRequest(
         name=args.name, frame_type=args.frame_type, payload=payload,

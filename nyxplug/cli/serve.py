@@ -1,19 +1,24 @@
-"""``nyxplug serve``: the host's plugins behind a socket (SPEC 8's interop listener).
+"""``nyxplug serve``: the host's plugins behind a socket; ``nyxplug send --to``: its client.
 
-Starts the plugins of the host configuration (as ``nyxplug run``), then listens on TCP
-(``--listen HOST:PORT``) and/or a Unix socket (``--unix PATH``) with
-``nyxplug._serve.FrameService``: one framed Nyx ``PluginFrame`` per message, replies and
-refusals in ``seq`` order. SIGTERM or SIGINT drains: stop accepting, dispatch and answer
-what was read, unload the plugins, exit 0.
+It starts the plugins of the host configuration (as ``nyxplug run``), then listens on TCP
+(``--listen HOST:PORT``) and/or a Unix socket (``--unix PATH``) with one of two codecs:
+``session`` (the default), nyxplug's own session protocol
+(``nyxplug.serving.SessionService``: batches, per-plugin credits, cumulative
+acknowledgements, replies, GOAWAY; docs/session-protocol.md), or ``nyx``, SPEC 8's interop
+listener (``nyxplug._serve.FrameService``: one framed Nyx ``PluginFrame`` per message).
+SIGTERM or SIGINT drains: stop accepting, handle and answer what was read (GOAWAY for
+sessions), unload the plugins, exit 0.
 
-``--codec nyx`` is the only codec for now: nyxplug's own session protocol (credits,
-acknowledgements, batches) is a later step.
-
-Security (``nyxplug.serving.security``): ``--tls-cert``/``--tls-key`` serve TLS 1.3 on every
-listener; ``--tls-client-ca`` requires client certificates that CA signed (mutual TLS),
-and ``--acl FILE`` maps them to the plugins and frame types each may send; ``--rate N``
-limits every peer to N frames/s. Plaintext is refused off loopback unless
+Security (``nyxplug.serving.security``), for both codecs: ``--tls-cert``/``--tls-key`` serve
+TLS 1.3 on every listener; ``--tls-client-ca`` requires client certificates that CA signed
+(mutual TLS), and ``--acl FILE`` maps them to the plugins and frame types each may send;
+``--rate N`` limits every peer to N frames/s. Plaintext is refused off loopback unless
 ``--allow-remote-plaintext`` says the network is trusted.
+
+``nyxplug send ID --to ADDRESS`` (``send_session``, called by ``nyxplug.cli.reload``'s
+``send``) opens a session (``RemoteDispatcher``), sends the payload (or one frame per line
+of stdin with ``--stdin``), prints the replies (``--request``) and the ledger, and exits 0
+when every frame was acknowledged.
 """
 
 from __future__ import annotations
@@ -47,13 +52,15 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
         help="start the host's plugins and take frames from TCP or Unix-socket peers",
         description=(
             "Start every enabled plugin (as `nyxplug run`), then serve frames until SIGTERM "
-            "or Ctrl-C: every message is a 4-byte big-endian length and one CBOR Nyx "
-            "PluginFrame (SPEC 8); replies and refusals come back framed, in order. On "
-            "SIGTERM/SIGINT it stops accepting, answers what it read, unloads and exits 0. "
-            "Only --codec nyx exists for now: nyxplug's own session protocol (credits, "
-            "acknowledgements, batches) is a later step. With --tls-cert every listener "
-            "speaks TLS 1.3; --tls-client-ca requires client certificates and --acl maps "
-            "them to the plugins and frame types each may send; --rate limits each peer."
+            "or Ctrl-C. --codec session (default): nyxplug's session protocol - batches, "
+            "per-plugin credits, acknowledgements, replies (docs/session-protocol.md; "
+            "`nyxplug send --to` and RemoteDispatcher speak it). --codec nyx: every message "
+            "is a 4-byte big-endian length and one CBOR Nyx PluginFrame (SPEC 8); replies "
+            "and refusals come back framed, in order. On SIGTERM/SIGINT it stops accepting, "
+            "answers what it read (GOAWAY for sessions), unloads and exits 0. With --tls-cert "
+            "every listener speaks TLS 1.3; --tls-client-ca requires client certificates and "
+            "--acl maps them to the plugins and frame types each may send; --rate limits "
+            "each peer."
         ),
     )
     serve.add_argument(
@@ -64,10 +71,17 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
     serve.add_argument("--unix", metavar="PATH", help="Unix socket to listen on")
     serve.add_argument(
         "--codec",
-        choices=("nyx",),
-        default="nyx",
-        help="wire format: nyx = one framed Nyx PluginFrame per message (SPEC 8); the "
-        "default for now - nyxplug's session protocol is a later step",
+        choices=("session", "nyx"),
+        default="session",
+        help="wire format: session = nyxplug's session protocol (default); nyx = one "
+        "framed Nyx PluginFrame per message (SPEC 8's interop listener)",
+    )
+    serve.add_argument(
+        "--credit",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="session codec: initial credit per plugin and connection (default 4096)",
     )
     serve.add_argument(
         "--allow-remote-plaintext",
@@ -157,6 +171,61 @@ def run(args: argparse.Namespace) -> int:
     return _host.run(args.command, _serve, args)
 
 
+def send_session(args: argparse.Namespace, payload: bytes) -> int:
+    """``nyxplug send NAME --to ADDRESS``: the frames go to a ``nyxplug serve`` session
+    (NAME is then the plugin id: a session knows plugins by id)."""
+    if not args.name.isdigit():
+        raise Problem(f"{args.name}: with --to, give the plugin's id (a session knows ids)")
+    payloads = [line.rstrip("\n").encode() for line in sys.stdin] if args.stdin else [payload]
+    try:
+        from ..serving.client import parse_target
+
+        parse_target(args.to)
+    except ValueError as exc:
+        raise Problem(f"--to {args.to}: {exc}") from None
+    return asyncio.run(_send_async(args, payloads))
+
+
+async def _send_async(args: argparse.Namespace, payloads: list[bytes]) -> int:
+    from .._constants import DispatchStatus
+    from .._errors import DispatchError, SessionError
+    from .._impl import PluginHeader
+    from ..serving import RemoteDispatcher
+
+    try:
+        client = await RemoteDispatcher.connect(args.to, name="nyxplug send")
+    except (OSError, SessionError) as exc:
+        raise Problem(f"cannot open a session with {args.to}: {exc}") from None
+    header = PluginHeader(int(args.name), args.flags, args.header_data.encode())
+    frame_type = args.frame_type
+    try:
+        for index, payload in enumerate(payloads):
+            if args.request:
+                try:
+                    reply = await client.request(frame_type, header, payload)
+                except DispatchError as exc:
+                    print(f"{index}: error {type(exc).__name__}: {exc}")
+                else:
+                    print(f"{index}: reply {reply!r}")
+            else:
+                await client.dispatch(frame_type, header, payload)
+    except DispatchError as exc:
+        print(f"not sent: {exc}")
+    except SessionError as exc:
+        print(f"session ended: {exc}")
+    finally:
+        await client.aclose()
+    stats = client.statistics()
+    statuses = ", ".join(
+        f"{DispatchStatus(s).name} {n}" for s, n in enumerate(stats.by_status) if n
+    )
+    print(
+        f"sent {stats.sent}: acknowledged {stats.acknowledged} ({statuses or 'none'}), "
+        f"lost {stats.lost}, in flight {stats.in_flight}; handler errors {stats.handler_errors}"
+    )
+    return 0 if stats.acknowledged == stats.sent else 1
+
+
 class _Security:
     """What the security flags ask for, checked before any plugin starts."""
 
@@ -199,12 +268,12 @@ class _Security:
             return LocalPolicy(rate=self.rate, burst=self.burst, allow_remote=self.allow_remote)
         return TlsPolicy(self.acl, registry=registry, rate=self.rate, burst=self.burst)
 
-    def describe(self) -> str:
+    def describe(self, codec: str) -> str:
         if self.context is None:
-            return "codec nyx"
+            return f"codec {codec}"
         if not self.mutual:
-            return "codec nyx, TLS 1.3"
-        return "codec nyx, TLS 1.3, client certificates required"
+            return f"codec {codec}, TLS 1.3"
+        return f"codec {codec}, TLS 1.3, client certificates required"
 
     def lines(self) -> list[str]:
         out = []
@@ -228,10 +297,12 @@ def _serve(args: argparse.Namespace) -> int:
         if args.listen is not None
         else None
     )
+    if args.credit < 1:
+        raise Problem(f"--credit {args.credit}: expected a credit of at least 1")
     config = _host.host_config(args)
     where = _host.host_line(args, config)
     return asyncio.run(
-        _serve_async(_host.plugin_manager(config), address, args.unix, where, security)
+        _serve_async(_host.plugin_manager(config), address, args.unix, where, security, args)
     )
 
 
@@ -241,8 +312,10 @@ async def _serve_async(
     unix: str | None,
     where: str,
     security: _Security,
+    args: argparse.Namespace,
 ) -> int:
     from .._serve import FrameService
+    from ..serving import SessionService
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -252,10 +325,18 @@ async def _serve_async(
     print(where)
     for status in catalog:
         print(status_line(status))
-    service = FrameService(manager.dispatcher, policy=security.policy(manager.dispatcher.registry))
+    policy = security.policy(manager.dispatcher.registry)
+    service: FrameService | SessionService
+    if args.codec == "session":
+        if policy is None:
+            service = SessionService(manager.dispatcher, credit=args.credit)
+        else:
+            service = SessionService(manager.dispatcher, credit=args.credit, policy=policy)
+    else:
+        service = FrameService(manager.dispatcher, policy=policy)
     servers: list[asyncio.Server] = []
     context = security.context
-    kind = security.describe()
+    kind = security.describe(args.codec)
     try:
         for line in security.lines():
             print(line)
@@ -283,6 +364,17 @@ async def _serve_async(
         await manager.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    if isinstance(service, SessionService):
+        session = service.stats()
+        print(
+            f"served {session.connections} sessions: {session.frames} frames, "
+            f"{session.by_status[0]} dispatched, {session.decided - session.by_status[0]} "
+            f"refused, {session.discarded} discarded, {session.replies} replies, "
+            f"{session.handler_errors} handler errors, "
+            f"{session.credit_violations} credit violations, "
+            f"{session.refused_peers} connections refused"
+        )
+        return 0
     stats = service.stats()
     print(
         f"served {stats.connections} connections: {stats.frames} frames, "
