@@ -17,6 +17,8 @@ isolation    nyxplug.isolation                          source, engine
 config       nyxplug.config                             isolation, source, engine
 plugins      nyxplug.plugins  (the runtime)             config, trust, isolation, source,
                                                         engine
+admin        nyxplug.admin  (the admin API, metrics)    facade, plugins, config, trust,
+                                                        isolation, source, engine
 facade       nyxplug (its __init__)                     engine
 host         nyxplug.host  (the isolated child's entry) isolation, engine
 cli          nyxplug.cli, nyxplug.__main__,             everything above but host
@@ -53,9 +55,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "isolation": frozenset({"source", "engine"}),
     "config": frozenset({"isolation", "source", "engine"}),
     "plugins": frozenset({"config", "trust", "isolation", "source", "engine"}),
+    "admin": frozenset({"facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
     "facade": frozenset({"engine"}),
     "host": frozenset({"isolation", "engine"}),
-    "cli": frozenset({"facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
+    "cli": frozenset({"admin", "facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
 }
 
 #: Known upward imports, each with the change that removes it. An entry that no longer
@@ -76,7 +79,7 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if (top.startswith("_") and top != "__main__") or top == "sandbox":
         return "engine"
-    if top in ("source", "trust", "isolation", "config", "plugins", "host"):
+    if top in ("source", "trust", "isolation", "config", "plugins", "admin", "host"):
         return top
     if top in ("cli", "__main__", "templates"):
         return "cli"

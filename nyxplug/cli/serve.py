@@ -24,6 +24,7 @@ from . import _host
 from ._common import Problem, status_line
 
 if TYPE_CHECKING:
+    from ..admin.options import AdminAddress
     from ..plugins import PluginManager
     from ._host import Commands
 
@@ -65,6 +66,17 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
         help="listen on a non-loopback address without TLS (a trusted network only; TLS "
         "is a later step)",
     )
+    serve.add_argument(
+        "--admin",
+        metavar="ADDRESS",
+        help="serve the admin API (/api/v1, /openapi.json, /metrics) at a loopback HOST:PORT "
+        "or unix:PATH on the host's own loop; needs nyxplug[admin] and --admin-token-file",
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="file (mode 0600) holding the bearer token every admin call but /health needs",
+    )
 
 
 def parse_address(text: str, *, allow_remote: bool) -> tuple[str, int]:
@@ -104,13 +116,39 @@ def _serve(args: argparse.Namespace) -> int:
         if args.listen is not None
         else None
     )
+    admin = _admin_options(args)
     config = _host.host_config(args)
     where = _host.host_line(args, config)
-    return asyncio.run(_serve_async(_host.plugin_manager(config), address, args.unix, where))
+    return asyncio.run(
+        _serve_async(_host.plugin_manager(config), address, args.unix, where, admin)
+    )
+
+
+def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | None:
+    """``--admin`` and its token, checked before any plugin starts."""
+    from ..admin.options import AdminConfigError, parse_admin_address, read_token
+
+    if args.admin is None:
+        if args.admin_token_file is not None:
+            raise Problem("--admin-token-file is for the admin API: give --admin ADDRESS too")
+        return None
+    if args.admin_token_file is None:
+        raise Problem(
+            "--admin needs --admin-token-file FILE: every admin call but /health must carry "
+            "its bearer token"
+        )
+    try:
+        return parse_admin_address(args.admin), read_token(args.admin_token_file)
+    except AdminConfigError as exc:
+        raise Problem(str(exc)) from None
 
 
 async def _serve_async(
-    manager: PluginManager, address: tuple[str, int] | None, unix: str | None, where: str
+    manager: PluginManager,
+    address: tuple[str, int] | None,
+    unix: str | None,
+    where: str,
+    admin: tuple[AdminAddress, bytes] | None = None,
 ) -> int:
     from .._serve import FrameService
 
@@ -124,7 +162,13 @@ async def _serve_async(
         print(status_line(status))
     service = FrameService(manager.dispatcher)
     servers: list[asyncio.Server] = []
+    admin_server = None
     try:
+        if admin is not None:
+            from ..admin import AdminServer, build_app
+
+            admin_server = AdminServer(build_app(manager, admin[1]), admin[0])
+            print(f"admin API on {await admin_server.start()} (/api/v1, /openapi.json, /metrics)")
         if address is not None:
             server = await loop.create_server(service.protocol, *address)
             servers.append(server)
@@ -146,6 +190,8 @@ async def _serve_async(
     finally:
         for server in servers:
             server.close()
+        if admin_server is not None:
+            await admin_server.aclose()
         await manager.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -212,6 +212,11 @@ class PluginManager:
             out.append(record.status())
         return out
 
+    def names(self) -> list[str]:
+        """Every plugin name in the catalog, sorted (no status records built: a scrape
+        reads a large catalog a slice at a time with ``status``)."""
+        return sorted(self._records)
+
     def status(self, name: str) -> PluginStatus:
         """One catalog entry (``PluginNotFound`` if unknown)."""
         return self._record(name).status()
