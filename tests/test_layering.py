@@ -58,7 +58,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "admin": frozenset({"facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
     "facade": frozenset({"engine"}),
     "host": frozenset({"isolation", "engine"}),
-    "cli": frozenset({"admin", "facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
+    "cli": frozenset(
+        {"admin", "facade", "plugins", "config", "trust", "isolation", "source", "engine"}
+    ),
 }
 
 #: Known upward imports, each with the change that removes it. An entry that no longer

@@ -70,9 +70,7 @@ def _kebab(name: str) -> str:
     return "".join(f"-{c.lower()}" if c.isupper() else c for c in name).lstrip("-")
 
 
-def _problem(
-    status: int, title: str, detail: str, path: str, error: str | None = None
-) -> Response:
+def _problem(status: int, title: str, detail: str, path: str, error: str | None = None) -> Response:
     body = Problem(
         type=f"urn:nyxplug:problem:{_kebab(error) if error else status}",
         title=title,

@@ -123,7 +123,9 @@ class SnapshotCollector:
         dropped = counter("frames_dropped", "Queued frames discarded by an unload without drain")
         depth = gauge("queue_depth", "Frames waiting in the plugin's queue")
         high = gauge("queue_high_watermark", "Largest queue depth since the plugin was loaded")
-        timeouts = counter("handler_timeouts", "Handler calls cancelled at their timeout", ["plugin"])
+        timeouts = counter(
+            "handler_timeouts", "Handler calls cancelled at their timeout", ["plugin"]
+        )
         reloads = counter("reloads", "Hot reloads that ran, by result", ["plugin", "result"])
         retries = counter("reload_retries", "Transient reload failures tried again", ["plugin"])
         restarts = counter("isolation_restarts", "Isolated children restarted", ["plugin"])
@@ -176,7 +178,7 @@ def render(snapshot: HostSnapshot, accept: str | None) -> tuple[bytes, str]:
     from prometheus_client.exposition import choose_encoder
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))  # type: ignore[arg-type]
+    registry.register(SnapshotCollector(snapshot))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 

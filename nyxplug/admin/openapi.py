@@ -48,8 +48,9 @@ def openapi_document(
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``OPERATIONS``.
 
-    ``examples``: ``name`` (a plugin of this host, for every ``{name}`` parameter) and
-    ``installPlugin`` (a request body) - shown to readers and used by conformance tools.
+    ``examples``: ``name`` (a plugin of this host, for every ``{name}`` parameter; one
+    operation's own as ``"OPERATION_ID.name"``) and ``installPlugin`` (a request body) -
+    shown to readers and used by conformance tools.
     """
     from .. import __version__
 
@@ -64,7 +65,7 @@ def openapi_document(
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(
             op, by_type, components, examples
         )
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": title,
@@ -79,6 +80,9 @@ def openapi_document(
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    # Plain JSON values only (schema defaults come back as tuples): what is served.
+    result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(document))
+    return result
 
 
 def _operation(
@@ -98,8 +102,9 @@ def _operation(
         parameter: dict[str, Any] = {
             "name": name, "in": "path", "required": True, "schema": dict(NAME_SCHEMA),
         }  # fmt: skip
-        if name in examples:
-            parameter["example"] = examples[name]
+        example = examples.get(f"{op.operation_id}.{name}", examples.get(name))
+        if example is not None:
+            parameter["example"] = example
         parameters.append(parameter)
     if op.query is not None:
         (query_schema,), query_components = msgspec.json.schema_components(

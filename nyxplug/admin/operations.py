@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
@@ -52,6 +52,16 @@ StateName = Literal[
 ]
 PermissionName = Literal["HANDSHAKE", "DATA_ACCESS", "CONTROL", "ERROR_REPORTING"]
 
+
+#: Bytes in JSON: base64, as the document says (the pattern lets clients generate it).
+Base64 = Annotated[
+    bytes,
+    msgspec.Meta(
+        extra_json_schema={
+            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+        }
+    ),
+]
 
 # -- bodies -----------------------------------------------------------------------------
 
@@ -107,7 +117,7 @@ class Toggled(msgspec.Struct, kw_only=True):
 
 class InstallRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: The ``.nyxp`` file (base64 in JSON).
-    package: bytes
+    package: Base64
     #: Accept a version below the rollback floor (the floor is set to it).
     allow_rollback: bool = False
 
@@ -154,12 +164,21 @@ class AuditEntries(msgspec.Struct, kw_only=True):
 # -- query strings ----------------------------------------------------------------------
 
 
+# Absent query fields are UNSET, not None: msgspec would read the text `null` as None.
+Unset = msgspec.UnsetType
+UNSET = msgspec.UNSET
+
+
+def _given(value: Any) -> Any:
+    return None if value is UNSET else value
+
+
 class PluginFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Substring of the plugin name.
-    name: str | None = None
-    tag: str | None = None
-    state: StateName | None = None
-    permission: PermissionName | None = None
+    name: str | Unset = UNSET
+    tag: str | Unset = UNSET
+    state: StateName | Unset = UNSET
+    permission: PermissionName | Unset = UNSET
 
 
 class ReloadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -169,10 +188,10 @@ class ReloadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    #: Entries at or after this time (RFC 3339).
-    since: dt.datetime | None = None
+    #: Entries at or after this Unix time, in seconds (``date -d '1 hour ago' +%s``).
+    since: float | Unset = UNSET
     #: The newest N entries at most.
-    limit: int = msgspec.field(default=100)
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
 
 
 # -- the table --------------------------------------------------------------------------
@@ -233,9 +252,7 @@ async def live(host: AdminHost, call: Call) -> Live:
 
 
 async def ready(host: AdminHost, call: Call) -> Ready:
-    waiting = {
-        s.name: s.state for s in host.manager.catalog() if s.enabled and s.state != "active"
-    }
+    waiting = {s.name: s.state for s in host.manager.catalog() if s.enabled and s.state != "active"}
     return Ready(ready=not waiting, waiting=waiting)
 
 
@@ -243,8 +260,10 @@ async def list_plugins(host: AdminHost, call: Call) -> PluginList:
     from .._constants import Permission
 
     q: PluginFilter = call.query
-    permission = Permission[q.permission] if q.permission is not None else None
-    plugins = host.manager.catalog(name=q.name, tag=q.tag, state=q.state, permission=permission)
+    permission = Permission[q.permission] if q.permission is not UNSET else None
+    plugins = host.manager.catalog(
+        name=_given(q.name), tag=_given(q.tag), state=_given(q.state), permission=permission
+    )
     return PluginList(plugins=plugins)
 
 
@@ -363,7 +382,11 @@ async def trust_keys(host: AdminHost, call: Call) -> KeyList:
     return KeyList(
         keys=[
             KeyView(
-                key_id=k.key_id, name=k.name, scopes=k.scopes, expires=k.expires, added=k.added,
+                key_id=k.key_id,
+                name=k.name,
+                scopes=k.scopes,
+                expires=k.expires,
+                added=k.added,
                 revoked=trust.is_key_revoked(k.key_id),
             )  # fmt: skip
             for k in trust.keys()
@@ -382,20 +405,18 @@ async def revocations(host: AdminHost, call: Call) -> Revocations:
 
 async def audit_entries(host: AdminHost, call: Call) -> AuditEntries:
     q: AuditQuery = call.query
-    if not 1 <= q.limit <= 10_000:
-        raise ValueError(f"Expected `limit` in `1..10000`, got `{q.limit}` - in the query")
     if host.audit is None:
         return AuditEntries(entries=[])
     entries = await asyncio.to_thread(host.audit.entries)
-    if q.since is not None:
-        since = q.since if q.since.tzinfo else q.since.replace(tzinfo=dt.UTC)
+    if not isinstance(q.since, Unset):
+        since = q.since
         entries = [e for e in entries if _after(e.get("time"), since)]
     return AuditEntries(entries=entries[-q.limit :])
 
 
-def _after(stamp: object, since: dt.datetime) -> bool:
+def _after(stamp: object, since: float) -> bool:
     try:
-        return dt.datetime.fromisoformat(str(stamp)) >= since
+        return dt.datetime.fromisoformat(str(stamp)).timestamp() >= since
     except ValueError:
         return True  # keep what cannot be read: an operator should see it
 
@@ -406,73 +427,150 @@ _MAX_PACKAGE = int(os.environ.get("NYXPLUG_ADMIN_MAX_PACKAGE", 32 * 1024 * 1024)
 #: Every operation of the admin API, in the order the document lists them.
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
-        method="GET", path="/health/live", operation_id="live", handler=live, response=Live,
-        summary="The host's event loop answers", auth=False, tags=("health",),
+        method="GET",
+        path="/health/live",
+        operation_id="live",
+        handler=live,
+        response=Live,
+        summary="The host's event loop answers",
+        auth=False,
+        tags=("health",),
     ),
     Operation(
-        method="GET", path="/health/ready", operation_id="ready", handler=ready,
-        response=Ready, summary="Every enabled plugin is active (503 lists the others)",
-        auth=False, tags=("health",), extra_responses={503: "Ready"},
+        method="GET",
+        path="/health/ready",
+        operation_id="ready",
+        handler=ready,
+        response=Ready,
+        summary="Every enabled plugin is active (503 lists the others)",
+        auth=False,
+        tags=("health",),
+        extra_responses={503: "Ready"},
     ),
     Operation(
-        method="GET", path="/api/v1/plugins", operation_id="listPlugins",
-        handler=list_plugins, response=PluginList, query=PluginFilter, tags=_PLUGINS,
+        method="GET",
+        path="/api/v1/plugins",
+        operation_id="listPlugins",
+        handler=list_plugins,
+        response=PluginList,
+        query=PluginFilter,
+        tags=_PLUGINS,
         summary="The catalog, filtered by name substring, tag, state or permission",
     ),
     Operation(
-        method="POST", path="/api/v1/plugins", operation_id="installPlugin", handler=install,
-        response=Installed, status=201, body=InstallRequest, mutating=True, tags=_PLUGINS,
-        problems=(404, 409, 413, 415, 422), max_body=_MAX_PACKAGE * 4 // 3 + 1024,
+        method="POST",
+        path="/api/v1/plugins",
+        operation_id="installPlugin",
+        handler=install,
+        response=Installed,
+        status=201,
+        body=InstallRequest,
+        mutating=True,
+        tags=_PLUGINS,
+        problems=(404, 409, 413, 415, 422),
+        max_body=_MAX_PACKAGE * 4 // 3 + 1024,
         summary="Verify and install an uploaded .nyxp, then load (or hot-reload) it",
     ),
     Operation(
-        method="GET", path="/api/v1/plugins/{name}", operation_id="getPlugin",
-        handler=get_plugin, response=PluginStatus, problems=(404,), tags=_PLUGINS,
+        method="GET",
+        path="/api/v1/plugins/{name}",
+        operation_id="getPlugin",
+        handler=get_plugin,
+        response=PluginStatus,
+        problems=(404,),
+        tags=_PLUGINS,
         summary="One catalog entry",
     ),
     Operation(
-        method="DELETE", path="/api/v1/plugins/{name}", operation_id="uninstallPlugin",
-        handler=uninstall, response=Uninstalled, problems=(404, 409), mutating=True,
-        tags=_PLUGINS, summary="Unload (draining) and remove an installed package",
+        method="DELETE",
+        path="/api/v1/plugins/{name}",
+        operation_id="uninstallPlugin",
+        handler=uninstall,
+        response=Uninstalled,
+        problems=(404, 409),
+        mutating=True,
+        tags=_PLUGINS,
+        summary="Unload (draining) and remove an installed package",
     ),
     Operation(
-        method="POST", path="/api/v1/plugins/{name}/enable", operation_id="enablePlugin",
-        handler=enable, response=Toggled, problems=(404, 409, 422), mutating=True,
-        tags=_PLUGINS, summary="Allow it to load (remembered across restarts) and load it",
+        method="POST",
+        path="/api/v1/plugins/{name}/enable",
+        operation_id="enablePlugin",
+        handler=enable,
+        response=Toggled,
+        problems=(404, 409, 422),
+        mutating=True,
+        tags=_PLUGINS,
+        summary="Allow it to load (remembered across restarts) and load it",
     ),
     Operation(
-        method="POST", path="/api/v1/plugins/{name}/disable", operation_id="disablePlugin",
-        handler=disable, response=Toggled, problems=(404, 409), mutating=True, tags=_PLUGINS,
+        method="POST",
+        path="/api/v1/plugins/{name}/disable",
+        operation_id="disablePlugin",
+        handler=disable,
+        response=Toggled,
+        problems=(404, 409),
+        mutating=True,
+        tags=_PLUGINS,
         summary="Keep it from loading (remembered) and unload it, draining its queue",
     ),
     Operation(
-        method="POST", path="/api/v1/plugins/{name}/reload", operation_id="reloadPlugin",
-        handler=reload, response=ReloadResult, query=ReloadOptions, problems=(404, 409, 422),
-        mutating=True, tags=_PLUGINS,
+        method="POST",
+        path="/api/v1/plugins/{name}/reload",
+        operation_id="reloadPlugin",
+        handler=reload,
+        response=ReloadResult,
+        query=ReloadOptions,
+        problems=(404, 409, 422),
+        mutating=True,
+        tags=_PLUGINS,
         summary="Hot-reload it from disk; a failure leaves the old version serving",
     ),
     Operation(
-        method="GET", path="/api/v1/plugins/{name}/stats", operation_id="pluginStats",
-        handler=plugin_stats, response=PluginStatsView, problems=(404,), tags=("stats",),
+        method="GET",
+        path="/api/v1/plugins/{name}/stats",
+        operation_id="pluginStats",
+        handler=plugin_stats,
+        response=PluginStatsView,
+        problems=(404,),
+        tags=("stats",),
         summary="Its dispatcher counters, reloads and isolation (child, faults, ledger)",
     ),
     Operation(
-        method="GET", path="/api/v1/stats", operation_id="hostStats", handler=host_stats,
-        response=HostStats, tags=("stats",),
+        method="GET",
+        path="/api/v1/stats",
+        operation_id="hostStats",
+        handler=host_stats,
+        response=HostStats,
+        tags=("stats",),
         summary="The dispatcher's counters and the plugins by state",
     ),
     Operation(
-        method="GET", path="/api/v1/trust/keys", operation_id="trustKeys", handler=trust_keys,
-        response=KeyList, tags=("trust",), summary="The publisher keys this host trusts",
+        method="GET",
+        path="/api/v1/trust/keys",
+        operation_id="trustKeys",
+        handler=trust_keys,
+        response=KeyList,
+        tags=("trust",),
+        summary="The publisher keys this host trusts",
     ),
     Operation(
-        method="GET", path="/api/v1/trust/revocations", operation_id="trustRevocations",
-        handler=revocations, response=Revocations, tags=("trust",),
+        method="GET",
+        path="/api/v1/trust/revocations",
+        operation_id="trustRevocations",
+        handler=revocations,
+        response=Revocations,
+        tags=("trust",),
         summary="Revoked keys and packages, and the rollback floors",
     ),
     Operation(
-        method="GET", path="/api/v1/audit", operation_id="audit", handler=audit_entries,
-        response=AuditEntries, query=AuditQuery, tags=("trust",),
+        method="GET",
+        path="/api/v1/audit",
+        operation_id="audit",
+        handler=audit_entries,
+        response=AuditEntries,
+        query=AuditQuery,
+        tags=("trust",),
         summary="The audit trail (trust decisions, admin calls, lifecycle), newest last",
     ),
 )

@@ -65,7 +65,8 @@ def parse_admin_address(text: str) -> AdminAddress:
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise AdminConfigError(
-            f"Expected `HOST:PORT` with PORT in `0..65535` or `unix:PATH`, got `{text}` - in --admin"
+            f"Expected `HOST:PORT` with PORT in `0..65535` or `unix:PATH`, got `{text}` - "
+            "in --admin"
         )
     if not is_loopback(host):
         raise AdminConfigError(

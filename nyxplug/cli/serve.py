@@ -119,9 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     admin = _admin_options(args)
     config = _host.host_config(args)
     where = _host.host_line(args, config)
-    return asyncio.run(
-        _serve_async(_host.plugin_manager(config), address, args.unix, where, admin)
-    )
+    return asyncio.run(_serve_async(_host.plugin_manager(config), address, args.unix, where, admin))
 
 
 def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | None:
