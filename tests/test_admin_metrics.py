@@ -123,10 +123,13 @@ async def test_openmetrics_is_served_when_asked_for(tmp_path: Path, impl: Any) -
 async def test_scrapes_within_the_cache_share_one_render(tmp_path: Path, impl: Any) -> None:
     async with running_host(tmp_path, impl) as running:
         app = build_app(running.manager, running.host.token)
-        first = await asyncio.gather(*(app.metrics.render(None) for _ in range(5)))
-        assert app.metrics.renders == 1 and len({body for body, _ in first}) == 1
-        await app.metrics.render(None)
-        assert app.metrics.renders == 1  # cached for a second
+        try:
+            first = await asyncio.gather(*(app.metrics.render(None) for _ in range(5)))
+            assert app.metrics.renders == 1 and len({body for body, _ in first}) == 1
+            await app.metrics.render(None)
+            assert app.metrics.renders == 1  # cached for a second
+        finally:
+            await app.metrics.aclose()
 
 
 async def test_promtool_accepts_the_metrics(tmp_path: Path, impl: Any) -> None:

@@ -84,6 +84,7 @@ class AdminServer:
         try:
             await task
         finally:
+            await self.app.metrics.aclose()
             await server.shutdown(sockets=self._sockets)
             for sock in self._sockets:
                 sock.close()

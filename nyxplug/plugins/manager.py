@@ -41,6 +41,7 @@ from .api import PluginContext
 from .catalog import (
     ENTRY_POINT_GROUP,
     ManifestCache,
+    PluginCounters,
     PluginRecord,
     PluginStatus,
     Sources,
@@ -216,6 +217,12 @@ class PluginManager:
         """Every plugin name in the catalog, sorted (no status records built: a scrape
         reads a large catalog a slice at a time with ``status``)."""
         return sorted(self._records)
+
+    def counters(self, name: str) -> PluginCounters:
+        """One plugin's counters and labels, cheaply (what a metrics scrape reads)."""
+        record = self._record(name)
+        m = record.manifest
+        return record.counters(self.dispatcher.plugin_stats(m.id) if m is not None else None)
 
     def status(self, name: str) -> PluginStatus:
         """One catalog entry (``PluginNotFound`` if unknown)."""
