@@ -206,12 +206,18 @@ async def poll(frames: int, rounds: int) -> None:
                     polled.append(await run_once())
                 total_calls += calls[0]
             base, with_poll = statistics.median(plain), statistics.median(polled)
-            print(f"serve, no admin calls:        {base:12,.0f} frames/s (median of {rounds})")
+            spread = (max(plain) - min(plain)) / base * 100
+            print(
+                f"serve, no admin calls:        {base:12,.0f} frames/s (median of {rounds}; "
+                f"rounds spread {spread:.1f} %)"
+            )
             print(
                 f"serve, GET /api/v1/plugins every 100 ms: {with_poll:12,.0f} frames/s "
                 f"({total_calls} calls in all)"
             )
             print(f"cost of polling: {(1 - with_poll / base) * 100:+.2f} % throughput")
+            pairs = sorted((1 - p / b) * 100 for b, p in zip(plain, polled, strict=True))
+            print(f"per adjacent pair: {', '.join(f'{c:+.1f}' for c in pairs)} %")
     finally:
         server.close()
         await server.wait_closed()
