@@ -221,4 +221,3 @@ def _screen(window: Any, client: Client, interval: float) -> None:
             return
         before, taken = after, now
         after, now = sample(client), time.monotonic()
-
