@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -207,3 +208,38 @@ async def test_a_real_prometheus_server_scrapes_the_host(tmp_path: Path, impl: A
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), TIMEOUT)
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana" / "nyxplug.json"
+
+
+async def test_the_grafana_dashboard_queries_series_the_host_exports(
+    tmp_path: Path, impl: Any
+) -> None:
+    """Every query is valid PromQL (promtool checks it as a recording rule) and names only
+    series ``/metrics`` has."""
+    promtool = need("promtool")
+    exprs = [
+        target["expr"].replace("$plugin", ".*")
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: dashboard\n    rules:\n"
+        + "".join(
+            f"      - record: dashboard:q{n}\n        expr: {json.dumps(e)}\n"
+            for n, e in enumerate(exprs)
+        )  # fmt: skip
+    )
+    checked = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "rules", str(rules)], capture_output=True,
+        text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    async with running_host(tmp_path, impl) as running:
+        _, _, text = await running.get("/metrics", token=running.host.token)
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    exported |= {f"{name}_total" for name in exported}
+    used = {name for e in exprs for name in re.findall(r"\bnyxplug_[a-z_]+", e)}
+    assert used <= exported, used - exported

@@ -571,6 +571,6 @@ OPERATIONS: tuple[Operation, ...] = (
         response=AuditEntries,
         query=AuditQuery,
         tags=("trust",),
-        summary="The audit trail (trust decisions, admin calls, lifecycle), newest last",
+        summary="The audit trail (trust decisions, installs, loads, admin calls), newest last",
     ),
 )
