@@ -5,6 +5,9 @@ ticker measures the event loop's lag while a client in another process scrapes
 ``/metrics`` over loopback, uncached, again and again - side by side with the lag of the
 same render done on the loop (what a plain ``generate_latest`` in the handler would do).
 
+``percall``: the loop's CPU time per admin call, calls back to back from another process -
+the cost a poller adds, free of the round-to-round noise of a throughput comparison.
+
 ``poll``: the serving benchmark (``benchmarks/serve_interop.py``: a cbor2 client pipelines
 64-byte frames to a no-op plugin over loopback) run through a ``PluginManager`` host with
 the admin API on the same loop, alternately without and with a client in another process
@@ -44,6 +47,8 @@ while not stop.is_set():
     response = conn.getresponse(); response.read(); conn.close()
     assert response.status == 200, response.status
     calls += 1
+    if calls == 1:
+        print("ready", flush=True)  # started and answered: the measurement may begin
     stop.wait(max(0.0, interval - (time.perf_counter() - started)))
 print(calls, flush=True)
 """
@@ -86,11 +91,14 @@ async def client(
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     calls: list[int] = []
+    assert proc.stdout is not None
+    # Python's start-up in the client (~0.1 s of CPU) must not fall into the measurement.
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
     try:
         yield calls
     finally:
         out, _ = await asyncio.wait_for(proc.communicate(b""), 60)
-        calls.append(int(out.strip() or 0))
+        calls.append(int(out.strip() or 0) - 1)  # the start-up call is not counted
 
 
 class Ticker:
@@ -167,7 +175,32 @@ async def render_once(manager: PluginManager) -> tuple[bytes, str]:
     return await asyncio.to_thread(render, snapshot, None)
 
 
-async def poll(frames: int, rounds: int) -> None:
+async def per_call(seconds: float) -> None:
+    """The loop's CPU time per admin call (calls back to back from another process): the
+    cost a poller adds to the loop, without the noise of a throughput A/B test."""
+    plugin(name="noop", id=1, version="1.0.0", permissions=["DATA_ACCESS"])(
+        type("NoopPlugin", (Noop,), {})
+    )
+    code_plugins(20)
+    manager = PluginManager(entry_points=False)
+    await manager.start()
+    try:
+        async with admin_host(manager) as (address, token):
+            for path in ("/health/live", "/api/v1/plugins", "/api/v1/stats"):
+                async with client(address, path, token, 0.0) as calls:
+                    cpu, wall = time.thread_time(), time.perf_counter()
+                    await asyncio.sleep(seconds)
+                    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+                per = cpu / calls[0]
+                print(
+                    f"GET {path:<18} {calls[0]:6} calls: loop CPU {per * 1e3:.3f} ms per call "
+                    f"= {per * 10 * 100:.2f} % of the loop at one call per 100 ms"
+                )
+    finally:
+        await manager.aclose()
+
+
+async def poll(frames: int, rounds: int, path: str = "/api/v1/plugins") -> None:
     from benchmarks.serve_interop import _frame
     from nyxplug._serve import FrameService
 
@@ -200,11 +233,15 @@ async def poll(frames: int, rounds: int) -> None:
             plain: list[float] = []
             polled: list[float] = []
             total_calls = 0
-            for _ in range(rounds):
-                plain.append(await run_once())
-                async with client(address, "/api/v1/plugins", token, 0.1) as calls:
+            for n in range(rounds):
+                # Alternate which goes first, so a drift of the machine hits both alike.
+                if n % 2:
+                    plain.append(await run_once())
+                async with client(address, path, token, 0.1) as calls:
                     polled.append(await run_once())
                 total_calls += calls[0]
+                if not n % 2:
+                    plain.append(await run_once())
             base, with_poll = statistics.median(plain), statistics.median(polled)
             spread = (max(plain) - min(plain)) / base * 100
             print(
@@ -212,7 +249,7 @@ async def poll(frames: int, rounds: int) -> None:
                 f"rounds spread {spread:.1f} %)"
             )
             print(
-                f"serve, GET /api/v1/plugins every 100 ms: {with_poll:12,.0f} frames/s "
+                f"serve, GET {path} every 100 ms: {with_poll:12,.0f} frames/s "
                 f"({total_calls} calls in all)"
             )
             print(f"cost of polling: {(1 - with_poll / base) * 100:+.2f} % throughput")
@@ -226,12 +263,15 @@ async def poll(frames: int, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("scrape", "poll", "all"), nargs="?", default="all")
+    parser.add_argument(
+        "what", choices=("scrape", "percall", "poll", "all"), nargs="?", default="all"
+    )
     parser.add_argument("--plugins", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--frames", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument("--poll-path", default="/api/v1/plugins", help="what poll GETs")
     args = parser.parse_args()
     runner: Any = asyncio.run
     if args.loop == "uvloop":
@@ -241,8 +281,10 @@ def main() -> None:
     print(f"{args.loop}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     if args.what in ("scrape", "all"):
         runner(scrape(args.plugins, args.seconds))
+    if args.what in ("percall", "all"):
+        runner(per_call(args.seconds))
     if args.what in ("poll", "all"):
-        runner(poll(args.frames, args.rounds))
+        runner(poll(args.frames, args.rounds, args.poll_path))
 
 
 if __name__ == "__main__":
