@@ -229,3 +229,32 @@ def test_a_problem_carries_the_message_users_see_elsewhere(tmp_path: Path) -> No
             body=msgspec.json.encode(big), headers={"Content-Type": "text/plain"},
         )  # fmt: skip
         assert status == 415 and "Expected `application/json`" in body["detail"]
+
+
+async def test_one_audit_trail_holds_lifecycle_and_admin_calls(tmp_path: Path) -> None:
+    """Reloads, unloads and the admin calls that caused them land in one log (with the
+    trust decisions: signed loads and installs)."""
+    host = AdminHost(tmp_path)
+    manager = host.manager()
+    await manager.start()
+    try:
+        app = build_app(manager, host.token)
+        loopback = ("127.0.0.1", 5000)
+        async with asyncio.timeout(10):
+            for path in ("/api/v1/plugins/echo/reload", "/api/v1/plugins/echo/disable"):
+                status, _ = await asgi_call(app, "POST", path, client=loopback, token=host.token)
+                assert status == 200
+    finally:
+        await manager.aclose()
+    assert manager.audit is not None
+    trail = [
+        (e["event"], e["decision"], e.get("operation"))
+        for e in manager.audit.entries()
+        if e.get("plugin") == "echo"
+    ]
+    assert trail == [
+        ("reload", "swapped", None),
+        ("admin", "done", "reloadPlugin"),
+        ("unload", "done", None),
+        ("admin", "done", "disablePlugin"),
+    ]
