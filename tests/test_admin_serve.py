@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -149,3 +150,30 @@ def test_admin_without_a_token_file_is_refused(tmp_path: Path) -> None:
         "nyxplug serve: --admin needs --admin-token-file FILE: every admin call but /health "
         "must carry its bearer token\n"
     )
+
+
+BROKEN = """
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    async def on_load(self, ctx):
+        raise RuntimeError("no database")
+"""
+
+
+def test_json_logs_carry_the_plugin_as_fields(tmp_path: Path) -> None:
+    write_plugin(tmp_path / "plugins", "broken", 12, BROKEN, version="2.1.0")
+    proc = serve(tmp_path, "--log-format", "json")
+    try:
+        wait_for_line(proc, r"^listening on 127\.0\.0\.1:\d+ ")
+    finally:
+        _, err = stop(proc)
+    assert proc.returncode == 0
+    entries = [json.loads(line) for line in err.splitlines()]
+    failed = [e for e in entries if e.get("plugin") == "broken"]
+    assert len(failed) == 1, entries
+    entry = failed[0]
+    assert (entry["level"], entry["logger"]) == ("ERROR", "nyxplug.runtime")
+    assert (entry["plugin_id"], entry["version"]) == (12, "2.1.0")
+    assert "no database" in entry["message"]
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$", entry["time"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -73,6 +74,14 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
         "or unix:PATH on the host's own loop; needs nyxplug[admin] and --admin-token-file",
     )
     serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log nyxplug's events (INFO and up) to stderr, as text or one JSON object per "
+        "line with plugin, plugin_id, version and frame_type fields (default: warnings only, "
+        "as text)",
+    )
+    serve.add_argument(
         "--admin-token-file",
         metavar="FILE",
         help="file (mode 0600) holding the bearer token every admin call but /health needs",
@@ -119,7 +128,17 @@ def _serve(args: argparse.Namespace) -> int:
     admin = _admin_options(args)
     config = _host.host_config(args)
     where = _host.host_line(args, config)
-    return asyncio.run(_serve_async(_host.plugin_manager(config), address, args.unix, where, admin))
+    handler = None
+    if args.log_format is not None:
+        from ._logs import log_to_stderr
+
+        handler = log_to_stderr(args.log_format)
+    try:
+        manager = _host.plugin_manager(config)
+        return asyncio.run(_serve_async(manager, address, args.unix, where, admin))
+    finally:
+        if handler is not None:
+            logging.getLogger("nyxplug").removeHandler(handler)
 
 
 def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | None:

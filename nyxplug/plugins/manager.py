@@ -317,7 +317,13 @@ class PluginManager:
             try:
                 await self.load(name)
             except PluginLoadError as exc:
-                logger.error("%s", exc)
+                m = record.manifest
+                logger.error(
+                    "%s", exc, extra={
+                        "plugin": exc.name, "plugin_id": m.id if m else None,
+                        "version": m.plugin.version if m else None,
+                    },
+                )  # fmt: skip
         return self.catalog()
 
     def _lock(self, name: str) -> asyncio.Lock:
