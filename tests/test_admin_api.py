@@ -21,7 +21,7 @@ import msgspec
 import pytest
 import schemathesis
 from admin_helpers import AdminHost, ThreadedHost, call
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 
 from nyxplug.admin import OPERATIONS, build_app, openapi_document
 from nyxplug.trust import install_package
@@ -67,6 +67,55 @@ def api_schema(running: ThreadedHost) -> Any:
     return schema
 
 
+def exercise(
+    operation_id: str, op: Any, strategy: Any, examples: int, *, negative: bool,
+    headers: dict[str, str],
+) -> None:  # fmt: skip
+    """``examples`` cases of ``strategy``, each called and checked by schemathesis."""
+
+    @settings(
+        max_examples=examples, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        if negative and sent_as_valid(op, case):
+            reject()  # e.g. an extra query parameter of value None, which is not sent
+        response = case.call_and_validate(headers=headers)
+        SEEN[operation_id][response.status_code] += 1
+
+    run()
+
+
+def sent_as_valid(op: Any, case: Any) -> bool:
+    """Whether a "negative" case is valid once serialized: the requests transport leaves
+    out query parameters whose value is None, and the Authorization header is always
+    sent here, so some generated violations never reach the server."""
+    from nyxplug.source.layout import NAME_PATTERN
+
+    for value in (case.path_parameters or {}).values():
+        if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+            return False
+    query = {k: v for k, v in (case.query or {}).items() if v is not None}
+    if any(isinstance(v, list | dict) for v in query.values()):
+        return False
+    if op.query is None:
+        if query:
+            return False
+    else:
+        text = {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in query.items()}
+        try:
+            msgspec.convert(text, op.query, strict=False)
+        except msgspec.ValidationError:
+            return False
+    if op.body is not None:
+        try:
+            msgspec.json.decode(json.dumps(case.body), type=op.body)
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError):
+            return False
+    return True
+
+
 @pytest.mark.parametrize("operation_id", [op.operation_id for op in OPERATIONS])
 def test_every_operation_conforms_to_the_document(
     operation_id: str, running: ThreadedHost, api_schema: Any
@@ -84,19 +133,8 @@ def test_every_operation_conforms_to_the_document(
     if "{" in op.path or op.query is not None or op.body is not None:  # else no negative data
         modes.append((GenerationMode.NEGATIVE, 50))
     for mode, examples in modes:
-
-        @settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=operation.as_strategy(generation_mode=mode))
-        def run(case: Any) -> None:
-            response = case.call_and_validate(headers=headers)
-            SEEN[operation_id][response.status_code] += 1
-
-        run()
+        exercise(operation_id, op, operation.as_strategy(generation_mode=mode), examples,
+                 negative=mode is GenerationMode.NEGATIVE, headers=headers)  # fmt: skip
 
 
 def test_every_operation_reached_a_success() -> None:

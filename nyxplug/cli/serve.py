@@ -154,6 +154,18 @@ def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | Non
             "--admin needs --admin-token-file FILE: every admin call but /health must carry "
             "its bearer token"
         )
+    import importlib.util
+
+    missing = [
+        name
+        for name in ("starlette", "uvicorn", "httptools", "prometheus_client")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise Problem(
+            f"--admin needs the admin extra ({', '.join(missing)} missing) - "
+            "pip install 'nyxplug[admin]'"
+        )
     try:
         return parse_admin_address(args.admin), read_token(args.admin_token_file)
     except AdminConfigError as exc:

@@ -175,8 +175,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _top(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from ..admin.options import AdminConfigError, read_token
 
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise Problem(
+            "nyxplug top reads /metrics with prometheus-client: pip install 'nyxplug[admin]'"
+        )
     if args.interval <= 0:
         raise Problem(f"--interval {args.interval}: expected a number of seconds above 0")
     try:
