@@ -87,7 +87,7 @@ lock: $(UV)
 	$(UV_COMPILE) $(LOCK)/bootstrap.in -o $(LOCK)/bootstrap.txt
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	  | $(UV_COMPILE) - -o $(LOCK)/build.txt
-	$(UV_COMPILE) pyproject.toml --extra test --extra bench --extra uvloop -o $(LOCK)/test.txt
+	$(UV_COMPILE) pyproject.toml --extra test --extra bench --extra uvloop --extra admin -o $(LOCK)/test.txt
 	$(UV_COMPILE) pyproject.toml --extra uvloop -c $(LOCK)/test.txt -o $(LOCK)/demo.txt
 
 # Types as users see them: mypy --strict over the package (it reads the pure twin) and the

@@ -21,6 +21,8 @@ serving      nyxplug.serving (listeners, access, the    plugins, config, trust, 
              session protocol and its client)           source, engine
 testing      nyxplug.testing  (the plugin author's kit: plugins, config, trust, isolation,
              a pytest plugin)                           source, engine
+admin        nyxplug.admin  (the admin API, metrics)    facade, plugins, config, trust,
+                                                        isolation, source, engine
 facade       nyxplug (its __init__)                     engine (serving: lazily, see below)
 host         nyxplug.host  (the isolated child's entry) isolation, engine
 cli          nyxplug.cli, nyxplug.__main__,             everything above but host
@@ -64,10 +66,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "plugins": frozenset({"config", "trust", "isolation", "source", "engine"}),
     "serving": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
     "testing": frozenset({"plugins", "config", "trust", "isolation", "source", "engine"}),
+    "admin": frozenset({"facade", "plugins", "config", "trust", "isolation", "source", "engine"}),
     "facade": frozenset({"engine", "serving"}),
     "host": frozenset({"isolation", "engine"}),
     "cli": frozenset(
         {
+            "admin",
             "facade",
             "serving",
             "testing",
@@ -99,7 +103,17 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if (top.startswith("_") and top != "__main__") or top == "sandbox":
         return "engine"
-    layers = ("source", "trust", "isolation", "config", "plugins", "serving", "testing", "host")
+    layers = (
+        "source",
+        "trust",
+        "isolation",
+        "config",
+        "plugins",
+        "serving",
+        "testing",
+        "admin",
+        "host",
+    )
     if top in layers:
         return top
     if top in ("cli", "__main__", "templates"):

@@ -5,7 +5,8 @@
 ``verify``, ``install`` and ``uninstall`` in ``nyxplug.cli.packages``; ``trust`` and
 ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the watching host of ``run --watch``)
 in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``; ``serve`` in
-``nyxplug.cli.serve``. The host options
+``nyxplug.cli.serve``; ``top`` (a live view through the admin API) in ``nyxplug.cli.top``.
+The host options
 they share, and how a problem is reported, are ``nyxplug.cli._host``'s.
 """
 
@@ -16,7 +17,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _host, isolation, keys, packages, plugins, reload, serve, trust
+from . import _host, isolation, keys, packages, plugins, reload, serve, top, trust
 
 __all__ = ("main",)
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     packages.add_install_commands(commands)
     trust.add_commands(commands)
     isolation.add_commands(commands)
+    top.add_commands(commands)
     return parser
 
 
@@ -141,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload.run(args)
     if args.command in serve.COMMANDS:
         return serve.run(args)
+    if args.command in top.COMMANDS:
+        return top.run(args)
     if args.command in keys.COMMANDS:
         return keys.run(args)
     if args.command in packages.COMMANDS:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import math
 import signal
 import ssl
@@ -36,6 +37,7 @@ from . import _host
 from ._common import Problem, status_line
 
 if TYPE_CHECKING:
+    from ..admin.options import AdminAddress
     from ..plugins import PluginManager
     from ..serving.security import AccessList
     from ._host import Commands
@@ -87,6 +89,25 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
         "--allow-remote-plaintext",
         action="store_true",
         help="listen on a non-loopback address without TLS (a trusted network only)",
+    )
+    serve.add_argument(
+        "--admin",
+        metavar="ADDRESS",
+        help="serve the admin API (/api/v1, /openapi.json, /metrics) at a loopback HOST:PORT "
+        "or unix:PATH on the host's own loop; needs nyxplug[admin] and --admin-token-file",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log nyxplug's events (INFO and up) to stderr, as text or one JSON object per "
+        "line with plugin, plugin_id, version and frame_type fields (default: warnings only, "
+        "as text)",
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="file (mode 0600) holding the bearer token every admin call but /health needs",
     )
     serve.add_argument(
         "--tls-cert",
@@ -299,11 +320,51 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.credit < 1:
         raise Problem(f"--credit {args.credit}: expected a credit of at least 1")
+    admin = _admin_options(args)
     config = _host.host_config(args)
     where = _host.host_line(args, config)
-    return asyncio.run(
-        _serve_async(_host.plugin_manager(config), address, args.unix, where, security, args)
-    )
+    handler = None
+    if args.log_format is not None:
+        from ._logs import log_to_stderr
+
+        handler = log_to_stderr(args.log_format)
+    try:
+        manager = _host.plugin_manager(config)
+        return asyncio.run(_serve_async(manager, address, args.unix, where, security, args, admin))
+    finally:
+        if handler is not None:
+            logging.getLogger("nyxplug").removeHandler(handler)
+
+
+def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | None:
+    """``--admin`` and its token, checked before any plugin starts."""
+    from ..admin.options import AdminConfigError, parse_admin_address, read_token
+
+    if args.admin is None:
+        if args.admin_token_file is not None:
+            raise Problem("--admin-token-file is for the admin API: give --admin ADDRESS too")
+        return None
+    if args.admin_token_file is None:
+        raise Problem(
+            "--admin needs --admin-token-file FILE: every admin call but /health must carry "
+            "its bearer token"
+        )
+    import importlib.util
+
+    missing = [
+        name
+        for name in ("starlette", "uvicorn", "httptools", "prometheus_client")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise Problem(
+            f"--admin needs the admin extra ({', '.join(missing)} missing) - "
+            "pip install 'nyxplug[admin]'"
+        )
+    try:
+        return parse_admin_address(args.admin), read_token(args.admin_token_file)
+    except AdminConfigError as exc:
+        raise Problem(str(exc)) from None
 
 
 async def _serve_async(
@@ -313,6 +374,7 @@ async def _serve_async(
     where: str,
     security: _Security,
     args: argparse.Namespace,
+    admin: tuple[AdminAddress, bytes] | None = None,
 ) -> int:
     from .._serve import FrameService
     from ..serving import SessionService
@@ -337,9 +399,15 @@ async def _serve_async(
     servers: list[asyncio.Server] = []
     context = security.context
     kind = security.describe(args.codec)
+    admin_server = None
     try:
         for line in security.lines():
             print(line)
+        if admin is not None:
+            from ..admin import AdminServer, build_app
+
+            admin_server = AdminServer(build_app(manager, admin[1]), admin[0])
+            print(f"admin API on {await admin_server.start()} (/api/v1, /openapi.json, /metrics)")
         if address is not None:
             server = await loop.create_server(service.protocol, *address, ssl=context)
             servers.append(server)
@@ -361,6 +429,8 @@ async def _serve_async(
     finally:
         for server in servers:
             server.close()
+        if admin_server is not None:
+            await admin_server.aclose()
         await manager.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -166,7 +166,7 @@ def add_commands(commands: _host.Commands) -> None:
     audit = commands.add_parser(
         "audit",
         parents=[host],
-        help="the latest trust decisions and trust-store changes",
+        help="the latest trust decisions, trust-store changes and admin API calls",
         description="Print the last N entries of STATE_DIR/audit.jsonl, oldest first.",
     )
     audit.add_argument(
@@ -176,6 +176,12 @@ def add_commands(commands: _host.Commands) -> None:
         metavar="N",
         help="how many entries (default: 20)",
     )
+    audit.add_argument(
+        "--event",
+        metavar="EVENT",
+        help="only entries of this event (install, load, trust-add, admin, ...)",
+    )
+    audit.add_argument("--plugin", metavar="NAME", help="only entries about this plugin")
 
 
 # -- running ----------------------------------------------------------------------------
@@ -356,6 +362,11 @@ def _audit(args: argparse.Namespace) -> int:
         raise Problem(
             f"{log.path} is not a JSON-lines audit log ({exc}) - restore it from a backup"
         ) from None
+    entries = [
+        e for e in entries
+        if (args.event is None or e.get("event") == args.event)
+        and (args.plugin is None or e.get("plugin") == args.plugin)
+    ]  # fmt: skip
     if not entries:
         print(f"No audit entries yet ({log.path})")
         return 0
@@ -382,7 +393,13 @@ def _audit_cells(entry: dict[str, Any]) -> tuple[str, str, str, str, str]:
     else:
         subject = "-"
     details: list[str] = []
-    if entry.get("check"):
+    if event == "admin":  # an admin API call: what, by whom, how it ended
+        details.append(
+            f"{entry.get('operation')} by {entry.get('caller')} -> {entry.get('status')}"
+        )
+        if entry.get("reason"):
+            details.append(str(entry["reason"]))
+    elif entry.get("check"):
         details.append(f"[{entry['check']}] {entry.get('reason', '')}".rstrip())
     elif decision == "accepted":
         if entry.get("signed"):

@@ -598,7 +598,10 @@ class IsolatedPlugin:
             self._child.ready = False  # nothing more is sent to it, it is ending
         self._state = "failed"
         self._failure = reason
-        logger.error("Plugin %r (id %d) failed: %s", self.name, self.plugin_id, reason)
+        logger.error(
+            "Plugin %r (id %d) failed: %s", self.name, self.plugin_id, reason,
+            extra={"plugin": self.name, "plugin_id": self.plugin_id, "version": self.version},
+        )  # fmt: skip
         if self._ready is not None:
             self._ready.set()
         if self._on_failed is not None:

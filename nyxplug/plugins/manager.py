@@ -43,6 +43,7 @@ from .api import PluginContext
 from .catalog import (
     ENTRY_POINT_GROUP,
     ManifestCache,
+    PluginCounters,
     PluginRecord,
     PluginStatus,
     Sources,
@@ -53,7 +54,13 @@ from .catalog import (
 )
 from .deps import dependency_order
 from .disabled import read_disabled, write_disabled
-from .errors import DependencyError, PluginLoadError, PluginNotFound, PluginStateError
+from .errors import (
+    DependencyError,
+    PluginLoadError,
+    PluginNotFound,
+    PluginStateError,
+    ReloadFailed,
+)
 from .health import HealthMonitor
 from .reload import LoadSteps, ReloadResult, reload_plugin
 from .staging import guard_of, info_of, instantiate, read_code, staged_manifest
@@ -216,6 +223,17 @@ class PluginManager:
             out.append(record.status())
         return out
 
+    def names(self) -> list[str]:
+        """Every plugin name in the catalog, sorted (no status records built: a scrape
+        reads a large catalog a slice at a time with ``status``)."""
+        return sorted(self._records)
+
+    def counters(self, name: str) -> PluginCounters:
+        """One plugin's counters and labels, cheaply (what a metrics scrape reads)."""
+        record = self._record(name)
+        m = record.manifest
+        return record.counters(self.dispatcher.plugin_stats(m.id) if m is not None else None)
+
     def status(self, name: str) -> PluginStatus:
         """One catalog entry (``PluginNotFound`` if unknown)."""
         return self._record(name).status()
@@ -303,7 +321,13 @@ class PluginManager:
             try:
                 await self.load(name)
             except PluginLoadError as exc:
-                logger.error("%s", exc)
+                m = record.manifest
+                logger.error(
+                    "%s", exc, extra={
+                        "plugin": exc.name, "plugin_id": m.id if m else None,
+                        "version": m.plugin.version if m else None,
+                    },
+                )  # fmt: skip
         return self.catalog()
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -514,6 +538,10 @@ class PluginManager:
                 record.move(PluginState.FAILED, reason)
                 if record.name in self._load_order:
                     self._load_order.remove(record.name)
+                self._audit(
+                    "isolation", "failed", record, reason=reason,
+                    restarts=instance.stats().restarts,
+                )  # fmt: skip
 
     def isolation_stats(self, name: str) -> IsolationStats | None:
         """The child, faults and ledger of an isolated plugin (None if it runs in-process)."""
@@ -558,6 +586,10 @@ class PluginManager:
                 record.move(PluginState.UNLOADED, reason)
                 if name in self._load_order:
                     self._load_order.remove(name)
+            self._audit(
+                "unload", "done", record, drained=drain, dropped=stats.dropped,
+                processed=stats.messages_processed, reason=reason,
+            )  # fmt: skip
             return stats
 
     # -- hot reload ------------------------------------------------------------------
@@ -581,11 +613,36 @@ class PluginManager:
                     "only an active plugin is swapped in place; load it instead",
                 )  # fmt: skip
             runtime = self.config.runtime
-            return await reload_plugin(
-                record, self._records, if_changed=if_changed, allow_downgrade=allow_downgrade,
-                retries=runtime.reload_retries, backoff=runtime.reload_backoff,
-                dispatcher=self.dispatcher, steps=self._steps,
+            try:
+                result = await reload_plugin(
+                    record, self._records, if_changed=if_changed,
+                    allow_downgrade=allow_downgrade, retries=runtime.reload_retries,
+                    backoff=runtime.reload_backoff, dispatcher=self.dispatcher,
+                    steps=self._steps,
+                )  # fmt: skip
+            except ReloadFailed as exc:
+                self._audit("reload", "rolled-back", record, step=exc.step, reason=exc.reason)
+                raise
+            if result.outcome != "unchanged":
+                self._audit(
+                    "reload", result.outcome, record, from_version=result.from_version,
+                    to_version=result.to_version, pause=result.pause, attempts=result.attempts,
+                )  # fmt: skip
+            return result
+
+    def _audit(self, event: str, decision: str, record: PluginRecord, **fields: Any) -> None:
+        """One lifecycle entry in the host's audit log (the trail ``nyxplug audit`` reads);
+        a log that cannot be written is reported, never raised into the lifecycle."""
+        if self.audit is None:
+            return
+        m = record.manifest
+        try:
+            self.audit.record(
+                event, decision, plugin=record.name, plugin_id=m.id if m else None,
+                version=m.plugin.version if m else None, **fields,
             )  # fmt: skip
+        except OSError as exc:
+            logger.error("Plugin %r: could not write the audit log: %s", record.name, exc)
 
     def watched_paths(self) -> dict[Path, str]:
         """Folder -> plugin name, for every plugin that runs from a folder (the watcher's map)."""

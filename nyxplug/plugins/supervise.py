@@ -51,7 +51,7 @@ async def call_on_unload(name: str, guard: SandboxGuard | None, instance: Any) -
         await lifecycle_call(guard, instance, "on_unload")
     except Exception as exc:  # the instance is gone either way; keep why
         reason = f"on_unload raised {type(exc).__name__}: {exc}"
-        logger.error("Plugin %r: %s", name, reason)
+        logger.error("Plugin %r: %s", name, reason, extra={"plugin": name})
         return reason
     return None
 
@@ -118,6 +118,12 @@ def _overran(
         elapsed,
         what,
         timeout,
+        extra={
+            "plugin": record.name,
+            "plugin_id": plugin_id,
+            "version": record.manifest.plugin.version if record.manifest else None,
+            "frame_type": int(first.frame_type),
+        },
     )
 
 
