@@ -37,9 +37,11 @@ def token_file(tmp_path: Path, mode: int = 0o600) -> tuple[Path, bytes]:
 
 
 def serve(tmp_path: Path, *admin: str) -> subprocess.Popen[str]:
+    """``nyxplug serve`` with the interop codec (its frames are built by ``nyx_frame``)."""
     write_plugin(tmp_path / "plugins", "echo", 7, RECORDER)
     return subprocess.Popen(
-        [sys.executable, "-m", "nyxplug", "serve", "--listen", "127.0.0.1:0", *admin,
+        [sys.executable, "-m", "nyxplug", "serve", "--listen", "127.0.0.1:0", "--codec", "nyx",
+         *admin,
          "--plugin-dir", str(tmp_path / "plugins"), "--state-dir", str(tmp_path / "state"),
          "--allow-unsigned"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=serve_env(tmp_path),
