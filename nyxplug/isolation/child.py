@@ -8,6 +8,7 @@ nothing here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import faulthandler
 import hashlib
@@ -19,7 +20,10 @@ import signal
 import socket
 import sys
 import traceback
+import types
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
+from collections.abc import Coroutine, Generator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,6 +40,7 @@ from .wire import Kind
 __all__ = ("Launch", "hello_proof", "run_child", "set_parent_death_signal")
 
 _PR_SET_PDEATHSIG = 1
+_FRAMES = Kind.FRAMES
 
 
 class Launch(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +112,7 @@ async def _main(sock_fd: int, launch: Launch, report: IsolationReport) -> int:
     sock.setblocking(False)
     side = ChildSide(launch, report)
     await loop.create_unix_connection(lambda: side, sock=sock)
-    return await side.run()
+    return await side.start_worker()
 
 
 class _ParentLog(logging.Handler):
@@ -147,16 +152,28 @@ class ChildContext:
         return f"<ChildContext {self.name!r} id={self.id} version={self.version}>"
 
 
-class ChildSide(asyncio.Protocol):
-    """The child's end of the socket: answers pings at once, runs everything else in order."""
+class ChildSide(asyncio.BufferedProtocol):
+    """The child's end of the socket.
+
+    A frame batch that arrives while nothing else is running is answered in the read
+    callback itself (decode, the plugin's handler, ack written), with no hop through the
+    event loop: that is most of a lone frame's round trip. Its handler runs as it would
+    in the worker task (that task is current, in that task's context); if the handler
+    suspends, the worker takes it over from there. Everything else, and every batch that
+    arrives behind other work, goes to the worker in order; pings are answered at once.
+    Acks written in one callback leave in one write.
+    """
 
     def __init__(self, launch: Launch, report: IsolationReport) -> None:
         self.launch = launch
         self.report = report
         self.loop = asyncio.get_running_loop()
         self.reader = wire.MessageReader(wire.PARENT_KINDS, wire.PARENT_MESSAGE_LIMIT)
-        self.work: deque[tuple[Kind, bytes]] = deque()
+        # (kind, body), or (None, a batch's coroutine that suspended in a callback)
+        self.work: deque[tuple[Kind | None, Any]] = deque()
         self.wakeup: asyncio.Future[None] | None = None
+        self.idle = False  # the worker waits for work: a batch may run in the callback
+        self.out: list[bytes] | None = None  # what the current callback will write
         self.finished: asyncio.Future[int] = self.loop.create_future()
         self.transport: asyncio.Transport | None = None
         self.plugin: Any = None
@@ -164,12 +181,18 @@ class ChildSide(asyncio.Protocol):
         self.batch = False
         self.timeout: float | None = None
         self.welcomed = False
+        # The worker and its context; a batch run in a callback runs in both.
+        self.context = contextvars.copy_context()
+        self.task: asyncio.Task[int] | None = None
         # The handler watchdog: one timer, re-armed per call (see _watch).
-        self.task: asyncio.Task[Any] | None = None
         self.started = 0.0
         self.running = False
         self.expired = False
         self.timer: asyncio.TimerHandle | None = None
+
+    def start_worker(self) -> asyncio.Task[int]:
+        self.task = self.loop.create_task(self.run(), context=self.context)
+        return self.task
 
     # -- transport callbacks ----------------------------------------------------
 
@@ -183,23 +206,38 @@ class ChildSide(asyncio.Protocol):
         proof = hello_proof(self.launch.secret, pid, low, high)
         self.send(wire.encode(Kind.HELLO, wire.Hello(low, high, pid, proof, layers)))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        out: list[bytes] = []
+        self.out = out
+        work = self.work
         try:
-            for kind, body in self.reader.feed(data):
-                if kind is Kind.PING:
+            for kind, body in self.reader.update(nbytes):
+                if kind is _FRAMES and self.idle and not work and self.handle is not None:
+                    self._frames_now(body)
+                elif kind is Kind.PING:
                     self.send(wire.encode_seq(Kind.PONG, wire.decode_seq(kind, body)))
-                    continue
-                self.work.append((kind, body))
-            self._wake()
+                else:
+                    work.append((kind, body))
         except Exception as exc:  # the parent broke the protocol: nothing sane to do
             print(f"nyxplug child: {exc}", file=sys.stderr)
             self._finish(3)
+        finally:
+            self.out = None
+            if out:
+                self.send(out[0] if len(out) == 1 else b"".join(out))
+        if work:
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish(0)  # the parent is gone (or closed us): so are we
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.out is not None:
+            self.out.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def _wake(self) -> None:
@@ -211,17 +249,48 @@ class ChildSide(asyncio.Protocol):
             self.finished.set_result(code)
         self._wake()
 
+    def _frames_now(self, body: bytes) -> None:
+        """Run a batch in this callback as the worker would; hand it over if it suspends."""
+        coro = self._frames(body)
+        loop, task = self.loop, self.task
+        assert task is not None
+        _enter_task(loop, task)
+        try:
+            waiting_on = self.context.run(coro.send, None)
+        except StopIteration:
+            return
+        except (Exception, asyncio.CancelledError) as exc:  # ends the worker, as it would have
+            self.work.append((None, _raise(exc)))
+            return
+        finally:
+            _leave_task(loop, task)
+        self.work.append((None, _resume(coro, waiting_on)))
+
     # -- the work loop ----------------------------------------------------------
 
     async def run(self) -> int:
-        self.task = asyncio.current_task()
+        work = self.work
         while not self.finished.done():
-            if not self.work:
+            if not work:
                 self.wakeup = self.loop.create_future()
-                await self.wakeup
+                self.idle = True
+                try:
+                    await self.wakeup
+                except asyncio.CancelledError:
+                    if not (work and work[0][0] is None):
+                        raise
+                    # Meant for the handler that began in a callback (its watchdog, or
+                    # its own asyncio.timeout) before this task took it over: pass it on.
+                    assert self.task is not None
+                    self.task.uncancel()
+                    self.task.cancel()
+                finally:
+                    self.idle = False
                 continue
-            kind, body = self.work.popleft()
-            if kind is Kind.FRAMES:
+            kind, body = work.popleft()
+            if kind is None:
+                await body
+            elif kind is Kind.FRAMES:
                 await self._frames(body)
             elif kind is Kind.WELCOME:
                 welcome: wire.Welcome = wire.decode(kind, body)
@@ -300,7 +369,9 @@ class ChildSide(asyncio.Protocol):
         for arg in calls:
             try:
                 result = handle(arg)
-                if inspect.isawaitable(result):
+                if result is not None and (
+                    type(result) is types.CoroutineType or inspect.isawaitable(result)
+                ):
                     if self.timeout is None:
                         await result
                     else:
@@ -349,6 +420,31 @@ class ChildSide(asyncio.Protocol):
 
 
 _HOOKS = frozenset({"health", "export_state", "import_state", "on_unload"})
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, None, None]:
+    """Carry on, in the worker task, a coroutine whose first step ran in a callback: the
+    task first waits for what the coroutine was waiting on, then drives it as ``await``
+    would (a cancel or anything else thrown in goes to the coroutine)."""
+    while True:
+        try:
+            yield waiting_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        yield from coro.__await__()
+        return
 
 
 def _describe(exc: BaseException) -> str:
