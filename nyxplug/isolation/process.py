@@ -123,6 +123,10 @@ class _Channel(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         child = self.child
         try:
+            ack = self.reader.plain_ack(nbytes) if child.greeted else None
+            if ack is not None:
+                child.on_ack(*ack, "")
+                return
             for kind, body in self.reader.update(nbytes):
                 child.on_message(kind, body)
         except ProtocolViolation as exc:
@@ -148,7 +152,8 @@ class _Child:
         self.hello: asyncio.Future[wire.Hello] = loop.create_future()
         self.greeted = False  # its HELLO arrived
         self.loaded: asyncio.Future[wire.Loaded] = loop.create_future()
-        self.acks: dict[int, tuple[asyncio.Future[tuple[int, int, str]], int, int]] = {}
+        #: Batches in the child: seq -> (future of their errors or None, frames, first type)
+        self.acks: dict[int, tuple[asyncio.Future[tuple[int, int, str] | None], int, int]] = {}
         self.replies: dict[int, asyncio.Future[wire.Reply]] = {}
         self.seq = 0
         self.ready = False
@@ -169,14 +174,7 @@ class _Child:
     def on_message(self, kind: Kind, body: bytes) -> None:
         owner = self.owner
         if kind is _ACK and self.greeted:  # the receipt for a batch: the common case first
-            seq, handled, errors, timeouts, first = wire.decode_ack(body)
-            entry = self.acks.pop(seq, None)
-            if entry is None or handled != entry[1]:
-                raise ProtocolViolation(f"ACK {seq} for {handled} frames matches no batch sent")
-            future, count, _ = entry
-            owner.completed(count, errors, timeouts)
-            if not future.done():
-                future.set_result((errors, timeouts, first))
+            self.on_ack(*wire.decode_ack(body))
         elif not self.greeted:
             if kind is not Kind.HELLO or self.hello.done():
                 raise ProtocolViolation(f"Expected HELLO first, got {kind.name}")
@@ -200,6 +198,16 @@ class _Child:
             owner.child_log(self, wire.decode(kind, body))
         else:  # HELLO again
             raise ProtocolViolation(f"unexpected {kind.name}")
+
+    def on_ack(self, seq: int, handled: int, errors: int, timeouts: int, first: str) -> None:
+        """A batch's receipt: count it, and wake its sender (``None``: all handled)."""
+        entry = self.acks.pop(seq, None)
+        if entry is None or handled != entry[1]:
+            raise ProtocolViolation(f"ACK {seq} for {handled} frames matches no batch sent")
+        future, count, _ = entry
+        self.owner.completed(count, errors, timeouts)
+        if not future.done():
+            future.set_result((errors, timeouts, first) if errors or timeouts else None)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -300,14 +308,17 @@ class IsolatedPlugin:
             await self._send_batch(messages[half:])
             return
         count = len(messages)
-        future: asyncio.Future[tuple[int, int, str]] = child.loop.create_future()
+        future: asyncio.Future[tuple[int, int, str] | None] = child.loop.create_future()
         child.acks[seq] = (future, count, messages[0].frame_type)
         c = self._c
         c["frames_sent"] += count
         c["batches_sent"] += 1
         c["in_child"] += count
         child.send(data)
-        errors, timeouts, first = await future
+        failed = await future
+        if failed is None:
+            return
+        errors, timeouts, first = failed
         if timeouts and self._on_timeouts is not None:
             self._on_timeouts(timeouts)
         if errors or timeouts:
@@ -726,8 +737,9 @@ class IsolatedPlugin:
         c = self._c
         c["in_child"] -= count
         c["frames_completed"] += count
-        c["child_errors"] += errors
-        c["child_timeouts"] += timeouts
+        if errors or timeouts:
+            c["child_errors"] += errors
+            c["child_timeouts"] += timeouts
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         """A supervision task in a clean context: no plugin's sandbox guard rides along."""

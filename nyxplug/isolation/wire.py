@@ -364,6 +364,19 @@ class MessageReader:
         self._start, self._need = start, _PREFIX.size
         return messages
 
+    def plain_ack(self, nbytes: int) -> tuple[int, int, int, int] | None:
+        """If the ``nbytes`` just read are exactly one ACK without error text (a lone
+        frame's receipt, the usual read on the host), take it: ``(seq, handled, errors,
+        timeouts)``, checked as :meth:`update` would. ``None``: use :meth:`update`."""
+        start = self._start
+        if nbytes != _PLAIN_ACK.size or self._end != start:
+            return None
+        length, code, seq, handled, errors, timeouts = _PLAIN_ACK.unpack_from(self._buffer, start)
+        if length != _ACK.size + 1 or code != Kind.ACK or code not in self._kinds:
+            return None
+        self._start = self._end = start + nbytes
+        return seq, handled, errors, timeouts
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[Kind, bytes]]:
         """Append bytes already read; every message they complete, in order."""
         messages: list[tuple[Kind, bytes]] = []
