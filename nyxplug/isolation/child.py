@@ -210,11 +210,13 @@ class ChildSide(asyncio.BufferedProtocol):
         return self.reader.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        out: list[bytes] = []
-        self.out = out
         work = self.work
+        out: list[bytes] = []
         try:
-            for kind, body in self.reader.update(nbytes):
+            messages = self.reader.update(nbytes)
+            if len(messages) > 1:
+                self.out = out  # what they answer leaves in one write, at the end
+            for kind, body in messages:
                 if kind is _FRAMES and self.idle and not work and self.handle is not None:
                     self._frames_now(body)
                 elif kind is Kind.PING:

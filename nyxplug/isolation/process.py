@@ -28,7 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -205,9 +205,9 @@ class _Child:
         if entry is None or handled != entry[1]:
             raise ProtocolViolation(f"ACK {seq} for {handled} frames matches no batch sent")
         future, count, _ = entry
-        self.owner.completed(count, errors, timeouts)
-        if not future.done():
+        if not future.done():  # first: its sender resumes after this callback either way
             future.set_result((errors, timeouts, first) if errors or timeouts else None)
+        self.owner.completed(count, errors, timeouts)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -291,39 +291,58 @@ class IsolatedPlugin:
     async def handle_batch(self, messages: list[Any]) -> None:
         """Send the frames to the child and wait for its receipt."""
         try:
-            await self._send_batch(messages)
+            child = self._child
+            if child is None or not child.ready:
+                child = await self._wait_for_child(messages)
+            future = self._post(child, messages)
+            if future is None:
+                await self._send_halves(messages)
+            else:
+                failed = await future
+                if failed is not None:
+                    self._child_failed(failed, messages)
         except Exception:
             self._c["failed_batches"] += 1  # once per call, as the dispatcher counts errors
             raise
 
-    async def _send_batch(self, messages: list[Any]) -> None:
-        child = self._child
-        if child is None or not child.ready:
-            child = await self._wait_for_child(messages)
-        seq = child.next_seq()
+    def _post(self, child: _Child, messages: list[Any]) -> asyncio.Future[Any] | None:
+        """Write one FRAMES message; its receipt's future, or ``None`` when the batch is
+        too large for one message (and can be split)."""
+        child.seq = seq = child.seq + 1
         data = wire.encode_frames(seq, messages)
-        if len(data) > wire.PARENT_MESSAGE_LIMIT and len(messages) > 1:
-            half = len(messages) // 2
-            await self._send_batch(messages[:half])
-            await self._send_batch(messages[half:])
-            return
         count = len(messages)
+        if len(data) > wire.PARENT_MESSAGE_LIMIT and count > 1:
+            return None
         future: asyncio.Future[tuple[int, int, str] | None] = child.loop.create_future()
         child.acks[seq] = (future, count, messages[0].frame_type)
+        child.send(data)  # first: the counting below overlaps with the child's work
         c = self._c
         c["frames_sent"] += count
         c["batches_sent"] += 1
         c["in_child"] += count
-        child.send(data)
-        failed = await future
-        if failed is None:
-            return
+        return future
+
+    async def _send_halves(self, messages: list[Any]) -> None:
+        """A batch too large for one message goes as two (each split again if need be)."""
+        half = len(messages) // 2
+        for part in (messages[:half], messages[half:]):
+            child = self._child
+            if child is None or not child.ready:
+                child = await self._wait_for_child(part)
+            future = self._post(child, part)
+            if future is None:
+                await self._send_halves(part)
+            else:
+                failed = await future
+                if failed is not None:
+                    self._child_failed(failed, part)
+
+    def _child_failed(self, failed: tuple[int, int, str], messages: list[Any]) -> NoReturn:
         errors, timeouts, first = failed
         if timeouts and self._on_timeouts is not None:
             self._on_timeouts(timeouts)
-        if errors or timeouts:
-            raise ChildHandlerError(self.name, self.plugin_id, messages[0].frame_type,
-                                    errors + timeouts, first)  # fmt: skip
+        raise ChildHandlerError(self.name, self.plugin_id, messages[0].frame_type,
+                                errors + timeouts, first)  # fmt: skip
 
     async def health(self) -> bool:
         """The plugin's own ``health()``, asked in the child."""
