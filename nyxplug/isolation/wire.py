@@ -310,12 +310,15 @@ class MessageReader:
     more than one message beyond ``chunk`` bytes.
     """
 
-    __slots__ = ("_buffer", "_view", "_start", "_end", "_need", "_kinds", "_limit", "_chunk")
+    __slots__ = (
+        "_buffer", "_view", "_start", "_end", "_need", "_kinds", "_limit", "_chunk", "_keep",
+    )  # fmt: skip
 
     def __init__(self, allowed: frozenset[Kind], limit: int, chunk: int = 1 << 16) -> None:
         self._kinds = {int(k): Kind(k) for k in allowed}
         self._limit = limit
         self._chunk = chunk
+        self._keep = max(chunk, 1 << 20)  # a larger buffer goes once it is empty
         self._need = _PREFIX.size  # bytes the message at ``_start`` needs in all
         self._fresh(chunk, b"")
 
@@ -329,13 +332,14 @@ class MessageReader:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """The free space to read into: room for the rest of the message begun, or a chunk."""
-        start, end, size = self._start, self._end, len(self._buffer)
-        if start == end:
-            if size > max(self._chunk, 1 << 20):
+        start, end = self._start, self._end
+        if start == end:  # nothing pending: read from the front
+            if len(self._buffer) > self._keep:
                 self._fresh(self._chunk, b"")  # give back what one large message took
-            else:
-                self._start = self._end = 0
-        elif size - start < self._need or (size - end < 1024 and end - start <= 4096):
+            self._start = self._end = 0
+            return self._view
+        size = len(self._buffer)
+        if size - start < self._need or (size - end < 1024 and end - start <= 4096):
             # The message begun does not fit, or little room is left and moving is cheap.
             self._fresh(max(self._chunk, self._need), self._view[start:end])
         return self._view[self._end :]
