@@ -23,7 +23,7 @@ import traceback
 import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -253,21 +253,19 @@ class ChildSide(asyncio.BufferedProtocol):
         self._wake()
 
     def _frames_now(self, body: bytes) -> None:
-        """Run a batch in this callback as the worker would; hand it over if it suspends."""
-        coro = self._frames(body)
+        """Run a batch in this callback as the worker would: that task current, in its
+        context. If a handler suspends, the worker finishes the batch."""
         loop, task = self.loop, self.task
         assert task is not None
         _enter_task(loop, task)
         try:
-            waiting_on = self.context.run(coro.send, None)
-        except StopIteration:
-            return
+            rest = self.context.run(self._start_frames, body)
         except (Exception, asyncio.CancelledError) as exc:  # ends the worker, as it would have
-            self.work.append((None, _raise(exc)))
-            return
+            rest = _raise(exc)
         finally:
             _leave_task(loop, task)
-        self.work.append((None, _resume(coro, waiting_on)))
+        if rest is not None:
+            self.work.append((None, rest))
 
     # -- the work loop ----------------------------------------------------------
 
@@ -294,7 +292,9 @@ class ChildSide(asyncio.BufferedProtocol):
             if kind is None:
                 await body
             elif kind is Kind.FRAMES:
-                await self._frames(body)
+                rest = self._start_frames(body)
+                if rest is not None:
+                    await rest
             elif kind is Kind.WELCOME:
                 welcome: wire.Welcome = wire.decode(kind, body)
                 if welcome.protocol != wire.PROTOCOL_VERSION:
@@ -363,15 +363,57 @@ class ChildSide(asyncio.BufferedProtocol):
             reply = wire.encode(Kind.REPLY, wire.Reply(call.seq, None, _describe(exc)))
         self.send(reply)
 
-    async def _frames(self, body: bytes) -> None:
+    def _start_frames(self, body: bytes) -> Awaitable[None] | None:
+        """Decode a batch and call its handler until a call suspends: ``None`` when every
+        call is done (the ack is sent), else what finishes the batch when awaited."""
         seq, messages = wire.decode_frames(body, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE)
+        count = len(messages)
+        if not self.batch and count != 1:  # a call per frame: one coroutine for them all
+            coro = self._frames(seq, messages)
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return None
+            return _resume(coro, waiting_on)
+        try:  # one call: driven here, without a coroutine of ours around it
+            result = self.handle(messages if self.batch else messages[0])
+            if result is not None:
+                if type(result) is types.CoroutineType:
+                    try:
+                        waiting_on = result.send(None)
+                    except StopIteration:
+                        result = None
+                    else:
+                        result = _resume(result, waiting_on)
+                elif not inspect.isawaitable(result):
+                    result = None
+                if result is not None:
+                    return self._finish_call(seq, count, result)
+        except Exception as exc:
+            self.send(wire.encode_ack(seq, count, *self._failed(exc)))
+            return None
+        self.send(wire.encode_ack(seq, count, 0, 0, ""))
+        return None
+
+    async def _finish_call(self, seq: int, count: int, awaitable: Awaitable[Any]) -> None:
+        """The rest of a batch's one call that suspended: await it, then ack."""
+        failed = 0, 0, ""
+        try:
+            if self.timeout is None:
+                await awaitable
+            else:
+                await self._timed(awaitable)
+        except Exception as exc:
+            failed = self._failed(exc)
+        self.send(wire.encode_ack(seq, count, *failed))
+
+    async def _frames(self, seq: int, messages: list[Any]) -> None:
         errors = timeouts = 0
         first = ""
         handle = self.handle
-        calls = [messages] if self.batch else messages
-        for arg in calls:
+        for message in messages:
             try:
-                result = handle(arg)
+                result = handle(message)
                 if result is not None and (
                     type(result) is types.CoroutineType or inspect.isawaitable(result)
                 ):
@@ -379,18 +421,19 @@ class ChildSide(asyncio.BufferedProtocol):
                         await result
                     else:
                         await self._timed(result)
-            except TimeoutError as exc:
-                if self.expired:
-                    self.expired = False
-                    timeouts += 1
-                    first = first or f"handler timed out after {self.timeout} s"
-                else:
-                    errors += 1
-                    first = first or _describe(exc)
             except Exception as exc:
-                errors += 1
-                first = first or _describe(exc)
+                failed = self._failed(exc)
+                errors += failed[0]
+                timeouts += failed[1]
+                first = first or failed[2]
         self.send(wire.encode_ack(seq, len(messages), errors, timeouts, first))
+
+    def _failed(self, exc: Exception) -> tuple[int, int, str]:
+        """``(errors, timeouts, text)`` for a handler call that raised."""
+        if isinstance(exc, TimeoutError) and self.expired:
+            self.expired = False
+            return 0, 1, f"handler timed out after {self.timeout} s"
+        return 1, 0, _describe(exc)
 
     async def _timed(self, awaitable: Any) -> None:
         """Await a handler call; the watchdog cancels it past the timeout (raises TimeoutError)."""

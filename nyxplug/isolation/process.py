@@ -126,7 +126,7 @@ class _Channel(asyncio.BufferedProtocol):
         try:
             ack = self.reader.plain_ack(nbytes) if child.greeted else None
             if ack is not None:
-                child.on_ack(*ack, "")
+                child.on_ack(ack[0], ack[1], ack[2], ack[3], "")
                 return
             for kind, body in self.reader.update(nbytes):
                 child.on_message(kind, body)
@@ -208,7 +208,12 @@ class _Child:
         future, count, _ = entry
         if not future.done():  # first: its sender resumes after this callback either way
             future.set_result((errors, timeouts, first) if errors or timeouts else None)
-        self.owner.completed(count, errors, timeouts)
+        c = self.owner._c  # the ledger
+        c["in_child"] -= count
+        c["frames_completed"] += count
+        if errors or timeouts:
+            c["child_errors"] += errors
+            c["child_timeouts"] += timeouts
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -752,14 +757,6 @@ class IsolatedPlugin:
             return
         level = record.level if 0 <= record.level <= 50 else logging.WARNING
         self._log.log(level, "%s", record.message[: wire.TEXT_LIMIT])
-
-    def completed(self, count: int, errors: int, timeouts: int) -> None:
-        c = self._c
-        c["in_child"] -= count
-        c["frames_completed"] += count
-        if errors or timeouts:
-            c["child_errors"] += errors
-            c["child_timeouts"] += timeouts
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         """A supervision task in a clean context: no plugin's sandbox guard rides along."""
