@@ -142,29 +142,26 @@ async def round_trips(rounds: int, blocks: int) -> dict[str, dict[str, float]]:
     header, payload = batch[0].header, batch[0].payload
     clock = time.perf_counter
 
-    async def one_batch() -> None:
-        await plugin.handle_batch(batch)
-
-    async def one_request() -> None:
-        await dispatcher.request(FrameType.DATA, header, payload)
-
-    async def block(call: Any) -> dict[str, float]:
+    async def block(call: Any, *args: Any) -> dict[str, float]:
         samples = []
         for _ in range(rounds):
             start = clock()
-            await call()
+            await call(*args)
             samples.append(clock() - start)
         return percentiles(samples)
+
+    one_batch = (plugin.handle_batch, batch)
+    one_request = (dispatcher.request, FrameType.DATA, header, payload)
 
     results: dict[str, list[dict[str, float]]] = {"floor": [], "round trip": [], "request": []}
     try:
         floor.block(1000)  # warm up
-        await block(one_batch)
-        await block(one_request)
+        await block(*one_batch)
+        await block(*one_request)
         for _ in range(blocks):
             results["floor"].append(floor.block(rounds))
-            results["round trip"].append(await block(one_batch))
-            results["request"].append(await block(one_request))
+            results["round trip"].append(await block(*one_batch))
+            results["request"].append(await block(*one_request))
     finally:
         floor.close()
         await dispatcher.aclose()
