@@ -192,6 +192,8 @@ class ChildSide(asyncio.BufferedProtocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def start_worker(self) -> asyncio.Task[int]:
+        """The task that runs everything not answered in a callback; its result is the
+        child's exit code."""
         self.task = self.loop.create_task(self.run(), context=self.context)
         return self.task
 
