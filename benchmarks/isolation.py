@@ -6,7 +6,11 @@ figure is next to what a user would compare it with, measured in the same run:
 * **round trip** - one 64-byte frame to an isolated echo plugin and its receipt back
   (``IsolatedPlugin.handle_batch([frame])``: encode, socket, decode, the plugin's
   ``handle``, ack), p50/p99, beside the kernel floor: a blocking ``socketpair``
-  ping-pong of 64 bytes between two processes. Target: <= 2x the floor.
+  ping-pong of 64 bytes between two processes. Target: <= 2x the floor. The floor and
+  the round trip are measured in alternating blocks (the machine may be shared: each
+  block's percentiles, then the median over blocks), on each host loop (asyncio and
+  uvloop; the child runs uvloop when it is installed). ``request`` is the same frame
+  through ``Dispatcher.request`` (the dispatcher's queue and worker in front).
 * **pipelined** - frames dispatched as fast as the sender can (``await dispatch``,
   capacity 4096) through the dispatcher into the isolated plugin, batched on the
   wire, until every frame is acknowledged by the child. Target: >= 1 M frames/s.
@@ -86,47 +90,83 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def kernel_floor(rounds: int) -> dict[str, float]:
-    """A blocking 64-byte socketpair ping-pong between two processes."""
-    a, b = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        a.close()
-        try:
-            while data := b.recv(64):
-                b.sendall(data)
-        finally:
-            os._exit(0)
-    b.close()
-    message = b"x" * 64
-    samples = []
-    clock = time.perf_counter
-    for _ in range(rounds):
-        start = clock()
-        a.sendall(message)
-        a.recv(64)
-        samples.append(clock() - start)
-    a.close()
-    os.waitpid(pid, 0)
-    return percentiles(samples)
+def median_of(blocks: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over blocks measured apart (noise on a shared machine)."""
+    return {key: statistics.median(block[key] for block in blocks) for key in blocks[0]}
 
 
-async def round_trip(rounds: int) -> dict[str, float]:
-    plugin = make_plugin()
-    await plugin.on_load(None)
-    try:
-        batch = [frame()]
-        for _ in range(200):  # warm up
-            await plugin.handle_batch(batch)
+class KernelFloor:
+    """A blocking 64-byte socketpair ping-pong with a forked echo process."""
+
+    def __init__(self) -> None:
+        self.sock, echo = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            try:
+                while data := echo.recv(64):
+                    echo.sendall(data)
+            finally:
+                os._exit(0)
+        echo.close()
+
+    def block(self, rounds: int) -> dict[str, float]:
+        sock, message = self.sock, b"x" * 64
         samples = []
         clock = time.perf_counter
         for _ in range(rounds):
             start = clock()
-            await plugin.handle_batch(batch)
+            sock.sendall(message)
+            sock.recv(64)
             samples.append(clock() - start)
+        return percentiles(samples)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+async def round_trips(rounds: int, blocks: int) -> dict[str, dict[str, float]]:
+    """The kernel floor, ``handle_batch`` of one frame and ``Dispatcher.request`` of one
+    frame, in ``blocks`` alternating blocks of ``rounds`` each; medians over the blocks."""
+    from nyxplug import Dispatcher
+
+    plugin = make_plugin()
+    await plugin.on_load(None)
+    dispatcher = Dispatcher()
+    await dispatcher.load_plugin(
+        PluginInfo(PLUGIN_ID, "bench-echo", Permission.DATA_ACCESS), plugin, capacity=4096
+    )
+    floor = KernelFloor()
+    batch = [frame()]
+    header, payload = batch[0].header, batch[0].payload
+    clock = time.perf_counter
+
+    async def block(call: Any, *args: Any) -> dict[str, float]:
+        samples = []
+        for _ in range(rounds):
+            start = clock()
+            await call(*args)
+            samples.append(clock() - start)
+        return percentiles(samples)
+
+    one_batch = (plugin.handle_batch, batch)
+    one_request = (dispatcher.request, FrameType.DATA, header, payload)
+
+    results: dict[str, list[dict[str, float]]] = {"floor": [], "round trip": [], "request": []}
+    try:
+        floor.block(1000)  # warm up
+        await block(*one_batch)
+        await block(*one_request)
+        for _ in range(blocks):
+            results["floor"].append(floor.block(rounds))
+            results["round trip"].append(await block(*one_batch))
+            results["request"].append(await block(*one_request))
     finally:
+        floor.close()
+        await dispatcher.aclose()
         await plugin.aclose()
-    return percentiles(samples)
+    return {name: median_of(values) for name, values in results.items()}
 
 
 async def pipelined(impl: Any, frames: int, source: bytes = ECHO) -> dict[str, float]:
@@ -228,8 +268,11 @@ async def run_all(quick: bool) -> dict[str, Any]:
     import importlib
 
     scale = 10 if quick else 1
-    results: dict[str, Any] = {"kernel floor (64 B ping-pong)": kernel_floor(20000 // scale)}
-    results["round trip (64 B frame)"] = await round_trip(20000 // scale)
+    results: dict[str, Any] = {}
+    trips = await round_trips(2000 // scale, 11 // scale + 1)
+    results["kernel floor (64 B ping-pong)"] = trips["floor"]
+    results["round trip (64 B frame)"] = trips["round trip"]
+    results["request through the dispatcher (64 B frame)"] = trips["request"]
     for label, name in (("compiled", "nyxplug._dispatch"), ("pure twin", "nyxplug._dispatch_py")):
         impl = importlib.import_module(name)
         results[f"pipelined, handle per frame ({label})"] = await pipelined(impl, 400000 // scale)
@@ -243,25 +286,61 @@ async def run_all(quick: bool) -> dict[str, Any]:
     return results
 
 
+async def run_trips(quick: bool) -> dict[str, Any]:
+    """Only the round trip beside its floor, and the pipelined rows (``--round-trip``)."""
+    import importlib
+
+    scale = 10 if quick else 1
+    trips = await round_trips(2000 // scale, 11 // scale + 1)
+    results: dict[str, Any] = {
+        "kernel floor (64 B ping-pong)": trips["floor"],
+        "round trip (64 B frame)": trips["round trip"],
+        "request through the dispatcher (64 B frame)": trips["request"],
+    }
+    impl = importlib.import_module("nyxplug._dispatch")
+    for _ in range(3):  # best of three: the machine may be shared
+        for label, source in (("handle per frame", ECHO), ("handle_batch", BATCH_ECHO)):
+            row = await pipelined(impl, 400000 // scale, source)
+            key = f"pipelined, {label} (compiled, best of 3)"
+            if row["frames_per_s"] > results.get(key, {}).get("frames_per_s", 0):
+                results[key] = row
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.isolation")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work (smoke run)")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio", "both"), default="uvloop",
+        help="the host's event loop (both: one after the other, in this run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--round-trip", action="store_true",
+        help="only the round trip beside its kernel floor, and the pipelined rows",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        import uvloop
+    loops = ("asyncio", "uvloop") if args.loop == "both" else (args.loop,)
+    work = run_trips if args.round_trip else run_all
+    every: dict[str, Any] = {}
+    for name in loops:
+        if name == "uvloop":
+            import uvloop
 
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    results = runner(run_all(args.quick))
+            every[name] = uvloop.run(work(args.quick))
+        else:
+            every[name] = asyncio.run(work(args.quick))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(every if len(loops) > 1 else every[loops[0]], indent=2))
         return 0
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, uvloop on the host side")
-    for name, values in results.items():
-        shown = ", ".join(f"{key} {value:,.1f}" for key, value in values.items())
-        print(f"{name:<45} {shown}")
+    for name, results in every.items():
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {name} on the host side")
+        for row, values in results.items():
+            shown = ", ".join(f"{key} {value:,.1f}" for key, value in values.items())
+            print(f"  {row:<50} {shown}")
+        floor = results["kernel floor (64 B ping-pong)"]["p50_us"]
+        trip = results["round trip (64 B frame)"]["p50_us"]
+        print(f"  {'round trip p50 / kernel floor p50':<50} {trip / floor:.2f}x")
     return 0
 
 

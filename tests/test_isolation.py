@@ -53,6 +53,7 @@ from nyxplug.isolation import (
     ChildCrashed,
     ChildHandlerError,
     HandshakeFailed,
+    IsolatedPlugin,
     IsolatedPluginFailed,
     IsolationError,
     isolation_report,
@@ -941,6 +942,64 @@ async def test_a_handler_over_its_timeout_is_cancelled_in_the_child_and_counted(
         assert run.plugin_stats().errors == 2
         assert run.plugin.pid == pid
         assert await run.plugin.health() is True
+
+
+# A lone batch is answered in the child's read callback; its handler must still run as
+# in the worker task: that task current (asyncio.timeout works), one context for every
+# call, and a handler that suspends taken over by the worker, cancellations included.
+TASK_AWARE = b"""
+import asyncio
+import contextvars
+
+calls = contextvars.ContextVar("calls", default=0)
+
+
+class Entry:
+    def __init__(self):
+        self.seen = []
+
+    async def handle(self, message):
+        calls.set(calls.get() + 1)
+        self.seen.append([calls.get(), asyncio.current_task() is not None])
+        if message.payload == b"suspend":
+            async with asyncio.timeout(5):
+                await asyncio.sleep(0.01)
+        elif message.payload == b"timeout0":  # cancelled before the worker takes it over
+            async with asyncio.timeout(0):
+                await asyncio.sleep(5)
+
+    def export_state(self):
+        return self.seen
+"""
+
+
+async def test_a_handler_answered_in_the_read_callback_runs_as_in_the_worker_task(
+    impl: Any,
+) -> None:
+    plugin = IsolatedPlugin(
+        name=NAME, plugin_id=PLUGIN_ID, version="1.0.0", entry_module="aware",
+        entry_attr="Entry", files={"aware.py": TASK_AWARE}, options=FAST,
+    )  # fmt: skip
+    await plugin.on_load(None)
+    try:
+        pid = plugin.pid
+
+        def frames(*payloads: bytes) -> list[Any]:
+            return [impl.PluginMessage(DATA, impl.PluginHeader(PLUGIN_ID), p) for p in payloads]
+
+        await plugin.handle_batch(frames(b"plain"))
+        await plugin.handle_batch(frames(b"suspend"))
+        with pytest.raises(ChildHandlerError, match=r"first: TimeoutError: $"):
+            await plugin.handle_batch(frames(b"timeout0"))
+        await plugin.handle_batch(frames(b"plain", b"suspend", b"plain"))  # a call per frame
+        await plugin.handle_batch(frames(b"plain"))
+        seen = await plugin._call("export_state")
+        assert seen == [[n, True] for n in range(1, 8)]
+        stats = check_ledger(plugin.stats())
+        assert (stats.frames_completed, stats.child_errors, stats.failed_batches) == (7, 1, 1)
+        assert (plugin.pid, stats.crashes) == (pid, 0)
+    finally:
+        await plugin.aclose()
 
 
 # -- 15. exec spawn mode ---------------------------------------------------------------

@@ -125,6 +125,49 @@ def test_the_reader_refuses_what_a_child_may_not_send() -> None:
         list(reader.feed((0).to_bytes(4, "little") + bytes([Kind.LOG])))
 
 
+def read(reader: wire.MessageReader, data: bytes) -> int:
+    """Copy ``data`` into the reader's buffer as a transport would (one read)."""
+    space = reader.get_buffer(-1)
+    assert len(space) >= len(data)
+    space[: len(data)] = data
+    return len(data)
+
+
+def test_a_lone_plain_ack_is_taken_whole_and_anything_else_is_left_to_update() -> None:
+    reader = wire.MessageReader(wire.CHILD_KINDS, wire.CHILD_MESSAGE_LIMIT)
+    assert reader.plain_ack(read(reader, wire.encode_ack(9, 3, 1, 2, ""))) == (9, 3, 1, 2)
+    for data in (
+        wire.encode_ack(10, 1, 1, 0, "ValueError: no"),  # with text
+        wire.encode_ack(11, 1, 0, 0, "") + wire.encode_seq(Kind.PONG, 1),  # two messages
+        (29).to_bytes(4, "little") + bytes([Kind.LOG]) + bytes(28),  # 33 bytes, not an ACK
+    ):
+        n = read(reader, data)
+        assert reader.plain_ack(n) is None
+        assert [kind for kind, _ in reader.update(n)][:1] in ([Kind.ACK], [Kind.LOG])
+    reader = wire.MessageReader(wire.PARENT_KINDS, 1024)  # may not receive ACKs at all
+    n = read(reader, wire.encode_ack(1, 1, 0, 0, ""))
+    assert reader.plain_ack(n) is None
+    with pytest.raises(ProtocolViolation, match=r"unexpected message kind 3$"):
+        reader.update(n)
+
+
+def test_a_large_message_grows_the_buffer_once_validated_and_gives_it_back() -> None:
+    body = bytes(range(256)) * 12_000  # ~3 MiB, over the 1 MiB kept after a message
+    message = len(body).to_bytes(4, "little") + bytes([Kind.LOG]) + body[:-1]
+    reader = wire.MessageReader(wire.CHILD_KINDS, 4 << 20, chunk=4096)
+    got: list[tuple[Kind, bytes]] = []
+    offset = 0
+    while offset < len(message):
+        space = reader.get_buffer(-1)
+        assert len(space) <= max(4096, len(message))  # never more than the message needs
+        n = min(len(space), len(message) - offset)
+        space[:n] = message[offset : offset + n]
+        offset += n
+        got += reader.update(n)
+    assert got == [(Kind.LOG, body[:-1])]
+    assert len(reader.get_buffer(-1)) == 4096  # the large buffer went with its message
+
+
 @pytest.mark.parametrize(
     "kind, body",
     [

@@ -8,6 +8,7 @@ nothing here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import faulthandler
 import hashlib
@@ -19,7 +20,10 @@ import signal
 import socket
 import sys
 import traceback
+import types
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
+from collections.abc import Awaitable, Coroutine, Generator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,6 +40,7 @@ from .wire import Kind
 __all__ = ("Launch", "hello_proof", "run_child", "set_parent_death_signal")
 
 _PR_SET_PDEATHSIG = 1
+_FRAMES = Kind.FRAMES
 
 
 class Launch(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +112,7 @@ async def _main(sock_fd: int, launch: Launch, report: IsolationReport) -> int:
     sock.setblocking(False)
     side = ChildSide(launch, report)
     await loop.create_unix_connection(lambda: side, sock=sock)
-    return await side.run()
+    return await side.start_worker()
 
 
 class _ParentLog(logging.Handler):
@@ -147,16 +152,29 @@ class ChildContext:
         return f"<ChildContext {self.name!r} id={self.id} version={self.version}>"
 
 
-class ChildSide(asyncio.Protocol):
-    """The child's end of the socket: answers pings at once, runs everything else in order."""
+class ChildSide(asyncio.BufferedProtocol):
+    """The child's end of the socket.
+
+    A frame batch that arrives while nothing else is running is answered in the read
+    callback itself (decode, the plugin's handler, ack written), with no hop through the
+    event loop: that is most of a lone frame's round trip. Its handler runs as it would
+    in the worker task (that task is current, in that task's context); if the handler
+    suspends, the worker takes it over from there. Everything else, and every batch that
+    arrives behind other work, goes to the worker in order; pings are answered at once.
+    Acks written in one callback leave in one write.
+    """
 
     def __init__(self, launch: Launch, report: IsolationReport) -> None:
         self.launch = launch
         self.report = report
         self.loop = asyncio.get_running_loop()
         self.reader = wire.MessageReader(wire.PARENT_KINDS, wire.PARENT_MESSAGE_LIMIT)
-        self.work: deque[tuple[Kind, bytes]] = deque()
+        self.get_buffer = self.reader.get_buffer  # type: ignore[method-assign]  # one call less per read
+        # (kind, body), or (None, a batch's coroutine that suspended in a callback)
+        self.work: deque[tuple[Kind | None, Any]] = deque()
         self.wakeup: asyncio.Future[None] | None = None
+        self.idle = False  # the worker waits for work: a batch may run in the callback
+        self.out: list[bytes] | None = None  # what the current callback will write
         self.finished: asyncio.Future[int] = self.loop.create_future()
         self.transport: asyncio.Transport | None = None
         self.plugin: Any = None
@@ -164,12 +182,20 @@ class ChildSide(asyncio.Protocol):
         self.batch = False
         self.timeout: float | None = None
         self.welcomed = False
+        # The worker and its context; a batch run in a callback runs in both.
+        self.context = contextvars.copy_context()
+        self.task: asyncio.Task[int] | None = None
         # The handler watchdog: one timer, re-armed per call (see _watch).
-        self.task: asyncio.Task[Any] | None = None
         self.started = 0.0
         self.running = False
         self.expired = False
         self.timer: asyncio.TimerHandle | None = None
+
+    def start_worker(self) -> asyncio.Task[int]:
+        """The task that runs everything not answered in a callback; its result is the
+        child's exit code."""
+        self.task = self.loop.create_task(self.run(), context=self.context)
+        return self.task
 
     # -- transport callbacks ----------------------------------------------------
 
@@ -183,23 +209,40 @@ class ChildSide(asyncio.Protocol):
         proof = hello_proof(self.launch.secret, pid, low, high)
         self.send(wire.encode(Kind.HELLO, wire.Hello(low, high, pid, proof, layers)))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)  # (the reader's own is bound in __init__)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        work = self.work
+        out: list[bytes] = []
         try:
-            for kind, body in self.reader.feed(data):
-                if kind is Kind.PING:
+            messages = self.reader.update(nbytes)
+            if len(messages) > 1:
+                self.out = out  # what they answer leaves in one write, at the end
+            for kind, body in messages:
+                if kind is _FRAMES and self.idle and not work and self.handle is not None:
+                    self._frames_now(body)
+                elif kind is Kind.PING:
                     self.send(wire.encode_seq(Kind.PONG, wire.decode_seq(kind, body)))
-                    continue
-                self.work.append((kind, body))
-            self._wake()
+                else:
+                    work.append((kind, body))
         except Exception as exc:  # the parent broke the protocol: nothing sane to do
             print(f"nyxplug child: {exc}", file=sys.stderr)
             self._finish(3)
+        finally:
+            self.out = None
+            if out:
+                self.send(out[0] if len(out) == 1 else b"".join(out))
+        if work:
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish(0)  # the parent is gone (or closed us): so are we
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.out is not None:
+            self.out.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def _wake(self) -> None:
@@ -211,18 +254,49 @@ class ChildSide(asyncio.Protocol):
             self.finished.set_result(code)
         self._wake()
 
+    def _frames_now(self, body: bytes) -> None:
+        """Run a batch in this callback as the worker would: that task current, in its
+        context. If a handler suspends, the worker finishes the batch."""
+        loop, task = self.loop, self.task
+        assert task is not None
+        _enter_task(loop, task)
+        try:
+            rest = self.context.run(self._start_frames, body)
+        except (Exception, asyncio.CancelledError) as exc:  # ends the worker, as it would have
+            rest = _raise(exc)
+        finally:
+            _leave_task(loop, task)
+        if rest is not None:
+            self.work.append((None, rest))
+
     # -- the work loop ----------------------------------------------------------
 
     async def run(self) -> int:
-        self.task = asyncio.current_task()
+        work = self.work
         while not self.finished.done():
-            if not self.work:
+            if not work:
                 self.wakeup = self.loop.create_future()
-                await self.wakeup
+                self.idle = True
+                try:
+                    await self.wakeup
+                except asyncio.CancelledError:
+                    if not (work and work[0][0] is None):
+                        raise
+                    # Meant for the handler that began in a callback (its watchdog, or
+                    # its own asyncio.timeout) before this task took it over: pass it on.
+                    assert self.task is not None
+                    self.task.uncancel()
+                    self.task.cancel()
+                finally:
+                    self.idle = False
                 continue
-            kind, body = self.work.popleft()
-            if kind is Kind.FRAMES:
-                await self._frames(body)
+            kind, body = work.popleft()
+            if kind is None:
+                await body
+            elif kind is Kind.FRAMES:
+                rest = self._start_frames(body)
+                if rest is not None:
+                    await rest
             elif kind is Kind.WELCOME:
                 welcome: wire.Welcome = wire.decode(kind, body)
                 if welcome.protocol != wire.PROTOCOL_VERSION:
@@ -291,32 +365,77 @@ class ChildSide(asyncio.Protocol):
             reply = wire.encode(Kind.REPLY, wire.Reply(call.seq, None, _describe(exc)))
         self.send(reply)
 
-    async def _frames(self, body: bytes) -> None:
+    def _start_frames(self, body: bytes) -> Awaitable[None] | None:
+        """Decode a batch and call its handler until a call suspends: ``None`` when every
+        call is done (the ack is sent), else what finishes the batch when awaited."""
         seq, messages = wire.decode_frames(body, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE)
+        count = len(messages)
+        if not self.batch and count != 1:  # a call per frame: one coroutine for them all
+            coro = self._frames(seq, messages)
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return None
+            return _resume(coro, waiting_on)
+        try:  # one call: driven here, without a coroutine of ours around it
+            result = self.handle(messages if self.batch else messages[0])
+            if result is not None:
+                if type(result) is types.CoroutineType:
+                    try:
+                        waiting_on = result.send(None)
+                    except StopIteration:
+                        result = None
+                    else:
+                        result = _resume(result, waiting_on)
+                elif not inspect.isawaitable(result):
+                    result = None
+                if result is not None:
+                    return self._finish_call(seq, count, result)
+        except Exception as exc:
+            self.send(wire.encode_ack(seq, count, *self._failed(exc)))
+            return None
+        self.send(wire.encode_ack(seq, count, 0, 0, ""))
+        return None
+
+    async def _finish_call(self, seq: int, count: int, awaitable: Awaitable[Any]) -> None:
+        """The rest of a batch's one call that suspended: await it, then ack."""
+        failed = 0, 0, ""
+        try:
+            if self.timeout is None:
+                await awaitable
+            else:
+                await self._timed(awaitable)
+        except Exception as exc:
+            failed = self._failed(exc)
+        self.send(wire.encode_ack(seq, count, *failed))
+
+    async def _frames(self, seq: int, messages: list[Any]) -> None:
         errors = timeouts = 0
         first = ""
         handle = self.handle
-        calls = [messages] if self.batch else messages
-        for arg in calls:
+        for message in messages:
             try:
-                result = handle(arg)
-                if inspect.isawaitable(result):
+                result = handle(message)
+                if result is not None and (
+                    type(result) is types.CoroutineType or inspect.isawaitable(result)
+                ):
                     if self.timeout is None:
                         await result
                     else:
                         await self._timed(result)
-            except TimeoutError as exc:
-                if self.expired:
-                    self.expired = False
-                    timeouts += 1
-                    first = first or f"handler timed out after {self.timeout} s"
-                else:
-                    errors += 1
-                    first = first or _describe(exc)
             except Exception as exc:
-                errors += 1
-                first = first or _describe(exc)
+                failed = self._failed(exc)
+                errors += failed[0]
+                timeouts += failed[1]
+                first = first or failed[2]
         self.send(wire.encode_ack(seq, len(messages), errors, timeouts, first))
+
+    def _failed(self, exc: Exception) -> tuple[int, int, str]:
+        """``(errors, timeouts, text)`` for a handler call that raised."""
+        if isinstance(exc, TimeoutError) and self.expired:
+            self.expired = False
+            return 0, 1, f"handler timed out after {self.timeout} s"
+        return 1, 0, _describe(exc)
 
     async def _timed(self, awaitable: Any) -> None:
         """Await a handler call; the watchdog cancels it past the timeout (raises TimeoutError)."""
@@ -349,6 +468,31 @@ class ChildSide(asyncio.Protocol):
 
 
 _HOOKS = frozenset({"health", "export_state", "import_state", "on_unload"})
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, None, None]:
+    """Carry on, in the worker task, a coroutine whose first step ran in a callback: the
+    task first waits for what the coroutine was waiting on, then drives it as ``await``
+    would (a cancel or anything else thrown in goes to the coroutine)."""
+    while True:
+        try:
+            yield waiting_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        yield from coro.__await__()
+        return
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -51,6 +51,7 @@ from .wire import Kind
 __all__ = ("IsolatedPlugin", "IsolationStats")
 
 logger = logging.getLogger("nyxplug.isolation")
+_ACK = Kind.ACK
 
 #: faulthandler's dump says this once per thread; its arrival means the stack is in.
 _STACK_MARKER = b"most recent call first"
@@ -101,21 +102,33 @@ class IsolationStats(msgspec.Struct, frozen=True, kw_only=True):
     queue_depth: int = 0
 
 
-class _Channel(asyncio.Protocol):
-    """The host's end of one child's socket; every byte read is treated as hostile."""
+class _Channel(asyncio.BufferedProtocol):
+    """The host's end of one child's socket; every byte read is treated as hostile.
+
+    A buffered protocol: the transport reads into the reader's buffer (asyncio's plain
+    ``data_received`` path allocates and frees a 256 KiB buffer per read, which cost more
+    than the round trip itself), and an ACK completes its batch's future right here."""
 
     def __init__(self, child: _Child) -> None:
         self.child = child
         self.reader = wire.MessageReader(wire.CHILD_KINDS, wire.CHILD_MESSAGE_LIMIT)
+        self.get_buffer = self.reader.get_buffer  # type: ignore[method-assign]  # one call less per read
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)  # (the reader's own is bound in __init__)
+
+    def buffer_updated(self, nbytes: int) -> None:
         child = self.child
         try:
-            for kind, body in self.reader.feed(data):
+            ack = self.reader.plain_ack(nbytes) if child.greeted else None
+            if ack is not None:
+                child.on_ack(ack[0], ack[1], ack[2], ack[3], "")
+                return
+            for kind, body in self.reader.update(nbytes):
                 child.on_message(kind, body)
         except ProtocolViolation as exc:
             child.owner.violation(child, exc.detail)
@@ -131,15 +144,17 @@ class _Child:
 
     def __init__(self, owner: IsolatedPlugin, process: ChildProcess, secret: bytes,
                  cgroup: Cgroup | None) -> None:  # fmt: skip
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.owner = owner
         self.process = process
         self.secret = secret
         self.cgroup = cgroup
         self.channel = _Channel(self)
         self.hello: asyncio.Future[wire.Hello] = loop.create_future()
+        self.greeted = False  # its HELLO arrived
         self.loaded: asyncio.Future[wire.Loaded] = loop.create_future()
-        self.acks: dict[int, tuple[asyncio.Future[tuple[int, int, str]], int, int]] = {}
+        #: Batches in the child: seq -> (future of their errors or None, frames, first type)
+        self.acks: dict[int, tuple[asyncio.Future[tuple[int, int, str] | None], int, int]] = {}
         self.replies: dict[int, asyncio.Future[wire.Reply]] = {}
         self.seq = 0
         self.ready = False
@@ -159,19 +174,13 @@ class _Child:
 
     def on_message(self, kind: Kind, body: bytes) -> None:
         owner = self.owner
-        if not self.hello.done():
-            if kind is not Kind.HELLO:
+        if kind is _ACK and self.greeted:  # the receipt for a batch: the common case first
+            self.on_ack(*wire.decode_ack(body))
+        elif not self.greeted:
+            if kind is not Kind.HELLO or self.hello.done():
                 raise ProtocolViolation(f"Expected HELLO first, got {kind.name}")
             self.hello.set_result(wire.decode(kind, body))
-        elif kind is Kind.ACK:
-            seq, handled, errors, timeouts, first = wire.decode_ack(body)
-            entry = self.acks.pop(seq, None)
-            if entry is None or handled != entry[1]:
-                raise ProtocolViolation(f"ACK {seq} for {handled} frames matches no batch sent")
-            future, count, _ = entry
-            owner.completed(count, errors, timeouts)
-            if not future.done():
-                future.set_result((errors, timeouts, first))
+            self.greeted = True
         elif kind is Kind.PONG:
             if wire.decode_seq(kind, body) == self.ping_seq:
                 self.ping_sent = None
@@ -190,6 +199,21 @@ class _Child:
             owner.child_log(self, wire.decode(kind, body))
         else:  # HELLO again
             raise ProtocolViolation(f"unexpected {kind.name}")
+
+    def on_ack(self, seq: int, handled: int, errors: int, timeouts: int, first: str) -> None:
+        """A batch's receipt: count it, and wake its sender (``None``: all handled)."""
+        entry = self.acks.pop(seq, None)
+        if entry is None or handled != entry[1]:
+            raise ProtocolViolation(f"ACK {seq} for {handled} frames matches no batch sent")
+        future, count, _ = entry
+        if not future.done():  # first: its sender resumes after this callback either way
+            future.set_result((errors, timeouts, first) if errors or timeouts else None)
+        c = self.owner._c  # the ledger
+        c["in_child"] -= count
+        c["frames_completed"] += count
+        if errors or timeouts:
+            c["child_errors"] += errors
+            c["child_timeouts"] += timeouts
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -273,36 +297,58 @@ class IsolatedPlugin:
     async def handle_batch(self, messages: list[Any]) -> None:
         """Send the frames to the child and wait for its receipt."""
         try:
-            await self._send_batch(messages)
+            child = self._child
+            if child is None or not child.ready:
+                child = await self._wait_for_child(messages)
+            future = self._post(child, messages)
+            if future is None:
+                await self._send_halves(messages)
+            else:
+                failed = await future
+                if failed is not None:
+                    self._child_failed(failed, messages)
         except Exception:
             self._c["failed_batches"] += 1  # once per call, as the dispatcher counts errors
             raise
 
-    async def _send_batch(self, messages: list[Any]) -> None:
-        child = self._child
-        if child is None or not child.ready:
-            child = await self._wait_for_child(messages)
-        seq = child.next_seq()
+    def _post(self, child: _Child, messages: list[Any]) -> asyncio.Future[Any] | None:
+        """Write one FRAMES message; its receipt's future, or ``None`` when the batch is
+        too large for one message (and can be split)."""
+        child.seq = seq = child.seq + 1
         data = wire.encode_frames(seq, messages)
-        if len(data) > wire.PARENT_MESSAGE_LIMIT and len(messages) > 1:
-            half = len(messages) // 2
-            await self._send_batch(messages[:half])
-            await self._send_batch(messages[half:])
-            return
         count = len(messages)
-        future: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
+        if len(data) > wire.PARENT_MESSAGE_LIMIT and count > 1:
+            return None
+        future: asyncio.Future[tuple[int, int, str] | None] = child.loop.create_future()
         child.acks[seq] = (future, count, messages[0].frame_type)
+        child.send(data)  # first: the counting below overlaps with the child's work
         c = self._c
         c["frames_sent"] += count
         c["batches_sent"] += 1
         c["in_child"] += count
-        child.send(data)
-        errors, timeouts, first = await future
+        return future
+
+    async def _send_halves(self, messages: list[Any]) -> None:
+        """A batch too large for one message goes as two (each split again if need be)."""
+        half = len(messages) // 2
+        for part in (messages[:half], messages[half:]):
+            child = self._child
+            if child is None or not child.ready:
+                child = await self._wait_for_child(part)
+            future = self._post(child, part)
+            if future is None:
+                await self._send_halves(part)
+            else:
+                failed = await future
+                if failed is not None:
+                    self._child_failed(failed, part)
+
+    def _child_failed(self, failed: tuple[int, int, str], messages: list[Any]) -> NoReturn:
+        errors, timeouts, first = failed
         if timeouts and self._on_timeouts is not None:
             self._on_timeouts(timeouts)
-        if errors or timeouts:
-            raise ChildHandlerError(self.name, self.plugin_id, messages[0].frame_type,
-                                    errors + timeouts, first)  # fmt: skip
+        raise ChildHandlerError(self.name, self.plugin_id, messages[0].frame_type,
+                                errors + timeouts, first)  # fmt: skip
 
     async def health(self) -> bool:
         """The plugin's own ``health()``, asked in the child."""
@@ -714,13 +760,6 @@ class IsolatedPlugin:
             return
         level = record.level if 0 <= record.level <= 50 else logging.WARNING
         self._log.log(level, "%s", record.message[: wire.TEXT_LIMIT])
-
-    def completed(self, count: int, errors: int, timeouts: int) -> None:
-        c = self._c
-        c["in_child"] -= count
-        c["frames_completed"] += count
-        c["child_errors"] += errors
-        c["child_timeouts"] += timeouts
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         """A supervision task in a clean context: no plugin's sandbox guard rides along."""

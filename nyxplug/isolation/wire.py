@@ -16,11 +16,12 @@ from __future__ import annotations
 import enum
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from .._impl import decode_batch
 from .errors import ProtocolViolation
 
 __all__ = (
@@ -47,6 +48,7 @@ PROTOCOL_VERSION = 1
 _PREFIX = struct.Struct("<IB")
 _SEQ = struct.Struct("<Q")
 _ACK = struct.Struct("<QIII")
+_PLAIN_ACK = struct.Struct("<IBQIII")  # an ACK without error text, framed
 
 #: The most a child may send in one message (acks, logs, replies, state).
 CHILD_MESSAGE_LIMIT = 1 << 20
@@ -252,15 +254,21 @@ def decode_seq(kind: Kind, body: bytes) -> int:
 def encode_frames(seq: int, messages: Sequence[Any]) -> bytes:
     """A batch of ``PluginMessage`` objects as one FRAMES message, encoded by the twin
     (compiled or pure) whose messages they are."""
-    twin = sys.modules[type(messages[0]).__module__]
-    data: bytes = twin.encode_batch(Kind.FRAMES, seq, list(messages))
+    kind = type(messages[0])
+    encode_batch = _BATCH_ENCODERS.get(kind)
+    if encode_batch is None:
+        encode_batch = _BATCH_ENCODERS[kind] = sys.modules[kind.__module__].encode_batch
+    data: bytes = encode_batch(_FRAMES, seq, messages if type(messages) is list else list(messages))
     return data
+
+
+#: Each twin's ``encode_batch``, by the type of its messages.
+_BATCH_ENCODERS: dict[type, Any] = {}
+_FRAMES = int(Kind.FRAMES)
 
 
 def decode_frames(body: bytes, max_header: int, max_payload: int) -> tuple[int, list[Any]]:
     """``(seq, messages)`` from a FRAMES body; anything malformed is a ``ProtocolViolation``."""
-    from .._impl import decode_batch
-
     try:
         return decode_batch(body, max_header, max_payload)
     except ValueError as exc:
@@ -269,16 +277,21 @@ def decode_frames(body: bytes, max_header: int, max_payload: int) -> tuple[int, 
 
 def encode_ack(seq: int, handled: int, errors: int, timeouts: int, first_error: str) -> bytes:
     """The child's receipt for one FRAMES batch, with the first error's text (capped)."""
+    if not first_error:  # the usual receipt: one pack
+        return _PLAIN_ACK.pack(_ACK.size + 1, Kind.ACK, seq, handled, errors, timeouts)
     text = first_error.encode("utf-8", "replace")[:TEXT_LIMIT]
     body = _ACK.pack(seq, handled, errors, timeouts) + text
     return _PREFIX.pack(len(body) + 1, Kind.ACK) + body
 
 
 def decode_ack(body: bytes) -> tuple[int, int, int, int, str]:
-    if not _ACK.size <= len(body) <= _ACK.size + TEXT_LIMIT:
+    size = len(body)
+    if size == _ACK.size:
+        return (*_ACK.unpack(body), "")
+    if not _ACK.size <= size <= _ACK.size + TEXT_LIMIT:
         raise ProtocolViolation(f"Expected an ACK of {_ACK.size}..{_ACK.size + TEXT_LIMIT} bytes")
     seq, handled, errors, timeouts = _ACK.unpack_from(body)
-    text = bytes(body[_ACK.size :]).decode("utf-8", "replace")
+    text = body[_ACK.size :].decode("utf-8", "replace")
     return seq, handled, errors, timeouts, text
 
 
@@ -289,40 +302,93 @@ def encode_stop() -> bytes:
 class MessageReader:
     """Splits a byte stream into ``(kind, body)`` messages, refusing what the peer may not send.
 
-    The length is checked before the body is buffered, so a hostile length costs nothing.
+    It is the buffer of an ``asyncio.BufferedProtocol``: the transport reads straight into
+    :meth:`get_buffer` and :meth:`update` returns the messages completed (no read allocates
+    a buffer, and a small message is copied once, into its body). :meth:`feed` does both
+    for bytes already read. A length is checked as soon as its prefix is in, before the
+    buffer grows for the body, so a hostile length costs nothing; the buffer never holds
+    more than one message beyond ``chunk`` bytes.
     """
 
-    __slots__ = ("_buffer", "_allowed", "_limit")
+    __slots__ = (
+        "_buffer", "_view", "_start", "_end", "_need", "_kinds", "_limit", "_chunk", "_keep",
+    )  # fmt: skip
 
-    def __init__(self, allowed: frozenset[Kind], limit: int) -> None:
-        self._buffer = bytearray()
-        self._allowed = frozenset(int(k) for k in allowed)
+    def __init__(self, allowed: frozenset[Kind], limit: int, chunk: int = 1 << 16) -> None:
+        self._kinds = {int(k): Kind(k) for k in allowed}
         self._limit = limit
+        self._chunk = chunk
+        self._keep = max(chunk, 1 << 20)  # a larger buffer goes once it is empty
+        self._need = _PREFIX.size  # bytes the message at ``_start`` needs in all
+        self._fresh(chunk, b"")
 
-    def feed(self, data: bytes) -> Iterator[tuple[Kind, bytes]]:
-        """Append ``data`` and yield every complete message in it."""
-        buffer = self._buffer
-        buffer += data
-        offset = 0
-        end = len(buffer)
-        prefix = _PREFIX.size
-        view = memoryview(buffer)
-        try:
-            while end - offset >= prefix:
-                length, kind = _PREFIX.unpack_from(buffer, offset)
-                if kind not in self._allowed:
-                    raise ProtocolViolation(f"unexpected message kind {kind}")
-                if not 1 <= length <= self._limit:
-                    raise ProtocolViolation(
-                        f"Expected a message of 1..{self._limit} bytes, got {length}"
-                    )
-                stop = offset + 4 + length
-                if stop > end:
-                    break
-                body = bytes(view[offset + prefix : stop])
-                offset = stop
-                yield Kind(kind), body
-        finally:
-            view.release()
-            if offset:
-                del buffer[:offset]
+    def _fresh(self, size: int, keep: bytes | memoryview) -> None:
+        """A new buffer that starts with ``keep``. (Never resized in place: the
+        transport may still hold a view of the old one.)"""
+        buffer = bytearray(size)
+        buffer[: len(keep)] = keep
+        self._buffer, self._view = buffer, memoryview(buffer)
+        self._start, self._end = 0, len(keep)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """The free space to read into: room for the rest of the message begun, or a chunk."""
+        start, end = self._start, self._end
+        if start == end:  # nothing pending: read from the front
+            if len(self._buffer) > self._keep:
+                self._fresh(self._chunk, b"")  # give back what one large message took
+            self._start = self._end = 0
+            return self._view
+        size = len(self._buffer)
+        if size - start < self._need or (size - end < 1024 and end - start <= 4096):
+            # The message begun does not fit, or little room is left and moving is cheap.
+            self._fresh(max(self._chunk, self._need), self._view[start:end])
+        return self._view[self._end :]
+
+    def update(self, nbytes: int) -> list[tuple[Kind, bytes]]:
+        """``nbytes`` were read into the buffer: every message they complete, in order."""
+        self._end = end = self._end + nbytes
+        start = self._start
+        buffer, view, kinds = self._buffer, self._view, self._kinds
+        messages: list[tuple[Kind, bytes]] = []
+        while end - start >= 5:
+            length, code = _PREFIX.unpack_from(buffer, start)
+            kind = kinds.get(code)
+            if kind is None:
+                raise ProtocolViolation(f"unexpected message kind {code}")
+            if not 1 <= length <= self._limit:
+                raise ProtocolViolation(
+                    f"Expected a message of 1..{self._limit} bytes, got {length}"
+                )
+            stop = start + 4 + length
+            if stop > end:
+                self._start, self._need = start, 4 + length
+                return messages
+            messages.append((kind, bytes(view[start + 5 : stop])))
+            start = stop
+        self._start, self._need = start, _PREFIX.size
+        return messages
+
+    def plain_ack(self, nbytes: int) -> tuple[int, int, int, int] | None:
+        """If the ``nbytes`` just read are exactly one ACK without error text (a lone
+        frame's receipt, the usual read on the host), take it: ``(seq, handled, errors,
+        timeouts)``, checked as :meth:`update` would. ``None``: use :meth:`update`."""
+        start = self._start
+        if nbytes != _PLAIN_ACK.size or self._end != start:
+            return None
+        length, code, seq, handled, errors, timeouts = _PLAIN_ACK.unpack_from(self._buffer, start)
+        if length != _ACK.size + 1 or code != Kind.ACK or code not in self._kinds:
+            return None
+        self._start = self._end = start + nbytes
+        return seq, handled, errors, timeouts
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[Kind, bytes]]:
+        """Append bytes already read; every message they complete, in order."""
+        messages: list[tuple[Kind, bytes]] = []
+        source = memoryview(data).cast("B")
+        while source:
+            space = self.get_buffer()
+            n = min(len(space), len(source))
+            space[:n] = source[:n]
+            source = source[n:]
+            messages += self.update(n)
+        return messages
