@@ -20,6 +20,7 @@ import msgspec
 
 from .._constants import Permission
 from .._health import HealthStats
+from .._recovery import RecoveryStats
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode
@@ -27,6 +28,7 @@ from ..source.layout import INDEX_FILE, MANIFEST_FILE, SIGNATURE_FILE
 from ..source.manifest import Manifest, ManifestError, decode_manifest, manifest_from_dict
 from .errors import PluginStateError
 from .health import HealthMonitor
+from .recovery import RecoveryLadder
 from .reload import ReloadCounters, ReloadStats
 from .state import PluginState, can_move
 
@@ -120,6 +122,8 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     shadows: str | None = None
     #: The scheduled health checks (``[health]``); None when the plugin has none.
     health: HealthStats | None = None
+    #: The recovery ladder (``[recovery]``); None when the plugin has none.
+    recovery: RecoveryStats | None = None
 
 
 class PluginRecord:
@@ -154,6 +158,7 @@ class PluginRecord:
         self.reloads = ReloadCounters()
         self.shadows: str | None = None  # an installed package: the folder it hides
         self.health: HealthMonitor | None = None  # its scheduled checks, while active
+        self.recovery: RecoveryLadder | None = None  # its recovery ladder, while active
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -188,6 +193,7 @@ class PluginRecord:
             ),
             shadows=self.shadows,
             health=self.health.stats() if self.health is not None else None,
+            recovery=self.recovery.stats() if self.recovery is not None else None,
         )
 
 
