@@ -13,6 +13,8 @@ from typing import Literal
 
 import msgspec
 
+from ._schema import _Invalid
+
 __all__ = ("RECOVERY_STEPS", "RecoveryConfig", "RecoveryStats", "Step", "StepStats")
 
 Step = Literal["restart", "reset", "reload", "rollback", "degrade", "quarantine"]
@@ -24,7 +26,8 @@ RECOVERY_STEPS: tuple[Step, ...] = (
 
 
 def _invalid(field: str, expected: str, got: object) -> ValueError:
-    return ValueError(f"Expected `{field}` {expected}, got {got!r} - in RecoveryConfig")
+    # _Invalid: a manifest or host config error names the key (`recovery.steps`).
+    return _Invalid(field, f"Expected `{field}` {expected}, got {got!r}")
 
 
 class RecoveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

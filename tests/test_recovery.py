@@ -23,9 +23,15 @@ from isolation_helpers import FAST as FAST_ISOLATION
 from nyx_helpers import DATA
 from plugin_helpers import write_plugin
 
-from nyxplug import BreakerConfig, BreakerState, CircuitOpen, PluginHeader
-from nyxplug.config import DefaultsSection, HostConfig
-from nyxplug.plugins import PluginManager, RecoveryConfig, RecoveryLadder, StepStats
+from nyxplug import BreakerState, CircuitOpen, PluginHeader
+from nyxplug.config import ConfigError, DefaultsSection, HostConfig, load_config
+from nyxplug.plugins import (
+    ManifestError,
+    PluginManager,
+    RecoveryConfig,
+    RecoveryLadder,
+    StepStats,
+)
 from nyxplug.source.manifest import decode_manifest
 
 WAIT = 10.0
@@ -398,22 +404,40 @@ def test_recovery_config_is_checked(fields: dict[str, Any], message: str) -> Non
         RecoveryConfig(**fields)
 
 
-def test_manifest_recovery_table_decodes_strictly() -> None:
-    head = (
-        '[plugin]\nname = "x"\nid = 1\nversion = "1.0.0"\nentry = "main:Entry"\napi = ">=1.0, <2"\n'
+HEAD = '[plugin]\nname = "x"\nid = 1\nversion = "1.0.0"\nentry = "main:Entry"\napi = ">=1.0, <2"\n'
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('steps = ["reboot"]', "Expected one of `restart`, `reset`, `reload`, `rollback`, "
+         "`degrade`, `quarantine`, got `reboot` - at `recovery.steps[0]`"),
+        ("retries = 3", "Unknown key `retries`, expected one of `steps`, `step_timeout`, "
+         "`fallback` - at `recovery.retries`"),
+        ('steps = ["quarantine", "reset"]', "Expected `steps` to end with `quarantine` when it "
+         "names it, got ('quarantine', 'reset') - at `recovery.steps`"),
+    ],
+)  # fmt: skip
+def test_manifest_recovery_table_decodes_strictly(table: str, message: str) -> None:
+    assert decode_manifest(HEAD + '[recovery]\nsteps = ["reset", "quarantine"]\n').recovery == (
+        RecoveryConfig(steps=("reset", "quarantine"))
     )
-    manifest = decode_manifest(head + '[recovery]\nsteps = ["reset", "quarantine"]\n')
-    assert manifest.recovery == RecoveryConfig(steps=("reset", "quarantine"))
-    with pytest.raises(Exception, match=r"recovery"):
-        decode_manifest(head + '[recovery]\nsteps = ["reboot"]\n')
-    with pytest.raises(Exception, match=r"recovery"):
-        decode_manifest(head + "[recovery]\nretries = 3\n")
+    with pytest.raises(ManifestError, match=re.escape(message) + "$"):
+        decode_manifest(HEAD + "[recovery]\n" + table + "\n")
+
+
+def test_host_defaults_recovery_decodes_strictly(tmp_path: Path) -> None:
+    file = tmp_path / "nyxplug.host.toml"
+    file.write_text('[defaults.recovery]\nsteps = ["reset", "quarantine"]\nstep_timeout = 2.5\n')
+    config = load_config(file, environ={})
+    assert config.defaults.recovery == RecoveryConfig(
+        steps=("reset", "quarantine"), step_timeout=2.5
+    )
+    file.write_text('[defaults.recovery]\nsteps = ["reset", "bogus"]\n')
+    with pytest.raises(ConfigError, match=r"got `bogus` - at `defaults\.recovery\.steps\[1\]`$"):
+        load_config(file, environ={})
 
 
 def test_a_ladder_needs_a_recovery_config() -> None:
     with pytest.raises(TypeError, match=r"^Expected `config` to be a RecoveryConfig, got dict$"):
         RecoveryLadder(None, 1, {}, {})  # type: ignore[arg-type]
-
-
-def test_the_breaker_config_default_is_what_a_ladder_watches() -> None:
-    assert BreakerConfig().open_wait == 60.0
