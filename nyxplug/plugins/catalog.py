@@ -62,7 +62,8 @@ def plugin(**manifest: Any) -> Callable[[_C], _C]:
 
     ``@plugin(name="echo", id=7, version="1.0.0", permissions=["DATA_ACCESS"])``; the
     other manifest tables go in as ``sandbox={...}``, ``resources={...}``,
-    ``config={...}``, ``dependencies={...}``. Every ``PluginManager`` created
+    ``config={...}``, ``dependencies={...}``, ``breaker={...}``, ``health={...}``,
+    ``recovery={...}``. Every ``PluginManager`` created
     afterwards finds the class (``registered_plugins()`` lists them).
     """
 
@@ -84,7 +85,7 @@ def _manifest_dict(fields: dict[str, Any]) -> dict[str, Any]:
     """``@plugin`` keywords laid out like a ``nyxplug.toml`` document."""
     fields = dict(fields)
     tables: dict[str, Any] = {}
-    for key in ("sandbox", "resources", "config", "dependencies"):
+    for key in ("sandbox", "resources", "config", "dependencies", "breaker", "health", "recovery"):
         if key in fields:
             tables[key] = fields.pop(key)
     frames = fields.pop("permissions", [])

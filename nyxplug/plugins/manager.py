@@ -497,6 +497,17 @@ class PluginManager:
         )
         record.recovery.start()
 
+    async def wait_recovery(self, name: str) -> None:
+        """Wait until the plugin's recovery ladder next acts (an episode starts, a step
+        ends, the breaker it repaired closes); check ``status(name).recovery`` after."""
+        ladder = self._record(name).recovery
+        if ladder is None:
+            raise PluginStateError(
+                name, str(self._record(name).state), "wait for its recovery",
+                "it has no [recovery] table and the host no [defaults.recovery]",
+            )  # fmt: skip
+        await ladder.wait_changed()
+
     def _active(self, record: PluginRecord, step: str) -> Manifest:
         if record.state is not PluginState.ACTIVE or record.manifest is None:
             raise PluginStateError(record.name, str(record.state), step, "it is not active")
