@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import signal
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from isolation_helpers import FAST as FAST_ISOLATION
 from nyx_helpers import DATA
 from plugin_helpers import write_plugin
 
-from nyxplug import BreakerState, CircuitOpen, PluginHeader
+from nyxplug import BreakerState, CircuitOpen, DispatchStatus, PluginHeader
 from nyxplug.config import ConfigError, DefaultsSection, HostConfig, load_config
 from nyxplug.plugins import (
     ManifestError,
@@ -184,6 +185,51 @@ async def test_a_step_is_shown_as_repairing_and_refusals_name_it(impl: Any, tmp_
             BreakerState.HALF_OPEN,
             None,
         )
+
+
+async def test_the_ledger_holds_through_the_ladder_under_load(impl: Any, tmp_path: Path) -> None:
+    """A producer keeps sending while the plugin breaks, trips, is reset, probed and
+    closes: every frame sent is accepted or refused by reason, every accepted one is
+    handled, dropped or queued, and the breaker's refusals add up to the plugin's."""
+    write_plugin(
+        tmp_path, "breakable", 31, BREAKABLE, breaker=BREAKER,
+        recovery={"steps": ["reset", "quarantine"], "step_timeout": 5.0},
+    )  # fmt: skip
+    async with manager_for(impl, tmp_path) as manager:
+        d = manager.dispatcher
+        header = impl.PluginHeader(31)
+        statuses: Counter[DispatchStatus] = Counter()
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            while not stop.is_set():
+                for _ in range(16):
+                    statuses[d.try_dispatch(DATA, header, b"x")] += 1
+                await asyncio.sleep(0)  # let the worker and the ladder run
+
+        producer = asyncio.ensure_future(produce())
+        manager.instance("breakable").broken = True
+        await until(
+            manager, "breakable", lambda: manager.status("breakable").recovery.recoveries == 1
+        )
+        stop.set()
+        await producer
+        async with asyncio.timeout(WAIT):
+            await d.wait_idle(31)
+        stats = d.plugin_stats(31)
+        breaker = d.breaker_stats(31)
+        assert set(statuses) <= {DispatchStatus.OK, DispatchStatus.CIRCUIT_OPEN,
+                                 DispatchStatus.WOULD_BLOCK}  # fmt: skip
+        assert statuses[DispatchStatus.CIRCUIT_OPEN] > 0 and breaker.trips == 1
+        assert stats.circuit_open == statuses[DispatchStatus.CIRCUIT_OPEN]
+        assert stats.would_block == statuses[DispatchStatus.WOULD_BLOCK]
+        assert statuses[DispatchStatus.OK] == stats.messages_processed + stats.dropped + (
+            stats.queue_depth
+        )
+        assert stats.circuit_open == (
+            breaker.refused_open + breaker.refused_half_open + breaker.refused_forced_open
+        )
+        assert breaker.state == BreakerState.CLOSED
 
 
 # -- timeouts, exhausted steps and the quarantine end -----------------------------------
