@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from .._breaker import BreakerState
 from .._recovery import RecoveryConfig, RecoveryStats, StepStats
@@ -69,7 +70,7 @@ class RecoveryLadder:
 
     def __init__(
         self,
-        dispatcher: object,
+        dispatcher: Any,
         plugin_id: int,
         config: RecoveryConfig,
         actions: Mapping[str, Action | None],
@@ -82,7 +83,7 @@ class RecoveryLadder:
             raise TypeError(
                 f"Expected `config` to be a RecoveryConfig, got {type(config).__name__}"
             )
-        self.dispatcher: object = dispatcher
+        self.dispatcher = dispatcher
         self.plugin_id = plugin_id
         self.config = config
         self._actions = dict(actions)
@@ -109,8 +110,8 @@ class RecoveryLadder:
 
     def start(self) -> None:
         """Listen to the plugin's breaker and start the ladder's task."""
-        d: object = self.dispatcher
-        d.watch_breaker(self.plugin_id, self._breaker_changed)  # type: ignore[attr-defined]
+        d = self.dispatcher
+        d.watch_breaker(self.plugin_id, self._breaker_changed)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"nyxplug-recovery-{self.plugin_id}"
@@ -119,9 +120,9 @@ class RecoveryLadder:
     async def aclose(self) -> None:
         """Stop the ladder (a step running is cancelled); the breaker is left as it is.
         From the ladder's own task (its quarantine step) it only stops listening."""
-        d: object = self.dispatcher
-        if d.is_loaded(self.plugin_id) and d.breaker_stats(self.plugin_id) is not None:  # type: ignore[attr-defined]
-            d.watch_breaker(self.plugin_id, None)  # type: ignore[attr-defined]
+        d = self.dispatcher
+        if d.is_loaded(self.plugin_id) and d.breaker_stats(self.plugin_id) is not None:
+            d.watch_breaker(self.plugin_id, None)
         task, self._task = self._task, None
         if task is None or task is asyncio.current_task():
             return
@@ -149,10 +150,10 @@ class RecoveryLadder:
             self._changed = asyncio.Event()
 
     async def _react(self) -> None:
-        d: object = self.dispatcher
-        if not d.is_loaded(self.plugin_id):  # type: ignore[attr-defined]
+        d = self.dispatcher
+        if not d.is_loaded(self.plugin_id):
             return
-        stats = d.breaker_stats(self.plugin_id)  # type: ignore[attr-defined]
+        stats = d.breaker_stats(self.plugin_id)
         if stats is None:
             return
         state = stats.state
@@ -178,7 +179,7 @@ class RecoveryLadder:
 
     async def _climb(self) -> None:
         """Run steps until one works (probes decide next) or the ladder ends."""
-        d: object = self.dispatcher
+        d = self.dispatcher
         pid = self.plugin_id
         steps = self.config.steps
         while self._rung < len(steps):
@@ -218,8 +219,8 @@ class RecoveryLadder:
             if self._on_recovered is not None:
                 self._on_recovered()
             self._repairing = None
-            if d.is_loaded(pid) and d.breaker_stats(pid) is not None:  # type: ignore[attr-defined]
-                d.set_breaker_repairing(pid, None, recovered=True)  # type: ignore[attr-defined]
+            if d.is_loaded(pid) and d.breaker_stats(pid) is not None:
+                d.set_breaker_repairing(pid, None, recovered=True)
             return
         if self._attempted:
             self._mark(None)
@@ -227,8 +228,8 @@ class RecoveryLadder:
 
     async def _backoff(self) -> None:
         """Wait out what is left of the breaker's open time (it grows with each trip)."""
-        d: object = self.dispatcher
-        stats = d.breaker_stats(self.plugin_id)  # type: ignore[attr-defined]
+        d = self.dispatcher
+        stats = d.breaker_stats(self.plugin_id)
         wait = stats.retry_after if stats is not None and stats.retry_after else 0.0
         if wait > 0.0:
             self._mark("backoff")
@@ -237,9 +238,9 @@ class RecoveryLadder:
     def _mark(self, step: str | None) -> None:
         """Show the step on the breaker (``repairing``) while it runs."""
         self._repairing = step
-        d: object = self.dispatcher
-        if d.is_loaded(self.plugin_id) and d.breaker_stats(self.plugin_id) is not None:  # type: ignore[attr-defined]
-            d.set_breaker_repairing(self.plugin_id, step)  # type: ignore[attr-defined]
+        d = self.dispatcher
+        if d.is_loaded(self.plugin_id) and d.breaker_stats(self.plugin_id) is not None:
+            d.set_breaker_repairing(self.plugin_id, step)
 
     # -- reading -------------------------------------------------------------------
 
