@@ -339,6 +339,10 @@ async def test_degrade_refuses_with_a_message_naming_the_fallback(
         assert stats.refused_forced_open == 1
         assert manager.status("breakable").state == "active"
         assert manager.status("breakable").recovery.steps["quarantine"] == StepStats()
+        manager.dispatcher.set_breaker_state(31, BreakerState.CLOSED)  # an operator ends it
+        await until(
+            manager, "breakable", lambda: manager.status("breakable").recovery.degraded_to is None
+        )
 
 
 # -- liveness failures feed the ladder ----------------------------------------------------

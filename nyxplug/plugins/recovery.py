@@ -158,6 +158,8 @@ class RecoveryLadder:
             return
         state = stats.state
         if self._began is None:
+            if state == BreakerState.CLOSED:
+                self._degraded_to = None  # an operator closed it: no longer degraded
             tripped = state == BreakerState.OPEN and stats.repairing is None
             if not (tripped or self._liveness is not None):
                 return
