@@ -279,6 +279,38 @@ async def test_each_step_is_bounded_counted_and_the_ladder_ends_in_quarantine(
         assert not manager.dispatcher.is_loaded(31)
 
 
+async def test_every_rung_is_cut_at_its_timeout_and_counted(impl: Any, tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path, "breakable", 31, BREAKABLE, breaker=BREAKER,
+        recovery={"steps": ["restart", "reset", "reload", "rollback", "degrade", "quarantine"],
+                  "step_timeout": 0.05},
+    )  # fmt: skip
+    async with manager_for(impl, tmp_path) as manager:
+        manager.instance("breakable").broken = True
+        ladder = manager._record("breakable").recovery
+        assert ladder is not None
+
+        async def hangs() -> object:
+            await asyncio.Event().wait()
+            return None
+
+        for step in ("restart", "reset", "reload", "rollback", "degrade"):
+            ladder._actions[step] = hangs  # every rung available, every one hangs
+        await send(manager, 31, 10)
+        await until(manager, "breakable", lambda: manager.status("breakable").state == "failed")
+        recovery = manager.status("breakable").recovery
+        assert recovery is not None
+        hung = StepStats(attempts=1, failures=1, timeouts=1)
+        assert recovery.steps == {
+            "restart": hung, "reset": hung, "reload": hung, "rollback": hung, "degrade": hung,
+            "quarantine": StepStats(attempts=1, successes=1),
+        }  # fmt: skip
+        assert recovery.last_failure == "degrade took longer than 0.05 s"
+        assert manager.status("breakable").reason == (
+            "its recovery ladder ran out of steps (last: degrade took longer than 0.05 s)"
+        )
+
+
 async def test_reload_is_a_rung_and_a_failed_probe_climbs_to_the_next_after_backoff(
     impl: Any, tmp_path: Path
 ) -> None:
