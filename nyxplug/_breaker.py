@@ -186,8 +186,12 @@ class BreakerStats(msgspec.Struct, frozen=True, kw_only=True):
     #: admitted before the last transition).
     outcomes_recorded: int
     stale_outcomes: int
-    #: Why it is FORCED_OPEN when that was not an operator (health checks); else None.
+    #: Why it is FORCED_OPEN when that was not an operator (health checks), or what
+    #: holds it OPEN (a recovery step); else None.
     forced_by: str | None = None
+    #: The recovery step running while the breaker is OPEN ("repairing": it does not
+    #: go half-open by the clock meanwhile); None when no step runs.
+    repairing: str | None = None
 
 
 class _CountWindow:
@@ -314,6 +318,10 @@ class CircuitBreaker:
         self.forced_by: str | None = None  # why FORCED_OPEN, when not an operator's
         self.outcomes_recorded = 0
         self.stale_outcomes = 0
+        # The recovery step running ("repairing"), and who hears of every transition
+        # (a recovery ladder); neither is read on the frame path.
+        self.repairing: str | None = None
+        self.on_change: Callable[[BreakerState], object] | None = None
 
     def _new_window(self) -> _CountWindow | _TimeWindow:
         config = self.config
@@ -332,6 +340,7 @@ class CircuitBreaker:
         self.probe_failures = self.probe_slow = 0
         self.deadline = None
         self.forced_by = None
+        self.repairing = None
         if state == _OPEN:
             config = self.config
             self.trips += 1
@@ -344,10 +353,12 @@ class CircuitBreaker:
             self.open_until = now + wait
         elif state in _PASSING:
             self.window = self._new_window()
+        if self.on_change is not None:
+            self.on_change(state)
 
     def _advance(self, now: float, enqueued: int) -> None:
         """Take the transitions that are due by the clock."""
-        if self.state == _OPEN and now >= self.open_until:
+        if self.state == _OPEN and now >= self.open_until and self.repairing is None:
             self._to(_HALF_OPEN, enqueued, now)
         if self.state == _HALF_OPEN and self.deadline is not None and now >= self.deadline:
             # Probes still unfinished at the deadline count as failures.
@@ -381,7 +392,8 @@ class CircuitBreaker:
         state = self.state
         if state == _OPEN:
             self.refused[REFUSED_OPEN] += 1
-            self.retry_after = self.open_until - now
+            # While a recovery step runs there is no time to give: it ends with the step.
+            self.retry_after = None if self.repairing is not None else self.open_until - now
             return REFUSED_OPEN
         if state == _HALF_OPEN:
             if self.probes_admitted < self.config.half_open_probes:
@@ -479,6 +491,24 @@ class CircuitBreaker:
         if state == _FORCED_OPEN:
             self.forced_by = why
 
+    def repair(self, step: str | None, enqueued: int, recovered: bool = False) -> None:
+        """A recovery step starts (``step``) or ends (None). While one runs an OPEN
+        breaker stays OPEN whatever the clock says, and refusals name the step; when it
+        ends ``recovered``, an OPEN or FORCED_OPEN breaker goes HALF_OPEN so probes decide.
+        """
+        if step is not None and not isinstance(step, str):
+            raise TypeError(f"Expected `step` to be a str or None, got {type(step).__name__}")
+        if step is not None:
+            self.repairing = step
+            if self.state == _OPEN:
+                self.forced_by = f"its recovery ladder ({step} running)"
+            return
+        if self.repairing is not None and self.state == _OPEN:
+            self.forced_by = None
+        self.repairing = None
+        if recovered and self.state in (_OPEN, _FORCED_OPEN):
+            self._to(_HALF_OPEN, enqueued, self.clock())
+
     def poll(self, enqueued: int) -> float:
         """Take the transitions due by now; return now."""
         now = self.clock()
@@ -522,4 +552,5 @@ class CircuitBreaker:
             outcomes_recorded=self.outcomes_recorded,
             stale_outcomes=self.stale_outcomes,
             forced_by=self.forced_by,
+            repairing=self.repairing,
         )

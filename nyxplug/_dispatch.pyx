@@ -2055,6 +2055,8 @@ cdef class Dispatcher:
         breaker = CircuitBreaker(config, time.monotonic if clock is None else clock, random)
         breaker.epoch = rt.epoch + 1
         breaker.stale_until = rt.enqueued()
+        if rt.breaker is not None:
+            breaker.on_change = rt.breaker.on_change  # a new config, the same listener
         rt.breaker = breaker
         rt.record_every = config.record_every
         rt.sync()
@@ -2072,6 +2074,33 @@ cdef class Dispatcher:
         cdef _Runtime rt = self._breaker_runtime(plugin_id)
         rt.breaker.set_state(state, rt.enqueued(), why)
         rt.sync()
+
+    def set_breaker_repairing(self, plugin_id, step, *, recovered=False):
+        """A recovery step starts (``step`` names it) or ends (None) on the plugin: while
+        it runs the breaker stays OPEN ("repairing", in ``breaker_stats``) whatever its
+        open time says, and refusals name the step. Ending ``recovered=True`` moves an
+        OPEN or FORCED_OPEN breaker to HALF_OPEN, so probe frames decide.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("set_breaker_repairing")
+        cdef _Runtime rt = self._breaker_runtime(plugin_id)
+        rt.breaker.repair(step, rt.enqueued(), recovered)
+        rt.sync()
+
+    def watch_breaker(self, plugin_id, callback):
+        """Call ``callback(state)`` on every transition of the plugin's breaker (None
+        stops); it is kept when ``set_breaker`` replaces the breaker. It runs inside
+        whatever made the transition - a dispatch, the worker - so it must only note
+        the event (set an ``asyncio.Event``), never block or raise.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("watch_breaker")
+        if callback is not None and not callable(callback):
+            raise TypeError(
+                f"Expected `callback` to be callable or None, got {type(callback).__name__}"
+            )
+        cdef _Runtime rt = self._breaker_runtime(plugin_id)
+        rt.breaker.on_change = callback
 
     def breaker_stats(self, plugin_id):
         """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).

@@ -1519,6 +1519,8 @@ class Dispatcher:
         breaker = CircuitBreaker(config, time.monotonic if clock is None else clock, random)
         breaker.epoch = rt.epoch + 1
         breaker.stale_until = rt.processed + len(rt.queue)
+        if rt.breaker is not None:
+            breaker.on_change = rt.breaker.on_change  # a new config, the same listener
         rt.breaker = breaker
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
 
@@ -1538,6 +1540,37 @@ class Dispatcher:
         rt = self._runtimes[plugin_id]
         breaker.set_state(state, rt.processed + len(rt.queue), why)
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
+
+    def set_breaker_repairing(
+        self, plugin_id: int, step: str | None, *, recovered: bool = False
+    ) -> None:
+        """A recovery step starts (``step`` names it) or ends (None) on the plugin: while
+        it runs the breaker stays OPEN ("repairing", in ``breaker_stats``) whatever its
+        open time says, and refusals name the step. Ending ``recovered=True`` moves an
+        OPEN or FORCED_OPEN breaker to HALF_OPEN, so probe frames decide.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("set_breaker_repairing")
+        breaker = self._breaker(plugin_id)
+        rt = self._runtimes[plugin_id]
+        breaker.repair(step, rt.processed + len(rt.queue), recovered)
+        rt.gate, rt.epoch = breaker.gate, breaker.epoch
+
+    def watch_breaker(
+        self, plugin_id: int, callback: Callable[[BreakerState], object] | None
+    ) -> None:
+        """Call ``callback(state)`` on every transition of the plugin's breaker (None
+        stops); it is kept when ``set_breaker`` replaces the breaker. It runs inside
+        whatever made the transition - a dispatch, the worker - so it must only note
+        the event (set an ``asyncio.Event``), never block or raise.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("watch_breaker")
+        if callback is not None and not callable(callback):
+            raise TypeError(
+                f"Expected `callback` to be callable or None, got {type(callback).__name__}"
+            )
+        self._breaker(plugin_id).on_change = callback
 
     def breaker_stats(self, plugin_id: int) -> BreakerStats | None:
         """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).

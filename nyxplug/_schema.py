@@ -20,6 +20,7 @@ import difflib
 import math
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -162,9 +163,18 @@ def _show(value: Any) -> str:
 
 
 def _unwrap(tp: Any) -> Any:
-    while typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
+    """The type under ``Annotated`` and an optional table's ``| None``."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            others = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+            if len(others) != 1:
+                return tp
+            tp = others[0]
+        else:
+            return tp
 
 
 def _is_struct(tp: Any) -> bool:

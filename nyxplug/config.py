@@ -22,6 +22,7 @@ from ._constants import DEFAULT_CAPACITY
 from ._errors import NyxplugError
 from ._health import HealthConfig
 from ._impl import parse_flag
+from ._recovery import RecoveryConfig
 from ._schema import _check_finite, _Invalid, explain_decode_error
 from ._toml import TOO_DEEP, nesting_problem, toml_value_problem
 from .isolation.options import IsolationOptions
@@ -109,6 +110,8 @@ class DefaultsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker: BreakerConfig | None = None
     #: Scheduled health checks for every plugin whose manifest has no ``[health]``.
     health: HealthConfig | None = None
+    #: A recovery ladder for every plugin whose manifest has no ``[recovery]`` (None: none).
+    recovery: RecoveryConfig | None = None
 
     def __post_init__(self) -> None:
         _check_finite("handler_timeout", self.handler_timeout)

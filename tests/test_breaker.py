@@ -619,3 +619,84 @@ async def test_manifest_and_host_config_give_plugins_their_breakers(
         manager.dispatcher.set_breaker_state(61, BreakerState.FORCED_OPEN)
         with pytest.raises(CircuitOpen, match=r"^Circuit breaker of plugin 'own' \(id 61\)"):
             manager.dispatcher.dispatch_nowait(DATA, impl.PluginHeader(61))
+
+
+# -- repairing: the recovery ladder's hold on an OPEN breaker (issue 19, item 2) --------
+
+
+async def test_repairing_holds_open_past_its_open_time_then_half_opens(impl: Any) -> None:
+    d, clock, _ = await with_breaker(impl, **BASE)
+    seen: list[BreakerState] = []
+    d.watch_breaker(7, seen.append)
+    await send(d, impl, [b"fail"] * 5)
+    assert seen == [BreakerState.OPEN]
+    d.set_breaker_repairing(7, "restart")
+    clock.advance(60.0)  # far past open_wait: the clock alone would half-open it
+    header = impl.PluginHeader(7)
+    with pytest.raises(CircuitOpen) as caught:
+        d.dispatch_nowait(DATA, header, b"ok")
+    assert caught.value.retry_after is None
+    assert re.match(
+        exact(
+            "Circuit breaker of plugin 'plugin_7' (id 7) is held open by its recovery ladder "
+            "(restart running) - frame 0x52 (DATA) was not enqueued; retry once it recovers, "
+            "or see Dispatcher.breaker_stats(7) and reset it with "
+            "set_breaker_state(7, BreakerState.CLOSED)"
+        ),
+        str(caught.value),
+    )
+    stats = d.breaker_stats(7)
+    assert (stats.state, stats.repairing, stats.refused_open) == (BreakerState.OPEN, "restart", 1)
+    assert seen == [BreakerState.OPEN]  # a step starting is no transition
+    d.set_breaker_repairing(7, None, recovered=True)
+    stats = d.breaker_stats(7)
+    assert (stats.state, stats.repairing, stats.forced_by) == (BreakerState.HALF_OPEN, None, None)
+    assert stats.trips == 1  # half-open after a repair is no trip
+    await send(d, impl, [b"ok"] * 3)
+    assert d.breaker_stats(7).state is BreakerState.CLOSED
+    assert seen == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    await d.aclose()
+
+
+async def test_a_failed_repair_leaves_it_open_on_its_own_clock(impl: Any) -> None:
+    d, clock, _ = await with_breaker(impl, **BASE)
+    await send(d, impl, [b"fail"] * 5)
+    d.set_breaker_repairing(7, "reset")
+    clock.advance(60.0)
+    d.set_breaker_repairing(7, None)  # not recovered
+    stats = d.breaker_stats(7)
+    # Its open time is over: the next frame (here the read) takes it half-open.
+    assert (stats.state, stats.repairing, stats.forced_by) == (BreakerState.HALF_OPEN, None, None)
+    await d.aclose()
+
+
+async def test_the_breaker_listener_survives_a_new_config_and_checks_its_arguments(
+    impl: Any,
+) -> None:
+    d, _clock, _ = await with_breaker(impl, **BASE)
+    seen: list[BreakerState] = []
+    d.watch_breaker(7, seen.append)
+    d.set_breaker(7, BreakerConfig(**{**BASE, "window_size": 20}))
+    d.set_breaker_state(7, BreakerState.FORCED_OPEN)
+    assert seen == [BreakerState.FORCED_OPEN]
+    d.set_breaker_repairing(7, "reload")
+    assert d.breaker_stats(7).repairing == "reload"
+    d.set_breaker_repairing(7, None, recovered=True)  # a forced open one goes half-open too
+    assert seen == [BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN]
+    d.watch_breaker(7, None)
+    d.set_breaker_state(7, BreakerState.CLOSED)
+    assert len(seen) == 2
+    with pytest.raises(
+        TypeError, match=exact("Expected `callback` to be callable or None, got int")
+    ):
+        d.watch_breaker(7, 5)
+    with pytest.raises(TypeError, match=exact("Expected `step` to be a str or None, got int")):
+        d.set_breaker_repairing(7, 5)
+    d.set_breaker(7, None)
+    with pytest.raises(BreakerNotSet):
+        d.set_breaker_repairing(7, "reset")
+    with pytest.raises(BreakerNotSet):
+        d.watch_breaker(7, seen.append)
+    with pytest.raises(PluginNotLoaded):
+        d.set_breaker_repairing(8, "reset")
+    await d.aclose()

@@ -30,3 +30,27 @@ def test_readme_example_prints_what_the_readme_says(pure: bool, tmp_path) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == OUTPUT.group(1)
+
+
+RECOVERY = re.search(
+    r"### Recovery\n.*?```python\n(.*?)```\n\nprints\n\n```text\n(.*?)```", README, re.S
+)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_recovery_example_prints_what_the_readme_says(pure: bool, tmp_path) -> None:
+    assert RECOVERY is not None
+    script = tmp_path / "recovery.py"
+    script.write_text(RECOVERY.group(1), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path))  # no host file is read
+    env.pop("NYXPLUG_NO_EXTENSIONS", None)
+    env.pop("NYXPLUG_CONFIG", None)
+    if pure:
+        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
+        env["NYXPLUG_NO_EXTENSIONS"] = "1"
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == RECOVERY.group(2)

@@ -396,6 +396,30 @@ class IsolatedPlugin:
         if self._ready is not None:
             self._ready.set()
 
+    async def restart(self) -> None:
+        """A new child (the recovery ladder's ``restart``): a running child is killed -
+        its frames lost and counted as in a crash - and the usual restart starts the
+        next; a restart already under way is waited for. Returns once a new child
+        runs; raises ``IsolatedPluginFailed`` when the plugin gave up instead.
+        Cancelled means only that this caller stopped waiting: the restart goes on.
+        """
+        assert self._ready is not None, "on_load() first"
+        old = self._child
+        if old is not None and old.ready and self._state == "running":
+            old.reason = old.reason or "was restarted by its recovery ladder"
+            old.process.kill()
+        while True:
+            child = self._child
+            if child is not None and child.ready and child is not old:
+                return
+            if self._state in ("failed", "stopped"):
+                raise IsolatedPluginFailed(
+                    self.name, self.plugin_id, None,
+                    self._failure or "its isolated child was stopped",
+                )  # fmt: skip
+            self._ready.clear()
+            await self._ready.wait()
+
     def stats(self) -> IsolationStats:
         child = self._child
         cpu, rss, files, depth = self._usage

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 from .._health import HealthConfig as HealthConfig
 from .._health import HealthStats as HealthStats
 from .._lazy import lazy_exports
+from .._recovery import RecoveryConfig as RecoveryConfig
+from .._recovery import RecoveryStats as RecoveryStats
+from .._recovery import StepStats as StepStats
 from ..source.manifest import Manifest as Manifest
 from ..source.manifest import ManifestError as ManifestError
 from ..source.manifest import load_manifest as load_manifest
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .catalog import registered_plugins as registered_plugins
     from .health import HealthMonitor as HealthMonitor
     from .manager import PluginManager as PluginManager
+    from .recovery import RecoveryLadder as RecoveryLadder
     from .reload import ReloadResult as ReloadResult
     from .reload import ReloadStats as ReloadStats
     from .watch import PluginWatcher as PluginWatcher
@@ -49,9 +53,13 @@ __all__ = (
     "PluginStateError",
     "PluginStatus",
     "PluginWatcher",
+    "RecoveryConfig",
+    "RecoveryLadder",
+    "RecoveryStats",
     "ReloadFailed",
     "ReloadResult",
     "ReloadStats",
+    "StepStats",
     "load_manifest",
     "plugin",
     "registered_plugins",
@@ -68,6 +76,7 @@ __getattr__, __dir__ = lazy_exports(
         "registered_plugins": "catalog",
         "HealthMonitor": "health",
         "PluginManager": "manager",
+        "RecoveryLadder": "recovery",
         "ReloadResult": "reload",
         "ReloadStats": "reload",
         "PluginWatcher": "watch",

@@ -20,6 +20,7 @@ import msgspec
 
 from .._constants import Permission
 from .._health import HealthStats
+from .._recovery import RecoveryStats
 from .._stats import PluginStats
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
@@ -28,6 +29,7 @@ from ..source.layout import INDEX_FILE, MANIFEST_FILE, SIGNATURE_FILE
 from ..source.manifest import Manifest, ManifestError, decode_manifest, manifest_from_dict
 from .errors import PluginStateError
 from .health import HealthMonitor
+from .recovery import RecoveryLadder
 from .reload import ReloadCounters, ReloadStats
 from .state import PluginState, can_move
 
@@ -62,7 +64,8 @@ def plugin(**manifest: Any) -> Callable[[_C], _C]:
 
     ``@plugin(name="echo", id=7, version="1.0.0", permissions=["DATA_ACCESS"])``; the
     other manifest tables go in as ``sandbox={...}``, ``resources={...}``,
-    ``config={...}``, ``dependencies={...}``. Every ``PluginManager`` created
+    ``config={...}``, ``dependencies={...}``, ``breaker={...}``, ``health={...}``,
+    ``recovery={...}``. Every ``PluginManager`` created
     afterwards finds the class (``registered_plugins()`` lists them).
     """
 
@@ -84,7 +87,7 @@ def _manifest_dict(fields: dict[str, Any]) -> dict[str, Any]:
     """``@plugin`` keywords laid out like a ``nyxplug.toml`` document."""
     fields = dict(fields)
     tables: dict[str, Any] = {}
-    for key in ("sandbox", "resources", "config", "dependencies"):
+    for key in ("sandbox", "resources", "config", "dependencies", "breaker", "health", "recovery"):
         if key in fields:
             tables[key] = fields.pop(key)
     frames = fields.pop("permissions", [])
@@ -122,6 +125,8 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     shadows: str | None = None
     #: The scheduled health checks (``[health]``); None when the plugin has none.
     health: HealthStats | None = None
+    #: The recovery ladder (``[recovery]``); None when the plugin has none.
+    recovery: RecoveryStats | None = None
 
 
 class PluginCounters(NamedTuple):
@@ -172,6 +177,7 @@ class PluginRecord:
         self.reloads = ReloadCounters()
         self.shadows: str | None = None  # an installed package: the folder it hides
         self.health: HealthMonitor | None = None  # its scheduled checks, while active
+        self.recovery: RecoveryLadder | None = None  # its recovery ladder, while active
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -216,6 +222,7 @@ class PluginRecord:
             ),
             shadows=self.shadows,
             health=self.health.stats() if self.health is not None else None,
+            recovery=self.recovery.stats() if self.recovery is not None else None,
         )
 
 

@@ -192,6 +192,15 @@ class HealthMonitor:
         else:
             d.set_breaker_state(plugin_id, BreakerState.CLOSED)
 
+    def recovered(self) -> None:
+        """The plugin was repaired (a new instance or child): both probes start over
+        healthy, as after a load. The breaker is not touched - the recovery ladder that
+        calls this sends it half-open itself."""
+        self._live = _Probe()
+        self._ready = _Probe()
+        self._routed_away = False
+        self._restore = None
+
     # -- reading -------------------------------------------------------------------
 
     async def wait_checked(self) -> None:

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._breaker import BreakerConfig
+from .._breaker import BreakerConfig, BreakerState
 from .._constants import Permission
 from .._impl import Dispatcher as DefaultDispatcher
+from .._recovery import RecoveryConfig
 from .._stats import PluginStats
 from ..config import HostConfig
 from ..isolation.manifest_limits import child_limits
@@ -62,6 +63,7 @@ from .errors import (
     ReloadFailed,
 )
 from .health import HealthMonitor
+from .recovery import Action, RecoveryLadder
 from .reload import LoadSteps, ReloadResult, reload_plugin
 from .staging import guard_of, info_of, instantiate, read_code, staged_manifest
 from .state import PluginState
@@ -408,6 +410,7 @@ class PluginManager:
             if breaker is not None:
                 self.dispatcher.set_breaker(manifest.id, breaker)
             self._start_health(record, manifest, instance)
+            self._start_recovery(record, manifest, instance)
         except BaseException as exc:  # cancelled too: never left half-loaded in LOADING
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "cancelled"
             if registered_here and not self.dispatcher.is_loaded(manifest.id):
@@ -450,18 +453,167 @@ class PluginManager:
         )  # fmt: skip
         record.health.start()
 
-    async def _stop_health(self, record: PluginRecord) -> None:
+    async def _stop_watchers(self, record: PluginRecord) -> None:
+        """Stop the health checks and the recovery ladder (the plugin is going away)."""
         monitor, record.health = record.health, None
         if monitor is not None:
             await monitor.aclose()
+        if record.recovery is not None:  # stopped, its counts kept for the status
+            await record.recovery.aclose()
 
     def _liveness_failed(self, name: str, reason: str) -> None:
         """A plugin failed its liveness checks: its frames are refused until it recovers."""
+        ladder = self._records[name].recovery
+        if ladder is not None:
+            logger.error(
+                "Plugin %r failed its liveness checks (%s) - its circuit breaker is held "
+                "open while its recovery ladder repairs it", name, reason,
+            )  # fmt: skip
+            ladder.liveness_failed(reason)
+            return
         logger.error(
             "Plugin %r failed its liveness checks (%s) - its circuit breaker is held open "
             "until health() passes again; reload or restart it to recover sooner",
             name, reason,
         )  # fmt: skip
+
+    # -- the recovery ladder -------------------------------------------------------------
+
+    def _recovery_of(self, manifest: Manifest) -> RecoveryConfig | None:
+        """The manifest's ``[recovery]``, else the host's ``[defaults.recovery]``."""
+        if manifest.recovery is not None:
+            return manifest.recovery
+        return self.config.defaults.recovery
+
+    def _start_recovery(self, record: PluginRecord, manifest: Manifest, instance: Any) -> None:
+        """The ladder that repairs the plugin while its breaker is open (``[recovery]``).
+
+        It watches the plugin's breaker, so a plugin without one gets the default
+        ``BreakerConfig()``. Each step is the manager's own machinery; a step that does
+        not apply to this plugin is None (skipped, counted as not available).
+        """
+        config = self._recovery_of(manifest)
+        if config is None:
+            return
+        if self.dispatcher.breaker_stats(manifest.id) is None:
+            self.dispatcher.set_breaker(manifest.id, BreakerConfig())
+        isolated = isinstance(instance, IsolatedPlugin)
+        step = functools.partial
+        actions: dict[str, Action | None] = {
+            "restart": step(self._restart_step, record) if isolated else None,
+            "reset": step(self._reset_step, record) if not isolated else None,
+            "reload": step(self._reload_step, record) if record.folder is not None else None,
+            "rollback": self._rollback_step(record),
+            "degrade": (
+                step(self._degrade_step, record, config.fallback)
+                if config.fallback is not None
+                else None
+            ),
+            "quarantine": step(self._quarantine_step, record),
+        }
+
+        def recovered() -> None:
+            if record.health is not None:
+                record.health.recovered()
+
+        record.recovery = RecoveryLadder(
+            self.dispatcher, manifest.id, config, actions, on_recovered=recovered
+        )
+        record.recovery.start()
+
+    async def wait_recovery(self, name: str) -> None:
+        """Wait until the plugin's recovery ladder next acts (an episode starts, a step
+        ends, the breaker it repaired closes); check ``status(name).recovery`` after."""
+        ladder = self._record(name).recovery
+        if ladder is None:
+            raise PluginStateError(
+                name, str(self._record(name).state), "wait for its recovery",
+                "it has no [recovery] table and the host no [defaults.recovery]",
+            )  # fmt: skip
+        await ladder.wait_changed()
+
+    def _active(self, record: PluginRecord, step: str) -> Manifest:
+        if record.state is not PluginState.ACTIVE or record.manifest is None:
+            raise PluginStateError(record.name, str(record.state), step, "it is not active")
+        return record.manifest
+
+    async def _restart_step(self, record: PluginRecord) -> None:
+        """``restart``: a new child for an isolated plugin (its own restart machinery)."""
+        self._active(record, "restart")
+        instance = record.instance
+        assert isinstance(instance, IsolatedPlugin)
+        await instance.restart()
+
+    async def _reset_step(self, record: PluginRecord) -> None:
+        """``reset``: a new instance of the running code, without the old one's state.
+
+        Like a reload that reads nothing from disk and hands nothing over: instantiate,
+        ``on_load``, ``health()``, swap the handler (queued frames stay), old ``on_unload``.
+        """
+        async with self._lock(record.name):
+            manifest = self._active(record, "reset")
+            factory = record.factory if record.code is None else record.code.entry
+            if not callable(factory):
+                raise TypeError(
+                    f"Expected plugin {record.name!r}'s entry to be a class or factory, got "
+                    f"an instance of {type(factory).__name__} - a reset needs a new instance"
+                )
+            old, guard = record.instance, record.guard
+            instance = instantiate(factory)
+            instance.ctx = self._context(record.name, manifest, guard)
+            loaded = False
+            try:
+                await lifecycle_call(guard, instance, "on_load", instance.ctx)
+                loaded = True
+                if await lifecycle_call(guard, instance, "health") is False:
+                    raise RuntimeError("health() returned False")
+                supervised = self._handler(record, instance, manifest)
+                await self.dispatcher.swap_handler(
+                    manifest.id, supervised.handler, sandbox=guard,
+                    overrun_limit=supervised.overrun_limit, on_overrun=supervised.on_overrun,
+                )  # fmt: skip
+            except BaseException:
+                if loaded:
+                    await call_on_unload(record.name, guard, instance)
+                raise
+            record.instance = instance
+            await call_on_unload(record.name, guard, old)
+
+    async def _reload_step(self, record: PluginRecord) -> None:
+        """``reload``: the plugin's folder or package again, through hot reload (which
+        verifies it, as any reload does), even if its bytes did not change."""
+        await self.reload(record.name, allow_downgrade=True)
+
+    def _rollback_step(self, record: PluginRecord) -> Action | None:
+        """``rollback``: the previous good version. Versions do not run side by side yet,
+        so there is none to go back to: the step is not available (the extension point
+        where versions plug in)."""
+        return None
+
+    async def _degrade_step(self, record: PluginRecord, fallback: str) -> None:
+        """``degrade``: hold the plugin's traffic off; refusals name the fallback plugin."""
+        manifest = self._active(record, "degrade")
+        other = self._records.get(fallback)
+        if other is None or other.state is not PluginState.ACTIVE or other.manifest is None:
+            now = "not in the catalog" if other is None else str(other.state)
+            raise PluginStateError(fallback, now, "take the traffic of " + repr(record.name),
+                                   "load the fallback plugin first")  # fmt: skip
+        self.dispatcher.set_breaker_state(
+            manifest.id, BreakerState.FORCED_OPEN,
+            why=(
+                f"its recovery ladder (degraded: send its frames to plugin {fallback!r} "
+                f"(id {other.manifest.id}) instead)"
+            ),
+        )  # fmt: skip
+
+    async def _quarantine_step(self, record: PluginRecord) -> None:
+        """``quarantine``: every other step failed; the plugin is ``failed`` with why, and
+        its queued frames are dropped (counted), as an isolated plugin that gave up."""
+        ladder = record.recovery
+        why = "its recovery ladder ran out of steps"
+        if ladder is not None and ladder.stats().last_failure is not None:
+            why += f" (last: {ladder.stats().last_failure})"
+        await self._quarantine(record, record.instance, why)
 
     def _breaker_of(self, manifest: Manifest) -> BreakerConfig | None:
         """The manifest's ``[breaker]``, else the host's ``[defaults.breaker]``."""
@@ -525,16 +677,27 @@ class PluginManager:
 
     async def _fail_isolated(self, record: PluginRecord, instance: Any, reason: str) -> None:
         """An isolated plugin gave up (restarts exhausted, or a limit said unload)."""
+        await self._quarantine(record, instance, reason)
+
+    async def _quarantine(self, record: PluginRecord, instance: Any, reason: str) -> None:
+        """Unload the plugin without draining and leave it ``failed`` with ``reason``."""
         async with self._lock(record.name):
             if record.instance is not instance or record.state is not PluginState.ACTIVE:
                 return
             assert record.manifest is not None
             record.move(PluginState.DRAINING)
-            await self._stop_health(record)
+            await self._stop_watchers(record)
             try:
                 await self.dispatcher.unload_plugin(record.manifest.id, drain=False)
             finally:
-                await instance.aclose()
+                if isinstance(instance, IsolatedPlugin):
+                    await instance.aclose()
+                else:
+                    await call_on_unload(record.name, record.guard, instance)
+                    if record.code is not None:
+                        unload_code(record.code.package)
+                        record.code = None
+                    record.instance = None
                 record.move(PluginState.FAILED, reason)
                 if record.name in self._load_order:
                     self._load_order.remove(record.name)
@@ -574,7 +737,7 @@ class PluginManager:
                 raise PluginStateError(name, str(record.state), "unload", "it is not active")
             assert record.manifest is not None
             record.move(PluginState.DRAINING)
-            await self._stop_health(record)
+            await self._stop_watchers(record)
             try:
                 stats = await self.dispatcher.unload_plugin(record.manifest.id, drain=drain)
             finally:

@@ -24,6 +24,7 @@ from .._breaker import BreakerConfig
 from .._constants import Permission
 from .._errors import NyxplugError
 from .._health import HealthConfig
+from .._recovery import RecoveryConfig
 from .._schema import _check_finite, _Invalid, explain_decode_error
 from .._toml import MAX_NESTING, TOO_DEEP, nesting_problem, toml_value_problem, too_deep
 from .layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN, Capacity, HandlerTimeout
@@ -205,6 +206,9 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker: BreakerConfig | None = None
     #: ``[health]``: scheduled ``health()`` / ``ready()`` checks (None: the host's default).
     health: HealthConfig | None = None
+    #: ``[recovery]``: the ladder that repairs it while its breaker is open (None: the
+    #: host's ``[defaults.recovery]``).
+    recovery: RecoveryConfig | None = None
     config: dict[str, Any] = {}
     dependencies: dict[str, str] = {}
 
