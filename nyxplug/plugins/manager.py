@@ -701,10 +701,13 @@ class PluginManager:
                 record.move(PluginState.FAILED, reason)
                 if record.name in self._load_order:
                     self._load_order.remove(record.name)
-                self._audit(
-                    "isolation", "failed", record, reason=reason,
-                    restarts=instance.stats().restarts,
-                )  # fmt: skip
+                if isinstance(instance, IsolatedPlugin):
+                    self._audit(
+                        "isolation", "failed", record, reason=reason,
+                        restarts=instance.stats().restarts,
+                    )  # fmt: skip
+                else:
+                    self._audit("recovery", "quarantined", record, reason=reason)
 
     def isolation_stats(self, name: str) -> IsolationStats | None:
         """The child, faults and ledger of an isolated plugin (None if it runs in-process)."""
