@@ -109,6 +109,7 @@ from ._errors import (
     WouldBlock as WouldBlock,
 )
 from ._errors import (
+    VersionError as VersionError,
     WrongThread as WrongThread,
 )
 from ._impl import (
@@ -129,9 +130,11 @@ from ._impl import (
 from ._impl import (
     PluginRegistry as PluginRegistry,
 )
+from ._impl import route_point as route_point
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports
 from ._runner import run as run
+from ._routing import RouteInfo as RouteInfo
 from ._stats import DispatchStats as DispatchStats
 from ._stats import PluginStats as PluginStats
 from ._stream import FrameReader as FrameReader
@@ -183,6 +186,7 @@ __all__ = (
     "RemoteDispatcher",
     "ReplyTimeout",
     "RequestDropped",
+    "RouteInfo",
     "SandboxViolation",
     "SessionClosed",
     "SessionError",
@@ -190,9 +194,11 @@ __all__ = (
     "SessionViolation",
     "StreamStats",
     "UnknownFrameType",
+    "VersionError",
     "WouldBlock",
     "WrongThread",
     "frame_message",
+    "route_point",
     "run",
 )
 

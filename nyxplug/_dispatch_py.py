@@ -52,7 +52,6 @@ from ._errors import (
     AlreadyLoaded,
     AlreadyRegistered,
     BreakerNotSet,
-    VersionError,
     CircuitOpen,
     DispatchError,
     FrameTooLarge,
@@ -64,6 +63,7 @@ from ._errors import (
     PluginNotRegistered,
     SandboxViolation,
     UnknownFrameType,
+    VersionError,
     WouldBlock,
     WrongThread,
 )
@@ -84,6 +84,7 @@ from ._routing import (
     check_key,
     check_version,
     key_bits,
+    route_point,
     route_salt,
     splitmix64,
     weight_threshold,
@@ -115,6 +116,7 @@ __all__ = (
     "PluginRegistry",
     "decode_batch",
     "encode_batch",
+    "route_point",
 )
 
 _OK = DispatchStatus.OK

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ._info import PluginInfo
 
 __all__ = (
-    "VersionError",
     "AccessListError",
     "AlreadyLoaded",
     "AlreadyRegistered",
@@ -45,6 +44,7 @@ __all__ = (
     "SessionViolation",
     "TlsSetupError",
     "UnknownFrameType",
+    "VersionError",
     "WouldBlock",
     "WrongThread",
 )
