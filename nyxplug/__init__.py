@@ -106,10 +106,12 @@ from ._errors import (
     UnknownFrameType as UnknownFrameType,
 )
 from ._errors import (
+    VersionError as VersionError,
+)
+from ._errors import (
     WouldBlock as WouldBlock,
 )
 from ._errors import (
-    VersionError as VersionError,
     WrongThread as WrongThread,
 )
 from ._impl import (
@@ -133,8 +135,8 @@ from ._impl import (
 from ._impl import route_point as route_point
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports
-from ._runner import run as run
 from ._routing import RouteInfo as RouteInfo
+from ._runner import run as run
 from ._stats import DispatchStats as DispatchStats
 from ._stats import PluginStats as PluginStats
 from ._stream import FrameReader as FrameReader

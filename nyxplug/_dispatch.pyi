@@ -225,7 +225,9 @@ class Dispatcher:
         why: str | None = None,
         version: str | None = None,
     ) -> None: ...
-    def breaker_stats(self, plugin_id: int, *, version: str | None = None) -> BreakerStats | None: ...
+    def breaker_stats(
+        self, plugin_id: int, *, version: str | None = None
+    ) -> BreakerStats | None: ...
     async def load_version(
         self,
         plugin_id: int,

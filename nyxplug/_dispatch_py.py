@@ -77,6 +77,7 @@ from ._frames import (
 from ._handlers import Handler, log_handler_error, report_overrun, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._refused import Refused
+from ._replies import abandon, await_reply, check_timeout, fail, fail_batch, settle, settle_batch
 from ._routing import (
     BASE_VERSION,
     MAX_VERSIONS,
@@ -89,7 +90,6 @@ from ._routing import (
     splitmix64,
     weight_threshold,
 )
-from ._replies import abandon, await_reply, check_timeout, fail, fail_batch, settle, settle_batch
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
     BatchErrors,

@@ -470,7 +470,9 @@ class VersionError(NyxplugError, ValueError):
         self.fix = fix
 
     def __str__(self) -> str:
-        return f"{self.problem} - in version {self.version!r} of plugin {self.plugin_id}; {self.fix}"
+        return (
+            f"{self.problem} - in version {self.version!r} of plugin {self.plugin_id}; {self.fix}"
+        )
 
 
 class AlreadyRegistered(NyxplugError):
