@@ -2167,8 +2167,9 @@ cdef class Dispatcher:
     # -- circuit breakers ----------------------------------------------------------
 
     def set_breaker(self, plugin_id, config, *, clock=None, random=None, version=None):
-        """Give a loaded plugin (its ``version``; default the stable one) a circuit breaker (CLOSED, empty window), replacing any it
-        had; ``None`` removes it. Frames already queued are not judged by it.
+        """Give a loaded plugin (its ``version``; default the stable one) a circuit breaker
+        (CLOSED, empty window), replacing any it had; ``None`` removes it. Frames already
+        queued are not judged by it.
 
         ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
         uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a

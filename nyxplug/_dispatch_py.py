@@ -1586,8 +1586,9 @@ class Dispatcher:
         random: Callable[[], float] | None = None,
         version: str | None = None,
     ) -> None:
-        """Give a loaded plugin (its ``version``; default the stable one) a circuit breaker (CLOSED, empty window), replacing any it
-        had; ``None`` removes it. Frames already queued are not judged by it.
+        """Give a loaded plugin (its ``version``; default the stable one) a circuit breaker
+        (CLOSED, empty window), replacing any it had; ``None`` removes it. Frames already
+        queued are not judged by it.
 
         ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
         uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
