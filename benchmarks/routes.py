@@ -1,0 +1,200 @@
+"""Versions side by side: what routing costs a frame, with and without a rollout.
+
+Run ``python -m benchmarks.routes`` (``--json`` for machine-readable output). Issue 19's
+targets, compiled (the pure twin within 10 %):
+
+* **paired dispatch_nowait** - one dispatcher, four plugins sent alternating chunks of
+  1000 ready headers (the fastest chunk of each, ns per frame): no rollout and no key
+  (the baseline), no rollout with ``key=`` given (it is only type-checked), an active
+  keyed rollout at 10 % (hash + compare + the lane's counter), and the same rollout
+  with keyless frames (the route's counter is the key). Target: keyed rollout <= +10 ns.
+* **before / after, no rollout** - ``dispatch_nowait`` of a plugin without a rollout in
+  this tree and in another tree (``--before DIR``: e.g. ``git archive main`` extracted
+  and built in place), in separate interpreters, alternating, median of the medians.
+  Target: <= +1 ns.
+* **end to end at 10 % canary** - producer -> lanes' workers -> a Python no-op handler,
+  every frame keyed, against the same plugin without a rollout; interleaved
+  repetitions, median. Target: within 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import compare
+from benchmarks._corpus import ready_headers
+
+IMPLEMENTATIONS = {"compiled": "nyxplug._dispatch", "pure twin": "nyxplug._dispatch_py"}
+ROWS = ("no rollout", "no rollout, key given", "rollout 10 %, keyed", "rollout 10 %, keyless")
+
+
+async def paired_nowait(impl: Any, chunks: int, size: int = 1000) -> dict[str, float]:
+    """The four ``dispatch_nowait`` rows of the module doc, best chunk of each."""
+    from nyxplug import Permission, PluginInfo
+
+    d = impl.Dispatcher()
+    ids = (7, 8, 9, 10)
+    for plugin_id in ids:
+        info = PluginInfo(plugin_id, f"p{plugin_id}", Permission.DATA_ACCESS)
+        await d.load_plugin(info, None, capacity=size)
+    for plugin_id in (9, 10):
+        await d.load_version(plugin_id, "v2", None, capacity=size)
+        d.set_route(plugin_id, stable="base", candidate="v2", weight=10)
+    corpus = {pid: ready_headers(impl, (pid,), size) for pid in ids}
+    keys = list(range(size))
+    send = d.dispatch_nowait
+    best = dict.fromkeys(ids, float("inf"))
+    clock = time.perf_counter_ns
+    data = compare.DATA
+    for i in range(chunks):
+        order = ids if i % 2 else ids[::-1]
+        for pid in order:
+            headers = corpus[pid]
+            if pid in (8, 9):
+                t0 = clock()
+                for header, key in zip(headers, keys, strict=True):
+                    send(data, header, key=key)
+                elapsed = clock() - t0
+            else:
+                t0 = clock()
+                for header in headers:
+                    send(data, header)
+                elapsed = clock() - t0
+            best[pid] = min(best[pid], elapsed / size)
+        await d.wait_idle()
+    await d.aclose()
+    return dict(zip(ROWS, (best[pid] for pid in ids), strict=True))
+
+
+async def end_to_end(impl: Any, n: int, canary: bool, capacity: int = 1024) -> int:
+    """Every frame keyed, through the workers to a Python no-op handler (ns in all)."""
+    from nyxplug import DispatchStatus, Permission, PluginInfo
+
+    d = impl.Dispatcher()
+    await d.load_plugin(
+        PluginInfo(7, "bench", Permission.DATA_ACCESS), compare._noop, capacity=capacity
+    )
+    if canary:
+        await d.load_version(7, "v2", compare._noop, capacity=capacity)
+        d.set_route(7, stable="base", candidate="v2", weight=10)
+    corpus = ready_headers(impl)
+    size = len(corpus)
+    try_dispatch, dispatch, ok = d.try_dispatch, d.dispatch, DispatchStatus.OK
+    data = compare.DATA
+    t0 = time.perf_counter_ns()
+    for key in range(n):
+        header = corpus[key % size]
+        if try_dispatch(data, header, key=key) is not ok:
+            await dispatch(data, header, key=key)
+    await d.wait_idle()
+    elapsed = time.perf_counter_ns() - t0
+    await d.aclose()
+    return elapsed
+
+
+def e2e_rows(frames: int, loop: str, reps: int) -> dict[str, dict[str, float]]:
+    """Median ns per frame, end to end, with and without the 10 % canary (interleaved)."""
+    out: dict[str, dict[str, float]] = {}
+    for label, name in IMPLEMENTATIONS.items():
+        impl = importlib.import_module(name)
+        n = frames if label == "compiled" else max(frames // 10, 10_000)
+        samples: dict[bool, list[float]] = {False: [], True: []}
+        for canary in (False, True):  # warm-up
+            compare._run(loop, end_to_end(impl, n, canary))
+        for _ in range(reps):
+            for canary in (False, True):
+                gc.collect()
+                samples[canary].append(compare._run(loop, end_to_end(impl, n, canary)) / n)
+        plain, canary_ns = statistics.median(samples[False]), statistics.median(samples[True])
+        out[label] = {"no rollout": plain, "canary 10 %": canary_ns}
+    return out
+
+
+def nowait_median(frames: int, loop: str, reps: int) -> float:
+    """``dispatch_nowait`` of a plugin without a rollout (``compare._nowait``), median ns."""
+    impl = importlib.import_module("nyxplug._dispatch")
+    compare._run(loop, compare._nowait(impl, frames, True))
+    values = []
+    for _ in range(reps):
+        gc.collect()
+        values.append(compare._run(loop, compare._nowait(impl, frames, True)) / frames)
+    return statistics.median(values)
+
+
+def before_after(before: Path, frames: int, loop: str, rounds: int) -> dict[str, float]:
+    """Median of per-process medians, this tree vs ``before``, processes alternating."""
+    here = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys; from benchmarks import routes; "
+        f"print(routes.nowait_median({frames}, {loop!r}, 7))"
+    )
+    medians: dict[str, list[float]] = {"before": [], "after": []}
+    for i in range(rounds):
+        for label in ("before", "after") if i % 2 == 0 else ("after", "before"):
+            tree = before if label == "before" else here
+            env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{here}")
+            done = subprocess.run(
+                [sys.executable, "-c", code], env=env, cwd=tree, capture_output=True,
+                text=True, check=True,
+            )  # fmt: skip
+            medians[label].append(float(done.stdout.split()[-1]))
+    return {label: statistics.median(values) for label, values in medians.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routes", description=__doc__)
+    parser.add_argument("--frames", type=int, default=200_000, help="frames per e2e rep")
+    parser.add_argument("--reps", type=int, default=9, help="interleaved e2e repetitions")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--before", type=Path, help="a built tree to compare 'no rollout' with")
+    parser.add_argument("--rounds", type=int, default=6, help="before/after process pairs")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    paired = {
+        label: compare._run(
+            args.loop,
+            paired_nowait(importlib.import_module(name), 400 if label == "compiled" else 40),
+        )
+        for label, name in IMPLEMENTATIONS.items()
+    }
+    e2e = e2e_rows(args.frames, args.loop, args.reps)
+    versus = None
+    if args.before is not None:
+        versus = before_after(args.before.resolve(), 100_000, args.loop, args.rounds)
+    if args.json:
+        print(json.dumps({"paired": paired, "e2e": e2e, "before_after": versus}, indent=2))
+        return 0
+    print(f"nyxplug routing benchmark - {compare.versions()} [{args.loop}]")
+    print("\ndispatch_nowait, four plugins of one dispatcher, alternating chunks of 1000 (best)")
+    for label, rows in paired.items():
+        base = rows["no rollout"]
+        cells = ", ".join(f"{row} {ns:.1f} ns ({ns - base:+.1f})" for row, ns in rows.items())
+        print(f"{label:<10} {cells}")
+    print(f"\nend to end, Python no-op handler, every frame keyed, median of {args.reps}")
+    for label, row in e2e.items():
+        ratio = row["canary 10 %"] / row["no rollout"] - 1
+        print(
+            f"{label:<10} no rollout {row['no rollout']:.1f} ns/frame, canary 10 % "
+            f"{row['canary 10 %']:.1f} ns/frame ({ratio:+.1%})"
+        )
+    if versus is not None:
+        delta = versus["after"] - versus["before"]
+        print(
+            f"\nno rollout, dispatch_nowait, this tree vs {args.before}: "
+            f"{versus['after']:.1f} vs {versus['before']:.1f} ns ({delta:+.1f} ns)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
