@@ -1545,8 +1545,9 @@ cdef class Dispatcher:
         # 5b. route: during a rollout the key picks the version's lane; else one compare
         if rt.route is not None:
             rt = self._pick(rt, key)
-        elif key is not None:
-            check_key(key)
+        elif key is not None and not isinstance(key, int):
+            if not isinstance(key, (str, bytes, bytearray, memoryview)):
+                check_key(key)
         entry = rt.entry
         if not entry.alive:
             found = PyDict_GetItemWithError(self._registry._entries, plugin_id)

@@ -87,7 +87,6 @@ from ._routing import (
     key_bits,
     route_point,
     route_salt,
-    splitmix64,
     weight_threshold,
 )
 from ._stats import DispatchStats, PluginStats
@@ -132,6 +131,7 @@ _PLUGIN_CLOSED = DispatchStatus.PLUGIN_CLOSED
 _CIRCUIT_OPEN = DispatchStatus.CIRCUIT_OPEN
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+_MASK64 = (1 << 64) - 1
 
 
 class _Ready:
@@ -1016,7 +1016,7 @@ class Dispatcher:
         # 5b. route: during a rollout the key picks the version's lane; else one compare
         if rt.route is not None:
             rt = self._pick(rt, key)
-        elif key is not None:
+        elif key is not None and type(key) is not int:
             check_key(key)
         entry = rt.entry
         if not entry.alive:
@@ -1059,11 +1059,18 @@ class Dispatcher:
         if key is None:
             bits = route.counter
             route.counter += 1
+        elif type(key) is int:
+            bits = key & _MASK64
         else:
             bits = key_bits(key)
         candidate = route.candidate
-        if candidate is not None and (splitmix64(bits ^ route.salt) >> 11) < route.threshold:
-            rt = candidate
+        if candidate is not None:
+            # splitmix64(bits ^ salt) >> 11, inline (see _routing.splitmix64)
+            z = ((bits ^ route.salt) + 0x9E3779B97F4A7C15) & _MASK64
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            if ((z ^ (z >> 31)) >> 11) < route.threshold:
+                rt = candidate
         rt.routed += 1
         return rt
 
