@@ -260,4 +260,4 @@ class Dispatcher:
     def __repr__(self) -> str: ...
 
 def route_point(key: int | str | BytesLike, salt: int = 0) -> int:
-    """The key's 53-bit point on a route (see ``nyxplug._routing``); computed in C."""
+    """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""

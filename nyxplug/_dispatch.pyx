@@ -952,7 +952,7 @@ cdef int _key_bits(object key, uint64_t* out) except -1:
 
 
 def route_point(key, salt=0):
-    """The key's 53-bit point on a route (see ``nyxplug._routing``); computed in C."""
+    """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""
     cdef uint64_t bits
     _key_bits(key, &bits)
     cdef uint64_t mixed = _splitmix64(bits ^ <uint64_t>(salt & 0xFFFFFFFFFFFFFFFF))

@@ -85,9 +85,11 @@ from ._routing import (
     check_key,
     check_version,
     key_bits,
-    route_point,
     route_salt,
     weight_threshold,
+)
+from ._routing import (
+    route_point as _route_point,
 )
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
@@ -461,6 +463,11 @@ def decode_batch(
     if pos != end:
         raise BatchErrors.trailing_bytes(seq, count)
     return seq, messages
+
+
+def route_point(key: int | str | BytesLike, salt: int = 0) -> int:
+    """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""
+    return _route_point(key, salt)
 
 
 class _Entry:

@@ -293,3 +293,18 @@ async def test_each_version_has_its_own_breaker(impl: Any) -> None:
     assert stats["base"].messages_processed == 400 - refused
     assert d.route_info(7).routed == {"base": 400 - refused, "v2": refused}
     await d.aclose()
+
+
+async def test_batches_are_routed_like_keyless_frames(impl: Any) -> None:
+    """try_dispatch_many and try_dispatch_framed leave their fast path during a rollout."""
+    d, lanes = await two_lanes(impl, weight=20)
+    frames = [impl.PluginFrame(DATA, impl.PluginHeader(7), str(i).encode()) for i in range(3000)]
+    result = d.try_dispatch_many(frames)
+    assert result.dispatched == 3000
+    await d.wait_idle()
+    salt = routing.route_salt(7, "v2")
+    threshold = routing.weight_threshold(20)
+    expect = [str(i).encode() for i in range(3000) if routing.route_point(i, salt) < threshold]
+    assert lanes.handled["v2"] == expect
+    assert len(lanes.handled["base"]) == 3000 - len(expect)
+    await d.aclose()
