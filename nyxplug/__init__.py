@@ -135,6 +135,7 @@ from ._impl import (
 from ._impl import route_point as route_point
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports
+from ._routing import MatchRule as MatchRule
 from ._routing import RouteInfo as RouteInfo
 from ._runner import run as run
 from ._stats import DispatchStats as DispatchStats
@@ -172,6 +173,7 @@ __all__ = (
     "FramingError",
     "HandlerError",
     "HeaderDecodeError",
+    "MatchRule",
     "NotRegistered",
     "NyxplugError",
     "Permission",

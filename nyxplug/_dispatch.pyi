@@ -16,7 +16,7 @@ from nyxplug._breaker import BreakerConfig, BreakerState, BreakerStats
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._handlers import Handler
 from nyxplug._info import PluginInfo
-from nyxplug._routing import RouteInfo
+from nyxplug._routing import MatchRule, RouteInfo
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import BytesLike
 from nyxplug.sandbox import SandboxGuard, SandboxPolicy
@@ -250,6 +250,7 @@ class Dispatcher:
         candidate: str | None = None,
         weight: float = 0.0,
         salt: int | None = None,
+        rules: Iterable[MatchRule] = (),
     ) -> None: ...
     def route_info(self, plugin_id: int) -> RouteInfo | None: ...
     def version_stats(self, plugin_id: int) -> dict[str, PluginStats]: ...

@@ -85,6 +85,7 @@ from nyxplug._refused import Refused
 from nyxplug._routing import (
     BASE_VERSION,
     MAX_VERSIONS,
+    MatchRule,
     RouteInfo,
     check_key,
     check_version,
@@ -969,13 +970,17 @@ cdef class _Route:
     cdef uint64_t salt
     cdef uint64_t counter  # the key of the next keyless frame
     cdef object weight
+    cdef list rules  # A/B rules with their lanes (None: none, and no cost)
+    cdef tuple rule_info
 
-    def __init__(self, candidate, weight, salt):
+    def __init__(self, candidate, weight, salt, rules):
         self.candidate = candidate
         self.weight = weight
         self.threshold = weight_threshold(weight) if candidate is not None else 0
         self.salt = salt & 0xFFFFFFFFFFFFFFFF
         self.counter = 0
+        self.rules = rules or None
+        self.rule_info = tuple(rule for rule, _lane in rules)
 
 
 @cython.final
@@ -1544,7 +1549,7 @@ cdef class Dispatcher:
             self._last_id = hdr._cid
         # 5b. route: during a rollout the key picks the version's lane; else one compare
         if rt.route is not None:
-            rt = self._pick(rt, key)
+            rt = self._pick(rt, key, hdr, code)
         elif key is not None and not isinstance(key, int):
             if not isinstance(key, (str, bytes, bytearray, memoryview)):
                 check_key(key)
@@ -1581,15 +1586,23 @@ cdef class Dispatcher:
         status[0] = S_OK
         return msg
 
-    cdef _Runtime _pick(self, _Runtime rt, object key):
+    cdef _Runtime _pick(self, _Runtime rt, object key, PluginHeader hdr, long code):
         """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
         cdef _Route route = rt.route
         cdef uint64_t bits
+        cdef _Runtime lane
         if key is None:
             bits = route.counter
             route.counter += 1
         else:
             _key_bits(key, &bits)
+        if route.rules is not None:
+            keyed = None if key is None else bits
+            for rule, lane_obj in route.rules:
+                if rule.matches(hdr.flags, hdr.data, code, keyed):
+                    lane = <_Runtime>lane_obj
+                    lane.routed += 1
+                    return lane
         if (route.candidate is not None
                 and (_splitmix64(bits ^ route.salt) >> 11) < route.threshold):
             rt = route.candidate
@@ -2282,11 +2295,16 @@ cdef class Dispatcher:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         cdef _Runtime rt = <_Runtime>found
         cdef _Runtime home = <_Runtime>self._runtimes[plugin_id]
-        if rt is home or (home.route is not None and home.route.candidate is rt):
+        cdef _Route route = home.route
+        if rt is home or (route is not None and route.candidate is rt):
             raise VersionError(plugin_id, version,
                                "Expected a version no frames are routed to, got "
                                + ("the stable one" if rt is home else "the candidate"),
                                "set_route() to other versions first")
+        if route is not None and route.rules and any(lane is rt for _r, lane in route.rules):
+            raise VersionError(plugin_id, version,
+                               "Expected a version no frames are routed to, got one "
+                               "an A/B rule names", "set_route() without that rule first")
         del self._lanes[plugin_id][version]
         return await self._close_lane(rt, drain)
 
@@ -2306,9 +2324,11 @@ cdef class Dispatcher:
             abandon(rt.replies, rt.entry.info)
         return rt.stats()
 
-    def set_route(self, plugin_id, *, stable, candidate=None, weight=0.0, salt=None):
+    def set_route(self, plugin_id, *, stable, candidate=None, weight=0.0, salt=None, rules=()):
         """Route the plugin's frames from the next one on: keys whose point is below
         ``weight`` percent go to ``candidate``, the rest to ``stable`` (see ``_routing``).
+        ``rules`` (A/B ``MatchRule``s, tried first, in order) send what they match to
+        the version each names.
 
         Raising the weight only moves keys to the candidate. Nothing in flight moves:
         frames already queued drain on their lane. ``candidate=None`` ends the rollout
@@ -2323,6 +2343,7 @@ cdef class Dispatcher:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         cdef _Runtime home = <_Runtime>found
         cdef _Runtime new_stable = <_Runtime>self._lane(plugin_id, check_version(stable))
+        cdef list pairs = self._rule_lanes(plugin_id, rules)
         cdef _Route route = None
         if candidate is not None:
             lane = self._lane(plugin_id, check_version(candidate))
@@ -2334,14 +2355,24 @@ cdef class Dispatcher:
                 salt = route_salt(plugin_id, candidate)
             elif isinstance(salt, bool) or not isinstance(salt, int):
                 raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
-            route = _Route(lane, weight, salt)
+            route = _Route(lane, weight, salt, pairs)
         else:
             weight_threshold(weight)
+            if pairs:
+                route = _Route(None, 0.0, 0, pairs)
         if new_stable is not home:
             home.route = None
             self._runtimes[plugin_id] = new_stable
             self._last_rt = None
         new_stable.route = route
+
+    cdef list _rule_lanes(self, object plugin_id, object rules):
+        cdef list pairs = []
+        for rule in rules:
+            if not isinstance(rule, MatchRule):
+                raise TypeError(f"Expected `rules` of MatchRule, got {type(rule).__name__}")
+            pairs.append((rule, self._lane(plugin_id, rule.version)))
+        return pairs
 
     def route_info(self, plugin_id):
         """The plugin's route now (None if it is not loaded); ``routed`` per version."""
@@ -2359,6 +2390,7 @@ cdef class Dispatcher:
             0.0 if route is None else route.weight,
             0 if route is None else route.salt,
             {name: (<_Runtime>lane).routed for name, lane in sorted(lanes.items())},
+            () if route is None else route.rule_info,
         )
 
     def version_stats(self, plugin_id):

@@ -81,6 +81,7 @@ from ._replies import abandon, await_reply, check_timeout, fail, fail_batch, set
 from ._routing import (
     BASE_VERSION,
     MAX_VERSIONS,
+    MatchRule,
     RouteInfo,
     check_key,
     check_version,
@@ -657,14 +658,23 @@ class _Route:
     """Where a plugin's frames go during a rollout (see ``_routing``): the stable lane
     holds this record; ``candidate`` takes the keys whose point is below ``threshold``."""
 
-    __slots__ = ("candidate", "threshold", "salt", "counter", "weight")
+    __slots__ = ("candidate", "threshold", "salt", "counter", "weight", "rules", "rule_info")
 
-    def __init__(self, candidate: _Runtime | None, weight: float, salt: int) -> None:
+    def __init__(
+        self,
+        candidate: _Runtime | None,
+        weight: float,
+        salt: int,
+        rules: list[tuple[MatchRule, _Runtime]],
+    ) -> None:
         self.candidate = candidate
         self.weight = weight
         self.threshold = weight_threshold(weight) if candidate is not None else 0
         self.salt = salt & 0xFFFFFFFFFFFFFFFF
         self.counter = 0  # the key of the next keyless frame
+        # A/B rules with their lanes (None: none, and no cost)
+        self.rules = rules or None
+        self.rule_info = tuple(rule for rule, _lane in rules)
 
 
 def _observe(task: asyncio.Task[Any]) -> None:
@@ -1022,7 +1032,7 @@ class Dispatcher:
             return self._fail(frame_type, status, plugin_id)
         # 5b. route: during a rollout the key picks the version's lane; else one compare
         if rt.route is not None:
-            rt = self._pick(rt, key)
+            rt = self._pick(rt, key, header, code)
         elif key is not None and type(key) is not int:
             check_key(key)
         entry = rt.entry
@@ -1059,7 +1069,7 @@ class Dispatcher:
         msg._size = header_size + len(payload)
         return _OK, rt, msg
 
-    def _pick(self, rt: _Runtime, key: Any) -> _Runtime:
+    def _pick(self, rt: _Runtime, key: Any, header: PluginHeader, code: int) -> _Runtime:
         """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
         route = rt.route
         assert route is not None
@@ -1070,6 +1080,12 @@ class Dispatcher:
             bits = key & _MASK64
         else:
             bits = key_bits(key)
+        if route.rules is not None:
+            keyed = None if key is None else bits
+            for rule, lane in route.rules:
+                if rule.matches(header._flags, header._data, code, keyed):
+                    lane.routed += 1
+                    return lane
         candidate = route.candidate
         if candidate is not None:
             # splitmix64(bits ^ salt) >> 11, inline (see _routing.splitmix64)
@@ -1731,11 +1747,17 @@ class Dispatcher:
         if rt is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         home = self._runtimes[plugin_id]
-        if rt is home or (home.route is not None and home.route.candidate is rt):
+        route = home.route
+        if rt is home or (route is not None and route.candidate is rt):
             raise VersionError(
                 plugin_id, version, "Expected a version no frames are routed to, got "
                 + ("the stable one" if rt is home else "the candidate"),
                 "set_route() to other versions first",
+            )  # fmt: skip
+        if route is not None and route.rules and any(lane is rt for _r, lane in route.rules):
+            raise VersionError(
+                plugin_id, version, "Expected a version no frames are routed to, got one "
+                "an A/B rule names", "set_route() without that rule first",
             )  # fmt: skip
         del self._lanes[plugin_id][version]
         return await self._close_lane(rt, drain)
@@ -1766,9 +1788,12 @@ class Dispatcher:
         candidate: str | None = None,
         weight: float = 0.0,
         salt: int | None = None,
+        rules: Iterable[MatchRule] = (),
     ) -> None:
         """Route the plugin's frames from the next one on: keys whose point is below
         ``weight`` percent go to ``candidate``, the rest to ``stable`` (see ``_routing``).
+        ``rules`` (A/B ``MatchRule``s, tried first, in order) send what they match to
+        the version each names.
 
         Raising the weight only moves keys to the candidate. Nothing in flight moves:
         frames already queued drain on their lane. ``candidate=None`` ends the rollout
@@ -1783,6 +1808,7 @@ class Dispatcher:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         new_stable = self._lane(plugin_id, check_version(stable))
         assert new_stable is not None
+        pairs = self._rule_lanes(plugin_id, rules)
         route = None
         if candidate is not None:
             lane = self._lane(plugin_id, check_version(candidate))
@@ -1795,13 +1821,27 @@ class Dispatcher:
                 salt = route_salt(plugin_id, candidate)
             elif isinstance(salt, bool) or not isinstance(salt, int):
                 raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
-            route = _Route(lane, weight, salt)
+            route = _Route(lane, weight, salt, pairs)
         else:
             weight_threshold(weight)
+            if pairs:
+                route = _Route(None, 0.0, 0, pairs)
         if new_stable is not home:
             home.route = None
             self._runtimes[plugin_id] = new_stable
         new_stable.route = route
+
+    def _rule_lanes(
+        self, plugin_id: int, rules: Iterable[MatchRule]
+    ) -> list[tuple[MatchRule, _Runtime]]:
+        pairs = []
+        for rule in rules:
+            if not isinstance(rule, MatchRule):
+                raise TypeError(f"Expected `rules` of MatchRule, got {type(rule).__name__}")
+            lane = self._lane(plugin_id, rule.version)
+            assert lane is not None
+            pairs.append((rule, lane))
+        return pairs
 
     def route_info(self, plugin_id: int) -> RouteInfo | None:
         """The plugin's route now (None if it is not loaded); ``routed`` per version."""
@@ -1818,6 +1858,7 @@ class Dispatcher:
             0.0 if route is None else route.weight,
             0 if route is None else route.salt,
             {name: lane.routed for name, lane in sorted(lanes.items())},
+            () if route is None else route.rule_info,
         )
 
     def version_stats(self, plugin_id: int) -> dict[str, PluginStats]:

@@ -24,11 +24,13 @@ give a key to keep a session on one version.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, final
 
 __all__ = (
     "BASE_VERSION",
     "MAX_VERSIONS",
+    "MatchRule",
     "RouteInfo",
     "check_key",
     "check_version",
@@ -116,10 +118,93 @@ def check_version(version: object) -> str:
 
 
 @final
+class MatchRule:
+    """An A/B rule: the frames it matches go to ``version``, whatever the weight.
+
+    Every condition given must hold: ``flags & flags_mask == flags`` (header flags),
+    the header ``data`` starts with ``data_prefix``, the frame type is ``frame_type``,
+    the route key is one of ``keys`` (compared by their hash bits, so ``"a"`` and
+    ``b"a"`` are one key; a keyless frame never matches a key set). Rules are tried in
+    order before the weight; the first match wins.
+    """
+
+    __slots__ = ("version", "flags_mask", "flags", "data_prefix", "frame_type", "keys", "_bits")
+
+    def __init__(
+        self,
+        version: str,
+        *,
+        flags_mask: int = 0,
+        flags: int = 0,
+        data_prefix: bytes = b"",
+        frame_type: int | None = None,
+        keys: Iterable[int | str | bytes] | None = None,
+    ) -> None:
+        self.version = check_version(version)
+        for name, value in (("flags_mask", flags_mask), ("flags", flags)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Expected `{name}` to be an int, got {type(value).__name__}")
+            if not 0 <= value <= 255:
+                raise ValueError(f"Expected `{name}` in 0..255, got {value} - in MatchRule")
+        if flags & ~flags_mask:
+            raise ValueError(
+                f"Expected `flags` within `flags_mask` ({flags_mask:#04x}), got {flags:#04x} - "
+                "in MatchRule; such a rule could never match"
+            )
+        if not isinstance(data_prefix, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"Expected `data_prefix` to be bytes-like, got {type(data_prefix).__name__}"
+            )
+        if frame_type is not None and (
+            isinstance(frame_type, bool)
+            or not isinstance(frame_type, int)
+            or not 0 <= frame_type <= 255
+        ):
+            raise ValueError(f"Expected `frame_type` in 0..255 or None, got {frame_type!r}")
+        self.flags_mask = flags_mask
+        self.flags = flags
+        self.data_prefix = bytes(data_prefix)
+        self.frame_type = frame_type
+        self.keys = None if keys is None else tuple(keys)
+        self._bits = None if self.keys is None else frozenset(key_bits(k) for k in self.keys)
+
+    def matches(self, flags: int, data: bytes, frame_type: int, bits: int | None) -> bool:
+        """Whether a frame with these header flags and data, type and key bits matches."""
+        if flags & self.flags_mask != self.flags:
+            return False
+        if self.data_prefix and not data.startswith(self.data_prefix):
+            return False
+        if self.frame_type is not None and frame_type != self.frame_type:
+            return False
+        return self._bits is None or (bits is not None and bits in self._bits)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MatchRule):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.version, self.flags_mask, self.flags, self.data_prefix, self.frame_type,
+            self._bits,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"MatchRule({self.version!r}, flags_mask={self.flags_mask:#04x}, "
+            f"flags={self.flags:#04x}, data_prefix={self.data_prefix!r}, "
+            f"frame_type={self.frame_type!r}, keys={self.keys!r})"
+        )
+
+
+@final
 class RouteInfo:
     """A snapshot of one plugin's route: which versions take frames, and how."""
 
-    __slots__ = ("plugin_id", "stable", "candidate", "weight", "salt", "routed")
+    __slots__ = ("plugin_id", "stable", "candidate", "weight", "salt", "routed", "rules")
 
     def __init__(
         self,
@@ -129,6 +214,7 @@ class RouteInfo:
         weight: float,
         salt: int,
         routed: dict[str, int],
+        rules: tuple[MatchRule, ...] = (),
     ) -> None:
         self.plugin_id = plugin_id
         self.stable = stable
@@ -137,6 +223,7 @@ class RouteInfo:
         self.salt = salt
         #: Frames the router sent to each loaded version while a route was set.
         self.routed = routed
+        self.rules = rules
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RouteInfo):
@@ -146,11 +233,14 @@ class RouteInfo:
     __hash__ = None  # type: ignore[assignment]
 
     def _key(self) -> tuple[object, ...]:
-        return (self.plugin_id, self.stable, self.candidate, self.weight, self.salt, self.routed)
+        return (
+            self.plugin_id, self.stable, self.candidate, self.weight, self.salt, self.routed,
+            self.rules,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
             f"RouteInfo(plugin_id={self.plugin_id}, stable={self.stable!r}, "
             f"candidate={self.candidate!r}, weight={self.weight!r}, salt={self.salt:#x}, "
-            f"routed={self.routed!r})"
+            f"routed={self.routed!r}, rules={self.rules!r})"
         )

@@ -17,7 +17,7 @@ from breaker_helpers import FakeClock
 from conftest import TESTS
 from nyx_helpers import DATA, info
 
-from nyxplug import BreakerConfig, BreakerState
+from nyxplug import BreakerConfig, BreakerState, MatchRule
 from nyxplug.plugins.rollout import (
     RolloutConfig,
     RolloutController,
@@ -102,6 +102,19 @@ SCENARIOS = [
         2000,
         6,
         {1: "pause", 3: "resume", 5: "rollback"},
+    ),
+    Scenario(
+        "ab-by-key-set",  # only every 7th key goes to v2 (healthy): promoted after 3
+        RolloutConfig.ab(
+            (MatchRule("v2", keys=range(0, 10_000, 7)),),
+            iterations=3,
+            interval=60,
+            min_frames=20,
+        ),  # fmt: skip
+        0,
+        2000,
+        4,
+        {},
     ),
     Scenario(
         "promoted-then-rolled-back",
@@ -242,7 +255,9 @@ async def test_open_candidate_breaker_fails_the_check(impl: Any) -> None:
 
 
 def test_config_is_validated() -> None:
-    with pytest.raises(ValueError, match=r"^Expected `steps` rising above 0, got \(10.0, 5.0\)"):
+    with pytest.raises(
+        ValueError, match=r"^Expected `steps` rising above 0 \(from 0 only with `rules`\), got"
+    ):
         RolloutConfig(steps=(10.0, 5.0))
     with pytest.raises(ValueError, match=r"^Expected `max_error_rate` in 0..1, got 2"):
         RolloutConfig(max_error_rate=2)

@@ -21,6 +21,7 @@ from nyx_helpers import DATA, info
 
 from nyxplug import BreakerConfig, BreakerState, CircuitOpen, PluginNotLoaded, VersionError
 from nyxplug import _routing as routing
+from nyxplug._routing import MatchRule
 
 VECTORS = json.loads((TESTS / "data" / "route_vectors.json").read_text("utf-8"))["vectors"]
 
@@ -308,3 +309,50 @@ async def test_batches_are_routed_like_keyless_frames(impl: Any) -> None:
     assert lanes.handled["v2"] == expect
     assert len(lanes.handled["base"]) == 3000 - len(expect)
     await d.aclose()
+
+
+async def test_ab_rules_first_match_wins_then_the_weight(impl: Any) -> None:
+    d, lanes = await two_lanes(impl, weight=0)
+    await d.load_version(7, "v3", lanes.handler("v3"), capacity=1000)
+    rules = [
+        MatchRule("v3", flags_mask=0x80, flags=0x80),
+        MatchRule("v2", data_prefix=b"beta:"),
+        MatchRule("v3", keys=["vip", 99]),
+        MatchRule("base", frame_type=0x53),
+    ]
+    d.set_route(7, stable="base", candidate="v2", weight=0, rules=rules)
+    send = d.dispatch_nowait
+    send(DATA, impl.PluginHeader(7, 0x80, b"beta:x"), b"flag", key=1)  # rule 1 first
+    send(DATA, impl.PluginHeader(7, 0, b"beta:x"), b"prefix")
+    send(DATA, impl.PluginHeader(7), b"vip", key=b"vip")  # b"vip" and "vip" are one key
+    send(DATA, impl.PluginHeader(7), b"99", key=99)
+    send(DATA, impl.PluginHeader(7), b"nokey")  # a keyless frame never matches a key set
+    send(DATA, impl.PluginHeader(7), b"plain", key=5)
+    await d.wait_idle()
+    assert lanes.handled == {
+        "base": [b"nokey", b"plain"],
+        "v2": [b"prefix"],
+        "v3": [b"flag", b"vip", b"99"],
+    }
+    assert d.route_info(7).rules == tuple(rules)
+    with pytest.raises(VersionError, match=r"got one an A/B rule names - in version 'v3'"):
+        await d.unload_version(7, "v3")
+    d.set_route(7, stable="base", rules=[MatchRule("v3", keys=[1])])  # rules without a weight
+    send(DATA, impl.PluginHeader(7), b"one", key=1)
+    send(DATA, impl.PluginHeader(7), b"two", key=2)
+    await d.wait_idle()
+    assert lanes.handled["v3"][-1:] == [b"one"] and lanes.handled["base"][-1:] == [b"two"]
+    d.set_route(7, stable="base")
+    await d.unload_version(7, "v3")
+    await d.aclose()
+
+
+def test_match_rules_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"^Expected `flags` within `flags_mask` \(0x01\)"):
+        MatchRule("v2", flags_mask=1, flags=2)
+    with pytest.raises(ValueError, match=r"^Expected `flags_mask` in 0..255, got 256"):
+        MatchRule("v2", flags_mask=256)
+    with pytest.raises(ValueError, match=r"^Expected `frame_type` in 0..255 or None"):
+        MatchRule("v2", frame_type=300)
+    with pytest.raises(TypeError, match=r"^Expected `key` to be an int, str or bytes-like"):
+        MatchRule("v2", keys=[1.5])  # type: ignore[list-item]

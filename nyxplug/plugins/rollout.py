@@ -23,11 +23,12 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .._breaker import BreakerState
+from .._routing import MatchRule
 
 __all__ = (
     "RolloutConfig",
@@ -96,6 +97,7 @@ class RolloutConfig:
     deadline: float | None = None
     rollback_window: float = 600.0
     salt: int | None = None
+    rules: tuple[MatchRule, ...] = ()
 
     def __post_init__(self) -> None:
         steps = tuple(self.steps)
@@ -103,9 +105,18 @@ class RolloutConfig:
             raise ValueError("Expected at least one step in `steps`, got none - in RolloutConfig")
         for weight in steps:
             _check_number("steps", weight, 0.0, 100.0)
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[0] <= 0:
-            raise ValueError(f"Expected `steps` rising above 0, got {steps!r} - in RolloutConfig")
+        rules = tuple(self.rules)
+        for rule in rules:
+            if not isinstance(rule, MatchRule):
+                raise TypeError(f"Expected `rules` of MatchRule, got {type(rule).__name__}")
+        floor_ok = steps[0] > 0 or (steps[0] == 0 and bool(rules))
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or not floor_ok:
+            raise ValueError(
+                f"Expected `steps` rising above 0 (from 0 only with `rules`), got {steps!r} - "
+                "in RolloutConfig"
+            )
         object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "rules", rules)
         _check_count("iterations", self.iterations)
         _check_number("interval", self.interval, 1e-9)
         _check_count("min_frames", self.min_frames)
@@ -130,6 +141,14 @@ class RolloutConfig:
         """Switch all traffic at once, check ``iterations`` intervals, then promote; the old
         version stays warm for ``rollback_window``."""
         return cls(steps=(100.0,), iterations=iterations, **options)
+
+    @classmethod
+    def ab(
+        cls, rules: Iterable[MatchRule], *, iterations: int = 3, **options: Any
+    ) -> RolloutConfig:
+        """A/B: only the frames ``rules`` match go to the versions they name (weights are
+        ignored, Flagger's rule) for ``iterations`` checked intervals, then promote."""
+        return cls(steps=(0.0,), rules=tuple(rules), iterations=iterations, **options)
 
     @classmethod
     def split(cls, weight: float, *, hold: float, **options: Any) -> RolloutConfig:
@@ -304,6 +323,7 @@ class RolloutController:
             candidate=self.candidate,
             weight=self.config.steps[self.step],
             salt=self.config.salt,
+            rules=self.config.rules,
         )
 
     def _counts(self) -> dict[str, tuple[int, int]]:
