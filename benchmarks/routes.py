@@ -125,9 +125,13 @@ def e2e_rows(frames: int, loop: str, reps: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def before_after(before: Path, frames: int, loop: str, rounds: int) -> dict[str, float]:
-    """Median of per-process medians, this tree vs ``before``, processes alternating."""
-    here = Path(__file__).resolve().parent.parent
+def before_after(
+    before: Path, frames: int, loop: str, rounds: int, after: Path | None = None
+) -> dict[str, Any]:
+    """Median of per-process medians, this tree (or ``after``) vs ``before``, processes
+    alternating; ``runs`` holds every process's median. ``after=before`` (a copy) shows
+    the noise."""
+    here = Path(__file__).resolve().parent.parent if after is None else after
     # only what both trees have: compare._nowait, the "dispatch_nowait, ready header" row
     code = (
         "import gc, importlib, statistics, nyxplug\n"
@@ -152,7 +156,53 @@ def before_after(before: Path, frames: int, loop: str, rounds: int) -> dict[str,
             where, ns = done.stdout.split()
             assert where.startswith(str(tree)), (where, tree)
             medians[label].append(float(ns))
-    return {label: statistics.median(values) for label, values in medians.items()}
+    result: dict[str, Any] = {k: statistics.median(v) for k, v in medians.items()}
+    result["runs"] = medians
+    return result
+
+
+def load_other_build(tree: Path, package: str) -> Any:
+    """Another tree's compiled ``_dispatch`` in this process, as ``<package>._dispatch``
+    (its imports of the shared modules resolve to this tree's, which only add names)."""
+    import importlib.util
+    import types
+
+    path = next((tree / "nyxplug").glob("_dispatch*.so"))
+    holder = types.ModuleType(package)
+    holder.__path__ = []
+    sys.modules[package] = holder
+    spec = importlib.util.spec_from_file_location(f"{package}._dispatch", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def paired_builds(mods: list[Any], chunks: int, size: int = 1000) -> list[dict[str, float]]:
+    """``dispatch_nowait`` without a rollout on each build's dispatcher, alternating
+    chunks of ``size`` in one process: best and median ns per frame of each."""
+    from nyxplug import Permission, PluginInfo
+
+    dispatchers, corpora = [], []
+    for mod in mods:
+        d = mod.Dispatcher()
+        await d.load_plugin(PluginInfo(7, "p", Permission.DATA_ACCESS), None, capacity=size)
+        dispatchers.append(d)
+        corpora.append(ready_headers(mod, (7,), size))
+    samples: list[list[float]] = [[] for _ in mods]
+    clock = time.perf_counter_ns
+    for i in range(chunks):
+        order = range(len(mods)) if i % 2 else reversed(range(len(mods)))
+        for j in order:
+            send, headers = dispatchers[j].dispatch_nowait, corpora[j]
+            t0 = clock()
+            for header in headers:
+                send(compare.DATA, header)
+            samples[j].append((clock() - t0) / size)
+            await dispatchers[j].wait_idle()
+    for d in dispatchers:
+        await d.aclose()
+    return [{"best": min(v), "median": statistics.median(v)} for v in samples]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,11 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         for label, name in IMPLEMENTATIONS.items()
     }
     e2e = e2e_rows(args.frames, args.loop, args.reps)
-    versus = None
+    versus = inproc = None
     if args.before is not None:
         versus = before_after(args.before.resolve(), 100_000, args.loop, args.rounds)
+        other = load_other_build(args.before.resolve(), "nyxplug_before")
+        here = importlib.import_module("nyxplug._dispatch")
+        inproc = compare._run(args.loop, paired_builds([other, here], 600))
     if args.json:
-        print(json.dumps({"paired": paired, "e2e": e2e, "before_after": versus}, indent=2))
+        out = {"paired": paired, "e2e": e2e, "before_after": versus, "in_process": inproc}
+        print(json.dumps(out, indent=2))
         return 0
     print(f"nyxplug routing benchmark - {compare.versions()} [{args.loop}]")
     print("\ndispatch_nowait, four plugins of one dispatcher, alternating chunks of 1000 (best)")
@@ -191,11 +245,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:<10} no rollout {row['no rollout']:.1f} ns/frame, canary 10 % "
             f"{row['canary 10 %']:.1f} ns/frame ({ratio:+.1%})"
         )
-    if versus is not None:
+    if versus is not None and inproc is not None:
         delta = versus["after"] - versus["before"]
         print(
-            f"\nno rollout, dispatch_nowait, this tree vs {args.before}: "
+            f"\nno rollout, dispatch_nowait, this tree vs {args.before}, separate processes: "
             f"{versus['after']:.1f} vs {versus['before']:.1f} ns ({delta:+.1f} ns)"
+        )
+        before_row, after_row = inproc
+        print(
+            "the same, both builds in one process, 600 alternating chunks: best "
+            f"{after_row['best']:.2f} vs {before_row['best']:.2f} ns "
+            f"({after_row['best'] - before_row['best']:+.2f}), median "
+            f"{after_row['median']:.2f} vs {before_row['median']:.2f} ns "
+            f"({after_row['median'] - before_row['median']:+.2f})"
         )
     return 0
 
