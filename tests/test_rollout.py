@@ -18,6 +18,7 @@ from conftest import TESTS
 from nyx_helpers import DATA, info
 
 from nyxplug import BreakerConfig, BreakerState, MatchRule
+from nyxplug.plugins.errors import RolloutStateError
 from nyxplug.plugins.rollout import (
     RolloutConfig,
     RolloutController,
@@ -220,7 +221,9 @@ async def test_every_state_accepts_every_operator_action(impl: Any) -> None:
             if action in ("abort", "rollback"):
                 assert ctl.state in (RolloutState.ABORTED, RolloutState.ROLLED_BACK)
                 assert (route.stable, route.candidate) == ("base", None)
-                with pytest.raises(RuntimeError, match=r"^Expected a rollout in progress"):
+                with pytest.raises(
+                    RolloutStateError, match=rf"^Expected a rollout that allows {action}\(\)"
+                ):
                     getattr(ctl, action)()
             elif action == "promote":
                 assert ctl.state is RolloutState.PROMOTED

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from .._breaker import BreakerState
 from .._routing import MatchRule
+from .errors import RolloutStateError
 
 __all__ = (
     "RolloutConfig",
@@ -220,10 +221,10 @@ class RolloutController:
     def start(self) -> None:
         """Route the first step's share to the candidate; the first interval begins."""
         if self._started is not None:
-            raise RuntimeError(
-                f"Expected a new rollout, got one already started - for plugin "
-                f"{self.plugin_id}; make a new RolloutController to retry (from step 0)"
-            )
+            raise RolloutStateError(
+                self.plugin_id, "start", "already started",
+                "make a new RolloutController to retry (from step 0)",
+            )  # fmt: skip
         now = self.clock()
         self._started = now
         self._apply_route()
@@ -280,18 +281,15 @@ class RolloutController:
 
     def _require_started(self) -> None:
         if self._started is None:
-            raise RuntimeError(
-                f"Expected a started rollout, got none - for plugin {self.plugin_id}; "
-                "call start() first"
-            )
+            raise RolloutStateError(self.plugin_id, "tick", "not started", "call start() first")
 
     def _operator(self, action: str) -> float:
         self._require_started()
         if self.state in TERMINAL:
-            raise RuntimeError(
-                f"Expected a rollout in progress, got one {self.state.value} - for "
-                f"{action}() on plugin {self.plugin_id}; start a new RolloutController"
-            )
+            raise RolloutStateError(
+                self.plugin_id, action, self.state.value,
+                "make a new RolloutController (a retry starts from step 0)",
+            )  # fmt: skip
         return self.clock()
 
     def _state_deadline(self) -> float:
