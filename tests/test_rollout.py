@@ -23,6 +23,7 @@ from nyxplug.plugins.rollout import (
     RolloutConfig,
     RolloutController,
     RolloutEvent,
+    Rollouts,
     RolloutState,
 )
 
@@ -268,3 +269,35 @@ def test_config_is_validated() -> None:
         RolloutConfig(threshold=1.5)  # type: ignore[arg-type]
     config = RolloutConfig(interval=10)
     assert config.deadline == 10 * (1 + 2 + 3)
+
+
+async def test_rollouts_registry_is_the_ladders_rollback_rung(impl: Any) -> None:
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", capacity=1000)
+    await d.load_version(7, "v3", capacity=1000)
+    seen: list[tuple[int, str]] = []
+    rollouts = Rollouts(d, clock=clock, on_event=lambda pid, e: seen.append((pid, e.kind)))
+    assert rollouts.rollback(7) is None  # nothing to go back to
+    config = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=1, rollback_window=5)
+    ctl = rollouts.start(7, "base", "v2", config)
+    with pytest.raises(RolloutStateError, match=r"^Expected a rollout that allows start\(\)"):
+        rollouts.start(7, "base", "v3", config)
+    for key in range(50):
+        d.dispatch_nowait(DATA, impl.PluginHeader(7), b"", key=key)
+    await d.wait_idle()
+    clock.advance(1)
+    rollouts.tick()
+    assert ctl.state is RolloutState.PROMOTED
+    clock.advance(5)
+    rollouts.tick()
+    assert ctl.state is RolloutState.SUCCEEDED and d.route_info(7).stable == "v2"
+    assert rollouts.rollback(7) == "base"  # the version the rollout replaced, still loaded
+    assert d.route_info(7).stable == "base"
+    second = rollouts.start(7, "base", "v3", config)
+    assert rollouts.get(7) is second
+    assert rollouts.rollback(7) == "base" and second.state is RolloutState.ROLLED_BACK
+    assert rollouts.rollback(7) is None
+    assert seen[0] == (7, "started") and seen[-1] == (7, "rolled_back")
+    await d.aclose()

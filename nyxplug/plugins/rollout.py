@@ -36,6 +36,7 @@ __all__ = (
     "RolloutController",
     "RolloutEvent",
     "RolloutState",
+    "Rollouts",
 )
 
 
@@ -404,3 +405,76 @@ class RolloutController:
     def _end(self, now: float, state: RolloutState, kind: str, why: str) -> None:
         self.dispatcher.set_route(self.plugin_id, stable=self.stable)
         self._set(now, state, kind, why)
+
+
+class Rollouts:
+    """The rollouts of one dispatcher, by plugin id: one timer can ``tick()`` them all, and
+    the recovery ladder's "rollback to the previous good version" rung calls ``rollback``.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Any,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[int, RolloutEvent], object] | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.on_event = on_event
+        self._controllers: dict[int, RolloutController] = {}
+
+    def start(
+        self, plugin_id: int, stable: str, candidate: str, config: RolloutConfig | None = None
+    ) -> RolloutController:
+        """Start a rollout of ``plugin_id``; refused while another of it is in progress."""
+        current = self._controllers.get(plugin_id)
+        if current is not None and current.state not in TERMINAL:
+            raise RolloutStateError(
+                plugin_id, "start", f"{current.state.value} (a rollout is in progress)",
+                "abort() or rollback() it first",
+            )  # fmt: skip
+        report = self.on_event
+        controller = RolloutController(
+            self.dispatcher,
+            plugin_id,
+            stable,
+            candidate,
+            RolloutConfig() if config is None else config,
+            clock=self.clock,
+            on_event=None if report is None else (lambda event: report(plugin_id, event)),
+        )
+        controller.start()
+        self._controllers[plugin_id] = controller
+        return controller
+
+    def get(self, plugin_id: int) -> RolloutController | None:
+        """The plugin's latest rollout (in progress or ended), or None."""
+        return self._controllers.get(plugin_id)
+
+    def tick(self) -> None:
+        """``tick()`` every rollout in progress."""
+        for controller in list(self._controllers.values()):
+            if controller.state not in TERMINAL:
+                controller.tick()
+
+    def rollback(self, plugin_id: int) -> str | None:
+        """Send the plugin's frames to its previous good version; return that version's
+        name, or None when there is nothing to go back to.
+
+        A rollout in progress (or promoted and kept warm) rolls back. After one that
+        succeeded, the version it replaced is made stable again if it is still loaded.
+        """
+        controller = self._controllers.get(plugin_id)
+        if controller is None or controller.state in (
+            RolloutState.ROLLED_BACK,
+            RolloutState.ABORTED,
+        ):
+            return None
+        if controller.state is not RolloutState.SUCCEEDED:
+            controller.rollback()
+            return controller.stable
+        if controller.stable not in self.dispatcher.version_stats(plugin_id):
+            return None
+        self.dispatcher.set_route(plugin_id, stable=controller.stable)
+        return controller.stable
