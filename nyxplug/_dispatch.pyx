@@ -972,8 +972,9 @@ cdef class _Route:
     cdef object weight
     cdef list rules  # A/B rules with their lanes (None: none, and no cost)
     cdef tuple rule_info
+    cdef _Runtime shadow  # gets a copy of every frame routed elsewhere
 
-    def __init__(self, candidate, weight, salt, rules):
+    def __init__(self, candidate, weight, salt, rules, shadow=None):
         self.candidate = candidate
         self.weight = weight
         self.threshold = weight_threshold(weight) if candidate is not None else 0
@@ -981,6 +982,7 @@ cdef class _Route:
         self.counter = 0
         self.rules = rules or None
         self.rule_info = tuple(rule for rule, _lane in rules)
+        self.shadow = shadow
 
 
 @cython.final
@@ -1037,6 +1039,8 @@ cdef class _Runtime:
     cdef _Route route
     cdef str version
     cdef unsigned long long routed
+    cdef unsigned long long shadowed  # copies mirrored here (see set_route's shadow)
+    cdef unsigned long long shadow_dropped
 
     def __cinit__(self):
         self.ring = NULL
@@ -1548,8 +1552,13 @@ cdef class Dispatcher:
             self._last_rt = rt
             self._last_id = hdr._cid
         # 5b. route: during a rollout the key picks the version's lane; else one compare
+        cdef _Runtime mirror = None
+        cdef _Route route
         if rt.route is not None:
+            route = rt.route
             rt = self._pick(rt, key, hdr, code)
+            if route.shadow is not None and route.shadow is not rt:
+                mirror = route.shadow
         elif key is not None and not isinstance(key, int):
             if not isinstance(key, (str, bytes, bytearray, memoryview)):
                 check_key(key)
@@ -1582,9 +1591,23 @@ cdef class Dispatcher:
         msg.header = hdr
         msg.payload = <bytes>payload
         msg.size = header_size + payload_size
+        if mirror is not None:
+            self._mirror(mirror, msg)
         rt_out[0] = <PyObject*>rt
         status[0] = S_OK
         return msg
+
+    cdef int _mirror(self, _Runtime lane, PluginMessage msg) except -1:
+        """Offer the shadow lane a copy (the same immutable message): never waits, never
+        refuses the frame itself; a full queue or a breaker that is not closed drops it."""
+        if lane.gate or not lane.has_room():
+            lane.shadow_dropped += 1
+            return 0
+        lane.push(msg)
+        lane.shadowed += 1
+        if lane.wakeup is not None:
+            self._wake_worker(lane)
+        return 0
 
     cdef _Runtime _pick(self, _Runtime rt, object key, PluginHeader hdr, long code):
         """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
@@ -2301,10 +2324,11 @@ cdef class Dispatcher:
                                "Expected a version no frames are routed to, got "
                                + ("the stable one" if rt is home else "the candidate"),
                                "set_route() to other versions first")
-        if route is not None and route.rules and any(lane is rt for _r, lane in route.rules):
+        if route is not None and (
+                route.shadow is rt or (route.rules and any(lane is rt for _r, lane in route.rules))):
             raise VersionError(plugin_id, version,
                                "Expected a version no frames are routed to, got one "
-                               "an A/B rule names", "set_route() without that rule first")
+                               "an A/B rule or the shadow names", "set_route() without it first")
         del self._lanes[plugin_id][version]
         return await self._close_lane(rt, drain)
 
@@ -2324,11 +2348,14 @@ cdef class Dispatcher:
             abandon(rt.replies, rt.entry.info)
         return rt.stats()
 
-    def set_route(self, plugin_id, *, stable, candidate=None, weight=0.0, salt=None, rules=()):
+    def set_route(self, plugin_id, *, stable, candidate=None, weight=0.0, salt=None, rules=(),
+                  shadow=None):
         """Route the plugin's frames from the next one on: keys whose point is below
         ``weight`` percent go to ``candidate``, the rest to ``stable`` (see ``_routing``).
         ``rules`` (A/B ``MatchRule``s, tried first, in order) send what they match to
-        the version each names.
+        the version each names. ``shadow`` names a version that is offered a copy of
+        every frame routed elsewhere (mirroring; only for idempotent plugins): a full
+        queue drops the copy, never holds up the frame; its results are its own.
 
         Raising the weight only moves keys to the candidate. Nothing in flight moves:
         frames already queued drain on their lane. ``candidate=None`` ends the rollout
@@ -2344,6 +2371,13 @@ cdef class Dispatcher:
         cdef _Runtime home = <_Runtime>found
         cdef _Runtime new_stable = <_Runtime>self._lane(plugin_id, check_version(stable))
         cdef list pairs = self._rule_lanes(plugin_id, rules)
+        mirror = None
+        if shadow is not None:
+            mirror = self._lane(plugin_id, check_version(shadow))
+            if mirror is new_stable:
+                raise VersionError(plugin_id, shadow,
+                                   "Expected a shadow other than the stable version",
+                                   "mirror to a candidate or another loaded version")
         cdef _Route route = None
         if candidate is not None:
             lane = self._lane(plugin_id, check_version(candidate))
@@ -2355,11 +2389,11 @@ cdef class Dispatcher:
                 salt = route_salt(plugin_id, candidate)
             elif isinstance(salt, bool) or not isinstance(salt, int):
                 raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
-            route = _Route(lane, weight, salt, pairs)
+            route = _Route(lane, weight, salt, pairs, mirror)
         else:
             weight_threshold(weight)
-            if pairs:
-                route = _Route(None, 0.0, 0, pairs)
+            if pairs or mirror is not None:
+                route = _Route(None, 0.0, 0, pairs, mirror)
         if new_stable is not home:
             home.route = None
             self._runtimes[plugin_id] = new_stable
@@ -2391,6 +2425,9 @@ cdef class Dispatcher:
             0 if route is None else route.salt,
             {name: (<_Runtime>lane).routed for name, lane in sorted(lanes.items())},
             () if route is None else route.rule_info,
+            None if route is None or route.shadow is None else route.shadow.version,
+            {name: (<_Runtime>lane).shadowed for name, lane in sorted(lanes.items())},
+            {name: (<_Runtime>lane).shadow_dropped for name, lane in sorted(lanes.items())},
         )
 
     def version_stats(self, plugin_id):

@@ -569,6 +569,7 @@ class _Runtime:
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
         "dropped", "high_watermark", "would_block", "plugin_closed",
         "breaker", "gate", "epoch", "circuit_open", "route", "version", "routed",
+        "shadowed", "shadow_dropped",
     )  # fmt: skip
 
     def __init__(self, plugin_id: int, entry: _Entry, capacity: int, handler: Any,
@@ -619,6 +620,8 @@ class _Runtime:
         self.route: _Route | None = None
         self.version = BASE_VERSION
         self.routed = 0
+        self.shadowed = 0  # copies mirrored here (see set_route's shadow)
+        self.shadow_dropped = 0
 
     def has_room(self) -> bool:
         """A free slot that no parked sender is owed."""
@@ -658,7 +661,9 @@ class _Route:
     """Where a plugin's frames go during a rollout (see ``_routing``): the stable lane
     holds this record; ``candidate`` takes the keys whose point is below ``threshold``."""
 
-    __slots__ = ("candidate", "threshold", "salt", "counter", "weight", "rules", "rule_info")
+    __slots__ = (
+        "candidate", "threshold", "salt", "counter", "weight", "rules", "rule_info", "shadow",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -666,6 +671,7 @@ class _Route:
         weight: float,
         salt: int,
         rules: list[tuple[MatchRule, _Runtime]],
+        shadow: _Runtime | None = None,
     ) -> None:
         self.candidate = candidate
         self.weight = weight
@@ -675,6 +681,7 @@ class _Route:
         # A/B rules with their lanes (None: none, and no cost)
         self.rules = rules or None
         self.rule_info = tuple(rule for rule, _lane in rules)
+        self.shadow = shadow  # gets a copy of every frame routed elsewhere
 
 
 def _observe(task: asyncio.Task[Any]) -> None:
@@ -1031,8 +1038,12 @@ class Dispatcher:
             status = _NOT_LOADED if plugin_id in self._registry._entries else _NOT_REGISTERED
             return self._fail(frame_type, status, plugin_id)
         # 5b. route: during a rollout the key picks the version's lane; else one compare
+        mirror = None
         if rt.route is not None:
+            route = rt.route
             rt = self._pick(rt, key, header, code)
+            if route.shadow is not None and route.shadow is not rt:
+                mirror = route.shadow
         elif key is not None and type(key) is not int:
             check_key(key)
         entry = rt.entry
@@ -1067,7 +1078,22 @@ class Dispatcher:
         msg._header = header
         msg._payload = payload
         msg._size = header_size + len(payload)
+        if mirror is not None:
+            self._mirror(mirror, msg)
         return _OK, rt, msg
+
+    def _mirror(self, lane: _Runtime, msg: PluginMessage) -> None:
+        """Offer the shadow lane a copy (the same immutable message): never waits, never
+        refuses the frame itself; a full queue or a breaker that is not closed drops it."""
+        if lane.gate or not lane.has_room():
+            lane.shadow_dropped += 1
+            return
+        lane.queue.append(msg)
+        if len(lane.queue) > lane.high_watermark:
+            lane.high_watermark = len(lane.queue)
+        lane.shadowed += 1
+        if lane.wakeup is not None:
+            self._wake_worker(lane)
 
     def _pick(self, rt: _Runtime, key: Any, header: PluginHeader, code: int) -> _Runtime:
         """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
@@ -1754,10 +1780,12 @@ class Dispatcher:
                 + ("the stable one" if rt is home else "the candidate"),
                 "set_route() to other versions first",
             )  # fmt: skip
-        if route is not None and route.rules and any(lane is rt for _r, lane in route.rules):
+        if route is not None and (
+            route.shadow is rt or (route.rules and any(lane is rt for _r, lane in route.rules))
+        ):
             raise VersionError(
                 plugin_id, version, "Expected a version no frames are routed to, got one "
-                "an A/B rule names", "set_route() without that rule first",
+                "an A/B rule or the shadow names", "set_route() without it first",
             )  # fmt: skip
         del self._lanes[plugin_id][version]
         return await self._close_lane(rt, drain)
@@ -1789,11 +1817,14 @@ class Dispatcher:
         weight: float = 0.0,
         salt: int | None = None,
         rules: Iterable[MatchRule] = (),
+        shadow: str | None = None,
     ) -> None:
         """Route the plugin's frames from the next one on: keys whose point is below
         ``weight`` percent go to ``candidate``, the rest to ``stable`` (see ``_routing``).
         ``rules`` (A/B ``MatchRule``s, tried first, in order) send what they match to
-        the version each names.
+        the version each names. ``shadow`` names a version that is offered a copy of
+        every frame routed elsewhere (mirroring; only for idempotent plugins): a full
+        queue drops the copy, never holds up the frame; its results are its own.
 
         Raising the weight only moves keys to the candidate. Nothing in flight moves:
         frames already queued drain on their lane. ``candidate=None`` ends the rollout
@@ -1809,6 +1840,14 @@ class Dispatcher:
         new_stable = self._lane(plugin_id, check_version(stable))
         assert new_stable is not None
         pairs = self._rule_lanes(plugin_id, rules)
+        mirror = None
+        if shadow is not None:
+            mirror = self._lane(plugin_id, check_version(shadow))
+            if mirror is new_stable:
+                raise VersionError(
+                    plugin_id, shadow, "Expected a shadow other than the stable version",
+                    "mirror to a candidate or another loaded version",
+                )  # fmt: skip
         route = None
         if candidate is not None:
             lane = self._lane(plugin_id, check_version(candidate))
@@ -1821,11 +1860,11 @@ class Dispatcher:
                 salt = route_salt(plugin_id, candidate)
             elif isinstance(salt, bool) or not isinstance(salt, int):
                 raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
-            route = _Route(lane, weight, salt, pairs)
+            route = _Route(lane, weight, salt, pairs, mirror)
         else:
             weight_threshold(weight)
-            if pairs:
-                route = _Route(None, 0.0, 0, pairs)
+            if pairs or mirror is not None:
+                route = _Route(None, 0.0, 0, pairs, mirror)
         if new_stable is not home:
             home.route = None
             self._runtimes[plugin_id] = new_stable
@@ -1859,6 +1898,9 @@ class Dispatcher:
             0 if route is None else route.salt,
             {name: lane.routed for name, lane in sorted(lanes.items())},
             () if route is None else route.rule_info,
+            None if route is None or route.shadow is None else route.shadow.version,
+            {name: lane.shadowed for name, lane in sorted(lanes.items())},
+            {name: lane.shadow_dropped for name, lane in sorted(lanes.items())},
         )
 
     def version_stats(self, plugin_id: int) -> dict[str, PluginStats]:

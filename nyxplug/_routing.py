@@ -204,7 +204,10 @@ class MatchRule:
 class RouteInfo:
     """A snapshot of one plugin's route: which versions take frames, and how."""
 
-    __slots__ = ("plugin_id", "stable", "candidate", "weight", "salt", "routed", "rules")
+    __slots__ = (
+        "plugin_id", "stable", "candidate", "weight", "salt", "routed", "rules", "shadow",
+        "shadowed", "shadow_dropped",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -215,6 +218,9 @@ class RouteInfo:
         salt: int,
         routed: dict[str, int],
         rules: tuple[MatchRule, ...] = (),
+        shadow: str | None = None,
+        shadowed: dict[str, int] | None = None,
+        shadow_dropped: dict[str, int] | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.stable = stable
@@ -224,6 +230,12 @@ class RouteInfo:
         #: Frames the router sent to each loaded version while a route was set.
         self.routed = routed
         self.rules = rules
+        #: The version that gets a copy of the other frames (None: no mirroring).
+        self.shadow = shadow
+        #: Copies each version was given, and copies it refused (full queue, breaker
+        #: not closed); both also count in its own stats, never in frames_dispatched.
+        self.shadowed = {} if shadowed is None else shadowed
+        self.shadow_dropped = {} if shadow_dropped is None else shadow_dropped
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RouteInfo):
@@ -235,12 +247,13 @@ class RouteInfo:
     def _key(self) -> tuple[object, ...]:
         return (
             self.plugin_id, self.stable, self.candidate, self.weight, self.salt, self.routed,
-            self.rules,
+            self.rules, self.shadow, self.shadowed, self.shadow_dropped,
         )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
             f"RouteInfo(plugin_id={self.plugin_id}, stable={self.stable!r}, "
             f"candidate={self.candidate!r}, weight={self.weight!r}, salt={self.salt:#x}, "
-            f"routed={self.routed!r}, rules={self.rules!r})"
+            f"routed={self.routed!r}, rules={self.rules!r}, shadow={self.shadow!r}, "
+            f"shadowed={self.shadowed!r}, shadow_dropped={self.shadow_dropped!r})"
         )

@@ -335,7 +335,9 @@ async def test_ab_rules_first_match_wins_then_the_weight(impl: Any) -> None:
         "v3": [b"flag", b"vip", b"99"],
     }
     assert d.route_info(7).rules == tuple(rules)
-    with pytest.raises(VersionError, match=r"got one an A/B rule names - in version 'v3'"):
+    with pytest.raises(
+        VersionError, match=r"got one an A/B rule or the shadow names - in version 'v3'"
+    ):
         await d.unload_version(7, "v3")
     d.set_route(7, stable="base", rules=[MatchRule("v3", keys=[1])])  # rules without a weight
     send(DATA, impl.PluginHeader(7), b"one", key=1)
@@ -356,3 +358,40 @@ def test_match_rules_are_validated() -> None:
         MatchRule("v2", frame_type=300)
     with pytest.raises(TypeError, match=r"^Expected `key` to be an int, str or bytes-like"):
         MatchRule("v2", keys=[1.5])  # type: ignore[list-item]
+
+
+async def test_shadow_copies_never_hold_up_the_frame_and_are_counted(impl: Any) -> None:
+    """Every frame not already on the shadow lane is offered to it as a copy; a full
+    shadow queue drops the copy (counted), the ledger holds with the copies apart."""
+    d, lanes = await two_lanes(impl, weight=10, capacity=100_000)
+    await d.load_version(7, "dark", lanes.handler("dark"), capacity=50)
+    d.set_route(7, stable="base", candidate="v2", weight=10, shadow="dark")
+    header = impl.PluginHeader(7)
+    for key in range(200):  # no await: the shadow queue (capacity 50) fills
+        d.dispatch_nowait(DATA, header, str(key).encode(), key=key)
+    await d.wait_idle()
+    route = d.route_info(7)
+    assert route.shadow == "dark"
+    assert route.shadowed["dark"] == 50 and route.shadow_dropped["dark"] == 150
+    assert lanes.handled["dark"] == [str(k).encode() for k in range(50)]
+    assert len(lanes.handled["base"]) + len(lanes.handled["v2"]) == 200  # none held up
+    stats = d.version_stats(7)
+    total = sum(s.messages_processed + s.queue_depth + s.dropped for s in stats.values())
+    assert total - sum(route.shadowed.values()) == d.dispatch_stats().frames_dispatched == 200
+    # a shadow that is also the candidate gets copies of the stable lane's frames only
+    d.set_route(7, stable="base", candidate="v2", weight=50, shadow="v2")
+    before = len(lanes.handled["v2"])
+    for key in range(40):
+        d.dispatch_nowait(DATA, header, b"x", key=key)
+        await d.wait_idle()
+    assert len(lanes.handled["v2"]) - before == 40
+    with pytest.raises(VersionError, match=r"^Expected a shadow other than the stable version"):
+        d.set_route(7, stable="base", shadow="base")
+    d.set_route(7, stable="base", candidate="v2", weight=10, shadow="dark")
+    with pytest.raises(VersionError, match=r"got one an A/B rule or the shadow names"):
+        await d.unload_version(7, "dark")
+    d.set_route(7, stable="base", shadow="dark")  # mirroring alone, no candidate
+    d.dispatch_nowait(DATA, header, b"only", key=3)
+    await d.wait_idle()
+    assert lanes.handled["dark"][-1] == b"only" and lanes.handled["base"][-1] == b"only"
+    await d.aclose()
