@@ -90,6 +90,14 @@ SCENARIOS = [
         {},
     ),
     Scenario(
+        "blue-green-mirrored",  # judged on copies while base serves everything; fails 1 in 40
+        RolloutConfig.blue_green(mirror=True, interval=10, min_frames=50, threshold=2),
+        40,
+        400,
+        3,
+        {},
+    ),
+    Scenario(
         "split-30-held",
         RolloutConfig.split(30, hold=100, interval=20, min_frames=20),
         0,
@@ -156,7 +164,8 @@ async def run_scenario(impl: Any, scenario: Scenario) -> list[str]:
     # the ledger: every frame on one lane, per version and in total
     stats = d.version_stats(7)
     total = sum(s.messages_processed + s.queue_depth + s.dropped for s in stats.values())
-    assert total == d.dispatch_stats().frames_dispatched == key
+    copies = sum(d.route_info(7).shadowed.values())
+    assert total - copies == d.dispatch_stats().frames_dispatched == key
     assert seen == ctl.events
     await d.aclose()
     return [f"{scenario.name}: {event}" for event in ctl.events]
@@ -260,7 +269,8 @@ async def test_open_candidate_breaker_fails_the_check(impl: Any) -> None:
 
 def test_config_is_validated() -> None:
     with pytest.raises(
-        ValueError, match=r"^Expected `steps` rising above 0 \(from 0 only with `rules`\), got"
+        ValueError,
+        match=r"^Expected `steps` rising above 0 \(from 0 only with `rules` or `shadow`\)",
     ):
         RolloutConfig(steps=(10.0, 5.0))
     with pytest.raises(ValueError, match=r"^Expected `max_error_rate` in 0..1, got 2"):

@@ -100,6 +100,7 @@ class RolloutConfig:
     rollback_window: float = 600.0
     salt: int | None = None
     rules: tuple[MatchRule, ...] = ()
+    shadow: bool = False
 
     def __post_init__(self) -> None:
         steps = tuple(self.steps)
@@ -111,10 +112,11 @@ class RolloutConfig:
         for rule in rules:
             if not isinstance(rule, MatchRule):
                 raise TypeError(f"Expected `rules` of MatchRule, got {type(rule).__name__}")
-        floor_ok = steps[0] > 0 or (steps[0] == 0 and bool(rules))
+        floor_ok = steps[0] > 0 or (steps[0] == 0 and (bool(rules) or self.shadow))
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or not floor_ok:
             raise ValueError(
-                f"Expected `steps` rising above 0 (from 0 only with `rules`), got {steps!r} - "
+                f"Expected `steps` rising above 0 (from 0 only with `rules` or `shadow`), got "
+                f"{steps!r} - "
                 "in RolloutConfig"
             )
         object.__setattr__(self, "steps", steps)
@@ -139,9 +141,15 @@ class RolloutConfig:
         return cls(**options)
 
     @classmethod
-    def blue_green(cls, *, iterations: int = 3, **options: Any) -> RolloutConfig:
+    def blue_green(
+        cls, *, iterations: int = 3, mirror: bool = False, **options: Any
+    ) -> RolloutConfig:
         """Switch all traffic at once, check ``iterations`` intervals, then promote; the old
-        version stays warm for ``rollback_window``."""
+        version stays warm for ``rollback_window``. With ``mirror`` the candidate takes no
+        live traffic while it is checked: it is judged on shadow copies of every frame
+        (only for idempotent plugins), and promotion is the switch."""
+        if mirror:
+            return cls(steps=(0.0,), shadow=True, iterations=iterations, **options)
         return cls(steps=(100.0,), iterations=iterations, **options)
 
     @classmethod
@@ -323,6 +331,7 @@ class RolloutController:
             weight=self.config.steps[self.step],
             salt=self.config.salt,
             rules=self.config.rules,
+            shadow=self.candidate if self.config.shadow else None,
         )
 
     def _counts(self) -> dict[str, tuple[int, int]]:
