@@ -1552,16 +1552,11 @@ cdef class Dispatcher:
             self._last_rt = rt
             self._last_id = hdr._cid
         # 5b. route: during a rollout the key picks the version's lane; else one compare
-        cdef _Runtime mirror = None
-        cdef _Route route
-        if rt.route is not None:
-            route = rt.route
-            rt = self._pick(rt, key, hdr, code)
-            if route.shadow is not None and route.shadow is not rt:
-                mirror = route.shadow
-        elif key is not None and not isinstance(key, int):
-            if not isinstance(key, (str, bytes, bytearray, memoryview)):
-                check_key(key)
+        # ``mirror`` is borrowed (the route and ``_lanes`` hold the lane): an owned local
+        # would cost the frames of every plugin without a route a reference count.
+        cdef PyObject* mirror = NULL
+        if rt.route is not None or key is not None:
+            rt = self._route(rt, key, hdr, code, &mirror)
         entry = rt.entry
         if not entry.alive:
             found = PyDict_GetItemWithError(self._registry._entries, plugin_id)
@@ -1591,8 +1586,8 @@ cdef class Dispatcher:
         msg.header = hdr
         msg.payload = <bytes>payload
         msg.size = header_size + payload_size
-        if mirror is not None:
-            self._mirror(mirror, msg)
+        if mirror is not NULL:
+            self._mirror(<_Runtime>mirror, msg)
         rt_out[0] = <PyObject*>rt
         status[0] = S_OK
         return msg
@@ -1608,6 +1603,20 @@ cdef class Dispatcher:
         if lane.wakeup is not None:
             self._wake_worker(lane)
         return 0
+
+    cdef _Runtime _route(self, _Runtime rt, object key, PluginHeader hdr, long code,
+                         PyObject** mirror):
+        """Step 5b out of line: the lane of a routed frame (and the shadow lane to copy it
+        to, borrowed), or ``rt`` itself after checking a key's type when there is no route."""
+        cdef _Route route = rt.route
+        if route is None:
+            if not isinstance(key, (int, str, bytes, bytearray, memoryview)):
+                check_key(key)
+            return rt
+        cdef _Runtime lane = self._pick(rt, key, hdr, code)
+        if route.shadow is not None and route.shadow is not lane:
+            mirror[0] = <PyObject*>route.shadow
+        return lane
 
     cdef _Runtime _pick(self, _Runtime rt, object key, PluginHeader hdr, long code):
         """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
