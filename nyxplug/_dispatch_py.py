@@ -1039,13 +1039,8 @@ class Dispatcher:
             return self._fail(frame_type, status, plugin_id)
         # 5b. route: during a rollout the key picks the version's lane; else one compare
         mirror = None
-        if rt.route is not None:
-            route = rt.route
-            rt = self._pick(rt, key, header, code)
-            if route.shadow is not None and route.shadow is not rt:
-                mirror = route.shadow
-        elif key is not None and type(key) is not int:
-            check_key(key)
+        if rt.route is not None or key is not None:
+            rt, mirror = self._route(rt, key, header, code)
         entry = rt.entry
         if not entry.alive:
             fresh = self._registry._entries.get(plugin_id)
@@ -1094,6 +1089,21 @@ class Dispatcher:
         lane.shadowed += 1
         if lane.wakeup is not None:
             self._wake_worker(lane)
+
+    def _route(
+        self, rt: _Runtime, key: Any, header: PluginHeader, code: int
+    ) -> tuple[_Runtime, _Runtime | None]:
+        """Step 5b out of line: the lane of a routed frame and the shadow lane to copy it
+        to, or ``rt`` itself after checking a key's type when there is no route."""
+        route = rt.route
+        if route is None:
+            if type(key) is not int:
+                check_key(key)
+            return rt, None
+        lane = self._pick(rt, key, header, code)
+        if route.shadow is not None and route.shadow is not lane:
+            return lane, route.shadow
+        return lane, None
 
     def _pick(self, rt: _Runtime, key: Any, header: PluginHeader, code: int) -> _Runtime:
         """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
