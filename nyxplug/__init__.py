@@ -106,6 +106,9 @@ from ._errors import (
     UnknownFrameType as UnknownFrameType,
 )
 from ._errors import (
+    VersionError as VersionError,
+)
+from ._errors import (
     WouldBlock as WouldBlock,
 )
 from ._errors import (
@@ -129,8 +132,11 @@ from ._impl import (
 from ._impl import (
     PluginRegistry as PluginRegistry,
 )
+from ._impl import route_point as route_point
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports
+from ._routing import MatchRule as MatchRule
+from ._routing import RouteInfo as RouteInfo
 from ._runner import run as run
 from ._stats import DispatchStats as DispatchStats
 from ._stats import PluginStats as PluginStats
@@ -167,6 +173,7 @@ __all__ = (
     "FramingError",
     "HandlerError",
     "HeaderDecodeError",
+    "MatchRule",
     "NotRegistered",
     "NyxplugError",
     "Permission",
@@ -183,6 +190,7 @@ __all__ = (
     "RemoteDispatcher",
     "ReplyTimeout",
     "RequestDropped",
+    "RouteInfo",
     "SandboxViolation",
     "SessionClosed",
     "SessionError",
@@ -190,9 +198,11 @@ __all__ = (
     "SessionViolation",
     "StreamStats",
     "UnknownFrameType",
+    "VersionError",
     "WouldBlock",
     "WrongThread",
     "frame_message",
+    "route_point",
     "run",
 )
 

@@ -16,6 +16,7 @@ from nyxplug._breaker import BreakerConfig, BreakerState, BreakerStats
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._handlers import Handler
 from nyxplug._info import PluginInfo
+from nyxplug._routing import MatchRule, RouteInfo
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import BytesLike
 from nyxplug.sandbox import SandboxGuard, SandboxPolicy
@@ -28,6 +29,7 @@ __all__ = (
     "PluginRegistry",
     "decode_batch",
     "encode_batch",
+    "route_point",
 )
 
 @final
@@ -167,15 +169,30 @@ class Dispatcher:
     async def __aexit__(self, *exc_info: object) -> None: ...
     async def wait_idle(self, plugin_id: int | None = None) -> None: ...
     def dispatch_nowait(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        key: int | str | BytesLike | None = None,
     ) -> None: ...
     def try_dispatch(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        key: int | str | BytesLike | None = None,
     ) -> DispatchStatus: ...
     def try_dispatch_many(self, frames: Iterable[PluginFrame | PluginMessage]) -> BatchResult: ...
     def try_dispatch_framed(self, buf: BytesLike, *, max_size: int = 1052672) -> BatchResult: ...
     def dispatch(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        key: int | str | BytesLike | None = None,
     ) -> Coroutine[Any, Any, None]: ...
     async def request(
         self,
@@ -198,9 +215,15 @@ class Dispatcher:
         *,
         clock: Callable[[], float] | None = None,
         random: Callable[[], float] | None = None,
+        version: str | None = None,
     ) -> None: ...
     def set_breaker_state(
-        self, plugin_id: int, state: BreakerState, *, why: str | None = None
+        self,
+        plugin_id: int,
+        state: BreakerState,
+        *,
+        why: str | None = None,
+        version: str | None = None,
     ) -> None: ...
     def set_breaker_repairing(
         self, plugin_id: int, step: str | None, *, recovered: bool = False
@@ -208,9 +231,41 @@ class Dispatcher:
     def watch_breaker(
         self, plugin_id: int, callback: Callable[[BreakerState], object] | None
     ) -> None: ...
-    def breaker_stats(self, plugin_id: int) -> BreakerStats | None: ...
+    def breaker_stats(
+        self, plugin_id: int, *, version: str | None = None
+    ) -> BreakerStats | None: ...
+    async def load_version(
+        self,
+        plugin_id: int,
+        version: str,
+        handler: Handler[PluginMessage] = None,
+        *,
+        capacity: int = 100,
+        sandbox: SandboxPolicy | SandboxGuard | None = None,
+        overrun_limit: float | None = None,
+        on_overrun: Callable[[Any, float], object] | None = None,
+    ) -> None: ...
+    async def unload_version(
+        self, plugin_id: int, version: str, *, drain: bool = True
+    ) -> PluginStats: ...
+    def set_route(
+        self,
+        plugin_id: int,
+        *,
+        stable: str,
+        candidate: str | None = None,
+        weight: float = 0.0,
+        salt: int | None = None,
+        rules: Iterable[MatchRule] = (),
+        shadow: str | None = None,
+    ) -> None: ...
+    def route_info(self, plugin_id: int) -> RouteInfo | None: ...
+    def version_stats(self, plugin_id: int) -> dict[str, PluginStats]: ...
     def dispatch_stats(self) -> DispatchStats: ...
     def loaded_plugins(self) -> list[int]: ...
     def is_loaded(self, plugin_id: int) -> bool: ...
     def __len__(self) -> int: ...
     def __repr__(self) -> str: ...
+
+def route_point(key: int | str | BytesLike, salt: int = 0) -> int:
+    """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""

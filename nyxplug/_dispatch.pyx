@@ -24,7 +24,12 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromUnsignedLong
+from cpython.long cimport (
+    PyLong_AsLongLongAndOverflow,
+    PyLong_AsUnsignedLongLongMask,
+    PyLong_FromUnsignedLong,
+)
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
@@ -69,6 +74,7 @@ from nyxplug._errors import (
     PluginNotRegistered,
     SandboxViolation,
     UnknownFrameType,
+    VersionError,
     WouldBlock,
     WrongThread,
 )
@@ -76,6 +82,16 @@ from nyxplug._frames import decode_frame_fields, decode_header_fields
 from nyxplug._handlers import log_handler_error, report_overrun, resolve_handler
 from nyxplug._info import PluginInfo, permission_mask
 from nyxplug._refused import Refused
+from nyxplug._routing import (
+    BASE_VERSION,
+    MAX_VERSIONS,
+    MatchRule,
+    RouteInfo,
+    check_key,
+    check_version,
+    route_salt,
+    weight_threshold,
+)
 from nyxplug._replies import (
     abandon,
     await_reply,
@@ -101,7 +117,7 @@ from nyxplug._validate import (
 
 __all__ = (
     "Dispatcher", "PluginFrame", "PluginHeader", "PluginMessage", "PluginRegistry", "decode_batch",
-    "encode_batch",
+    "encode_batch", "route_point",
 )
 
 cdef extern from "Python.h":
@@ -891,6 +907,84 @@ cdef class PluginRegistry:
 
 # -- one loaded plugin --------------------------------------------------------------
 
+cdef class _Runtime
+
+
+cdef inline uint64_t _splitmix64(uint64_t x) noexcept:
+    """SplitMix64's output for state ``x`` (see ``_routing``)."""
+    cdef uint64_t z = x + <uint64_t>0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef inline uint64_t _fnv1a64(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef uint64_t h = <uint64_t>0xCBF29CE484222325ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * <uint64_t>0x100000001B3ULL
+    return h
+
+
+cdef int _key_bits(object key, uint64_t* out) except -1:
+    """The 64 bits a route key hashes to before the salt (see ``_routing``)."""
+    cdef const char* text
+    cdef Py_ssize_t size
+    cdef Py_buffer view
+    if isinstance(key, int):
+        out[0] = PyLong_AsUnsignedLongLongMask(key)
+    elif type(key) is bytes:
+        out[0] = _fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+    elif isinstance(key, str):
+        try:
+            text = PyUnicode_AsUTF8AndSize(key, &size)
+        except UnicodeEncodeError:  # lone surrogates: as _routing encodes them
+            key = (<str>key).encode("utf-8", "surrogatepass")
+            out[0] = _fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key),
+                              PyBytes_GET_SIZE(key))
+            return 0
+        out[0] = _fnv1a64(<const unsigned char*>text, size)
+    elif isinstance(key, (bytearray, memoryview)):
+        key = bytes(key)
+        out[0] = _fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+    else:
+        check_key(key)
+    return 0
+
+
+def route_point(key, salt=0):
+    """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""
+    cdef uint64_t bits
+    _key_bits(key, &bits)
+    cdef uint64_t mixed = _splitmix64(bits ^ <uint64_t>(salt & 0xFFFFFFFFFFFFFFFF))
+    return mixed >> 11
+
+
+@cython.final
+cdef class _Route:
+    """Where a plugin's frames go during a rollout (see ``_routing``): the stable lane
+    holds this record; ``candidate`` takes the keys whose point is below ``threshold``."""
+
+    cdef _Runtime candidate
+    cdef uint64_t threshold
+    cdef uint64_t salt
+    cdef uint64_t counter  # the key of the next keyless frame
+    cdef object weight
+    cdef list rules  # A/B rules with their lanes (None: none, and no cost)
+    cdef tuple rule_info
+    cdef _Runtime shadow  # gets a copy of every frame routed elsewhere
+
+    def __init__(self, candidate, weight, salt, rules, shadow=None):
+        self.candidate = candidate
+        self.weight = weight
+        self.threshold = weight_threshold(weight) if candidate is not None else 0
+        self.salt = salt & 0xFFFFFFFFFFFFFFFF
+        self.counter = 0
+        self.rules = rules or None
+        self.rule_info = tuple(rule for rule, _lane in rules)
+        self.shadow = shadow
+
+
 @cython.final
 cdef class _Runtime:
     """One loaded plugin: its queue (a C ring), waiting senders, worker and counters."""
@@ -939,6 +1033,14 @@ cdef class _Runtime:
     cdef long long stale_until  # the breaker's, and its config's record_every
     cdef long long record_every
     cdef unsigned long long circuit_open
+    # The route record while the plugin has a rollout (None: every frame comes here,
+    # at the cost of one compare). Only the stable lane, the one in ``_runtimes``,
+    # holds it. ``routed`` counts frames the router sent to this lane.
+    cdef _Route route
+    cdef str version
+    cdef unsigned long long routed
+    cdef unsigned long long shadowed  # copies mirrored here (see set_route's shadow)
+    cdef unsigned long long shadow_dropped
 
     def __cinit__(self):
         self.ring = NULL
@@ -967,6 +1069,7 @@ cdef class _Runtime:
         self.loop = loop
         self.idle_waiters = []
         self.replies = {}
+        self.version = BASE_VERSION
         return 0
 
     cdef int _grow(self) except -1:
@@ -1099,6 +1202,8 @@ cdef class Dispatcher:
     cdef object _sandbox
     cdef dict _runtimes
     cdef dict _unloading
+    # Loaded versions by plugin id, made at the first load_version (stable lane included).
+    cdef dict _lanes
     # The runtime the last frame went to: consecutive frames for one plugin skip the
     # dict lookup. Closed runtimes never match, so unload and reload stay correct.
     cdef _Runtime _last_rt
@@ -1138,6 +1243,7 @@ cdef class Dispatcher:
         self._type_objects = [frame_type_object(code) for code in range(256)]
         self._runtimes = {}
         self._unloading = {}
+        self._lanes = {}
         for code in range(S_CIRCUIT_OPEN + 1):
             self._refused[code] = 0
         self._bind_thread()
@@ -1235,6 +1341,14 @@ cdef class Dispatcher:
         cdef _Runtime rt = <_Runtime>rt_obj
         while rt.swap is not None:  # the swapped-in worker is the one that drains
             await asyncio.wait([rt.swap])
+            if self._runtimes.get(plugin_id) is not rt:
+                raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        rt.route = None  # from the next frame, all go to the stable lane
+        lanes = self._lanes.pop(plugin_id, None)
+        if lanes is not None:
+            for lane in lanes.values():
+                if lane is not rt:
+                    await self._close_lane(lane, drain)
             if self._runtimes.get(plugin_id) is not rt:
                 raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         del self._runtimes[plugin_id]
@@ -1350,13 +1464,15 @@ cdef class Dispatcher:
     async def wait_idle(self, plugin_id=None):
         """Wait until the plugin (or every plugin) has an empty queue and no handler running."""
         if plugin_id is None:
-            for rt in list(self._runtimes.values()):
-                await self._wait_idle(rt)
+            for pid, rt in list(self._runtimes.items()):
+                for lane in list(self._lanes.get(pid, {"": rt}).values()):
+                    await self._wait_idle(lane)
             return
         rt = self._runtimes.get(plugin_id)
         if rt is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
-        await self._wait_idle(rt)
+        for lane in list(self._lanes.get(plugin_id, {"": rt}).values()):
+            await self._wait_idle(lane)
 
     async def _wait_idle(self, _Runtime rt):
         if rt.count == 0 and rt.wakeup is not None:
@@ -1368,7 +1484,7 @@ cdef class Dispatcher:
     # -- dispatch ----------------------------------------------------------------
 
     cdef PluginMessage _prepare(self, object frame_type, object header, object payload,
-                                int* status, PyObject** rt_out):
+                                object key, int* status, PyObject** rt_out):
         """Run the checks of SPEC 3 up to (not including) the queue.
 
         On success return the message, set ``*status`` to OK and ``*rt_out`` to the
@@ -1435,6 +1551,12 @@ cdef class Dispatcher:
             rt = <_Runtime>found
             self._last_rt = rt
             self._last_id = hdr._cid
+        # 5b. route: during a rollout the key picks the version's lane; else one compare
+        # ``mirror`` is borrowed (the route and ``_lanes`` hold the lane): an owned local
+        # would cost the frames of every plugin without a route a reference count.
+        cdef PyObject* mirror = NULL
+        if rt.route is not None or key is not None:
+            rt = self._route(rt, key, hdr, code, &mirror)
         entry = rt.entry
         if not entry.alive:
             found = PyDict_GetItemWithError(self._registry._entries, plugin_id)
@@ -1464,9 +1586,60 @@ cdef class Dispatcher:
         msg.header = hdr
         msg.payload = <bytes>payload
         msg.size = header_size + payload_size
+        if mirror is not NULL:
+            self._mirror(<_Runtime>mirror, msg)
         rt_out[0] = <PyObject*>rt
         status[0] = S_OK
         return msg
+
+    cdef int _mirror(self, _Runtime lane, PluginMessage msg) except -1:
+        """Offer the shadow lane a copy (the same immutable message): never waits, never
+        refuses the frame itself; a full queue or a breaker that is not closed drops it."""
+        if lane.gate or not lane.has_room():
+            lane.shadow_dropped += 1
+            return 0
+        lane.push(msg)
+        lane.shadowed += 1
+        if lane.wakeup is not None:
+            self._wake_worker(lane)
+        return 0
+
+    cdef _Runtime _route(self, _Runtime rt, object key, PluginHeader hdr, long code,
+                         PyObject** mirror):
+        """Step 5b out of line: the lane of a routed frame (and the shadow lane to copy it
+        to, borrowed), or ``rt`` itself after checking a key's type when there is no route."""
+        cdef _Route route = rt.route
+        if route is None:
+            if not isinstance(key, (int, str, bytes, bytearray, memoryview)):
+                check_key(key)
+            return rt
+        cdef _Runtime lane = self._pick(rt, key, hdr, code)
+        if route.shadow is not None and route.shadow is not lane:
+            mirror[0] = <PyObject*>route.shadow
+        return lane
+
+    cdef _Runtime _pick(self, _Runtime rt, object key, PluginHeader hdr, long code):
+        """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
+        cdef _Route route = rt.route
+        cdef uint64_t bits
+        cdef _Runtime lane
+        if key is None:
+            bits = route.counter
+            route.counter += 1
+        else:
+            _key_bits(key, &bits)
+        if route.rules is not None:
+            keyed = None if key is None else bits
+            for rule, lane_obj in route.rules:
+                if rule.matches(hdr.flags, hdr.data, code, keyed):
+                    lane = <_Runtime>lane_obj
+                    lane.routed += 1
+                    return lane
+        if (route.candidate is not None
+                and (_splitmix64(bits ^ route.salt) >> 11) < route.threshold):
+            rt = route.candidate
+        rt.routed += 1
+        return rt
 
     cdef int _refused_by_breaker(self, _Runtime rt, object frame_type) except -1:
         """Ask the breaker to admit one frame; on refusal keep the error for ``_error``."""
@@ -1515,10 +1688,11 @@ cdef class Dispatcher:
         return 0
 
     cdef inline int _submit(self, object frame_type, object header, object payload,
-                            PyObject** rt_out) except -1:
+                            object key, PyObject** rt_out) except -1:
         """Prepare and enqueue without waiting; count a failure. ``*rt_out`` as in _prepare."""
         cdef int status
-        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, rt_out)
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, key, &status,
+                                               rt_out)
         cdef _Runtime rt
         if status == S_OK:
             rt = <_Runtime>rt_out[0]
@@ -1547,7 +1721,7 @@ cdef class Dispatcher:
         if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
                 and rt.entry.alive and (rt.entry.mask & required) == required
                 and (code != CONTROL_CODE or rt.guard is None) and not rt.gate
-                and hdr._size <= self._max_header and payload_size <= self._max_payload
+                and rt.route is None and hdr._size <= self._max_header and payload_size <= self._max_payload
                 and rt.has_room()):
             msg = PluginMessage.__new__(PluginMessage)
             msg.frame_type = frame.frame_type  # the same object as _type_objects[code]
@@ -1556,7 +1730,7 @@ cdef class Dispatcher:
             msg.size = hdr._size + payload_size
             self._enqueue(rt, msg)
             return S_OK
-        return self._submit(frame.frame_type, hdr, frame.payload, &found)
+        return self._submit(frame.frame_type, hdr, frame.payload, None, &found)
 
     cdef inline int _submit_message(self, PluginMessage item) except -1:
         """``_submit_frame`` for a ``PluginMessage`` (a decoded batch's): on the fast path
@@ -1570,23 +1744,27 @@ cdef class Dispatcher:
         cdef Py_ssize_t payload_size = PyBytes_GET_SIZE(item.payload)
         if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
                 and rt.entry.alive and (rt.entry.mask & required) == required
-                and (code != CONTROL_CODE or rt.guard is None)
+                and (code != CONTROL_CODE or rt.guard is None) and rt.route is None
                 and hdr._size <= self._max_header and payload_size <= self._max_payload
                 and rt.has_room()):
             if item.size != hdr._size + payload_size:  # a non-canonical header on the wire
-                return self._submit(item.frame_type, hdr, item.payload, &found)
+                return self._submit(item.frame_type, hdr, item.payload, None, &found)
             self._enqueue(rt, item)
             return S_OK
-        return self._submit(item.frame_type, hdr, item.payload, &found)
+        return self._submit(item.frame_type, hdr, item.payload, None, &found)
 
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
-    def dispatch_nowait(self, frame_type, header, payload=b""):
-        """Route one frame without waiting; a full queue is ``WouldBlock``."""
+    def dispatch_nowait(self, frame_type, header, payload=b"", *, key=None):
+        """Route one frame without waiting; a full queue is ``WouldBlock``.
+
+        ``key`` (a connection or session id) keeps a session on one version while the
+        plugin has a rollout (``set_route``); without one it is only type-checked.
+        """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("dispatch_nowait")
         cdef PyObject* found = NULL
-        cdef int status = self._submit(frame_type, header, payload, &found)
+        cdef int status = self._submit(frame_type, header, payload, key, &found)
         cdef _Runtime rt
         if status == S_OK:
             return
@@ -1597,12 +1775,12 @@ cdef class Dispatcher:
 
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
-    def try_dispatch(self, frame_type, header, payload=b""):
+    def try_dispatch(self, frame_type, header, payload=b"", *, key=None):
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
         if nyx_thread_id() != self._owner:
             self._refuse_thread("try_dispatch")
         cdef PyObject* found = NULL
-        cdef int status = self._submit(frame_type, header, payload, &found)
+        cdef int status = self._submit(frame_type, header, payload, key, &found)
         if status != S_OK:
             self._p_error = self._p_ft = None
         return _STATUS[status]
@@ -1713,7 +1891,7 @@ cdef class Dispatcher:
 
     @cython.binding(False)  # a plain method descriptor: CPython calls it ~10 ns faster
     @cython.embedsignature.format("clinic")
-    def dispatch(self, frame_type, header, payload=b""):
+    def dispatch(self, frame_type, header, payload=b"", *, key=None):
         """Route one frame, waiting for queue space (FIFO among waiting senders).
 
         Returns an awaitable. When the queue has room the frame is enqueued before
@@ -1725,7 +1903,7 @@ cdef class Dispatcher:
             self._refuse_thread("dispatch")
         cdef int status
         cdef PyObject* found
-        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, key, &status, &found)
         cdef _Runtime rt
         if status == S_OK:
             rt = <_Runtime>found
@@ -1786,7 +1964,8 @@ cdef class Dispatcher:
         limit = check_timeout(timeout)
         cdef int status
         cdef PyObject* found
-        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, None, &status,
+                                               &found)
         cdef _Runtime rt
         if status != S_OK:
             self._refused[status] += 1
@@ -1813,7 +1992,8 @@ cdef class Dispatcher:
             self._refuse_thread("submit")
         cdef int status
         cdef PyObject* found
-        cdef PluginMessage msg = self._prepare(frame_type, header, payload, &status, &found)
+        cdef PluginMessage msg = self._prepare(frame_type, header, payload, None, &status,
+                                               &found)
         cdef _Runtime rt
         if status != S_OK:
             self._refused[status] += 1
@@ -2032,9 +2212,10 @@ cdef class Dispatcher:
 
     # -- circuit breakers ----------------------------------------------------------
 
-    def set_breaker(self, plugin_id, config, *, clock=None, random=None):
-        """Give a loaded plugin a circuit breaker (CLOSED, empty window), replacing any it
-        had; ``None`` removes it. Frames already queued are not judged by it.
+    def set_breaker(self, plugin_id, config, *, clock=None, random=None, version=None):
+        """Give a loaded plugin (its ``version``; default the stable one) a circuit breaker
+        (CLOSED, empty window), replacing any it had; ``None`` removes it. Frames already
+        queued are not judged by it.
 
         ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
         uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
@@ -2043,7 +2224,7 @@ cdef class Dispatcher:
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("set_breaker")
-        found = self._runtimes.get(plugin_id)
+        found = self._lane(plugin_id, version)
         if found is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         cdef _Runtime rt = <_Runtime>found
@@ -2061,7 +2242,7 @@ cdef class Dispatcher:
         rt.record_every = config.record_every
         rt.sync()
 
-    def set_breaker_state(self, plugin_id, state, *, why=None):
+    def set_breaker_state(self, plugin_id, state, *, why=None, version=None):
         """An operator's transition of the plugin's breaker: ``CLOSED`` resets it (fresh
         window, open time back to ``open_wait``), ``DISABLED`` admits everything and
         records nothing, ``FORCED_OPEN`` refuses everything, ``METRICS_ONLY`` records
@@ -2071,7 +2252,7 @@ cdef class Dispatcher:
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("set_breaker_state")
-        cdef _Runtime rt = self._breaker_runtime(plugin_id)
+        cdef _Runtime rt = self._breaker_runtime(plugin_id, version)
         rt.breaker.set_state(state, rt.enqueued(), why)
         rt.sync()
 
@@ -2083,7 +2264,7 @@ cdef class Dispatcher:
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("set_breaker_repairing")
-        cdef _Runtime rt = self._breaker_runtime(plugin_id)
+        cdef _Runtime rt = self._breaker_runtime(plugin_id, None)
         rt.breaker.repair(step, rt.enqueued(), recovered)
         rt.sync()
 
@@ -2099,16 +2280,16 @@ cdef class Dispatcher:
             raise TypeError(
                 f"Expected `callback` to be callable or None, got {type(callback).__name__}"
             )
-        cdef _Runtime rt = self._breaker_runtime(plugin_id)
+        cdef _Runtime rt = self._breaker_runtime(plugin_id, None)
         rt.breaker.on_change = callback
 
-    def breaker_stats(self, plugin_id):
+    def breaker_stats(self, plugin_id, *, version=None):
         """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).
 
         Transitions due by the clock (OPEN -> HALF_OPEN, a half-open deadline) are taken
         first, so the state is the one the next frame would meet.
         """
-        found = self._runtimes.get(plugin_id)
+        found = self._lane(plugin_id, version)
         if found is None or (<_Runtime>found).breaker is None:
             return None
         cdef _Runtime rt = <_Runtime>found
@@ -2116,13 +2297,196 @@ cdef class Dispatcher:
         rt.sync()
         return stats
 
-    cdef _Runtime _breaker_runtime(self, object plugin_id):
-        found = self._runtimes.get(plugin_id)
+    cdef _Runtime _breaker_runtime(self, object plugin_id, object version):
+        found = self._lane(plugin_id, version)
         if found is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         cdef _Runtime rt = <_Runtime>found
         if rt.breaker is None:
             raise BreakerNotSet(plugin_id, rt.entry.info)
+        return rt
+
+    # -- versions and routes -------------------------------------------------------
+
+    async def load_version(self, plugin_id, version, handler=None, *, capacity=DEFAULT_CAPACITY,
+                           sandbox=None, overrun_limit=None, on_overrun=None):
+        """Load another version of a loaded plugin beside it, as its own lane: queue,
+        worker, counters and breaker. It takes no frames until ``set_route`` names it.
+
+        The lane ``load_plugin`` made is version ``"base"``; up to five versions in all.
+        Options as for ``load_plugin``; the permissions are the plugin id's.
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("load_version")
+        version = check_version(version)
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"Expected `capacity` to be an int, got {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"Expected `capacity` >= 1, got {capacity} - for plugin {plugin_id}")
+        found = self._runtimes.get(plugin_id)
+        if found is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        cdef _Runtime home = <_Runtime>found
+        lanes = self._lanes.setdefault(plugin_id, {home.version: home})
+        if version in lanes:
+            raise VersionError(plugin_id, version, "Expected a new version name, got a loaded one",
+                               "unload it first or pick another name")
+        if len(lanes) >= MAX_VERSIONS:
+            raise VersionError(plugin_id, version,
+                               f"Expected at most {MAX_VERSIONS} loaded versions, got one more",
+                               "unload_version() an old one first")
+        policy = check_policy("sandbox", sandbox, guard_ok=True)
+        limit, report = check_overrun(overrun_limit, on_overrun, plugin_id)
+        call, batch = resolve_handler(handler)
+        cdef _Runtime rt = _Runtime()
+        rt.setup(plugin_id, home.entry, capacity, call, batch, home.loop)
+        rt.version = version
+        rt.guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, home.entry.info
+        )
+        rt.overrun_limit = limit
+        rt.on_overrun = report
+        lanes[version] = rt
+        self._start_worker(rt, None)
+
+    async def unload_version(self, plugin_id, version, *, drain=True):
+        """Stop a version no frames are routed to: drain (or drop) its queue, end its worker."""
+        found = self._lane(plugin_id, version)
+        if found is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        cdef _Runtime rt = <_Runtime>found
+        cdef _Runtime home = <_Runtime>self._runtimes[plugin_id]
+        cdef _Route route = home.route
+        if rt is home or (route is not None and route.candidate is rt):
+            raise VersionError(plugin_id, version,
+                               "Expected a version no frames are routed to, got "
+                               + ("the stable one" if rt is home else "the candidate"),
+                               "set_route() to other versions first")
+        if route is not None and (
+                route.shadow is rt or (route.rules and any(lane is rt for _r, lane in route.rules))):
+            raise VersionError(plugin_id, version,
+                               "Expected a version no frames are routed to, got one "
+                               "an A/B rule or the shadow names", "set_route() without it first")
+        del self._lanes[plugin_id][version]
+        return await self._close_lane(rt, drain)
+
+    async def _close_lane(self, _Runtime rt, drain):
+        while rt.swap is not None:
+            await asyncio.wait([rt.swap])
+        rt.closed = True
+        for waiter in rt.waiters:
+            if not waiter.done():
+                waiter.set_result(False)
+        rt.waiters.clear()
+        if not drain:
+            rt.drop_all()
+        self._wake_worker(rt)
+        await asyncio.shield(rt.worker)
+        if rt.replies:
+            abandon(rt.replies, rt.entry.info)
+        return rt.stats()
+
+    def set_route(self, plugin_id, *, stable, candidate=None, weight=0.0, salt=None, rules=(),
+                  shadow=None):
+        """Route the plugin's frames from the next one on: keys whose point is below
+        ``weight`` percent go to ``candidate``, the rest to ``stable`` (see ``_routing``).
+        ``rules`` (A/B ``MatchRule``s, tried first, in order) send what they match to
+        the version each names. ``shadow`` names a version that is offered a copy of
+        every frame routed elsewhere (mirroring; only for idempotent plugins): a full
+        queue drops the copy, never holds up the frame; its results are its own.
+
+        Raising the weight only moves keys to the candidate. Nothing in flight moves:
+        frames already queued drain on their lane. ``candidate=None`` ends the rollout
+        (``stable`` takes everything and routing costs one compare again); naming
+        another ``stable`` is a promotion or a rollback. ``salt`` picks the cohort
+        (default: from the plugin id and candidate name, the same on every host).
+        """
+        if nyx_thread_id() != self._owner:
+            self._refuse_thread("set_route")
+        found = self._runtimes.get(plugin_id)
+        if found is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        cdef _Runtime home = <_Runtime>found
+        cdef _Runtime new_stable = <_Runtime>self._lane(plugin_id, check_version(stable))
+        cdef list pairs = self._rule_lanes(plugin_id, rules)
+        mirror = None
+        if shadow is not None:
+            mirror = self._lane(plugin_id, check_version(shadow))
+            if mirror is new_stable:
+                raise VersionError(plugin_id, shadow,
+                                   "Expected a shadow other than the stable version",
+                                   "mirror to a candidate or another loaded version")
+        cdef _Route route = None
+        if candidate is not None:
+            lane = self._lane(plugin_id, check_version(candidate))
+            if lane is new_stable:
+                raise VersionError(plugin_id, candidate,
+                                   "Expected a candidate other than the stable version",
+                                   "name two different versions")
+            if salt is None:
+                salt = route_salt(plugin_id, candidate)
+            elif isinstance(salt, bool) or not isinstance(salt, int):
+                raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
+            route = _Route(lane, weight, salt, pairs, mirror)
+        else:
+            weight_threshold(weight)
+            if pairs or mirror is not None:
+                route = _Route(None, 0.0, 0, pairs, mirror)
+        if new_stable is not home:
+            home.route = None
+            self._runtimes[plugin_id] = new_stable
+            self._last_rt = None
+        new_stable.route = route
+
+    cdef list _rule_lanes(self, object plugin_id, object rules):
+        cdef list pairs = []
+        for rule in rules:
+            if not isinstance(rule, MatchRule):
+                raise TypeError(f"Expected `rules` of MatchRule, got {type(rule).__name__}")
+            pairs.append((rule, self._lane(plugin_id, rule.version)))
+        return pairs
+
+    def route_info(self, plugin_id):
+        """The plugin's route now (None if it is not loaded); ``routed`` per version."""
+        found = self._runtimes.get(plugin_id)
+        if found is None:
+            return None
+        cdef _Runtime home = <_Runtime>found
+        lanes = self._lanes.get(plugin_id, {home.version: home})
+        cdef _Route route = home.route
+        cdef _Runtime candidate = None if route is None else route.candidate
+        return RouteInfo(
+            plugin_id,
+            home.version,
+            None if candidate is None else candidate.version,
+            0.0 if route is None else route.weight,
+            0 if route is None else route.salt,
+            {name: (<_Runtime>lane).routed for name, lane in sorted(lanes.items())},
+            () if route is None else route.rule_info,
+            None if route is None or route.shadow is None else route.shadow.version,
+            {name: (<_Runtime>lane).shadowed for name, lane in sorted(lanes.items())},
+            {name: (<_Runtime>lane).shadow_dropped for name, lane in sorted(lanes.items())},
+        )
+
+    def version_stats(self, plugin_id):
+        """Each loaded version's counters, by version name (empty if not loaded)."""
+        found = self._runtimes.get(plugin_id)
+        if found is None:
+            return {}
+        lanes = self._lanes.get(plugin_id, {(<_Runtime>found).version: found})
+        return {name: (<_Runtime>lane).stats() for name, lane in sorted(lanes.items())}
+
+    cdef object _lane(self, object plugin_id, object version):
+        """The stable lane (``version=None``) or the named one; None if not loaded."""
+        home = self._runtimes.get(plugin_id)
+        if home is None or version is None:
+            return home
+        lanes = self._lanes.get(plugin_id, {(<_Runtime>home).version: home})
+        rt = lanes.get(version)
+        if rt is None:
+            raise VersionError(plugin_id, version,
+                               "Expected a loaded version, got none by that name",
+                               f"loaded: {', '.join(sorted(lanes))}")
         return rt
 
     def dispatch_stats(self):

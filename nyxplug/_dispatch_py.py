@@ -63,6 +63,7 @@ from ._errors import (
     PluginNotRegistered,
     SandboxViolation,
     UnknownFrameType,
+    VersionError,
     WouldBlock,
     WrongThread,
 )
@@ -77,6 +78,20 @@ from ._handlers import Handler, log_handler_error, report_overrun, resolve_handl
 from ._info import PluginInfo, permission_mask
 from ._refused import Refused
 from ._replies import abandon, await_reply, check_timeout, fail, fail_batch, settle, settle_batch
+from ._routing import (
+    BASE_VERSION,
+    MAX_VERSIONS,
+    MatchRule,
+    RouteInfo,
+    check_key,
+    check_version,
+    key_bits,
+    route_salt,
+    weight_threshold,
+)
+from ._routing import (
+    route_point as _route_point,
+)
 from ._stats import DispatchStats, PluginStats
 from ._validate import (
     BatchErrors,
@@ -103,6 +118,7 @@ __all__ = (
     "PluginRegistry",
     "decode_batch",
     "encode_batch",
+    "route_point",
 )
 
 _OK = DispatchStatus.OK
@@ -118,6 +134,7 @@ _PLUGIN_CLOSED = DispatchStatus.PLUGIN_CLOSED
 _CIRCUIT_OPEN = DispatchStatus.CIRCUIT_OPEN
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+_MASK64 = (1 << 64) - 1
 
 
 class _Ready:
@@ -449,6 +466,11 @@ def decode_batch(
     return seq, messages
 
 
+def route_point(key: int | str | BytesLike, salt: int = 0) -> int:
+    """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""
+    return _route_point(key, salt)
+
+
 class _Entry:
     """A registry entry; runtimes hold it so a permission change reaches the next frame."""
 
@@ -546,7 +568,8 @@ class _Runtime:
         "overrun_limit", "on_overrun", "replies",
         "processed", "errors", "bytes", "permission_violations", "sandbox_violations",
         "dropped", "high_watermark", "would_block", "plugin_closed",
-        "breaker", "gate", "epoch", "circuit_open",
+        "breaker", "gate", "epoch", "circuit_open", "route", "version", "routed",
+        "shadowed", "shadow_dropped",
     )  # fmt: skip
 
     def __init__(self, plugin_id: int, entry: _Entry, capacity: int, handler: Any,
@@ -591,6 +614,14 @@ class _Runtime:
         self.gate = 0
         self.epoch = 0
         self.circuit_open = 0
+        # The route record while the plugin has a rollout (None: every frame comes here,
+        # at the cost of one compare). Only the stable lane, the one in ``_runtimes``,
+        # holds it. ``routed`` counts frames the router sent to this lane.
+        self.route: _Route | None = None
+        self.version = BASE_VERSION
+        self.routed = 0
+        self.shadowed = 0  # copies mirrored here (see set_route's shadow)
+        self.shadow_dropped = 0
 
     def has_room(self) -> bool:
         """A free slot that no parked sender is owed."""
@@ -624,6 +655,33 @@ class _Runtime:
             plugin_closed=self.plugin_closed,
             circuit_open=self.circuit_open,
         )
+
+
+class _Route:
+    """Where a plugin's frames go during a rollout (see ``_routing``): the stable lane
+    holds this record; ``candidate`` takes the keys whose point is below ``threshold``."""
+
+    __slots__ = (
+        "candidate", "threshold", "salt", "counter", "weight", "rules", "rule_info", "shadow",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        candidate: _Runtime | None,
+        weight: float,
+        salt: int,
+        rules: list[tuple[MatchRule, _Runtime]],
+        shadow: _Runtime | None = None,
+    ) -> None:
+        self.candidate = candidate
+        self.weight = weight
+        self.threshold = weight_threshold(weight) if candidate is not None else 0
+        self.salt = salt & 0xFFFFFFFFFFFFFFFF
+        self.counter = 0  # the key of the next keyless frame
+        # A/B rules with their lanes (None: none, and no cost)
+        self.rules = rules or None
+        self.rule_info = tuple(rule for rule, _lane in rules)
+        self.shadow = shadow  # gets a copy of every frame routed elsewhere
 
 
 def _observe(task: asyncio.Task[Any]) -> None:
@@ -660,6 +718,8 @@ class Dispatcher:
         self._type_objects = [frame_type_object(code) for code in range(256)]
         self._runtimes: dict[int, _Runtime] = {}
         self._unloading: dict[int, _Runtime] = {}
+        # Loaded versions by plugin id, made at the first load_version (stable lane included).
+        self._lanes: dict[int, dict[str, _Runtime]] = {}
         self._plugins_loaded = 0
         self._plugins_unloaded = 0
         self._frames_dispatched = 0
@@ -766,6 +826,14 @@ class Dispatcher:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         while rt.swap is not None:  # the swapped-in worker is the one that drains
             await asyncio.wait([rt.swap])
+            if self._runtimes.get(plugin_id) is not rt:
+                raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        rt.route = None  # from the next frame, all go to the stable lane
+        lanes = self._lanes.pop(plugin_id, None)
+        if lanes is not None:
+            for lane in lanes.values():
+                if lane is not rt:
+                    await self._close_lane(lane, drain)
             if self._runtimes.get(plugin_id) is not rt:
                 raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         del self._runtimes[plugin_id]
@@ -896,13 +964,15 @@ class Dispatcher:
     async def wait_idle(self, plugin_id: int | None = None) -> None:
         """Wait until the plugin (or every plugin) has an empty queue and no handler running."""
         if plugin_id is None:
-            for runtime in list(self._runtimes.values()):
-                await self._wait_idle(runtime)
+            for pid, runtime in list(self._runtimes.items()):
+                for lane in list(self._lanes.get(pid, {"": runtime}).values()):
+                    await self._wait_idle(lane)
             return
         rt = self._runtimes.get(plugin_id)
         if rt is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
-        await self._wait_idle(rt)
+        for lane in list(self._lanes.get(plugin_id, {"": rt}).values()):
+            await self._wait_idle(lane)
 
     async def _wait_idle(self, rt: _Runtime) -> None:
         if not rt.queue and rt.wakeup is not None:
@@ -914,7 +984,7 @@ class Dispatcher:
     # -- dispatch ----------------------------------------------------------------
 
     def _prepare(
-        self, frame_type: Any, header: Any, payload: Any
+        self, frame_type: Any, header: Any, payload: Any, key: Any = None
     ) -> tuple[int, _Runtime | None, PluginMessage | None]:
         """Run the checks of SPEC 3 up to (not including) the queue.
 
@@ -967,6 +1037,10 @@ class Dispatcher:
         if rt is None:
             status = _NOT_LOADED if plugin_id in self._registry._entries else _NOT_REGISTERED
             return self._fail(frame_type, status, plugin_id)
+        # 5b. route: during a rollout the key picks the version's lane; else one compare
+        mirror = None
+        if rt.route is not None or key is not None:
+            rt, mirror = self._route(rt, key, header, code)
         entry = rt.entry
         if not entry.alive:
             fresh = self._registry._entries.get(plugin_id)
@@ -999,7 +1073,65 @@ class Dispatcher:
         msg._header = header
         msg._payload = payload
         msg._size = header_size + len(payload)
+        if mirror is not None:
+            self._mirror(mirror, msg)
         return _OK, rt, msg
+
+    def _mirror(self, lane: _Runtime, msg: PluginMessage) -> None:
+        """Offer the shadow lane a copy (the same immutable message): never waits, never
+        refuses the frame itself; a full queue or a breaker that is not closed drops it."""
+        if lane.gate or not lane.has_room():
+            lane.shadow_dropped += 1
+            return
+        lane.queue.append(msg)
+        if len(lane.queue) > lane.high_watermark:
+            lane.high_watermark = len(lane.queue)
+        lane.shadowed += 1
+        if lane.wakeup is not None:
+            self._wake_worker(lane)
+
+    def _route(
+        self, rt: _Runtime, key: Any, header: PluginHeader, code: int
+    ) -> tuple[_Runtime, _Runtime | None]:
+        """Step 5b out of line: the lane of a routed frame and the shadow lane to copy it
+        to, or ``rt`` itself after checking a key's type when there is no route."""
+        route = rt.route
+        if route is None:
+            if type(key) is not int:
+                check_key(key)
+            return rt, None
+        lane = self._pick(rt, key, header, code)
+        if route.shadow is not None and route.shadow is not lane:
+            return lane, route.shadow
+        return lane, None
+
+    def _pick(self, rt: _Runtime, key: Any, header: PluginHeader, code: int) -> _Runtime:
+        """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
+        route = rt.route
+        assert route is not None
+        if key is None:
+            bits = route.counter
+            route.counter += 1
+        elif type(key) is int:
+            bits = key & _MASK64
+        else:
+            bits = key_bits(key)
+        if route.rules is not None:
+            keyed = None if key is None else bits
+            for rule, lane in route.rules:
+                if rule.matches(header._flags, header._data, code, keyed):
+                    lane.routed += 1
+                    return lane
+        candidate = route.candidate
+        if candidate is not None:
+            # splitmix64(bits ^ salt) >> 11, inline (see _routing.splitmix64)
+            z = ((bits ^ route.salt) + 0x9E3779B97F4A7C15) & _MASK64
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            if ((z ^ (z >> 31)) >> 11) < route.threshold:
+                rt = candidate
+        rt.routed += 1
+        return rt
 
     def _refused_by_breaker(self, rt: _Runtime, frame_type: Any) -> bool:
         """Ask the breaker to admit one frame; on refusal keep the error for ``_error``."""
@@ -1060,9 +1192,11 @@ class Dispatcher:
         if rt.wakeup is not None:
             self._wake_worker(rt)
 
-    def _submit(self, frame_type: Any, header: Any, payload: Any) -> tuple[int, _Runtime | None]:
+    def _submit(
+        self, frame_type: Any, header: Any, payload: Any, key: Any = None
+    ) -> tuple[int, _Runtime | None]:
         """Prepare and enqueue without waiting; count a failure. Return (status, runtime)."""
-        status, rt, msg = self._prepare(frame_type, header, payload)
+        status, rt, msg = self._prepare(frame_type, header, payload, key)
         if status == _OK:
             assert rt is not None and msg is not None
             if rt.has_room():
@@ -1081,12 +1215,21 @@ class Dispatcher:
         breaker.unadmit()
 
     def dispatch_nowait(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        key: int | str | BytesLike | None = None,
     ) -> None:
-        """Route one frame without waiting; a full queue is ``WouldBlock``."""
+        """Route one frame without waiting; a full queue is ``WouldBlock``.
+
+        ``key`` (a connection or session id) keeps a session on one version while the
+        plugin has a rollout (``set_route``); without one it is only type-checked.
+        """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("dispatch_nowait")
-        status, rt = self._submit(frame_type, header, payload)
+        status, rt = self._submit(frame_type, header, payload, key)
         if status == _OK:
             return
         if status == _WOULD_BLOCK:
@@ -1095,12 +1238,17 @@ class Dispatcher:
         raise self._error(status)
 
     def try_dispatch(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        key: int | str | BytesLike | None = None,
     ) -> DispatchStatus:
         """``dispatch_nowait`` that returns a ``DispatchStatus`` instead of raising."""
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("try_dispatch")
-        status, _rt = self._submit(frame_type, header, payload)
+        status, _rt = self._submit(frame_type, header, payload, key)
         if status != _OK:
             self._p_error = self._p_ft = None
         return DispatchStatus(status)
@@ -1180,7 +1328,12 @@ class Dispatcher:
         return BatchResult(statuses, dispatched, len(statuses), pos)
 
     def dispatch(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        key: int | str | BytesLike | None = None,
     ) -> Coroutine[Any, Any, None]:
         """Route one frame, waiting for queue space (FIFO among waiting senders).
 
@@ -1191,7 +1344,7 @@ class Dispatcher:
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("dispatch")
-        status, rt, msg = self._prepare(frame_type, header, payload)
+        status, rt, msg = self._prepare(frame_type, header, payload, key)
         if status == _OK:
             assert rt is not None and msg is not None
             if rt.has_room():
@@ -1497,9 +1650,11 @@ class Dispatcher:
         *,
         clock: Callable[[], float] | None = None,
         random: Callable[[], float] | None = None,
+        version: str | None = None,
     ) -> None:
-        """Give a loaded plugin a circuit breaker (CLOSED, empty window), replacing any it
-        had; ``None`` removes it. Frames already queued are not judged by it.
+        """Give a loaded plugin (its ``version``; default the stable one) a circuit breaker
+        (CLOSED, empty window), replacing any it had; ``None`` removes it. Frames already
+        queued are not judged by it.
 
         ``clock`` (seconds; default ``time.monotonic``, which asyncio's loop reads too -
         uvloop's ``loop.time`` stands still within a loop iteration, so it cannot time a
@@ -1508,7 +1663,7 @@ class Dispatcher:
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("set_breaker")
-        rt = self._runtimes.get(plugin_id)
+        rt = self._lane(plugin_id, version)
         if rt is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         if config is None:
@@ -1525,7 +1680,12 @@ class Dispatcher:
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
 
     def set_breaker_state(
-        self, plugin_id: int, state: BreakerState, *, why: str | None = None
+        self,
+        plugin_id: int,
+        state: BreakerState,
+        *,
+        why: str | None = None,
+        version: str | None = None,
     ) -> None:
         """An operator's transition of the plugin's breaker: ``CLOSED`` resets it (fresh
         window, open time back to ``open_wait``), ``DISABLED`` admits everything and
@@ -1536,8 +1696,9 @@ class Dispatcher:
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("set_breaker_state")
-        breaker = self._breaker(plugin_id)
-        rt = self._runtimes[plugin_id]
+        breaker = self._breaker(plugin_id, version)
+        rt = self._lane(plugin_id, version)
+        assert rt is not None
         breaker.set_state(state, rt.processed + len(rt.queue), why)
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
 
@@ -1572,13 +1733,13 @@ class Dispatcher:
             )
         self._breaker(plugin_id).on_change = callback
 
-    def breaker_stats(self, plugin_id: int) -> BreakerStats | None:
+    def breaker_stats(self, plugin_id: int, *, version: str | None = None) -> BreakerStats | None:
         """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).
 
         Transitions due by the clock (OPEN -> HALF_OPEN, a half-open deadline) are taken
         first, so the state is the one the next frame would meet.
         """
-        rt = self._runtimes.get(plugin_id)
+        rt = self._lane(plugin_id, version)
         if rt is None or rt.breaker is None:
             return None
         breaker = rt.breaker
@@ -1586,13 +1747,226 @@ class Dispatcher:
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
         return stats
 
-    def _breaker(self, plugin_id: int) -> CircuitBreaker:
-        rt = self._runtimes.get(plugin_id)
+    def _breaker(self, plugin_id: int, version: str | None = None) -> CircuitBreaker:
+        rt = self._lane(plugin_id, version)
         if rt is None:
             raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
         if rt.breaker is None:
             raise BreakerNotSet(plugin_id, rt.entry.info)
         return rt.breaker
+
+    # -- versions and routes -------------------------------------------------------
+
+    async def load_version(
+        self,
+        plugin_id: int,
+        version: str,
+        handler: Handler[PluginMessage] = None,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        sandbox: SandboxPolicy | SandboxGuard | None = None,
+        overrun_limit: float | None = None,
+        on_overrun: Callable[[Any, float], object] | None = None,
+    ) -> None:
+        """Load another version of a loaded plugin beside it, as its own lane: queue,
+        worker, counters and breaker. It takes no frames until ``set_route`` names it.
+
+        The lane ``load_plugin`` made is version ``"base"``; up to five versions in all.
+        Options as for ``load_plugin``; the permissions are the plugin id's.
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("load_version")
+        version = check_version(version)
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"Expected `capacity` to be an int, got {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"Expected `capacity` >= 1, got {capacity} - for plugin {plugin_id}")
+        home = self._runtimes.get(plugin_id)
+        if home is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        lanes = self._lanes.setdefault(plugin_id, {home.version: home})
+        if version in lanes:
+            raise VersionError(
+                plugin_id, version, "Expected a new version name, got a loaded one",
+                "unload it first or pick another name",
+            )  # fmt: skip
+        if len(lanes) >= MAX_VERSIONS:
+            raise VersionError(
+                plugin_id, version,
+                f"Expected at most {MAX_VERSIONS} loaded versions, got one more",
+                "unload_version() an old one first",
+            )  # fmt: skip
+        policy = check_policy("sandbox", sandbox, guard_ok=True)
+        limit, report = check_overrun(overrun_limit, on_overrun, plugin_id)
+        call, batch = resolve_handler(handler)
+        rt = _Runtime(plugin_id, home.entry, capacity, call, batch, home.loop)
+        rt.version = version
+        rt.guard = make_guard(
+            policy if policy is not None else self._sandbox, plugin_id, home.entry.info
+        )
+        rt.overrun_limit, rt.on_overrun = limit, report
+        lanes[version] = rt
+        self._start_worker(rt, None)
+
+    async def unload_version(
+        self, plugin_id: int, version: str, *, drain: bool = True
+    ) -> PluginStats:
+        """Stop a version no frames are routed to: drain (or drop) its queue, end its worker."""
+        rt = self._lane(plugin_id, version)
+        if rt is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        home = self._runtimes[plugin_id]
+        route = home.route
+        if rt is home or (route is not None and route.candidate is rt):
+            raise VersionError(
+                plugin_id, version, "Expected a version no frames are routed to, got "
+                + ("the stable one" if rt is home else "the candidate"),
+                "set_route() to other versions first",
+            )  # fmt: skip
+        if route is not None and (
+            route.shadow is rt or (route.rules and any(lane is rt for _r, lane in route.rules))
+        ):
+            raise VersionError(
+                plugin_id, version, "Expected a version no frames are routed to, got one "
+                "an A/B rule or the shadow names", "set_route() without it first",
+            )  # fmt: skip
+        del self._lanes[plugin_id][version]
+        return await self._close_lane(rt, drain)
+
+    async def _close_lane(self, rt: _Runtime, drain: bool) -> PluginStats:
+        while rt.swap is not None:
+            await asyncio.wait([rt.swap])
+        rt.closed = True
+        for waiter in rt.waiters:
+            if not waiter.done():
+                waiter.set_result(False)
+        rt.waiters.clear()
+        if not drain:
+            rt.drop_all()
+        self._wake_worker(rt)
+        worker = rt.worker
+        assert worker is not None
+        await asyncio.shield(worker)
+        if rt.replies:
+            abandon(rt.replies, rt.entry.info)
+        return rt.stats()
+
+    def set_route(
+        self,
+        plugin_id: int,
+        *,
+        stable: str,
+        candidate: str | None = None,
+        weight: float = 0.0,
+        salt: int | None = None,
+        rules: Iterable[MatchRule] = (),
+        shadow: str | None = None,
+    ) -> None:
+        """Route the plugin's frames from the next one on: keys whose point is below
+        ``weight`` percent go to ``candidate``, the rest to ``stable`` (see ``_routing``).
+        ``rules`` (A/B ``MatchRule``s, tried first, in order) send what they match to
+        the version each names. ``shadow`` names a version that is offered a copy of
+        every frame routed elsewhere (mirroring; only for idempotent plugins): a full
+        queue drops the copy, never holds up the frame; its results are its own.
+
+        Raising the weight only moves keys to the candidate. Nothing in flight moves:
+        frames already queued drain on their lane. ``candidate=None`` ends the rollout
+        (``stable`` takes everything and routing costs one compare again); naming
+        another ``stable`` is a promotion or a rollback. ``salt`` picks the cohort
+        (default: from the plugin id and candidate name, the same on every host).
+        """
+        if threading.get_ident() != self._owner:
+            raise self._wrong_thread("set_route")
+        home = self._runtimes.get(plugin_id)
+        if home is None:
+            raise PluginNotLoaded(plugin_id, None, self._registry.get(plugin_id))
+        new_stable = self._lane(plugin_id, check_version(stable))
+        assert new_stable is not None
+        pairs = self._rule_lanes(plugin_id, rules)
+        mirror = None
+        if shadow is not None:
+            mirror = self._lane(plugin_id, check_version(shadow))
+            if mirror is new_stable:
+                raise VersionError(
+                    plugin_id, shadow, "Expected a shadow other than the stable version",
+                    "mirror to a candidate or another loaded version",
+                )  # fmt: skip
+        route = None
+        if candidate is not None:
+            lane = self._lane(plugin_id, check_version(candidate))
+            if lane is new_stable:
+                raise VersionError(
+                    plugin_id, candidate, "Expected a candidate other than the stable version",
+                    "name two different versions",
+                )  # fmt: skip
+            if salt is None:
+                salt = route_salt(plugin_id, candidate)
+            elif isinstance(salt, bool) or not isinstance(salt, int):
+                raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
+            route = _Route(lane, weight, salt, pairs, mirror)
+        else:
+            weight_threshold(weight)
+            if pairs or mirror is not None:
+                route = _Route(None, 0.0, 0, pairs, mirror)
+        if new_stable is not home:
+            home.route = None
+            self._runtimes[plugin_id] = new_stable
+        new_stable.route = route
+
+    def _rule_lanes(
+        self, plugin_id: int, rules: Iterable[MatchRule]
+    ) -> list[tuple[MatchRule, _Runtime]]:
+        pairs = []
+        for rule in rules:
+            if not isinstance(rule, MatchRule):
+                raise TypeError(f"Expected `rules` of MatchRule, got {type(rule).__name__}")
+            lane = self._lane(plugin_id, rule.version)
+            assert lane is not None
+            pairs.append((rule, lane))
+        return pairs
+
+    def route_info(self, plugin_id: int) -> RouteInfo | None:
+        """The plugin's route now (None if it is not loaded); ``routed`` per version."""
+        home = self._runtimes.get(plugin_id)
+        if home is None:
+            return None
+        lanes = self._lanes.get(plugin_id, {home.version: home})
+        route = home.route
+        candidate = None if route is None or route.candidate is None else route.candidate
+        return RouteInfo(
+            plugin_id,
+            home.version,
+            None if candidate is None else candidate.version,
+            0.0 if route is None else route.weight,
+            0 if route is None else route.salt,
+            {name: lane.routed for name, lane in sorted(lanes.items())},
+            () if route is None else route.rule_info,
+            None if route is None or route.shadow is None else route.shadow.version,
+            {name: lane.shadowed for name, lane in sorted(lanes.items())},
+            {name: lane.shadow_dropped for name, lane in sorted(lanes.items())},
+        )
+
+    def version_stats(self, plugin_id: int) -> dict[str, PluginStats]:
+        """Each loaded version's counters, by version name (empty if not loaded)."""
+        home = self._runtimes.get(plugin_id)
+        if home is None:
+            return {}
+        lanes = self._lanes.get(plugin_id, {home.version: home})
+        return {name: lane.stats() for name, lane in sorted(lanes.items())}
+
+    def _lane(self, plugin_id: int, version: str | None) -> _Runtime | None:
+        """The stable lane (``version=None``) or the named one; None if not loaded."""
+        home = self._runtimes.get(plugin_id)
+        if home is None or version is None:
+            return home
+        lanes = self._lanes.get(plugin_id, {home.version: home})
+        rt = lanes.get(version)
+        if rt is None:
+            raise VersionError(
+                plugin_id, version, "Expected a loaded version, got none by that name",
+                f"loaded: {', '.join(sorted(lanes))}",
+            )  # fmt: skip
+        return rt
 
     def dispatch_stats(self) -> DispatchStats:
         """A snapshot of the dispatcher's counters."""

@@ -44,6 +44,7 @@ __all__ = (
     "SessionViolation",
     "TlsSetupError",
     "UnknownFrameType",
+    "VersionError",
     "WouldBlock",
     "WrongThread",
 )
@@ -455,6 +456,23 @@ class AlreadyLoaded(NyxplugError):
                 "unload_plugin() before loading it again"
             )
         return f"Plugin {self.plugin_id} is already loaded - unload it first or use another id"
+
+
+class VersionError(NyxplugError, ValueError):
+    """A version (lane) of a plugin was named that is not loaded, already loaded, one too
+    many, or still routed to (``load_version``, ``unload_version``, ``set_route``)."""
+
+    def __init__(self, plugin_id: int, version: str, problem: str, fix: str) -> None:
+        super().__init__(plugin_id, version, problem, fix)
+        self.plugin_id = plugin_id
+        self.version = version
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return (
+            f"{self.problem} - in version {self.version!r} of plugin {self.plugin_id}; {self.fix}"
+        )
 
 
 class AlreadyRegistered(NyxplugError):

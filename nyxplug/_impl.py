@@ -23,6 +23,7 @@ __all__ = (
     "decode_batch",
     "encode_batch",
     "env_flag",
+    "route_point",
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -68,6 +69,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         PluginRegistry,
         decode_batch,
         encode_batch,
+        route_point,
     )
 
     USE_EXTENSIONS = False
@@ -81,6 +83,7 @@ else:
             PluginRegistry,
             decode_batch,
             encode_batch,
+            route_point,
         )
 
         USE_EXTENSIONS = True
@@ -98,6 +101,7 @@ else:
             PluginRegistry,
             decode_batch,
             encode_batch,
+            route_point,
         )
 
         USE_EXTENSIONS = False

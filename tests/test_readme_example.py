@@ -35,6 +35,12 @@ def test_readme_example_prints_what_the_readme_says(pure: bool, tmp_path) -> Non
 RECOVERY = re.search(
     r"### Recovery\n.*?```python\n(.*?)```\n\nprints\n\n```text\n(.*?)```", README, re.S
 )
+ROLLOUT = re.search(
+    r"### Versions side by side and rollouts\n.*?```python\n(.*?)```\n\nprints[^\n]*\n\n"
+    r"```text\n(.*?)```",
+    README,
+    re.S,
+)
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
@@ -54,3 +60,20 @@ def test_readme_recovery_example_prints_what_the_readme_says(pure: bool, tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == RECOVERY.group(2)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_rollout_example(pure: bool, tmp_path) -> None:
+    assert ROLLOUT is not None
+    script = tmp_path / "rollout.py"
+    script.write_text(ROLLOUT.group(1), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NYXPLUG_NO_EXTENSIONS", None)
+    if pure:
+        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
+        env["NYXPLUG_NO_EXTENSIONS"] = "1"
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ROLLOUT.group(2)

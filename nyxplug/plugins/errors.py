@@ -16,6 +16,7 @@ __all__ = (
     "PluginNotFound",
     "PluginStateError",
     "ReloadFailed",
+    "RolloutStateError",
 )
 
 
@@ -113,4 +114,21 @@ class HandlerTimeout(NyxplugError, TimeoutError):
             f"Handler of plugin {self.name!r} (id {self.plugin_id}) exceeded its "
             f"{self.timeout:g} s timeout on a {frame_type_name(self.frame_type)} frame and was "
             "cancelled; raise [resources] handler_timeout or make the handler faster"
+        )
+
+
+class RolloutStateError(NyxplugError, RuntimeError):
+    """A rollout controller was asked for something its state does not allow."""
+
+    def __init__(self, plugin_id: int, action: str, state: str, fix: str) -> None:
+        super().__init__(plugin_id, action, state, fix)
+        self.plugin_id = plugin_id
+        self.action = action
+        self.state = state
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return (
+            f"Expected a rollout that allows {self.action}(), got one {self.state} - for "
+            f"plugin {self.plugin_id}; {self.fix}"
         )

@@ -1,0 +1,313 @@
+"""The rollout controller (issue 19, item 5) on a fake clock, on both twins and loops.
+
+Scenarios drive real lanes whose handlers fail exactly every k-th frame; the events
+they produce are compared with ``tests/data/rollout_golden.txt`` line by line (set
+``NYXPLUG_REGEN_GOLDEN=1`` to rewrite it after a deliberate change, and review the diff).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from breaker_helpers import FakeClock
+from conftest import TESTS
+from nyx_helpers import DATA, info
+
+from nyxplug import BreakerConfig, BreakerState, MatchRule
+from nyxplug.plugins.errors import RolloutStateError
+from nyxplug.plugins.rollout import (
+    RolloutConfig,
+    RolloutController,
+    RolloutEvent,
+    Rollouts,
+    RolloutState,
+)
+
+GOLDEN = TESTS / "data" / "rollout_golden.txt"
+
+
+@pytest.fixture(autouse=True)
+def quiet_handler_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """Failing frames are the point here: keep their logged tracebacks off the output."""
+    caplog.set_level(logging.CRITICAL, logger="nyxplug")
+
+
+class EveryKth(Exception):
+    """What a scripted lane raises on its k-th frames."""
+
+
+def failing_every(k: int) -> Any:
+    """A handler that fails exactly every ``k``-th frame it handles (never if k == 0)."""
+    seen = [0]
+
+    def handle(msg: Any) -> None:
+        seen[0] += 1
+        if k and seen[0] % k == 0:
+            raise EveryKth(seen[0])
+
+    return handle
+
+
+@dataclass
+class Scenario:
+    name: str
+    config: RolloutConfig
+    fail_every: int  # the candidate's; the stable lane fails every 500th frame
+    frames_per_interval: int
+    intervals: int
+    actions: dict[int, str]  # interval number -> operator action before its tick
+
+
+SCENARIOS = [
+    Scenario(
+        "healthy-canary",
+        RolloutConfig.canary(interval=60, min_frames=20, rollback_window=120),
+        0,
+        2000,
+        7,
+        {},
+    ),
+    Scenario("bad-canary-5pct", RolloutConfig.canary(interval=60, min_frames=20), 20, 2000, 5, {}),
+    Scenario("no-data-pauses", RolloutConfig.canary(interval=30, min_frames=20), 0, 0, 10, {}),
+    Scenario(
+        "worse-than-stable",  # 0.8 % is under the 1 % limit, but above stable's 0.2 % + 0.5
+        RolloutConfig.canary(steps=(50.0,), interval=60, min_frames=20, threshold=1),
+        125,
+        2000,
+        2,
+        {},
+    ),
+    Scenario(
+        "blue-green",
+        RolloutConfig.blue_green(interval=10, min_frames=50, rollback_window=25),
+        0,
+        400,
+        7,
+        {},
+    ),
+    Scenario(
+        "blue-green-mirrored",  # judged on copies while base serves everything; fails 1 in 40
+        RolloutConfig.blue_green(mirror=True, interval=10, min_frames=50, threshold=2),
+        40,
+        400,
+        3,
+        {},
+    ),
+    Scenario(
+        "split-30-held",
+        RolloutConfig.split(30, hold=100, interval=20, min_frames=20),
+        0,
+        300,
+        7,
+        {3: "promote"},
+    ),
+    Scenario(
+        "operator-pause-resume-rollback",
+        RolloutConfig.canary(interval=60, min_frames=20),
+        0,
+        2000,
+        6,
+        {1: "pause", 3: "resume", 5: "rollback"},
+    ),
+    Scenario(
+        "ab-by-key-set",  # only every 7th key goes to v2 (healthy): promoted after 3
+        RolloutConfig.ab(
+            (MatchRule("v2", keys=range(0, 10_000, 7)),),
+            iterations=3,
+            interval=60,
+            min_frames=20,
+        ),  # fmt: skip
+        0,
+        2000,
+        4,
+        {},
+    ),
+    Scenario(
+        "promoted-then-rolled-back",
+        RolloutConfig.canary(steps=(50.0,), interval=60, min_frames=20),
+        0,
+        1000,
+        3,
+        {2: "rollback"},
+    ),
+]
+
+
+async def run_scenario(impl: Any, scenario: Scenario) -> list[str]:
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), failing_every(500), capacity=100_000)
+    await d.load_version(7, "v2", failing_every(scenario.fail_every), capacity=100_000)
+    seen: list[RolloutEvent] = []
+    ctl = RolloutController(d, 7, "base", "v2", scenario.config, clock=clock, on_event=seen.append)
+    ctl.start()
+    header = impl.PluginHeader(7)
+    key = 0
+    for interval in range(1, scenario.intervals + 1):
+        for _ in range(scenario.frames_per_interval):
+            d.dispatch_nowait(DATA, header, b"", key=key)
+            key += 1
+        await d.wait_idle()
+        clock.advance(scenario.config.interval)
+        action = scenario.actions.get(interval)
+        if action is not None and ctl.state not in (
+            RolloutState.SUCCEEDED,
+            RolloutState.ROLLED_BACK,
+            RolloutState.ABORTED,
+        ):
+            getattr(ctl, action)()
+        ctl.tick()
+    # the ledger: every frame on one lane, per version and in total
+    stats = d.version_stats(7)
+    total = sum(s.messages_processed + s.queue_depth + s.dropped for s in stats.values())
+    copies = sum(d.route_info(7).shadowed.values())
+    assert total - copies == d.dispatch_stats().frames_dispatched == key
+    assert seen == ctl.events
+    await d.aclose()
+    return [f"{scenario.name}: {event}" for event in ctl.events]
+
+
+async def test_golden_event_sequences(impl: Any) -> None:
+    lines: list[str] = []
+    for scenario in SCENARIOS:
+        lines.extend(await run_scenario(impl, scenario))
+    text = "\n".join(lines) + "\n"
+    if os.environ.get("NYXPLUG_REGEN_GOLDEN", "").strip().lower() in {"1", "true", "yes", "on"}:
+        GOLDEN.write_text(text, "utf-8")
+    assert text.splitlines() == GOLDEN.read_text("utf-8").splitlines()
+
+
+async def test_rollback_timing_follows_the_configuration(impl: Any) -> None:
+    """5 % failing against a 1 % limit: rolled back at interval x threshold."""
+    lines = await run_scenario(impl, SCENARIOS[1])
+    config = SCENARIOS[1].config
+    assert lines[-1].startswith(f"bad-canary-5pct: {config.interval * config.threshold:.3f} ")
+    assert " rolled_back rolled_back " in lines[-1]
+
+
+async def test_healthy_canary_promotes_after_interval_times_steps(impl: Any) -> None:
+    lines = await run_scenario(impl, SCENARIOS[0])
+    config = SCENARIOS[0].config
+    promoted = [line for line in lines if " promoted promoted " in line]
+    assert promoted[0].startswith(f"healthy-canary: {config.interval * len(config.steps):.3f} ")
+    assert lines[-1].split()[2:4] == ["finalised", "succeeded"]
+
+
+async def test_every_state_accepts_every_operator_action(impl: Any) -> None:
+    """Abort, pause, resume, promote and rollback from every non-terminal state."""
+    reach = {
+        RolloutState.PROGRESSING: [],
+        RolloutState.PAUSED: ["pause"],
+        RolloutState.AWAITING_PROMOTION: [],
+        RolloutState.PROMOTED: ["promote"],
+    }
+    for state, path in reach.items():
+        for action in ("abort", "pause", "resume", "promote", "rollback"):
+            clock = FakeClock(start=0.0)
+            d = impl.Dispatcher()
+            await d.load_plugin(info(7), capacity=1000)
+            await d.load_version(7, "v2", capacity=1000)
+            auto = state is not RolloutState.AWAITING_PROMOTION
+            config = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=1)
+            if not auto:
+                config = RolloutConfig.split(50, hold=10, interval=1, min_frames=1)
+            ctl = RolloutController(d, 7, "base", "v2", config, clock=clock)
+            ctl.start()
+            if state is RolloutState.AWAITING_PROMOTION:
+                for key in range(20):
+                    d.dispatch_nowait(DATA, impl.PluginHeader(7), b"", key=key)
+                await d.wait_idle()
+                clock.advance(1)
+                ctl.tick()
+            for step in path:
+                getattr(ctl, step)()
+            assert ctl.state is state, (state, ctl.events)
+            getattr(ctl, action)()
+            route = d.route_info(7)
+            if action in ("abort", "rollback"):
+                assert ctl.state in (RolloutState.ABORTED, RolloutState.ROLLED_BACK)
+                assert (route.stable, route.candidate) == ("base", None)
+                with pytest.raises(
+                    RolloutStateError, match=rf"^Expected a rollout that allows {action}\(\)"
+                ):
+                    getattr(ctl, action)()
+            elif action == "promote":
+                assert ctl.state is RolloutState.PROMOTED
+                assert (route.stable, route.candidate) == ("v2", None)
+                assert sorted(d.version_stats(7)) == ["base", "v2"]  # kept warm
+            # every non-terminal state ends by its deadline
+            clock.advance(1000)
+            ctl.tick()
+            assert ctl.state in (
+                RolloutState.SUCCEEDED,
+                RolloutState.ROLLED_BACK,
+                RolloutState.ABORTED,
+            )
+            await d.aclose()
+
+
+async def test_open_candidate_breaker_fails_the_check(impl: Any) -> None:
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", capacity=1000)
+    d.set_breaker(7, BreakerConfig(), clock=clock, version="v2")
+    config = RolloutConfig.canary(interval=1, min_frames=1, threshold=1)
+    ctl = RolloutController(d, 7, "base", "v2", config, clock=clock)
+    ctl.start()
+    d.set_breaker_state(7, BreakerState.FORCED_OPEN, version="v2")
+    clock.advance(1)
+    ctl.tick()
+    assert ctl.state is RolloutState.ROLLED_BACK
+    assert "candidate breaker forced_open" in ctl.events[-2].detail
+    await d.aclose()
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^Expected `steps` rising above 0 \(from 0 only with `rules` or `shadow`\)",
+    ):
+        RolloutConfig(steps=(10.0, 5.0))
+    with pytest.raises(ValueError, match=r"^Expected `max_error_rate` in 0..1, got 2"):
+        RolloutConfig(max_error_rate=2)
+    with pytest.raises(TypeError, match=r"^Expected `threshold` to be an int, got float$"):
+        RolloutConfig(threshold=1.5)  # type: ignore[arg-type]
+    config = RolloutConfig(interval=10)
+    assert config.deadline == 10 * (1 + 2 + 3)
+
+
+async def test_rollouts_registry_is_the_ladders_rollback_rung(impl: Any) -> None:
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", capacity=1000)
+    await d.load_version(7, "v3", capacity=1000)
+    seen: list[tuple[int, str]] = []
+    rollouts = Rollouts(d, clock=clock, on_event=lambda pid, e: seen.append((pid, e.kind)))
+    assert rollouts.rollback(7) is None  # nothing to go back to
+    config = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=1, rollback_window=5)
+    ctl = rollouts.start(7, "base", "v2", config)
+    with pytest.raises(RolloutStateError, match=r"^Expected a rollout that allows start\(\)"):
+        rollouts.start(7, "base", "v3", config)
+    for key in range(50):
+        d.dispatch_nowait(DATA, impl.PluginHeader(7), b"", key=key)
+    await d.wait_idle()
+    clock.advance(1)
+    rollouts.tick()
+    assert ctl.state is RolloutState.PROMOTED
+    clock.advance(5)
+    rollouts.tick()
+    assert ctl.state is RolloutState.SUCCEEDED and d.route_info(7).stable == "v2"
+    assert rollouts.rollback(7) == "base"  # the version the rollout replaced, still loaded
+    assert d.route_info(7).stable == "base"
+    second = rollouts.start(7, "base", "v3", config)
+    assert rollouts.get(7) is second
+    assert rollouts.rollback(7) == "base" and second.state is RolloutState.ROLLED_BACK
+    assert rollouts.rollback(7) is None
+    assert seen[0] == (7, "started") and seen[-1] == (7, "rolled_back")
+    await d.aclose()
