@@ -77,7 +77,15 @@ class ReplySink:
 
     def set_result(self, result: bytes | None, /) -> None:
         """Deliver the reply: ``fn(*args, result, None)``."""
-        self._deliver(result, None)
+        if self._done:
+            raise asyncio.InvalidStateError(f"Expected one reply, got a second - in {self!r}")
+        self._done = True
+        try:
+            self._context.run(self._fn, *self._args, result, None)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # as the loop treats a raising callback
+            self._report(exc)
 
     def set_exception(self, exception: BaseException, /) -> None:
         """Deliver a failure: ``fn(*args, None, exception)``."""
@@ -92,9 +100,12 @@ class ReplySink:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # as the loop treats a raising callback
-            asyncio.get_running_loop().call_exception_handler(
-                {"message": f"Exception in reply sink {self._fn!r}", "exception": exc}
-            )
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": f"Exception in reply sink {self._fn!r}", "exception": exc}
+        )
 
     def __repr__(self) -> str:
         state = "done" if self._done else "pending"

@@ -304,7 +304,11 @@ class RemoteDispatcher:
         limit = None if timeout is None else check_timeout(timeout)
         msg = self._message(frame_type, header, payload)
         plugin_id = msg.header.id
-        if self._take(plugin_id) != _OK:
+        credit = self._credit
+        have = credit.get(plugin_id, 0)
+        if have > 0 and self._reason is None and not self._waiters.get(plugin_id):
+            credit[plugin_id] = have - 1  # _take's common case, inline
+        elif self._take(plugin_id) != _OK:
             await self._wait_credit(plugin_id, frame_type)
         request_id = self._next_request
         self._next_request = request_id + 1
@@ -494,6 +498,9 @@ class RemoteDispatcher:
             for kind, body in self._reader.feed(data):
                 if kind == _REPLY:
                     self._reply(decode(kind, body))
+                elif kind == _CREDIT:
+                    for plugin_id, n in decode(kind, body).credits:
+                        self._add_credit(plugin_id, n)
                 else:
                     self._handle(kind, body)
         except SessionViolation as exc:
