@@ -131,6 +131,7 @@ from ._impl import (
 )
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports
+from ._replies import ReplySink as ReplySink
 from ._runner import run as run
 from ._stats import DispatchStats as DispatchStats
 from ._stats import PluginStats as PluginStats
@@ -181,6 +182,7 @@ __all__ = (
     "PluginRegistry",
     "PluginStats",
     "RemoteDispatcher",
+    "ReplySink",
     "ReplyTimeout",
     "RequestDropped",
     "SandboxViolation",

@@ -30,10 +30,10 @@ from nyxplug import (
     PermissionDenied,
     PluginClosed,
     PluginNotRegistered,
+    ReplySink,
     ReplyTimeout,
     RequestDropped,
 )
-from nyxplug._replies import ReplySink
 from nyxplug.plugins.api import PluginContext
 from nyxplug.sandbox import SandboxPolicy, current_guard
 
