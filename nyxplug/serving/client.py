@@ -49,6 +49,8 @@ from .wire import (
 __all__ = ("ClientStats", "RemoteDispatcher", "parse_target")
 
 _STATUSES = len(DispatchStatus)
+#: What a REPLY resolves its request's future with: (status, value, error name, message).
+_Answer = tuple[int, bytes | None, str, str]
 #: A BATCH of one frame: the message prefix (5), seq and count (12), the frame's entry (7).
 _BATCH_OVERHEAD = 24
 _OK = DispatchStatus.OK
@@ -165,7 +167,7 @@ class RemoteDispatcher:
         self._max_batch = batch_frames
         self._seq = 0
         self._next_request = 0
-        self._requests: dict[int, asyncio.Future[Any]] = {}
+        self._requests: dict[int, asyncio.Future[_Answer]] = {}
         self._batch_sent = 0
         self._batch_acked = [0] * _STATUSES
         self._acked_seq = 0
@@ -312,7 +314,7 @@ class RemoteDispatcher:
             await self._wait_credit(plugin_id, frame_type)
         request_id = self._next_request
         self._next_request = request_id + 1
-        future: asyncio.Future[Any] = self._loop.create_future()
+        future: asyncio.Future[_Answer] = self._loop.create_future()
         self._requests[request_id] = future
         if self._batch:
             self._flush()  # keep the order of the frames before it
@@ -330,7 +332,7 @@ class RemoteDispatcher:
                 raise ReplyTimeout(plugin_id, frame_type, limit, True) from None
         if name:
             raise remote_error(name, text)
-        return cast("bytes | None", value)
+        return value
 
     def statistics(self) -> ClientStats:
         """The ledger now (an immutable snapshot)."""
@@ -499,8 +501,12 @@ class RemoteDispatcher:
                 if kind == _REPLY:
                     self._reply(decode(kind, body))
                 elif kind == _CREDIT:
+                    credit, waiters = self._credit, self._waiters
                     for plugin_id, n in decode(kind, body).credits:
-                        self._add_credit(plugin_id, n)
+                        if waiters.get(plugin_id):
+                            self._add_credit(plugin_id, n)
+                        else:  # nobody waits: _add_credit's common case, inline
+                            credit[plugin_id] = credit.get(plugin_id, 0) + n
                 else:
                     self._handle(kind, body)
         except SessionViolation as exc:

@@ -637,8 +637,10 @@ class SessionProtocol(asyncio.Protocol):
             )
             try:
                 waiting = submitting.send(None)
-            except StopIteration:
-                self._submitted(plugin_id)
+            except StopIteration:  # _submitted(plugin_id), inline
+                self._request_counts[0] += 1
+                self._grant_one(plugin_id)
+                self._unanswered += 1
                 return None
             except DispatchError as exc:
                 self._refused(request_id, plugin_id, exc)
