@@ -19,8 +19,10 @@ them all; frames/s is the best of ``--rounds`` runs:
   ``cbor2`` frames, an ``asyncio.Queue`` and a worker task; the end is a marker frame the
   worker answers.
 
-Then the request round trip (one frame, p50 of 2,000) against a plain asyncio echo server
-on the same loop kind, and the server's RSS while peers flood it ignoring their credit.
+Then the request round trip (one frame, p50 and p99 of 2,000; ``--blocks B`` alternates B
+blocks of each and reports the medians; ``--only round-trip`` runs just that) against a
+plain asyncio echo server on the same loop kind, and the server's RSS while peers flood it
+ignoring their credit.
 """
 
 from __future__ import annotations
@@ -339,7 +341,53 @@ async def flood(port: int, credit: int, seconds: float, server: Server) -> tuple
     return peak, refused
 
 
+def _percentile(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def round_trip_report(args: argparse.Namespace) -> None:
+    """The request round trip against the echo server, in ``--blocks`` alternating blocks
+    (session, echo, session, echo...) of ``--round-trips`` each, so a change in the other
+    work on a shared machine hits both alike; prints the median over blocks of each
+    block's p50 and p99."""
+    session = Server("session", args.loop, args.credit)
+    echo = Server("echo", args.loop, args.credit)
+    p50: dict[str, list[float]] = {"session": [], "echo": []}
+    p99: dict[str, list[float]] = {"session": [], "echo": []}
+    try:
+        await session_round_trips(session.port, 200)  # warm up
+        await echo_round_trips(echo.port, 200)
+        for _ in range(args.blocks):
+            for kind, measure, port in (
+                ("session", session_round_trips, session.port),
+                ("echo", echo_round_trips, echo.port),
+            ):
+                times = await measure(port, args.round_trips)
+                p50[kind].append(statistics.median(times))
+                p99[kind].append(_percentile(times, 0.99))
+    finally:
+        session.close()
+        echo.close()
+    ours, theirs = statistics.median(p50["session"]), statistics.median(p50["echo"])
+    print(
+        f"request round trip p50: session {ours * 1e6:.1f} us, asyncio echo {theirs * 1e6:.1f} "
+        f"us, ratio {ours / theirs:.2f}; p99: session "
+        f"{statistics.median(p99['session']) * 1e6:.1f} us, asyncio echo "
+        f"{statistics.median(p99['echo']) * 1e6:.1f} us (medians of {args.blocks} alternating "
+        f"blocks of {args.round_trips})"
+    )
+    if args.blocks > 1:
+        blocks = ", ".join(
+            f"{a * 1e6:.1f}/{b * 1e6:.1f}" for a, b in zip(p50["session"], p50["echo"], strict=True)
+        )
+        print(f"  p50 per block, session/echo (us): {blocks}")
+
+
 async def run_all(args: argparse.Namespace) -> None:
+    if args.only == "round-trip":
+        await round_trip_report(args)
+        return
     rates: dict[str, float] = {}
     import tempfile
 
@@ -363,19 +411,7 @@ async def run_all(args: argparse.Namespace) -> None:
     for kind in ("session", "session-tls", "interop", "baseline"):
         print(f"| {kind} | {rates[kind]:,.0f} | {rates[kind] / rates['baseline']:.1f}x |")
 
-    session = Server("session", args.loop, args.credit)
-    echo = Server("echo", args.loop, args.credit)
-    try:
-        await session_round_trips(session.port, 200)  # warm up
-        ours = statistics.median(await session_round_trips(session.port, args.round_trips))
-        theirs = statistics.median(await echo_round_trips(echo.port, args.round_trips))
-    finally:
-        session.close()
-        echo.close()
-    print(
-        f"request round trip p50: session {ours * 1e6:.1f} us, asyncio echo {theirs * 1e6:.1f} "
-        f"us, ratio {ours / theirs:.2f}"
-    )
+    await round_trip_report(args)
 
     server = Server("session", args.loop, args.credit)
     try:
@@ -402,7 +438,9 @@ def main() -> None:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     parser.add_argument("--credit", type=int, default=4096)
     parser.add_argument("--flood-seconds", type=float, default=3.0)
-    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--round-trips", type=int, default=2000, help="per block")
+    parser.add_argument("--blocks", type=int, default=1, help="alternating round-trip blocks")
+    parser.add_argument("--only", choices=("all", "round-trip"), default="all")
     parser.add_argument(
         "--serve", choices=("session", "session-tls", "interop", "baseline", "echo")
     )

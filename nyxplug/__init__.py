@@ -135,6 +135,7 @@ from ._impl import (
 from ._impl import route_point as route_point
 from ._info import PluginInfo as PluginInfo
 from ._lazy import lazy_exports as _lazy_exports
+from ._replies import ReplySink as ReplySink
 from ._routing import MatchRule as MatchRule
 from ._routing import RouteInfo as RouteInfo
 from ._runner import run as run
@@ -188,6 +189,7 @@ __all__ = (
     "PluginRegistry",
     "PluginStats",
     "RemoteDispatcher",
+    "ReplySink",
     "ReplyTimeout",
     "RequestDropped",
     "RouteInfo",

@@ -7,7 +7,7 @@ from the twin's, and ``make typecheck`` runs ``mypy.stubtest`` against the built
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import Any, final
+from typing import Any, TypeVar, final, overload
 
 from typing_extensions import disjoint_base
 
@@ -16,10 +16,13 @@ from nyxplug._breaker import BreakerConfig, BreakerState, BreakerStats
 from nyxplug._constants import DispatchStatus, Permission
 from nyxplug._handlers import Handler
 from nyxplug._info import PluginInfo
+from nyxplug._replies import ReplyTarget
 from nyxplug._routing import MatchRule, RouteInfo
 from nyxplug._stats import DispatchStats, PluginStats
 from nyxplug._validate import BytesLike
 from nyxplug.sandbox import SandboxGuard, SandboxPolicy
+
+_Target = TypeVar("_Target", bound=ReplyTarget)
 
 __all__ = (
     "Dispatcher",
@@ -202,9 +205,24 @@ class Dispatcher:
         *,
         timeout: float | None = None,
     ) -> bytes | None: ...
+    @overload
     async def submit(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        reply_to: None = None,
     ) -> asyncio.Future[bytes | None]: ...
+    @overload
+    async def submit(
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        reply_to: _Target,
+    ) -> _Target: ...
     @property
     def registry(self) -> PluginRegistry: ...
     def plugin_stats(self, plugin_id: int) -> PluginStats | None: ...

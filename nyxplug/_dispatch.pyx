@@ -1014,7 +1014,7 @@ cdef class _Runtime:
     # (None: calls are not timed).
     cdef double overrun_limit
     cdef object on_overrun
-    # Requests waiting for their reply: message -> future (see _replies).
+    # Requests waiting for their reply: message -> reply target (see _replies).
     cdef dict replies
     cdef unsigned long long processed
     cdef unsigned long long errors
@@ -1979,7 +1979,7 @@ cdef class Dispatcher:
             parked = self._wait_for_space(rt, msg)
         return await await_reply(parked, rt.replies, msg, reply, limit, rt.entry.info, msg.frame_type)
 
-    async def submit(self, frame_type, header, payload=b""):
+    async def submit(self, frame_type, header, payload=b"", *, reply_to=None):
         """Route one frame like ``dispatch`` (waiting for space, FIFO) and, once it is
         enqueued, return a future for its reply: ``request`` in two steps.
 
@@ -1987,6 +1987,9 @@ cdef class Dispatcher:
         the futures to answer in order while later frames go on. The future gets what
         ``request`` would return or raise (a reply, ``None``, ``HandlerError``,
         ``RequestDropped``). Cancelled before the frame was enqueued, nothing happened.
+        ``reply_to`` (a ``ReplySink``, or a future of yours) takes the reply instead of a
+        new future, and is returned: a sink is called by the worker as it answers, one
+        loop iteration before a future's callbacks would run.
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("submit")
@@ -2003,7 +2006,7 @@ cdef class Dispatcher:
             self._enqueue(rt, msg)
         else:
             await self._wait_for_space(rt, msg)
-        reply = rt.loop.create_future()
+        reply = rt.loop.create_future() if reply_to is None else reply_to
         rt.replies[msg] = reply
         return reply
 

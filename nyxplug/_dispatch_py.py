@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 from ._batch import MAX_MESSAGE_LIMIT, BatchResult, bad_length, frame_list
 from ._breaker import REFUSAL_REASONS, BreakerConfig, BreakerState, BreakerStats, CircuitBreaker
@@ -77,7 +77,16 @@ from ._frames import (
 from ._handlers import Handler, log_handler_error, report_overrun, resolve_handler
 from ._info import PluginInfo, permission_mask
 from ._refused import Refused
-from ._replies import abandon, await_reply, check_timeout, fail, fail_batch, settle, settle_batch
+from ._replies import (
+    ReplyTarget,
+    abandon,
+    await_reply,
+    check_timeout,
+    fail,
+    fail_batch,
+    settle,
+    settle_batch,
+)
 from ._routing import (
     BASE_VERSION,
     MAX_VERSIONS,
@@ -120,6 +129,8 @@ __all__ = (
     "encode_batch",
     "route_point",
 )
+
+_Target = TypeVar("_Target", bound=ReplyTarget)
 
 _OK = DispatchStatus.OK
 _WOULD_BLOCK = DispatchStatus.WOULD_BLOCK
@@ -597,8 +608,8 @@ class _Runtime:
         # (None: calls are not timed).
         self.overrun_limit = 0.0
         self.on_overrun: Callable[[Any, float], object] | None = None
-        # Requests waiting for their reply: message -> future (see _replies).
-        self.replies: dict[PluginMessage, asyncio.Future[bytes | None]] = {}
+        # Requests waiting for their reply: message -> reply target (see _replies).
+        self.replies: dict[PluginMessage, ReplyTarget] = {}
         self.processed = 0
         self.errors = 0
         self.bytes = 0
@@ -1424,9 +1435,32 @@ class Dispatcher:
             parked, rt.replies, msg, reply, limit, rt.entry.info, msg._frame_type
         )
 
+    @overload
     async def submit(
-        self, frame_type: int, header: PluginHeader | BytesLike, payload: BytesLike = b""
-    ) -> asyncio.Future[bytes | None]:
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        reply_to: None = None,
+    ) -> asyncio.Future[bytes | None]: ...
+    @overload
+    async def submit(
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        reply_to: _Target,
+    ) -> _Target: ...
+    async def submit(
+        self,
+        frame_type: int,
+        header: PluginHeader | BytesLike,
+        payload: BytesLike = b"",
+        *,
+        reply_to: ReplyTarget | None = None,
+    ) -> ReplyTarget:
         """Route one frame like ``dispatch`` (waiting for space, FIFO) and, once it is
         enqueued, return a future for its reply: ``request`` in two steps.
 
@@ -1434,6 +1468,9 @@ class Dispatcher:
         the futures to answer in order while later frames go on. The future gets what
         ``request`` would return or raise (a reply, ``None``, ``HandlerError``,
         ``RequestDropped``). Cancelled before the frame was enqueued, nothing happened.
+        ``reply_to`` (a ``ReplySink``, or a future of yours) takes the reply instead of a
+        new future, and is returned: a sink is called by the worker as it answers, one
+        loop iteration before a future's callbacks would run.
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("submit")
@@ -1446,7 +1483,7 @@ class Dispatcher:
             self._enqueue(rt, msg)
         else:
             await self._wait_for_space(rt, msg)
-        reply: asyncio.Future[bytes | None] = rt.loop.create_future()
+        reply = rt.loop.create_future() if reply_to is None else reply_to
         rt.replies[msg] = reply
         return reply
 

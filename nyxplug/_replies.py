@@ -1,26 +1,34 @@
 """Replies to ``Dispatcher.request`` (SPEC 8), shared by both dispatcher twins.
 
 A request is an ordinary frame whose message is also a key of its runtime's
-``replies`` dict (message -> future). Plain frames never touch that dict: the worker
-only looks at a handler's return value while the dict is non-empty, so ``dispatch``,
-``dispatch_nowait`` and ``try_dispatch`` pay nothing for replies.
+``replies`` dict (message -> reply target, see below). Plain frames never touch that
+dict: the worker only looks at a handler's return value while the dict is non-empty, so
+``dispatch``, ``dispatch_nowait`` and ``try_dispatch`` pay nothing for replies.
 
 Batch handlers: ``handle_batch`` may return ``None`` (every request in the batch gets
 ``None``) or a list with one reply per message, in order. The return value is only
 inspected when the batch holds a request, and each request is answered when its whole
 batch is done.
+
+A reply goes to a *reply target*: the future ``request`` and ``submit`` make, or a
+``ReplySink`` given to ``submit(..., reply_to=)``. A future runs its callbacks one loop
+iteration after the worker answers it; a sink is called in the worker's own step, so a
+server writes the reply that much sooner (the session server's request round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from ._errors import HandlerError, ReplyTimeout, RequestDropped
 
 __all__ = (
+    "ReplySink",
+    "ReplyTarget",
     "abandon",
     "await_reply",
     "check_timeout",
@@ -31,6 +39,77 @@ __all__ = (
 )
 
 _BYTES_LIKE = (bytearray, memoryview)
+
+
+class ReplyTarget(Protocol):
+    """Where a request's reply goes: an ``asyncio.Future`` or a ``ReplySink``. The worker
+    calls ``set_result`` (the reply) or ``set_exception`` (``HandlerError``,
+    ``RequestDropped``) once, and only while ``done()`` is False."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: bytes | None, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class ReplySink:
+    """A reply target that is a call: once the handler has answered, the plugin's worker
+    calls ``fn(*args, value, error)`` - ``value`` the reply (``None``: none) and ``error``
+    ``None``, or ``value`` ``None`` and ``error`` the exception a future would get.
+
+    Why not a future: a future's callbacks run on the loop's next iteration, after a
+    handle was scheduled for them; the sink runs in the worker's step that produced the
+    reply. ``fn`` runs in a copy of the context the sink was made in (as a done callback
+    would), so it is never checked against the plugin's sandbox guard. It must not block;
+    an exception it raises goes to the loop's exception handler, never into the worker.
+    """
+
+    __slots__ = ("_args", "_context", "_done", "_fn")
+
+    def __init__(self, fn: Callable[..., object], *args: Any) -> None:
+        self._fn = fn
+        self._args = args
+        self._context = contextvars.copy_context()
+        self._done = False
+
+    def done(self) -> bool:
+        """True once the reply was delivered."""
+        return self._done
+
+    def set_result(self, result: bytes | None, /) -> None:
+        """Deliver the reply: ``fn(*args, result, None)``."""
+        if self._done:
+            raise asyncio.InvalidStateError(f"Expected one reply, got a second - in {self!r}")
+        self._done = True
+        try:
+            self._context.run(self._fn, *self._args, result, None)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # as the loop treats a raising callback
+            self._report(exc)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        """Deliver a failure: ``fn(*args, None, exception)``."""
+        self._deliver(None, exception)
+
+    def _deliver(self, value: bytes | None, error: BaseException | None) -> None:
+        if self._done:
+            raise asyncio.InvalidStateError(f"Expected one reply, got a second - in {self!r}")
+        self._done = True
+        try:
+            self._context.run(self._fn, *self._args, value, error)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # as the loop treats a raising callback
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": f"Exception in reply sink {self._fn!r}", "exception": exc}
+        )
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "pending"
+        return f"<ReplySink {self._fn!r} {state}>"
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -48,7 +127,7 @@ def check_timeout(timeout: object) -> float | None:
 
 async def await_reply(
     parked: Awaitable[None] | None,
-    replies: dict[Any, asyncio.Future[Any]],
+    replies: dict[Any, Any],
     msg: Any,
     reply: asyncio.Future[Any],
     timeout: float | None,

@@ -136,7 +136,8 @@ def test_twins_async_methods_agree(twins: list[Any]) -> None:
 
 def _declared_signatures(path: Path) -> dict[str, str]:
     """Every public ``def`` of a module and of its public classes, as written: decorators,
-    ``async``, parameter names, kinds and annotations, and the return annotation.
+    ``async``, parameter names, kinds and annotations, and the return annotation; for an
+    overloaded one every ``@overload`` (the twin's implementation after them is not API).
 
     Defaults count only as present: the stub writes ``4096`` where the twin names
     ``DEFAULT_MAX_HEADER_SIZE``; stubtest and ``test_twins_have_the_same_public_api``
@@ -155,7 +156,13 @@ def _declared_signatures(path: Path) -> dict[str, str]:
         decorators = "".join(f"@{ast.unparse(d)} " for d in node.decorator_list)
         is_async = "async " if isinstance(node, ast.AsyncFunctionDef) else ""
         returns = ast.unparse(node.returns) if node.returns else "(none)"
-        found[owner + node.name] = f"{decorators}{is_async}({ast.unparse(args)}) -> {returns}"
+        signature = f"{decorators}{is_async}({ast.unparse(args)}) -> {returns}"
+        key = owner + node.name
+        overloaded = found.get(key, "").startswith("@overload ")
+        if overloaded and decorators.startswith("@overload "):
+            found[key] += " | " + signature  # every overload, in order
+        elif not overloaded:  # (the twin's implementation after its overloads: not API)
+            found[key] = signature
 
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.ClassDef):

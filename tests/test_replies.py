@@ -7,6 +7,7 @@ handlers hold frames on a ``Gate`` and tests await its events, under the loop ti
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import pickle
@@ -29,10 +30,12 @@ from nyxplug import (
     PermissionDenied,
     PluginClosed,
     PluginNotRegistered,
+    ReplySink,
     ReplyTimeout,
     RequestDropped,
 )
 from nyxplug.plugins.api import PluginContext
+from nyxplug.sandbox import SandboxPolicy, current_guard
 
 
 def handler_error_msg(plugin_id: int, frame: str, error: str) -> str:
@@ -314,6 +317,123 @@ async def test_the_ledger_holds_with_requests_mixed_in(impl) -> None:
     ledger.calls += 1
     await d.wait_idle(7)
     assert_accounting(d, ledger.enqueued, ledger.calls)
+    await d.aclose()
+
+
+# -- reply targets: submit(reply_to=...) and ReplySink -------------------------------------
+
+
+class Sink:
+    """What a ``ReplySink`` delivered, with the context and guard it ran under."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.events: list[str] = []
+
+    def __call__(self, tag: str, value: bytes | None, error: BaseException | None) -> None:
+        self.calls.append((tag, value, error, SINK_VAR.get(), current_guard()))
+        self.events.append("sink")
+
+
+SINK_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("SINK_VAR", default="unset")
+
+
+async def test_a_reply_sink_is_called_in_the_workers_step(impl) -> None:
+    loop = asyncio.get_running_loop()
+    sink = Sink()
+
+    guards: list[Any] = []
+
+    def handler(message: Any) -> bytes:
+        guards.append(current_guard())
+        # anything the handler schedules runs on the next loop iteration: after the sink
+        loop.call_soon(sink.events.append, "next iteration")
+        return b"re:" + message.payload
+
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), handler, sandbox=SandboxPolicy.permissive())
+    token = SINK_VAR.set("the submitter's")
+    target = ReplySink(sink, "one")
+    SINK_VAR.reset(token)
+    assert repr(target).startswith("<ReplySink <") and repr(target).endswith(" pending>")
+    assert await d.submit(DATA, impl.PluginHeader(7), b"x", reply_to=target) is target
+    await d.wait_idle(7)
+    # run in a copy of the submitter's context, outside the plugin's sandbox guard
+    assert sink.calls == [("one", b"re:x", None, "the submitter's", None)]
+    assert guards[0] is not None
+    assert target.done() and repr(target).endswith(" done>")
+    await asyncio.sleep(0)  # let "next iteration" run
+    assert sink.events == ["sink", "next iteration"]
+
+    # a future's callbacks, by contrast, run a loop iteration after the worker answered
+    future = await d.submit(DATA, impl.PluginHeader(7), b"y")
+    future.add_done_callback(lambda _f: sink.events.append("future callback"))
+    sink.events.clear()
+    await future
+    await asyncio.sleep(0)
+    assert sink.events == ["next iteration", "future callback"]
+    assert_accounting(d, {7: 2}, calls=2)
+    await d.aclose()
+
+
+async def test_a_reply_sink_gets_handler_errors_and_dropped_requests(impl) -> None:
+    sink = Sink()
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), echo)
+    header = impl.PluginHeader(7)
+    await d.submit(DATA, header, b"boom", reply_to=ReplySink(sink, "raised"))
+    await d.submit(DATA, header, b"", reply_to=ReplySink(sink, "none"))
+    await d.wait_idle(7)
+    [(tag, value, error, _, _), none] = sink.calls
+    assert (tag, value, none[:3]) == ("raised", None, ("none", None, None))
+    assert isinstance(error, HandlerError) and isinstance(error.__cause__, ValueError)
+    assert str(error) == str(HandlerError.caused_by(7, DATA, ValueError("boom"), info(7)))
+
+    gate = ReplyingGate()
+    await d.load_plugin(info(8), gate, capacity=4)
+    dropped = ReplySink(sink, "dropped")
+    await d.submit(DATA, impl.PluginHeader(8), b"in flight")
+    await gate.entered()
+    await d.submit(DATA, impl.PluginHeader(8), b"queued", reply_to=dropped)
+    unload = await started_task(lambda: d.unload_plugin(8, drain=False))
+    gate.open()
+    await unload
+    assert dropped.done() and isinstance(sink.calls[-1][2], RequestDropped)
+    await d.aclose()
+
+
+async def test_a_raising_reply_sink_goes_to_the_loop_not_the_worker(impl) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    def broken(value: bytes | None, error: BaseException | None) -> None:
+        raise RuntimeError("sink failed")
+
+    try:
+        d = impl.Dispatcher()
+        await d.load_plugin(info(7), echo)
+        header = impl.PluginHeader(7)
+        target = await d.submit(DATA, header, b"a", reply_to=ReplySink(broken))
+        assert await d.request(DATA, header, b"b") == b"B"  # the worker still works
+    finally:
+        loop.set_exception_handler(previous)
+    [context] = reported
+    assert context["message"] == f"Exception in reply sink {broken!r}"
+    assert isinstance(context["exception"], RuntimeError)
+    with pytest.raises(asyncio.InvalidStateError, match=r"^Expected one reply, got a second - "):
+        target.set_result(b"again")
+    assert d.plugin_stats(7).errors == 0
+    await d.aclose()
+
+
+async def test_submit_takes_a_future_as_its_reply_target(impl) -> None:
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), echo)
+    mine: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+    assert await d.submit(DATA, impl.PluginHeader(7), b"hi", reply_to=mine) is mine
+    assert await mine == b"HI"
     await d.aclose()
 
 

@@ -39,9 +39,11 @@ from nyxplug.serving.wire import (
     PREFIX,
     SERVER_KINDS,
     Ack,
+    Credit,
     Error,
     Hello,
     Kind,
+    Reply,
     SessionReader,
     Welcome,
     decode,
@@ -281,6 +283,44 @@ async def test_a_batch_cut_short_counts_no_frame_and_earlier_ones_are_acknowledg
     await served.close()
     stats = served.service.stats()
     assert (stats.frames, stats.count(OK), stats.batches) == (3, 3, 1)
+    check_server_ledger(stats)
+    await d.aclose()
+
+
+async def test_a_requests_grant_leaves_with_its_reply_or_after_the_credit_delay(impl) -> None:
+    d = impl.Dispatcher()
+    gate = Gate()
+    await d.load_plugin(info(7), echo)
+    await d.load_plugin(info(8), gate)
+    served, port = await serve(d, credit=1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await hello(reader, writer)
+
+    def request(request_id: int, plugin_id: int, payload: bytes) -> bytes:
+        message = impl.PluginMessage(DATA, impl.PluginHeader(plugin_id), payload)
+        return bytes(impl.encode_batch(Kind.REQUEST, request_id, [message]))
+
+    async def next_message() -> Any:
+        kind, body = await read_message(reader)
+        return decode(kind, body)
+
+    # a quick handler: the grant rides on the REPLY's write (CREDIT first)
+    writer.write(request(0, 7, b"a"))
+    assert await next_message() == Credit([(7, 1)])
+    assert await next_message() == Reply(0, OK, b"A", "", "")
+    # a held handler: the grant leaves on its own (the credit timer), before the reply
+    writer.write(request(1, 8, b"held"))
+    await gate.entered()
+    assert await next_message() == Credit([(8, 1)])
+    gate.release()
+    assert await next_message() == Reply(1, OK, None, "", "")
+    writer.write(request(2, 7, b"b"))  # the credit came back: within credit again
+    assert await next_message() == Credit([(7, 1)])
+    assert await next_message() == Reply(2, OK, b"B", "", "")
+    writer.close()
+    await served.close()
+    stats = served.service.stats()
+    assert (stats.requests, stats.replies, stats.count(OK)) == (3, 3, 3)
     check_server_ledger(stats)
     await d.aclose()
 

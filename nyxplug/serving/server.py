@@ -28,6 +28,7 @@ import msgspec
 from .._constants import DispatchStatus, Permission
 from .._errors import DispatchError, HandlerError, SessionViolation
 from .._impl import Dispatcher
+from .._replies import ReplySink
 from .._validate import check_uint
 from .policy import OPEN_POLICY, PeerAccess, PeerPolicy
 from .wire import (
@@ -73,6 +74,12 @@ CREDIT_DELAY = 0.001
 RATE_RETRY = 0.005
 
 _HELLO, _OPEN, _DRAINING, _CLOSED = range(4)
+# Message kinds as plain ints: comparing them costs a fraction of an IntEnum member lookup.
+_BATCH, _REQUEST = int(Kind.BATCH), int(Kind.REQUEST)
+_ACK, _CREDIT, _REPLY = Kind.ACK, Kind.CREDIT, Kind.REPLY
+#: Encoded CREDIT messages by their grants: a request's single grant repeats endlessly.
+_CREDIT_MESSAGES: dict[tuple[tuple[int, int], ...], bytes] = {}
+_CREDIT_CACHE_SIZE = 256
 #: Every permission bit: a peer holding them all for a plugin is not filtered at all.
 _ALL_PERMISSIONS = sum(p.value for p in Permission)
 
@@ -249,7 +256,9 @@ class SessionProtocol(asyncio.Protocol):
         self._goaway_sent = False
         self._lost = False
         self._in_flight = 0
-        self._replies: set[asyncio.Future[bytes | None]] = set()
+        self._unanswered = 0  # requests enqueued and not yet answered
+        self._granted_at = 0.0  # when the oldest grant not yet sent was made (loop time)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self._credit_timer: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -312,12 +321,12 @@ class SessionProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = loop = asyncio.get_running_loop()
         self._service.connections.add(self)
         self._counts["connections"] += 1
         if self._service._draining:
             self.shutdown()
             return
-        loop = asyncio.get_running_loop()
         self._hello_timer = loop.call_later(self._service.hello_timeout, self._hello_late)
 
     def data_received(self, data: bytes) -> None:
@@ -356,9 +365,9 @@ class SessionProtocol(asyncio.Protocol):
         try:
             while inbox:
                 kind, body = inbox.popleft()
-                if kind == Kind.BATCH:
+                if kind == _BATCH:
                     waiter = self._batch(body)
-                elif kind == Kind.REQUEST:
+                elif kind == _REQUEST:
                     waiter = self._request(body)
                 else:
                     self._hello(body)
@@ -374,8 +383,11 @@ class SessionProtocol(asyncio.Protocol):
             self._send_ack()
         elif self._grants and self._credit_timer is None:
             # Only requests' grants: they usually leave with the REPLY, in the same write;
-            # a slow handler's sender gets them within CREDIT_DELAY anyway.
-            self._credit_timer = asyncio.get_running_loop().call_later(CREDIT_DELAY, self._send_ack)
+            # a slow handler's sender gets them within CREDIT_DELAY anyway. The timer is
+            # not cancelled when they leave: it serves the next requests (_credit_due).
+            self._credit_timer = asyncio.get_running_loop().call_later(
+                CREDIT_DELAY, self._credit_due
+            )
         if self._state == _DRAINING:
             self._finish_drain()
         elif self._paused and self._transport is not None:
@@ -452,9 +464,9 @@ class SessionProtocol(asyncio.Protocol):
             raise SessionViolation("bad-batch", f"{kind}: {exc}") from None
         return seq, messages
 
-    def _take_credit(self, messages: list[Any], what: str) -> dict[int, int]:
+    def _take_credit(self, messages: list[Any], kind: str, number: int) -> dict[int, int]:
         """Count the frames per plugin and take them from the peer's credit; beyond it,
-        the message is discarded and the session ends."""
+        the message (``kind`` ``number``, for the error) is discarded and the session ends."""
         per: dict[int, int] = {}
         get = per.get
         for msg in messages:
@@ -469,7 +481,7 @@ class SessionProtocol(asyncio.Protocol):
                 raise SessionViolation(
                     "credit",
                     f"Expected at most {have} frames for plugin {plugin_id} (its credit), "
-                    f"got {n} - in {what}",
+                    f"got {n} - in {kind} {number}",
                 )
         for plugin_id, n in per.items():
             credit[plugin_id] -= n
@@ -477,9 +489,21 @@ class SessionProtocol(asyncio.Protocol):
 
     def _grant(self, per: dict[int, int]) -> None:
         grants = self._grants
+        if not grants:
+            assert self._loop is not None
+            self._granted_at = self._loop.time()
         for plugin_id, n in per.items():
             grants[plugin_id] = grants.get(plugin_id, 0) + n
             self._credit[plugin_id] += n
+
+    def _grant_one(self, plugin_id: int) -> None:
+        """``_grant({plugin_id: 1})``: a request's frame is decided."""
+        grants = self._grants
+        if not grants:
+            assert self._loop is not None
+            self._granted_at = self._loop.time()
+        grants[plugin_id] = grants.get(plugin_id, 0) + 1
+        self._credit[plugin_id] += 1
 
     def _denied(self, messages: list[Any], counts: list[int]) -> list[Any]:
         """The frames this peer's access allows; the others are counted PERMISSION_DENIED."""
@@ -507,7 +531,7 @@ class SessionProtocol(asyncio.Protocol):
         counts = self._counts
         counts["batches"] += 1
         counts["frames"] += n
-        per = self._take_credit(messages, f"BATCH {seq}")
+        per = self._take_credit(messages, "BATCH", seq)
         batch_counts = self._batch_counts
         if any(self._masks[plugin_id] != _ALL_PERMISSIONS for plugin_id in per):
             messages = self._denied(messages, batch_counts)
@@ -579,15 +603,20 @@ class SessionProtocol(asyncio.Protocol):
             raise SessionViolation(
                 "bad-request", f"Expected 1 frame in REQUEST {request_id}, got {len(messages)}"
             )
-        self._counts["requests"] += 1
-        self._counts["frames"] += 1
-        per = self._take_credit(messages, f"REQUEST {request_id}")
+        counts = self._counts
+        counts["requests"] += 1
+        counts["frames"] += 1
         msg = messages[0]
         plugin_id = msg.header.id
+        credit = self._credit
+        have = credit.get(plugin_id, 0)
+        if have < 1:
+            self._take_credit(messages, "REQUEST", request_id)  # the violation, counted
+        credit[plugin_id] = have - 1
         if self._masks[plugin_id] != _ALL_PERMISSIONS and not self._denied(
             messages, self._request_counts
         ):
-            self._grant(per)
+            self._grant_one(plugin_id)
             self._reply(request_id, DispatchStatus.PERMISSION_DENIED, None, "PermissionDenied",
                         f"This peer may not send frame 0x{int(msg.frame_type):02x} to plugin "
                         f"{plugin_id} - the server's access policy does not grant its "
@@ -598,25 +627,34 @@ class SessionProtocol(asyncio.Protocol):
             # The common case: the queue has room, so ``submit`` finishes without waiting;
             # run it to its first suspension here (as 3.12's eager tasks would) instead of
             # paying a task and a loop iteration per request.
-            submitting = self._dispatcher.submit(msg.frame_type, msg.header, msg.payload)
+            # The reply comes back through a sink the worker calls as it answers: the
+            # REPLY is written in the worker's step, not a loop iteration later.
+            submitting = self._dispatcher.submit(
+                msg.frame_type,
+                msg.header,
+                msg.payload,
+                reply_to=ReplySink(self._answered, request_id),
+            )
             try:
                 waiting = submitting.send(None)
-            except StopIteration as done:
-                self._submitted(request_id, per, done.value)
+            except StopIteration:  # _submitted(plugin_id), inline
+                self._request_counts[0] += 1
+                self._grant_one(plugin_id)
+                self._unanswered += 1
                 return None
             except DispatchError as exc:
-                self._refused(request_id, per, exc)
+                self._refused(request_id, plugin_id, exc)
                 return None
             self._in_flight += 1
-            return self._finish_submit(request_id, per, submitting, waiting)
+            return self._finish_submit(request_id, plugin_id, submitting, waiting)
         self._in_flight += 1
-        return self._submit(request_id, msg, per)
+        return self._submit(request_id, msg)
 
     async def _finish_submit(
         self,
         request_id: int,
-        per: dict[int, int],
-        submitting: Coroutine[Any, Any, asyncio.Future[bytes | None]],
+        plugin_id: int,
+        submitting: Coroutine[Any, Any, ReplySink],
         waiting: Any,
     ) -> None:
         """Drive a ``submit`` that suspended on ``waiting`` (a future) to its end, as a task
@@ -632,63 +670,68 @@ class SessionProtocol(asyncio.Protocol):
                     pass  # the coroutine sees the future's error when resumed
                 try:
                     waiting = submitting.send(None)
-                except StopIteration as done:
-                    reply = done.value
+                except StopIteration:
                     break
         except DispatchError as exc:
-            self._refused(request_id, per, exc)
+            self._refused(request_id, plugin_id, exc)
             return
         finally:
             self._in_flight -= 1
-        self._submitted(request_id, per, reply)
+        self._submitted(plugin_id)
 
-    async def _submit(self, request_id: int, msg: Any, per: dict[int, int]) -> None:
+    async def _submit(self, request_id: int, msg: Any) -> None:
         """A request of a rate-limited peer: wait for a token, then for queue space."""
         try:
             await self._take(1)
-            reply = await self._dispatcher.submit(msg.frame_type, msg.header, msg.payload)
+            await self._dispatcher.submit(
+                msg.frame_type,
+                msg.header,
+                msg.payload,
+                reply_to=ReplySink(self._answered, request_id),
+            )
         except DispatchError as exc:
-            self._refused(request_id, per, exc)
+            self._refused(request_id, msg.header.id, exc)
             return
         finally:
             self._in_flight -= 1
-        self._submitted(request_id, per, reply)
+        self._submitted(msg.header.id)
 
-    def _refused(self, request_id: int, per: dict[int, int], exc: DispatchError) -> None:
+    def _refused(self, request_id: int, plugin_id: int, exc: DispatchError) -> None:
         status = _STATUS_OF.get(type(exc).__name__, DispatchStatus.PLUGIN_CLOSED)
         self._request_counts[status] += 1
-        self._grant(per)
+        self._grant_one(plugin_id)
         self._reply(request_id, status, None, type(exc).__name__, str(exc))
 
-    def _submitted(
-        self, request_id: int, per: dict[int, int], reply: asyncio.Future[bytes | None]
-    ) -> None:
+    def _submitted(self, plugin_id: int) -> None:
         self._request_counts[0] += 1
-        self._grant(per)
-        self._replies.add(reply)
-        reply.add_done_callback(lambda future: self._answered(request_id, future))
+        self._grant_one(plugin_id)
+        self._unanswered += 1
 
-    def _answered(self, request_id: int, future: asyncio.Future[bytes | None]) -> None:
-        self._replies.discard(future)
-        if future.cancelled():
-            self._reply(request_id, 0, None, "CancelledError", "the request was cancelled")
-        elif (error := future.exception()) is not None:
+    def _answered(self, request_id: int, value: bytes | None, error: BaseException | None) -> None:
+        """The request's reply sink: called by the plugin's worker as it answers."""
+        self._unanswered -= 1
+        if error is not None:
             if isinstance(error, HandlerError):
                 self._counts["handler_errors"] += 1
             self._reply(request_id, 0, None, type(error).__name__, str(error))
-        else:
-            value = future.result()
-            self._reply(request_id, 0, None if value is None else bytes(value), "", "")
-        if self._state == _DRAINING and self._goaway_sent and not self._replies:
+        else:  # _reply(request_id, OK, value, "", ""), inline: the round trip's hot path
+            self._counts["replies"] += 1
+            reply = encode(
+                _REPLY, Reply(request_id, 0, None if value is None else bytes(value), "", "")
+            )
+            grants = self._ack_message()
+            self._write(grants + reply if grants else reply)
+        if self._state == _DRAINING and self._goaway_sent and not self._unanswered:
             self._close()
 
     def _reply(
         self, request_id: int, status: int, value: bytes | None, name: str, text: str
     ) -> None:
         self._counts["replies"] += 1
-        reply = encode(Kind.REPLY, Reply(request_id, status, value, name, text[:TEXT_LIMIT]))
+        reply = encode(_REPLY, Reply(request_id, status, value, name, text[:TEXT_LIMIT]))
         # the grants first, in the same write: the reply may free the sender's next request
-        self._write(self._ack_message() + reply)
+        grants = self._ack_message()
+        self._write(grants + reply if grants else reply)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -697,20 +740,37 @@ class SessionProtocol(asyncio.Protocol):
         if message:
             self._write(message)
 
+    def _credit_due(self) -> None:
+        """The credit timer: grants made CREDIT_DELAY ago leave now, in a CREDIT (or the
+        ACK due); younger ones (the timer outlived the grants it was armed for, which left
+        with their REPLY) wait for their own deadline."""
+        self._credit_timer = None
+        if not self._grants:
+            return
+        assert self._loop is not None
+        wait = self._granted_at + CREDIT_DELAY - self._loop.time()
+        if wait > 0:
+            self._credit_timer = self._loop.call_later(wait, self._credit_due)
+        else:
+            self._send_ack()
+
     def _ack_message(self) -> bytes:
         """The ACK (batches handled since the last one) or CREDIT (grants only) due, or b""."""
-        if self._credit_timer is not None:
-            self._credit_timer.cancel()
-            self._credit_timer = None
         grants = self._grants
-        credits = list(grants.items())
         if self._ack_due:
             self._ack_due = False
+            credits = list(grants.items())
             grants.clear()
-            return encode(Kind.ACK, Ack(self._done_seq, self._batch_counts, credits))
-        if credits:
+            return encode(_ACK, Ack(self._done_seq, self._batch_counts, credits))
+        if grants:
+            key = tuple(grants.items())
             grants.clear()
-            return encode(Kind.CREDIT, Credit(credits))
+            message = _CREDIT_MESSAGES.get(key)
+            if message is None:
+                if len(_CREDIT_MESSAGES) >= _CREDIT_CACHE_SIZE:
+                    _CREDIT_MESSAGES.clear()
+                message = _CREDIT_MESSAGES[key] = encode(_CREDIT, Credit(list(key)))
+            return message
         return b""
 
     def _write(self, data: bytes) -> None:
@@ -751,7 +811,7 @@ class SessionProtocol(asyncio.Protocol):
             self._ack_due = True
             self._send_ack()
             self._write(encode(Kind.GOAWAY, GoAway(self._done_seq, "server shutting down")))
-        if not self._replies:
+        if not self._unanswered:
             self._close()
 
     def _close(self) -> None:

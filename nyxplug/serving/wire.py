@@ -200,6 +200,11 @@ class SessionReader:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Take ``data``; return every message it completes, in order."""
+        if not self._parts and len(data) >= 5:
+            # The common case of a request/reply exchange: the chunk is one whole message.
+            length, kind = PREFIX.unpack_from(data)
+            if length + 4 == len(data) and kind in self._allowed and length <= self._limit:
+                return [(kind, data[5:])]
         if self._parts:
             self._parts.append(data)
             self._have += len(data)
