@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import secrets
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from admin_helpers import call
 from plugin_helpers import RECORDER, write_plugin
+from tls_helpers import Pki
 
 from nyxplug.admin import AdminAddress
 
@@ -76,7 +80,7 @@ def test_serve_runs_the_admin_api_on_its_loop(tmp_path: Path) -> None:
     proc = serve(tmp_path, "--admin", "127.0.0.1:0", "--admin-token-file", str(path))
     try:
         found = wait_for_line(
-            proc, r"^admin API on 127\.0\.0\.1:(\d+) \(/api/v1, /openapi\.json, /metrics\)$"
+            proc, r"^admin API on 127\.0\.0\.1:(\d+) \(http: /api/v1, /openapi\.json, /metrics\)$"
         )
         address = AdminAddress(host="127.0.0.1", port=int(found.group(1)))
         assert call(address, "GET", "/health/ready")[2] == {"ready": True, "waiting": {}}
@@ -121,7 +125,7 @@ def test_the_admin_unix_socket_is_for_the_owner_only(tmp_path: Path) -> None:
         ("0.0.0.0:0", 0o600, r"Expected a loopback address or `unix:PATH`, got `0\.0\.0\.0` - "
          r"in --admin: the admin API steers the host and would cross the network in "
          r"plaintext; listen on 127\.0\.0\.1, ::1 or a Unix socket \(and tunnel it, e\.g\. "
-         r"`ssh -L`\)"),
+         r"`ssh -L`\), or give --admin-tls-cert for TLS"),
         ("127.0.0.1:0", 0o644, r"Expected a token file only its owner can read, got mode "
          r"-rw-r--r-- - in --admin-token-file .*: run `chmod 600 .*`"),
     ],
@@ -179,3 +183,65 @@ def test_json_logs_carry_the_plugin_as_fields(tmp_path: Path) -> None:
     assert (entry["plugin_id"], entry["version"]) == (12, "2.1.0")
     assert "no database" in entry["message"]
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$", entry["time"])
+
+
+def _https(port: int, path: str, context: ssl.SSLContext, token: bytes | None) -> tuple[int, Any]:
+    """One HTTPS GET to the admin API (http.client: no client library of ours)."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {token.decode()}"} if token is not None else {}
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_the_admin_api_over_mutual_tls(tmp_path: Path) -> None:
+    """With --admin-tls-cert the API speaks TLS 1.3 only; with --admin-tls-client-ca a
+    caller without a certificate that CA signed gets no handshake, and the token is still
+    needed on top of the certificate."""
+    pki = Pki(tmp_path / "pki")
+    server, client = pki.server(), pki.client("operator")
+    path, token = token_file(tmp_path)
+    proc = serve(
+        tmp_path, "--admin", "127.0.0.1:0", "--admin-token-file", str(path),
+        "--admin-tls-cert", str(server.cert), "--admin-tls-key", str(server.key),
+        "--admin-tls-client-ca", str(pki.ca),
+    )  # fmt: skip
+    try:
+        found = wait_for_line(proc, r"^admin API on 127\.0\.0\.1:(\d+) \(https: /api/v1, ")
+        port = int(found.group(1))
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(client.cert), str(client.key))
+        status, body = _https(port, "/api/v1/plugins/echo", context, token)
+        assert (status, body["name"]) == (200, "echo")
+        assert _https(port, "/api/v1/plugins/echo", context, None)[0] == 401
+        anonymous = ssl.create_default_context(cafile=str(pki.ca))
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _https(port, "/health/live", anonymous, None)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as plain:
+            plain.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not plain.recv(1024).startswith(b"HTTP/")  # no plaintext answer
+    finally:
+        out, err = stop(proc)
+    assert proc.returncode == 0, err
+
+
+def test_admin_tls_flags_without_the_certificate_are_refused(tmp_path: Path) -> None:
+    path, _ = token_file(tmp_path)
+    proc = serve(
+        tmp_path, "--admin", "127.0.0.1:0", "--admin-token-file", str(path),
+        "--admin-tls-client-ca", str(tmp_path / "ca.pem"),
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "--admin-tls-client-ca needs --admin-tls-cert PEM" in err
+
+
+def test_a_non_loopback_admin_address_needs_tls() -> None:
+    from nyxplug.admin.options import AdminConfigError, parse_admin_address
+
+    with pytest.raises(AdminConfigError, match=r"or give --admin-tls-cert for TLS$"):
+        parse_admin_address("0.0.0.0:8443")
+    assert parse_admin_address("0.0.0.0:8443", tls=True) == AdminAddress(host="0.0.0.0", port=8443)

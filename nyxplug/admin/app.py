@@ -198,8 +198,11 @@ class AdminApp:
         *,
         examples: Mapping[str, Any] | None = None,
         metrics_cache: float = 1.0,
+        remote: bool = False,
     ) -> None:
         self.host = AdminHost(manager)
+        #: Callers off loopback are served (the API listens with TLS); else refused.
+        self.remote = remote
         self._token = b"Bearer " + token
         self.metrics = MetricsEndpoint(manager, cache_seconds=metrics_cache)
         names = [s.name for s in manager.catalog()]
@@ -217,7 +220,7 @@ class AdminApp:
 
     def check_caller(self, request: Request, op: Operation | None) -> None:
         client = request.client
-        if client is not None and client.host and not is_loopback(client.host):
+        if not self.remote and client is not None and client.host and not is_loopback(client.host):
             raise _Refused(
                 403, "Forbidden",
                 f"Expected a call from loopback or the Unix socket, got one from {client.host} - "
@@ -284,7 +287,12 @@ class AdminApp:
 
 
 def build_app(
-    manager: PluginManager, token: bytes, *, examples: Mapping[str, Any] | None = None
+    manager: PluginManager,
+    token: bytes,
+    *,
+    examples: Mapping[str, Any] | None = None,
+    remote: bool = False,
 ) -> AdminApp:
-    """The admin API of ``manager``'s host; ``app.starlette`` is the ASGI app."""
-    return AdminApp(manager, token, examples=examples)
+    """The admin API of ``manager``'s host; ``app.starlette`` is the ASGI app. ``remote``
+    serves callers off loopback too: only for an API that listens with TLS."""
+    return AdminApp(manager, token, examples=examples, remote=remote)

@@ -54,8 +54,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_admin_address(text: str) -> AdminAddress:
-    """``HOST:PORT`` (loopback only) or ``unix:PATH``."""
+def parse_admin_address(text: str, *, tls: bool = False) -> AdminAddress:
+    """``HOST:PORT`` (loopback only, unless the API listens with TLS) or ``unix:PATH``."""
     if text.startswith("unix:"):
         path = text.removeprefix("unix:")
         if not path:
@@ -68,11 +68,12 @@ def parse_admin_address(text: str) -> AdminAddress:
             f"Expected `HOST:PORT` with PORT in `0..65535` or `unix:PATH`, got `{text}` - "
             "in --admin"
         )
-    if not is_loopback(host):
+    if not tls and not is_loopback(host):
         raise AdminConfigError(
             f"Expected a loopback address or `unix:PATH`, got `{host}` - in --admin: the admin "
             "API steers the host and would cross the network in plaintext; listen on "
-            "127.0.0.1, ::1 or a Unix socket (and tunnel it, e.g. `ssh -L`)"
+            "127.0.0.1, ::1 or a Unix socket (and tunnel it, e.g. `ssh -L`), or give "
+            "--admin-tls-cert for TLS"
         )
     return AdminAddress(host=host, port=int(port_text))
 

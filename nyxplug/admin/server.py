@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from ssl import SSLContext
 from typing import Any
 
 from .app import AdminApp
@@ -23,9 +24,13 @@ __all__ = ("AdminServer",)
 class AdminServer:
     """The admin API listening at ``address`` until ``aclose()``."""
 
-    def __init__(self, app: AdminApp, address: AdminAddress) -> None:
+    def __init__(
+        self, app: AdminApp, address: AdminAddress, *, ssl: SSLContext | None = None
+    ) -> None:
         self.app = app
         self.address = address
+        #: TLS for every connection (``None``: plaintext, loopback or a Unix socket only).
+        self.ssl = ssl
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
         self._sockets: list[socket.socket] = []
@@ -65,6 +70,9 @@ class AdminServer:
             log_config=None, access_log=False, server_header=False, proxy_headers=False,
         )  # fmt: skip
         config.load()
+        # Our own context (TLS 1.3, mutual TLS when asked): uvicorn hands config.ssl to
+        # create_server for the sockets given to startup().
+        config.ssl = self.ssl
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         self._sockets = [self._bind()]

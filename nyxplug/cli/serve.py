@@ -110,6 +110,22 @@ def add_commands(commands: Commands, host: argparse.ArgumentParser) -> None:
         help="file (mode 0600) holding the bearer token every admin call but /health needs",
     )
     serve.add_argument(
+        "--admin-tls-cert",
+        metavar="PEM",
+        help="serve the admin API over TLS 1.3 with this certificate (chain); then --admin "
+        "may name a non-loopback address",
+    )
+    serve.add_argument(
+        "--admin-tls-key",
+        metavar="PEM",
+        help="the private key of --admin-tls-cert (default: the key inside its file)",
+    )
+    serve.add_argument(
+        "--admin-tls-client-ca",
+        metavar="PEM",
+        help="admin API over mutual TLS: callers must also show a certificate this CA signed",
+    )
+    serve.add_argument(
         "--tls-cert",
         metavar="PEM",
         help="serve TLS 1.3 on every listener with this certificate (chain)",
@@ -336,14 +352,28 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("nyxplug").removeHandler(handler)
 
 
-def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | None:
-    """``--admin`` and its token, checked before any plugin starts."""
+def _admin_options(
+    args: argparse.Namespace,
+) -> tuple[AdminAddress, bytes, ssl.SSLContext | None] | None:
+    """``--admin``, its token and its TLS, checked before any plugin starts."""
     from ..admin.options import AdminConfigError, parse_admin_address, read_token
 
+    tls_flags = [
+        flag
+        for flag, value in (
+            ("--admin-tls-cert", args.admin_tls_cert),
+            ("--admin-tls-key", args.admin_tls_key),
+            ("--admin-tls-client-ca", args.admin_tls_client_ca),
+        )
+        if value is not None
+    ]
     if args.admin is None:
-        if args.admin_token_file is not None:
-            raise Problem("--admin-token-file is for the admin API: give --admin ADDRESS too")
+        given = tls_flags + ["--admin-token-file"] * (args.admin_token_file is not None)
+        if given:
+            raise Problem(f"{given[0]} is for the admin API: give --admin ADDRESS too")
         return None
+    if tls_flags and args.admin_tls_cert is None:
+        raise Problem(f"{tls_flags[0]} needs --admin-tls-cert PEM (the admin API's certificate)")
     if args.admin_token_file is None:
         raise Problem(
             "--admin needs --admin-token-file FILE: every admin call but /health must carry "
@@ -361,8 +391,20 @@ def _admin_options(args: argparse.Namespace) -> tuple[AdminAddress, bytes] | Non
             f"--admin needs the admin extra ({', '.join(missing)} missing) - "
             "pip install 'nyxplug[admin]'"
         )
+    context = None
+    if args.admin_tls_cert is not None:
+        from ..serving.security import TlsSetupError, server_tls_context
+
+        try:
+            context = server_tls_context(
+                args.admin_tls_cert, args.admin_tls_key, client_ca=args.admin_tls_client_ca
+            )
+        except (TlsSetupError, OSError, ValueError) as exc:
+            raise Problem(f"--admin-tls-cert: {exc}") from None
+        context.set_alpn_protocols(["http/1.1"])  # HTTP, not the frame listeners' nyx/1
     try:
-        return parse_admin_address(args.admin), read_token(args.admin_token_file)
+        address = parse_admin_address(args.admin, tls=context is not None)
+        return address, read_token(args.admin_token_file), context
     except AdminConfigError as exc:
         raise Problem(str(exc)) from None
 
@@ -374,7 +416,7 @@ async def _serve_async(
     where: str,
     security: _Security,
     args: argparse.Namespace,
-    admin: tuple[AdminAddress, bytes] | None = None,
+    admin: tuple[AdminAddress, bytes, ssl.SSLContext | None] | None = None,
 ) -> int:
     from .._serve import FrameService
     from ..serving import SessionService
@@ -406,8 +448,14 @@ async def _serve_async(
         if admin is not None:
             from ..admin import AdminServer, build_app
 
-            admin_server = AdminServer(build_app(manager, admin[1]), admin[0])
-            print(f"admin API on {await admin_server.start()} (/api/v1, /openapi.json, /metrics)")
+            admin_address, admin_token, admin_tls = admin
+            app = build_app(manager, admin_token, remote=admin_tls is not None)
+            admin_server = AdminServer(app, admin_address, ssl=admin_tls)
+            scheme = "https" if admin_tls is not None else "http"
+            print(
+                f"admin API on {await admin_server.start()} ({scheme}: /api/v1, /openapi.json, "
+                "/metrics)"
+            )
         if address is not None:
             server = await loop.create_server(service.protocol, *address, ssl=context)
             servers.append(server)
