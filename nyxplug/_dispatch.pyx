@@ -1744,7 +1744,8 @@ cdef class Dispatcher:
         cdef Py_ssize_t payload_size = PyBytes_GET_SIZE(item.payload)
         if (required and rt is not None and not rt.closed and self._last_id == hdr._cid
                 and rt.entry.alive and (rt.entry.mask & required) == required
-                and (code != CONTROL_CODE or rt.guard is None) and rt.route is None
+                and (code != CONTROL_CODE or rt.guard is None) and not rt.gate
+                and rt.route is None
                 and hdr._size <= self._max_header and payload_size <= self._max_payload
                 and rt.has_room()):
             if item.size != hdr._size + payload_size:  # a non-canonical header on the wire

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nyx_helpers import CONTROL, DATA, Gate, Recorder, info
 
+import nyxplug
 from nyxplug import (
     BatchResult,
     DispatchStatus,
@@ -120,6 +121,24 @@ async def test_each_refusal_in_a_batch_counts_like_try_dispatch(impl, form: str)
     for d, gate in ((d_batch, gate_batch), (d_each, gate_each)):
         gate.open()
         await d.aclose()
+
+
+@pytest.mark.parametrize("item", ["frame", "message"])
+async def test_a_shut_breaker_refuses_every_frame_of_a_batch(impl, item: str) -> None:
+    """The batch fast path meets the breaker's gate as ``try_dispatch`` does, for the
+    ``PluginFrame``s of an embedder and the ``PluginMessage``s a decoded batch holds."""
+    d = impl.Dispatcher()
+    await d.load_plugin(info(1), None)
+    d.set_breaker(1, nyxplug.BreakerConfig())
+    d.set_breaker_state(1, nyxplug.BreakerState.FORCED_OPEN)
+    kind = impl.PluginFrame if item == "frame" else impl.PluginMessage
+    items = [kind(DATA, impl.PluginHeader(1), b"x%d" % n) for n in range(4)]
+    result = d.try_dispatch_many(items)
+    assert result.statuses == [DispatchStatus.CIRCUIT_OPEN] * 4
+    assert (result.dispatched, result.consumed) == (0, 4)
+    stats = d.plugin_stats(1)
+    assert (stats.queue_depth, stats.circuit_open) == (0, 4)
+    await d.aclose()
 
 
 # -- where a batch stops ---------------------------------------------------------------

@@ -161,6 +161,40 @@ async def test_frames_are_acknowledged_by_status_and_requests_answered(impl) -> 
     await d.aclose()
 
 
+async def test_a_breaker_refusal_crosses_the_wire_typed_and_counted(impl) -> None:
+    """A frame the plugin's circuit breaker refuses is acknowledged as CIRCUIT_OPEN, and
+    a request gets the server's ``CircuitOpen`` back as that class."""
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7, Permission.DATA_ACCESS), echo)
+    d.set_breaker(7, nyxplug.BreakerConfig())
+    d.set_breaker_state(7, nyxplug.BreakerState.FORCED_OPEN)
+    served, port = await serve(d, credit=64)
+    client = await RemoteDispatcher.connect(("127.0.0.1", port), codec=impl)
+    header = impl.PluginHeader(7)
+    for _ in range(3):
+        client.dispatch_nowait(DATA, header, b"x")
+    with pytest.raises(nyxplug.CircuitOpen, match=r"^CircuitOpen from the server: "):
+        await client.request(DATA, header, b"hi")
+    await client.wait_acknowledged()
+    stats = client.statistics()
+    assert stats.count(DispatchStatus.CIRCUIT_OPEN) == 4 and stats.count(OK) == 0
+    check_client_ledger(stats)
+    await client.aclose()
+    await served.close()
+    assert served.service.stats().by_status == stats.by_status
+    await d.aclose()
+
+
+def test_every_refusal_has_its_status_on_the_wire() -> None:
+    """Each refusal ``dispatch``/``submit`` may raise is counted under its own status (a
+    new ``DispatchStatus`` must be added to the server's table)."""
+    from nyxplug.serving.server import _STATUS_OF
+
+    assert set(_STATUS_OF.values()) == set(DispatchStatus) - {OK}
+    for name in _STATUS_OF:
+        assert issubclass(getattr(nyxplug, name), nyxplug.DispatchError), name
+
+
 async def test_credit_bounds_the_sender_fifo(impl) -> None:
     d = impl.Dispatcher()
     gate = Gate()

@@ -67,6 +67,7 @@ _STATUS_OF = {
     "FrameDecodeError": DispatchStatus.HEADER_DECODE_ERROR,
     "FrameTooLarge": DispatchStatus.FRAME_TOO_LARGE,
     "UnknownFrameType": DispatchStatus.UNKNOWN_FRAME_TYPE,
+    "CircuitOpen": DispatchStatus.CIRCUIT_OPEN,
 }
 #: How long grants for requests alone may wait to leave with their REPLY (seconds).
 CREDIT_DELAY = 0.001
@@ -571,7 +572,7 @@ class SessionProtocol(asyncio.Protocol):
                     await self._dispatcher.dispatch(msg.frame_type, msg.header, msg.payload)
                     counts[0] += 1
                 except DispatchError as exc:
-                    counts[_STATUS_OF.get(type(exc).__name__, 0)] += 1
+                    counts[_STATUS_OF[type(exc).__name__]] += 1
                 index += 1
                 self._in_flight -= 1
                 blocked = False
@@ -697,7 +698,7 @@ class SessionProtocol(asyncio.Protocol):
         self._submitted(msg.header.id)
 
     def _refused(self, request_id: int, plugin_id: int, exc: DispatchError) -> None:
-        status = _STATUS_OF.get(type(exc).__name__, DispatchStatus.PLUGIN_CLOSED)
+        status = _STATUS_OF[type(exc).__name__]
         self._request_counts[status] += 1
         self._grant_one(plugin_id)
         self._reply(request_id, status, None, type(exc).__name__, str(exc))

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from .._errors import (
+    CircuitOpen,
     DispatchError,
     FrameTooLarge,
     HandlerError,
@@ -276,6 +277,7 @@ _KNOWN: dict[str, type[DispatchError]] = {
         HeaderDecodeError,
         FrameTooLarge,
         UnknownFrameType,
+        CircuitOpen,
         HandlerError,
         ReplyTimeout,
         RequestDropped,
