@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -1053,3 +1054,31 @@ async def test_the_child_sees_a_stripped_environment_and_no_host_fds(
     }
     assert extra == {}, targets
     assert sum(t.startswith("socket:") for t in targets.values()) >= 1, targets
+
+
+# -- the fork server outlives the thread that first needed it ---------------------------
+
+
+def test_a_fork_server_started_from_a_loop_thread_outlives_that_thread(impl: Any) -> None:
+    """Linux's parent-death signal follows the thread that forked: a server started from
+    a host's loop thread must not die when that thread ends."""
+    old = ForkServer.running()
+    if old is not None:
+        old.close()  # the next isolated load, below, starts a fresh one from its thread
+
+    async def echo_once() -> int:
+        async with running(impl, "echo") as run:
+            await run.send(b"x")
+            assert (await run.state())["count"] == 1
+        server = ForkServer.running()
+        assert server is not None and server.pid is not None
+        return server.pid
+
+    pids: list[int] = []
+    thread = threading.Thread(target=lambda: pids.append(asyncio.run(echo_once())))
+    thread.start()
+    thread.join(60)
+    assert pids, "the isolated load in the host thread did not finish"
+    # That thread has ended; the server it started still serves the next load.
+    assert asyncio.run(echo_once()) == pids[0]
+    assert not pid_gone(pids[0])
