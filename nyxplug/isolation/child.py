@@ -490,10 +490,9 @@ class ChildSide(asyncio.BufferedProtocol):
                     answers[i], text = _as_reply(result)
                     if text:
                         errors, first = errors + 1, first or text
-        for i in asked:
-            status, data = answers[i]
-            self.send(wire.encode_result(seq, i, status, data))
-        self.send(wire.encode_ack(seq, count, errors, timeouts, first))
+        out = [wire.encode_result(seq, i, *answers[i]) for i in asked]
+        out.append(wire.encode_ack(seq, count, errors, timeouts, first))
+        self.send(b"".join(out))  # one write: the host wakes once for the lot
 
     async def _handled(self, arg: Any) -> Any:
         """One handler call, awaited (under the watchdog) if it returns an awaitable."""

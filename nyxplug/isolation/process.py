@@ -405,9 +405,9 @@ class IsolatedPlugin:
         count = len(messages)
         if len(data) > wire.PARENT_MESSAGE_LIMIT and count > 1:
             return None
-        if asked is not None:
+        if asked is not None:  # one write: the child wakes once for both
             child.results[seq] = (frozenset(asked), {})
-            child.send(wire.encode_ask(seq, asked))
+            data = wire.encode_ask(seq, asked) + data
         future: asyncio.Future[tuple[int, int, str] | None] = child.loop.create_future()
         child.acks[seq] = (future, count, messages[0].frame_type)
         child.send(data)  # first: the counting below overlaps with the child's work
