@@ -1155,3 +1155,19 @@ async def test_a_child_crash_while_a_request_waits_fails_the_request(
         assert await run.dispatcher.request(DATA, header, b"d", timeout=EVENT_TIMEOUT_S) == b"re:d"
         stats = run.check_ledger()
         assert (stats.lost_to_crash, stats.crashes) == (1, 1)
+
+
+async def test_the_manager_wires_an_isolated_plugins_replies(impl: Any, tmp_path: Path) -> None:
+    _write_helper(tmp_path, mode="reply")
+    manager = _manager(impl, tmp_path / "plugins", isolation=FAST)
+    manager.discover()
+    await manager.load(NAME)
+    header = PluginHeader(PLUGIN_ID).encode()
+    try:
+        request = manager.dispatcher.request
+        assert await request(DATA, header, b"m", timeout=EVENT_TIMEOUT_S) == b"re:m"
+    finally:
+        await manager.aclose()
+        instance = manager.instance(NAME)
+        if instance is not None:
+            await instance.aclose()
