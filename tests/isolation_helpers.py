@@ -195,6 +195,10 @@ class Entry:
     def do_garbage(self):
         self.result["garbage_fds"] = self._write_to_host(b"\\xff" * 64)
 
+    def do_stray_result(self):
+        """A RESULT for a request the host never asked about (batch 999)."""
+        self._write_to_host(struct.pack("<IBQIB", 14, 7, 999, 0, 1))
+
     def do_nested_reply(self):
         """A REPLY whose value nests 200,000 arrays deep (valid msgpack, hostile depth)."""
         depth = 200_000

@@ -1171,3 +1171,18 @@ async def test_the_manager_wires_an_isolated_plugins_replies(impl: Any, tmp_path
         instance = manager.instance(NAME)
         if instance is not None:
             await instance.aclose()
+
+
+async def test_a_result_nobody_asked_for_is_a_protocol_violation(
+    impl: Any, caplog_errors: pytest.LogCaptureFixture
+) -> None:
+    async with running(impl, "stray_result", n=2) as run:
+        first = run.plugin.pid
+        await run.send(b"1")
+        await run.send(b"2")  # the helper writes a RESULT for batch 999 to the host
+        [crash] = raised(caplog_errors)
+        assert isinstance(crash, ChildCrashed) and "answers no request" in crash.cause
+        await run.send(b"3")
+        assert pid_gone(first), process_state(first)
+        stats = run.check_ledger()
+        assert (stats.protocol_violations, stats.crashes, stats.restarts) == (1, 1, 1)

@@ -182,6 +182,12 @@ class _Child:
         owner = self.owner
         if kind is _ACK and self.greeted:  # the receipt for a batch: the common case first
             self.on_ack(*wire.decode_ack(body))
+        elif kind is Kind.RESULT and self.greeted:  # a request's answer, before its ACK
+            seq, index, status, data = wire.decode_result(body)
+            asked = self.results.get(seq)
+            if asked is None or index not in asked[0] or index in asked[1]:
+                raise ProtocolViolation(f"RESULT {seq}/{index} answers no request asked")
+            asked[1][index] = (status, data)
         elif not self.greeted:
             if kind is not Kind.HELLO or self.hello.done():
                 raise ProtocolViolation(f"Expected HELLO first, got {kind.name}")
@@ -201,12 +207,6 @@ class _Child:
                 raise ProtocolViolation(f"REPLY {reply.seq} answers no call")
             if not waiter.done():
                 waiter.set_result(reply)
-        elif kind is Kind.RESULT:
-            seq, index, status, data = wire.decode_result(body)
-            asked = self.results.get(seq)
-            if asked is None or index not in asked[0] or index in asked[1]:
-                raise ProtocolViolation(f"RESULT {seq}/{index} answers no request asked")
-            asked[1][index] = (status, data)
         elif kind is Kind.LOG:
             owner.child_log(self, wire.decode(kind, body))
         else:  # HELLO again
