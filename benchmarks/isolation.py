@@ -10,7 +10,8 @@ figure is next to what a user would compare it with, measured in the same run:
   the round trip are measured in alternating blocks (the machine may be shared: each
   block's percentiles, then the median over blocks), on each host loop (asyncio and
   uvloop; the child runs uvloop when it is installed). ``request`` is the same frame
-  through ``Dispatcher.request`` (the dispatcher's queue and worker in front).
+  through ``Dispatcher.request`` (the dispatcher's queue and worker in front, and the
+  reply carried back: ASK before the frame, RESULT before the ACK).
 * **pipelined** - frames dispatched as fast as the sender can (``await dispatch``,
   capacity 4096) through the dispatcher into the isolated plugin, batched on the
   wire, until every frame is acknowledged by the child. Target: >= 1 M frames/s.
@@ -67,11 +68,13 @@ PLUGIN_ID = 77
 
 
 def make_plugin(
-    source: bytes = ECHO, *, spawn: str = "fork-server", **options: Any
+    source: bytes = ECHO, *, spawn: str = "fork-server", dispatcher: Any = None, **options: Any
 ) -> IsolatedPlugin:
+    """The echo plugin; with ``dispatcher``, it answers requests as the manager wires it."""
+    pending = None if dispatcher is None else (lambda: dispatcher._pending_replies(PLUGIN_ID))
     return IsolatedPlugin(
         name="bench-echo", plugin_id=PLUGIN_ID, version="1.0.0", entry_module="echo",
-        entry_attr="Entry", files={"echo.py": source},
+        entry_attr="Entry", files={"echo.py": source}, pending_replies=pending,
         options=IsolationOptions(spawn=spawn, **options),  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -131,9 +134,9 @@ async def round_trips(rounds: int, blocks: int) -> dict[str, dict[str, float]]:
     frame, in ``blocks`` alternating blocks of ``rounds`` each; medians over the blocks."""
     from nyxplug import Dispatcher
 
-    plugin = make_plugin()
-    await plugin.on_load(None)
     dispatcher = Dispatcher()
+    plugin = make_plugin(dispatcher=dispatcher)  # a request carries its (None) reply back
+    await plugin.on_load(None)
     await dispatcher.load_plugin(
         PluginInfo(PLUGIN_ID, "bench-echo", Permission.DATA_ACCESS), plugin, capacity=4096
     )
@@ -170,9 +173,9 @@ async def round_trips(rounds: int, blocks: int) -> dict[str, dict[str, float]]:
 
 
 async def pipelined(impl: Any, frames: int, source: bytes = ECHO) -> dict[str, float]:
-    plugin = make_plugin(source)
-    await plugin.on_load(None)
     dispatcher = impl.Dispatcher()
+    plugin = make_plugin(source, dispatcher=dispatcher)
+    await plugin.on_load(None)
     await dispatcher.load_plugin(
         PluginInfo(PLUGIN_ID, "bench-echo", Permission.DATA_ACCESS), plugin, capacity=4096
     )

@@ -2520,6 +2520,14 @@ cdef class Dispatcher:
         """True if the plugin is loaded (an unloading plugin is not)."""
         return plugin_id in self._runtimes
 
+    def _pending_replies(self, plugin_id):
+        """The requests of ``plugin_id`` waiting for replies (message -> reply target), the
+        live dict its worker settles; ``None`` if it is not loaded. For a handler that
+        answers requests itself, out of the worker's sight (an isolated plugin's host side):
+        what it pops from this dict and settles, the worker leaves alone."""
+        cdef _Runtime rt = self._runtimes.get(plugin_id)
+        return rt.replies if rt is not None else None
+
     def __len__(self):
         return len(self._runtimes)
 

@@ -70,6 +70,8 @@ class Entry:
         mode = self.mode
         if mode == "raise":
             raise ValueError(f"helper refuses frame {self.count}")
+        if mode == "reply":
+            return self.reply(bytes(message.payload))
         if mode == "slow":
             await asyncio.sleep(float(self.config["seconds"]))
             return
@@ -79,6 +81,18 @@ class Entry:
         result = action()
         if asyncio.iscoroutine(result):
             await result
+
+    def reply(self, payload):
+        """Requests' answers by payload: a reply, none, an error, 2 MiB, a crash."""
+        if payload == b"none":
+            return None
+        if payload == b"boom":
+            raise ValueError("boom on request")
+        if payload == b"big":
+            return b"x" * (2 << 20)
+        if payload == b"crash":
+            os._exit(3)
+        return b"re:" + payload
 
     # -- the faults, each on frame n ---------------------------------------------
 
@@ -181,6 +195,10 @@ class Entry:
     def do_garbage(self):
         self.result["garbage_fds"] = self._write_to_host(b"\\xff" * 64)
 
+    def do_stray_result(self):
+        """A RESULT for a request the host never asked about (batch 999)."""
+        self._write_to_host(struct.pack("<IBQIB", 14, 7, 999, 0, 1))
+
     def do_nested_reply(self):
         """A REPLY whose value nests 200,000 arrays deep (valid msgpack, hostile depth)."""
         depth = 200_000
@@ -252,6 +270,7 @@ def make_plugin(
     on_failed: Callable[[str], None] | None = None,
     on_timeouts: Callable[[int], None] | None = None,
     hello_protocol: int | None = None,
+    pending_replies: Callable[[], Any] | None = None,
     **config: Any,
 ) -> IsolatedPlugin:
     """An ``IsolatedPlugin`` running the helper in ``mode`` (extra config keys as given)."""
@@ -268,6 +287,7 @@ def make_plugin(
         on_failed=on_failed,
         on_timeouts=on_timeouts,
         hello_protocol=hello_protocol,
+        pending_replies=pending_replies,
     )
 
 
@@ -344,8 +364,10 @@ async def running(
     """Start the helper's child and load it on ``impl.Dispatcher()``; stop both after."""
     before = spawned_processes()
     cgroups_before = set(leftover_cgroups())
-    plugin = make_plugin(mode, **kwargs)
     dispatcher = impl.Dispatcher()
+    plugin = make_plugin(
+        mode, pending_replies=lambda: dispatcher._pending_replies(PLUGIN_ID), **kwargs
+    )
     await plugin.on_load(None)
     run = Run(plugin, dispatcher)
     try:

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from isolation_helpers import (
 )
 from plugin_helpers import write_plugin
 
-from nyxplug import PluginHeader
+from nyxplug import HandlerError, PluginHeader
 from nyxplug._impl import PluginMessage
 from nyxplug.config import HostConfig, PolicySection
 from nyxplug.isolation import (
@@ -56,7 +57,9 @@ from nyxplug.isolation import (
     IsolatedPlugin,
     IsolatedPluginFailed,
     IsolationError,
+    ReplyTooLarge,
     isolation_report,
+    wire,
 )
 from nyxplug.isolation.cgroup import Cgroup
 from nyxplug.isolation.launch import ForkServer
@@ -1053,3 +1056,133 @@ async def test_the_child_sees_a_stripped_environment_and_no_host_fds(
     }
     assert extra == {}, targets
     assert sum(t.startswith("socket:") for t in targets.values()) >= 1, targets
+
+
+# -- the fork server outlives the thread that first needed it ---------------------------
+
+
+def test_a_fork_server_started_from_a_loop_thread_outlives_that_thread(impl: Any) -> None:
+    """Linux's parent-death signal follows the thread that forked: a server started from
+    a host's loop thread must not die when that thread ends."""
+    old = ForkServer.running()
+    if old is not None:
+        old.close()  # the next isolated load, below, starts a fresh one from its thread
+
+    async def echo_once() -> int:
+        async with running(impl, "echo") as run:
+            await run.send(b"x")
+            assert (await run.state())["count"] == 1
+        server = ForkServer.running()
+        assert server is not None and server.pid is not None
+        return server.pid
+
+    pids: list[int] = []
+    thread = threading.Thread(target=lambda: pids.append(asyncio.run(echo_once())))
+    thread.start()
+    thread.join(60)
+    assert pids, "the isolated load in the host thread did not finish"
+    # That thread has ended; the server it started still serves the next load.
+    assert asyncio.run(echo_once()) == pids[0]
+    assert not pid_gone(pids[0])
+
+
+# -- replies cross the process boundary (SPEC 8) ---------------------------------------
+
+
+async def test_a_request_to_an_isolated_plugin_returns_its_reply(impl: Any) -> None:
+    header = PluginHeader(PLUGIN_ID).encode()
+    async with running(impl, "reply") as run:
+        d = run.dispatcher
+        assert await d.request(DATA, header, b"a", timeout=EVENT_TIMEOUT_S) == b"re:a"
+        assert await d.request(DATA, header, b"none", timeout=EVENT_TIMEOUT_S) is None
+        # Requests among plain frames in one batch: each gets its own reply.
+        run.send_nowait(b"p1")
+        futures = [await d.submit(DATA, header, b"q%d" % i) for i in range(3)]
+        run.send_nowait(b"p2")
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            assert await asyncio.gather(*futures) == [b"re:q0", b"re:q1", b"re:q2"]
+        await run.idle()
+        stats = run.check_ledger()
+        assert (stats.frames_completed, stats.child_errors, stats.replies_refused) == (7, 0, 0)
+        assert (await run.state())["payloads"][-5:] == [b"p1", b"q0", b"q1", b"q2", b"p2"]
+
+
+async def test_a_raising_isolated_handler_raises_handler_error_with_the_childs_text(
+    impl: Any, caplog_errors: pytest.LogCaptureFixture
+) -> None:
+    header = PluginHeader(PLUGIN_ID).encode()
+    async with running(impl, "reply") as run:
+        pid = run.plugin.pid
+        with pytest.raises(HandlerError) as caught:
+            await run.dispatcher.request(DATA, header, b"boom", timeout=EVENT_TIMEOUT_S)
+        assert caught.value.error == "ValueError: boom on request"
+        assert isinstance(caught.value.__cause__, ChildHandlerError)
+        assert await run.dispatcher.request(DATA, header, b"b", timeout=EVENT_TIMEOUT_S) == b"re:b"
+        stats = run.check_ledger()
+        assert (stats.child_errors, run.plugin_stats().errors, run.plugin.pid) == (1, 1, pid)
+
+
+async def test_an_oversized_isolated_reply_is_refused_typed_counted_and_serving_goes_on(
+    impl: Any, caplog_errors: pytest.LogCaptureFixture
+) -> None:
+    header = PluginHeader(PLUGIN_ID).encode()
+    async with running(impl, "reply") as run:
+        pid = run.plugin.pid
+        with pytest.raises(HandlerError) as caught:
+            await run.dispatcher.request(DATA, header, b"big", timeout=EVENT_TIMEOUT_S)
+        cause = caught.value.__cause__
+        assert isinstance(cause, ReplyTooLarge)
+        assert (cause.size, cause.limit) == (2 << 20, wire.REPLY_LIMIT)
+        assert str(cause).startswith(f"Expected a reply of at most {wire.REPLY_LIMIT} bytes")
+        assert await run.dispatcher.request(DATA, header, b"c", timeout=EVENT_TIMEOUT_S) == b"re:c"
+        stats = run.check_ledger()
+        assert (stats.replies_refused, stats.child_errors, stats.protocol_violations) == (1, 1, 0)
+        assert (run.plugin_stats().errors, run.plugin.pid, stats.crashes) == (1, pid, 0)
+
+
+async def test_a_child_crash_while_a_request_waits_fails_the_request(
+    impl: Any, caplog_errors: pytest.LogCaptureFixture
+) -> None:
+    """The frame was handed to the plugin and lost with its child: counted in errors (and
+    lost_to_crash), so the requester gets HandlerError caused by ChildCrashed - as for an
+    in-process handle_batch that raised - not RequestDropped (a frame never handled)."""
+    header = PluginHeader(PLUGIN_ID).encode()
+    async with running(impl, "reply") as run:
+        with pytest.raises(HandlerError) as caught:
+            await run.dispatcher.request(DATA, header, b"crash", timeout=EVENT_TIMEOUT_S)
+        assert isinstance(caught.value.__cause__, ChildCrashed)
+        await wait_for(lambda: run.stats().state == "running" and run.stats().restarts == 1)
+        assert await run.dispatcher.request(DATA, header, b"d", timeout=EVENT_TIMEOUT_S) == b"re:d"
+        stats = run.check_ledger()
+        assert (stats.lost_to_crash, stats.crashes) == (1, 1)
+
+
+async def test_the_manager_wires_an_isolated_plugins_replies(impl: Any, tmp_path: Path) -> None:
+    _write_helper(tmp_path, mode="reply")
+    manager = _manager(impl, tmp_path / "plugins", isolation=FAST)
+    manager.discover()
+    await manager.load(NAME)
+    header = PluginHeader(PLUGIN_ID).encode()
+    try:
+        request = manager.dispatcher.request
+        assert await request(DATA, header, b"m", timeout=EVENT_TIMEOUT_S) == b"re:m"
+    finally:
+        await manager.aclose()
+        instance = manager.instance(NAME)
+        if instance is not None:
+            await instance.aclose()
+
+
+async def test_a_result_nobody_asked_for_is_a_protocol_violation(
+    impl: Any, caplog_errors: pytest.LogCaptureFixture
+) -> None:
+    async with running(impl, "stray_result", n=2) as run:
+        first = run.plugin.pid
+        await run.send(b"1")
+        await run.send(b"2")  # the helper writes a RESULT for batch 999 to the host
+        [crash] = raised(caplog_errors)
+        assert isinstance(crash, ChildCrashed) and "answers no request" in crash.cause
+        await run.send(b"3")
+        assert pid_gone(first), process_state(first)
+        stats = run.check_ledger()
+        assert (stats.protocol_violations, stats.crashes, stats.restarts) == (1, 1, 1)

@@ -212,3 +212,45 @@ def test_a_childs_reply_nested_past_the_limit_is_a_violation_not_a_recursion(wra
         wire.decode(Kind.REPLY, hostile)
     with pytest.raises(ProtocolViolation, match=r"^Protocol violation: malformed REPLY message"):
         wire.decode(Kind.REPLY, b"\x93\x01\xdc\xff")  # truncated: the decoder's own refusal
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seq=st.integers(0, 2**64 - 1),
+    index=st.integers(0, 2**32 - 1),
+    answer=st.one_of(
+        st.just((wire.NO_REPLY, b"")),
+        st.binary(max_size=64).map(lambda b: (wire.REPLY, b)),
+        st.text(max_size=64).map(lambda t: (wire.REPLY_ERROR, t.encode())),
+        st.integers(0, 2**64 - 1).map(lambda n: (wire.REPLY_TOO_LARGE, n.to_bytes(8, "little"))),
+    ),
+)
+def test_ask_and_result_round_trip(seq: int, index: int, answer: tuple[int, bytes]) -> None:
+    [(kind, body)] = wire.MessageReader(wire.CHILD_KINDS, wire.CHILD_MESSAGE_LIMIT).feed(
+        wire.encode_result(seq, index, *answer)
+    )
+    assert kind is Kind.RESULT and wire.decode_result(body) == (seq, index, *answer)
+    [(kind, body)] = wire.MessageReader(wire.PARENT_KINDS, wire.PARENT_MESSAGE_LIMIT).feed(
+        wire.encode_ask(seq, [index, 0])
+    )
+    assert kind is Kind.ASK and wire.decode_ask(body) == (seq, [index, 0])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00" * 12,  # no status
+        b"\x00" * 12 + b"\x04",  # no such status
+        b"\x00" * 12 + b"\x00x",  # no reply, with data
+        b"\x00" * 12 + b"\x03" + b"\x00" * 7,  # too large, without its 8-byte size
+        b"\x00" * 12 + b"\x02" + b"x" * (wire.TEXT_LIMIT + 1),  # error text over the limit
+    ],
+)
+def test_a_malformed_result_is_a_protocol_violation(body: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        wire.decode_result(body)
+
+
+def test_a_malformed_ask_is_a_protocol_violation() -> None:
+    with pytest.raises(ProtocolViolation):
+        wire.decode_ask(b"\x00" * 10)

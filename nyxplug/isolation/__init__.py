@@ -24,6 +24,7 @@ from .errors import (
     IsolationError,
     LimitNotEnforceable,
     ProtocolViolation,
+    ReplyTooLarge,
 )
 from .options import IsolationOptions, Limits
 
@@ -46,6 +47,7 @@ __all__ = (
     "LimitNotEnforceable",
     "Limits",
     "ProtocolViolation",
+    "ReplyTooLarge",
     "isolation_report",
 )
 

@@ -182,6 +182,7 @@ class ChildSide(asyncio.BufferedProtocol):
         self.batch = False
         self.timeout: float | None = None
         self.welcomed = False
+        self.asked: dict[int, list[int]] = {}  # batch seq -> positions of its requests
         # The worker and its context; a batch run in a callback runs in both.
         self.context = contextvars.copy_context()
         self.task: asyncio.Task[int] | None = None
@@ -224,6 +225,9 @@ class ChildSide(asyncio.BufferedProtocol):
                     self._frames_now(body)
                 elif kind is Kind.PING:
                     self.send(wire.encode_seq(Kind.PONG, wire.decode_seq(kind, body)))
+                elif kind is Kind.ASK:  # precedes its batch: known before the batch runs
+                    seq, positions = wire.decode_ask(body)
+                    self.asked[seq] = positions
                 else:
                     work.append((kind, body))
         except Exception as exc:  # the parent broke the protocol: nothing sane to do
@@ -370,8 +374,13 @@ class ChildSide(asyncio.BufferedProtocol):
         call is done (the ack is sent), else what finishes the batch when awaited."""
         seq, messages = wire.decode_frames(body, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PAYLOAD_SIZE)
         count = len(messages)
-        if not self.batch and count != 1:  # a call per frame: one coroutine for them all
-            coro = self._frames(seq, messages)
+        asked = self.asked.pop(seq, None) if self.asked else None
+        if asked is not None or (not self.batch and count != 1):
+            # Requests wait on this batch, or it is a call per frame: one coroutine.
+            coro = (
+                self._frames(seq, messages) if asked is None
+                else self._asked_frames(seq, messages, asked)
+            )  # fmt: skip
             try:
                 waiting_on = coro.send(None)
             except StopIteration:
@@ -430,6 +439,71 @@ class ChildSide(asyncio.BufferedProtocol):
                 first = first or failed[2]
         self.send(wire.encode_ack(seq, len(messages), errors, timeouts, first))
 
+    async def _asked_frames(self, seq: int, messages: list[Any], asked: list[int]) -> None:
+        """A batch holding requests: as :meth:`_frames`, and a RESULT for each request
+        (its reply, or why there is none) before the ACK."""
+        errors = timeouts = 0
+        first = ""
+        count = len(messages)
+        answers: dict[int, tuple[int, bytes]] = {}
+
+        def failed(text: str, positions: Any) -> None:
+            for i in positions:
+                answers[i] = (wire.REPLY_ERROR, text.encode("utf-8", "replace")[: wire.TEXT_LIMIT])
+
+        if self.batch:
+            try:
+                result = await self._handled(messages)
+            except Exception as exc:
+                errors, timeouts, first = self._failed(exc)
+                failed(first, asked)
+            else:
+                if result is None:
+                    answers = dict.fromkeys(asked, (wire.NO_REPLY, b""))
+                elif isinstance(result, list) and len(result) == count:
+                    for i in asked:
+                        answers[i], text = _as_reply(result[i])
+                        if text:
+                            errors, first = errors + 1, first or text
+                else:
+                    got = f"a list of {len(result)}" if isinstance(result, list) else (
+                        type(result).__name__
+                    )  # fmt: skip
+                    first = (
+                        f"TypeError: Expected handle_batch to return None or a list of {count} "
+                        f"replies (one per message), got {got}"
+                    )
+                    errors = 1
+                    failed(first, asked)
+        else:
+            wanted = set(asked)
+            for i, message in enumerate(messages):
+                try:
+                    result = await self._handled(message)
+                except Exception as exc:
+                    e, t, text = self._failed(exc)
+                    errors, timeouts, first = errors + e, timeouts + t, first or text
+                    if i in wanted:
+                        failed(text, (i,))
+                    continue
+                if i in wanted:
+                    answers[i], text = _as_reply(result)
+                    if text:
+                        errors, first = errors + 1, first or text
+        out = [wire.encode_result(seq, i, *answers[i]) for i in asked]
+        out.append(wire.encode_ack(seq, count, errors, timeouts, first))
+        self.send(b"".join(out))  # one write: the host wakes once for the lot
+
+    async def _handled(self, arg: Any) -> Any:
+        """One handler call, awaited (under the watchdog) if it returns an awaitable."""
+        result = self.handle(arg)
+        if result is not None and inspect.isawaitable(result):
+            if self.timeout is None:
+                result = await result
+            else:
+                result = await self._timed(result)
+        return result
+
     def _failed(self, exc: Exception) -> tuple[int, int, str]:
         """``(errors, timeouts, text)`` for a handler call that raised."""
         if isinstance(exc, TimeoutError) and self.expired:
@@ -437,14 +511,14 @@ class ChildSide(asyncio.BufferedProtocol):
             return 0, 1, f"handler timed out after {self.timeout} s"
         return 1, 0, _describe(exc)
 
-    async def _timed(self, awaitable: Any) -> None:
+    async def _timed(self, awaitable: Any) -> Any:
         """Await a handler call; the watchdog cancels it past the timeout (raises TimeoutError)."""
         self.started = self.loop.time()
         self.running = True
         if self.timer is None and self.timeout is not None:
             self.timer = self.loop.call_at(self.started + self.timeout, self._watch)
         try:
-            await awaitable
+            return await awaitable
         except asyncio.CancelledError:
             if not self.expired:
                 raise
@@ -493,6 +567,25 @@ def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, 
             continue
         yield from coro.__await__()
         return
+
+
+def _as_reply(result: object) -> tuple[tuple[int, bytes], str]:
+    """A handler's result as a RESULT ``(status, data)``, and the error text if it is
+    no reply (not bytes-like, or over :data:`wire.REPLY_LIMIT`): a handler error."""
+    if result is None:
+        return (wire.NO_REPLY, b""), ""
+    if not isinstance(result, bytes | bytearray | memoryview):
+        text = (
+            "TypeError: Expected the handler to return a reply (bytes-like) or None, "
+            f"got {type(result).__name__}"
+        )
+        return (wire.REPLY_ERROR, text.encode()), text
+    data = bytes(result)
+    if len(data) > wire.REPLY_LIMIT:
+        limit = wire.REPLY_LIMIT
+        text = f"ReplyTooLarge: Expected a reply of at most {limit} bytes, got {len(data)}"
+        return (wire.REPLY_TOO_LARGE, len(data).to_bytes(8, "little")), text
+    return (wire.REPLY, data), ""
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ __all__ = (
     "IsolationError",
     "LimitNotEnforceable",
     "ProtocolViolation",
+    "ReplyTooLarge",
 )
 
 
@@ -109,6 +110,28 @@ class ChildHandlerError(IsolationError):
             f"Plugin {self.name!r} (id {self.plugin_id}): its handler raised {self.errors} time(s) "
             f"in the isolated child, in a batch from frame {frame_type_name(self.frame_type)}; "
             f"first: {self.first}"
+        )
+
+
+class ReplyTooLarge(IsolationError):
+    """An isolated handler's reply to a request was over the wire's limit: the child
+    refused to send it (the requester gets ``HandlerError`` caused by this; counted in
+    ``IsolationStats.replies_refused`` and as a handler error)."""
+
+    def __init__(self, name: str, plugin_id: int, frame_type: int, size: int, limit: int) -> None:
+        super().__init__(name, plugin_id, frame_type, size, limit)
+        self.name = name
+        self.plugin_id = plugin_id
+        self.frame_type = frame_type
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"Expected a reply of at most {self.limit} bytes, got {self.size} - in plugin "
+            f"{self.name!r} (id {self.plugin_id}), isolated, on frame "
+            f"{frame_type_name(self.frame_type)}; send large results in pieces, or run the "
+            "plugin in-process"
         )
 
 

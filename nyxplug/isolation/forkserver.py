@@ -7,7 +7,9 @@ itself. Children start in ~milliseconds instead of an interpreter start, and cos
 only the pages they write.
 
 Chain of custody against orphans: the server dies with the host (parent-death
-signal, and EOF on its control socket), every child dies with the server (its own
+signal, and EOF on its control socket; the host starts it from the thread that reads
+its socket, which lives as long as the server, because Linux ties the signal to the
+thread that forked, not the process), every child dies with the server (its own
 parent-death signal), each child leads its own process group (the host kills the
 group), and the server is a child subreaper, so anything a child forked is reaped
 here rather than left as a zombie.

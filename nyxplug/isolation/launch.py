@@ -241,13 +241,6 @@ class ForkServer:
 
     def __init__(self) -> None:
         self.control, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fd = server_end.fileno()
-        self.proc = subprocess.Popen(
-            host_command("--fork-server", "--fd", str(fd)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(fd,),
-            env=child_environment(), start_new_session=True, close_fds=True,
-        )  # fmt: skip
-        server_end.close()
         self._lock = threading.Lock()
         self._req = 0
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = {}
@@ -257,8 +250,45 @@ class ForkServer:
         self.ready = threading.Event()
         self.pid: int | None = None
         self.alive = True
-        self._thread = threading.Thread(target=self._read, name="nyxplug-forkserver", daemon=True)
+        # The server is started by its own reader thread, which lives exactly as long as
+        # the server: Linux's parent-death signal (the server's tie to the host) fires when
+        # the *thread* that forked it ends, so a server started from a host's loop thread
+        # would die with that loop.
+        started: list[subprocess.Popen[bytes] | BaseException] = []
+        launched = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(server_end, started, launched), name="nyxplug-forkserver",
+            daemon=True,
+        )  # fmt: skip
         self._thread.start()
+        launched.wait()
+        if isinstance(started[0], BaseException):
+            self.alive = False
+            self.control.close()
+            raise started[0]
+        self.proc = started[0]
+
+    def _run(
+        self,
+        server_end: socket.socket,
+        started: list[subprocess.Popen[bytes] | BaseException],
+        launched: threading.Event,
+    ) -> None:
+        """The reader thread: start the server, then serve it until it is gone."""
+        fd = server_end.fileno()
+        try:
+            started.append(subprocess.Popen(
+                host_command("--fork-server", "--fd", str(fd)),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(fd,),
+                env=child_environment(), start_new_session=True, close_fds=True,
+            ))  # fmt: skip
+        except BaseException as exc:
+            started.append(exc)
+            return
+        finally:
+            server_end.close()
+            launched.set()
+        self._read()
 
     @classmethod
     def get(cls) -> ForkServer:

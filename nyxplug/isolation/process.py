@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from .._errors import HandlerError
 from . import wire
 from .cgroup import Cgroup
 from .child import Launch, hello_proof
@@ -42,6 +43,7 @@ from .errors import (
     IsolatedPluginFailed,
     IsolationError,
     ProtocolViolation,
+    ReplyTooLarge,
 )
 from .launch import ChildProcess, describe_status, spawn_child
 from .layers import IsolationReport, Layer
@@ -94,6 +96,8 @@ class IsolationStats(msgspec.Struct, frozen=True, kw_only=True):
     failed_batches: int = 0
     child_errors: int = 0
     child_timeouts: int = 0
+    #: Replies to requests the child refused to send: over ``wire.REPLY_LIMIT`` bytes.
+    replies_refused: int = 0
     logs_dropped: int = 0
     #: Sampled from /proc by the host with each heartbeat (the child is not asked).
     cpu_seconds: float = 0.0
@@ -156,6 +160,8 @@ class _Child:
         #: Batches in the child: seq -> (future of their errors or None, frames, first type)
         self.acks: dict[int, tuple[asyncio.Future[tuple[int, int, str] | None], int, int]] = {}
         self.replies: dict[int, asyncio.Future[wire.Reply]] = {}
+        #: Batches holding requests: seq -> (the positions asked, the RESULTs so far)
+        self.results: dict[int, tuple[frozenset[int], dict[int, tuple[int, bytes]]]] = {}
         self.seq = 0
         self.ready = False
         self.dead = False
@@ -176,6 +182,12 @@ class _Child:
         owner = self.owner
         if kind is _ACK and self.greeted:  # the receipt for a batch: the common case first
             self.on_ack(*wire.decode_ack(body))
+        elif kind is Kind.RESULT and self.greeted:  # a request's answer, before its ACK
+            seq, index, status, data = wire.decode_result(body)
+            asked = self.results.get(seq)
+            if asked is None or index not in asked[0] or index in asked[1]:
+                raise ProtocolViolation(f"RESULT {seq}/{index} answers no request asked")
+            asked[1][index] = (status, data)
         elif not self.greeted:
             if kind is not Kind.HELLO or self.hello.done():
                 raise ProtocolViolation(f"Expected HELLO first, got {kind.name}")
@@ -241,10 +253,12 @@ class IsolatedPlugin:
         hello_protocol: int | None = None,
         limits: Limits | None = None,
         memory_required: bool = False,
+        pending_replies: Callable[[], dict[Any, Any] | None] | None = None,
     ) -> None:
         """``limits`` (the plugin's own, ``manifest_limits.child_limits``) replace the
         host's ``options.limits``; ``memory_required``: no child starts without a cgroup
-        to hold its memory limit."""
+        to hold its memory limit. ``pending_replies``: the dispatcher's requests waiting
+        on this plugin (``Dispatcher._pending_replies``); without it, requests get ``None``."""
         self.name = name
         self.plugin_id = plugin_id
         self.version = version
@@ -259,6 +273,8 @@ class IsolatedPlugin:
         self._on_timeouts = on_timeouts
         self._queue_depth = queue_depth
         self._hello_protocol = hello_protocol
+        self._pending_replies = pending_replies
+        self._replies: dict[Any, Any] | None = None  # the dispatcher's, once it is known
         self._log = logging.getLogger(f"nyxplug.plugin.{name}")
         self._child: _Child | None = None
         self._ready: asyncio.Event | None = None
@@ -274,7 +290,8 @@ class IsolatedPlugin:
         self._c = dict.fromkeys(
             ("starts", "restarts", "crashes", "hangs", "protocol_violations", "limit_breaches",
              "frames_sent", "batches_sent", "frames_completed", "lost_to_crash", "in_child",
-             "refused", "failed_batches", "child_errors", "child_timeouts", "logs_dropped"), 0,
+             "refused", "failed_batches", "child_errors", "child_timeouts", "logs_dropped",
+             "replies_refused"), 0,
         )  # fmt: skip
         self._last: dict[str, Any] = {"crash": None, "stack": None, "limit": None}
         self._usage = (0.0, 0, 0, 0)
@@ -296,6 +313,11 @@ class IsolatedPlugin:
 
     async def handle_batch(self, messages: list[Any]) -> None:
         """Send the frames to the child and wait for its receipt."""
+        replies = self._replies
+        if replies is None and self._pending_replies is not None:
+            replies = self._replies = self._pending_replies()
+        if replies and any(message in replies for message in messages):
+            return await self._handle_requests(messages, replies)
         try:
             child = self._child
             if child is None or not child.ready:
@@ -311,14 +333,81 @@ class IsolatedPlugin:
             self._c["failed_batches"] += 1  # once per call, as the dispatcher counts errors
             raise
 
-    def _post(self, child: _Child, messages: list[Any]) -> asyncio.Future[Any] | None:
-        """Write one FRAMES message; its receipt's future, or ``None`` when the batch is
-        too large for one message (and can be split)."""
+    async def _handle_requests(self, messages: list[Any], replies: dict[Any, Any]) -> None:
+        """``handle_batch`` for a batch holding requests: the child is asked for their
+        replies and each request is answered here (the worker finds them settled)."""
+        try:
+            await self._send_requests(messages, replies)
+        except Exception:
+            self._c["failed_batches"] += 1
+            raise
+
+    async def _send_requests(self, messages: list[Any], replies: dict[Any, Any]) -> None:
+        child = self._child
+        if child is None or not child.ready:
+            child = await self._wait_for_child(messages)
+        asked = [i for i, message in enumerate(messages) if message in replies]
+        future = self._post(child, messages, asked)
+        if future is None:  # too large for one message: in halves, each asked again
+            half = len(messages) // 2
+            await self._send_requests(messages[:half], replies)
+            await self._send_requests(messages[half:], replies)
+            return
+        seq = child.seq
+        try:
+            failed = await future
+        finally:
+            answers = child.results.pop(seq, (frozenset(), {}))[1]
+        for i in asked:
+            message = messages[i]
+            target = replies.get(message)
+            answer = answers.get(i)
+            if target is None or answer is None:
+                continue  # gone (timed out), or unanswered: the worker settles it
+            del replies[message]
+            if target.done():
+                continue
+            status, data = answer
+            if status == wire.REPLY:
+                target.set_result(data)
+            elif status == wire.NO_REPLY:
+                target.set_result(None)
+            else:
+                target.set_exception(self._request_error(message.frame_type, status, data))
+        if failed is not None:
+            self._child_failed(failed, messages)
+
+    def _request_error(self, frame_type: int, status: int, data: bytes) -> HandlerError:
+        """The requester's error for a RESULT that is no reply: the handler's error text
+        (cause ``ChildHandlerError``), or ``ReplyTooLarge``."""
+        if status == wire.REPLY_TOO_LARGE:
+            self._c["replies_refused"] += 1
+            size = int.from_bytes(data, "little")
+            cause: Exception = ReplyTooLarge(
+                self.name, self.plugin_id, frame_type, size, wire.REPLY_LIMIT
+            )
+            text = f"ReplyTooLarge: {cause}"
+        else:
+            text = data.decode("utf-8", "replace")
+            cause = ChildHandlerError(self.name, self.plugin_id, frame_type, 1, text)
+        error = HandlerError(self.plugin_id, int(frame_type), text)
+        error.__cause__ = cause
+        return error
+
+    def _post(
+        self, child: _Child, messages: list[Any], asked: list[int] | None = None
+    ) -> asyncio.Future[Any] | None:
+        """Write one FRAMES message (after an ASK for the requests at ``asked``); its
+        receipt's future, or ``None`` when the batch is too large for one message (and
+        can be split)."""
         child.seq = seq = child.seq + 1
         data = wire.encode_frames(seq, messages)
         count = len(messages)
         if len(data) > wire.PARENT_MESSAGE_LIMIT and count > 1:
             return None
+        if asked is not None:  # one write: the child wakes once for both
+            child.results[seq] = (frozenset(asked), {})
+            data = wire.encode_ask(seq, asked) + data
         future: asyncio.Future[tuple[int, int, str] | None] = child.loop.create_future()
         child.acks[seq] = (future, count, messages[0].frame_type)
         child.send(data)  # first: the counting below overlaps with the child's work

@@ -6,6 +6,15 @@ messages per write, as ``u64 seq | u32 count`` then ``u8 type | u16 header lengt
 u32 payload length | header | payload`` per frame. Control messages are msgpack
 structs decoded strictly (unknown fields and wrong types refused).
 
+Replies (SPEC 8) cross only for frames someone waits on: before a FRAMES message
+whose batch holds requests, the parent sends ASK (``u64 seq | u32 index`` per request,
+the positions in that batch); for each asked position the child sends RESULT (``u64 seq
+| u32 index | u8 status | data``; status 0: no reply, 1: ``data`` is the reply, 2:
+``data`` is the handler's error text, 3: the reply was too large, ``data`` its size as
+u64) before the batch's ACK. A batch without requests costs nothing more. A reply is
+capped at :data:`REPLY_LIMIT` bytes (its RESULT fits in :data:`CHILD_MESSAGE_LIMIT`);
+the child refuses a larger one (status 3) and counts it as a handler error.
+
 The parent treats every byte from the child as hostile: sizes are capped before
 anything is buffered, kinds must be ones a child may send, and any breach raises
 ``ProtocolViolation`` (the caller then kills the child).
@@ -54,6 +63,11 @@ _PLAIN_ACK = struct.Struct("<IBQIII")  # an ACK without error text, framed
 CHILD_MESSAGE_LIMIT = 1 << 20
 #: The most the parent sends in one message (a batch of frames or the plugin's files).
 PARENT_MESSAGE_LIMIT = 64 << 20
+#: The largest reply a child may send for one request (the rest of its RESULT message
+#: is the kind, seq, index and status).
+REPLY_LIMIT = CHILD_MESSAGE_LIMIT - 14
+#: RESULT statuses.
+NO_REPLY, REPLY, REPLY_ERROR, REPLY_TOO_LARGE = 0, 1, 2, 3
 #: Longest error text or log line kept from a child.
 TEXT_LIMIT = 4096
 #: Deepest nesting of arrays and maps in a message from a child (a REPLY's value is
@@ -71,12 +85,14 @@ class Kind(enum.IntEnum):
     PONG = 4
     REPLY = 5
     LOG = 6
+    RESULT = 7
     WELCOME = 16
     LOAD = 17
     FRAMES = 18
     PING = 19
     CALL = 20
     STOP = 21
+    ASK = 22
 
 
 CHILD_KINDS = frozenset(k for k in Kind if k < 16)
@@ -293,6 +309,48 @@ def decode_ack(body: bytes) -> tuple[int, int, int, int, str]:
     seq, handled, errors, timeouts = _ACK.unpack_from(body)
     text = body[_ACK.size :].decode("utf-8", "replace")
     return seq, handled, errors, timeouts, text
+
+
+_RESULT = struct.Struct("<QIB")
+_INDEX = struct.Struct("<I")
+
+
+def encode_ask(seq: int, indices: Sequence[int]) -> bytes:
+    """ASK: the positions of the requests in batch ``seq`` (sent just before it)."""
+    body = _SEQ.pack(seq) + struct.pack(f"<{len(indices)}I", *indices)
+    return _PREFIX.pack(len(body) + 1, Kind.ASK) + body
+
+
+def decode_ask(body: bytes) -> tuple[int, list[int]]:
+    if len(body) < _SEQ.size or (len(body) - _SEQ.size) % _INDEX.size:
+        raise ProtocolViolation(f"Expected an ASK of 8 + 4n bytes, got {len(body)}")
+    count = (len(body) - _SEQ.size) // _INDEX.size
+    return _SEQ.unpack_from(body)[0], list(struct.unpack_from(f"<{count}I", body, _SEQ.size))
+
+
+def encode_result(seq: int, index: int, status: int, data: bytes = b"") -> bytes:
+    """RESULT: the answer to request ``index`` of batch ``seq`` (see the module's doc)."""
+    return (
+        _PREFIX.pack(_RESULT.size + len(data) + 1, Kind.RESULT)
+        + _RESULT.pack(seq, index, status)
+        + data
+    )
+
+
+def decode_result(body: bytes) -> tuple[int, int, int, bytes]:
+    """``(seq, index, status, data)``; a status or data the protocol has no room for is a
+    ``ProtocolViolation``."""
+    if len(body) < _RESULT.size:
+        raise ProtocolViolation(f"Expected a RESULT of at least {_RESULT.size} bytes")
+    seq, index, status = _RESULT.unpack_from(body)
+    data = body[_RESULT.size :]
+    if status == REPLY_TOO_LARGE and len(data) != _SEQ.size:
+        raise ProtocolViolation("Expected a too-large RESULT to carry its size in 8 bytes")
+    if status == NO_REPLY and data or status > REPLY_TOO_LARGE:
+        raise ProtocolViolation(f"Expected a RESULT status 0..3 (0 without data), got {status}")
+    if status == REPLY_ERROR and len(data) > TEXT_LIMIT:
+        raise ProtocolViolation(f"Expected an error text of at most {TEXT_LIMIT} bytes")
+    return seq, index, status, data
 
 
 def encode_stop() -> bytes:

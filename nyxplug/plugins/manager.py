@@ -672,6 +672,7 @@ class PluginManager:
             handler_timeout=self._handler_timeout(manifest), options=self.config.isolation,
             on_failed=failed, on_timeouts=timed_out, queue_depth=queue_depth,
             limits=limits, memory_required=memory_required,
+            pending_replies=lambda: self.dispatcher._pending_replies(plugin_id),
         )  # fmt: skip
         return lambda: instance
 

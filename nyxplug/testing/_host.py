@@ -204,8 +204,6 @@ class NyxHost:
                 "`nyxplug new` wrote (or a Plugin class)"
             ) from None
         document = apply_overrides(document, overrides)
-        if document.get("resources", {}).get("isolation") == "process":
-            _start_fork_server()
         new_name = str(document.get("plugin", {}).get("name", source.name))
         target = self.plugin_dir / (name or new_name)
         if name is None and target.exists():
@@ -254,21 +252,6 @@ class NyxHost:
 
     def __repr__(self) -> str:
         return f"<NyxHost {self.root} plugins={sorted(self.handles)}>"
-
-
-def _start_fork_server() -> None:
-    """Start the isolation fork server from this (the test's) thread, not the host's.
-
-    The fork server dies with the thread that started it (Linux's parent-death signal
-    follows the thread), and each host's loop thread ends with its test: a server
-    started there would be gone - or going - when the next test spawns a child.
-    """
-    import sys
-
-    if sys.platform.startswith("linux"):
-        from ..isolation.launch import ForkServer
-
-        ForkServer.get()
 
 
 async def _discover(manager: PluginManager) -> None:
