@@ -422,7 +422,7 @@ async def test_an_isolated_plugin_killed_goes_open_repairing_half_open_closed(
         seen: list[tuple[BreakerState, str | None]] = []
         ladder = manager._record("far").recovery
         assert ladder is not None
-        watch = ladder._breaker_changed
+        watch = ladder.breaker_changed
 
         def note(state: BreakerState) -> None:
             stats = manager.dispatcher.breaker_stats(41)

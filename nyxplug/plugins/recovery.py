@@ -111,7 +111,7 @@ class RecoveryLadder:
     def start(self) -> None:
         """Listen to the plugin's breaker and start the ladder's task."""
         d = self.dispatcher
-        d.watch_breaker(self.plugin_id, self._breaker_changed)
+        d.watch_breaker(self.plugin_id, self.breaker_changed)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"nyxplug-recovery-{self.plugin_id}"
@@ -133,7 +133,7 @@ class RecoveryLadder:
             if not task.cancelled():  # our caller was cancelled, not the task
                 raise
 
-    def _breaker_changed(self, state: BreakerState) -> None:
+    def breaker_changed(self, state: BreakerState) -> None:
         self._wake.set()  # called inside a dispatch or the worker: only note it
 
     def liveness_failed(self, reason: str) -> None:
