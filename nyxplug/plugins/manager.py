@@ -241,7 +241,10 @@ class PluginManager:
         """One plugin's counters and labels, cheaply (what a metrics scrape reads)."""
         record = self._record(name)
         m = record.manifest
-        return record.counters(self.dispatcher.plugin_stats(m.id) if m is not None else None)
+        if m is None:
+            return record.counters(None)
+        d = self.dispatcher
+        return record.counters(d.plugin_stats(m.id), d.breaker_stats(m.id))
 
     def status(self, name: str) -> PluginStatus:
         """One catalog entry (``PluginNotFound`` if unknown)."""
