@@ -528,9 +528,13 @@ class PluginManager:
             if record.health is not None:
                 record.health.recovered()
 
+        def audited(decision: str, fields: dict[str, object]) -> None:
+            self._audit("recovery", decision, record, **fields)
+
         record.recovery = RecoveryLadder(
-            self.dispatcher, manifest.id, config, actions, on_recovered=recovered
-        )
+            self.dispatcher, manifest.id, config, actions, on_recovered=recovered,
+            on_event=audited,
+        )  # fmt: skip
         record.recovery.start()
 
     async def wait_recovery(self, name: str) -> None:
