@@ -646,16 +646,18 @@ class PluginManager:
             return
         ladder = record.recovery
         lines, noted = self._breaker_lines, self._breaker_noted
+        audited = self.audit is not None  # else nothing would drain the lines
         stats = self.dispatcher.breaker_stats(plugin_id)
         last = [stats.state.name.lower() if stats is not None else "closed"]
 
         def changed(state: BreakerState) -> None:
             if ladder is not None:
                 ladder.breaker_changed(state)
-            name = state.name.lower()
-            lines.append((record, last[0], name))
-            last[0] = name
-            noted.set()
+            if audited:
+                name = state.name.lower()
+                lines.append((record, last[0], name))
+                last[0] = name
+                noted.set()
 
         self.dispatcher.watch_breaker(plugin_id, changed)
         if self.audit is not None and self._breaker_writer is None:
