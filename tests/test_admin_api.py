@@ -22,7 +22,9 @@ import pytest
 import schemathesis
 from admin_helpers import AdminHost, ThreadedHost, call
 from hypothesis import HealthCheck, given, reject, settings
+from nyx_helpers import DATA
 
+from nyxplug import CircuitOpen, PluginHeader
 from nyxplug.admin import OPERATIONS, build_app, openapi_document
 from nyxplug.trust import install_package
 
@@ -41,6 +43,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "name": "echo",
         "uninstallPlugin.name": "acme-pkg",
         "installPlugin": {"package": base64.b64encode(host.package.read_bytes()).decode()},
+        "setBreaker": {"state": "closed"},
     }
     with ThreadedHost(host, examples) as threaded:
         yield threaded
@@ -181,12 +184,21 @@ def test_the_document_is_valid_openapi_and_matches_the_routes(tmp_path: Path) ->
 
 
 async def asgi_call(
-    app: Any, method: str, path: str, *, client: tuple[str, int], token: bytes | None
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    client: tuple[str, int],
+    token: bytes | None,
+    body: Any = None,
 ) -> tuple[int, dict[str, Any]]:
     """One call straight into the ASGI app, from ``client`` (no socket can fake that)."""
     headers = [(b"host", b"admin")]
     if token is not None:
         headers.append((b"authorization", b"Bearer " + token))
+    data = b"" if body is None else json.dumps(body).encode()
+    if body is not None:
+        headers.append((b"content-type", b"application/json"))
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
@@ -195,7 +207,7 @@ async def asgi_call(
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": data, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -301,4 +313,56 @@ async def test_one_audit_trail_holds_lifecycle_and_admin_calls(tmp_path: Path) -
         ("admin", "done", "reloadPlugin"),
         ("unload", "done", None),
         ("admin", "done", "disablePlugin"),
+    ]
+
+
+async def test_an_operator_forces_a_breaker_open_and_resets_it(tmp_path: Path) -> None:
+    """POST .../breaker moves the breaker (frames refused, then admitted again); GET shows
+    it; the call, the operator's action (with the caller) and each transition are audited."""
+    host = AdminHost(tmp_path)
+    manager = host.manager()
+    await manager.start()
+    try:
+        app = build_app(manager, host.token)
+        loopback = ("127.0.0.1", 5000)
+        path = "/api/v1/plugins/echo/breaker"
+        async with asyncio.timeout(10):
+            status, view = await asgi_call(app, "GET", path, client=loopback, token=host.token)
+            assert status == 200
+            assert view == {"name": "echo", "state": None, "breaker": None, "recovery": None}
+            status, view = await asgi_call(
+                app, "POST", path, client=loopback, token=host.token,
+                body={"state": "forced_open"},
+            )  # fmt: skip
+            assert status == 200 and view["state"] == "forced_open"
+            with pytest.raises(CircuitOpen):
+                manager.dispatcher.dispatch_nowait(DATA, PluginHeader(7).encode(), b"x")
+            status, view = await asgi_call(app, "GET", path, client=loopback, token=host.token)
+            assert view["state"] == "forced_open" and view["breaker"]["refused_forced_open"] == 1
+            status, view = await asgi_call(
+                app, "POST", path, client=loopback, token=host.token, body={"state": "open"}
+            )
+            assert status == 400, view  # OPEN is the breaker's own state
+            status, view = await asgi_call(
+                app, "POST", path, client=loopback, token=host.token, body={"state": "closed"}
+            )
+            assert status == 200 and view["state"] == "closed"
+            manager.dispatcher.dispatch_nowait(DATA, PluginHeader(7).encode(), b"x")
+            manager.flush_breaker_audit()
+    finally:
+        await manager.aclose()
+    assert manager.audit is not None
+    trail = [
+        (e["event"], e["decision"], e.get("state") or e.get("previous"), e.get("caller"))
+        for e in manager.audit.entries()
+        if e.get("plugin") == "echo" and e["event"] in ("admin", "breaker")
+    ]
+    assert trail == [
+        ("breaker", "set", "forced_open", "127.0.0.1:5000"),
+        ("breaker", "forced_open", "closed", None),
+        ("admin", "done", None, "127.0.0.1:5000"),
+        ("admin", "refused", None, "127.0.0.1:5000"),  # the body names no operator state
+        ("breaker", "set", "closed", "127.0.0.1:5000"),
+        ("breaker", "closed", "forced_open", None),
+        ("admin", "done", None, "127.0.0.1:5000"),
     ]

@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 from admin_helpers import AdminHost, call
 from nyx_helpers import DATA
+from plugin_helpers import RECORDER, write_plugin
 from prometheus_client.parser import text_string_to_metric_families
 
-from nyxplug import PluginHeader
+from nyxplug import BreakerState, CircuitOpen, PluginHeader
 from nyxplug.admin import AdminAddress, AdminServer, build_app
 from nyxplug.plugins import PluginManager
 
@@ -53,8 +54,15 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_host(tmp_path: Path, impl: Any) -> AsyncIterator[Running]:
+async def running_host(
+    tmp_path: Path, impl: Any, *, guarded: bool = False
+) -> AsyncIterator[Running]:
     host = AdminHost(tmp_path)
+    if guarded:  # a plugin with a circuit breaker, health checks and a recovery ladder
+        write_plugin(
+            host.plugins, "guarded", 11, RECORDER, breaker={"window_size": 10},
+            health={"interval": 3600.0}, recovery={"steps": ["reset", "quarantine"]},
+        )  # fmt: skip
     manager = host.manager(impl.Dispatcher())
     await manager.start()
     app = build_app(manager, host.token)
@@ -110,6 +118,41 @@ async def test_metrics_parse_back_with_the_counters_of_the_host(tmp_path: Path, 
         assert labels <= {"plugin", "version", "reason", "result", "state"}
 
 
+async def test_breaker_recovery_and_health_series_parse_back(tmp_path: Path, impl: Any) -> None:
+    """The breaker's state (one series per state), its refusals, the ladder's steps and
+    the health checks' failures, read from the counters that exist anyway."""
+    async with running_host(tmp_path, impl, guarded=True) as running:
+        running.manager.set_breaker_state("guarded", BreakerState.FORCED_OPEN)
+        with pytest.raises(CircuitOpen):
+            running.manager.dispatcher.dispatch_nowait(DATA, PluginHeader(11).encode(), b"x")
+        _, _, text = await running.get("/metrics", token=running.host.token)
+        got = samples(text)
+        guarded = (("plugin", "guarded"),)
+        states = {
+            state: got[("nyxplug_breaker_state", guarded + (("state", state),))]
+            for state in ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
+        }
+        assert states == {**dict.fromkeys(states, 0.0), "forced_open": 1.0}
+        refused = (("plugin", "guarded"), ("reason", "circuit_open"), ("version", "1.0.0"))
+        assert got[("nyxplug_frames_refused_total", refused)] == 1
+        assert got[("nyxplug_breaker_refusals_total", guarded + (("reason", "forced_open"),))] == 1
+        assert got[("nyxplug_breaker_trips_total", guarded)] == 0
+        for step in ("reset", "quarantine"):
+            labels = guarded + (("step", step),)
+            for series in ("attempts", "successes", "failures", "timeouts"):
+                assert got[(f"nyxplug_recovery_{series}_total", labels)] == 0
+        assert got[("nyxplug_recovery_episodes_total", guarded)] == 0
+        assert got[("nyxplug_recovery_recoveries_total", guarded)] == 0
+        assert got[("nyxplug_health_checks_total", guarded)] >= 0
+        for probe in ("liveness", "readiness"):
+            assert got[("nyxplug_health_check_failures_total", guarded + (("probe", probe),))] == 0
+        # echo has no breaker, checks or ladder: no series for it.
+        assert not any(name.startswith("nyxplug_breaker") and ("plugin", "echo") in pairs
+                       for name, pairs in got)  # fmt: skip
+        labels = {name for (_, pairs) in got for name, _ in pairs}
+        assert labels <= {"plugin", "version", "reason", "result", "state", "step", "probe"}
+
+
 async def test_openmetrics_is_served_when_asked_for(tmp_path: Path, impl: Any) -> None:
     async with running_host(tmp_path, impl) as running:
         status, headers, text = await running.get(
@@ -134,9 +177,10 @@ async def test_scrapes_within_the_cache_share_one_render(tmp_path: Path, impl: A
 
 
 async def test_promtool_accepts_the_metrics(tmp_path: Path, impl: Any) -> None:
-    async with running_host(tmp_path, impl) as running:
+    async with running_host(tmp_path, impl, guarded=True) as running:
         promtool = need("promtool")
         await send_frames(running.manager, 3)
+        running.manager.set_breaker_state("guarded", BreakerState.FORCED_OPEN)
         _, _, text = await running.get("/metrics", token=running.host.token)
         result = await asyncio.to_thread(
             subprocess.run,

@@ -15,9 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from admin_helpers import call
 from nyx_helpers import DATA
 from test_admin_serve import serve, stop, token_file, wait_for_line
 from test_serve import nyx_frame
+
+from nyxplug.admin import AdminAddress
+from nyxplug.cli.top import Row, table
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,10 +97,16 @@ def test_top_shows_frames_per_second_moving_and_quits_on_q(tmp_path: Path) -> No
 
 
 def test_top_once_prints_one_table(tmp_path: Path) -> None:
-    path, _ = token_file(tmp_path)
+    path, token = token_file(tmp_path)
     proc = serve(tmp_path, "--admin", "127.0.0.1:0", "--admin-token-file", str(path))
     try:
         admin = int(wait_for_line(proc, r"^admin API on 127\.0\.0\.1:(\d+) ").group(1))
+        address = AdminAddress(host="127.0.0.1", port=admin)
+        status, _, _ = call(
+            address, "POST", "/api/v1/plugins/echo/breaker", token=token,
+            body={"state": "forced_open"},
+        )  # fmt: skip
+        assert status == 200
         done = subprocess.run(
             [sys.executable, "-m", "nyxplug", "top", "--admin", f"127.0.0.1:{admin}",
              "--admin-token-file", str(path), "--once", "--interval", "0.1"],
@@ -108,9 +118,21 @@ def test_top_once_prints_one_table(tmp_path: Path) -> None:
     header, row = done.stdout.splitlines()
     assert header.split() == [
         "PLUGIN", "VERSION", "STATE", "FRAMES/S", "QUEUE", "HWM", "ERRORS", "RELOADS",
-        "RESTARTS", "REFUSED",
+        "RESTARTS", "BREAKER", "REFUSED",
     ]  # fmt: skip
-    assert row.split() == ["echo", "1.0.0", "active", "0", "0", "0", "0", "0", "0", "-"]
+    assert row.split() == [
+        "echo", "1.0.0", "active", "0", "0", "0", "0", "0", "0", "forced_open", "-",
+    ]  # fmt: skip
+
+
+def test_top_shows_the_step_a_recovery_ladder_runs() -> None:
+    rows = {
+        "a": Row("a", "1.0.0", "active", breaker="repairing: reset"),
+        "b": Row("b", "1.0.0", "active", refused={"circuit_open": 3.0}, breaker="open"),
+    }
+    _, a, b = table(rows, rows, 1.0)
+    assert a.split()[-3:] == ["repairing:", "reset", "-"]
+    assert b.split()[-3:] == ["open", "circuit", "3"]
 
 
 def test_top_with_a_wrong_token_says_so(tmp_path: Path) -> None:

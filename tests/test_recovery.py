@@ -145,6 +145,18 @@ async def test_reset_recovers_a_plugin_failing_every_frame(impl: Any, tmp_path: 
         assert (recovery.episodes, recovery.recoveries, recovery.repairing) == (1, 1, None)
         assert recovery.last_recovery_seconds is not None and recovery.last_recovery_seconds > 0
         ledger_holds(manager, 31, sent, refused)
+        # Every transition and step is in the audit trail, in order.
+        manager.flush_breaker_audit()
+        assert manager.audit is not None
+        entries = [e for e in manager.audit.entries() if e.get("plugin") == "breakable"]
+        assert [(e["previous"], e["decision"]) for e in entries if e["event"] == "breaker"] == [
+            ("closed", "open"), ("open", "half_open"), ("half_open", "closed"),
+        ]  # fmt: skip
+        steps = [(e["decision"], e.get("step"), e.get("cause"))
+                 for e in entries if e["event"] == "recovery"]  # fmt: skip
+        assert steps == [
+            ("started", None, "tripped"), ("worked", "reset", None), ("recovered", None, None),
+        ]  # fmt: skip
 
 
 async def test_a_step_is_shown_as_repairing_and_refusals_name_it(impl: Any, tmp_path: Path) -> None:
@@ -277,6 +289,13 @@ async def test_each_step_is_bounded_counted_and_the_ladder_ends_in_quarantine(
         }
         assert (recovery.episodes, recovery.recoveries) == (1, 0)
         assert not manager.dispatcher.is_loaded(31)
+        assert manager.audit is not None
+        trail = [(e["decision"], e.get("step")) for e in manager.audit.entries()
+                 if e["event"] == "recovery"]  # fmt: skip
+        assert trail == [
+            ("started", None), ("timed_out", "reset"), ("failed", "reload"),
+            ("quarantined", None), ("worked", "quarantine"),
+        ]  # fmt: skip
 
 
 async def test_every_rung_is_cut_at_its_timeout_and_counted(impl: Any, tmp_path: Path) -> None:
@@ -422,7 +441,7 @@ async def test_an_isolated_plugin_killed_goes_open_repairing_half_open_closed(
         seen: list[tuple[BreakerState, str | None]] = []
         ladder = manager._record("far").recovery
         assert ladder is not None
-        watch = ladder._breaker_changed
+        watch = ladder.breaker_changed
 
         def note(state: BreakerState) -> None:
             stats = manager.dispatcher.breaker_stats(41)

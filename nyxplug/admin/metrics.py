@@ -14,7 +14,9 @@ scrape storm costs one render a second.
 
 Names and labels follow Prometheus' conventions: ``nyxplug_`` prefix, ``_total`` for
 counters, base units, and bounded labels only (``plugin``, ``version``, ``reason``,
-``result``, ``state``) - never a frame id or a peer address.
+``result``, ``state``, ``step``, ``probe``) - never a frame id or a peer address.
+Breaker, recovery and health series are read the same way, from ``breaker_stats`` and
+the ladder's and health monitor's counts, at scrape time only.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ _REFUSALS = (
     ("permission_violations", "permission_denied"),
     ("sandbox_violations", "sandbox_violation"),
     ("plugin_closed", "plugin_closed"),
+    ("circuit_open", "circuit_open"),
 )
+
+#: ``BreakerState`` names by number: one ``nyxplug_breaker_state`` series each.
+_BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
 
 
 class Counters(NamedTuple):
@@ -77,6 +83,32 @@ class Isolation(NamedTuple):
     rss_bytes: int
 
 
+class Breaker(NamedTuple):
+    state: int  # ``BreakerState``
+    trips: int
+    refused: tuple[int, int, int]  # open, forced_open, half_open
+
+
+class Step(NamedTuple):
+    step: str
+    attempts: int
+    successes: int
+    failures: int
+    timeouts: int
+
+
+class Recovery(NamedTuple):
+    episodes: int
+    recoveries: int
+    steps: tuple[Step, ...]
+
+
+class Health(NamedTuple):
+    checks: int
+    liveness_failures: int
+    readiness_failures: int
+
+
 class PluginSample(NamedTuple):
     name: str
     version: str
@@ -87,6 +119,9 @@ class PluginSample(NamedTuple):
     reloads_rolled_back: int
     reload_retries: int
     isolation: Isolation | None
+    breaker: Breaker | None = None
+    recovery: Recovery | None = None
+    health: Health | None = None
 
 
 class HostSnapshot(NamedTuple):
@@ -136,7 +171,7 @@ def _sample(manager: PluginManager, name: str) -> PluginSample | None:
         c = manager.counters(name)
     except LookupError:  # gone between two slices
         return None
-    stats, iso = c.stats, c.isolation
+    stats, iso, b, r, h = c.stats, c.isolation, c.breaker, c.recovery, c.health
     return PluginSample(
         name=name,
         version=c.version or "",
@@ -161,6 +196,22 @@ def _sample(manager: PluginManager, name: str) -> PluginSample | None:
         else Isolation(
             iso.restarts, iso.crashes, iso.hangs, iso.limit_breaches, iso.rss_bytes
         ),  # fmt: skip
+        breaker=None
+        if b is None
+        else Breaker(
+            int(b.state), b.trips, (b.refused_open, b.refused_forced_open, b.refused_half_open)
+        ),
+        recovery=None
+        if r is None
+        else Recovery(
+            r.episodes,
+            r.recoveries,
+            tuple(
+                Step(step, s.attempts, s.successes, s.failures, s.timeouts)
+                for step, s in r.steps.items()
+            ),
+        ),  # fmt: skip
+        health=None if h is None else Health(h.checks, h.liveness_failures, h.readiness_failures),
     )
 
 
@@ -203,8 +254,57 @@ class SnapshotCollector:
         hangs = counter("isolation_hangs", "Isolated children killed as hung", ["plugin"])
         breaches = counter("isolation_limit_breaches", "Resource limits breached", ["plugin"])
         rss = gauge("isolation_resident_memory_bytes", "An isolated child's RSS", ["plugin"])
+        plugin = ["plugin"]
+        breaker_state = gauge(
+            "breaker_state", "1 for the circuit breaker's current state, 0 for the others",
+            ["plugin", "state"],
+        )  # fmt: skip
+        trips = counter("breaker_trips", "Times the circuit breaker opened", plugin)
+        breaker_refused = counter(
+            "breaker_refusals", "Frames the circuit breaker refused, by the state that refused",
+            ["plugin", "reason"],
+        )  # fmt: skip
+        episodes = counter("recovery_episodes", "Times the recovery ladder started", plugin)
+        recovered = counter(
+            "recovery_recoveries", "Recovery episodes that ended with the breaker closed", plugin
+        )
+        step_labels = ["plugin", "step"]
+        attempts = counter("recovery_attempts", "Recovery steps run, by step", step_labels)
+        successes = counter("recovery_successes", "Recovery steps that worked", step_labels)
+        failures = counter(
+            "recovery_failures", "Recovery steps that raised or timed out", step_labels
+        )
+        step_timeouts = counter(
+            "recovery_timeouts", "Recovery steps cut at step_timeout", step_labels
+        )
+        checks = counter("health_checks", "Scheduled health checks run", plugin)
+        check_failures = counter(
+            "health_check_failures", "Scheduled health checks that failed, by probe",
+            ["plugin", "probe"],
+        )  # fmt: skip
         by_state: dict[str, int] = {}
         for p in snap.plugins:
+            b, r, h = p.breaker, p.recovery, p.health
+            if b is not None:
+                for number, name in enumerate(_BREAKER_STATES):
+                    breaker_state.add_metric([p.name, name], 1.0 if b.state == number else 0.0)
+                trips.add_metric([p.name], b.trips)
+                for reason, count in zip(
+                    ("open", "forced_open", "half_open"), b.refused, strict=True
+                ):
+                    breaker_refused.add_metric([p.name, reason], count)
+            if r is not None:
+                episodes.add_metric([p.name], r.episodes)
+                recovered.add_metric([p.name], r.recoveries)
+                for step in r.steps:
+                    attempts.add_metric([p.name, step.step], step.attempts)
+                    successes.add_metric([p.name, step.step], step.successes)
+                    failures.add_metric([p.name, step.step], step.failures)
+                    step_timeouts.add_metric([p.name, step.step], step.timeouts)
+            if h is not None:
+                checks.add_metric([p.name], h.checks)
+                check_failures.add_metric([p.name, "liveness"], h.liveness_failures)
+                check_failures.add_metric([p.name, "readiness"], h.readiness_failures)
             by_state[p.state] = by_state.get(p.state, 0) + 1
             labels = [p.name, p.version]
             up.add_metric(labels, 1.0 if p.state == "active" else 0.0)
@@ -239,6 +339,8 @@ class SnapshotCollector:
         yield from (states, up, processed, processed_bytes, errors, refused, dropped, depth)
         yield from (high, timeouts, reloads, retries, restarts, crashes, hangs, breaches, rss)
         yield from (dispatched, refusals)
+        yield from (breaker_state, trips, breaker_refused, episodes, recovered)
+        yield from (attempts, successes, failures, step_timeouts, checks, check_failures)
 
 
 def render(snapshot: HostSnapshot | PackedSnapshot, accept: str | None) -> tuple[bytes, str]:

@@ -5,7 +5,7 @@
 its path, method, query and body types (msgspec ``Struct``\\ s, which also validate), its
 success type and status, the problems it may answer, and whether it changes the host
 (mutating calls are written to the audit log with their caller). The next capabilities
-(versions, rollouts, breakers) add rows here.
+(versions, rollouts) add rows here.
 
 Handlers run on the host's event loop and call the ``PluginManager``'s own methods, so an
 admin call moves a plugin exactly as ``nyxplug enable`` or ``reload`` would; they never
@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from .._breaker import BreakerState, BreakerStats
+from .._recovery import RecoveryStats
 from .._stats import DispatchStats, PluginStats
 from ..isolation.process import IsolationStats
 from ..plugins.catalog import PluginStatus
@@ -157,6 +159,28 @@ class Revocations(msgspec.Struct, kw_only=True):
     floors: dict[str, str]
 
 
+BreakerStateName = Literal["closed", "open", "half_open", "disabled", "forced_open", "metrics_only"]
+#: The states an operator may set; ``open`` and ``half_open`` are the breaker's own.
+OperatorState = Literal["closed", "forced_open", "disabled", "metrics_only"]
+
+
+class BreakerView(msgspec.Struct, kw_only=True):
+    name: str
+    #: The breaker's state by name (``breaker.state`` is its number); None without one.
+    state: BreakerStateName | None
+    #: None when the plugin is not loaded or has no breaker (``[breaker]``).
+    breaker: BreakerStats | None
+    #: The recovery ladder's steps and counts; None without ``[recovery]``.
+    recovery: RecoveryStats | None = None
+
+
+class BreakerChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: ``closed`` resets the breaker (fresh window, open time back to ``open_wait``);
+    #: ``forced_open`` refuses every frame; ``disabled`` admits all and records nothing;
+    #: ``metrics_only`` records but never trips.
+    state: OperatorState
+
+
 class AuditEntries(msgspec.Struct, kw_only=True):
     entries: list[dict[str, Any]]
 
@@ -277,6 +301,27 @@ async def plugin_stats(host: AdminHost, call: Call) -> PluginStatsView:
         name=status.name, stats=host.manager.stats(status.name), reloads=status.reloads,
         isolation=status.isolation, handler_timeouts=status.handler_timeouts,
     )  # fmt: skip
+
+
+def _breaker_view(host: AdminHost, name: str, stats: BreakerStats | None) -> BreakerView:
+    status = host.manager.status(name)
+    state: Any = stats.state.name.lower() if stats is not None else None
+    return BreakerView(name=name, state=state, breaker=stats, recovery=status.recovery)
+
+
+async def get_breaker(host: AdminHost, call: Call) -> BreakerView:
+    name = _name(call)
+    return _breaker_view(host, name, host.manager.breaker(name))
+
+
+async def set_breaker(host: AdminHost, call: Call) -> BreakerView:
+    """An operator's transition; the manager writes it to the audit log with the caller."""
+    name, body = _name(call), call.body
+    assert isinstance(body, BreakerChange)
+    stats = host.manager.set_breaker_state(
+        name, BreakerState[body.state.upper()], caller=call.caller
+    )
+    return _breaker_view(host, name, stats)
 
 
 async def host_stats(host: AdminHost, call: Call) -> HostStats:
@@ -535,6 +580,28 @@ OPERATIONS: tuple[Operation, ...] = (
         problems=(404,),
         tags=("stats",),
         summary="Its dispatcher counters, reloads and isolation (child, faults, ledger)",
+    ),
+    Operation(
+        method="GET",
+        path="/api/v1/plugins/{name}/breaker",
+        operation_id="getBreaker",
+        handler=get_breaker,
+        response=BreakerView,
+        problems=(404,),
+        tags=("breakers",),
+        summary="Its circuit breaker (state, window, refusals) and its recovery ladder",
+    ),
+    Operation(
+        method="POST",
+        path="/api/v1/plugins/{name}/breaker",
+        operation_id="setBreaker",
+        handler=set_breaker,
+        response=BreakerView,
+        body=BreakerChange,
+        problems=(404, 409),
+        mutating=True,
+        tags=("breakers",),
+        summary="Reset (closed), force open, disable or set metrics-only its circuit breaker",
     ),
     Operation(
         method="GET",

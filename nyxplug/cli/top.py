@@ -3,7 +3,8 @@
 Every ``--interval`` seconds it reads ``/api/v1/plugins`` (states) and ``/metrics``
 (counters) of the host ``nyxplug serve --admin`` started, and redraws one row per
 plugin in place: state, frames/s since the last refresh, queue depth and high-water
-mark, handler errors, refusals by reason, reloads and isolation restarts. ``q`` or
+mark, handler errors, refusals by reason, reloads, isolation restarts and the circuit
+breaker (its state, or ``repairing: STEP`` while the recovery ladder runs one). ``q`` or
 Ctrl-C quits and gives the terminal back as it was. ``--once`` prints one table (two
 samples ``--interval`` apart) instead, for scripts and logs.
 """
@@ -29,6 +30,7 @@ _REFUSAL_SHORT = {
     "permission_denied": "perm",
     "sandbox_violation": "sandbox",
     "plugin_closed": "closed",
+    "circuit_open": "circuit",
 }
 
 
@@ -38,7 +40,7 @@ def add_commands(commands: Any) -> None:
         help="live view of a running host's plugins (through nyxplug serve --admin)",
         description="Show a running host's plugins, refreshed in place: state, frames/s, "
         "queue depth and high-water mark, errors, refusals by reason, reloads, isolation "
-        "restarts. q or Ctrl-C quits.",
+        "restarts, circuit breaker. q or Ctrl-C quits.",
     )
     top.add_argument(
         "--admin", metavar="ADDRESS", required=True,
@@ -109,6 +111,8 @@ class Row:
     refused: dict[str, float] = field(default_factory=dict)
     reloads: float = 0.0
     restarts: float = 0.0
+    #: The breaker's state ("-" without one), or "repairing: STEP" during a recovery step.
+    breaker: str = "-"
 
 
 def sample(client: Client) -> dict[str, Row]:
@@ -119,6 +123,11 @@ def sample(client: Client) -> dict[str, Row]:
     rows = {
         p["name"]: Row(p["name"], p["version"] or "-", p["state"])
         for p in json.loads(body)["plugins"]
+    }
+    repairing = {
+        p["name"]: p["recovery"]["repairing"]
+        for p in json.loads(body)["plugins"]
+        if p.get("recovery") and p["recovery"].get("repairing")
     }
     _, text = client.get("/metrics")
     for family in text_string_to_metric_families(text.decode()):
@@ -141,12 +150,16 @@ def sample(client: Client) -> dict[str, Row]:
                 row.reloads = s.value
             elif name == "nyxplug_isolation_restarts_total":
                 row.restarts = s.value
+            elif name == "nyxplug_breaker_state" and s.value == 1:
+                row.breaker = s.labels["state"]
+    for name, step in repairing.items():
+        rows[name].breaker = f"repairing: {step}"
     return rows
 
 
 HEADER = (
     f"{'PLUGIN':<20} {'VERSION':<9} {'STATE':<9} {'FRAMES/S':>10} {'QUEUE':>6} {'HWM':>6} "
-    f"{'ERRORS':>7} {'RELOADS':>7} {'RESTARTS':>8}  REFUSED"
+    f"{'ERRORS':>7} {'RELOADS':>7} {'RESTARTS':>8}  {'BREAKER':<21} REFUSED"
 )
 
 
@@ -163,7 +176,7 @@ def table(before: dict[str, Row], after: dict[str, Row], seconds: float) -> list
         lines.append(
             f"{name[:20]:<20} {row.version[:9]:<9} {row.state[:9]:<9} {rate:>10,.0f} "
             f"{row.depth:>6.0f} {row.high:>6.0f} {row.errors:>7.0f} {row.reloads:>7.0f} "
-            f"{row.restarts:>8.0f}  {refused or '-'}"
+            f"{row.restarts:>8.0f}  {row.breaker[:21]:<21} {refused or '-'}"
         )
     return lines
 

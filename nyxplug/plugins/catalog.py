@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 
+from .._breaker import BreakerStats
 from .._constants import Permission
 from .._health import HealthStats
 from .._recovery import RecoveryStats
@@ -143,6 +144,10 @@ class PluginCounters(NamedTuple):
     reloads_rolled_back: int
     reload_retries: int
     isolation: IsolationStats | None
+    #: The circuit breaker (None without one), the health checks and the recovery ladder.
+    breaker: BreakerStats | None = None
+    health: HealthStats | None = None
+    recovery: RecoveryStats | None = None
 
 
 class PluginRecord:
@@ -185,7 +190,9 @@ class PluginRecord:
         self.state = new
         self.reason = reason
 
-    def counters(self, stats: PluginStats | None) -> PluginCounters:
+    def counters(
+        self, stats: PluginStats | None, breaker: BreakerStats | None = None
+    ) -> PluginCounters:
         m = self.manifest
         reloads = self.reloads
         return PluginCounters(
@@ -193,6 +200,9 @@ class PluginRecord:
             self.state.value, stats, self.timeouts, reloads.succeeded, reloads.rolled_back,
             reloads.retries,
             self.instance.stats() if isinstance(self.instance, IsolatedPlugin) else None,
+            breaker,
+            self.health.stats() if self.health is not None else None,
+            self.recovery.stats() if self.recovery is not None else None,
         )  # fmt: skip
 
     def status(self) -> PluginStatus:

@@ -20,6 +20,8 @@ holds the locks and moves the states.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import contextvars
 import functools
 import logging
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._breaker import BreakerConfig, BreakerState
+from .._breaker import BreakerConfig, BreakerState, BreakerStats
 from .._constants import Permission
 from .._impl import Dispatcher as DefaultDispatcher
 from .._recovery import RecoveryConfig
@@ -135,6 +137,11 @@ class PluginManager:
         self._load_order: list[str] = []
         # One lock per plugin name: load, unload and reload of one plugin run in turn.
         self._locks: dict[str, asyncio.Lock] = {}
+        # Breaker transitions noted by the dispatch or worker that made them, written to
+        # the audit log by their own task (``_watch_breaker``).
+        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str]] = collections.deque()
+        self._breaker_noted = asyncio.Event()
+        self._breaker_writer: asyncio.Task[None] | None = None
         self.discovery_errors: list[str] = []
         self._disabled = (
             read_disabled(self.state_dir / STATE_FILE) if self.state_dir is not None else set()
@@ -234,7 +241,10 @@ class PluginManager:
         """One plugin's counters and labels, cheaply (what a metrics scrape reads)."""
         record = self._record(name)
         m = record.manifest
-        return record.counters(self.dispatcher.plugin_stats(m.id) if m is not None else None)
+        if m is None:
+            return record.counters(None)
+        d = self.dispatcher
+        return record.counters(d.plugin_stats(m.id), d.breaker_stats(m.id))
 
     def status(self, name: str) -> PluginStatus:
         """One catalog entry (``PluginNotFound`` if unknown)."""
@@ -411,6 +421,8 @@ class PluginManager:
                 self.dispatcher.set_breaker(manifest.id, breaker)
             self._start_health(record, manifest, instance)
             self._start_recovery(record, manifest, instance)
+            if self.dispatcher.breaker_stats(manifest.id) is not None:
+                self._watch_breaker(record, manifest.id)
         except BaseException as exc:  # cancelled too: never left half-loaded in LOADING
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "cancelled"
             if registered_here and not self.dispatcher.is_loaded(manifest.id):
@@ -516,9 +528,13 @@ class PluginManager:
             if record.health is not None:
                 record.health.recovered()
 
+        def audited(decision: str, fields: dict[str, object]) -> None:
+            self._audit("recovery", decision, record, **fields)
+
         record.recovery = RecoveryLadder(
-            self.dispatcher, manifest.id, config, actions, on_recovered=recovered
-        )
+            self.dispatcher, manifest.id, config, actions, on_recovered=recovered,
+            on_event=audited,
+        )  # fmt: skip
         record.recovery.start()
 
     async def wait_recovery(self, name: str) -> None:
@@ -618,6 +634,83 @@ class PluginManager:
     def _breaker_of(self, manifest: Manifest) -> BreakerConfig | None:
         """The manifest's ``[breaker]``, else the host's ``[defaults.breaker]``."""
         return manifest.breaker if manifest.breaker is not None else self.config.defaults.breaker
+
+    def _watch_breaker(self, record: PluginRecord, plugin_id: int) -> None:
+        """Audit every transition of the plugin's breaker (and tell its recovery ladder).
+
+        The dispatcher has one watcher per breaker and calls it inside the dispatch or
+        worker batch that made the transition, so the callback only appends to a deque;
+        a task writes the lines (file I/O is kept off the frame path).
+        """
+        if self.audit is None and record.recovery is None:
+            return
+        ladder = record.recovery
+        lines, noted = self._breaker_lines, self._breaker_noted
+        audited = self.audit is not None  # else nothing would drain the lines
+        stats = self.dispatcher.breaker_stats(plugin_id)
+        last = [stats.state.name.lower() if stats is not None else "closed"]
+
+        def changed(state: BreakerState) -> None:
+            if ladder is not None:
+                ladder.breaker_changed(state)
+            if audited:
+                name = state.name.lower()
+                lines.append((record, last[0], name))
+                last[0] = name
+                noted.set()
+
+        self.dispatcher.watch_breaker(plugin_id, changed)
+        if self.audit is not None and self._breaker_writer is None:
+            self._breaker_writer = asyncio.get_running_loop().create_task(
+                self._write_breaker_lines(), name="nyxplug-breaker-audit"
+            )
+
+    async def _write_breaker_lines(self) -> None:
+        while True:
+            await self._breaker_noted.wait()
+            self._breaker_noted.clear()
+            self._flush_breaker_lines()
+
+    def _flush_breaker_lines(self) -> None:
+        lines = self._breaker_lines
+        while lines:
+            record, previous, state = lines.popleft()
+            self._audit("breaker", state, record, previous=previous)
+
+    def flush_breaker_audit(self) -> None:
+        """Write the breaker transitions noted so far now (the task writes them soon)."""
+        self._flush_breaker_lines()
+
+    # -- the circuit breaker, for operators ------------------------------------------------
+
+    def breaker(self, name: str) -> BreakerStats | None:
+        """The plugin's circuit breaker now (None when it is not loaded or has none)."""
+        record = self._record(name)
+        m = record.manifest
+        if m is None or not self.dispatcher.is_loaded(m.id):
+            return None
+        stats: BreakerStats | None = self.dispatcher.breaker_stats(m.id)
+        return stats
+
+    def set_breaker_state(
+        self, name: str, state: BreakerState, *, caller: str | None = None
+    ) -> BreakerStats:
+        """An operator's transition of the plugin's breaker (``CLOSED`` resets it,
+        ``FORCED_OPEN``, ``DISABLED``, ``METRICS_ONLY``), written to the audit log with
+        ``caller``. A running plugin without a breaker is given the default one first,
+        so traffic can be forced off any plugin."""
+        record = self._record(name)
+        manifest = self._active(record, f"set its circuit breaker to {state.name}")
+        d = self.dispatcher
+        if d.breaker_stats(manifest.id) is None:
+            d.set_breaker(manifest.id, BreakerConfig())
+            self._watch_breaker(record, manifest.id)
+        d.set_breaker_state(manifest.id, state)
+        self._audit("breaker", "set", record, state=state.name.lower(), caller=caller)
+        self._flush_breaker_lines()  # its transition, next to the action (we are on the loop)
+        stats: BreakerStats | None = d.breaker_stats(manifest.id)
+        assert stats is not None
+        return stats
 
     def _context(self, name: str, manifest: Manifest, guard: SandboxGuard | None) -> PluginContext:
         return PluginContext(
@@ -832,6 +925,12 @@ class PluginManager:
         for name in reversed(list(self._load_order)):
             if self._records[name].state is PluginState.ACTIVE:
                 await self.unload(name)
+        writer, self._breaker_writer = self._breaker_writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        self._flush_breaker_lines()
 
     async def __aenter__(self) -> PluginManager:
         await self.start()

@@ -66,6 +66,9 @@ class RecoveryLadder:
     ``actions`` maps each step of ``config.steps`` to its work, or None where it does
     not apply. ``on_recovered`` is called after a step worked, before the breaker goes
     half-open (the health checks start over from healthy: the instance is new).
+    ``on_event(decision, fields)`` hears of every episode and step - ``started``,
+    ``worked``, ``failed``, ``timed_out``, ``recovered``, ``exhausted`` - from the
+    ladder's own task (the manager writes them to the audit log).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class RecoveryLadder:
         actions: Mapping[str, Action | None],
         *,
         on_recovered: Callable[[], object] | None = None,
+        on_event: Callable[[str, dict[str, object]], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -88,6 +92,7 @@ class RecoveryLadder:
         self.config = config
         self._actions = dict(actions)
         self._on_recovered = on_recovered
+        self._on_event = on_event
         self._clock = clock
         self._sleep = sleep
         self._counts = {step: _Counts() for step in config.steps}
@@ -111,7 +116,7 @@ class RecoveryLadder:
     def start(self) -> None:
         """Listen to the plugin's breaker and start the ladder's task."""
         d = self.dispatcher
-        d.watch_breaker(self.plugin_id, self._breaker_changed)
+        d.watch_breaker(self.plugin_id, self.breaker_changed)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"nyxplug-recovery-{self.plugin_id}"
@@ -133,7 +138,7 @@ class RecoveryLadder:
             if not task.cancelled():  # our caller was cancelled, not the task
                 raise
 
-    def _breaker_changed(self, state: BreakerState) -> None:
+    def breaker_changed(self, state: BreakerState) -> None:
         self._wake.set()  # called inside a dispatch or the worker: only note it
 
     def liveness_failed(self, reason: str) -> None:
@@ -164,6 +169,8 @@ class RecoveryLadder:
             if not (tripped or self._liveness is not None):
                 return
             self._episodes += 1
+            why = "liveness" if self._liveness is not None and not tripped else "tripped"
+            self._event("started", {"episode": self._episodes, "cause": why})
             self._began = self._clock()
             self._rung = 0
             self._attempted = False
@@ -172,6 +179,9 @@ class RecoveryLadder:
             self._recoveries += 1
             self._last_recovery = self._clock() - self._began
             self._began = None
+            self._event(
+                "recovered", {"episode": self._episodes, "seconds": round(self._last_recovery, 3)}
+            )
             return
         elif state != BreakerState.OPEN and self._liveness is None:
             return  # half-open: the probes decide; forced open: an operator's
@@ -205,12 +215,15 @@ class RecoveryLadder:
                 counts.timeouts += 1
                 counts.failures += 1
                 self._last_failure = f"{step} took longer than {self.config.step_timeout} s"
+                self._event("timed_out", {"step": step, "reason": self._last_failure})
                 continue  # still marked: the breaker stays held until the next step
             except Exception as exc:
                 counts.failures += 1
                 self._last_failure = f"{step} raised {type(exc).__name__}: {exc}"
+                self._event("failed", {"step": step, "reason": self._last_failure})
                 continue
             counts.successes += 1
+            self._event("worked", {"step": step})
             if step in _FINAL:
                 if step == "degrade":
                     self._degraded_to = self.config.fallback
@@ -226,6 +239,7 @@ class RecoveryLadder:
             return
         if self._attempted:
             self._mark(None)
+        self._event("exhausted", {"episode": self._episodes, "reason": self._last_failure})
         self._began = None  # out of steps: the breaker's own cycle goes on
 
     async def _backoff(self) -> None:
@@ -236,6 +250,10 @@ class RecoveryLadder:
         if wait > 0.0:
             self._mark("backoff")
             await self._sleep(wait)
+
+    def _event(self, decision: str, fields: dict[str, object]) -> None:
+        if self._on_event is not None:
+            self._on_event(decision, fields)
 
     def _mark(self, step: str | None) -> None:
         """Show the step on the breaker (``repairing``) while it runs."""
