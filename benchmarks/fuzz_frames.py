@@ -72,7 +72,9 @@ def _hostile_seeds() -> list[bytes]:
     ]
 
 
-def _mutate(rng: random.Random, base: bytes) -> bytes:
+def mutate(rng: random.Random, base: bytes) -> bytes:
+    """1-4 random edits of ``base``: bit flips, byte sets, inserts, cuts, truncation,
+    appends (shared by the session fuzzer)."""
     buf = bytearray(base)
     for _ in range(rng.randrange(1, 5)):
         op = rng.randrange(6)
@@ -104,7 +106,7 @@ def inputs(seed: int, count: int) -> Iterator[tuple[bytes, int]]:
         elif kind == 1:
             buf = rng.choice(pool)
         else:
-            buf = _mutate(rng, rng.choice(pool))
+            buf = mutate(rng, rng.choice(pool))
         yield buf, rng.choice(limits)
 
 

@@ -25,6 +25,7 @@ import random
 import time
 from typing import Any
 
+from benchmarks.fuzz_frames import mutate
 from nyxplug import Permission, PluginInfo, SessionViolation
 from nyxplug.serving import SessionService
 from nyxplug.serving.wire import (
@@ -114,26 +115,6 @@ def server_streams(rng: random.Random, count: int) -> list[bytes]:
         rng.shuffle(parts)
         out.append(b"".join(parts[: rng.randrange(1, 7)]))
     return out
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randrange(1, 5)):
-        op = rng.randrange(6)
-        pos = rng.randrange(len(buf)) if buf else 0
-        if op == 0 and buf:
-            buf[pos] ^= 1 << rng.randrange(8)
-        elif op == 1 and buf:
-            buf[pos] = rng.randrange(256)
-        elif op == 2:
-            buf[pos:pos] = rng.randbytes(rng.randrange(1, 9))
-        elif op == 3 and buf:
-            del buf[pos : pos + rng.randrange(1, 4)]
-        elif op == 4:
-            del buf[pos:]
-        else:
-            buf += rng.randbytes(rng.randrange(1, 9))
-    return bytes(buf)
 
 
 def chunks(rng: random.Random, data: bytes) -> list[bytes]:
