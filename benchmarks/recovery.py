@@ -120,7 +120,7 @@ async def _rounds(manager: PluginManager, rounds: int) -> dict[str, dict[str, fl
         if name is not None and name not in stamps:
             stamps[name] = time.perf_counter()
             reached[name].set()
-        ladder._breaker_changed(state)
+        ladder.breaker_changed(state)
 
     d.watch_breaker(PLUGIN_ID, note)
     mark = ladder._mark
