@@ -563,7 +563,7 @@ def test_nyxplug_send_talks_to_nyxplug_serve_which_drains_on_sigterm(tmp_path: P
              "--request", "--stdin"],
             input="hi\nboom\n", capture_output=True, text=True, timeout=60, env=_env(tmp_path),
         )  # fmt: skip
-        assert sent.stderr == ""
+        assert (sent.returncode, sent.stderr) == (1, "")  # a handler error: exit status 1
         assert sent.stdout.splitlines()[0] == "0: reply b're:hi'"
         assert sent.stdout.splitlines()[1].startswith("1: error HandlerError: HandlerError ")
         assert sent.stdout.splitlines()[2] == (
@@ -578,6 +578,13 @@ def test_nyxplug_send_talks_to_nyxplug_serve_which_drains_on_sigterm(tmp_path: P
             0,
             "sent 3: acknowledged 3 (OK 3), lost 0, in flight 0; handler errors 0\n",
         )
+        unknown = subprocess.run(
+            [sys.executable, "-m", "nyxplug", "send", "8", "--to", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, env=_env(tmp_path),
+        )  # fmt: skip
+        assert unknown.returncode == 1
+        assert unknown.stdout.startswith("not sent: Plugin 8 is not registered")
+        assert f"(the server at 127.0.0.1:{port} offers plugins: 7)" in unknown.stdout
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -586,7 +593,7 @@ def test_nyxplug_send_talks_to_nyxplug_serve_which_drains_on_sigterm(tmp_path: P
             proc.wait()
     assert proc.returncode == 0
     assert err.startswith("Handler of plugin 'replier' (id 7) raised on frame 0x52 (DATA)")
-    assert "served 2 sessions: 5 frames, 5 dispatched, 0 refused, 0 discarded, 2 replies" in out
+    assert "served 3 sessions: 5 frames, 5 dispatched, 0 refused, 0 discarded, 2 replies" in out
 
 
 async def test_killing_the_server_mid_stream_keeps_the_client_ledger(tmp_path: Path) -> None:

@@ -235,6 +235,7 @@ async def _send_async(args: argparse.Namespace, payloads: list[bytes]) -> int:
         raise Problem(f"cannot open a session with {args.to}: {exc}") from None
     header = PluginHeader(int(args.name), args.flags, args.header_data.encode())
     frame_type = args.frame_type
+    refused = False  # a frame not sent at all (the client's own checks, a session ended)
     try:
         for index, payload in enumerate(payloads):
             if args.request:
@@ -247,8 +248,11 @@ async def _send_async(args: argparse.Namespace, payloads: list[bytes]) -> int:
             else:
                 await client.dispatch(frame_type, header, payload)
     except DispatchError as exc:
-        print(f"not sent: {exc}")
+        refused = True
+        offered = ", ".join(str(plugin_id) for plugin_id in sorted(client.plugins())) or "none"
+        print(f"not sent: {exc} (the server at {args.to} offers plugins: {offered})")
     except SessionError as exc:
+        refused = True
         print(f"session ended: {exc}")
     finally:
         await client.aclose()
@@ -260,7 +264,9 @@ async def _send_async(args: argparse.Namespace, payloads: list[bytes]) -> int:
         f"sent {stats.sent}: acknowledged {stats.acknowledged} ({statuses or 'none'}), "
         f"lost {stats.lost}, in flight {stats.in_flight}; handler errors {stats.handler_errors}"
     )
-    return 0 if stats.acknowledged == stats.sent else 1
+    # 0 only when every frame was enqueued (and, with --request, handled without error).
+    handled = stats.count(DispatchStatus.OK) == stats.sent == stats.acknowledged
+    return 0 if handled and not refused and not stats.handler_errors else 1
 
 
 class _Security:
