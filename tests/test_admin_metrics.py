@@ -244,7 +244,7 @@ async def test_a_real_prometheus_server_scrapes_the_host(tmp_path: Path, impl: A
                 except OSError:
                     found = []
                 if not found:
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.2)  # ok-sleep: polls a real Prometheus (no event)
             assert found[0]["metric"]["version"] == "1.0.0"
             assert found[0]["value"][1] == "4"
             up = await asyncio.to_thread(prometheus_query, port, 'up{job="nyxplug"}')
