@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import pytest
 from breaker_helpers import FakeClock, Outcomes, payloads, send, with_breaker
 from conftest import ROOT
 from nyx_helpers import DATA, Gate, Ledger, assert_accounting, info
+from test_readme_example import run_snippet
 
 import nyxplug
 from nyxplug import (
@@ -576,16 +574,7 @@ SNIPPET = re.search(
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
 def test_readme_breaker_snippet_prints_what_the_readme_says(pure: bool, tmp_path: Path) -> None:
     assert SNIPPET is not None
-    script = tmp_path / "breaker.py"
-    script.write_text(SNIPPET.group(1), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("NYXPLUG_NO_EXTENSIONS", None)
-    if pure:
-        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
-        env["NYXPLUG_NO_EXTENSIONS"] = "1"
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
-    )
+    result = run_snippet(SNIPPET.group(1), tmp_path, pure)
     assert result.returncode == 0, result.stderr
     assert result.stdout == SNIPPET.group(2)
 

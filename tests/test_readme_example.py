@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -15,19 +16,27 @@ EXAMPLE = re.search(r"## Example\n\n```python\n(.*?)```", README, re.S)
 OUTPUT = re.search(r"\nprints\n\n```text\n(.*?)```", README, re.S)
 
 
-@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
-def test_readme_example_prints_what_the_readme_says(pure: bool, tmp_path) -> None:
-    assert EXAMPLE is not None and OUTPUT is not None
-    script = tmp_path / "example.py"
-    script.write_text(EXAMPLE.group(1), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_snippet(code: str, tmp_path: Path, pure: bool) -> subprocess.CompletedProcess[str]:
+    """Run a README code block as a user would: its own process, a fresh HOME and current
+    folder (no host file is read), on the compiled or the pure dispatcher."""
+    script = tmp_path / "snippet.py"
+    script.write_text(code, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path))
     env.pop("NYXPLUG_NO_EXTENSIONS", None)
+    env.pop("NYXPLUG_CONFIG", None)
     if pure:
         env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
         env["NYXPLUG_NO_EXTENSIONS"] = "1"
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
-    )
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_example_prints_what_the_readme_says(pure: bool, tmp_path) -> None:
+    assert EXAMPLE is not None and OUTPUT is not None
+    result = run_snippet(EXAMPLE.group(1), tmp_path, pure)
     assert result.returncode == 0, result.stderr
     assert result.stdout == OUTPUT.group(1)
 
@@ -46,18 +55,7 @@ ROLLOUT = re.search(
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
 def test_readme_recovery_example_prints_what_the_readme_says(pure: bool, tmp_path) -> None:
     assert RECOVERY is not None
-    script = tmp_path / "recovery.py"
-    script.write_text(RECOVERY.group(1), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path))  # no host file is read
-    env.pop("NYXPLUG_NO_EXTENSIONS", None)
-    env.pop("NYXPLUG_CONFIG", None)
-    if pure:
-        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
-        env["NYXPLUG_NO_EXTENSIONS"] = "1"
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
-        cwd=tmp_path,
-    )  # fmt: skip
+    result = run_snippet(RECOVERY.group(1), tmp_path, pure)
     assert result.returncode == 0, result.stderr
     assert result.stdout == RECOVERY.group(2)
 
@@ -65,15 +63,6 @@ def test_readme_recovery_example_prints_what_the_readme_says(pure: bool, tmp_pat
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
 def test_readme_rollout_example(pure: bool, tmp_path) -> None:
     assert ROLLOUT is not None
-    script = tmp_path / "rollout.py"
-    script.write_text(ROLLOUT.group(1), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("NYXPLUG_NO_EXTENSIONS", None)
-    if pure:
-        env.pop("NYXPLUG_REQUIRE_EXTENSIONS", None)
-        env["NYXPLUG_NO_EXTENSIONS"] = "1"
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
-    )
+    result = run_snippet(ROLLOUT.group(1), tmp_path, pure)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ROLLOUT.group(2)
