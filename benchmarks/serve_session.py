@@ -36,6 +36,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -43,54 +44,15 @@ import cbor2
 PAYLOAD = b"x" * 64
 _LEN = struct.Struct(">I")
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tls_helpers import Pki  # noqa: E402  (the suite's CA: one certificate recipe)
 
 # -- servers (run in a child process: ``--serve KIND``) --------------------------------
 
 
-def _self_signed(folder: str) -> tuple[str, str]:
-    """A P-256 certificate for 127.0.0.1 and its key, written to ``folder``."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nyxplug bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    with open(cert_path, "wb") as out:
-        out.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_path, key_path
-
-
 def _client_tls() -> ssl.SSLContext | None:
-    cert = os.environ.get("NYXPLUG_BENCH_CERT")
-    return ssl.create_default_context(cafile=cert) if cert else None
+    ca = os.environ.get("NYXPLUG_BENCH_CA")
+    return ssl.create_default_context(cafile=ca) if ca else None
 
 
 async def _serve(kind: str, credit: int) -> None:
@@ -392,8 +354,13 @@ async def run_all(args: argparse.Namespace) -> None:
     import tempfile
 
     folder = tempfile.mkdtemp()
-    cert, key = _self_signed(folder)
-    os.environ.update(NYXPLUG_BENCH_CERT=cert, NYXPLUG_BENCH_KEY=key)
+    pki = Pki(Path(folder))
+    server_cert = pki.server()
+    os.environ.update(
+        NYXPLUG_BENCH_CA=str(pki.ca),
+        NYXPLUG_BENCH_CERT=str(server_cert.cert),
+        NYXPLUG_BENCH_KEY=str(server_cert.key),
+    )
     for kind, client in (
         ("baseline", baseline_run),
         ("interop", interop_run),
