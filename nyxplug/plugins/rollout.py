@@ -273,7 +273,9 @@ class RolloutController:
     def tick(self) -> None:
         """Do what is due by the clock: judge finished intervals, then the deadline."""
         self._require_started()
-        now = self.clock()
+        self._take_due(self.clock())
+
+    def _take_due(self, now: float) -> None:
         while self.state not in TERMINAL and self.state is not RolloutState.PROMOTED:
             if now < self._next_check:
                 break
@@ -322,13 +324,17 @@ class RolloutController:
             raise RolloutStateError(self.plugin_id, "tick", "not started", "call start() first")
 
     def _operator(self, action: str) -> float:
+        """Take what is due by the clock first (an overdue check is judged before the
+        action, so events stay in time order), then allow ``action`` unless terminal."""
         self._require_started()
+        now = self.clock()
+        self._take_due(now)
         if self.state in TERMINAL:
             raise RolloutStateError(
                 self.plugin_id, action, self.state.value,
                 "make a new RolloutController (a retry starts from step 0)",
             )  # fmt: skip
-        return self.clock()
+        return now
 
     def _state_deadline(self) -> float:
         if self.state is RolloutState.PROMOTED:
