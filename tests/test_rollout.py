@@ -414,3 +414,22 @@ def test_slow_call_limits_are_validated() -> None:
     with pytest.raises(TypeError, match=r"^Expected `max_slow_rate_over_stable` to be a number"):
         RolloutConfig(max_slow_rate_over_stable="1")  # type: ignore[arg-type]
     assert RolloutConfig().max_slow_rate is None  # off unless asked for
+
+
+async def test_the_rollback_rung_takes_what_is_due_first(impl: Any) -> None:
+    """A promoted rollout whose window ran out while no timer ticked: the rung finalises
+    it, then makes the replaced version stable again - it never meets a terminal
+    controller's refusal."""
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", capacity=1000)
+    rollouts = Rollouts(d, clock=clock)
+    config = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=1, rollback_window=5)
+    ctl = rollouts.start(7, "base", "v2", config)
+    ctl.promote()
+    clock.advance(10)  # past the rollback window, no tick
+    assert rollouts.rollback(7) == "base"
+    assert ctl.state is RolloutState.SUCCEEDED and d.route_info(7).stable == "base"
+    assert [e.kind for e in ctl.events] == ["started", "promoted", "finalised"]
+    await d.aclose()

@@ -537,6 +537,8 @@ class Rollouts:
         succeeded, the version it replaced is made stable again if it is still loaded.
         """
         controller = self._controllers.get(plugin_id)
+        if controller is not None and controller.state not in TERMINAL:
+            controller.tick()  # what is due first: it may have ended by now
         if controller is None or controller.state in (
             RolloutState.ROLLED_BACK,
             RolloutState.ABORTED,
