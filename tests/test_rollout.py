@@ -433,3 +433,30 @@ async def test_the_rollback_rung_takes_what_is_due_first(impl: Any) -> None:
     assert ctl.state is RolloutState.SUCCEEDED and d.route_info(7).stable == "base"
     assert [e.kind for e in ctl.events] == ["started", "promoted", "finalised"]
     await d.aclose()
+
+
+async def test_a_candidate_breaker_that_tripped_in_the_interval_fails_the_check(
+    impl: Any,
+) -> None:
+    """Found by the stress test: a breaker that opened and is probing again (half-open) by
+    the check let too few frames through - that must fail, not be 'inconclusive'."""
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", failing_every(1), capacity=1000)
+    config = BreakerConfig(minimum_calls=5, open_wait=0.5, jitter=0.0, record_every=1)
+    d.set_breaker(7, config, clock=clock, version="v2")
+    rollout = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=20, threshold=1)
+    ctl = RolloutController(d, 7, "base", "v2", rollout, clock=clock)
+    ctl.start()
+    for key in range(40):
+        d.try_dispatch(DATA, impl.PluginHeader(7), b"", key=key)
+        await d.wait_idle()
+    clock.advance(1)  # past open_wait: the next frame would be a probe
+    ctl.tick()
+    assert d.breaker_stats(7, version="v2").state is BreakerState.HALF_OPEN
+    assert ctl.state is RolloutState.ROLLED_BACK
+    assert ctl.events[1].detail.startswith(
+        "1/1 candidate breaker tripped in the interval (now half_open); candidate 5/5 "
+    ), ctl.events[1]
+    await d.aclose()

@@ -235,6 +235,7 @@ class RolloutController:
     _next_check: float = field(init=False, default=0.0)
     _deadline: float = field(init=False, default=0.0)
     _base: dict[str, tuple[int, int]] = field(init=False, default_factory=dict)
+    _trips: int = field(init=False, default=0)  # the candidate breaker's, at the interval start
 
     # -- the machine -------------------------------------------------------------------
 
@@ -377,8 +378,13 @@ class RolloutController:
             if name in stats
         }
 
+    def _candidate_trips(self, breaker: Any) -> int:
+        return 0 if breaker is None else int(breaker.trips)
+
     def _begin_interval(self, now: float) -> None:
         self._base = self._counts()
+        breaker = self.dispatcher.breaker_stats(self.plugin_id, version=self.candidate)
+        self._trips = self._candidate_trips(breaker)
         self._next_check = now + self.config.interval
 
     def _window(self, counts: dict[str, tuple[int, int]], name: str) -> _Window:
@@ -395,8 +401,16 @@ class RolloutController:
         breaker = self.dispatcher.breaker_stats(self.plugin_id, version=self.candidate)
         if cfg.max_slow_rate is not None:
             summary += self._slow_summary(breaker)
+        # A breaker that opened in the interval fails it even if it is probing again by
+        # now: it let few frames through, and "too few frames" must not hide why.
+        trips = self._candidate_trips(breaker)
+        tripped = trips > self._trips  # a replaced breaker counts from 0 again
+        self._trips = trips
         if breaker is not None and breaker.state in _OPEN:
             return "fail", f"candidate breaker {breaker.state.name.lower()}; {summary}"
+        if tripped and breaker is not None:
+            state = breaker.state.name.lower()
+            return "fail", f"candidate breaker tripped in the interval (now {state}); {summary}"
         if cand.frames < cfg.min_frames:
             return "inconclusive", f"fewer than {cfg.min_frames} frames; {summary}"
         if cand.rate() > cfg.max_error_rate:
