@@ -1,6 +1,7 @@
 """Resilience under load (issue 19, "How it is tested"): many concurrent senders, per-version
 breakers tripping and recovering, full queues shedding frames, and three rollouts at once
-- one promoted, two rolled back - on both twins and loops. Afterwards every frame is
+- one promoted (and later rolled back by the recovery ladder's rung), two rolled back by
+their checks - on both twins and loops. Afterwards every frame is
 accounted for, in total and per version: what the senders sent equals what was
 dispatched plus what was refused, by reason; each version's lane explains every frame
 that reached it; the routed counts match the frames sent while a rollout routed.
@@ -33,6 +34,7 @@ CHUNK = 8  # frames a try_dispatch sender sends before it yields
 TICK_EVERY = 1000  # frames sent between two moves of the clock
 STEP = 0.25  # seconds the clock moves each time
 CAPACITY = 64
+ROLLBACK_RUNG_AT = 40  # clock 10.0: plugin 7's rollout succeeded long before
 FLAKY = (3.0, 5.0)  # while the clock is in this range, plugin 9's stable version fails
 ROUTING = frozenset(
     {RolloutState.PROGRESSING, RolloutState.PAUSED, RolloutState.AWAITING_PROMOTION}
@@ -98,11 +100,11 @@ async def test_every_frame_is_accounted_for_under_load(impl: Any) -> None:
     routed_sent: Counter[int] = Counter()  # by plugin, while its rollout routed
     statuses: Counter[DispatchStatus] = Counter()
     progress = asyncio.Event()
-    since_tick = 0
+    since_tick = due = 0  # frames since the last tick was due; ticks due, not yet taken
     headers = {plugin_id: impl.PluginHeader(plugin_id) for plugin_id in PLUGINS}
 
     def note(plugin_id: int) -> None:
-        nonlocal since_tick
+        nonlocal since_tick, due
         sent[plugin_id] += 1
         controller = rollouts.get(plugin_id)
         assert controller is not None
@@ -111,6 +113,7 @@ async def test_every_frame_is_accounted_for_under_load(impl: Any) -> None:
         since_tick += 1
         if since_tick >= TICK_EVERY:
             since_tick = 0
+            due += 1
             progress.set()
 
     async def awaiting_sender(index: int) -> None:
@@ -134,25 +137,36 @@ async def test_every_frame_is_accounted_for_under_load(impl: Any) -> None:
                 await asyncio.sleep(0)  # a yield, as a socket reader's would be
 
     ticks = 0
+    rung: list[str | None] = []
     done = asyncio.Event()
 
     async def timer() -> None:
         """The rollouts' timer, and an operator who pauses and resumes plugin 7's."""
-        nonlocal ticks
-        while not done.is_set():
+        nonlocal due
+        while not done.is_set() or due:
             await progress.wait()
             progress.clear()
-            clock.advance(STEP)
-            ticks += 1
-            if ticks == 6:
-                good = rollouts.get(GOOD)
-                assert good is not None
-                good.pause()
-            elif ticks == 9:
-                good = rollouts.get(GOOD)
-                assert good is not None
-                good.resume()
-            rollouts.tick()
+            while due:
+                due -= 1
+                take_tick()
+                await asyncio.sleep(0)  # a yield: senders and workers run between ticks
+
+    def take_tick() -> None:
+        """Move the clock a step and tick the rollouts; the operator acts on some ticks."""
+        nonlocal ticks
+        clock.advance(STEP)
+        ticks += 1
+        good = rollouts.get(GOOD)
+        assert good is not None
+        if ticks == 6:
+            good.pause()
+        elif ticks == 9:
+            good.resume()
+        elif ticks == ROLLBACK_RUNG_AT:
+            # the recovery ladder's rung, long after the promotion: base is stable again,
+            # still loaded (kept warm), while frames keep coming
+            rung.append(rollouts.rollback(GOOD))
+        rollouts.tick()
 
     timer_task = asyncio.create_task(timer())
     async with asyncio.TaskGroup() as group:
@@ -166,6 +180,7 @@ async def test_every_frame_is_accounted_for_under_load(impl: Any) -> None:
 
     # -- the ledger ----------------------------------------------------------------
     total = SENDERS * FRAMES
+    assert ticks == total // TICK_EVERY  # every tick due was taken
     ds = d.dispatch_stats()
     assert sum(sent.values()) == sum(statuses.values()) == total
     refused = {status: n for status, n in statuses.items() if status != DispatchStatus.OK}
@@ -199,10 +214,11 @@ async def test_every_frame_is_accounted_for_under_load(impl: Any) -> None:
 
     # -- what the rollouts and breakers did meanwhile -------------------------------
     outcome = {p: rollouts.get(p).state for p in PLUGINS}  # type: ignore[union-attr]
-    assert outcome[GOOD] in (RolloutState.PROMOTED, RolloutState.SUCCEEDED), (
+    assert outcome[GOOD] is RolloutState.SUCCEEDED, (
         rollouts.get(GOOD).events  # type: ignore[union-attr]
     )
     assert outcome[BAD] is outcome[BROKEN] is RolloutState.ROLLED_BACK, outcome
+    assert rung == ["base"] and d.route_info(GOOD).stable == "base"
     kinds = [e.kind for e in rollouts.get(GOOD).events]  # type: ignore[union-attr]
     assert "paused" in kinds and "resumed" in kinds
     flaky = d.breaker_stats(BROKEN, version="base")
