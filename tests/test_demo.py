@@ -12,7 +12,15 @@ import pytest
 
 import nyxplug
 from nyxplug.cli import main
-from nyxplug.cli.demo import SLOW_BURST, SLOW_CAPACITY, render, run_demo
+from nyxplug.cli.demo import (
+    GEO_CONFIG,
+    GEO_FAIL_EVERY,
+    GEO_FRAMES_PER_INTERVAL,
+    SLOW_BURST,
+    SLOW_CAPACITY,
+    render,
+    run_demo,
+)
 
 LOOPS = [
     pytest.param(False, id="asyncio"),
@@ -50,8 +58,45 @@ def test_live_reload_swapped_in_the_signed_version_losing_nothing(results: dict[
 def test_every_call_is_a_dispatched_frame_or_an_error(results: dict[str, Any]) -> None:
     totals = results["dispatch_stats"]
     assert totals["frames_dispatched"] + totals["dispatch_errors"] == results["calls"]
-    assert totals["frames_dispatched"] == sum(p["enqueued"] for p in results["plugins"].values())
-    assert totals["plugins_loaded"] == totals["plugins_unloaded"] == 3
+    rollouts = results["rollouts"]
+    geo = rollouts["promoted"]["sent"] + rollouts["rolled_back"]["sent"]
+    assert totals["frames_dispatched"] == (
+        sum(p["enqueued"] for p in results["plugins"].values()) + geo
+    )
+    assert totals["plugins_loaded"] == totals["plugins_unloaded"] == 4  # with "geo"
+
+
+def test_the_canary_is_promoted_and_the_bad_version_rolled_back(results: dict[str, Any]) -> None:
+    """Step 6: the printed path, minutes and frame counts follow from the configuration."""
+    rollouts = results["rollouts"]
+    good, bad = rollouts["promoted"], rollouts["rolled_back"]
+    assert (good["stable"], good["candidate"], good["state"]) == ("base", "v2", "succeeded")
+    assert good["path"] == "5 % -> 25 % -> 50 % -> promoted"
+    assert good["minute"] == len(GEO_CONFIG.steps)  # one passing check per step
+    assert (bad["stable"], bad["candidate"], bad["state"]) == ("v2", "v3", "rolled_back")
+    assert bad["path"] == "5 % -> check failed -> check failed -> rolled back"
+    assert bad["minute"] == GEO_CONFIG.threshold  # one failed check a minute
+    # every frame sent during a rollout was handled by one of its two versions
+    for rollout in (good, bad):
+        assert sum(rollout["frames"].values()) == rollout["sent"], rollout
+        assert rollout["sent"] % GEO_FRAMES_PER_INTERVAL == 0
+    # the canary's share is what its weights say: 5 %, 25 %, then 50 % of new keys
+    v2_share = good["frames"]["v2"] / GEO_FRAMES_PER_INTERVAL
+    assert abs(v2_share - (5 + 25 + 50) / 100) < 0.1, v2_share
+    assert bad["errors"]["v3"] == bad["frames"]["v3"] // GEO_FAIL_EVERY > 0
+    assert rollouts["logged_errors"] == bad["errors"]["v3"]  # counted, kept off the screen
+    assert good["errors"] == {"base": 0, "v2": 0}
+    # per version over both rollouts: v2 took frames in both
+    versions = rollouts["versions"]
+    assert versions == {
+        "base": good["frames"]["base"],
+        "v2": good["frames"]["v2"] + bad["frames"]["v2"],
+        "v3": bad["frames"]["v3"],
+    }
+    assert sum(versions.values()) == good["sent"] + bad["sent"]
+    text = render(results)
+    assert f"frames base {good['frames']['base']:,} + v2 {good['frames']['v2']:,} = " in text
+    assert "rolled back to v2 at minute 2;" in text
 
 
 def test_errors_match_what_the_demo_sent(results: dict[str, Any]) -> None:
@@ -102,7 +147,7 @@ def test_report_names_the_implementation_and_fits_a_screen(results: dict[str, An
     text = render(results)
     expected = "compiled (Cython)" if nyxplug.USE_EXTENSIONS else "pure Python"
     assert f"  dispatcher: {expected}" in text.splitlines()
-    assert len(text.splitlines()) <= 40
+    assert len(text.splitlines()) <= 45
 
 
 def test_cli_demo_in_a_subprocess() -> None:
@@ -126,6 +171,8 @@ def test_cli_demo_in_a_subprocess() -> None:
         "HeaderDecodeError x1",
         "PluginNotRegistered x1",
         "UnknownFrameType x1",
+        "-> 50 % -> promoted at minute 3;",
+        "-> check failed -> rolled back to v2 at minute 2;",
     ):
         assert needle in proc.stdout, needle
 

@@ -40,16 +40,27 @@ class EveryKth(Exception):
     """What a scripted lane raises on its k-th frames."""
 
 
-def failing_every(k: int) -> Any:
-    """A handler that fails exactly every ``k``-th frame it handles (never if k == 0)."""
+def failing_every(k: int, slow_every: int = 0, work: FakeClock | None = None) -> Any:
+    """A handler that fails exactly every ``k``-th frame it handles (never if k == 0) and
+    takes a second of the ``work`` clock (its breaker's) on every ``slow_every``-th."""
     seen = [0]
 
     def handle(msg: Any) -> None:
         seen[0] += 1
+        if slow_every and seen[0] % slow_every == 0:
+            assert work is not None
+            work.advance(1.0)
         if k and seen[0] % k == 0:
             raise EveryKth(seen[0])
 
     return handle
+
+
+#: The lanes' breakers in the slow-call scenarios: they only time calls (a second is
+#: slow), one frame per recorded group so every slow frame counts as one slow call.
+TIMING = BreakerConfig(
+    window_size=100, minimum_calls=20, failure_rate=1.0, slow_call_duration=0.5, record_every=1
+)
 
 
 @dataclass
@@ -60,6 +71,8 @@ class Scenario:
     frames_per_interval: int
     intervals: int
     actions: dict[int, str]  # interval number -> operator action before its tick
+    #: Every n-th frame of (candidate, stable) is slow; both lanes get a TIMING breaker.
+    slow_every: tuple[int, int] | None = None
 
 
 SCENARIOS = [
@@ -134,14 +147,63 @@ SCENARIOS = [
         3,
         {2: "rollback"},
     ),
+    Scenario(
+        "slow-canary-10pct",  # no errors, but 1 call in 10 is slow against a 5 % limit
+        RolloutConfig.canary(interval=60, min_frames=20, max_slow_rate=0.05),
+        0,
+        2000,
+        3,
+        {},
+        (10, 0),
+    ),
+    Scenario(
+        "slower-than-stable",  # 3 % slow is under the 5 % limit, not under stable's 1 % + 1
+        RolloutConfig.canary(
+            steps=(50.0,),
+            interval=60,
+            min_frames=20,
+            threshold=1,
+            max_slow_rate=0.05,
+            max_slow_rate_over_stable=0.01,
+        ),  # fmt: skip
+        0,
+        2000,
+        2,
+        {},
+        (33, 100),
+    ),
+    Scenario(
+        "slow-check-passes",  # 1 % slow, a 5 % limit; inconclusive until the breaker's
+        # window holds its minimum_calls (20), though the candidate had min_frames before
+        RolloutConfig.canary(
+            steps=(1.0, 50.0),
+            interval=60,
+            min_frames=5,
+            max_slow_rate=0.05,
+            max_slow_rate_over_stable=0.02,
+            rollback_window=60,
+        ),  # fmt: skip
+        0,
+        1000,
+        5,
+        {},
+        (100, 0),
+    ),
 ]
 
 
 async def run_scenario(impl: Any, scenario: Scenario) -> list[str]:
     clock = FakeClock(start=0.0)
     d = impl.Dispatcher()
-    await d.load_plugin(info(7), failing_every(500), capacity=100_000)
-    await d.load_version(7, "v2", failing_every(scenario.fail_every), capacity=100_000)
+    work = FakeClock(start=0.0)  # the breakers' clock: slow handlers move it, not the rollout's
+    slow_v2, slow_base = scenario.slow_every or (0, 0)
+    await d.load_plugin(info(7), failing_every(500, slow_base, work), capacity=100_000)
+    await d.load_version(
+        7, "v2", failing_every(scenario.fail_every, slow_v2, work), capacity=100_000
+    )
+    if scenario.slow_every is not None:
+        for version in ("base", "v2"):
+            d.set_breaker(7, TIMING, clock=work, version=version)
     seen: list[RolloutEvent] = []
     ctl = RolloutController(d, 7, "base", "v2", scenario.config, clock=clock, on_event=seen.append)
     ctl.start()
@@ -310,4 +372,91 @@ async def test_rollouts_registry_is_the_ladders_rollback_rung(impl: Any) -> None
     assert rollouts.rollback(7) == "base" and second.state is RolloutState.ROLLED_BACK
     assert rollouts.rollback(7) is None
     assert seen[0] == (7, "started") and seen[-1] == (7, "rolled_back")
+    await d.aclose()
+
+
+async def test_slow_call_checks_need_a_breaker_on_the_candidate(impl: Any) -> None:
+    """Slow calls are timed by the lane's breaker (per worker group, no clock read per
+    frame): without one there is nothing to judge, and start() says how to give it one."""
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", capacity=1000)
+    config = RolloutConfig.canary(interval=1, min_frames=1, max_slow_rate=0.05)
+    ctl = RolloutController(d, 7, "base", "v2", config, clock=clock)
+    with pytest.raises(
+        RolloutStateError,
+        match=r"^Expected a rollout that allows start\(\), got one checking slow calls of "
+        r"version 'v2', which has no breaker to time them - for plugin 7; give it one first: "
+        r"set_breaker\(7, BreakerConfig\(slow_call_duration=\.\.\.\), version='v2'\), or "
+        r"leave `max_slow_rate` unset$",
+    ):
+        ctl.start()
+    assert d.route_info(7).candidate is None  # nothing was routed
+    # a metrics-only breaker measures without ever refusing a frame
+    d.set_breaker(7, BreakerConfig(minimum_calls=1), clock=clock, version="v2")
+    d.set_breaker_state(7, BreakerState.METRICS_ONLY, version="v2")
+    ctl.start()
+    for key in range(200):
+        d.dispatch_nowait(DATA, impl.PluginHeader(7), b"", key=key)
+    await d.wait_idle()
+    clock.advance(1)
+    ctl.tick()
+    assert ctl.events[1].kind == "check_passed", ctl.events
+    routed = d.route_info(7).routed["v2"]
+    assert ctl.events[1].detail.endswith(f"; slow candidate 0/{routed}")  # base: no breaker
+    await d.aclose()
+
+
+def test_slow_call_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"^Expected `max_slow_rate` in 0..1, got 1.5"):
+        RolloutConfig(max_slow_rate=1.5)
+    with pytest.raises(TypeError, match=r"^Expected `max_slow_rate_over_stable` to be a number"):
+        RolloutConfig(max_slow_rate_over_stable="1")  # type: ignore[arg-type]
+    assert RolloutConfig().max_slow_rate is None  # off unless asked for
+
+
+async def test_the_rollback_rung_takes_what_is_due_first(impl: Any) -> None:
+    """A promoted rollout whose window ran out while no timer ticked: the rung finalises
+    it, then makes the replaced version stable again - it never meets a terminal
+    controller's refusal."""
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", capacity=1000)
+    rollouts = Rollouts(d, clock=clock)
+    config = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=1, rollback_window=5)
+    ctl = rollouts.start(7, "base", "v2", config)
+    ctl.promote()
+    clock.advance(10)  # past the rollback window, no tick
+    assert rollouts.rollback(7) == "base"
+    assert ctl.state is RolloutState.SUCCEEDED and d.route_info(7).stable == "base"
+    assert [e.kind for e in ctl.events] == ["started", "promoted", "finalised"]
+    await d.aclose()
+
+
+async def test_a_candidate_breaker_that_tripped_in_the_interval_fails_the_check(
+    impl: Any,
+) -> None:
+    """Found by the stress test: a breaker that opened and is probing again (half-open) by
+    the check let too few frames through - that must fail, not be 'inconclusive'."""
+    clock = FakeClock(start=0.0)
+    d = impl.Dispatcher()
+    await d.load_plugin(info(7), capacity=1000)
+    await d.load_version(7, "v2", failing_every(1), capacity=1000)
+    config = BreakerConfig(minimum_calls=5, open_wait=0.5, jitter=0.0, record_every=1)
+    d.set_breaker(7, config, clock=clock, version="v2")
+    rollout = RolloutConfig.canary(steps=(50.0,), interval=1, min_frames=20, threshold=1)
+    ctl = RolloutController(d, 7, "base", "v2", rollout, clock=clock)
+    ctl.start()
+    for key in range(40):
+        d.try_dispatch(DATA, impl.PluginHeader(7), b"", key=key)
+        await d.wait_idle()
+    clock.advance(1)  # past open_wait: the next frame would be a probe
+    ctl.tick()
+    assert d.breaker_stats(7, version="v2").state is BreakerState.HALF_OPEN
+    assert ctl.state is RolloutState.ROLLED_BACK
+    assert ctl.events[1].detail.startswith(
+        "1/1 candidate breaker tripped in the interval (now half_open); candidate 5/5 "
+    ), ctl.events[1]
     await d.aclose()

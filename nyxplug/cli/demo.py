@@ -3,13 +3,17 @@
 Three example plugins show the three kinds of handler and what the dispatcher does
 around them: "fast" takes a timed burst, "slow" (capacity 8) shows backpressure, and
 "limited" (HANDSHAKE only) shows a permission check. A few bad frames show the typed
-errors. ``run_demo`` returns every number it printed, so a test can check that they
-add up; it uses only the public API, like any program built on nyxplug.
+errors. A fourth plugin, "geo", runs three versions side by side: a healthy canary is
+promoted step by step and a failing one is rolled back, by a rollout controller on a
+simulated clock (so it takes milliseconds, not the minutes it would in production).
+``run_demo`` returns every number it printed, so a test can check that they add up; it
+uses only the public API, like any program built on nyxplug.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import sys
 import tempfile
@@ -27,10 +31,13 @@ from nyxplug import (
     DispatchError,
     DispatchStatus,
     FrameType,
+    Permission,
     PluginHeader,
+    PluginInfo,
 )
 from nyxplug.cli.plugins import EXAMPLES_DIR
 from nyxplug.plugins import PluginManager, ReloadResult
+from nyxplug.plugins.rollout import RolloutConfig, RolloutEvent, Rollouts, RolloutState
 
 __all__ = ("print_demo", "render", "run_demo")
 
@@ -42,6 +49,13 @@ LIMITED_HANDSHAKES, LIMITED_DATA = 10, 20
 PAYLOAD = b"x" * 32
 UNROUTED_TYPE = 0x5A  # in the plugin range 0x50..0x5F, but never registered
 MALFORMED_HEADER = b"\x82\x01\x00"  # a CBOR array of 2 items; a header needs 3
+#: The rollout step: plugin "geo", its versions, the frames (one key each: a new
+#: connection) sent per check interval, and the controller's configuration.
+GEO, GEO_CAPACITY, GEO_FRAMES_PER_INTERVAL = 4, 2048, 1000
+GEO_FAIL_EVERY = 5  # v3 fails one frame in 5
+GEO_CONFIG = RolloutConfig.canary(
+    steps=(5.0, 25.0, 50.0), interval=60.0, min_frames=20, threshold=2, rollback_window=60.0
+)
 
 
 class _Tally:
@@ -192,6 +206,122 @@ async def _live_reload(manager: PluginManager, state: Path, key: Any) -> dict[st
     }
 
 
+class _SimulatedClock:
+    """The rollout controller's clock: minutes pass when the demo says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _GeoVersion:
+    """A version of the "geo" plugin: counts its frames, fails every ``fail_every``-th."""
+
+    def __init__(self, fail_every: int = 0) -> None:
+        self.fail_every = fail_every
+        self.frames = 0
+
+    def __call__(self, message: nyxplug.PluginMessage) -> None:
+        self.frames += 1
+        if self.fail_every and self.frames % self.fail_every == 0:
+            raise ValueError(f"geo v3 failed on frame {self.frames} (a bug in the new version)")
+
+
+class _CountHandlerErrors(logging.Filter):
+    """Count (and keep off the screen) the logged handler errors of the failing version;
+    the demo prints their number instead of their tracebacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Handler of plugin 'geo'"):
+            self.count += 1
+            return False
+        return True
+
+
+async def _rollouts(d: Dispatcher, tally: _Tally) -> dict[str, Any]:
+    """Two rollouts of "geo" on the demo's dispatcher: v2 (healthy) is promoted step by
+    step; then v3 (fails one frame in five) is rolled back after two failed checks.
+
+    Every simulated minute the demo sends a minute's frames (a new route key each, as new
+    connections would), waits for the versions to handle them, moves the clock on a
+    minute and lets the controller check; the controller does the rest.
+    """
+    clock = _SimulatedClock()
+    rollouts = Rollouts(d, clock=clock)
+    header = PluginHeader(GEO)
+    key = 0
+
+    async def until_ended(stable: str, candidate: str, end: str) -> dict[str, Any]:
+        """Run a rollout to its end; ``end`` is the event that decided it."""
+        nonlocal key
+        before = {name: s.messages_processed for name, s in d.version_stats(GEO).items()}
+        controller = rollouts.start(GEO, stable, candidate, GEO_CONFIG)
+        sent = 0
+        while controller.state not in (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK):
+            if controller.state is not RolloutState.PROMOTED:
+                for _ in range(GEO_FRAMES_PER_INTERVAL):
+                    d.dispatch_nowait(FrameType.DATA, header, PAYLOAD, key=key)
+                    key += 1
+                tally.ok(GEO, GEO_FRAMES_PER_INTERVAL)
+                sent += GEO_FRAMES_PER_INTERVAL
+                await d.wait_idle(GEO)
+            clock.now += GEO_CONFIG.interval
+            rollouts.tick()
+        stats = d.version_stats(GEO)
+        return {
+            "stable": stable,
+            "candidate": candidate,
+            "state": controller.state.value,
+            "path": _path(controller.events),
+            "minute": next(e.at for e in controller.events if e.kind == end) / 60,
+            "sent": sent,
+            "frames": {
+                name: stats[name].messages_processed - before[name] for name in (stable, candidate)
+            },
+            "errors": {name: stats[name].errors for name in (stable, candidate)},
+        }
+
+    await d.load_plugin(
+        PluginInfo(GEO, "geo", Permission.DATA_ACCESS), _GeoVersion(), capacity=GEO_CAPACITY
+    )
+    await d.load_version(GEO, "v2", _GeoVersion(), capacity=GEO_CAPACITY)
+    await d.load_version(GEO, "v3", _GeoVersion(GEO_FAIL_EVERY), capacity=GEO_CAPACITY)
+    quiet = _CountHandlerErrors()
+    logging.getLogger("nyxplug").addFilter(quiet)
+    try:
+        promoted = await until_ended("base", "v2", "promoted")
+        rolled_back = await until_ended("v2", "v3", "rolled_back")
+    finally:
+        logging.getLogger("nyxplug").removeFilter(quiet)
+    versions = {name: s.messages_processed for name, s in d.version_stats(GEO).items()}
+    await d.unload_plugin(GEO)
+    return {
+        "promoted": promoted,
+        "rolled_back": rolled_back,
+        "versions": versions,
+        "logged_errors": quiet.count,
+    }
+
+
+def _path(events: list[RolloutEvent]) -> str:
+    """The weights and verdicts of a rollout, as a newcomer reads them."""
+    steps = []
+    for event in events:
+        if event.kind in ("started", "step"):
+            steps.append(f"{event.weight:g} %")
+        elif event.kind == "check_failed":
+            steps.append("check failed")
+        elif event.kind in ("promoted", "rolled_back"):
+            steps.append(event.kind.replace("_", " "))
+    return " -> ".join(steps)
+
+
 async def _demo(frames: int) -> dict[str, Any]:
     tally = _Tally()
     results: dict[str, Any] = {
@@ -301,6 +431,10 @@ async def _run_steps(
                 "enqueued": tally.enqueued[status.id or 0],
                 "stats": msgspec.structs.asdict(stats),
             }
+
+        # 7. Versions side by side, on the same dispatcher: "geo" v2 is promoted step by
+        # step, then v3 is rolled back (after the unloads, so "slow" kept its queue above).
+        results["rollouts"] = await _rollouts(d, tally)
         results["dispatch_stats"] = msgspec.structs.asdict(d.dispatch_stats())
     finally:
         await manager.aclose()
@@ -317,7 +451,7 @@ def run_demo(frames: int = 200_000, *, use_uvloop: bool | None = None) -> dict[s
 
 
 def render(results: dict[str, Any], *, hint: str = "") -> str:
-    """The demo's report as text: under 40 lines, aligned, one idea per block."""
+    """The demo's report as text: under 45 lines, aligned, one idea per block."""
     lines = [
         f"nyxplug {nyxplug.__version__} demo on Python {results['python']}",
         f"  dispatcher: {results['implementation']}{hint}",
@@ -358,6 +492,7 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
         f"   the same with try_dispatch(): {statuses}",
         '5. Refused at once: DATA to "limited" (HANDSHAKE only), a malformed header, plugin 99, '
         "frame type 0x5a",
+        *_render_rollouts(results["rollouts"]),
         "",
         "PluginStats returned by unload_plugin() (slow was unloaded with drain=False):",
         "  plugin   messages_processed errors bytes_processed permission_violations dropped"
@@ -382,6 +517,24 @@ def render(results: dict[str, Any], *, hint: str = "") -> str:
         f"{totals['plugins_loaded']} plugins loaded, {totals['plugins_unloaded']} unloaded",
     ]
     return "\n".join(lines)
+
+
+def _render_rollouts(rollouts: dict[str, Any]) -> list[str]:
+    good, bad = rollouts["promoted"], rollouts["rolled_back"]
+
+    def frames(rollout: dict[str, Any]) -> str:
+        counts = " + ".join(f"{name} {n:,}" for name, n in rollout["frames"].items())
+        failed = rollout["errors"][rollout["candidate"]]
+        return f"frames {counts} = {rollout['sent']:,}" + (f" ({failed} failed)" if failed else "")
+
+    return [
+        '6. Three versions of "geo" side by side, moved by a rollout controller (a check and '
+        f"{GEO_FRAMES_PER_INTERVAL:,} frames a simulated minute):",
+        f"   {good['candidate']}: {good['path']} at minute {good['minute']:g}; {frames(good)}",
+        f"   {bad['candidate']} (fails 1 frame in {GEO_FAIL_EVERY}; limit "
+        f"{GEO_CONFIG.max_error_rate:.0%}): {bad['path']} to {bad['stable']} at minute "
+        f"{bad['minute']:g}; {frames(bad)}",
+    ]
 
 
 def print_demo(frames: int = 200_000, *, use_uvloop: bool | None = None) -> None:

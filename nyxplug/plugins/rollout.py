@@ -7,12 +7,15 @@ everything that is due, so tests and simulations need no sleeps and no event loo
 
 Each interval the candidate's error rate is checked against an absolute limit and
 against the stable version's in the same interval (Kayenta's baseline idea at the cost
-of one subtraction). Fewer than ``min_frames`` candidate frames is *inconclusive* -
-never a pass (flagger#1011, #1581; argo-rollouts#3850): ``inconclusive_limit`` of them
-in a row pause the rollout. ``threshold`` failed checks roll it back. Every state has a
-deadline, and abort, pause, resume, promote and rollback are accepted in every state
-that is not terminal; after a promotion the old version stays loaded (``promoted``,
-for ``rollback_window`` seconds) so a rollback is one route change.
+of one subtraction). With ``max_slow_rate`` its slow-call rate is checked too, as the
+candidate's breaker measures it (one clock read per worker group, never per frame), and
+against the stable version's breaker when it has one. Fewer than ``min_frames``
+candidate frames is *inconclusive* - never a pass (flagger#1011, #1581;
+argo-rollouts#3850): ``inconclusive_limit`` of them in a row pause the rollout.
+``threshold`` failed checks roll it back. Every state has a deadline, and abort, pause,
+resume, promote and rollback are accepted in every state that is not terminal; after a
+promotion the old version stays loaded (``promoted``, for ``rollback_window`` seconds)
+so a rollback is one route change.
 
 Canary, blue-green and a fixed hash split are configurations of one machine
 (``RolloutConfig.canary`` / ``blue_green`` / ``split``).
@@ -85,6 +88,16 @@ class RolloutConfig:
     or waits in ``awaiting_promotion`` for an operator. ``deadline`` bounds the time
     in every state (default ``interval * (iterations + threshold + inconclusive_limit)``);
     at a deadline the rollout rolls back. Error rates are fractions (0.01 = 1 %).
+
+    ``max_slow_rate`` (None: not checked) bounds the candidate's share of slow calls -
+    slower than its breaker's ``slow_call_duration`` - over that breaker's window at each
+    check (a time window of ``interval`` seconds judges exactly the interval). The
+    breaker times calls once per worker group, so the controller adds no clock read per
+    frame; the candidate must have one (``Dispatcher.set_breaker(..., version=...)``,
+    ``BreakerState.METRICS_ONLY`` if it should only measure). A window below its
+    ``minimum_calls`` is inconclusive. When the stable version has a breaker with a
+    verdict too, the candidate's rate must also stay within
+    ``max_slow_rate_over_stable`` of it.
     """
 
     steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0)
@@ -93,6 +106,8 @@ class RolloutConfig:
     min_frames: int = 100
     max_error_rate: float = 0.01
     max_error_rate_over_stable: float = 0.005
+    max_slow_rate: float | None = None
+    max_slow_rate_over_stable: float = 0.005
     threshold: int = 2
     inconclusive_limit: int = 3
     auto_promote: bool = True
@@ -126,6 +141,9 @@ class RolloutConfig:
         _check_count("min_frames", self.min_frames)
         _check_number("max_error_rate", self.max_error_rate, 0.0, 1.0)
         _check_number("max_error_rate_over_stable", self.max_error_rate_over_stable, 0.0, 1.0)
+        if self.max_slow_rate is not None:
+            _check_number("max_slow_rate", self.max_slow_rate, 0.0, 1.0)
+        _check_number("max_slow_rate_over_stable", self.max_slow_rate_over_stable, 0.0, 1.0)
         _check_count("threshold", self.threshold)
         _check_count("inconclusive_limit", self.inconclusive_limit)
         _check_number("rollback_window", self.rollback_window, 0.0)
@@ -217,6 +235,7 @@ class RolloutController:
     _next_check: float = field(init=False, default=0.0)
     _deadline: float = field(init=False, default=0.0)
     _base: dict[str, tuple[int, int]] = field(init=False, default_factory=dict)
+    _trips: int = field(init=False, default=0)  # the candidate breaker's, at the interval start
 
     # -- the machine -------------------------------------------------------------------
 
@@ -234,6 +253,17 @@ class RolloutController:
                 self.plugin_id, "start", "already started",
                 "make a new RolloutController to retry (from step 0)",
             )  # fmt: skip
+        if self.config.max_slow_rate is not None and (
+            self.dispatcher.breaker_stats(self.plugin_id, version=self.candidate) is None
+        ):
+            raise RolloutStateError(
+                self.plugin_id, "start",
+                f"checking slow calls of version {self.candidate!r}, which has no breaker to "
+                "time them",
+                f"give it one first: set_breaker({self.plugin_id}, BreakerConfig("
+                f"slow_call_duration=...), version={self.candidate!r}), or leave "
+                "`max_slow_rate` unset",
+            )  # fmt: skip
         now = self.clock()
         self._started = now
         self._apply_route()
@@ -244,7 +274,9 @@ class RolloutController:
     def tick(self) -> None:
         """Do what is due by the clock: judge finished intervals, then the deadline."""
         self._require_started()
-        now = self.clock()
+        self._take_due(self.clock())
+
+    def _take_due(self, now: float) -> None:
         while self.state not in TERMINAL and self.state is not RolloutState.PROMOTED:
             if now < self._next_check:
                 break
@@ -293,13 +325,17 @@ class RolloutController:
             raise RolloutStateError(self.plugin_id, "tick", "not started", "call start() first")
 
     def _operator(self, action: str) -> float:
+        """Take what is due by the clock first (an overdue check is judged before the
+        action, so events stay in time order), then allow ``action`` unless terminal."""
         self._require_started()
+        now = self.clock()
+        self._take_due(now)
         if self.state in TERMINAL:
             raise RolloutStateError(
                 self.plugin_id, action, self.state.value,
                 "make a new RolloutController (a retry starts from step 0)",
             )  # fmt: skip
-        return self.clock()
+        return now
 
     def _state_deadline(self) -> float:
         if self.state is RolloutState.PROMOTED:
@@ -342,8 +378,13 @@ class RolloutController:
             if name in stats
         }
 
+    def _candidate_trips(self, breaker: Any) -> int:
+        return 0 if breaker is None else int(breaker.trips)
+
     def _begin_interval(self, now: float) -> None:
         self._base = self._counts()
+        breaker = self.dispatcher.breaker_stats(self.plugin_id, version=self.candidate)
+        self._trips = self._candidate_trips(breaker)
         self._next_check = now + self.config.interval
 
     def _window(self, counts: dict[str, tuple[int, int]], name: str) -> _Window:
@@ -358,8 +399,18 @@ class RolloutController:
         cfg = self.config
         summary = f"candidate {cand.errors}/{cand.frames} stable {stable.errors}/{stable.frames}"
         breaker = self.dispatcher.breaker_stats(self.plugin_id, version=self.candidate)
+        if cfg.max_slow_rate is not None:
+            summary += self._slow_summary(breaker)
+        # A breaker that opened in the interval fails it even if it is probing again by
+        # now: it let few frames through, and "too few frames" must not hide why.
+        trips = self._candidate_trips(breaker)
+        tripped = trips > self._trips  # a replaced breaker counts from 0 again
+        self._trips = trips
         if breaker is not None and breaker.state in _OPEN:
             return "fail", f"candidate breaker {breaker.state.name.lower()}; {summary}"
+        if tripped and breaker is not None:
+            state = breaker.state.name.lower()
+            return "fail", f"candidate breaker tripped in the interval (now {state}); {summary}"
         if cand.frames < cfg.min_frames:
             return "inconclusive", f"fewer than {cfg.min_frames} frames; {summary}"
         if cand.rate() > cfg.max_error_rate:
@@ -371,7 +422,32 @@ class RolloutController:
                 "fail",
                 f"error rate above stable + {cfg.max_error_rate_over_stable:g}; {summary}",
             )
+        if cfg.max_slow_rate is not None:
+            slow = None if breaker is None else breaker.slow_call_rate
+            if slow is None:
+                why = "no breaker times it" if breaker is None else "too few calls in its window"
+                return "inconclusive", f"candidate slow-call rate unknown ({why}); {summary}"
+            if slow > cfg.max_slow_rate:
+                return "fail", f"slow-call rate above {cfg.max_slow_rate:g}; {summary}"
+            base = self.dispatcher.breaker_stats(self.plugin_id, version=self.stable)
+            base_slow = None if base is None else base.slow_call_rate
+            if base_slow is not None and slow > base_slow + cfg.max_slow_rate_over_stable:
+                return (
+                    "fail",
+                    f"slow-call rate above stable + {cfg.max_slow_rate_over_stable:g}; {summary}",
+                )
         return "pass", summary
+
+    def _slow_summary(self, candidate: Any) -> str:
+        """The slow calls in the candidate's and stable's breaker windows, for the event."""
+        parts = []
+        for role, stats in (
+            ("candidate", candidate),
+            ("stable", self.dispatcher.breaker_stats(self.plugin_id, version=self.stable)),
+        ):
+            if stats is not None:
+                parts.append(f"{role} {stats.slow_calls}/{stats.calls}")
+        return f"; slow {' '.join(parts)}" if parts else "; slow unmeasured"
 
     def _judge(self, now: float) -> None:
         verdict, detail = self._verdict()
@@ -475,6 +551,8 @@ class Rollouts:
         succeeded, the version it replaced is made stable again if it is still loaded.
         """
         controller = self._controllers.get(plugin_id)
+        if controller is not None and controller.state not in TERMINAL:
+            controller.tick()  # what is due first: it may have ended by now
         if controller is None or controller.state in (
             RolloutState.ROLLED_BACK,
             RolloutState.ABORTED,
