@@ -300,6 +300,29 @@ async def test_a_canary_is_promoted_and_the_old_version_retired(impl: Any, tmp_p
         assert total == sent
 
 
+async def test_the_task_judges_a_rollout_when_it_is_due_by_itself(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_version(tmp_path, "geo", "1.0.0")
+    async with manager_for(impl, tmp_path) as manager:  # the real clock: nobody ticks
+        await new_version_appears(manager, tmp_path)
+        config = RolloutConfig.canary(
+            steps=(50.0,), interval=0.05, min_frames=1, threshold=1, inconclusive_limit=100,
+            rollback_window=0.05,
+        )  # fmt: skip
+        await manager.start_rollout("geo", "2.0.0", config)
+        await send(manager, 100)
+        async with asyncio.timeout(WAIT):
+            while (await manager.wait_rollout("geo")).state != "succeeded":
+                pass
+        await manager.tick_rollouts()  # the pass that retired the warm version is over
+        assert roles(manager) == {"1.0.0": "available", "2.0.0": "stable"}
+        passes = manager._passes_started
+        assert passes < 40, passes  # it slept until each check was due: no busy polling
+        await manager.tick_rollouts()
+        assert manager._passes_started == passes + 1  # and sleeps for good with none left
+
+
 async def test_a_bad_candidate_is_rolled_back_by_its_checks(impl: Any, tmp_path: Path) -> None:
     write_version(tmp_path, "geo", "1.0.0")
     clock = Clock()
@@ -409,6 +432,9 @@ async def test_the_ladder_rolls_back_to_the_previous_good_version(
         sent = await send(manager, 10)  # 2.0.0 fails them all: its breaker trips
         await until(manager, lambda: manager.status("geo").version == "1.0.0")
         assert roles(manager)["1.0.0"] == "stable"  # loaded again, and stable
+        failed = {v.version: v for v in manager.versions("geo")}["2.0.0"]
+        assert failed.role == "loaded" and failed.breaker is not None
+        assert failed.breaker.repairing is None  # the ladder now marks the new stable lane
         recovery = manager.status("geo").recovery
         assert recovery is not None
         assert recovery.steps["rollback"] == StepStats(attempts=1, successes=1)

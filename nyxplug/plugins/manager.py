@@ -219,6 +219,7 @@ class PluginManager:
         self._rollout_passed = asyncio.Event()
         self._passes_started = self._passes_done = 0
         self._retire: list[tuple[str, str]] = []  # (plugin, version) whose window is over
+        self._rollout_events: dict[str, asyncio.Event] = {}  # wait_rollout's, by plugin
         self._stable = StableVersions.read(
             self.state_dir / VERSIONS_FILE if self.state_dir is not None else None
         )
@@ -760,6 +761,7 @@ class PluginManager:
         manifest = self._active(record, "roll back")
         controller = self.rollouts.get(manifest.id)
         if controller is not None and controller.state not in TERMINAL:
+            self._end_repair(manifest.id)
             self._act(record, controller, "rollback", "recovery")
             return
         async with self._lock(record.name):
@@ -781,8 +783,15 @@ class PluginManager:
             self._remember_stable(record.name, current, previous)
             if target not in record.lanes:
                 await self._load_lane(record, target, "recovery")
+            self._end_repair(manifest.id)
             self.dispatcher.set_route(manifest.id, stable=record.lanes[target].lane)
             self._sync_stable(record, caller="recovery")
+
+    def _end_repair(self, plugin_id: int) -> None:
+        """The failing stable lane is about to be replaced: its breaker no longer shows the
+        ladder's step (the ladder marks the lane that is stable after the step)."""
+        if self.dispatcher.breaker_stats(plugin_id) is not None:
+            self.dispatcher.set_breaker_repairing(plugin_id, None)
 
     async def _degrade_step(self, record: PluginRecord, fallback: str) -> None:
         """``degrade``: hold the plugin's traffic off; refusals name the fallback plugin."""
@@ -923,6 +932,9 @@ class PluginManager:
                 'isolation = "process" needs a plugin folder or an installed package: the '
                 "child loads the plugin from the files the host read"
             )
+        # A version staged beside the running one comes from its own found record: the
+        # runtime's record of the plugin is the one that counts and reacts.
+        record = self._records.get(record.name, record)
         name, plugin_id = record.name, manifest.id
         limits, memory_required = child_limits(name, manifest.sandbox, self.config.isolation.limits)
 
@@ -950,8 +962,26 @@ class PluginManager:
         return lambda: instance
 
     async def _fail_isolated(self, record: PluginRecord, instance: Any, reason: str) -> None:
-        """An isolated plugin gave up (restarts exhausted, or a limit said unload)."""
-        await self._quarantine(record, instance, reason)
+        """An isolated plugin gave up (restarts exhausted, or a limit said unload). A
+        version beside the stable one is not quarantined with the plugin: a rollout that
+        uses it rolls back, and it stays loaded (failing its frames, counted) until
+        unloaded."""
+        version = next((v for v, lane in record.lanes.items() if lane.instance is instance), None)
+        if version is None:
+            await self._quarantine(record, instance, reason)
+            return
+        self._audit("isolation", "failed", record, version=version, reason=reason)
+        assert record.manifest is not None
+        controller = self.rollouts.get(record.manifest.id)
+        if controller is not None and controller.state not in TERMINAL and (
+            record.lanes[version].lane == controller.candidate
+            and controller.state is not RolloutState.PROMOTED
+        ):  # fmt: skip
+            self._act(record, controller, "rollback", "isolation")
+        logger.error(
+            "Plugin %r: version %s (isolated) gave up: %s - unload_version it", record.name,
+            version, reason,
+        )  # fmt: skip
 
     async def _quarantine(self, record: PluginRecord, instance: Any, reason: str) -> None:
         """Unload the plugin without draining and leave it ``failed`` with ``reason``."""
@@ -1403,6 +1433,9 @@ class PluginManager:
             detail=info.detail(event.detail), caller=info.caller,
         )  # fmt: skip
         self._sync_stable(record, caller=info.caller)
+        waiting = self._rollout_events.pop(record.name, None)
+        if waiting is not None:
+            waiting.set()
         if event.state is RolloutState.SUCCEEDED:
             self._retire.append((record.name, info.stable))  # the warm one's window is over
             self._wake_rollouts()
@@ -1428,12 +1461,12 @@ class PluginManager:
             self._rollout_wake.clear()
             self._passes_started += 1
             try:
-                self.rollouts.tick()
-            except Exception:  # one broken rollout must not stop the others' timer
-                logger.exception("A rollout's tick failed")
-            while self._retire:
-                name, version = self._retire.pop(0)
-                await self._retire_warm(name, version)
+                self._tick_each()
+                while self._retire:
+                    name, version = self._retire.pop(0)
+                    await self._retire_warm(name, version)
+            except Exception:  # a bug must not stop every rollout's timer
+                logger.exception("The rollouts' task failed a pass - going on")
             self._passes_done = self._passes_started
             passed, self._rollout_passed = self._rollout_passed, asyncio.Event()
             passed.set()
@@ -1442,6 +1475,35 @@ class PluginManager:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._rollout_wake.wait()
+
+    def _tick_each(self) -> None:
+        """Tick every rollout in progress; one whose tick raises is dropped (logged and
+        audited), so it can neither stop the others nor keep the task spinning."""
+        for record in list(self._records.values()):
+            m = record.manifest
+            controller = self.rollouts.get(m.id) if m is not None else None
+            if controller is None or controller.state in TERMINAL:
+                continue
+            try:
+                controller.tick()
+            except Exception as exc:
+                assert m is not None
+                self.rollouts.forget(m.id)
+                reason = f"{type(exc).__name__}: {exc}"
+                logger.error("Plugin %r: its rollout failed and was dropped: %s", record.name,
+                             reason)  # fmt: skip
+                self._audit("rollout", "failed", record, reason=reason)
+
+    async def wait_rollout(self, name: str) -> RolloutStatus:
+        """Wait for the next event of the plugin's rollout (a check, a step, a promotion,
+        its end ...) and return the rollout then."""
+        self._record(name)
+        while True:
+            event = self._rollout_events.setdefault(name, asyncio.Event())
+            await event.wait()
+            status = self.rollout(name)
+            if status is not None:
+                return status
 
     async def _retire_warm(self, name: str, version: str) -> None:
         """A promoted rollout's window is over: unload the old version (drained)."""
