@@ -29,6 +29,7 @@ from nyxplug.plugins import (
     ManifestError,
     PluginLoadError,
     PluginManager,
+    PluginWatcher,
     RolloutConfig,
     RolloutStateError,
     RolloutStatus,
@@ -37,6 +38,7 @@ from nyxplug.plugins import (
     VersionStateError,
     VersionStatus,
 )
+from nyxplug.plugins.reload import ReloadResult
 from nyxplug.source.manifest import decode_manifest
 
 WAIT = 10.0
@@ -566,10 +568,12 @@ def plugin_doc(rollout: str) -> str:
          "at `rollout.hold`"),
         ("mirror = true", 'Expected `mirror` only with strategy = "blue_green", got strategy = '
          '"canary" - at `rollout.mirror`'),
+        ('on_new_version = "reload"',
+         "Expected one of `canary`, got `reload` - at `rollout.on_new_version`"),
         ("weight = 5", "Unknown key `weight`, expected one of `strategy`, `steps`, "
          "`iterations`, `interval`, `min_frames`, `max_error_rate`, `max_error_rate_over_stable`"
          ", `threshold`, `inconclusive_limit`, `auto_promote`, `deadline`, `rollback_window`, "
-         "`hold`, `mirror` - at `rollout.weight`"),
+         "`hold`, `mirror`, `on_new_version` - at `rollout.weight`"),
     ],
 )  # fmt: skip
 def test_bad_rollout_tables_are_refused_with_the_key(table: str, problem: str) -> None:
@@ -624,3 +628,49 @@ async def test_loading_a_version_that_fails_reports_the_step(impl: Any, tmp_path
             await manager.load_version("geo", "2.0.0")
         assert roles(manager) == {"1.0.0": "stable", "2.0.0": "available"}
         assert [e["decision"] for e in audit(manager, "version")] == ["failed"]
+
+
+# -- on_new_version = "canary" ----------------------------------------------------------------
+
+ON_NEW = {"on_new_version": "canary", "steps": [10, 50], "interval": 60, "min_frames": 20}
+
+
+async def test_a_new_version_in_the_running_folder_is_rolled_out_not_hot_reloaded(
+    impl: Any, tmp_path: Path
+) -> None:
+    folder = write_version(tmp_path, "geo", "1.0.0", rollout=ON_NEW)
+    async with manager_for(impl, tmp_path, Clock()) as manager:
+        instance = manager.instance("geo")
+        # A new release replaces the folder's contents (as `nyxplug install` replaces a
+        # package): the running version keeps serving, the new one becomes the candidate.
+        (folder / "nyxplug.toml").write_text(
+            manifest_text("geo", PID, version="1.1.0", rollout=ON_NEW)
+        )
+        result = await manager.reload("geo", if_changed=True)
+        assert (result.outcome, result.from_version, result.to_version) == (
+            "rollout", "1.0.0", "1.1.0",
+        )  # fmt: skip
+        assert manager.instance("geo") is instance
+        assert {v.version: (v.role, v.location) for v in manager.versions("geo")} == {
+            "1.0.0": ("stable", str(folder)), "1.1.0": ("candidate", str(folder)),
+        }  # fmt: skip
+        status = manager.rollout("geo")
+        assert status is not None and (status.strategy, status.weight) == ("canary", 10.0)
+        assert audit(manager, "rollout")[0]["caller"] == "reload"
+        # Nothing more while it runs; the version is rolled out once.
+        assert (await manager.reload("geo", if_changed=True)).outcome == "unchanged"
+        manager.rollout_action("geo", "abort")
+        assert (await manager.reload("geo", if_changed=True)).outcome == "unchanged"
+
+
+async def test_the_watcher_rolls_out_a_new_version_folder(impl: Any, tmp_path: Path) -> None:
+    write_version(tmp_path, "geo", "1.0.0", rollout=ON_NEW)
+    async with manager_for(impl, tmp_path, Clock()) as manager:
+        async with PluginWatcher(manager, debounce=0.05, force_polling=False) as watcher:
+            async with asyncio.timeout(WAIT):
+                await watcher.ready.wait()
+            write_version(tmp_path, "geo", "2.0.0", rollout=ON_NEW)
+            name, result = await watcher.next_outcome(WAIT)
+            assert name == "geo" and isinstance(result, ReloadResult)
+            assert (result.outcome, result.to_version) == ("rollout", "2.0.0")
+            assert roles(manager) == {"1.0.0": "stable", "2.0.0": "candidate"}

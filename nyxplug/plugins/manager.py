@@ -44,7 +44,7 @@ from ..isolation.manifest_limits import child_limits
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode, import_entry, unload_code
-from ..source.manifest import Manifest, ManifestError, check_api_compatible
+from ..source.manifest import Manifest, ManifestError, check_api_compatible, load_manifest
 from ..source.snapshot import Snapshot
 from ..source.versions import parse_version
 from .api import PluginContext
@@ -220,6 +220,7 @@ class PluginManager:
         self._passes_started = self._passes_done = 0
         self._retire: list[tuple[str, str]] = []  # (plugin, version) whose window is over
         self._rollout_events: dict[str, asyncio.Event] = {}  # wait_rollout's, by plugin
+        self._auto_rollouts: dict[str, set[str]] = {}  # versions on_new_version rolled out
         self._stable = StableVersions.read(
             self.state_dir / VERSIONS_FILE if self.state_dir is not None else None
         )
@@ -1155,6 +1156,11 @@ class PluginManager:
             )  # fmt: skip
 
         def check(manifest: Manifest) -> None:
+            if str(manifest.version) != version:
+                raise ValueError(
+                    f"Expected version {version} in {source.location} (as discovered), found "
+                    f"{manifest.version} - the folder changed since; rediscover"
+                )
             if manifest.id != stable.id:
                 raise ValueError(
                     f"Expected id {stable.id} (the stable version's), got {manifest.id} - "
@@ -1300,6 +1306,58 @@ class PluginManager:
             )  # fmt: skip
 
     # -- rollouts ------------------------------------------------------------------------
+
+    def _canary_on_new_version(self, record: PluginRecord) -> bool:
+        """The stable version's ``[rollout]`` (else the host's) says ``on_new_version``."""
+        m = record.manifest
+        settings = m.rollout if m is not None and m.rollout is not None else None
+        settings = settings if settings is not None else self.config.defaults.rollout
+        return settings is not None and settings.on_new_version == "canary"
+
+    def _new_version_on_disk(self, record: PluginRecord) -> bool:
+        """An active plugin that rolls new versions out, whose folder (or package) now
+        holds a higher version than the running one."""
+        m = record.manifest
+        if (
+            record.state is not PluginState.ACTIVE or m is None or record.folder is None
+            or not self._canary_on_new_version(record)
+        ):  # fmt: skip
+            return False
+        try:
+            on_disk = load_manifest(record.folder).version
+        except (ManifestError, OSError):
+            return False  # the reload reports what is wrong with it
+        return on_disk > m.version
+
+    async def roll_out_new_version(self, name: str, *, caller: str | None = None) -> ReloadResult:
+        """With ``[rollout] on_new_version = "canary"``: start a rollout of the highest
+        version found above the stable one (once per version; none while another rollout
+        is in progress). Outcome ``"rollout"``, else ``"unchanged"``."""
+        record = self._record(name)
+        m = record.manifest
+        running = str(m.version) if m is not None else None
+        unchanged = ReloadResult(name=name, outcome="unchanged", from_version=running,
+                                 to_version=running, pause=None, attempts=1)  # fmt: skip
+        if m is None or record.state is not PluginState.ACTIVE:
+            return unchanged
+        controller = self.rollouts.get(m.id)
+        if not self._canary_on_new_version(record) or (
+            controller is not None and controller.state not in TERMINAL
+        ):
+            return unchanged
+        tried = self._auto_rollouts.setdefault(name, set())
+        newer = [
+            v for v, found in record.found.items()
+            if parse_version(v) > m.version and v not in record.lanes and v not in tried
+            and found.state is not PluginState.FAILED
+        ]  # fmt: skip
+        if not newer:
+            return unchanged
+        target = max(newer, key=parse_version)
+        tried.add(target)
+        status = await self.start_rollout(name, target, caller=caller or "on_new_version")
+        return ReloadResult(name=name, outcome="rollout", from_version=status.stable,
+                            to_version=status.candidate, pause=None, attempts=1)  # fmt: skip
 
     def _rollout_config_of(self, record: PluginRecord, candidate: Manifest) -> RolloutConfig:
         for manifest in (candidate, record.manifest):
@@ -1539,6 +1597,9 @@ class PluginManager:
         plugin's ``reloads``); transient ones are retried with exponential backoff
         first. ``if_changed``: skip the reload when the bytes equal the running code's.
         """
+        if self._new_version_on_disk(self._record(name)):
+            self.discover()  # [rollout] on_new_version = "canary": roll it out instead
+            return await self.roll_out_new_version(name, caller="reload")
         async with self._lock(name):
             record = self._record(name)
             if record.state is not PluginState.ACTIVE:
