@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from isolation_helpers import FAST
 from nyx_helpers import DATA
 from plugin_helpers import RECORDER, manifest_text
 
@@ -101,7 +102,7 @@ def manager_for(
 ) -> PluginManager:
     runtime = RuntimeSection(**options.pop("runtime", {}))
     return PluginManager(
-        HostConfig(runtime=runtime, defaults=DefaultsSection(**options)),
+        HostConfig(runtime=runtime, defaults=DefaultsSection(**options), isolation=FAST),
         dispatcher=impl.Dispatcher(), plugin_dirs=[root], state_dir=root / ".state",
         entry_points=False, include_registered=False, require_signatures=False, clock=clock,
     )  # fmt: skip
@@ -323,6 +324,29 @@ async def test_the_task_judges_a_rollout_when_it_is_due_by_itself(
         assert passes < 40, passes  # it slept until each check was due: no busy polling
         await manager.tick_rollouts()
         assert manager._passes_started == passes + 1  # and sleeps for good with none left
+
+
+async def test_an_isolated_version_is_rolled_out_beside_an_in_process_one(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_version(tmp_path, "geo", "1.0.0")
+    clock = Clock()
+    async with manager_for(impl, tmp_path, clock) as manager:
+        write_version(tmp_path, "geo", "2.0.0", resources={"isolation": "process"})
+        manager.discover()
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        candidate = manager._record("geo").lanes["2.0.0"]
+        assert candidate.instance.stats().pid is not None  # its own child process
+        sent = await send(manager, 1000)
+        clock.now += 60
+        await manager.tick_rollouts()
+        sent += await send(manager, 1000, start=1000)
+        clock.now += 60
+        await manager.tick_rollouts()
+        assert manager.rollout("geo").state == "promoted"  # type: ignore[union-attr]
+        assert manager.isolation_stats("geo") is not None  # the stable version is isolated
+        stats = manager.dispatcher.version_stats(PID)
+        assert accounted(stats) == sent and stats["2.0.0"].errors == 0
 
 
 async def test_a_bad_candidate_is_rolled_back_by_its_checks(impl: Any, tmp_path: Path) -> None:
