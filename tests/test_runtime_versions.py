@@ -40,6 +40,7 @@ from nyxplug.plugins import (
     VersionStatus,
 )
 from nyxplug.plugins.reload import ReloadResult
+from nyxplug.plugins.versions import StableVersions, rollout_config
 from nyxplug.source.manifest import decode_manifest
 
 WAIT = 10.0
@@ -698,3 +699,41 @@ async def test_the_watcher_rolls_out_a_new_version_folder(impl: Any, tmp_path: P
             assert name == "geo" and isinstance(result, ReloadResult)
             assert (result.outcome, result.to_version) == ("rollout", "2.0.0")
             assert roles(manager) == {"1.0.0": "stable", "2.0.0": "candidate"}
+
+
+# -- the state file and the table's meaning --------------------------------------------------
+
+
+def test_the_versions_state_file_is_checked_and_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "versions.json"
+    state = StableVersions.read(path)
+    assert state.stable("geo") is None and state.previous("geo") == []
+    state.set("geo", "2.0.0", ["1.0.0"])
+    assert StableVersions.read(path).plugins == {"geo": ("2.0.0", ["1.0.0"])}
+    assert [p.name for p in path.parent.iterdir()] == ["versions.json"]  # no temp file left
+    path.write_text('{"plugins": {"geo": {"stable": 2}}}')
+    with pytest.raises(ValueError, match=r"Expected `plugins.geo` in .* fix or delete the file"):
+        StableVersions.read(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"could not read it: .* - fix or delete the file"):
+        StableVersions.read(path)
+
+
+def test_each_strategy_becomes_its_controller_configuration() -> None:
+    def table(text: str) -> RolloutConfig:
+        settings = decode_manifest(plugin_doc(text)).rollout
+        assert settings is not None
+        return rollout_config(settings)
+
+    canary = table("steps = [1, 20]\ninterval = 30\nthreshold = 3")
+    assert (canary.steps, canary.interval, canary.threshold) == ((1.0, 20.0), 30.0, 3)
+    assert canary == RolloutConfig.canary(steps=(1, 20), interval=30, threshold=3)
+    assert table('strategy = "blue_green"\niterations = 2') == RolloutConfig.blue_green(
+        iterations=2
+    )
+    mirror = table('strategy = "blue_green"\nmirror = true')
+    assert (mirror.steps, mirror.shadow) == ((0.0,), True)
+    split = table('strategy = "split"\nsteps = [30]\nhold = 900\ninterval = 60')
+    assert split == RolloutConfig.split(30, hold=900, interval=60)
+    assert (split.auto_promote, split.deadline) == (False, 900.0)
+    assert table("") == RolloutConfig()
