@@ -119,9 +119,43 @@ async def send(manager: PluginManager, n: int, start: int = 0) -> int:
         except CircuitOpen:
             pass  # refused: counted on its lane (circuit_open)
     async with asyncio.timeout(WAIT):
-        for lane in list(d.version_stats(PID)):
-            await d.wait_idle(PID)
-            del lane
+        await d.wait_idle(PID)  # every version's lane
+    return n
+
+
+async def senders(
+    manager: PluginManager, n: int, *, start: int = 0, tasks: int = 4,
+    midway: Callable[[], object] | None = None,
+) -> int:  # fmt: skip
+    """``n`` keyed frames from ``tasks`` concurrent senders; ``midway()`` (an action, maybe
+    a coroutine) runs once half of them are sent, while the others keep sending."""
+    d = manager.dispatcher
+    header = PluginHeader(PID).encode()
+    sent = 0
+    half = asyncio.Event()
+
+    async def one(offset: int) -> None:
+        nonlocal sent
+        for i in range(offset, n, tasks):
+            try:
+                await d.dispatch(DATA, header, b"x", key=start + i)
+            except CircuitOpen:
+                pass  # shed by a breaker: counted on its lane
+            sent += 1
+            if sent == n // 2:
+                half.set()
+            await asyncio.sleep(0)  # ok-sleep: a single yield, never a wait for work
+
+    async def action() -> None:
+        await half.wait()
+        result = midway() if midway is not None else None
+        if asyncio.iscoroutine(result):
+            await result
+
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(*(one(k) for k in range(tasks)), action())
+        await d.wait_idle(PID)
+    assert sent == n
     return n
 
 
@@ -299,7 +333,8 @@ async def test_a_canary_is_promoted_and_the_old_version_retired(impl: Any, tmp_p
         versions = [(e["decision"], e["version"]) for e in audit(manager, "version")]
         assert versions == [("loaded", "2.0.0"), ("stable", "2.0.0"), ("unloaded", "1.0.0")]
         retired = audit(manager, "version")[-1]
-        assert retired["processed"] == warm_processed and retired["dropped"] == 0
+        assert retired["processed"] == warm_processed
+        assert (retired["dropped"], retired["refused"]) == (0, 0)
         total = accounted(manager.dispatcher.version_stats(PID)) + retired["processed"]
         assert total == sent
 
@@ -348,6 +383,60 @@ async def test_an_isolated_version_is_rolled_out_beside_an_in_process_one(
         assert manager.isolation_stats("geo") is not None  # the stable version is isolated
         stats = manager.dispatcher.version_stats(PID)
         assert accounted(stats) == sent and stats["2.0.0"].errors == 0
+
+
+async def test_every_frame_is_accounted_for_while_rollouts_promote_and_roll_back(
+    impl: Any, tmp_path: Path
+) -> None:
+    """Concurrent senders all along; a candidate that fails every frame trips its breaker
+    (frames shed, counted) and is rolled back by its checks, then promoted and rolled back
+    by an operator mid-flight; a good version is promoted and the old one retired while
+    frames flow. Every frame sent is in exactly one count of one version's lane."""
+    write_version(tmp_path, "geo", "1.0.0")
+    clock = Clock()
+    async with manager_for(impl, tmp_path, clock) as manager:
+        write_version(tmp_path, "geo", "2.0.0", FAILING, breaker=BREAKER)
+        manager.discover()
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        sent = await senders(manager, 2000)
+        assert manager.dispatcher.version_stats(PID)["2.0.0"].circuit_open > 0  # shed
+        clock.now += 60
+        await manager.tick_rollouts()
+        assert manager.rollout("geo").state == "rolled_back"  # type: ignore[union-attr]
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        sent += await senders(
+            manager, 2000, start=2000, midway=lambda: manager.rollout_action("geo", "promote")
+        )
+        assert manager.status("geo").version == "2.0.0"
+        sent += await senders(
+            manager, 2000, start=4000, midway=lambda: manager.rollout_action("geo", "rollback")
+        )
+        assert manager.status("geo").version == "1.0.0"
+        assert accounted(manager.dispatcher.version_stats(PID)) == sent
+        write_version(tmp_path, "geo", "3.0.0")
+        manager.discover()
+        config = RolloutConfig.blue_green(
+            iterations=1, interval=60.0, min_frames=20, rollback_window=60.0
+        )
+        await manager.start_rollout("geo", "3.0.0", config)
+        sent += await senders(manager, 1000, start=6000)
+        clock.now += 60
+        await manager.tick_rollouts()
+        assert manager.status("geo").version == "3.0.0"
+
+        def window_over() -> object:
+            clock.now += 60
+            return manager.tick_rollouts()  # retires 1.0.0 while frames flow
+
+        sent += await senders(manager, 1000, start=7000, midway=window_over)
+        assert roles(manager) == {"1.0.0": "available", "2.0.0": "loaded", "3.0.0": "stable"}
+        gone = [e for e in audit(manager, "version") if e["decision"] == "unloaded"]
+        assert [e["version"] for e in gone] == ["1.0.0"]
+        retired = sum(e["processed"] + e["dropped"] + e["refused"] for e in gone)
+        assert accounted(manager.dispatcher.version_stats(PID)) + retired == sent
+        # ... and in total: the dispatcher's own count agrees.
+        dispatched = manager.dispatcher.dispatch_stats()
+        assert dispatched.frames_dispatched + dispatched.circuit_open == sent
 
 
 async def test_a_bad_candidate_is_rolled_back_by_its_checks(impl: Any, tmp_path: Path) -> None:

@@ -1246,6 +1246,7 @@ class PluginManager:
             self._audit(
                 "version", "unloaded", record, version=version, caller=caller, drained=drain,
                 processed=stats.messages_processed, dropped=stats.dropped,
+                refused=stats.circuit_open,
             )  # fmt: skip
             return stats
 
@@ -1581,7 +1582,7 @@ class PluginManager:
             self._audit(
                 "version", "unloaded", record, version=version, drained=True,
                 processed=stats.messages_processed, dropped=stats.dropped,
-                reason="rollback window over",
+                refused=stats.circuit_open, reason="rollback window over",
             )  # fmt: skip
 
     # -- hot reload ------------------------------------------------------------------
