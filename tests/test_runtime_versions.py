@@ -31,6 +31,7 @@ from nyxplug.plugins import (
     PluginLoadError,
     PluginManager,
     PluginWatcher,
+    RecoveryConfig,
     RolloutConfig,
     RolloutStateError,
     RolloutStatus,
@@ -367,7 +368,8 @@ async def test_an_isolated_version_is_rolled_out_beside_an_in_process_one(
 ) -> None:
     write_version(tmp_path, "geo", "1.0.0")
     clock = Clock()
-    async with manager_for(impl, tmp_path, clock) as manager:
+    async with manager_for(impl, tmp_path, clock, recovery=RecoveryConfig()) as manager:
+        assert manager._record("geo").recovery._actions["restart"] is None  # type: ignore[union-attr]
         write_version(tmp_path, "geo", "2.0.0", resources={"isolation": "process"})
         manager.discover()
         await manager.start_rollout("geo", "2.0.0", CANARY)
@@ -381,6 +383,9 @@ async def test_an_isolated_version_is_rolled_out_beside_an_in_process_one(
         await manager.tick_rollouts()
         assert manager.rollout("geo").state == "promoted"  # type: ignore[union-attr]
         assert manager.isolation_stats("geo") is not None  # the stable version is isolated
+        ladder = manager._record("geo").recovery
+        assert ladder is not None  # and its ladder restarts it (the in-process one reset it)
+        assert ladder._actions["restart"] is not None and ladder._actions["reset"] is None
         stats = manager.dispatcher.version_stats(PID)
         assert accounted(stats) == sent and stats["2.0.0"].errors == 0
 

@@ -660,20 +660,7 @@ class PluginManager:
             return
         if self.dispatcher.breaker_stats(manifest.id) is None:
             self.dispatcher.set_breaker(manifest.id, BreakerConfig())
-        isolated = isinstance(instance, IsolatedPlugin)
-        step = functools.partial
-        actions: dict[str, Action | None] = {
-            "restart": step(self._restart_step, record) if isolated else None,
-            "reset": step(self._reset_step, record) if not isolated else None,
-            "reload": step(self._reload_step, record) if record.folder is not None else None,
-            "rollback": self._rollback_step(record),
-            "degrade": (
-                step(self._degrade_step, record, config.fallback)
-                if config.fallback is not None
-                else None
-            ),
-            "quarantine": step(self._quarantine_step, record),
-        }
+        actions = self._ladder_actions(record, config, instance)
 
         def recovered() -> None:
             if record.health is not None:
@@ -687,6 +674,25 @@ class PluginManager:
             on_event=audited,
         )  # fmt: skip
         record.recovery.start()
+
+    def _ladder_actions(
+        self, record: PluginRecord, config: RecoveryConfig, instance: Any
+    ) -> dict[str, Action | None]:
+        """Each step's work for the version running ``instance`` (None: does not apply)."""
+        isolated = isinstance(instance, IsolatedPlugin)
+        step = functools.partial
+        return {
+            "restart": step(self._restart_step, record) if isolated else None,
+            "reset": step(self._reset_step, record) if not isolated else None,
+            "reload": step(self._reload_step, record) if record.folder is not None else None,
+            "rollback": self._rollback_step(record),
+            "degrade": (
+                step(self._degrade_step, record, config.fallback)
+                if config.fallback is not None
+                else None
+            ),
+            "quarantine": step(self._quarantine_step, record),
+        }
 
     async def wait_recovery(self, name: str) -> None:
         """Wait until the plugin's recovery ladder next acts (an episode starts, a step
@@ -1292,8 +1298,10 @@ class PluginManager:
         breaker = d.breaker_stats(manifest.id)
         if breaker is not None:
             self._watch_breaker(record, manifest.id)
-            if record.recovery is not None:  # it judges the new lane's breaker from now on
-                record.recovery.breaker_changed(breaker.state)
+            ladder = record.recovery
+            if ladder is not None:  # it repairs and judges the new stable version from now on
+                ladder.set_actions(self._ladder_actions(record, ladder.config, record.instance))
+                ladder.breaker_changed(breaker.state)
         self._audit("version", "stable", record, version=new, previous=old, caller=caller)
         logger.info("Plugin %r: version %s is stable now (was %s)", record.name, new, old)
 
