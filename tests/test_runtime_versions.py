@@ -567,6 +567,9 @@ async def test_the_ladder_rolls_back_to_the_previous_good_version(
         assert accounted(manager.dispatcher.version_stats(PID)) == sent
         decisions = [(e["decision"], e.get("step")) for e in audit(manager, "recovery")]
         assert decisions == [("started", None), ("worked", "rollback"), ("recovered", None)]
+        manager.flush_breaker_audit()
+        lines = [(e["version"], e["previous"], e["decision"]) for e in audit(manager, "breaker")]
+        assert lines == [("2.0.0", "closed", "open")]  # the failing version's lane, by name
 
 
 async def test_the_ladder_rolls_back_a_promoted_rollout(impl: Any, tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ class PluginManager:
         self._locks: dict[str, asyncio.Lock] = {}
         # Breaker transitions noted by the dispatch or worker that made them, written to
         # the audit log by their own task (``_watch_breaker``).
-        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str, str | None]] = (
+        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str, str]] = (
             collections.deque()
         )
         self._breaker_noted = asyncio.Event()
@@ -844,14 +844,13 @@ class PluginManager:
         stats = self.dispatcher.breaker_stats(plugin_id)
         last = [stats.state.name.lower() if stats is not None else "closed"]
         lane = record.lane  # after a promotion the new stable lane is watched instead
-        version = str(record.manifest.version) if record.manifest is not None else None
 
         def changed(state: BreakerState) -> None:
             if ladder is not None and record.lane == lane:
                 ladder.breaker_changed(state)
             if audited:
                 name = state.name.lower()
-                lines.append((record, last[0], name, version))
+                lines.append((record, last[0], name, lane))
                 last[0] = name
                 noted.set()
 
@@ -870,8 +869,13 @@ class PluginManager:
     def _flush_breaker_lines(self) -> None:
         lines = self._breaker_lines
         while lines:
-            record, previous, state, version = lines.popleft()
-            self._audit("breaker", state, record, previous=previous, version=version)
+            record, previous, state, lane = lines.popleft()
+            holder = self._holder(record, lane)  # the version on that lane now
+            version = holder.manifest.plugin.version if holder and holder.manifest else None
+            if version is None:
+                self._audit("breaker", state, record, previous=previous)
+            else:
+                self._audit("breaker", state, record, previous=previous, version=version)
 
     def flush_breaker_audit(self) -> None:
         """Write the breaker transitions noted so far now (the task writes them soon)."""
