@@ -754,8 +754,9 @@ class PluginManager:
 
     async def _reload_step(self, record: PluginRecord) -> None:
         """``reload``: the plugin's folder or package again, through hot reload (which
-        verifies it, as any reload does), even if its bytes did not change."""
-        await self.reload(record.name, allow_downgrade=True)
+        verifies it, as any reload does), even if its bytes did not change - never a
+        rollout (``on_new_version``): a repair is not the time to start one."""
+        await self._hot_reload(record.name, if_changed=False, allow_downgrade=True)
 
     def _rollback_step(self, record: PluginRecord) -> Action | None:
         """``rollback``: the previous good version (see ``_roll_back``)."""
@@ -1613,6 +1614,11 @@ class PluginManager:
         if self._new_version_on_disk(self._record(name)):
             self.discover()  # [rollout] on_new_version = "canary": roll it out instead
             return await self.roll_out_new_version(name, caller="reload")
+        return await self._hot_reload(name, if_changed=if_changed, allow_downgrade=allow_downgrade)
+
+    async def _hot_reload(
+        self, name: str, *, if_changed: bool, allow_downgrade: bool
+    ) -> ReloadResult:
         async with self._lock(name):
             record = self._record(name)
             if record.state is not PluginState.ACTIVE:
