@@ -686,6 +686,8 @@ def plugin_doc(rollout: str) -> str:
          "a state must outlast one check - at `rollout.deadline`"),
         ('strategy = "split"\nsteps = [10]', 'Expected `hold` (seconds) with strategy = '
          '"split", got none - at `rollout.hold`'),
+        ("max_slow_rate = 1.5", "Expected `max_slow_rate` to be a fraction in 0..1 (0.01 = 1 %),"
+         " got 1.5 - at `rollout.max_slow_rate`"),
         ("hold = 60", 'Expected `hold` only with strategy = "split", got strategy = "canary" - '
          "at `rollout.hold`"),
         ("mirror = true", 'Expected `mirror` only with strategy = "blue_green", got strategy = '
@@ -694,7 +696,7 @@ def plugin_doc(rollout: str) -> str:
          "Expected one of `canary`, got `reload` - at `rollout.on_new_version`"),
         ("weight = 5", "Unknown key `weight`, expected one of `strategy`, `steps`, "
          "`iterations`, `interval`, `min_frames`, `max_error_rate`, `max_error_rate_over_stable`"
-         ", `threshold`, `inconclusive_limit`, `auto_promote`, `deadline`, `rollback_window`, "
+         ", `max_slow_rate`, `max_slow_rate_over_stable`, `threshold`, `inconclusive_limit`, `auto_promote`, `deadline`, `rollback_window`, "
          "`hold`, `mirror`, `on_new_version` - at `rollout.weight`"),
     ],
 )  # fmt: skip
@@ -833,4 +835,6 @@ def test_each_strategy_becomes_its_controller_configuration() -> None:
     split = table('strategy = "split"\nsteps = [30]\nhold = 900\ninterval = 60')
     assert split == RolloutConfig.split(30, hold=900, interval=60)
     assert (split.auto_promote, split.deadline) == (False, 900.0)
+    slow = table("max_slow_rate = 0.05\nmax_slow_rate_over_stable = 0.01")
+    assert (slow.max_slow_rate, slow.max_slow_rate_over_stable) == (0.05, 0.01)
     assert table("") == RolloutConfig()

@@ -202,6 +202,8 @@ def rollout_config(settings: RolloutSettings) -> RolloutConfig:
             "min_frames",
             "max_error_rate",
             "max_error_rate_over_stable",
+            "max_slow_rate",
+            "max_slow_rate_over_stable",
             "threshold",
             "inconclusive_limit",
             "auto_promote",

@@ -58,6 +58,10 @@ class RolloutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     min_frames: int | None = None
     max_error_rate: float | None = None
     max_error_rate_over_stable: float | None = None
+    #: The candidate's share of slow calls, as its circuit breaker times them (its
+    #: ``[breaker] slow_call_duration``); None: not checked.
+    max_slow_rate: float | None = None
+    max_slow_rate_over_stable: float | None = None
     threshold: int | None = None
     inconclusive_limit: int | None = None
     auto_promote: bool | None = None
@@ -89,6 +93,8 @@ class RolloutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         _seconds("hold", self.hold, strict=True)
         _rate("max_error_rate", self.max_error_rate)
         _rate("max_error_rate_over_stable", self.max_error_rate_over_stable)
+        _rate("max_slow_rate", self.max_slow_rate)
+        _rate("max_slow_rate_over_stable", self.max_slow_rate_over_stable)
         interval = self.interval if self.interval is not None else 60.0
         if self.deadline is not None and self.deadline < interval:
             raise _Invalid(
