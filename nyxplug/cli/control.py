@@ -1,15 +1,17 @@
 """The control socket of a running host: ``<state_dir>/control.sock``.
 
-``nyxplug run --watch`` serves it; ``nyxplug reload``, ``list``, ``info``, ``enable``,
-``disable`` and ``send`` ask it.
+``nyxplug run --watch`` and ``nyxplug serve`` serve it; ``nyxplug reload``, ``list``,
+``info``, ``enable``, ``disable``, ``send`` and ``breaker`` ask it.
 The protocol is one JSON request line answered by one JSON reply line (msgspec
 Structs, tagged by ``op`` and ``reply``), several per connection if the client
 likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
 decode is answered with an ``error`` reply and the host carries on.
 
-Only the host's user may connect (the socket is created mode 0600). A socket file
-left by a host that died is found (connecting is refused) and replaced; one that
-answers means another host owns the state dir, and the new one refuses to start.
+Only the host's user may connect (the socket is created mode 0600). The host reads who
+connected from the socket itself (``SO_PEERCRED``), so a change an operator makes is
+written to the audit log with a caller no client can forge: ``local:USER (uid N, pid N)``.
+A socket file left by a host that died is found (connecting is refused) and replaced; one
+that answers means another host owns the state dir, and the new one refuses to start.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 
 import msgspec
 
+from .._breaker import BreakerConfig, BreakerState, BreakerStats
+from .._recovery import RecoveryStats
 from .._stats import PluginStats
 from ..plugins import PluginStatus, ReloadResult
 from ._common import Problem
@@ -36,7 +40,10 @@ __all__ = (
     "LOCK_FILE",
     "MAX_REPLY",
     "MAX_REQUEST",
+    "OPERATOR_STATES",
     "SOCKET_FILE",
+    "BreakerReply",
+    "BreakerRequest",
     "ControlServer",
     "DisableRequest",
     "EnableRequest",
@@ -53,6 +60,7 @@ __all__ = (
     "Status",
     "StatusRequest",
     "Toggled",
+    "peer_caller",
     "request",
     "socket_path",
 )
@@ -114,7 +122,22 @@ class SendRequest(_Request, tag="send", frozen=True):
     flags: int = 0
 
 
-Request = ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest
+#: The breaker states an operator may set, as the command line spells them.
+OPERATOR_STATES = ("closed", "forced-open", "disabled", "metrics-only")
+
+
+class BreakerRequest(_Request, tag="breaker", frozen=True):
+    """``{"op": "breaker", "name": ..., "state": null}``: show the plugin's circuit
+    breaker; with ``state`` (one of :data:`OPERATOR_STATES`) set it first - audited with
+    the caller the host reads from the socket."""
+
+    name: str
+    state: str | None = None
+
+
+Request = (
+    ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest | BreakerRequest
+)
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
@@ -189,7 +212,25 @@ class Sent(_Reply, tag="sent", frozen=True):
     answer: bytes | None = None
 
 
-Reply = Reloaded | Status | Toggled | Sent | Failure
+class BreakerReply(_Reply, tag="breaker", frozen=True):
+    """The plugin's circuit breaker now (after the change, if one was asked for).
+
+    ``breaker`` is None when the plugin runs without one; ``config`` is the breaker's
+    configuration (the manifest's ``[breaker]``, else the host's ``[defaults.breaker]``,
+    else the default one an operator's change gives it); ``changed_by`` the caller the
+    change was audited with (None when nothing was set).
+    """
+
+    name: str
+    version: str | None
+    plugin_id: int
+    breaker: BreakerStats | None
+    config: BreakerConfig | None = None
+    recovery: RecoveryStats | None = None
+    changed_by: str | None = None
+
+
+Reply = Reloaded | Status | Toggled | Sent | BreakerReply | Failure
 
 _request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 _reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
@@ -216,7 +257,9 @@ class NoHost(Problem):
     """Nothing answers on the control socket: no host is running with this state dir."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(f"no running host at {path} - start one with `nyxplug run --watch`")
+        super().__init__(
+            f"no running host at {path} - start one with `nyxplug run --watch` or `nyxplug serve`"
+        )
         self.path = path
 
 
@@ -431,6 +474,7 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
+        caller = peer_caller(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -441,7 +485,7 @@ class ControlServer:
                     break
                 if not line:
                     break
-                reply = await self.answer(line)
+                reply = await self.answer(line, caller=caller)
                 writer.write(_encoder.encode(reply) + b"\n")
                 await writer.drain()
         except ConnectionError:
@@ -450,8 +494,11 @@ class ControlServer:
             self._connections.pop(task, None)
             writer.close()
 
-    async def answer(self, line: bytes) -> Reply:
-        """The reply to one request line; never raises (a bad request is a ``Failure``)."""
+    async def answer(self, line: bytes, *, caller: str | None = None) -> Reply:
+        """The reply to one request line; never raises (a bad request is a ``Failure``).
+
+        ``caller`` is who sent it (``peer_caller``), for the audit log.
+        """
         try:
             req = _request_decoder.decode(line)
         except msgspec.DecodeError as exc:
@@ -467,6 +514,8 @@ class ControlServer:
                 return await self._toggle(req)
             if isinstance(req, SendRequest):
                 return await self._send(req)
+            if isinstance(req, BreakerRequest):
+                return self._breaker(req, caller)
             return await self._reload(req)
         except Exception as exc:  # a bug must not take the host down: say it, keep serving
             logger.exception("Control request %r failed", req)
@@ -595,6 +644,52 @@ class ControlServer:
             stats=manager.stats(req.name) or before,
         )
 
+    def _breaker(self, req: BreakerRequest, caller: str | None) -> Reply:
+        """Show (and with ``state``, first set) the plugin's circuit breaker."""
+        from ..plugins import PluginNotFound, PluginStateError
+
+        manager, name = self.manager, req.name
+        if req.state is not None and req.state not in OPERATOR_STATES:
+            return Failure(
+                error="bad-request", name=name,
+                message=f"Expected a breaker state in {', '.join(OPERATOR_STATES)}, got "
+                f"{req.state!r} - for plugin {name!r}",
+            )  # fmt: skip
+        try:
+            status = manager.status(name)
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=name)
+        if status.state != "active" or status.id is None:
+            what = "set" if req.state is not None else "show"
+            return Failure(
+                error="state", name=name,
+                message=f"Cannot {what} the circuit breaker of plugin {name!r}: it is "
+                f"{status.state}, not active, and a breaker exists only while the plugin "
+                f"runs - start it (`nyxplug enable {name}`, or see `nyxplug info {name}` "
+                "for why it is not running) and try again",
+            )  # fmt: skip
+        changed_by = None
+        if req.state is not None:
+            state = BreakerState[req.state.upper().replace("-", "_")]
+            changed_by = caller or "local"
+            try:
+                manager.set_breaker_state(name, state, caller=changed_by)
+            except PluginStateError as exc:  # it stopped between the two calls
+                return Failure(error="state", message=str(exc), name=name)
+        stats = manager.breaker(name)
+        return BreakerReply(
+            name=name, version=status.version, plugin_id=status.id, breaker=stats,
+            config=self._breaker_config(name) if stats is not None else None,
+            recovery=manager.status(name).recovery, changed_by=changed_by,
+        )  # fmt: skip
+
+    def _breaker_config(self, name: str) -> BreakerConfig:
+        manifest = self.manager.manifest(name)
+        config: BreakerConfig | None = manifest.breaker if manifest is not None else None
+        if config is None:
+            config = self.manager.config.defaults.breaker
+        return config if config is not None else BreakerConfig()
+
     def _reload_done(self, req: ReloadRequest, task: asyncio.Task[Any]) -> None:
         self._reloads.discard(task)
         from ..plugins import PluginLoadError
@@ -608,6 +703,30 @@ class ControlServer:
                 self.on_outcome(req, outcome)
             except Exception:
                 logger.exception("Reporting the reload of %r failed", req.name)
+
+
+def peer_caller(sock: socket.socket | None) -> str:
+    """Who is at the other end of a Unix socket: ``local:USER (uid N, pid N)``.
+
+    Read from the kernel (``SO_PEERCRED``), not from the request, so the audit log's
+    caller cannot be forged by a client; ``local`` where the platform has no such option.
+    """
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or peercred is None:
+        return "local"
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, peercred, 12)
+    except OSError:
+        return "local"
+    import pwd
+    import struct
+
+    pid, uid, _gid = struct.unpack("3i", raw)
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return f"local:{user} (uid {uid}, pid {pid})"
 
 
 def _too_long() -> Failure:
