@@ -34,6 +34,7 @@ from nyxplug.admin import AdminAddress, AdminServer, build_app
 from nyxplug.plugins import PluginManager
 
 TIMEOUT = 30.0
+VERSION = ("version", "1.0.0")
 
 
 def need(binary: str) -> str:
@@ -129,14 +130,15 @@ async def test_breaker_recovery_and_health_series_parse_back(tmp_path: Path, imp
         got = samples(text)
         guarded = (("plugin", "guarded"),)
         states = {
-            state: got[("nyxplug_breaker_state", guarded + (("state", state),))]
+            state: got[("nyxplug_breaker_state", guarded + (("state", state), VERSION))]
             for state in ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
         }
         assert states == {**dict.fromkeys(states, 0.0), "forced_open": 1.0}
-        refused = (("plugin", "guarded"), ("reason", "circuit_open"), ("version", "1.0.0"))
+        refused = (("plugin", "guarded"), ("reason", "circuit_open"), VERSION)
         assert got[("nyxplug_frames_refused_total", refused)] == 1
-        assert got[("nyxplug_breaker_refusals_total", guarded + (("reason", "forced_open"),))] == 1
-        assert got[("nyxplug_breaker_trips_total", guarded)] == 0
+        reason = guarded + (("reason", "forced_open"), VERSION)
+        assert got[("nyxplug_breaker_refusals_total", reason)] == 1
+        assert got[("nyxplug_breaker_trips_total", guarded + (VERSION,))] == 0
         for step in ("reset", "quarantine"):
             labels = guarded + (("step", step),)
             for series in ("attempts", "successes", "failures", "timeouts"):
@@ -287,3 +289,58 @@ async def test_the_grafana_dashboard_queries_series_the_host_exports(
     exported |= {f"{name}_total" for name in exported}
     used = {name for e in exprs for name in re.findall(r"\bnyxplug_[a-z_]+", e)}
     assert used <= exported, used - exported
+
+
+async def test_versions_side_by_side_get_per_version_series(tmp_path: Path, impl: Any) -> None:
+    """Two loaded versions of echo, 25 % of keys to the candidate: frames by version and
+    outcome, each version's share and each lane's breaker, all read at scrape time."""
+    from nyxplug import BreakerConfig
+
+    async with running_host(tmp_path, impl) as running:
+        promtool = need("promtool")
+        d = running.manager.dispatcher
+        handled: list[bytes] = []
+
+        async def candidate(message: Any) -> None:
+            handled.append(message.payload)
+            if message.payload == b"7":
+                raise RuntimeError("the candidate fails frame 7")
+
+        await d.load_version(7, "1.1.0", candidate)
+        d.set_breaker(7, BreakerConfig(window_size=10), version="1.1.0")
+        d.set_route(7, stable="base", candidate="1.1.0", weight=25.0)
+        header = PluginHeader(7).encode()
+        for n in range(200):
+            await d.dispatch(DATA, header, b"%d" % n, key=n)
+        await d.wait_idle(7)
+        counts = d.version_stats(7)
+        _, _, text = await running.get("/metrics", token=running.host.token)
+        got = samples(text)
+        echo = (("plugin", "echo"),)
+
+        def frames(version: str, outcome: str) -> float:
+            labels = (("outcome", outcome), *echo, ("version", version))
+            return got[("nyxplug_version_frames_total", labels)]
+
+        ran = counts["1.1.0"].messages_processed
+        assert ran == len(handled) and 0 < ran < 200
+        failed = 1 if b"7" in handled else 0
+        assert (frames("1.1.0", "ok"), frames("1.1.0", "error")) == (ran - failed, failed)
+        assert frames("1.0.0", "ok") == 200 - ran  # the base lane is labelled by its version
+        assert frames("1.0.0", "refused") == frames("1.1.0", "refused") == 0
+        assert got[("nyxplug_route_weight", echo + (("version", "1.0.0"),))] == 0.75
+        assert got[("nyxplug_route_weight", echo + (("version", "1.1.0"),))] == 0.25
+        closed = echo + (("state", "closed"), ("version", "1.1.0"))
+        assert got[("nyxplug_breaker_state", closed)] == 1
+        assert not any(n == "nyxplug_breaker_state" and ("version", "1.0.0") in pairs
+                       for n, pairs in got)  # fmt: skip  # the base lane has no breaker
+        # spare runs one version: no per-version series for it.
+        assert not any(("plugin", "spare") in pairs for n, pairs in got
+                       if n.startswith(("nyxplug_version", "nyxplug_route")))  # fmt: skip
+        result = await asyncio.to_thread(
+            subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
+            text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+        d.set_route(7, stable="base")
+        await d.unload_version(7, "1.1.0")
