@@ -21,6 +21,7 @@ import msgspec
 import pytest
 import schemathesis
 from admin_helpers import AdminHost, ThreadedHost, call
+from plugin_helpers import write_plugin
 from hypothesis import HealthCheck, given, reject, settings
 from nyx_helpers import DATA
 
@@ -39,11 +40,21 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Any:
     host = AdminHost(tmp_path_factory.mktemp("admin"))
     # acme-pkg is installed once, so that uninstallPlugin can succeed before installPlugin ran.
     install_package(host.package, host.state / "packages", host.manager().trust)
+    # A second version of echo (the higher one is stable): loadVersion loads it,
+    # unloadVersion unloads it, startRollout rolls it out and rolloutAction pauses that.
+    older = write_plugin(host.plugins, "echo-0.9.0", 7, version="0.9.0")
+    (older / "nyxplug.toml").write_text(
+        (older / "nyxplug.toml").read_text().replace('name = "echo-0.9.0"', 'name = "echo"')
+    )
     examples = {
         "name": "echo",
+        "version": "0.9.0",
+        "action": "pause",
         "uninstallPlugin.name": "acme-pkg",
         "installPlugin": {"package": base64.b64encode(host.package.read_bytes()).decode()},
         "setBreaker": {"state": "closed"},
+        "loadVersion": {"version": "0.9.0"},
+        "startRollout": {"version": "0.9.0", "interval": 3600.0},
     }
     with ThreadedHost(host, examples) as threaded:
         yield threaded
@@ -94,10 +105,15 @@ def sent_as_valid(op: Any, case: Any) -> bool:
     """Whether a "negative" case is valid once serialized: the requests transport leaves
     out query parameters whose value is None or [], and the Authorization header is always
     sent here, so some generated violations never reach the server."""
-    from nyxplug.source.layout import NAME_PATTERN
+    from nyxplug.admin.operations import PATH_SCHEMAS
 
-    for value in (case.path_parameters or {}).values():
-        if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+    for name, value in (case.path_parameters or {}).items():
+        schema = PATH_SCHEMAS[name]
+        if not isinstance(value, str):
+            return False
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return False
+        if "enum" in schema and value not in schema["enum"]:
             return False
     # requests leaves out None and empty lists and sends a one-item list as that item; a
     # longer list repeats the key, which the server refuses.
@@ -160,7 +176,7 @@ def test_every_operation_reached_a_success() -> None:
 def test_the_document_is_valid_openapi_and_matches_the_routes(tmp_path: Path) -> None:
     from openapi_spec_validator import validate
 
-    document = openapi_document({"name": "echo"})
+    document = openapi_document({"name": "echo", "version": "1.0.0", "action": "pause"})
     validate(document)
     documented = {
         (method.upper(), path) for path, methods in document["paths"].items() for method in methods
@@ -177,7 +193,8 @@ def test_the_document_is_valid_openapi_and_matches_the_routes(tmp_path: Path) ->
     for op in OPERATIONS:
         for parameter in document["paths"][op.path][op.method.lower()].get("parameters", ()):
             if parameter["in"] == "path":
-                assert parameter["example"] == "echo", op.operation_id
+                expected = {"name": "echo", "version": "1.0.0", "action": "pause"}
+                assert parameter["example"] == expected[parameter["name"]], op.operation_id
 
 
 # -- guards -------------------------------------------------------------------------------

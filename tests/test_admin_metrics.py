@@ -292,28 +292,28 @@ async def test_the_grafana_dashboard_queries_series_the_host_exports(
 
 
 async def test_versions_side_by_side_get_per_version_series(tmp_path: Path, impl: Any) -> None:
-    """Two loaded versions of echo, 25 % of keys to the candidate: frames by version and
-    outcome, each version's share and each lane's breaker, all read at scrape time."""
-    from nyxplug import BreakerConfig
+    """A canary of echo 1.1.0 at 25 % of the keys: frames by version and outcome, each
+    version's share and breaker, the rollout's state, events and versions - all read at
+    scrape time - and promtool accepts the text."""
+    from nyxplug.plugins import RolloutConfig
 
     async with running_host(tmp_path, impl) as running:
         promtool = need("promtool")
-        d = running.manager.dispatcher
-        handled: list[bytes] = []
-
-        async def candidate(message: Any) -> None:
-            handled.append(message.payload)
-            if message.payload == b"7":
-                raise RuntimeError("the candidate fails frame 7")
-
-        await d.load_version(7, "1.1.0", candidate)
-        d.set_breaker(7, BreakerConfig(window_size=10), version="1.1.0")
-        d.set_route(7, stable="base", candidate="1.1.0", weight=25.0)
+        manager = running.manager
+        newer = write_plugin(running.host.plugins, "echo-1.1.0", 7, FAILS_ON_7, version="1.1.0",
+                             breaker={"window_size": 100})  # fmt: skip
+        toml = newer / "nyxplug.toml"
+        toml.write_text(toml.read_text().replace('"echo-1.1.0"', '"echo"'))
+        manager.discover()
+        config = RolloutConfig.canary(steps=(25.0, 50.0), interval=3600.0)
+        await manager.start_rollout("echo", "1.1.0", config, caller="test")
         header = PluginHeader(7).encode()
+        d = manager.dispatcher
         for n in range(200):
             await d.dispatch(DATA, header, b"%d" % n, key=n)
-        await d.wait_idle(7)
-        counts = d.version_stats(7)
+        for _ in d.version_stats(7):
+            await d.wait_idle(7)
+        by_version = {v.version: v for v in manager.versions("echo")}
         _, _, text = await running.get("/metrics", token=running.host.token)
         got = samples(text)
         echo = (("plugin", "echo"),)
@@ -322,25 +322,44 @@ async def test_versions_side_by_side_get_per_version_series(tmp_path: Path, impl
             labels = (("outcome", outcome), *echo, ("version", version))
             return got[("nyxplug_version_frames_total", labels)]
 
-        ran = counts["1.1.0"].messages_processed
-        assert ran == len(handled) and 0 < ran < 200
-        failed = 1 if b"7" in handled else 0
-        assert (frames("1.1.0", "ok"), frames("1.1.0", "error")) == (ran - failed, failed)
-        assert frames("1.0.0", "ok") == 200 - ran  # the base lane is labelled by its version
+        new, old = by_version["1.1.0"].stats, by_version["1.0.0"].stats
+        assert new is not None and old is not None
+        ran = new.messages_processed
+        assert 0 < ran < 200 and ran + old.messages_processed == 200
+        assert (frames("1.1.0", "ok"), frames("1.1.0", "error")) == (ran - new.errors, new.errors)
+        assert frames("1.0.0", "ok") == 200 - ran and frames("1.0.0", "error") == 0
         assert frames("1.0.0", "refused") == frames("1.1.0", "refused") == 0
         assert got[("nyxplug_route_weight", echo + (("version", "1.0.0"),))] == 0.75
         assert got[("nyxplug_route_weight", echo + (("version", "1.1.0"),))] == 0.25
         closed = echo + (("state", "closed"), ("version", "1.1.0"))
         assert got[("nyxplug_breaker_state", closed)] == 1
         assert not any(n == "nyxplug_breaker_state" and ("version", "1.0.0") in pairs
-                       for n, pairs in got)  # fmt: skip  # the base lane has no breaker
+                       for n, pairs in got)  # fmt: skip  # 1.0.0 has no breaker
+        states = {dict(pairs)["state"]: value for (n, pairs), value in got.items()
+                  if n == "nyxplug_rollout_state"}  # fmt: skip
+        assert states == {
+            "progressing": 1.0, "paused": 0.0, "awaiting_promotion": 0.0, "promoted": 0.0,
+            "succeeded": 0.0, "rolled_back": 0.0, "aborted": 0.0,
+        }  # fmt: skip
+        assert got[("nyxplug_rollout_events_total", (("kind", "started"), *echo))] == 1
+        info = (("candidate", "1.1.0"), *echo, ("stable", "1.0.0"), ("strategy", "canary"))
+        assert got[("nyxplug_rollout_info", info)] == 1
         # spare runs one version: no per-version series for it.
         assert not any(("plugin", "spare") in pairs for n, pairs in got
-                       if n.startswith(("nyxplug_version", "nyxplug_route")))  # fmt: skip
+                       if n.startswith(("nyxplug_version", "nyxplug_route", "nyxplug_rollout")))  # fmt: skip
         result = await asyncio.to_thread(
             subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
             text=True, timeout=TIMEOUT,
         )  # fmt: skip
         assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
-        d.set_route(7, stable="base")
-        await d.unload_version(7, "1.1.0")
+        manager.rollout_action("echo", "abort", caller="test")
+
+
+FAILS_ON_7 = """
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    async def handle(self, message):
+        if message.payload.endswith(b"7"):
+            raise RuntimeError("1.1.0 fails the frames ending in 7")
+"""

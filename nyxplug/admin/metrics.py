@@ -25,7 +25,8 @@ per-version series read from the dispatcher's ``version_stats``/``route_info`` -
 breaker series carry the ``version`` of the lane they describe. A plugin running one
 version has no per-version series: its plugin series are that version's. The latest
 rollout is ``nyxplug_rollout_state{plugin,state}`` (1 for the current state) and
-``nyxplug_rollout_events_total{plugin,kind}`` (the events of that rollout, by kind).
+``nyxplug_rollout_events_total{plugin,kind}`` (the events of that rollout, by kind), with
+``nyxplug_rollout_info{plugin,strategy,stable,candidate}`` naming it.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class RolloutSample(NamedTuple):
 
     state: str
     events: tuple[tuple[str, int], ...]
+    strategy: str = ""
+    stable: str = ""
+    candidate: str = ""
 
 
 class Step(NamedTuple):
@@ -210,7 +214,7 @@ def _sample(manager: PluginManager, name: str) -> PluginSample | None:
     stats, iso, b, r, h = c.stats, c.isolation, c.breaker, c.recovery, c.health
     versions: tuple[VersionSample, ...] = ()
     if c.id is not None and c.state == "active":
-        versions = _versions(manager, c.id, c.version or "")
+        versions = _versions(manager, name, c.id)
     return PluginSample(
         name=name,
         version=c.version or "",
@@ -259,44 +263,43 @@ def _breaker(b: BreakerStats | None, version: str) -> Breaker | None:
     return Breaker(int(b.state), b.trips, refused, version)
 
 
-def _versions(manager: PluginManager, plugin_id: int, version: str) -> tuple[VersionSample, ...]:
-    """Each loaded version's counters, share and breaker, when more than one is loaded.
-
-    The lane ``load_plugin`` made is named ``base`` in the dispatcher: it is labelled
-    with the manifest's ``version``, as every other series of the plugin is.
-    """
-    d = manager.dispatcher
-    route = d.route_info(plugin_id)
+def _versions(manager: PluginManager, name: str, plugin_id: int) -> tuple[VersionSample, ...]:
+    """Each loaded version's counters, share and breaker, when more than one is loaded
+    (one look at the route decides; ``versions()`` names them by their version strings)."""
+    route = manager.dispatcher.route_info(plugin_id)
     if route is None or len(route.routed) < 2:
         return ()
-    share = route.weight / 100.0 if route.candidate is not None else 0.0
     out = []
-    for lane, stats in d.version_stats(plugin_id).items():
-        if lane == route.stable:
-            weight = 1.0 - share
-        elif lane == route.candidate:
-            weight = share
-        else:
-            weight = 0.0
-        label = version if lane == "base" else lane
+    for v in manager.versions(name):
+        stats = v.stats
+        if not v.loaded or stats is None:
+            continue
         refused = sum(getattr(stats, field) for field, _ in _REFUSALS)
-        breaker = _breaker(d.breaker_stats(plugin_id, version=lane), label)
         out.append(
-            VersionSample(label, stats.messages_processed, stats.errors, refused, weight, breaker)
+            VersionSample(
+                v.version,
+                stats.messages_processed,
+                stats.errors,
+                refused,
+                v.weight / 100.0,
+                _breaker(v.breaker, v.version),
+            )  # fmt: skip
         )
     return tuple(out)
 
 
 def _rollout(manager: PluginManager, name: str) -> RolloutSample | None:
     """The latest rollout's state and event counts (None before the first)."""
-    rollout = getattr(manager, "rollout", None)  # until the runtime versions API is merged
-    status = rollout(name) if rollout is not None else None
+    status = manager.rollout(name)
     if status is None:
         return None
     kinds: dict[str, int] = {}
     for event in status.events:
         kinds[event.kind] = kinds.get(event.kind, 0) + 1
-    return RolloutSample(status.state, tuple(sorted(kinds.items())))
+    return RolloutSample(
+        status.state, tuple(sorted(kinds.items())), status.strategy, status.stable,
+        status.candidate,
+    )  # fmt: skip
 
 
 class SnapshotCollector:
@@ -362,6 +365,10 @@ class SnapshotCollector:
         rollout_events = counter(
             "rollout_events", "Events of the plugin's latest rollout, by kind", ["plugin", "kind"]
         )
+        rollout_info = gauge(
+            "rollout_info", "1 for the plugin's latest rollout: its strategy and versions",
+            ["plugin", "strategy", "stable", "candidate"],
+        )  # fmt: skip
         episodes = counter("recovery_episodes", "Times the recovery ladder started", plugin)
         recovered = counter(
             "recovery_recoveries", "Recovery episodes that ended with the breaker closed", plugin
@@ -407,6 +414,8 @@ class SnapshotCollector:
                     rollout_state.add_metric([p.name, state], float(p.rollout.state == state))
                 for kind, count in p.rollout.events:
                     rollout_events.add_metric([p.name, kind], count)
+                ro = p.rollout
+                rollout_info.add_metric([p.name, ro.strategy, ro.stable, ro.candidate], 1.0)
             if r is not None:
                 episodes.add_metric([p.name], r.episodes)
                 recovered.add_metric([p.name], r.recoveries)
@@ -455,7 +464,7 @@ class SnapshotCollector:
         yield from (dispatched, refusals)
         yield from (breaker_state, trips, breaker_refused, episodes, recovered)
         yield from (attempts, successes, failures, step_timeouts, checks, check_failures)
-        yield from (version_frames, route_weight, rollout_state, rollout_events)
+        yield from (version_frames, route_weight, rollout_state, rollout_events, rollout_info)
 
 
 def render(snapshot: HostSnapshot | PackedSnapshot, accept: str | None) -> tuple[bytes, str]:

@@ -18,7 +18,19 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _host, breaker, isolation, keys, packages, plugins, reload, serve, top, trust
+from . import (
+    _host,
+    breaker,
+    isolation,
+    keys,
+    packages,
+    plugins,
+    reload,
+    rollout,
+    serve,
+    top,
+    trust,
+)
 
 __all__ = ("main",)
 
@@ -73,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_commands(commands, host)
     serve.add_commands(commands, host)
     breaker.add_commands(commands, host)
+    rollout.add_commands(commands, host)
     # Listed in the order they are used: a publisher's keygen, package, sign; a host's
     # verify and install.
     keys.add_keygen(commands)
@@ -147,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve.run(args)
     if args.command in breaker.COMMANDS:
         return breaker.run(args)
+    if args.command in rollout.COMMANDS:
+        return rollout.run(args)
     if args.command in top.COMMANDS:
         return top.run(args)
     if args.command in keys.COMMANDS:

@@ -33,7 +33,8 @@ import msgspec
 from .._breaker import BreakerConfig, BreakerState, BreakerStats
 from .._recovery import RecoveryStats
 from .._stats import PluginStats
-from ..plugins import PluginStatus, ReloadResult
+from ..admin.operations import RolloutOptions
+from ..plugins import PluginStatus, ReloadResult, RolloutStatus, VersionStatus
 from ._common import Problem
 
 __all__ = (
@@ -42,6 +43,7 @@ __all__ = (
     "MAX_REQUEST",
     "OPERATOR_STATES",
     "SOCKET_FILE",
+    "ROLLOUT_VERBS",
     "BreakerReply",
     "BreakerRequest",
     "ControlServer",
@@ -55,11 +57,15 @@ __all__ = (
     "ReloadRequest",
     "Reply",
     "Request",
+    "RolloutReply",
+    "RolloutRequest",
     "SendRequest",
     "Sent",
     "Status",
     "StatusRequest",
     "Toggled",
+    "VersionsReply",
+    "VersionsRequest",
     "peer_caller",
     "request",
     "socket_path",
@@ -135,9 +141,34 @@ class BreakerRequest(_Request, tag="breaker", frozen=True):
     state: str | None = None
 
 
+class VersionsRequest(_Request, tag="versions", frozen=True):
+    """``{"op": "versions", "name": ...}``: every version of the plugin the host found;
+    with ``load`` or ``unload`` (a version) load it beside the running one, or drain and
+    unload it, first."""
+
+    name: str
+    load: str | None = None
+    unload: str | None = None
+
+
+#: What ``nyxplug rollout`` may ask: start one, show it, or act on it.
+ROLLOUT_VERBS = ("start", "status", "pause", "resume", "promote", "rollback", "abort")
+
+
+class RolloutRequest(_Request, tag="rollout", frozen=True):
+    """``{"op": "rollout", "name": ..., "verb": "status"}``; ``start`` takes the candidate
+    ``version`` and ``options`` (None: the plugin's own rollout configuration)."""
+
+    name: str
+    verb: str
+    version: str | None = None
+    options: RolloutOptions | None = None
+
+
 Request = (
-    ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest | BreakerRequest
-)
+    ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest
+    | BreakerRequest | VersionsRequest | RolloutRequest
+)  # fmt: skip
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
@@ -230,7 +261,25 @@ class BreakerReply(_Reply, tag="breaker", frozen=True):
     changed_by: str | None = None
 
 
-Reply = Reloaded | Status | Toggled | Sent | BreakerReply | Failure
+class VersionsReply(_Reply, tag="versions", frozen=True):
+    """Every version the host found of the plugin (after a load or unload, if asked):
+    role, weight, counters, breaker, health. ``changed`` names what was loaded or
+    unloaded, ``stats`` an unloaded version's last counters."""
+
+    name: str
+    versions: list[VersionStatus]
+    changed: str | None = None
+    stats: PluginStats | None = None
+
+
+class RolloutReply(_Reply, tag="rollout", frozen=True):
+    """The plugin's latest rollout (None before the first), after what was asked."""
+
+    name: str
+    rollout: RolloutStatus | None
+
+
+Reply = Reloaded | Status | Toggled | Sent | BreakerReply | VersionsReply | RolloutReply | Failure
 
 _request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 _reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
@@ -516,6 +565,10 @@ class ControlServer:
                 return await self._send(req)
             if isinstance(req, BreakerRequest):
                 return self._breaker(req, caller)
+            if isinstance(req, VersionsRequest):
+                return await self._versions(req, caller)
+            if isinstance(req, RolloutRequest):
+                return await self._rollout(req, caller)
             return await self._reload(req)
         except Exception as exc:  # a bug must not take the host down: say it, keep serving
             logger.exception("Control request %r failed", req)
@@ -683,6 +736,79 @@ class ControlServer:
             recovery=manager.status(name).recovery, changed_by=changed_by,
         )  # fmt: skip
 
+    async def _versions(self, req: VersionsRequest, caller: str | None) -> Reply:
+        """List the versions; load or unload one first (shielded, as a reload is)."""
+        manager, name = self.manager, req.name
+        changed, stats = None, None
+        manager.discover()  # a release may have landed since the last scan
+        if req.load is not None or req.unload is not None:
+            if req.load is not None and req.unload is not None:
+                return Failure(
+                    error="bad-request", name=name,
+                    message=f"Expected `load` or `unload`, got both - for plugin {name!r}",
+                )  # fmt: skip
+            if req.load is not None:
+                changed = req.load
+                work = manager.load_version(name, req.load, caller=caller or "local")
+            else:
+                changed = req.unload
+                work = manager.unload_version(
+                    name, req.unload, drain=True, caller=caller or "local"
+                )
+            task = asyncio.ensure_future(work)
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            try:
+                done = await asyncio.shield(task)
+            except Exception as exc:
+                return _runtime_failure(exc, name)
+            if req.unload is not None:
+                stats = done
+        try:
+            versions = manager.versions(name)
+        except Exception as exc:
+            return _runtime_failure(exc, name)
+        return VersionsReply(name=name, versions=versions, changed=changed, stats=stats)
+
+    async def _rollout(self, req: RolloutRequest, caller: str | None) -> Reply:
+        """Start, show or act on the plugin's rollout (audited with ``caller``)."""
+        from ..admin.operations import rollout_config_for
+
+        manager, name = self.manager, req.name
+        who = caller or "local"
+        if req.verb not in ROLLOUT_VERBS:
+            return Failure(
+                error="bad-request", name=name,
+                message=f"Expected a rollout verb in {', '.join(ROLLOUT_VERBS)}, got "
+                f"{req.verb!r} - for plugin {name!r}",
+            )  # fmt: skip
+        try:
+            if req.verb == "status":
+                return RolloutReply(name=name, rollout=manager.rollout(name))
+            if req.verb != "start":
+                return RolloutReply(
+                    name=name, rollout=manager.rollout_action(name, req.verb, caller=who)
+                )
+            if req.version is None:
+                return Failure(
+                    error="bad-request", name=name,
+                    message=f"Expected the candidate `version` to start a rollout of {name!r}, "
+                    "got none",
+                )  # fmt: skip
+            manager.discover()  # a release may have landed since the last scan
+            options = req.options
+            config = None
+            if options is not None and options.given():
+                config = rollout_config_for(manager, name, options)
+            task = asyncio.ensure_future(
+                manager.start_rollout(name, req.version, config, caller=who)
+            )
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            return RolloutReply(name=name, rollout=await asyncio.shield(task))
+        except Exception as exc:
+            return _runtime_failure(exc, name)
+
     def _breaker_config(self, name: str) -> BreakerConfig:
         manifest = self.manager.manifest(name)
         config: BreakerConfig | None = manifest.breaker if manifest is not None else None
@@ -703,6 +829,27 @@ class ControlServer:
                 self.on_outcome(req, outcome)
             except Exception:
                 logger.exception("Reporting the reload of %r failed", req.name)
+
+
+def _runtime_failure(exc: Exception, name: str) -> Failure:
+    """The ``Failure`` for a typed error of the versions and rollouts API (else re-raised:
+    a bug is answered as ``internal`` by ``answer``)."""
+    from .._errors import NyxplugError, VersionError
+    from ..plugins import PluginLoadError, PluginNotFound, PluginStateError, RolloutStateError
+
+    if isinstance(exc, PluginNotFound | LookupError):
+        return Failure(error="not-found", message=str(exc), name=name)
+    if isinstance(exc, PluginStateError | RolloutStateError | VersionError):
+        return Failure(error="state", message=str(exc), name=name)
+    if isinstance(exc, PluginLoadError):
+        return Failure(
+            error="load-failed", message=str(exc), name=exc.name, step=exc.step, reason=exc.reason
+        )
+    if isinstance(exc, ValueError | TypeError):
+        return Failure(error="bad-request", message=str(exc), name=name)
+    if isinstance(exc, NyxplugError):  # the runtime refused: a version in use, one too many
+        return Failure(error="state", message=str(exc), name=name)
+    raise exc
 
 
 def peer_caller(sock: socket.socket | None) -> str:
