@@ -23,10 +23,12 @@ from ._errors import NyxplugError
 from ._health import HealthConfig
 from ._impl import parse_flag
 from ._recovery import RecoveryConfig
+from ._routing import MAX_VERSIONS
 from ._schema import _check_finite, _Invalid, explain_decode_error
 from ._toml import TOO_DEEP, nesting_problem, toml_value_problem
 from .isolation.options import IsolationOptions
 from .source.layout import Capacity, HandlerTimeout
+from .source.rollout import RolloutSettings
 
 __all__ = (
     "DEFAULT_HANDLER_TIMEOUT",
@@ -87,8 +89,16 @@ class RuntimeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reload_debounce: float = 0.2
     reload_retries: int = 3
     reload_backoff: float = 0.1
+    #: Versions of one plugin loaded side by side at most (the engine's limit is 5).
+    max_versions: int = MAX_VERSIONS
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_versions <= MAX_VERSIONS:
+            raise _Invalid(
+                "max_versions",
+                f"Expected 1..{MAX_VERSIONS} versions of one plugin loaded at once, got "
+                f"{self.max_versions}",
+            )
         _check_paths("plugin_dirs", self.plugin_dirs)
         if not self.state_dir.strip():
             raise _Invalid("state_dir", "Expected a folder path, got an empty string")
@@ -112,6 +122,8 @@ class DefaultsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     health: HealthConfig | None = None
     #: A recovery ladder for every plugin whose manifest has no ``[recovery]`` (None: none).
     recovery: RecoveryConfig | None = None
+    #: How new versions are rolled out when their manifest has no ``[rollout]``.
+    rollout: RolloutSettings | None = None
 
     def __post_init__(self) -> None:
         _check_finite("handler_timeout", self.handler_timeout)

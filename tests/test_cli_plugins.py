@@ -296,17 +296,20 @@ def test_a_deeply_nested_manifest_fails_that_plugin_alone(
 def test_an_installed_package_hiding_the_folder_is_said_where_the_user_looks(
     host: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 15 item 16: 0.5.0 installed, the folder at 0.7.0: ``run`` ran 0.5.0 silently."""
+    """Issue 15 item 16: 0.5.0 installed, the folder edited: ``run`` ran the package silently.
+
+    (A folder with *another* version than the package is another version of the plugin
+    since issue 19: the highest runs - see test_a_folder_of_a_newer_version_runs_beside.)"""
     manifest = host / "plugins" / "greeter" / "nyxplug.toml"
     assert cli(capsys, "new", "greeter", "--dir", "plugins")[0] == 0
     manifest.write_text(manifest.read_text().replace('"0.1.0"', '"0.5.0"'))
     assert cli(capsys, "package", "plugins/greeter")[0] == 0
     assert cli(capsys, "install", "greeter-0.5.0.nyxp")[0] == 0
-    manifest.write_text(manifest.read_text().replace('"0.5.0"', '"0.7.0"'))
+    (host / "plugins" / "greeter" / "extra.py").write_text("EDITED = True\n")
     package, folder = host / "state" / "packages" / "greeter", host / "plugins" / "greeter"
     warning = (
-        f"the installed package {package} (0.5.0) runs instead of the folder {folder} (0.7.0) "
-        "- `nyxplug uninstall greeter` to run the folder, or install 0.7.0 (`nyxplug package "
+        f"the installed package {package} (0.5.0) runs instead of the folder {folder} (0.5.0) "
+        "- `nyxplug uninstall greeter` to run the folder, or install 0.5.0 (`nyxplug package "
         f"{folder}`, then `nyxplug sign` and `nyxplug install` the .nyxp)"
     )
     plugin_id = default_plugin_id("greeter")
@@ -319,7 +322,7 @@ def test_an_installed_package_hiding_the_folder_is_said_where_the_user_looks(
         ("nyxplug.runtime", "WARNING", f"Plugin 'greeter': {warning}")
     ]
     assert cli(capsys, "validate", "plugins/greeter") == (
-        0, f"OK greeter 0.7.0 (id {plugin_id})\nwarning: {warning}\n", ""
+        0, f"OK greeter 0.5.0 (id {plugin_id})\nwarning: {warning}\n", ""
     )  # fmt: skip
     code, out, _ = cli(capsys, "info", "greeter", "--plugin-dir", "plugins")
     assert code == 0
@@ -331,9 +334,25 @@ def test_an_installed_package_hiding_the_folder_is_said_where_the_user_looks(
     assert cli(capsys, "uninstall", "greeter")[0] == 0
     caplog.clear()
     code, out, _ = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
-    assert f"greeter 0.7.0 (id {plugin_id}): active\n" in out
+    assert f"greeter 0.5.0 (id {plugin_id}): active\n" in out
     assert "warning" not in out and not caplog.records
-    assert cli(capsys, "validate", "plugins/greeter")[1] == f"OK greeter 0.7.0 (id {plugin_id})\n"
+    assert cli(capsys, "validate", "plugins/greeter")[1] == f"OK greeter 0.5.0 (id {plugin_id})\n"
+
+
+def test_a_folder_of_a_newer_version_runs_beside_the_installed_package(
+    host: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: another version in a folder is a version of the plugin: the highest runs."""
+    manifest = host / "plugins" / "greeter" / "nyxplug.toml"
+    assert cli(capsys, "new", "greeter", "--dir", "plugins")[0] == 0
+    manifest.write_text(manifest.read_text().replace('"0.1.0"', '"0.5.0"'))
+    assert cli(capsys, "package", "plugins/greeter")[0] == 0
+    assert cli(capsys, "install", "greeter-0.5.0.nyxp")[0] == 0
+    manifest.write_text(manifest.read_text().replace('"0.5.0"', '"0.7.0"'))
+    code, out, err = cli(capsys, "run", "--plugin-dir", "plugins", "--frames", "1")
+    assert (code, err) == (0, "")
+    assert f"greeter 0.7.0 (id {default_plugin_id('greeter')}): active\n" in out
+    assert "warning" not in out
 
 
 @pytest.mark.parametrize("name", ["Echo", "1st", "has space", "a" * 65, "", "_x", "é", "a.b"])

@@ -66,3 +66,19 @@ def test_readme_rollout_example(pure: bool, tmp_path) -> None:
     result = run_snippet(ROLLOUT.group(1), tmp_path, pure)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ROLLOUT.group(2)
+
+
+RUNTIME_VERSIONS = re.search(
+    r"### Versions and rollouts in the runtime\n.*?```python\n(.*?)```\n\nprints[^\n]*\n\n"
+    r"```text\n(.*?)```",
+    README,
+    re.S,
+)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_readme_runtime_versions_example(pure: bool, tmp_path) -> None:
+    assert RUNTIME_VERSIONS is not None
+    result = run_snippet(RUNTIME_VERSIONS.group(1), tmp_path, pure)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == RUNTIME_VERSIONS.group(2)

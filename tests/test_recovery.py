@@ -294,7 +294,7 @@ async def test_each_step_is_bounded_counted_and_the_ladder_ends_in_quarantine(
                  if e["event"] == "recovery"]  # fmt: skip
         assert trail == [
             ("started", None), ("timed_out", "reset"), ("failed", "reload"),
-            ("quarantined", None), ("worked", "quarantine"),
+            ("not_available", "rollback"), ("quarantined", None), ("worked", "quarantine"),
         ]  # fmt: skip
 
 

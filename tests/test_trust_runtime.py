@@ -241,3 +241,22 @@ def test_an_installed_package_takes_precedence_over_a_folder_of_the_same_name(
     )
     assert manager.discovery_errors == [f"Plugin 'acme-both': {shadows}"]
     assert status.shadows == shadows
+
+
+async def test_an_unsigned_newer_folder_never_displaces_the_signed_package(
+    host: Host, impl: Any
+) -> None:
+    """Issue 19: versions of one plugin side by side - the highest *usable* one is stable,
+    so an unsigned folder on a host that requires signatures is listed, never run."""
+    host.install("acme-both", 54)
+    write_plugin(host.src, "acme-both", 54, version="2.0.0")
+    manager = host.manager(impl, plugin_dirs=[host.src])
+    async with manager:
+        status = manager.status("acme-both")
+        assert (status.source, status.version, status.state) == ("package", "1.0.0", "active")
+        assert status.versions == ("1.0.0", "2.0.0")
+        roles = {v.version: v.role for v in manager.versions("acme-both")}
+        assert roles == {"1.0.0": "stable", "2.0.0": "available"}
+        refused = r"at verify: version 2.0.0: TrustError: .*\[unsigned\]"
+        with pytest.raises(PluginLoadError, match=refused):
+            await manager.load_version("acme-both", "2.0.0")

@@ -21,6 +21,11 @@ from .errors import PluginLoadError as PluginLoadError
 from .errors import PluginNotFound as PluginNotFound
 from .errors import PluginStateError as PluginStateError
 from .errors import ReloadFailed as ReloadFailed
+from .errors import RolloutStateError as RolloutStateError
+from .errors import StepNotAvailable as StepNotAvailable
+from .errors import VersionMismatch as VersionMismatch
+from .errors import VersionNotFound as VersionNotFound
+from .errors import VersionStateError as VersionStateError
 from .state import PluginState as PluginState
 
 if TYPE_CHECKING:
@@ -33,6 +38,11 @@ if TYPE_CHECKING:
     from .recovery import RecoveryLadder as RecoveryLadder
     from .reload import ReloadResult as ReloadResult
     from .reload import ReloadStats as ReloadStats
+    from .rollout import RolloutConfig as RolloutConfig
+    from .rollout import RolloutState as RolloutState
+    from .versions import RolloutEventView as RolloutEventView
+    from .versions import RolloutStatus as RolloutStatus
+    from .versions import VersionStatus as VersionStatus
     from .watch import PluginWatcher as PluginWatcher
 
 __all__ = (
@@ -59,7 +69,17 @@ __all__ = (
     "ReloadFailed",
     "ReloadResult",
     "ReloadStats",
+    "RolloutConfig",
+    "RolloutEventView",
+    "RolloutState",
+    "RolloutStateError",
+    "RolloutStatus",
+    "StepNotAvailable",
     "StepStats",
+    "VersionMismatch",
+    "VersionNotFound",
+    "VersionStateError",
+    "VersionStatus",
     "load_manifest",
     "plugin",
     "registered_plugins",
@@ -79,6 +99,11 @@ __getattr__, __dir__ = lazy_exports(
         "RecoveryLadder": "recovery",
         "ReloadResult": "reload",
         "ReloadStats": "reload",
+        "RolloutConfig": "rollout",
+        "RolloutState": "rollout",
+        "RolloutEventView": "versions",
+        "RolloutStatus": "versions",
+        "VersionStatus": "versions",
         "PluginWatcher": "watch",
     },
 )

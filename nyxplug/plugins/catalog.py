@@ -22,17 +22,20 @@ from .._breaker import BreakerStats
 from .._constants import Permission
 from .._health import HealthStats
 from .._recovery import RecoveryStats
+from .._routing import BASE_VERSION
 from .._stats import PluginStats
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode
 from ..source.layout import INDEX_FILE, MANIFEST_FILE, SIGNATURE_FILE
 from ..source.manifest import Manifest, ManifestError, decode_manifest, manifest_from_dict
-from .errors import PluginStateError
+from ..source.versions import parse_version
+from .errors import PluginStateError, VersionMismatch
 from .health import HealthMonitor
 from .recovery import RecoveryLadder
 from .reload import ReloadCounters, ReloadStats
 from .state import PluginState, can_move
+from .versions import Lane
 
 if TYPE_CHECKING:  # nyxplug.trust loads lazily (cryptography costs ~20 ms at import)
     from ..trust import TrustStore
@@ -88,7 +91,16 @@ def _manifest_dict(fields: dict[str, Any]) -> dict[str, Any]:
     """``@plugin`` keywords laid out like a ``nyxplug.toml`` document."""
     fields = dict(fields)
     tables: dict[str, Any] = {}
-    for key in ("sandbox", "resources", "config", "dependencies", "breaker", "health", "recovery"):
+    for key in (
+        "sandbox",
+        "resources",
+        "config",
+        "dependencies",
+        "breaker",
+        "health",
+        "recovery",
+        "rollout",
+    ):
         if key in fields:
             tables[key] = fields.pop(key)
     frames = fields.pop("permissions", [])
@@ -128,6 +140,9 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     health: HealthStats | None = None
     #: The recovery ladder (``[recovery]``); None when the plugin has none.
     recovery: RecoveryStats | None = None
+    #: Every version discovery found (folders and packages of this name), lowest first;
+    #: ``version`` is the stable one (``PluginManager.versions`` has each one's role).
+    versions: tuple[str, ...] = ()
 
 
 class PluginCounters(NamedTuple):
@@ -183,6 +198,12 @@ class PluginRecord:
         self.shadows: str | None = None  # an installed package: the folder it hides
         self.health: HealthMonitor | None = None  # its scheduled checks, while active
         self.recovery: RecoveryLadder | None = None  # its recovery ladder, while active
+        # Versions side by side: every version found (version string -> the record
+        # discovery made for it, this one's included), the dispatcher lane the stable
+        # version runs on, and the other loaded versions (by version string).
+        self.found: dict[str, PluginRecord] = {}
+        self.lane = BASE_VERSION
+        self.lanes: dict[str, Lane] = {}
 
     def move(self, new: PluginState, reason: str | None = None) -> None:
         if not can_move(self.state, new):
@@ -233,6 +254,7 @@ class PluginRecord:
             shadows=self.shadows,
             health=self.health.stats() if self.health is not None else None,
             recovery=self.recovery.stats() if self.recovery is not None else None,
+            versions=tuple(sorted(self.found, key=parse_version)),
         )
 
 
@@ -255,26 +277,47 @@ def find_plugins(
     """One fresh record per plugin name, from every source; problems go to ``errors``.
 
     Manifests are cached by file identity (inode, size, mtime), so rescanning
-    hundreds of unchanged plugins costs a ``stat`` each. An installed package wins
-    over a folder of the same name; any other second use of a name, or of an id,
-    is refused with the reason.
+    hundreds of unchanged plugins costs a ``stat`` each. Folders and packages of one
+    name with different manifest versions are versions of one plugin (``found``; they
+    must share its id), the highest first in line. Of one name *and* version, an
+    installed package wins over a folder; any other second use of a name, or of an
+    id, is refused with the reason.
     """
     found: dict[str, PluginRecord] = {}
     for record in _scan(sources, manifest_cache, errors):
         other = found.get(record.name)
-        if other is not None and other.source == "package":
-            other.shadows = shadow_message(
-                record.name, other.location, _version(other), record.location, _version(record)
-            )
-            errors.append(f"Plugin {record.name!r}: {other.shadows}")
+        if other is None:
+            found[record.name] = record
+            if record.manifest is not None:
+                record.found = {str(record.manifest.version): record}
             continue
-        if other is not None:
-            errors.append(
-                f"Plugin {record.name!r} at {record.location} is ignored: the name is "
-                f"already taken by {other.location} - rename one of them"
-            )
+        m, om = record.manifest, other.manifest
+        if m is not None and om is not None and str(m.version) not in other.found:
+            if m.id != om.id:  # one plugin, one queue: its versions share the id
+                errors.append(str(VersionMismatch(
+                    record.name, str(m.version), record.location, m.id, other.location, om.id,
+                )))  # fmt: skip
+                continue
+            other.found[str(m.version)] = record  # another version of the plugin
             continue
-        found[record.name] = record
+        same = other.found.get(str(m.version)) if m is not None else None
+        same = other if same is None else same
+        if same.source == "package":
+            same.shadows = shadow_message(
+                record.name, same.location, _version(same), record.location, _version(record)
+            )
+            errors.append(f"Plugin {record.name!r}: {same.shadows}")
+            continue
+        errors.append(
+            f"Plugin {record.name!r} at {record.location} is ignored: the name is "
+            f"already taken by {same.location} - rename one of them"
+        )
+    for name, first in list(found.items()):
+        if len(first.found) > 1:  # the highest usable version is the stable one by default
+            usable = [v for v, r in first.found.items() if r.state is not PluginState.FAILED]
+            top = first.found[max(usable or first.found, key=parse_version)]
+            top.found = first.found
+            found[name] = top
     _refuse_duplicate_ids(found)
     return found
 

@@ -17,6 +17,10 @@ __all__ = (
     "PluginStateError",
     "ReloadFailed",
     "RolloutStateError",
+    "StepNotAvailable",
+    "VersionMismatch",
+    "VersionNotFound",
+    "VersionStateError",
 )
 
 
@@ -132,3 +136,75 @@ class RolloutStateError(NyxplugError, RuntimeError):
             f"Expected a rollout that allows {self.action}(), got one {self.state} - for "
             f"plugin {self.plugin_id}; {self.fix}"
         )
+
+
+class VersionNotFound(NyxplugError, LookupError):
+    """The plugin has no version of that name among the ones discovery found."""
+
+    def __init__(self, name: str, version: str, found: tuple[str, ...]) -> None:
+        super().__init__(name, version, found)
+        self.name = name
+        self.version = version
+        self.found = found
+
+    def __str__(self) -> str:
+        have = ", ".join(self.found) if self.found else "none"
+        return (
+            f"Expected a version of plugin {self.name!r} that discovery found, got "
+            f"{self.version!r} - found: {have}; put its folder under a plugin directory (or "
+            "`nyxplug install` it) and rediscover"
+        )
+
+
+class VersionMismatch(NyxplugError, ValueError):
+    """Two folders (or packages) claim versions of one plugin name with different ids."""
+
+    def __init__(self, name: str, version: str, location: str, plugin_id: int,
+                 other: str, other_id: int) -> None:  # fmt: skip
+        super().__init__(name, version, location, plugin_id, other, other_id)
+        self.name = name
+        self.version = version
+        self.location = location
+        self.plugin_id = plugin_id
+        self.other = other
+        self.other_id = other_id
+
+    def __str__(self) -> str:
+        return (
+            f"Expected every version of plugin {self.name!r} to keep id {self.other_id} (as "
+            f"{self.other} does), got id {self.plugin_id} for version {self.version} at "
+            f"{self.location} - it is ignored; give it the same [plugin] id, or another name"
+        )
+
+
+class VersionStateError(NyxplugError):
+    """A version of a plugin cannot do that now (it is the stable one, a rollout uses it,
+    too many are loaded...)."""
+
+    def __init__(self, name: str, version: str, operation: str, why: str, fix: str) -> None:
+        super().__init__(name, version, operation, why, fix)
+        self.name = name
+        self.version = version
+        self.operation = operation
+        self.why = why
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return (
+            f"Cannot {self.operation} version {self.version} of plugin {self.name!r}: "
+            f"{self.why} - {self.fix}"
+        )
+
+
+class StepNotAvailable(NyxplugError):
+    """A recovery step found nothing to work with this time (``rollback`` without an
+    earlier version): the ladder counts it as not available and goes on."""
+
+    def __init__(self, name: str, step: str, why: str) -> None:
+        super().__init__(name, step, why)
+        self.name = name
+        self.step = step
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"Recovery step {self.step} is not available for plugin {self.name!r}: {self.why}"

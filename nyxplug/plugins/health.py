@@ -78,11 +78,15 @@ class HealthMonitor:
         on_liveness_failure: Callable[[str], object] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] | None = None,
+        version: str | None = None,
     ) -> None:
         if not isinstance(config, HealthConfig):
             raise TypeError(f"Expected `config` to be a HealthConfig, got {type(config).__name__}")
         self.dispatcher = dispatcher
         self.plugin_id = plugin_id
+        #: The dispatcher lane (version) whose breaker the verdicts hold; None: the
+        #: stable one, whichever that is.
+        self.version = version
         self.config = config
         self._liveness = liveness
         self._readiness = readiness
@@ -161,14 +165,14 @@ class HealthMonitor:
 
     def _route(self) -> None:
         """Hold the breaker forced open while a probe is unhealthy; give it back after."""
-        d, plugin_id = self.dispatcher, self.plugin_id
+        d, plugin_id, version = self.dispatcher, self.plugin_id, self.version
         away = not (self._live.healthy and self._ready.healthy)
-        if away == self._routed_away or not d.is_loaded(plugin_id):
+        if away == self._routed_away or not self._loaded():
             return
         if away:
-            stats = d.breaker_stats(plugin_id)
+            stats = d.breaker_stats(plugin_id, version=version)
             if stats is None:
-                d.set_breaker(plugin_id, BreakerConfig())
+                d.set_breaker(plugin_id, BreakerConfig(), version=version)
                 self._own_breaker = True
             elif stats.state == BreakerState.FORCED_OPEN:
                 return  # an operator's: theirs to undo, not ours
@@ -178,19 +182,25 @@ class HealthMonitor:
             why = "its health checks"
             if self._last_failure is not None:
                 why += f" ({self._last_failure})"
-            d.set_breaker_state(plugin_id, BreakerState.FORCED_OPEN, why=why)
+            d.set_breaker_state(plugin_id, BreakerState.FORCED_OPEN, why=why, version=version)
             self._routed_away = True
             return
         self._routed_away = False
-        stats = d.breaker_stats(plugin_id)
+        stats = d.breaker_stats(plugin_id, version=version)
         if stats is None or stats.state != BreakerState.FORCED_OPEN:
             return  # someone changed it meanwhile: leave it
         if self._own_breaker:
-            d.set_breaker(plugin_id, None)
+            d.set_breaker(plugin_id, None, version=version)
         elif self._restore in (BreakerState.DISABLED, BreakerState.METRICS_ONLY):
-            d.set_breaker_state(plugin_id, self._restore)
+            d.set_breaker_state(plugin_id, self._restore, version=version)
         else:
-            d.set_breaker_state(plugin_id, BreakerState.CLOSED)
+            d.set_breaker_state(plugin_id, BreakerState.CLOSED, version=version)
+
+    def _loaded(self) -> bool:
+        d = self.dispatcher
+        if not d.is_loaded(self.plugin_id):
+            return False
+        return self.version is None or self.version in d.version_stats(self.plugin_id)
 
     def recovered(self) -> None:
         """The plugin was repaired (a new instance or child): both probes start over

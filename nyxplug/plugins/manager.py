@@ -26,7 +26,10 @@ import contextvars
 import functools
 import logging
 import os
+import re
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,7 @@ from .._breaker import BreakerConfig, BreakerState, BreakerStats
 from .._constants import Permission
 from .._impl import Dispatcher as DefaultDispatcher
 from .._recovery import RecoveryConfig
+from .._routing import BASE_VERSION
 from .._stats import PluginStats
 from ..config import HostConfig
 from ..isolation.manifest_limits import child_limits
@@ -42,6 +46,7 @@ from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode, import_entry, unload_code
 from ..source.manifest import Manifest, ManifestError, check_api_compatible
 from ..source.snapshot import Snapshot
+from ..source.versions import parse_version
 from .api import PluginContext
 from .catalog import (
     ENTRY_POINT_GROUP,
@@ -63,13 +68,36 @@ from .errors import (
     PluginNotFound,
     PluginStateError,
     ReloadFailed,
+    RolloutStateError,
+    StepNotAvailable,
+    VersionNotFound,
+    VersionStateError,
 )
 from .health import HealthMonitor
 from .recovery import Action, RecoveryLadder
-from .reload import LoadSteps, ReloadResult, reload_plugin
+from .reload import LoadSteps, ReloadResult, StagingFailed, discard, reload_plugin, stage_version
+from .rollout import (
+    TERMINAL,
+    RolloutConfig,
+    RolloutController,
+    RolloutEvent,
+    Rollouts,
+    RolloutState,
+)
 from .staging import guard_of, info_of, instantiate, read_code, staged_manifest
 from .state import PluginState
 from .supervise import Supervision, call_on_unload, lifecycle_call, supervise
+from .versions import (
+    VERSIONS_FILE,
+    Lane,
+    RolloutEventView,
+    RolloutStatus,
+    StableVersions,
+    VersionStatus,
+    exchange,
+    rollout_config,
+    strategy_of,
+)
 
 # nyxplug.trust (and cryptography, ~20 ms) loads when a manager is made or a package
 # verified, not with `import nyxplug.plugins`, which plugin code does for `Plugin`.
@@ -84,12 +112,39 @@ STATE_FILE = "plugins.json"
 
 logger = logging.getLogger("nyxplug.runtime")
 
+#: What ``rollout_action`` accepts.
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "rollback", "abort")
+
+
+@dataclass
+class _RolloutInfo:
+    """What the manager adds to a rollout controller: version strings, not lane names."""
+
+    stable: str
+    candidate: str
+    strategy: str
+    started_at: float
+    caller: str | None  # who asked for what the controller is doing now (audit lines)
+    lanes: dict[str, str]  # the dispatcher's lane names -> version strings
+
+    def detail(self, text: str) -> str:
+        """The controller's words with version strings for lane names (``base``)."""
+        for lane, version in self.lanes.items():
+            if lane != version:
+                text = re.sub(rf"\b{re.escape(lane)}\b", version, text)
+        return text
+
 
 class PluginManager:
     """Finds, catalogs, loads and supervises plugins on one ``Dispatcher``.
 
     ``async with PluginManager(config) as manager:`` discovers and starts every enabled
     plugin, and unloads them all (draining) on exit.
+
+    Versions side by side: every version of a plugin that discovery finds is listed
+    (``versions``); the stable one runs, others load beside it (``load_version``) and
+    rollouts move traffic to them (``start_rollout``), judged on ``clock`` (default
+    ``time.monotonic``; tests pass a fake one and call ``tick_rollouts``).
     """
 
     def __init__(
@@ -103,6 +158,7 @@ class PluginManager:
         include_registered: bool = True,
         require_signatures: bool | None = None,
         trust: TrustStore | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         # Without a config, nothing is read from (or written to) the current directory:
         # only the folders and state dir given here are used.
@@ -139,7 +195,9 @@ class PluginManager:
         self._locks: dict[str, asyncio.Lock] = {}
         # Breaker transitions noted by the dispatch or worker that made them, written to
         # the audit log by their own task (``_watch_breaker``).
-        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str]] = collections.deque()
+        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str, str | None]] = (
+            collections.deque()
+        )
         self._breaker_noted = asyncio.Event()
         self._breaker_writer: asyncio.Task[None] | None = None
         self.discovery_errors: list[str] = []
@@ -151,6 +209,20 @@ class PluginManager:
             handler=self._handler, signer_of=lambda folder: signer_of(folder, self.trust),
             breaker_of=self._breaker_of,
         )  # fmt: skip
+        # Rollouts: one controller set for the dispatcher, ticked by one task that sleeps
+        # until the earliest check or deadline (or is woken by an action).
+        self._clock = time.monotonic if clock is None else clock
+        self.rollouts = Rollouts(self.dispatcher, clock=self._clock, on_event=self._rollout_event)
+        self._rollout_info: dict[int, _RolloutInfo] = {}
+        self._rollout_task: asyncio.Task[None] | None = None
+        self._rollout_wake = asyncio.Event()
+        self._rollout_passed = asyncio.Event()
+        self._passes_started = self._passes_done = 0
+        self._retire: list[tuple[str, str]] = []  # (plugin, version) whose window is over
+        self._rollout_events: dict[str, asyncio.Event] = {}  # wait_rollout's, by plugin
+        self._stable = StableVersions.read(
+            self.state_dir / VERSIONS_FILE if self.state_dir is not None else None
+        )
 
     # -- discovery and the catalog -------------------------------------------------
 
@@ -168,12 +240,21 @@ class PluginManager:
             added=self._added, require_signatures=self.require_signatures, trust=self.trust,
         )  # fmt: skip
         found = find_plugins(sources, self._manifest_cache, self.discovery_errors)
-        for name, record in found.items():
+        for name, record in list(found.items()):
+            promoted = self._stable.stable(name)  # a promotion chose it: it runs again
+            chosen = record.found.get(promoted, record) if promoted is not None else record
+            if chosen is not record and chosen.state is not PluginState.FAILED:
+                chosen.found = record.found
+                found[name] = record = chosen
             current = self._records.get(name)
             if current is not None and current.state in (
                 PluginState.LOADING, PluginState.ACTIVE, PluginState.DRAINING
             ):  # fmt: skip
                 current.shadows = record.shadows  # a folder may have appeared since
+                loaded = [str(current.manifest.version)] if current.manifest else []
+                keep = {v: current.found[v] for v in [*loaded, *current.lanes]
+                        if v in current.found and v not in record.found}  # fmt: skip
+                current.found = {**record.found, **keep}
                 continue
             if name in self._disabled:
                 record.enabled = False
@@ -419,7 +500,8 @@ class PluginManager:
             breaker = self._breaker_of(manifest)
             if breaker is not None:
                 self.dispatcher.set_breaker(manifest.id, breaker)
-            self._start_health(record, manifest, instance)
+            record.lane = BASE_VERSION
+            record.health = self._start_health(record, manifest, instance, BASE_VERSION)
             self._start_recovery(record, manifest, instance)
             if self.dispatcher.breaker_stats(manifest.id) is not None:
                 self._watch_breaker(record, manifest.id)
@@ -444,34 +526,102 @@ class PluginManager:
         self._load_order.append(name)
         return record.status()
 
-    def _start_health(self, record: PluginRecord, manifest: Manifest, instance: Any) -> None:
-        """Scheduled checks (``[health]``, else ``[defaults.health]``) on their own task.
+    def _start_health(
+        self, record: PluginRecord, manifest: Manifest, instance: Any, lane: str
+    ) -> HealthMonitor | None:
+        """Scheduled checks (``[health]``, else ``[defaults.health]``) of one loaded version
+        (its dispatcher ``lane``) on their own task; None when it has none.
 
-        They ask whichever instance is running (a reload swaps it under them).
+        They ask whichever instance that version runs (a reload swaps it under them).
+        A liveness failure of the stable version feeds the recovery ladder; of a rollout's
+        candidate, the rollout (it rolls back).
         """
         config = manifest.health if manifest.health is not None else self.config.defaults.health
         if config is None:
-            return
+            return None
+
+        def holder() -> Any:
+            found = self._holder(record, lane)
+            if found is None:
+                raise RuntimeError(f"version lane {lane!r} of {record.name!r} is not loaded")
+            return found
+
+        def liveness() -> Any:
+            h = holder()
+            return lifecycle_call(h.guard, h.instance, "health")
+
         readiness = None
         if callable(getattr(instance, "ready", None)):
 
             def readiness() -> Any:
-                return lifecycle_call(record.guard, record.instance, "ready")
+                h = holder()
+                return lifecycle_call(h.guard, h.instance, "ready")
 
-        record.health = HealthMonitor(
-            self.dispatcher, manifest.id, config,
-            lambda: lifecycle_call(record.guard, record.instance, "health"), readiness,
-            on_liveness_failure=functools.partial(self._liveness_failed, record.name),
+        monitor = HealthMonitor(
+            self.dispatcher, manifest.id, config, liveness, readiness,
+            on_liveness_failure=functools.partial(self._lane_liveness_failed, record.name, lane),
+            version=lane,
         )  # fmt: skip
-        record.health.start()
+        monitor.start()
+        return monitor
+
+    @staticmethod
+    def _holder(record: PluginRecord, lane: str) -> Any:
+        """The record (its stable version runs on ``lane``) or the ``Lane``; None if gone."""
+        if record.lane == lane:
+            return record
+        for held in record.lanes.values():
+            if held.lane == lane:
+                return held
+        return None
+
+    def _lane_liveness_failed(self, name: str, lane: str, reason: str) -> None:
+        record = self._records.get(name)
+        if record is None or record.manifest is None:
+            return
+        if record.lane == lane:
+            self._liveness_failed(name, reason)
+            return
+        controller = self.rollouts.get(record.manifest.id)
+        if (
+            controller is not None
+            and controller.state not in TERMINAL
+            and controller.state is not RolloutState.PROMOTED
+            and controller.candidate == lane
+        ):
+            logger.error(
+                "Plugin %r: the rollout's candidate failed its liveness checks (%s) - rolling "
+                "back", name, reason,
+            )  # fmt: skip
+            self._act(record, controller, "rollback", "health")
+            return
+        logger.error(
+            "Plugin %r: loaded version on lane %r failed its liveness checks (%s) - its "
+            "breaker is held open; unload_version it or fix it", name, lane, reason,
+        )  # fmt: skip
 
     async def _stop_watchers(self, record: PluginRecord) -> None:
-        """Stop the health checks and the recovery ladder (the plugin is going away)."""
+        """Stop the health checks and the recovery ladder (the plugin is going away), and
+        its rollout; the other versions' checks too."""
         monitor, record.health = record.health, None
         if monitor is not None:
             await monitor.aclose()
+        for lane in record.lanes.values():
+            lane_monitor, lane.health = lane.health, None
+            if lane_monitor is not None:
+                await lane_monitor.aclose()
         if record.recovery is not None:  # stopped, its counts kept for the status
             await record.recovery.aclose()
+        if record.manifest is not None:
+            self.rollouts.forget(record.manifest.id)
+
+    async def _drop_other_versions(self, record: PluginRecord) -> None:
+        """After the dispatcher unloaded the plugin (every lane): the other versions'
+        ``on_unload`` and code go too; the stable lane is ``base`` again for a reload."""
+        lanes, record.lanes = record.lanes, {}
+        for lane in lanes.values():
+            await discard(record.name, lane.code, lane.instance, lane.guard)
+        record.lane = BASE_VERSION
 
     def _liveness_failed(self, name: str, reason: str) -> None:
         """A plugin failed its liveness checks: its frames are refused until it recovers."""
@@ -601,10 +751,47 @@ class PluginManager:
         await self.reload(record.name, allow_downgrade=True)
 
     def _rollback_step(self, record: PluginRecord) -> Action | None:
-        """``rollback``: the previous good version. Versions do not run side by side yet,
-        so there is none to go back to: the step is not available (the extension point
-        where versions plug in)."""
-        return None
+        """``rollback``: the previous good version (see ``_roll_back``)."""
+        return functools.partial(self._roll_back, record)
+
+    async def _roll_back(self, record: PluginRecord) -> None:
+        """A rollout in progress (or promoted, its old version kept warm) rolls back;
+        otherwise the version that was stable before this one is made stable again,
+        loaded first if it is found but not loaded. With none: ``StepNotAvailable``."""
+        manifest = self._active(record, "roll back")
+        controller = self.rollouts.get(manifest.id)
+        if controller is not None and controller.state not in TERMINAL:
+            self._end_repair(manifest.id)
+            self._act(record, controller, "rollback", "recovery")
+            return
+        async with self._lock(record.name):
+            manifest = self._active(record, "roll back")
+            current = str(manifest.version)
+            previous = self._stable.previous(record.name)
+            while previous and (
+                previous[-1] == current
+                or (previous[-1] not in record.found and previous[-1] not in record.lanes)
+            ):
+                previous.pop()  # gone since: the one before it is the previous good one
+            if not previous:
+                raise StepNotAvailable(
+                    record.name, "rollback",
+                    f"no earlier stable version than {current} is known (one becomes known "
+                    "when a rollout promotes another)",
+                )  # fmt: skip
+            target = previous[-1]
+            self._remember_stable(record.name, current, previous)
+            if target not in record.lanes:
+                await self._load_lane(record, target, "recovery")
+            self._end_repair(manifest.id)
+            self.dispatcher.set_route(manifest.id, stable=record.lanes[target].lane)
+            self._sync_stable(record, caller="recovery")
+
+    def _end_repair(self, plugin_id: int) -> None:
+        """The failing stable lane is about to be replaced: its breaker no longer shows the
+        ladder's step (the ladder marks the lane that is stable after the step)."""
+        if self.dispatcher.breaker_stats(plugin_id) is not None:
+            self.dispatcher.set_breaker_repairing(plugin_id, None)
 
     async def _degrade_step(self, record: PluginRecord, fallback: str) -> None:
         """``degrade``: hold the plugin's traffic off; refusals name the fallback plugin."""
@@ -649,13 +836,15 @@ class PluginManager:
         audited = self.audit is not None  # else nothing would drain the lines
         stats = self.dispatcher.breaker_stats(plugin_id)
         last = [stats.state.name.lower() if stats is not None else "closed"]
+        lane = record.lane  # after a promotion the new stable lane is watched instead
+        version = str(record.manifest.version) if record.manifest is not None else None
 
         def changed(state: BreakerState) -> None:
-            if ladder is not None:
+            if ladder is not None and record.lane == lane:
                 ladder.breaker_changed(state)
             if audited:
                 name = state.name.lower()
-                lines.append((record, last[0], name))
+                lines.append((record, last[0], name, version))
                 last[0] = name
                 noted.set()
 
@@ -674,8 +863,8 @@ class PluginManager:
     def _flush_breaker_lines(self) -> None:
         lines = self._breaker_lines
         while lines:
-            record, previous, state = lines.popleft()
-            self._audit("breaker", state, record, previous=previous)
+            record, previous, state, version = lines.popleft()
+            self._audit("breaker", state, record, previous=previous, version=version)
 
     def flush_breaker_audit(self) -> None:
         """Write the breaker transitions noted so far now (the task writes them soon)."""
@@ -743,6 +932,9 @@ class PluginManager:
                 'isolation = "process" needs a plugin folder or an installed package: the '
                 "child loads the plugin from the files the host read"
             )
+        # A version staged beside the running one comes from its own found record: the
+        # runtime's record of the plugin is the one that counts and reacts.
+        record = self._records.get(record.name, record)
         name, plugin_id = record.name, manifest.id
         limits, memory_required = child_limits(name, manifest.sandbox, self.config.isolation.limits)
 
@@ -770,8 +962,26 @@ class PluginManager:
         return lambda: instance
 
     async def _fail_isolated(self, record: PluginRecord, instance: Any, reason: str) -> None:
-        """An isolated plugin gave up (restarts exhausted, or a limit said unload)."""
-        await self._quarantine(record, instance, reason)
+        """An isolated plugin gave up (restarts exhausted, or a limit said unload). A
+        version beside the stable one is not quarantined with the plugin: a rollout that
+        uses it rolls back, and it stays loaded (failing its frames, counted) until
+        unloaded."""
+        version = next((v for v, lane in record.lanes.items() if lane.instance is instance), None)
+        if version is None:
+            await self._quarantine(record, instance, reason)
+            return
+        self._audit("isolation", "failed", record, version=version, reason=reason)
+        assert record.manifest is not None
+        controller = self.rollouts.get(record.manifest.id)
+        if controller is not None and controller.state not in TERMINAL and (
+            record.lanes[version].lane == controller.candidate
+            and controller.state is not RolloutState.PROMOTED
+        ):  # fmt: skip
+            self._act(record, controller, "rollback", "isolation")
+        logger.error(
+            "Plugin %r: version %s (isolated) gave up: %s - unload_version it", record.name,
+            version, reason,
+        )  # fmt: skip
 
     async def _quarantine(self, record: PluginRecord, instance: Any, reason: str) -> None:
         """Unload the plugin without draining and leave it ``failed`` with ``reason``."""
@@ -784,6 +994,7 @@ class PluginManager:
             try:
                 await self.dispatcher.unload_plugin(record.manifest.id, drain=False)
             finally:
+                await self._drop_other_versions(record)
                 if isinstance(instance, IsolatedPlugin):
                     await instance.aclose()
                 else:
@@ -838,6 +1049,7 @@ class PluginManager:
             try:
                 stats = await self.dispatcher.unload_plugin(record.manifest.id, drain=drain)
             finally:
+                await self._drop_other_versions(record)
                 reason = await call_on_unload(name, record.guard, record.instance)
                 if record.code is not None:
                     unload_code(record.code.package)
@@ -851,6 +1063,468 @@ class PluginManager:
                 processed=stats.messages_processed, reason=reason,
             )  # fmt: skip
             return stats
+
+    # -- versions side by side ------------------------------------------------------
+
+    def versions(self, name: str) -> list[VersionStatus]:
+        """Every version of the plugin discovery found, lowest first, with its role now."""
+        record = self._record(name)
+        m = record.manifest
+        active = record.state is PluginState.ACTIVE and m is not None
+        held: dict[str, Any] = {}
+        if active:
+            assert m is not None
+            held[str(m.version)] = record
+            held.update(record.lanes)
+        d = self.dispatcher
+        stats = d.version_stats(m.id) if active and m is not None else {}
+        route = d.route_info(m.id) if active and m is not None else None
+        controller = self.rollouts.get(m.id) if m is not None else None
+        info = self._rollout_info.get(m.id) if m is not None else None
+        warm = (
+            info.stable
+            if controller is not None and info is not None
+            and controller.state is RolloutState.PROMOTED
+            else None
+        )  # fmt: skip
+        out = []
+        for version in sorted({*record.found, *held}, key=parse_version):
+            holder = held.get(version)
+            found = record.found.get(version)
+            location = holder.location if holder is not None else (found.location if found else "")
+            if holder is None:
+                out.append(VersionStatus(version, "available", location, False, 0.0, None, None,
+                                         None))  # fmt: skip
+                continue
+            lane = holder.lane
+            weight = 0.0
+            if route is not None and route.candidate is not None:
+                weight = route.weight if route.candidate == lane else 0.0
+            if holder is record:
+                role = "stable"
+                weight = 100.0 - (route.weight if route and route.candidate else 0.0)
+            elif route is not None and route.candidate == lane:
+                role = "candidate"
+            elif route is not None and route.shadow == lane:
+                role = "shadow"
+            elif version == warm:
+                role = "warm"
+            else:
+                role = "loaded"
+            assert m is not None
+            out.append(VersionStatus(
+                version, role, location, True, weight, stats.get(lane),
+                d.breaker_stats(m.id, version=lane),
+                holder.health.stats() if holder.health is not None else None,
+            ))  # fmt: skip
+        return out
+
+    def _version_status(self, record: PluginRecord, version: str) -> VersionStatus:
+        return next(v for v in self.versions(record.name) if v.version == version)
+
+    async def load_version(
+        self, name: str, version: str, *, caller: str | None = None
+    ) -> VersionStatus:
+        """Load a found version next to the running one (its own queue, worker, stats,
+        breaker and health checks); it takes no frames until a rollout routes some to
+        it. At most ``runtime.max_versions`` (5) versions of a plugin are loaded."""
+        async with self._lock(name):
+            record = self._record(name)
+            self._active(record, f"load version {version} of")
+            await self._load_lane(record, version, caller)
+            return self._version_status(record, version)
+
+    async def _load_lane(self, record: PluginRecord, version: str, caller: str | None) -> Lane:
+        """Stage ``version`` (as a reload stages code) and load it as a lane of its own."""
+        name = record.name
+        stable = record.manifest
+        assert stable is not None
+        if version == str(stable.version) or version in record.lanes:
+            raise VersionStateError(
+                name, version, "load", "it is loaded already",
+                "use it as it is (versions() lists it), or unload_version it first",
+            )  # fmt: skip
+        source = record.found.get(version)
+        if source is None:
+            raise VersionNotFound(name, version, tuple(sorted(record.found, key=parse_version)))
+        limit = self.config.runtime.max_versions
+        if 1 + len(record.lanes) >= limit:
+            raise VersionStateError(
+                name, version, "load", f"{limit} versions are loaded already (runtime."
+                "max_versions)", "unload_version() one that no rollout uses first",
+            )  # fmt: skip
+
+        def check(manifest: Manifest) -> None:
+            if manifest.id != stable.id:
+                raise ValueError(
+                    f"Expected id {stable.id} (the stable version's), got {manifest.id} - "
+                    "the versions of one plugin share its id and queue"
+                )
+            check_api_compatible(manifest)
+
+        try:
+            staged = await stage_version(source, self._steps, check=check)
+        except StagingFailed as failed:
+            reason = f"version {version}: {type(failed.cause).__name__}: {failed.cause}"
+            self._audit("version", "failed", record, version=version, step=failed.step,
+                        reason=reason, caller=caller)  # fmt: skip
+            raise PluginLoadError(name, failed.step, reason) from failed.cause
+        assert staged is not None
+        manifest = staged.manifest
+        d = self.dispatcher
+        try:
+            supervised = self._handler(record, staged.instance, manifest)
+            await d.load_version(
+                stable.id, version, supervised.handler,
+                capacity=manifest.resources.capacity or self.config.defaults.capacity,
+                sandbox=staged.guard, overrun_limit=supervised.overrun_limit,
+                on_overrun=supervised.on_overrun,
+            )  # fmt: skip
+        except BaseException:
+            await discard(name, staged.code, staged.instance, staged.guard)
+            raise
+        breaker = self._breaker_of(manifest)
+        if breaker is None and self._recovery_of(manifest) is not None:
+            breaker = BreakerConfig()  # the ladder watches it should this version be promoted
+        if breaker is not None:
+            d.set_breaker(stable.id, breaker, version=version)
+        lane = Lane(
+            source=source.source, location=source.location, manifest=manifest,
+            folder=source.folder, factory=source.factory, instance=staged.instance,
+            code=staged.code, guard=staged.guard, key_id=source.key_id, signer=source.signer,
+            verified=staged.verified, health=None, lane=version,
+        )  # fmt: skip
+        record.lanes[version] = lane
+        lane.health = self._start_health(record, manifest, staged.instance, version)
+        self._audit("version", "loaded", record, version=version, caller=caller)
+        return lane
+
+    async def unload_version(
+        self, name: str, version: str, *, drain: bool = True, caller: str | None = None
+    ) -> PluginStats:
+        """Unload a loaded version that is not the stable one and no rollout or route
+        uses: drain (or drop, counted) its queue, ``on_unload``; returns its last stats."""
+        async with self._lock(name):
+            record = self._record(name)
+            manifest = self._active(record, f"unload version {version} of")
+            if version == str(manifest.version):
+                raise VersionStateError(
+                    name, version, "unload", "it is the stable version",
+                    "make another version stable first (start_rollout, then promote), or "
+                    "unload the plugin",
+                )  # fmt: skip
+            lane = record.lanes.get(version)
+            if lane is None:
+                if version in record.found:
+                    raise VersionStateError(name, version, "unload", "it is not loaded",
+                                            "nothing to do")  # fmt: skip
+                raise VersionNotFound(name, version, tuple(sorted(record.found, key=parse_version)))
+            controller = self.rollouts.get(manifest.id)
+            if controller is not None and controller.state not in TERMINAL and lane.lane in (
+                controller.candidate, controller.stable,
+            ):  # fmt: skip
+                why = ("the rollout keeps it warm for an instant rollback"
+                       if controller.state is RolloutState.PROMOTED
+                       else "the rollout in progress uses it")  # fmt: skip
+                raise VersionStateError(
+                    name, version, "unload", why,
+                    f"rollout_action({name!r}, 'abort') or wait until the rollout ends",
+                )  # fmt: skip
+            route = self.dispatcher.route_info(manifest.id)
+            if route is not None and (
+                route.shadow == lane.lane or any(r.version == lane.lane for r in route.rules)
+            ):
+                raise VersionStateError(name, version, "unload", "a route sends frames to it",
+                                        "route them elsewhere first")  # fmt: skip
+            stats = await self._drop_lane(record, version, drain)
+            self._audit(
+                "version", "unloaded", record, version=version, caller=caller, drained=drain,
+                processed=stats.messages_processed, dropped=stats.dropped,
+            )  # fmt: skip
+            return stats
+
+    async def _drop_lane(self, record: PluginRecord, version: str, drain: bool) -> PluginStats:
+        lane = record.lanes.pop(version)
+        assert record.manifest is not None
+        monitor, lane.health = lane.health, None
+        if monitor is not None:
+            await monitor.aclose()
+        try:
+            stats: PluginStats = await self.dispatcher.unload_version(
+                record.manifest.id, lane.lane, drain=drain
+            )
+        finally:
+            await discard(record.name, lane.code, lane.instance, lane.guard)
+        return stats
+
+    def _sync_stable(self, record: PluginRecord, *, caller: str | None = None) -> None:
+        """Make the record's stable version the one the dispatcher routes to as stable
+        (after a promotion or a rollback): swap it in, remember it, and let the breaker
+        watcher and recovery ladder follow its lane."""
+        m = record.manifest
+        d = self.dispatcher
+        route = d.route_info(m.id) if m is not None else None
+        if m is None or route is None or route.stable == record.lane:
+            return
+        new = next(v for v, lane in record.lanes.items() if lane.lane == route.stable)
+        old = str(m.version)
+        lane = record.lanes.pop(new)
+        exchange(record, lane)
+        record.lanes[old] = lane
+        manifest = record.manifest
+        assert manifest is not None
+        d.registry.set_permissions(
+            manifest.id, manifest.permission_mask, source=info_of(record, manifest).source
+        )
+        previous = self._stable.previous(record.name)
+        if previous and previous[-1] == new:
+            previous.pop()  # back to the one before: a rollback
+        else:
+            previous.append(old)
+        self._remember_stable(record.name, new, previous)
+        breaker = d.breaker_stats(manifest.id)
+        if breaker is not None:
+            self._watch_breaker(record, manifest.id)
+            if record.recovery is not None:  # it judges the new lane's breaker from now on
+                record.recovery.breaker_changed(breaker.state)
+        self._audit("version", "stable", record, version=new, previous=old, caller=caller)
+        logger.info("Plugin %r: version %s is stable now (was %s)", record.name, new, old)
+
+    def _remember_stable(self, name: str, stable: str, previous: list[str]) -> None:
+        try:
+            self._stable.set(name, stable, previous)
+        except OSError as exc:
+            logger.error(
+                "Plugin %r: could not write %s (version %s stays stable until the next "
+                "restart only): %s", name, VERSIONS_FILE, stable, exc,
+            )  # fmt: skip
+
+    # -- rollouts ------------------------------------------------------------------------
+
+    def _rollout_config_of(self, record: PluginRecord, candidate: Manifest) -> RolloutConfig:
+        for manifest in (candidate, record.manifest):
+            if manifest is not None and manifest.rollout is not None:
+                return rollout_config(manifest.rollout)
+        if self.config.defaults.rollout is not None:
+            return rollout_config(self.config.defaults.rollout)
+        return RolloutConfig()
+
+    async def start_rollout(
+        self,
+        name: str,
+        version: str,
+        config: RolloutConfig | None = None,
+        *,
+        caller: str | None = None,
+    ) -> RolloutStatus:
+        """Move the plugin's traffic to ``version`` step by step (loaded first if needed).
+
+        ``config`` defaults to the candidate's manifest ``[rollout]``, else the stable
+        one's, else the host's ``[defaults.rollout]``, else ``RolloutConfig()``. A task
+        judges it every interval; every event is an audit line (event "rollout").
+        """
+        async with self._lock(name):
+            record = self._record(name)
+            manifest = self._active(record, f"start a rollout of version {version} of")
+            if version == str(manifest.version):
+                raise VersionStateError(
+                    name, version, "roll out", "it is the stable version already",
+                    "name another version (versions() lists them)",
+                )  # fmt: skip
+            current = self.rollouts.get(manifest.id)
+            if current is not None and current.state not in TERMINAL:
+                raise RolloutStateError(
+                    manifest.id, "start", f"{current.state.value} (plugin {name!r})",
+                    f"rollout_action({name!r}, 'abort') or 'promote' it first",
+                )  # fmt: skip
+            lane = record.lanes.get(version)
+            if lane is None:
+                lane = await self._load_lane(record, version, caller)
+            assert lane.manifest is not None
+            if config is None:
+                config = self._rollout_config_of(record, lane.manifest)
+            before = self._rollout_info.get(manifest.id)
+            self._rollout_info[manifest.id] = _RolloutInfo(
+                str(manifest.version), version, strategy_of(config), time.time(), caller,
+                {record.lane: str(manifest.version), lane.lane: version},
+            )  # fmt: skip
+            try:
+                self.rollouts.start(manifest.id, record.lane, lane.lane, config)
+            except BaseException:
+                if before is None:
+                    del self._rollout_info[manifest.id]
+                else:
+                    self._rollout_info[manifest.id] = before
+                raise
+            self._rollout_info[manifest.id].caller = None
+            self._wake_rollouts()
+            status = self.rollout(name)
+            assert status is not None
+            return status
+
+    def rollout(self, name: str) -> RolloutStatus | None:
+        """The plugin's latest rollout (in progress or ended), or None."""
+        record = self._record(name)
+        if record.manifest is None:
+            return None
+        pid = record.manifest.id
+        controller, info = self.rollouts.get(pid), self._rollout_info.get(pid)
+        if controller is None or info is None:
+            return None
+        return RolloutStatus(
+            plugin=name, stable=info.stable, candidate=info.candidate, strategy=info.strategy,
+            state=controller.state.value, weight=controller.weight, step=controller.step,
+            started_at=info.started_at,
+            events=tuple(
+                RolloutEventView(e.at, e.kind, e.state.value, e.weight, info.detail(e.detail))
+                for e in controller.events
+            ),
+        )  # fmt: skip
+
+    def rollout_action(self, name: str, action: str, *, caller: str | None = None) -> RolloutStatus:
+        """An operator's ``pause``, ``resume``, ``promote``, ``rollback`` or ``abort`` of the
+        plugin's rollout; applies from the next frame and is written to the audit log."""
+        record = self._record(name)
+        if action not in ROLLOUT_ACTIONS:
+            raise ValueError(
+                f"Expected a rollout action in {', '.join(ROLLOUT_ACTIONS)}, got {action!r} - "
+                f"for plugin {name!r}"
+            )
+        controller = self.rollouts.get(record.manifest.id) if record.manifest else None
+        if controller is None:
+            raise RolloutStateError(
+                record.manifest.id if record.manifest else -1, action,
+                f"none (plugin {name!r} has no rollout)", "start_rollout() first",
+            )  # fmt: skip
+        self._act(record, controller, action, caller)
+        status = self.rollout(name)
+        assert status is not None
+        return status
+
+    def _act(
+        self, record: PluginRecord, controller: RolloutController, action: str, caller: str | None
+    ) -> None:
+        assert record.manifest is not None
+        info = self._rollout_info.get(record.manifest.id)
+        if info is not None:
+            info.caller = caller
+        try:
+            getattr(controller, action)()
+        finally:
+            if info is not None:
+                info.caller = None
+        self._wake_rollouts()
+
+    def _by_id(self, plugin_id: int) -> PluginRecord | None:
+        for record in self._records.values():
+            if record.manifest is not None and record.manifest.id == plugin_id:
+                return record
+        return None
+
+    def _rollout_event(self, plugin_id: int, event: RolloutEvent) -> None:
+        """A controller moved (inside tick or an action): audit it, follow the stable."""
+        record = self._by_id(plugin_id)
+        info = self._rollout_info.get(plugin_id)
+        if record is None or info is None:
+            return
+        self._audit(
+            "rollout", event.kind, record, version=info.candidate, stable=info.stable,
+            state=event.state.value, weight=event.weight, at=event.at,
+            detail=info.detail(event.detail), caller=info.caller,
+        )  # fmt: skip
+        self._sync_stable(record, caller=info.caller)
+        waiting = self._rollout_events.pop(record.name, None)
+        if waiting is not None:
+            waiting.set()
+        if event.state is RolloutState.SUCCEEDED:
+            self._retire.append((record.name, info.stable))  # the warm one's window is over
+            self._wake_rollouts()
+
+    def _wake_rollouts(self) -> None:
+        if self._rollout_task is None or self._rollout_task.done():
+            self._rollout_task = asyncio.get_running_loop().create_task(
+                self._run_rollouts(), name="nyxplug-rollouts"
+            )
+        self._rollout_wake.set()
+
+    async def tick_rollouts(self) -> None:
+        """Run one pass of the rollouts' task now and wait for it: the task does this by
+        itself when a check or deadline is due; call it after moving an injected clock."""
+        want = self._passes_started + 1
+        self._wake_rollouts()
+        while self._passes_done < want:
+            passed = self._rollout_passed
+            await passed.wait()
+
+    async def _run_rollouts(self) -> None:
+        while True:
+            self._rollout_wake.clear()
+            self._passes_started += 1
+            try:
+                self._tick_each()
+                while self._retire:
+                    name, version = self._retire.pop(0)
+                    await self._retire_warm(name, version)
+            except Exception:  # a bug must not stop every rollout's timer
+                logger.exception("The rollouts' task failed a pass - going on")
+            self._passes_done = self._passes_started
+            passed, self._rollout_passed = self._rollout_passed, asyncio.Event()
+            passed.set()
+            due = self.rollouts.next_due()
+            timeout = None if due is None else max(0.0, due - self._clock())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._rollout_wake.wait()
+
+    def _tick_each(self) -> None:
+        """Tick every rollout in progress; one whose tick raises is dropped (logged and
+        audited), so it can neither stop the others nor keep the task spinning."""
+        for record in list(self._records.values()):
+            m = record.manifest
+            controller = self.rollouts.get(m.id) if m is not None else None
+            if controller is None or controller.state in TERMINAL:
+                continue
+            try:
+                controller.tick()
+            except Exception as exc:
+                assert m is not None
+                self.rollouts.forget(m.id)
+                reason = f"{type(exc).__name__}: {exc}"
+                logger.error("Plugin %r: its rollout failed and was dropped: %s", record.name,
+                             reason)  # fmt: skip
+                self._audit("rollout", "failed", record, reason=reason)
+
+    async def wait_rollout(self, name: str) -> RolloutStatus:
+        """Wait for the next event of the plugin's rollout (a check, a step, a promotion,
+        its end ...) and return the rollout then."""
+        self._record(name)
+        while True:
+            event = self._rollout_events.setdefault(name, asyncio.Event())
+            await event.wait()
+            status = self.rollout(name)
+            if status is not None:
+                return status
+
+    async def _retire_warm(self, name: str, version: str) -> None:
+        """A promoted rollout's window is over: unload the old version (drained)."""
+        async with self._lock(name):
+            record = self._records.get(name)
+            if record is None or record.state is not PluginState.ACTIVE:
+                return
+            lane = record.lanes.get(version)
+            route = self.dispatcher.route_info(record.manifest.id) if record.manifest else None
+            if lane is None or route is None or lane.lane in (route.candidate, route.shadow):
+                return
+            try:
+                stats = await self._drop_lane(record, version, drain=True)
+            except Exception as exc:
+                logger.error("Plugin %r: could not unload version %s: %s", name, version, exc)
+                return
+            self._audit(
+                "version", "unloaded", record, version=version, drained=True,
+                processed=stats.messages_processed, dropped=stats.dropped,
+                reason="rollback window over",
+            )  # fmt: skip
 
     # -- hot reload ------------------------------------------------------------------
 
@@ -896,10 +1570,11 @@ class PluginManager:
         if self.audit is None:
             return
         m = record.manifest
+        version = fields.pop("version", m.plugin.version if m else None)
         try:
             self.audit.record(
                 event, decision, plugin=record.name, plugin_id=m.id if m else None,
-                version=m.plugin.version if m else None, **fields,
+                version=version, **fields,
             )  # fmt: skip
         except OSError as exc:
             logger.error("Plugin %r: could not write the audit log: %s", record.name, exc)
@@ -922,6 +1597,11 @@ class PluginManager:
 
     async def aclose(self) -> None:
         """Unload every active plugin, dependents first."""
+        task, self._rollout_task = self._rollout_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for name in reversed(list(self._load_order)):
             if self._records[name].state is PluginState.ACTIVE:
                 await self.unload(name)

@@ -10,8 +10,9 @@ first step runs at once:
 - ``reset`` - an in-process plugin gets a new instance of the same code, without the
   old one's state (a state that went bad is not carried over);
 - ``reload`` - the plugin's last verified package or folder, through hot reload;
-- ``rollback`` - the previous good version (an extension point: not available until
-  versions run side by side);
+- ``rollback`` - the previous good version: a rollout in progress (or promoted and kept
+  warm) rolls back, else the version that was stable before is made stable again (not
+  available when there is none: the step raises ``StepNotAvailable``);
 - ``degrade`` - traffic held off with refusals that name a declared fallback plugin;
 - ``quarantine`` - the plugin is ``failed`` with the reason, as a load failure leaves it.
 
@@ -35,11 +36,14 @@ from typing import Any
 
 from .._breaker import BreakerState
 from .._recovery import RecoveryConfig, RecoveryStats, StepStats
+from .errors import StepNotAvailable
 
 __all__ = ("Action", "RecoveryConfig", "RecoveryLadder", "RecoveryStats", "StepStats")
 
 #: A step's work: returns when the step is done, raises when it failed. ``None`` in the
-#: ladder's actions: the step does not apply to this plugin (counted as not available).
+#: ladder's actions: the step does not apply to this plugin (counted as not available);
+#: a step that applies but finds nothing to work with this time raises ``StepNotAvailable``
+#: (counted the same way).
 Action = Callable[[], Awaitable[object]]
 
 #: Steps after which the plugin no longer takes its own traffic: the episode ends there.
@@ -205,12 +209,21 @@ class RecoveryLadder:
             if self._backoff_first:
                 self._backoff_first = False
                 await self._backoff()
+            attempted_before = self._attempted
             self._attempted = True
             self._mark(step)
             counts.attempts += 1
             try:
                 async with asyncio.timeout(self.config.step_timeout):
                     await action()
+            except StepNotAvailable as exc:  # nothing to work with this time: not a failure
+                counts.attempts -= 1
+                counts.not_available += 1
+                self._attempted = attempted_before
+                if not attempted_before:
+                    self._mark(None)
+                self._event("not_available", {"step": step, "reason": exc.why})
+                continue
             except TimeoutError:
                 counts.timeouts += 1
                 counts.failures += 1

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .._breaker import BreakerConfig
+from .._info import PluginInfo
 from ..sandbox import SandboxGuard, guarded
 from ..source.importer import LoadedCode, unload_code
 from ..source.manifest import Manifest, check_api_compatible
@@ -35,12 +36,15 @@ if TYPE_CHECKING:  # annotations only: the catalog's records carry this module's
 __all__ = (
     "LoadSteps",
     "ReloadCounters",
+    "StagedVersion",
+    "StagingFailed",
     "ReloadResult",
     "ReloadStats",
     "check_upgrade",
     "hand_over_state",
     "needs_migration",
     "reload_plugin",
+    "stage_version",
 )
 
 logger = logging.getLogger("nyxplug.runtime")
@@ -260,6 +264,96 @@ async def reload_plugin(
         return result
 
 
+class StagingFailed(Exception):
+    """``stage_version`` stopped at ``step`` (its cause chained); nothing of it lingers."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(step, cause)
+        self.step = step
+        self.cause = cause
+
+
+@dataclass(slots=True)
+class StagedVersion:
+    """A version ready to take frames: read, verified, imported, ``on_load`` and
+    ``health()`` passed; not yet given to the dispatcher."""
+
+    manifest: Manifest
+    verified: bool
+    code: LoadedCode | None
+    instance: Any
+    guard: SandboxGuard | None
+    info: PluginInfo
+
+
+async def stage_version(
+    record: PluginRecord,
+    steps: LoadSteps,
+    *,
+    check: Callable[[Manifest], None] | None = None,
+    check_instance: Callable[[Manifest, Any], None] | None = None,
+    unchanged: Callable[[Snapshot | None], bool] | None = None,
+) -> StagedVersion | None:
+    """Stage ``record``'s bytes as a new version: read (and verify) them, decode the
+    manifest, ``check`` it, import, instantiate, ``check_instance``, give it its guard and
+    context, ``on_load``, ``health()``. A hot reload and a second version loaded beside
+    the running one both come through here.
+
+    Returns None when ``unchanged(snapshot)`` says the bytes need no staging. Any failure
+    undoes what was done (the code is forgotten, ``on_unload`` runs if ``on_load`` did)
+    and raises ``StagingFailed`` naming the step.
+    """
+    from ..trust import TrustError
+
+    step = "stage"
+    code: LoadedCode | None = None
+    guard: SandboxGuard | None = None
+    instance: Any = None
+    loaded = False
+    try:
+        try:
+            snapshot, verified = steps.read_code(record)
+        except TrustError:
+            step = "verify"
+            raise
+        if unchanged is not None and unchanged(snapshot):
+            return None
+        step = "compatibility"
+        manifest = staged_manifest(record, snapshot)
+        if check is not None:
+            check(manifest)
+        step = "import"
+        factory, code = steps.import_code(record, manifest, snapshot)
+        step = "instantiate"
+        instance = instantiate(factory)
+        step = "compatibility"
+        if check_instance is not None:
+            check_instance(manifest, instance)
+        info = info_of(record, manifest)
+        guard = guard_of(manifest, info)
+        instance.ctx = steps.context(record.name, manifest, guard)
+        step = "on_load"
+        await lifecycle_call(guard, instance, "on_load", instance.ctx)
+        loaded = True
+        step = "health"
+        if await lifecycle_call(guard, instance, "health") is False:
+            raise RuntimeError("health() returned False")
+    except BaseException as exc:  # cancelled too: nothing of the new version may linger
+        await discard(record.name, code, instance if loaded else None, guard)
+        if not isinstance(exc, Exception):
+            raise
+        raise StagingFailed(step, exc) from exc
+    return StagedVersion(manifest, verified, code, instance, guard, info)
+
+
+async def discard(name: str, code: LoadedCode | None, instance: Any, guard: Any) -> None:
+    """Undo a staged version: ``on_unload`` (when ``instance`` is given), forget its code."""
+    if code is not None:
+        unload_code(code.package)
+    if instance is not None:
+        await call_on_unload(name, guard, instance)
+
+
 async def _reload_once(
     record: PluginRecord,
     attempt: int,
@@ -274,55 +368,38 @@ async def _reload_once(
     assert old is not None
     old_instance, old_guard, old_code = record.instance, record.guard, record.code
     running = str(old.version)
-    step = "stage"
-    code: LoadedCode | None = None
-    guard: SandboxGuard | None = None
-    instance: Any = None
-    loaded = False
-    from ..trust import TrustError
 
-    try:
-        try:
-            snapshot, verified = steps.read_code(record)
-        except TrustError:
-            step = "verify"
-            raise
-        if if_changed and _same_code(old_code, snapshot):
-            return ReloadResult(
-                name=record.name, outcome="unchanged", from_version=running,
-                to_version=running, pause=None, attempts=attempt,
-            )  # fmt: skip
-        step = "compatibility"
-        manifest = staged_manifest(record, snapshot)
+    def check(manifest: Manifest) -> None:
         check_upgrade(
             old, manifest, allow_downgrade=allow_downgrade,
             dependents=_dependents(records, record.name),
             active_versions=_active_versions(records),
         )  # fmt: skip
-        step = "import"
-        factory, code = steps.import_code(record, manifest, snapshot)
-        step = "instantiate"
-        instance = instantiate(factory)
-        step = "compatibility"
+
+    def check_instance(manifest: Manifest, instance: Any) -> None:
         why = needs_migration(old, manifest, instance)
         if why is not None:
             raise ValueError(why)
-        info = info_of(record, manifest)
-        guard = guard_of(manifest, info)
-        instance.ctx = steps.context(record.name, manifest, guard)
-        step = "on_load"
-        await lifecycle_call(guard, instance, "on_load", instance.ctx)
-        loaded = True
-        step = "health"
-        if await lifecycle_call(guard, instance, "health") is False:
-            raise RuntimeError("health() returned False")
-        step = "swap"
-        new_guard = guard
+
+    try:
+        staged = await stage_version(
+            record, steps, check=check, check_instance=check_instance,
+            unchanged=(lambda snapshot: _same_code(old_code, snapshot)) if if_changed else None,
+        )  # fmt: skip
+    except StagingFailed as failed:
+        reason = f"{type(failed.cause).__name__}: {failed.cause}"
+        transient = _transient(failed.step, failed.cause)
+        raise ReloadFailed(record.name, failed.step, reason, running, transient) from failed.cause
+    if staged is None:
+        return ReloadResult(
+            name=record.name, outcome="unchanged", from_version=running,
+            to_version=running, pause=None, attempts=attempt,
+        )  # fmt: skip
+    manifest, instance, guard, info = staged.manifest, staged.instance, staged.guard, staged.info
+    try:
 
         def between() -> None:  # runs while the plugin's worker is paused
-            hand_over_state(
-                old_instance, instance, running, old_guard=old_guard, new_guard=new_guard
-            )
+            hand_over_state(old_instance, instance, running, old_guard=old_guard, new_guard=guard)
             dispatcher.registry.set_permissions(
                 manifest.id, manifest.permission_mask, source=info.source
             )
@@ -339,14 +416,11 @@ async def _reload_once(
             )  # fmt: skip
         )
     except BaseException as exc:  # cancelled too: nothing of the new version may linger
-        if code is not None:
-            unload_code(code.package)
-        if loaded:
-            await call_on_unload(record.name, guard, instance)
+        await discard(record.name, staged.code, instance, guard)
         if not isinstance(exc, Exception):
             raise
         reason = f"{type(exc).__name__}: {exc}"
-        raise ReloadFailed(record.name, step, reason, running, _transient(step, exc)) from exc
+        raise ReloadFailed(record.name, "swap", reason, running, _transient("swap", exc)) from exc
     # The new version serves from here on; the old one says goodbye. Its breaker stays
     # (state and windows) unless the new manifest asks for another one.
     breaker = steps.breaker_of(manifest)
@@ -356,9 +430,9 @@ async def _reload_once(
         manifest,
         instance,
         guard,
-        code,
+        staged.code,
     )
-    record.verified = verified
+    record.verified = staged.verified
     if record.folder is not None:
         record.key_id, record.signer = steps.signer_of(record.folder)
     await call_on_unload(record.name, old_guard, old_instance)

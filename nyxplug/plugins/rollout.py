@@ -487,3 +487,17 @@ class Rollouts:
             return None
         self.dispatcher.set_route(plugin_id, stable=controller.stable)
         return controller.stable
+
+    def next_due(self) -> float | None:
+        """The clock reading at which ``tick()`` next has work (a check or a deadline),
+        or None with no rollout in progress: a timer sleeps until then."""
+        due = [
+            c._deadline if c.state is RolloutState.PROMOTED else min(c._next_check, c._deadline)
+            for c in self._controllers.values()
+            if c.state not in TERMINAL and c._started is not None
+        ]
+        return min(due, default=None)
+
+    def forget(self, plugin_id: int) -> RolloutController | None:
+        """Drop the plugin's rollout (it was unloaded: there is nothing left to route)."""
+        return self._controllers.pop(plugin_id, None)

@@ -28,6 +28,7 @@ from .._recovery import RecoveryConfig
 from .._schema import _check_finite, _Invalid, explain_decode_error
 from .._toml import MAX_NESTING, TOO_DEEP, nesting_problem, toml_value_problem, too_deep
 from .layout import MANIFEST_FILE, MAX_PLUGIN_ID, NAME_PATTERN, Capacity, HandlerTimeout
+from .rollout import RolloutSettings
 from .versions import PLUGIN_API_VERSION, VersionError, VersionRange, parse_version
 
 __all__ = (
@@ -209,6 +210,9 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ``[recovery]``: the ladder that repairs it while its breaker is open (None: the
     #: host's ``[defaults.recovery]``).
     recovery: RecoveryConfig | None = None
+    #: ``[rollout]``: how a new version of it is rolled out (None: the host's
+    #: ``[defaults.rollout]``, else the controller's defaults).
+    rollout: RolloutSettings | None = None
     config: dict[str, Any] = {}
     dependencies: dict[str, str] = {}
 
