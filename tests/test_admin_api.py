@@ -21,9 +21,9 @@ import msgspec
 import pytest
 import schemathesis
 from admin_helpers import AdminHost, ThreadedHost, call
-from plugin_helpers import write_plugin
 from hypothesis import HealthCheck, given, reject, settings
 from nyx_helpers import DATA
+from plugin_helpers import write_plugin
 
 from nyxplug import CircuitOpen, PluginHeader
 from nyxplug.admin import OPERATIONS, build_app, openapi_document

@@ -345,8 +345,9 @@ async def test_versions_side_by_side_get_per_version_series(tmp_path: Path, impl
         info = (("candidate", "1.1.0"), *echo, ("stable", "1.0.0"), ("strategy", "canary"))
         assert got[("nyxplug_rollout_info", info)] == 1
         # spare runs one version: no per-version series for it.
+        per_version = ("nyxplug_version", "nyxplug_route", "nyxplug_rollout")
         assert not any(("plugin", "spare") in pairs for n, pairs in got
-                       if n.startswith(("nyxplug_version", "nyxplug_route", "nyxplug_rollout")))  # fmt: skip
+                       if n.startswith(per_version))  # fmt: skip
         result = await asyncio.to_thread(
             subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
             text=True, timeout=TIMEOUT,
