@@ -52,6 +52,7 @@ __all__ = (
     "Problem",
     "RolloutOptions",
     "RolloutOptionsError",
+    "check_rollout_action",
     "rollout_config_for",
     "rollout_settings",
 )
@@ -635,7 +636,28 @@ async def rollout_action(host: AdminHost, call: Call) -> RolloutStatus:
             f"Expected a rollout action in {', '.join(ROLLOUT_ACTIONS)}, got {action!r} - for "
             f"plugin {_name(call)!r}"
         )
+    check_rollout_action(host.manager, _name(call), action)
     return host.manager.rollout_action(_name(call), action, caller=call.caller)
+
+
+def check_rollout_action(manager: PluginManager, name: str, action: str) -> None:
+    """``PluginStateError`` in the operator's terms when there is no rollout to act on
+    (none yet, or the latest ended), before the controller's own refusal (which knows
+    the plugin by id only)."""
+    from ..plugins.errors import PluginStateError
+    from ..plugins.rollout import TERMINAL, RolloutState
+
+    status = manager.rollout(name)
+    again = f"`nyxplug rollout start {name} VERSION` (POST /api/v1/plugins/{name}/rollout)"
+    if status is None:
+        raise PluginStateError(
+            name, "without one", f"{action} the rollout of", f"start one first: {again}"
+        )
+    if RolloutState(status.state) in TERMINAL:
+        raise PluginStateError(
+            name, f"{status.state} (its rollout of {status.candidate} ended)",
+            f"{action} the rollout of", f"start a new one: {again}",
+        )  # fmt: skip
 
 
 def rollout_config_for(manager: PluginManager, name: str, options: RolloutOptions) -> RolloutConfig:

@@ -772,7 +772,7 @@ class ControlServer:
 
     async def _rollout(self, req: RolloutRequest, caller: str | None) -> Reply:
         """Start, show or act on the plugin's rollout (audited with ``caller``)."""
-        from ..admin.operations import rollout_config_for
+        from ..admin.operations import check_rollout_action, rollout_config_for
 
         manager, name = self.manager, req.name
         who = caller or "local"
@@ -786,6 +786,7 @@ class ControlServer:
             if req.verb == "status":
                 return RolloutReply(name=name, rollout=manager.rollout(name))
             if req.verb != "start":
+                check_rollout_action(manager, name, req.verb)
                 return RolloutReply(
                     name=name, rollout=manager.rollout_action(name, req.verb, caller=who)
                 )
