@@ -132,12 +132,12 @@ def test_versions_and_a_rollout_driven_from_the_shell(
                             ("promote", "promoted")):  # fmt: skip
         code, out, err = cli(capsys, "rollout", verb, "counter", *s)
         assert (code, err) == (0, ""), err
-        assert out.splitlines()[0].startswith(f"counter: canary 1.0.0 -> 1.1.0: {state_now},")
+        assert out.splitlines()[0].startswith(f"counter: canary 1.0.0 -> 1.1.0: {state_now}")
     rows = table(cli(capsys, "versions", "counter", *s)[1])
     assert (rows["1.0.0"][:2], rows["1.1.0"][:2]) == (["warm", "0%"], ["stable", "100%"])
 
     code, out, _ = cli(capsys, "rollout", "rollback", "counter", *s)
-    assert code == 0 and out.startswith("counter: canary 1.0.0 -> 1.1.0: rolled_back,")
+    assert code == 0 and out.startswith("counter: canary 1.0.0 -> 1.1.0: rolled_back\n")
     code, out, _ = cli(capsys, "rollout", "status", "counter", *s)
     kinds = [line.split()[1] for line in out.splitlines()[2:]]
     assert kinds == ["started", "paused", "resumed", "promoted", "rolled_back"]

@@ -15,7 +15,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from . import _host
-from ._common import Problem
+from ._common import OPERATOR_STATES, Problem
 
 if TYPE_CHECKING:
     from .control import BreakerReply
@@ -29,8 +29,6 @@ _TIMEOUT = 30.0
 
 def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> None:
     """Add ``breaker`` to ``nyxplug``'s subparsers; ``host`` holds the host options."""
-    from .control import OPERATOR_STATES
-
     breaker = commands.add_parser(
         "breaker",
         parents=[host],

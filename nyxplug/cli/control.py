@@ -35,7 +35,7 @@ from .._recovery import RecoveryStats
 from .._stats import PluginStats
 from ..admin.operations import RolloutOptions
 from ..plugins import PluginStatus, ReloadResult, RolloutStatus, VersionStatus
-from ._common import Problem
+from ._common import OPERATOR_STATES, ROLLOUT_VERBS, Problem
 
 __all__ = (
     "LOCK_FILE",
@@ -128,10 +128,6 @@ class SendRequest(_Request, tag="send", frozen=True):
     flags: int = 0
 
 
-#: The breaker states an operator may set, as the command line spells them.
-OPERATOR_STATES = ("closed", "forced-open", "disabled", "metrics-only")
-
-
 class BreakerRequest(_Request, tag="breaker", frozen=True):
     """``{"op": "breaker", "name": ..., "state": null}``: show the plugin's circuit
     breaker; with ``state`` (one of :data:`OPERATOR_STATES`) set it first - audited with
@@ -149,10 +145,6 @@ class VersionsRequest(_Request, tag="versions", frozen=True):
     name: str
     load: str | None = None
     unload: str | None = None
-
-
-#: What ``nyxplug rollout`` may ask: start one, show it, or act on it.
-ROLLOUT_VERBS = ("start", "status", "pause", "resume", "promote", "rollback", "abort")
 
 
 class RolloutRequest(_Request, tag="rollout", frozen=True):

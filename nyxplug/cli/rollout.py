@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import _host
-from ._common import Problem
+from ._common import ROLLOUT_VERBS, Problem
 
 if TYPE_CHECKING:
     from ..admin.operations import RolloutOptions
@@ -42,8 +42,6 @@ _STRATEGIES = {"canary": "canary", "blue-green": "blue_green", "split": "split"}
 
 def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> None:
     """Add ``versions`` and ``rollout`` to ``nyxplug``'s subparsers."""
-    from .control import ROLLOUT_VERBS
-
     versions = commands.add_parser(
         "versions",
         parents=[host],
@@ -302,9 +300,11 @@ def _rollout(args: argparse.Namespace) -> int:
 def describe_rollout(status: RolloutStatus, *, events: bool = True) -> list[str]:
     """The lines ``nyxplug rollout`` prints: the head line, then the events."""
     strategy = status.strategy.replace("_", "-")
+    head = f"{status.plugin}: {strategy} {status.stable} -> {status.candidate}: {status.state}"
+    if status.state in ("progressing", "paused", "awaiting_promotion"):
+        head += f", weight {status.weight:g}%, step {status.step + 1}"
     lines = [
-        f"{status.plugin}: {strategy} {status.stable} -> {status.candidate}: {status.state}, "
-        f"weight {status.weight:g}%, step {status.step + 1}",
+        head,
         "  started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.started_at)),
     ]
     if events:
