@@ -1,7 +1,8 @@
 """The control socket of a running host: ``<state_dir>/control.sock``.
 
 ``nyxplug run --watch`` and ``nyxplug serve`` serve it; ``nyxplug reload``, ``list``,
-``info``, ``enable``, ``disable``, ``send`` and ``breaker`` ask it.
+``info``, ``enable``, ``disable``, ``send``, ``breaker``, ``versions`` and ``rollout``
+ask it.
 The protocol is one JSON request line answered by one JSON reply line (msgspec
 Structs, tagged by ``op`` and ``reply``), several per connection if the client
 likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
@@ -191,8 +192,9 @@ class Status(_Reply, tag="status", frozen=True):
 class Failure(_Reply, tag="error", frozen=True):
     """The request did not succeed; ``message`` is the whole story in one line.
 
-    ``error`` is ``bad-request``, ``not-found``, ``state``, ``reload-failed`` or
-    ``internal``; ``step``, ``reason``, ``running`` (the version that keeps serving)
+    ``error`` is ``bad-request``, ``not-found``, ``state`` (the plugin, a version or the
+    rollout does not allow it now), ``reload-failed``, ``load-failed``, ``refused`` (a
+    sent frame) or ``internal``; ``step``, ``reason``, ``running`` (the version that keeps serving)
     and ``transient`` are a failed reload's.
     """
 
