@@ -207,3 +207,33 @@ def test_peer_caller_reads_the_kernels_answer(tmp_path: Path) -> None:
         )
     assert peer_caller(None) == "local"
     assert BreakerReply.__struct_config__.tag == "breaker"
+
+
+def test_serve_without_a_usable_control_socket_still_serves(
+    tmp_path: Path, host_env: dict[str, str]
+) -> None:
+    """A state dir too deep for a Unix socket path: ``serve`` says so and serves frames."""
+    state = tmp_path / ("d" * 60) / ("e" * 60)
+    write_plugin(tmp_path / "plugins", "guarded", 7)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nyxplug", "serve", "--listen", "127.0.0.1:0",
+         "--plugin-dir", str(tmp_path / "plugins"), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=host_env,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        while not (line := proc.stdout.readline()).startswith("listening on"):
+            assert line, proc.stderr.read()
+        proc.terminate()
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0
+    assert err.startswith(
+        "nyxplug serve: no control socket (Expected a control socket path of at most 103 "
+        "bytes, got "
+    ), err
+    assert "- nyxplug breaker, versions, rollout, reload and list will not reach this host" in err

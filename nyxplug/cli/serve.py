@@ -427,12 +427,22 @@ async def _serve_async(
     args: argparse.Namespace,
     admin: tuple[AdminAddress, bytes, ssl.SSLContext | None] | None = None,
 ) -> int:
-    from .control import ControlServer, socket_path
+    from .control import ControlServer, HostRunning, socket_path
 
     control = None
     if manager.state_dir is not None:
         control = ControlServer(manager, socket_path(manager.state_dir))
-        control.claim()  # before any plugin loads: a second host must not run on_load twice
+        try:  # before any plugin loads: a second host must not run on_load twice
+            control.claim()
+        except HostRunning:
+            raise
+        except Problem as problem:  # the socket is an extra here: serve frames without it
+            print(
+                f"nyxplug serve: no control socket ({problem}) - nyxplug breaker, versions, "
+                "rollout, reload and list will not reach this host",
+                file=sys.stderr,
+            )
+            control = None
     try:
         return await _serve_claimed(manager, address, unix, where, security, args, admin, control)
     finally:
