@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from isolation_helpers import FAST
 from nyx_helpers import DATA
 from plugin_helpers import RECORDER, manifest_text
 
@@ -29,6 +30,8 @@ from nyxplug.plugins import (
     ManifestError,
     PluginLoadError,
     PluginManager,
+    PluginWatcher,
+    RecoveryConfig,
     RolloutConfig,
     RolloutStateError,
     RolloutStatus,
@@ -37,6 +40,8 @@ from nyxplug.plugins import (
     VersionStateError,
     VersionStatus,
 )
+from nyxplug.plugins.reload import ReloadResult
+from nyxplug.plugins.versions import StableVersions, rollout_config
 from nyxplug.source.manifest import decode_manifest
 
 WAIT = 10.0
@@ -99,7 +104,7 @@ def manager_for(
 ) -> PluginManager:
     runtime = RuntimeSection(**options.pop("runtime", {}))
     return PluginManager(
-        HostConfig(runtime=runtime, defaults=DefaultsSection(**options)),
+        HostConfig(runtime=runtime, defaults=DefaultsSection(**options), isolation=FAST),
         dispatcher=impl.Dispatcher(), plugin_dirs=[root], state_dir=root / ".state",
         entry_points=False, include_registered=False, require_signatures=False, clock=clock,
     )  # fmt: skip
@@ -115,9 +120,43 @@ async def send(manager: PluginManager, n: int, start: int = 0) -> int:
         except CircuitOpen:
             pass  # refused: counted on its lane (circuit_open)
     async with asyncio.timeout(WAIT):
-        for lane in list(d.version_stats(PID)):
-            await d.wait_idle(PID)
-            del lane
+        await d.wait_idle(PID)  # every version's lane
+    return n
+
+
+async def senders(
+    manager: PluginManager, n: int, *, start: int = 0, tasks: int = 4,
+    midway: Callable[[], object] | None = None,
+) -> int:  # fmt: skip
+    """``n`` keyed frames from ``tasks`` concurrent senders; ``midway()`` (an action, maybe
+    a coroutine) runs once half of them are sent, while the others keep sending."""
+    d = manager.dispatcher
+    header = PluginHeader(PID).encode()
+    sent = 0
+    half = asyncio.Event()
+
+    async def one(offset: int) -> None:
+        nonlocal sent
+        for i in range(offset, n, tasks):
+            try:
+                await d.dispatch(DATA, header, b"x", key=start + i)
+            except CircuitOpen:
+                pass  # shed by a breaker: counted on its lane
+            sent += 1
+            if sent == n // 2:
+                half.set()
+            await asyncio.sleep(0)  # ok-sleep: a single yield, never a wait for work
+
+    async def action() -> None:
+        await half.wait()
+        result = midway() if midway is not None else None
+        if asyncio.iscoroutine(result):
+            await result
+
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(*(one(k) for k in range(tasks)), action())
+        await d.wait_idle(PID)
+    assert sent == n
     return n
 
 
@@ -295,7 +334,8 @@ async def test_a_canary_is_promoted_and_the_old_version_retired(impl: Any, tmp_p
         versions = [(e["decision"], e["version"]) for e in audit(manager, "version")]
         assert versions == [("loaded", "2.0.0"), ("stable", "2.0.0"), ("unloaded", "1.0.0")]
         retired = audit(manager, "version")[-1]
-        assert retired["processed"] == warm_processed and retired["dropped"] == 0
+        assert retired["processed"] == warm_processed
+        assert (retired["dropped"], retired["refused"]) == (0, 0)
         total = accounted(manager.dispatcher.version_stats(PID)) + retired["processed"]
         assert total == sent
 
@@ -321,6 +361,87 @@ async def test_the_task_judges_a_rollout_when_it_is_due_by_itself(
         assert passes < 40, passes  # it slept until each check was due: no busy polling
         await manager.tick_rollouts()
         assert manager._passes_started == passes + 1  # and sleeps for good with none left
+
+
+async def test_an_isolated_version_is_rolled_out_beside_an_in_process_one(
+    impl: Any, tmp_path: Path
+) -> None:
+    write_version(tmp_path, "geo", "1.0.0")
+    clock = Clock()
+    async with manager_for(impl, tmp_path, clock, recovery=RecoveryConfig()) as manager:
+        assert manager._record("geo").recovery._actions["restart"] is None  # type: ignore[union-attr]
+        write_version(tmp_path, "geo", "2.0.0", resources={"isolation": "process"})
+        manager.discover()
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        candidate = manager._record("geo").lanes["2.0.0"]
+        assert candidate.instance.stats().pid is not None  # its own child process
+        sent = await send(manager, 1000)
+        clock.now += 60
+        await manager.tick_rollouts()
+        sent += await send(manager, 1000, start=1000)
+        clock.now += 60
+        await manager.tick_rollouts()
+        assert manager.rollout("geo").state == "promoted"  # type: ignore[union-attr]
+        assert manager.isolation_stats("geo") is not None  # the stable version is isolated
+        ladder = manager._record("geo").recovery
+        assert ladder is not None  # and its ladder restarts it (the in-process one reset it)
+        assert ladder._actions["restart"] is not None and ladder._actions["reset"] is None
+        stats = manager.dispatcher.version_stats(PID)
+        assert accounted(stats) == sent and stats["2.0.0"].errors == 0
+
+
+async def test_every_frame_is_accounted_for_while_rollouts_promote_and_roll_back(
+    impl: Any, tmp_path: Path
+) -> None:
+    """Concurrent senders all along; a candidate that fails every frame trips its breaker
+    (frames shed, counted) and is rolled back by its checks, then promoted and rolled back
+    by an operator mid-flight; a good version is promoted and the old one retired while
+    frames flow. Every frame sent is in exactly one count of one version's lane."""
+    write_version(tmp_path, "geo", "1.0.0")
+    clock = Clock()
+    async with manager_for(impl, tmp_path, clock) as manager:
+        write_version(tmp_path, "geo", "2.0.0", FAILING, breaker=BREAKER)
+        manager.discover()
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        sent = await senders(manager, 2000)
+        assert manager.dispatcher.version_stats(PID)["2.0.0"].circuit_open > 0  # shed
+        clock.now += 60
+        await manager.tick_rollouts()
+        assert manager.rollout("geo").state == "rolled_back"  # type: ignore[union-attr]
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        sent += await senders(
+            manager, 2000, start=2000, midway=lambda: manager.rollout_action("geo", "promote")
+        )
+        assert manager.status("geo").version == "2.0.0"
+        sent += await senders(
+            manager, 2000, start=4000, midway=lambda: manager.rollout_action("geo", "rollback")
+        )
+        assert manager.status("geo").version == "1.0.0"
+        assert accounted(manager.dispatcher.version_stats(PID)) == sent
+        write_version(tmp_path, "geo", "3.0.0")
+        manager.discover()
+        config = RolloutConfig.blue_green(
+            iterations=1, interval=60.0, min_frames=20, rollback_window=60.0
+        )
+        await manager.start_rollout("geo", "3.0.0", config)
+        sent += await senders(manager, 1000, start=6000)
+        clock.now += 60
+        await manager.tick_rollouts()
+        assert manager.status("geo").version == "3.0.0"
+
+        def window_over() -> object:
+            clock.now += 60
+            return manager.tick_rollouts()  # retires 1.0.0 while frames flow
+
+        sent += await senders(manager, 1000, start=7000, midway=window_over)
+        assert roles(manager) == {"1.0.0": "available", "2.0.0": "loaded", "3.0.0": "stable"}
+        gone = [e for e in audit(manager, "version") if e["decision"] == "unloaded"]
+        assert [e["version"] for e in gone] == ["1.0.0"]
+        retired = sum(e["processed"] + e["dropped"] + e["refused"] for e in gone)
+        assert accounted(manager.dispatcher.version_stats(PID)) + retired == sent
+        # ... and in total: the dispatcher's own count agrees.
+        dispatched = manager.dispatcher.dispatch_stats()
+        assert dispatched.frames_dispatched + dispatched.circuit_open == sent
 
 
 async def test_a_bad_candidate_is_rolled_back_by_its_checks(impl: Any, tmp_path: Path) -> None:
@@ -446,6 +567,9 @@ async def test_the_ladder_rolls_back_to_the_previous_good_version(
         assert accounted(manager.dispatcher.version_stats(PID)) == sent
         decisions = [(e["decision"], e.get("step")) for e in audit(manager, "recovery")]
         assert decisions == [("started", None), ("worked", "rollback"), ("recovered", None)]
+        manager.flush_breaker_audit()
+        lines = [(e["version"], e["previous"], e["decision"]) for e in audit(manager, "breaker")]
+        assert lines == [("2.0.0", "closed", "open")]  # the failing version's lane, by name
 
 
 async def test_the_ladder_rolls_back_a_promoted_rollout(impl: Any, tmp_path: Path) -> None:
@@ -566,10 +690,12 @@ def plugin_doc(rollout: str) -> str:
          "at `rollout.hold`"),
         ("mirror = true", 'Expected `mirror` only with strategy = "blue_green", got strategy = '
          '"canary" - at `rollout.mirror`'),
+        ('on_new_version = "reload"',
+         "Expected one of `canary`, got `reload` - at `rollout.on_new_version`"),
         ("weight = 5", "Unknown key `weight`, expected one of `strategy`, `steps`, "
          "`iterations`, `interval`, `min_frames`, `max_error_rate`, `max_error_rate_over_stable`"
          ", `threshold`, `inconclusive_limit`, `auto_promote`, `deadline`, `rollback_window`, "
-         "`hold`, `mirror` - at `rollout.weight`"),
+         "`hold`, `mirror`, `on_new_version` - at `rollout.weight`"),
     ],
 )  # fmt: skip
 def test_bad_rollout_tables_are_refused_with_the_key(table: str, problem: str) -> None:
@@ -624,3 +750,87 @@ async def test_loading_a_version_that_fails_reports_the_step(impl: Any, tmp_path
             await manager.load_version("geo", "2.0.0")
         assert roles(manager) == {"1.0.0": "stable", "2.0.0": "available"}
         assert [e["decision"] for e in audit(manager, "version")] == ["failed"]
+
+
+# -- on_new_version = "canary" ----------------------------------------------------------------
+
+ON_NEW = {"on_new_version": "canary", "steps": [10, 50], "interval": 60, "min_frames": 20}
+
+
+async def test_a_new_version_in_the_running_folder_is_rolled_out_not_hot_reloaded(
+    impl: Any, tmp_path: Path
+) -> None:
+    folder = write_version(tmp_path, "geo", "1.0.0", rollout=ON_NEW)
+    async with manager_for(impl, tmp_path, Clock()) as manager:
+        instance = manager.instance("geo")
+        # A new release replaces the folder's contents (as `nyxplug install` replaces a
+        # package): the running version keeps serving, the new one becomes the candidate.
+        (folder / "nyxplug.toml").write_text(
+            manifest_text("geo", PID, version="1.1.0", rollout=ON_NEW)
+        )
+        result = await manager.reload("geo", if_changed=True)
+        assert (result.outcome, result.from_version, result.to_version) == (
+            "rollout", "1.0.0", "1.1.0",
+        )  # fmt: skip
+        assert manager.instance("geo") is instance
+        assert {v.version: (v.role, v.location) for v in manager.versions("geo")} == {
+            "1.0.0": ("stable", str(folder)), "1.1.0": ("candidate", str(folder)),
+        }  # fmt: skip
+        status = manager.rollout("geo")
+        assert status is not None and (status.strategy, status.weight) == ("canary", 10.0)
+        assert audit(manager, "rollout")[0]["caller"] == "reload"
+        # Nothing more while it runs; the version is rolled out once.
+        assert (await manager.reload("geo", if_changed=True)).outcome == "unchanged"
+        manager.rollout_action("geo", "abort")
+        assert (await manager.reload("geo", if_changed=True)).outcome == "unchanged"
+
+
+async def test_the_watcher_rolls_out_a_new_version_folder(impl: Any, tmp_path: Path) -> None:
+    write_version(tmp_path, "geo", "1.0.0", rollout=ON_NEW)
+    async with manager_for(impl, tmp_path, Clock()) as manager:
+        async with PluginWatcher(manager, debounce=0.05, force_polling=False) as watcher:
+            async with asyncio.timeout(WAIT):
+                await watcher.ready.wait()
+            write_version(tmp_path, "geo", "2.0.0", rollout=ON_NEW)
+            name, result = await watcher.next_outcome(WAIT)
+            assert name == "geo" and isinstance(result, ReloadResult)
+            assert (result.outcome, result.to_version) == ("rollout", "2.0.0")
+            assert roles(manager) == {"1.0.0": "stable", "2.0.0": "candidate"}
+
+
+# -- the state file and the table's meaning --------------------------------------------------
+
+
+def test_the_versions_state_file_is_checked_and_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "versions.json"
+    state = StableVersions.read(path)
+    assert state.stable("geo") is None and state.previous("geo") == []
+    state.set("geo", "2.0.0", ["1.0.0"])
+    assert StableVersions.read(path).plugins == {"geo": ("2.0.0", ["1.0.0"])}
+    assert [p.name for p in path.parent.iterdir()] == ["versions.json"]  # no temp file left
+    path.write_text('{"plugins": {"geo": {"stable": 2}}}')
+    with pytest.raises(ValueError, match=r"Expected `plugins.geo` in .* fix or delete the file"):
+        StableVersions.read(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"could not read it: .* - fix or delete the file"):
+        StableVersions.read(path)
+
+
+def test_each_strategy_becomes_its_controller_configuration() -> None:
+    def table(text: str) -> RolloutConfig:
+        settings = decode_manifest(plugin_doc(text)).rollout
+        assert settings is not None
+        return rollout_config(settings)
+
+    canary = table("steps = [1, 20]\ninterval = 30\nthreshold = 3")
+    assert (canary.steps, canary.interval, canary.threshold) == ((1.0, 20.0), 30.0, 3)
+    assert canary == RolloutConfig.canary(steps=(1, 20), interval=30, threshold=3)
+    assert table('strategy = "blue_green"\niterations = 2') == RolloutConfig.blue_green(
+        iterations=2
+    )
+    mirror = table('strategy = "blue_green"\nmirror = true')
+    assert (mirror.steps, mirror.shadow) == ((0.0,), True)
+    split = table('strategy = "split"\nsteps = [30]\nhold = 900\ninterval = 60')
+    assert split == RolloutConfig.split(30, hold=900, interval=60)
+    assert (split.auto_promote, split.deadline) == (False, 900.0)
+    assert table("") == RolloutConfig()

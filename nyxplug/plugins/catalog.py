@@ -69,7 +69,7 @@ def plugin(**manifest: Any) -> Callable[[_C], _C]:
     ``@plugin(name="echo", id=7, version="1.0.0", permissions=["DATA_ACCESS"])``; the
     other manifest tables go in as ``sandbox={...}``, ``resources={...}``,
     ``config={...}``, ``dependencies={...}``, ``breaker={...}``, ``health={...}``,
-    ``recovery={...}``. Every ``PluginManager`` created
+    ``recovery={...}``, ``rollout={...}``. Every ``PluginManager`` created
     afterwards finds the class (``registered_plugins()`` lists them).
     """
 
@@ -87,20 +87,17 @@ def registered_plugins() -> dict[str, type]:
     return dict(_CODE_PLUGINS)
 
 
+#: The manifest tables ``@plugin`` takes as keywords.
+_TABLES = (
+    "sandbox", "resources", "config", "dependencies", "breaker", "health", "recovery", "rollout",
+)  # fmt: skip
+
+
 def _manifest_dict(fields: dict[str, Any]) -> dict[str, Any]:
     """``@plugin`` keywords laid out like a ``nyxplug.toml`` document."""
     fields = dict(fields)
     tables: dict[str, Any] = {}
-    for key in (
-        "sandbox",
-        "resources",
-        "config",
-        "dependencies",
-        "breaker",
-        "health",
-        "recovery",
-        "rollout",
-    ):
+    for key in _TABLES:
         if key in fields:
             tables[key] = fields.pop(key)
     frames = fields.pop("permissions", [])

@@ -16,6 +16,10 @@ plugin that says it cannot take them (a plugin without a breaker gets one for th
 time); when both are healthy again the breaker goes back to what it was. A readiness
 failure only routes traffic away; a liveness failure also calls ``on_liveness_failure``
 (where a recovery ladder - restart, reload - takes over).
+
+With versions side by side each loaded version has its own monitor, bound to its lane
+(``version=``): the verdicts hold that lane's breaker, so a candidate that is not ready
+stops taking its share of the frames without touching the stable version's.
 """
 
 from __future__ import annotations

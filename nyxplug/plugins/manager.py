@@ -44,7 +44,7 @@ from ..isolation.manifest_limits import child_limits
 from ..isolation.process import IsolatedPlugin, IsolationStats
 from ..sandbox import SandboxGuard
 from ..source.importer import LoadedCode, import_entry, unload_code
-from ..source.manifest import Manifest, ManifestError, check_api_compatible
+from ..source.manifest import Manifest, ManifestError, check_api_compatible, load_manifest
 from ..source.snapshot import Snapshot
 from ..source.versions import parse_version
 from .api import PluginContext
@@ -195,7 +195,7 @@ class PluginManager:
         self._locks: dict[str, asyncio.Lock] = {}
         # Breaker transitions noted by the dispatch or worker that made them, written to
         # the audit log by their own task (``_watch_breaker``).
-        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str, str | None]] = (
+        self._breaker_lines: collections.deque[tuple[PluginRecord, str, str, str]] = (
             collections.deque()
         )
         self._breaker_noted = asyncio.Event()
@@ -220,6 +220,7 @@ class PluginManager:
         self._passes_started = self._passes_done = 0
         self._retire: list[tuple[str, str]] = []  # (plugin, version) whose window is over
         self._rollout_events: dict[str, asyncio.Event] = {}  # wait_rollout's, by plugin
+        self._auto_rollouts: dict[str, set[str]] = {}  # versions on_new_version rolled out
         self._stable = StableVersions.read(
             self.state_dir / VERSIONS_FILE if self.state_dir is not None else None
         )
@@ -659,20 +660,7 @@ class PluginManager:
             return
         if self.dispatcher.breaker_stats(manifest.id) is None:
             self.dispatcher.set_breaker(manifest.id, BreakerConfig())
-        isolated = isinstance(instance, IsolatedPlugin)
-        step = functools.partial
-        actions: dict[str, Action | None] = {
-            "restart": step(self._restart_step, record) if isolated else None,
-            "reset": step(self._reset_step, record) if not isolated else None,
-            "reload": step(self._reload_step, record) if record.folder is not None else None,
-            "rollback": self._rollback_step(record),
-            "degrade": (
-                step(self._degrade_step, record, config.fallback)
-                if config.fallback is not None
-                else None
-            ),
-            "quarantine": step(self._quarantine_step, record),
-        }
+        actions = self._ladder_actions(record, config, instance)
 
         def recovered() -> None:
             if record.health is not None:
@@ -686,6 +674,25 @@ class PluginManager:
             on_event=audited,
         )  # fmt: skip
         record.recovery.start()
+
+    def _ladder_actions(
+        self, record: PluginRecord, config: RecoveryConfig, instance: Any
+    ) -> dict[str, Action | None]:
+        """Each step's work for the version running ``instance`` (None: does not apply)."""
+        isolated = isinstance(instance, IsolatedPlugin)
+        step = functools.partial
+        return {
+            "restart": step(self._restart_step, record) if isolated else None,
+            "reset": step(self._reset_step, record) if not isolated else None,
+            "reload": step(self._reload_step, record) if record.folder is not None else None,
+            "rollback": self._rollback_step(record),
+            "degrade": (
+                step(self._degrade_step, record, config.fallback)
+                if config.fallback is not None
+                else None
+            ),
+            "quarantine": step(self._quarantine_step, record),
+        }
 
     async def wait_recovery(self, name: str) -> None:
         """Wait until the plugin's recovery ladder next acts (an episode starts, a step
@@ -747,8 +754,9 @@ class PluginManager:
 
     async def _reload_step(self, record: PluginRecord) -> None:
         """``reload``: the plugin's folder or package again, through hot reload (which
-        verifies it, as any reload does), even if its bytes did not change."""
-        await self.reload(record.name, allow_downgrade=True)
+        verifies it, as any reload does), even if its bytes did not change - never a
+        rollout (``on_new_version``): a repair is not the time to start one."""
+        await self._hot_reload(record.name, if_changed=False, allow_downgrade=True)
 
     def _rollback_step(self, record: PluginRecord) -> Action | None:
         """``rollback``: the previous good version (see ``_roll_back``)."""
@@ -837,14 +845,13 @@ class PluginManager:
         stats = self.dispatcher.breaker_stats(plugin_id)
         last = [stats.state.name.lower() if stats is not None else "closed"]
         lane = record.lane  # after a promotion the new stable lane is watched instead
-        version = str(record.manifest.version) if record.manifest is not None else None
 
         def changed(state: BreakerState) -> None:
             if ladder is not None and record.lane == lane:
                 ladder.breaker_changed(state)
             if audited:
                 name = state.name.lower()
-                lines.append((record, last[0], name, version))
+                lines.append((record, last[0], name, lane))
                 last[0] = name
                 noted.set()
 
@@ -863,8 +870,13 @@ class PluginManager:
     def _flush_breaker_lines(self) -> None:
         lines = self._breaker_lines
         while lines:
-            record, previous, state, version = lines.popleft()
-            self._audit("breaker", state, record, previous=previous, version=version)
+            record, previous, state, lane = lines.popleft()
+            holder = self._holder(record, lane)  # the version on that lane now
+            version = holder.manifest.plugin.version if holder and holder.manifest else None
+            if version is None:
+                self._audit("breaker", state, record, previous=previous)
+            else:
+                self._audit("breaker", state, record, previous=previous, version=version)
 
     def flush_breaker_audit(self) -> None:
         """Write the breaker transitions noted so far now (the task writes them soon)."""
@@ -1155,6 +1167,11 @@ class PluginManager:
             )  # fmt: skip
 
         def check(manifest: Manifest) -> None:
+            if str(manifest.version) != version:
+                raise ValueError(
+                    f"Expected version {version} in {source.location} (as discovered), found "
+                    f"{manifest.version} - the folder changed since; rediscover"
+                )
             if manifest.id != stable.id:
                 raise ValueError(
                     f"Expected id {stable.id} (the stable version's), got {manifest.id} - "
@@ -1240,6 +1257,7 @@ class PluginManager:
             self._audit(
                 "version", "unloaded", record, version=version, caller=caller, drained=drain,
                 processed=stats.messages_processed, dropped=stats.dropped,
+                refused=stats.circuit_open,
             )  # fmt: skip
             return stats
 
@@ -1285,8 +1303,10 @@ class PluginManager:
         breaker = d.breaker_stats(manifest.id)
         if breaker is not None:
             self._watch_breaker(record, manifest.id)
-            if record.recovery is not None:  # it judges the new lane's breaker from now on
-                record.recovery.breaker_changed(breaker.state)
+            ladder = record.recovery
+            if ladder is not None:  # it repairs and judges the new stable version from now on
+                ladder.set_actions(self._ladder_actions(record, ladder.config, record.instance))
+                ladder.breaker_changed(breaker.state)
         self._audit("version", "stable", record, version=new, previous=old, caller=caller)
         logger.info("Plugin %r: version %s is stable now (was %s)", record.name, new, old)
 
@@ -1300,6 +1320,58 @@ class PluginManager:
             )  # fmt: skip
 
     # -- rollouts ------------------------------------------------------------------------
+
+    def _canary_on_new_version(self, record: PluginRecord) -> bool:
+        """The stable version's ``[rollout]`` (else the host's) says ``on_new_version``."""
+        m = record.manifest
+        settings = m.rollout if m is not None and m.rollout is not None else None
+        settings = settings if settings is not None else self.config.defaults.rollout
+        return settings is not None and settings.on_new_version == "canary"
+
+    def _new_version_on_disk(self, record: PluginRecord) -> bool:
+        """An active plugin that rolls new versions out, whose folder (or package) now
+        holds a higher version than the running one."""
+        m = record.manifest
+        if (
+            record.state is not PluginState.ACTIVE or m is None or record.folder is None
+            or not self._canary_on_new_version(record)
+        ):  # fmt: skip
+            return False
+        try:
+            on_disk = load_manifest(record.folder).version
+        except (ManifestError, OSError):
+            return False  # the reload reports what is wrong with it
+        return on_disk > m.version
+
+    async def roll_out_new_version(self, name: str, *, caller: str | None = None) -> ReloadResult:
+        """With ``[rollout] on_new_version = "canary"``: start a rollout of the highest
+        version found above the stable one (once per version; none while another rollout
+        is in progress). Outcome ``"rollout"``, else ``"unchanged"``."""
+        record = self._record(name)
+        m = record.manifest
+        running = str(m.version) if m is not None else None
+        unchanged = ReloadResult(name=name, outcome="unchanged", from_version=running,
+                                 to_version=running, pause=None, attempts=1)  # fmt: skip
+        if m is None or record.state is not PluginState.ACTIVE:
+            return unchanged
+        controller = self.rollouts.get(m.id)
+        if not self._canary_on_new_version(record) or (
+            controller is not None and controller.state not in TERMINAL
+        ):
+            return unchanged
+        tried = self._auto_rollouts.setdefault(name, set())
+        newer = [
+            v for v, found in record.found.items()
+            if parse_version(v) > m.version and v not in record.lanes and v not in tried
+            and found.state is not PluginState.FAILED
+        ]  # fmt: skip
+        if not newer:
+            return unchanged
+        target = max(newer, key=parse_version)
+        tried.add(target)
+        status = await self.start_rollout(name, target, caller=caller or "on_new_version")
+        return ReloadResult(name=name, outcome="rollout", from_version=status.stable,
+                            to_version=status.candidate, pause=None, attempts=1)  # fmt: skip
 
     def _rollout_config_of(self, record: PluginRecord, candidate: Manifest) -> RolloutConfig:
         for manifest in (candidate, record.manifest):
@@ -1523,7 +1595,7 @@ class PluginManager:
             self._audit(
                 "version", "unloaded", record, version=version, drained=True,
                 processed=stats.messages_processed, dropped=stats.dropped,
-                reason="rollback window over",
+                refused=stats.circuit_open, reason="rollback window over",
             )  # fmt: skip
 
     # -- hot reload ------------------------------------------------------------------
@@ -1539,6 +1611,14 @@ class PluginManager:
         plugin's ``reloads``); transient ones are retried with exponential backoff
         first. ``if_changed``: skip the reload when the bytes equal the running code's.
         """
+        if self._new_version_on_disk(self._record(name)):
+            self.discover()  # [rollout] on_new_version = "canary": roll it out instead
+            return await self.roll_out_new_version(name, caller="reload")
+        return await self._hot_reload(name, if_changed=if_changed, allow_downgrade=allow_downgrade)
+
+    async def _hot_reload(
+        self, name: str, *, if_changed: bool, allow_downgrade: bool
+    ) -> ReloadResult:
         async with self._lock(name):
             record = self._record(name)
             if record.state is not PluginState.ACTIVE:

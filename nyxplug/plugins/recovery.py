@@ -142,6 +142,11 @@ class RecoveryLadder:
             if not task.cancelled():  # our caller was cancelled, not the task
                 raise
 
+    def set_actions(self, actions: Mapping[str, Action | None]) -> None:
+        """Each step's work from now on (another version became the stable one: an
+        isolated one restarts where an in-process one resets); the next step run uses it."""
+        self._actions = dict(actions)
+
     def breaker_changed(self, state: BreakerState) -> None:
         self._wake.set()  # called inside a dispatch or the worker: only note it
 

@@ -67,7 +67,9 @@ class ReloadResult(msgspec.Struct, frozen=True, kw_only=True):
     """What one successful ``reload`` did (failures raise ``ReloadFailed``)."""
 
     name: str
-    outcome: str  # "swapped", or "unchanged" when asked to reload only changed bytes
+    #: "swapped"; "unchanged" when asked to reload only changed bytes; "rollout" when
+    #: ``[rollout] on_new_version = "canary"`` started a rollout of the new version instead
+    outcome: str
     from_version: str | None
     to_version: str | None
     pause: float | None  # seconds; None when nothing was swapped

@@ -5,7 +5,9 @@ package store, waits for a quiet period (the debounce) and then, for each plugin
 folder changed, calls ``PluginManager.reload(name, if_changed=True)`` - so an editor
 that writes a file twice, or a touch that changes no byte, costs at most one reload
 and often none. A failed plugin whose folder changed is rediscovered and loaded; a new
-folder is discovered and loaded. Nothing a plugin does stops the watcher: failures are
+folder is discovered and loaded - or, when it holds a new version of a running plugin
+whose ``[rollout]`` says ``on_new_version = "canary"``, rolled out
+(``PluginManager.roll_out_new_version``). Nothing a plugin does stops the watcher: failures are
 logged (logger ``nyxplug.watch``) and recorded in ``outcomes``; only cancellation ends
 it.
 
@@ -432,8 +434,15 @@ class PluginWatcher:
                 await self._attempt(name, reloading, quiet=quiet)
             if not retry and not rescan:
                 return
-            before = {status.name for status in self.manager.catalog()}
+            versions = {status.name: status.versions for status in self.manager.catalog()}
+            before = set(versions)
             self.manager.discover()
+            for status in self.manager.catalog():  # a new version of a running plugin
+                if status.state == "active" and set(status.versions) - set(
+                    versions.get(status.name, ())
+                ):
+                    rolling = partial(self.manager.roll_out_new_version, status.name)
+                    await self._attempt(status.name, rolling, quiet=True)
             known = self.manager.watched_paths()
             for folder in retry:
                 self._tried[folder] = _fingerprint(folder)

@@ -67,6 +67,10 @@ class RolloutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     hold: float | None = None
     #: ``blue_green`` only: judge the candidate on shadow copies before the switch.
     mirror: bool = False
+    #: ``"canary"``: a new, higher version of the plugin - a folder that appears, or the
+    #: running one's folder or package replaced by another version - starts a rollout
+    #: (with these settings) instead of a hot reload. None: hot reload, as without a table.
+    on_new_version: Literal["canary"] | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None:
