@@ -263,3 +263,16 @@ def test_options_apply_over_the_plugins_rollout_table() -> None:
     with pytest.raises(ValueError, match=r"^Expected `hold`.* - in the rollout options$"):
         rollout_settings(None, options(strategy="split", weight=20.0))
     assert not options().given() and options(interval=5.0).given()
+
+
+def test_a_reload_that_started_a_rollout_says_so() -> None:
+    """``[rollout] on_new_version``: ``nyxplug reload`` and the watching host's lines."""
+    from nyxplug.cli.reload import describe
+    from nyxplug.plugins import ReloadResult
+
+    result = ReloadResult(name="counter", outcome="rollout", from_version="1.0.0",
+                          to_version="1.1.0", pause=None, attempts=1)  # fmt: skip
+    assert describe(result) == (
+        "rolling out counter 1.0.0 -> 1.1.0 instead of a reload ([rollout] on_new_version) - "
+        "`nyxplug rollout status counter` follows it"
+    )
