@@ -90,7 +90,8 @@ def test_versions_and_a_rollout_driven_from_the_shell(
     state = tmp_path / "state"
     s = ("--state-dir", str(state))
     me = f"local:{getpass.getuser()} (uid {os.getuid()}, pid {os.getpid()})"
-    write_version(tmp_path / "plugins", "1.1.0")  # a release lands next to the running one
+    # A release lands next to the running one (with a circuit breaker of its own).
+    write_version(tmp_path / "plugins", "1.1.0", breaker={"window_size": 10})
 
     code, out, err = cli(capsys, "versions", "counter", *s)
     assert (code, err) == (0, ""), err
@@ -104,7 +105,7 @@ def test_versions_and_a_rollout_driven_from_the_shell(
         "loaded counter 1.1.0 beside the running version (no traffic until `nyxplug rollout "
         "start counter 1.1.0`)"
     )
-    assert table(out)["1.1.0"] == ["loaded", "0%", "0", "0", "-", "-"]
+    assert table(out)["1.1.0"] == ["loaded", "0%", "0", "0", "closed", "-"]
 
     code, out, _ = cli(capsys, "rollout", "status", "counter", *s)
     assert (code, out) == (
@@ -121,6 +122,11 @@ def test_versions_and_a_rollout_driven_from_the_shell(
     assert lines[2] == "  last event: started - 1.0.0 -> 1.1.0"
     rows = table(cli(capsys, "versions", "counter", *s)[1])
     assert (rows["1.0.0"][:2], rows["1.1.0"][:2]) == (["stable", "90%"], ["candidate", "10%"])
+    code, out, _ = cli(capsys, "breaker", "counter", "--set", "forced-open", *s)
+    assert code == 0 and out.splitlines()[-1] == (
+        "version 1.1.0 (candidate): closed, 0 calls, 0 failures, 0 trips, 0 refused"
+    )
+    cli(capsys, "breaker", "counter", "--set", "closed", *s)
 
     # A second start while one runs is refused with the fix.
     code, out, err = cli(capsys, "rollout", "start", "counter", "1.1.0", *s)

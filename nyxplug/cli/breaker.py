@@ -18,6 +18,7 @@ from . import _host
 from ._common import OPERATOR_STATES, Problem
 
 if TYPE_CHECKING:
+    from ..plugins import VersionStatus
     from .control import BreakerReply
 
 __all__ = ("COMMANDS", "add_commands", "describe", "run")
@@ -80,7 +81,21 @@ def _rate(value: float | None) -> str:
 
 
 def describe(reply: BreakerReply) -> list[str]:
-    """The lines ``nyxplug breaker`` prints for ``reply``."""
+    """The lines ``nyxplug breaker`` prints for ``reply``; versions loaded side by side
+    get one line each after the stable version's breaker."""
+    return _stable(reply) + [f"version {v.version} ({v.role}): {_lane(v)}" for v in reply.others]
+
+
+def _lane(version: VersionStatus) -> str:
+    b = version.breaker
+    if b is None:
+        return "no circuit breaker"
+    refused = b.refused_open + b.refused_forced_open + b.refused_half_open
+    state = b.state.name.lower().replace("_", "-")
+    return f"{state}, {b.calls} calls, {b.failures} failures, {b.trips} trips, {refused} refused"
+
+
+def _stable(reply: BreakerReply) -> list[str]:
     who = f"{reply.name} {reply.version or '-'} (id {reply.plugin_id})"
     b = reply.breaker
     if b is None:

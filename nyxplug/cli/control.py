@@ -253,6 +253,8 @@ class BreakerReply(_Reply, tag="breaker", frozen=True):
     config: BreakerConfig | None = None
     recovery: RecoveryStats | None = None
     changed_by: str | None = None
+    #: The other loaded versions (side by side), each with its own breaker.
+    others: list[VersionStatus] = []
 
 
 class VersionsReply(_Reply, tag="versions", frozen=True):
@@ -724,10 +726,11 @@ class ControlServer:
             except PluginStateError as exc:  # it stopped between the two calls
                 return Failure(error="state", message=str(exc), name=name)
         stats = manager.breaker(name)
+        others = [v for v in manager.versions(name) if v.loaded and v.role != "stable"]
         return BreakerReply(
             name=name, version=status.version, plugin_id=status.id, breaker=stats,
             config=self._breaker_config(name) if stats is not None else None,
-            recovery=manager.status(name).recovery, changed_by=changed_by,
+            recovery=manager.status(name).recovery, changed_by=changed_by, others=others,
         )  # fmt: skip
 
     async def _versions(self, req: VersionsRequest, caller: str | None) -> Reply:
