@@ -385,13 +385,13 @@ async def test_an_operator_forces_a_breaker_open_and_resets_it(tmp_path: Path) -
     ]
 
 
-async def test_versions_and_a_rollout_through_the_api(tmp_path: Path) -> None:
+async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any) -> None:
     """A second version lands; it is loaded, unloaded, rolled out, paused and aborted over
     HTTP; refusals are problem documents with the runtime's messages (404 an unknown
     version, 409 the stable one or an ended rollout, 422 options that do not make a
-    rollout); every change is audited with the caller."""
+    rollout); every change is audited with the caller. Both twins."""
     host = AdminHost(tmp_path)
-    manager = host.manager()
+    manager = host.manager(impl.Dispatcher())
     await manager.start()
     newer = write_plugin(host.plugins, "echo-1.1.0", 7, version="1.1.0")
     toml = newer / "nyxplug.toml"
