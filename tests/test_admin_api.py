@@ -441,6 +441,12 @@ async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any)
             assert (rollout["state"], rollout["weight"]) == ("progressing", 20.0)
             status, rollout = await ask("POST", "/rollout/pause")
             assert (status, rollout["state"]) == (200, "paused")
+            status, problem = await ask("POST", "/rollout", start)
+            assert (status, problem["error"]) == (409, "PluginStateError")
+            assert problem["detail"].startswith(
+                "Cannot start a rollout of plugin 'echo' while it is paused in a rollout "
+                "(canary 1.0.0 -> 1.1.0) - abort it"
+            )
             status, problem = await ask("POST", "/rollout/explode")
             assert status == 400 and problem["detail"].startswith("Expected a rollout action")
             status, rollout = await ask("POST", "/rollout/abort")
@@ -465,3 +471,10 @@ async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any)
     done = [e["operation"] for e in entries if e["event"] == "admin" and e["decision"] == "done"]
     assert done == ["loadVersion", "unloadVersion", "startRollout", "rolloutAction",
                     "rolloutAction"]  # fmt: skip
+    failed = [(e["operation"], e["status"]) for e in entries
+              if e["event"] == "admin" and e["decision"] == "failed"]  # fmt: skip
+    assert failed == [
+        ("unloadVersion", 409), ("unloadVersion", 404), ("rolloutAction", 409),
+        ("startRollout", 422), ("startRollout", 409), ("rolloutAction", 400),
+        ("rolloutAction", 409),
+    ]  # fmt: skip

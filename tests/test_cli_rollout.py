@@ -131,8 +131,11 @@ def test_versions_and_a_rollout_driven_from_the_shell(
     # A second start while one runs is refused with the fix.
     code, out, err = cli(capsys, "rollout", "start", "counter", "1.1.0", *s)
     assert (code, out) == (1, "")
-    assert err.startswith("nyxplug rollout: Expected a rollout that allows start(), got one "
-                          "progressing (plugin 'counter')")  # fmt: skip
+    assert err == (
+        "nyxplug rollout: Cannot start a rollout of plugin 'counter' while it is progressing in "
+        "a rollout (canary 1.0.0 -> 1.1.0) - abort it (`nyxplug rollout abort counter`, POST "
+        "/api/v1/plugins/counter/rollout/abort) or promote it first\n"
+    )
 
     for verb, state_now in (("pause", "paused"), ("resume", "progressing"),
                             ("promote", "promoted")):  # fmt: skip

@@ -53,6 +53,7 @@ __all__ = (
     "RolloutOptions",
     "RolloutOptionsError",
     "check_rollout_action",
+    "check_rollout_start",
     "rollout_config_for",
     "rollout_settings",
 )
@@ -625,6 +626,7 @@ async def start_rollout(host: AdminHost, call: Call) -> RolloutStatus:
     manager, name, body = host.manager, _name(call), call.body
     assert isinstance(body, RolloutStart)
     manager.discover()
+    check_rollout_start(manager, name)
     config = rollout_config_for(manager, name, body) if body.given() else None
     return await manager.start_rollout(name, body.version, config, caller=call.caller)
 
@@ -638,6 +640,22 @@ async def rollout_action(host: AdminHost, call: Call) -> RolloutStatus:
         )
     check_rollout_action(host.manager, _name(call), action)
     return host.manager.rollout_action(_name(call), action, caller=call.caller)
+
+
+def check_rollout_start(manager: PluginManager, name: str) -> None:
+    """``PluginStateError`` in the operator's terms while a rollout of the plugin runs
+    (the controller's own refusal knows the plugin by id only)."""
+    from ..plugins.errors import PluginStateError
+    from ..plugins.rollout import TERMINAL, RolloutState
+
+    status = manager.rollout(name)
+    if status is not None and RolloutState(status.state) not in TERMINAL:
+        what = f"{status.strategy.replace('_', '-')} {status.stable} -> {status.candidate}"
+        raise PluginStateError(
+            name, f"{status.state} in a rollout ({what})", "start a rollout of",
+            f"abort it (`nyxplug rollout abort {name}`, POST /api/v1/plugins/{name}/rollout/"
+            "abort) or promote it first",
+        )  # fmt: skip
 
 
 def check_rollout_action(manager: PluginManager, name: str, action: str) -> None:

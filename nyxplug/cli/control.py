@@ -769,7 +769,11 @@ class ControlServer:
 
     async def _rollout(self, req: RolloutRequest, caller: str | None) -> Reply:
         """Start, show or act on the plugin's rollout (audited with ``caller``)."""
-        from ..admin.operations import check_rollout_action, rollout_config_for
+        from ..admin.operations import (
+            check_rollout_action,
+            check_rollout_start,
+            rollout_config_for,
+        )
 
         manager, name = self.manager, req.name
         who = caller or "local"
@@ -794,6 +798,7 @@ class ControlServer:
                     "got none",
                 )  # fmt: skip
             manager.discover()  # a release may have landed since the last scan
+            check_rollout_start(manager, name)
             options = req.options
             config = None
             if options is not None and options.given():
