@@ -23,6 +23,7 @@ import schemathesis
 from admin_helpers import AdminHost, ThreadedHost, call
 from hypothesis import HealthCheck, given, reject, settings
 from nyx_helpers import DATA
+from plugin_helpers import write_plugin
 
 from nyxplug import CircuitOpen, PluginHeader
 from nyxplug.admin import OPERATIONS, build_app, openapi_document
@@ -39,11 +40,21 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Any:
     host = AdminHost(tmp_path_factory.mktemp("admin"))
     # acme-pkg is installed once, so that uninstallPlugin can succeed before installPlugin ran.
     install_package(host.package, host.state / "packages", host.manager().trust)
+    # A second version of echo (the higher one is stable): loadVersion loads it,
+    # unloadVersion unloads it, startRollout rolls it out and rolloutAction pauses that.
+    older = write_plugin(host.plugins, "echo-0.9.0", 7, version="0.9.0")
+    (older / "nyxplug.toml").write_text(
+        (older / "nyxplug.toml").read_text().replace('name = "echo-0.9.0"', 'name = "echo"')
+    )
     examples = {
         "name": "echo",
+        "version": "0.9.0",
+        "action": "pause",
         "uninstallPlugin.name": "acme-pkg",
         "installPlugin": {"package": base64.b64encode(host.package.read_bytes()).decode()},
         "setBreaker": {"state": "closed"},
+        "loadVersion": {"version": "0.9.0"},
+        "startRollout": {"version": "0.9.0", "interval": 3600.0},
     }
     with ThreadedHost(host, examples) as threaded:
         yield threaded
@@ -94,10 +105,15 @@ def sent_as_valid(op: Any, case: Any) -> bool:
     """Whether a "negative" case is valid once serialized: the requests transport leaves
     out query parameters whose value is None or [], and the Authorization header is always
     sent here, so some generated violations never reach the server."""
-    from nyxplug.source.layout import NAME_PATTERN
+    from nyxplug.admin.operations import PATH_SCHEMAS
 
-    for value in (case.path_parameters or {}).values():
-        if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+    for name, value in (case.path_parameters or {}).items():
+        schema = PATH_SCHEMAS[name]
+        if not isinstance(value, str):
+            return False
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return False
+        if "enum" in schema and value not in schema["enum"]:
             return False
     # requests leaves out None and empty lists and sends a one-item list as that item; a
     # longer list repeats the key, which the server refuses.
@@ -160,7 +176,7 @@ def test_every_operation_reached_a_success() -> None:
 def test_the_document_is_valid_openapi_and_matches_the_routes(tmp_path: Path) -> None:
     from openapi_spec_validator import validate
 
-    document = openapi_document({"name": "echo"})
+    document = openapi_document({"name": "echo", "version": "1.0.0", "action": "pause"})
     validate(document)
     documented = {
         (method.upper(), path) for path, methods in document["paths"].items() for method in methods
@@ -177,7 +193,8 @@ def test_the_document_is_valid_openapi_and_matches_the_routes(tmp_path: Path) ->
     for op in OPERATIONS:
         for parameter in document["paths"][op.path][op.method.lower()].get("parameters", ()):
             if parameter["in"] == "path":
-                assert parameter["example"] == "echo", op.operation_id
+                expected = {"name": "echo", "version": "1.0.0", "action": "pause"}
+                assert parameter["example"] == expected[parameter["name"]], op.operation_id
 
 
 # -- guards -------------------------------------------------------------------------------
@@ -366,3 +383,98 @@ async def test_an_operator_forces_a_breaker_open_and_resets_it(tmp_path: Path) -
         ("breaker", "closed", "forced_open", None),
         ("admin", "done", None, "127.0.0.1:5000"),
     ]
+
+
+async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any) -> None:
+    """A second version lands; it is loaded, unloaded, rolled out, paused and aborted over
+    HTTP; refusals are problem documents with the runtime's messages (404 an unknown
+    version, 409 the stable one or an ended rollout, 422 options that do not make a
+    rollout); every change is audited with the caller. Both twins."""
+    host = AdminHost(tmp_path)
+    manager = host.manager(impl.Dispatcher())
+    await manager.start()
+    newer = write_plugin(host.plugins, "echo-1.1.0", 7, version="1.1.0")
+    toml = newer / "nyxplug.toml"
+    toml.write_text(toml.read_text().replace('"echo-1.1.0"', '"echo"'))
+    me = ("127.0.0.1", 5000)
+    try:
+        app = build_app(manager, host.token)
+
+        async def ask(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            return await asgi_call(app, method, "/api/v1/plugins/echo" + path, client=me,
+                                   token=host.token, body=body)  # fmt: skip
+
+        async with asyncio.timeout(10):
+            status, listed = await ask("GET", "/versions")
+            assert status == 200
+            assert [(v["version"], v["role"], v["loaded"]) for v in listed["versions"]] == [
+                ("1.0.0", "stable", True), ("1.1.0", "available", False),
+            ]  # fmt: skip
+            status, loaded = await ask("POST", "/versions", {"version": "1.1.0"})
+            assert (status, loaded["role"], loaded["weight"]) == (201, "loaded", 0.0)
+            status, problem = await ask("DELETE", "/versions/1.0.0")
+            assert (status, problem["error"]) == (409, "VersionStateError")
+            assert problem["detail"].startswith(
+                "Cannot unload version 1.0.0 of plugin 'echo': it is the stable version - "
+            )
+            status, problem = await ask("DELETE", "/versions/9.9.9")
+            assert (status, problem["error"]) == (404, "VersionNotFound")
+            status, gone = await ask("DELETE", "/versions/1.1.0")
+            assert (status, gone["version"], gone["stats"]["messages_processed"]) == (
+                200, "1.1.0", 0
+            )  # fmt: skip
+
+            status, view = await ask("GET", "/rollout")
+            assert (status, view) == (200, {"name": "echo", "rollout": None})
+            status, problem = await ask("POST", "/rollout/pause")
+            assert (status, problem["error"]) == (409, "PluginStateError")
+            bad = {"version": "1.1.0", "strategy": "split", "weight": 20.0}
+            status, problem = await ask("POST", "/rollout", bad)
+            assert (status, problem["error"]) == (422, "RolloutOptionsError")
+            assert problem["detail"].startswith("Expected `hold`")
+            start = {"version": "1.1.0", "steps": [20.0, 60.0], "interval": 3600.0}
+            status, rollout = await ask("POST", "/rollout", start)
+            assert status == 201, rollout
+            assert (rollout["stable"], rollout["candidate"], rollout["strategy"]) == (
+                "1.0.0", "1.1.0", "canary"
+            )  # fmt: skip
+            assert (rollout["state"], rollout["weight"]) == ("progressing", 20.0)
+            status, rollout = await ask("POST", "/rollout/pause")
+            assert (status, rollout["state"]) == (200, "paused")
+            status, problem = await ask("POST", "/rollout", start)
+            assert (status, problem["error"]) == (409, "PluginStateError")
+            assert problem["detail"].startswith(
+                "Cannot start a rollout of plugin 'echo' while it is paused in a rollout "
+                "(canary 1.0.0 -> 1.1.0) - abort it"
+            )
+            status, problem = await ask("POST", "/rollout/explode")
+            assert status == 400 and problem["detail"].startswith("Expected a rollout action")
+            status, rollout = await ask("POST", "/rollout/abort")
+            assert (status, rollout["state"]) == (200, "aborted")
+            status, problem = await ask("POST", "/rollout/resume")
+            assert status == 409 and "aborted (its rollout of 1.1.0 ended)" in problem["detail"]
+            status, view = await ask("GET", "/rollout")
+            kinds = [e["kind"] for e in view["rollout"]["events"]]
+            assert kinds == ["started", "paused", "aborted"]
+    finally:
+        await manager.aclose()
+    assert manager.audit is not None
+    entries = manager.audit.entries()
+    rollout_trail = [(e["decision"], e.get("caller")) for e in entries if e["event"] == "rollout"]
+    assert rollout_trail == [
+        ("started", "127.0.0.1:5000"), ("paused", "127.0.0.1:5000"), ("aborted", "127.0.0.1:5000"),
+    ]  # fmt: skip
+    versions = [(e["decision"], e["version"], e.get("caller")) for e in entries
+                if e["event"] == "version"]  # fmt: skip
+    assert versions[:2] == [("loaded", "1.1.0", "127.0.0.1:5000"),
+                            ("unloaded", "1.1.0", "127.0.0.1:5000")]  # fmt: skip
+    done = [e["operation"] for e in entries if e["event"] == "admin" and e["decision"] == "done"]
+    assert done == ["loadVersion", "unloadVersion", "startRollout", "rolloutAction",
+                    "rolloutAction"]  # fmt: skip
+    failed = [(e["operation"], e["status"]) for e in entries
+              if e["event"] == "admin" and e["decision"] == "failed"]  # fmt: skip
+    assert failed == [
+        ("unloadVersion", 409), ("unloadVersion", 404), ("rolloutAction", 409),
+        ("startRollout", 422), ("startRollout", 409), ("rolloutAction", 400),
+        ("rolloutAction", 409),
+    ]  # fmt: skip

@@ -34,6 +34,7 @@ from nyxplug.admin import AdminAddress, AdminServer, build_app
 from nyxplug.plugins import PluginManager
 
 TIMEOUT = 30.0
+VERSION = ("version", "1.0.0")
 
 
 def need(binary: str) -> str:
@@ -129,14 +130,15 @@ async def test_breaker_recovery_and_health_series_parse_back(tmp_path: Path, imp
         got = samples(text)
         guarded = (("plugin", "guarded"),)
         states = {
-            state: got[("nyxplug_breaker_state", guarded + (("state", state),))]
+            state: got[("nyxplug_breaker_state", guarded + (("state", state), VERSION))]
             for state in ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
         }
         assert states == {**dict.fromkeys(states, 0.0), "forced_open": 1.0}
-        refused = (("plugin", "guarded"), ("reason", "circuit_open"), ("version", "1.0.0"))
+        refused = (("plugin", "guarded"), ("reason", "circuit_open"), VERSION)
         assert got[("nyxplug_frames_refused_total", refused)] == 1
-        assert got[("nyxplug_breaker_refusals_total", guarded + (("reason", "forced_open"),))] == 1
-        assert got[("nyxplug_breaker_trips_total", guarded)] == 0
+        reason = guarded + (("reason", "forced_open"), VERSION)
+        assert got[("nyxplug_breaker_refusals_total", reason)] == 1
+        assert got[("nyxplug_breaker_trips_total", guarded + (VERSION,))] == 0
         for step in ("reset", "quarantine"):
             labels = guarded + (("step", step),)
             for series in ("attempts", "successes", "failures", "timeouts"):
@@ -287,3 +289,78 @@ async def test_the_grafana_dashboard_queries_series_the_host_exports(
     exported |= {f"{name}_total" for name in exported}
     used = {name for e in exprs for name in re.findall(r"\bnyxplug_[a-z_]+", e)}
     assert used <= exported, used - exported
+
+
+async def test_versions_side_by_side_get_per_version_series(tmp_path: Path, impl: Any) -> None:
+    """A canary of echo 1.1.0 at 25 % of the keys: frames by version and outcome, each
+    version's share and breaker, the rollout's state, events and versions - all read at
+    scrape time - and promtool accepts the text."""
+    from nyxplug.plugins import RolloutConfig
+
+    async with running_host(tmp_path, impl) as running:
+        promtool = need("promtool")
+        manager = running.manager
+        newer = write_plugin(running.host.plugins, "echo-1.1.0", 7, FAILS_ON_7, version="1.1.0",
+                             breaker={"window_size": 100})  # fmt: skip
+        toml = newer / "nyxplug.toml"
+        toml.write_text(toml.read_text().replace('"echo-1.1.0"', '"echo"'))
+        manager.discover()
+        config = RolloutConfig.canary(steps=(25.0, 50.0), interval=3600.0)
+        await manager.start_rollout("echo", "1.1.0", config, caller="test")
+        header = PluginHeader(7).encode()
+        d = manager.dispatcher
+        for n in range(200):
+            await d.dispatch(DATA, header, b"%d" % n, key=n)
+        for _ in d.version_stats(7):
+            await d.wait_idle(7)
+        by_version = {v.version: v for v in manager.versions("echo")}
+        _, _, text = await running.get("/metrics", token=running.host.token)
+        got = samples(text)
+        echo = (("plugin", "echo"),)
+
+        def frames(version: str, outcome: str) -> float:
+            labels = (("outcome", outcome), *echo, ("version", version))
+            return got[("nyxplug_version_frames_total", labels)]
+
+        new, old = by_version["1.1.0"].stats, by_version["1.0.0"].stats
+        assert new is not None and old is not None
+        ran = new.messages_processed
+        assert 0 < ran < 200 and ran + old.messages_processed == 200
+        assert (frames("1.1.0", "ok"), frames("1.1.0", "error")) == (ran - new.errors, new.errors)
+        assert frames("1.0.0", "ok") == 200 - ran and frames("1.0.0", "error") == 0
+        assert frames("1.0.0", "refused") == frames("1.1.0", "refused") == 0
+        assert got[("nyxplug_route_weight", echo + (("version", "1.0.0"),))] == 0.75
+        assert got[("nyxplug_route_weight", echo + (("version", "1.1.0"),))] == 0.25
+        closed = echo + (("state", "closed"), ("version", "1.1.0"))
+        assert got[("nyxplug_breaker_state", closed)] == 1
+        assert not any(n == "nyxplug_breaker_state" and ("version", "1.0.0") in pairs
+                       for n, pairs in got)  # fmt: skip  # 1.0.0 has no breaker
+        states = {dict(pairs)["state"]: value for (n, pairs), value in got.items()
+                  if n == "nyxplug_rollout_state"}  # fmt: skip
+        assert states == {
+            "progressing": 1.0, "paused": 0.0, "awaiting_promotion": 0.0, "promoted": 0.0,
+            "succeeded": 0.0, "rolled_back": 0.0, "aborted": 0.0,
+        }  # fmt: skip
+        assert got[("nyxplug_rollout_events_total", (("kind", "started"), *echo))] == 1
+        info = (("candidate", "1.1.0"), *echo, ("stable", "1.0.0"), ("strategy", "canary"))
+        assert got[("nyxplug_rollout_info", info)] == 1
+        # spare runs one version: no per-version series for it.
+        per_version = ("nyxplug_version", "nyxplug_route", "nyxplug_rollout")
+        assert not any(("plugin", "spare") in pairs for n, pairs in got
+                       if n.startswith(per_version))  # fmt: skip
+        result = await asyncio.to_thread(
+            subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
+            text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+        manager.rollout_action("echo", "abort", caller="test")
+
+
+FAILS_ON_7 = """
+from nyxplug.plugins import Plugin
+
+class Entry(Plugin):
+    async def handle(self, message):
+        if message.payload.endswith(b"7"):
+            raise RuntimeError("1.1.0 fails the frames ending in 7")
+"""

@@ -117,10 +117,10 @@ def test_top_once_prints_one_table(tmp_path: Path) -> None:
     header, row = done.stdout.splitlines()
     assert header.split() == [
         "PLUGIN", "VERSION", "STATE", "FRAMES/S", "QUEUE", "HWM", "ERRORS", "RELOADS",
-        "RESTARTS", "BREAKER", "REFUSED",
+        "RESTARTS", "BREAKER", "ROLLOUT", "REFUSED",
     ]  # fmt: skip
     assert row.split() == [
-        "echo", "1.0.0", "active", "0", "0", "0", "0", "0", "0", "forced_open", "-",
+        "echo", "1.0.0", "active", "0", "0", "0", "0", "0", "0", "forced_open", "-", "-",
     ]  # fmt: skip
 
 
@@ -130,8 +130,25 @@ def test_top_shows_the_step_a_recovery_ladder_runs() -> None:
         "b": Row("b", "1.0.0", "active", refused={"circuit_open": 3.0}, breaker="open"),
     }
     _, a, b = table(rows, rows, 1.0)
-    assert a.split()[-3:] == ["repairing:", "reset", "-"]
-    assert b.split()[-3:] == ["open", "circuit", "3"]
+    assert a.split()[-4:] == ["repairing:", "reset", "-", "-"]
+    assert b.split()[-4:] == ["open", "-", "circuit", "3"]
+
+
+def test_top_shows_the_latest_rollout() -> None:
+    weights = {"1.0.0": 0.9, "1.1.0": 0.1}
+    running = dict(strategy="canary", candidate="1.1.0", weights=weights)
+    rows = {
+        "a": Row("a", "1.0.0", "active", rollout_state="progressing", **running),  # type: ignore[arg-type]
+        "b": Row("b", "1.0.0", "active", rollout_state="paused", **running),  # type: ignore[arg-type]
+        "c": Row("c", "1.1.0", "active", rollout_state="promoted", strategy="blue_green"),
+        "d": Row("d", "1.0.0", "active", rollout_state="rolled_back", strategy="canary"),
+        "e": Row("e", "1.0.0", "active"),
+    }
+    lines = table(rows, rows, 1.0)
+    assert [line.split()[10:-1] for line in lines[1:]] == [
+        ["canary", "1.1.0", "10%"], ["paused", "1.1.0", "10%"], ["promoted"],
+        ["rolled-back"], ["-"],
+    ]  # fmt: skip
 
 
 def test_top_with_a_wrong_token_says_so(tmp_path: Path) -> None:

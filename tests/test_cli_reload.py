@@ -398,7 +398,8 @@ def test_reload_without_a_host_says_how_to_start_one(
     code, out, err = cli(capsys, "reload", "counter")
     assert (code, out) == (1, "")
     assert err == (
-        f"nyxplug reload: no running host at {sock} - start one with `nyxplug run --watch`\n"
+        f"nyxplug reload: no running host at {sock} - start one with `nyxplug run --watch` or "
+        "`nyxplug serve`\n"
     )
     dead_socket(sock)  # a dead host's file is no host either
     assert cli(capsys, "reload", "counter")[2] == err

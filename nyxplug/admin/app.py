@@ -24,7 +24,7 @@ from starlette.routing import Route
 from .._errors import NyxplugError
 from .metrics import MetricsEndpoint
 from .openapi import PROBLEM_TYPE, openapi_document
-from .operations import OPERATIONS, AdminHost, Call, Operation, Problem
+from .operations import OPERATIONS, AdminHost, Call, Operation, Problem, RolloutOptionsError
 from .options import is_loopback
 
 if TYPE_CHECKING:
@@ -47,11 +47,13 @@ class _Refused(Exception):
 
 def problem_for(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and title of a typed error raised by a handler."""
+    from .._errors import VersionError
     from ..plugins.errors import (
         DependencyError,
         PluginLoadError,
         PluginNotFound,
         PluginStateError,
+        RolloutStateError,
     )
     from ..trust.errors import TrustError
 
@@ -59,7 +61,9 @@ def problem_for(exc: BaseException) -> tuple[int, str]:
         return 404, "Not found"
     if isinstance(exc, PluginStateError | DependencyError):
         return 409, "Conflict with the plugin's state"
-    if isinstance(exc, PluginLoadError | TrustError):
+    if isinstance(exc, RolloutStateError | VersionError):  # a version in use, one too many
+        return 409, "Conflict with the plugin's versions or rollout"
+    if isinstance(exc, PluginLoadError | TrustError | RolloutOptionsError):
         return 422, "Refused"
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError | ValueError):
         return 400, "Bad request"

@@ -17,6 +17,16 @@ counters, base units, and bounded labels only (``plugin``, ``version``, ``reason
 ``result``, ``state``, ``step``, ``probe``) - never a frame id or a peer address.
 Breaker, recovery and health series are read the same way, from ``breaker_stats`` and
 the ladder's and health monitor's counts, at scrape time only.
+
+Versions side by side (issue 19): a plugin with more than one loaded version gets
+per-version series read from the dispatcher's ``version_stats``/``route_info`` -
+``nyxplug_version_frames_total{plugin,version,outcome}`` (``ok``, ``error``, ``refused``),
+``nyxplug_route_weight{plugin,version}`` (the share of route keys, 0..1) - and its
+breaker series carry the ``version`` of the lane they describe. A plugin running one
+version has no per-version series: its plugin series are that version's. The latest
+rollout is ``nyxplug_rollout_state{plugin,state}`` (1 for the current state) and
+``nyxplug_rollout_events_total{plugin,kind}`` (the events of that rollout, by kind), with
+``nyxplug_rollout_info{plugin,strategy,stable,candidate}`` naming it.
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
+from .._breaker import BreakerStats
 from .._stats import DispatchStats
+from ..plugins.rollout import RolloutState
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -62,6 +74,9 @@ _REFUSALS = (
 #: ``BreakerState`` names by number: one ``nyxplug_breaker_state`` series each.
 _BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
 
+#: ``RolloutState`` values: one ``nyxplug_rollout_state`` series each.
+_ROLLOUT_STATES = tuple(state.value for state in RolloutState)
+
 
 class Counters(NamedTuple):
     """A plugin's dispatcher counters (``PluginStats``), as plain numbers."""
@@ -87,6 +102,29 @@ class Breaker(NamedTuple):
     state: int  # ``BreakerState``
     trips: int
     refused: tuple[int, int, int]  # open, forced_open, half_open
+    version: str = ""  # the lane's version ("" for the plugin's only one)
+
+
+class VersionSample(NamedTuple):
+    """One loaded version of a plugin that runs several side by side."""
+
+    version: str
+    processed: int
+    errors: int
+    refused: int
+    #: Its share of the route keys, 0..1.
+    weight: float
+    breaker: Breaker | None
+
+
+class RolloutSample(NamedTuple):
+    """The plugin's latest rollout: its state and how many events of each kind it had."""
+
+    state: str
+    events: tuple[tuple[str, int], ...]
+    strategy: str = ""
+    stable: str = ""
+    candidate: str = ""
 
 
 class Step(NamedTuple):
@@ -122,6 +160,8 @@ class PluginSample(NamedTuple):
     breaker: Breaker | None = None
     recovery: Recovery | None = None
     health: Health | None = None
+    versions: tuple[VersionSample, ...] = ()
+    rollout: RolloutSample | None = None
 
 
 class HostSnapshot(NamedTuple):
@@ -172,6 +212,9 @@ def _sample(manager: PluginManager, name: str) -> PluginSample | None:
     except LookupError:  # gone between two slices
         return None
     stats, iso, b, r, h = c.stats, c.isolation, c.breaker, c.recovery, c.health
+    versions: tuple[VersionSample, ...] = ()
+    if c.id is not None and c.state == "active":
+        versions = _versions(manager, name, c.id)
     return PluginSample(
         name=name,
         version=c.version or "",
@@ -196,11 +239,7 @@ def _sample(manager: PluginManager, name: str) -> PluginSample | None:
         else Isolation(
             iso.restarts, iso.crashes, iso.hangs, iso.limit_breaches, iso.rss_bytes
         ),  # fmt: skip
-        breaker=None
-        if b is None
-        else Breaker(
-            int(b.state), b.trips, (b.refused_open, b.refused_forced_open, b.refused_half_open)
-        ),
+        breaker=_breaker(b, c.version or ""),
         recovery=None
         if r is None
         else Recovery(
@@ -212,7 +251,55 @@ def _sample(manager: PluginManager, name: str) -> PluginSample | None:
             ),
         ),  # fmt: skip
         health=None if h is None else Health(h.checks, h.liveness_failures, h.readiness_failures),
+        versions=versions,
+        rollout=_rollout(manager, name),
     )
+
+
+def _breaker(b: BreakerStats | None, version: str) -> Breaker | None:
+    if b is None:
+        return None
+    refused = (b.refused_open, b.refused_forced_open, b.refused_half_open)
+    return Breaker(int(b.state), b.trips, refused, version)
+
+
+def _versions(manager: PluginManager, name: str, plugin_id: int) -> tuple[VersionSample, ...]:
+    """Each loaded version's counters, share and breaker, when more than one is loaded
+    (one look at the route decides; ``versions()`` names them by their version strings)."""
+    route = manager.dispatcher.route_info(plugin_id)
+    if route is None or len(route.routed) < 2:
+        return ()
+    out = []
+    for v in manager.versions(name):
+        stats = v.stats
+        if not v.loaded or stats is None:
+            continue
+        refused = sum(getattr(stats, field) for field, _ in _REFUSALS)
+        out.append(
+            VersionSample(
+                v.version,
+                stats.messages_processed,
+                stats.errors,
+                refused,
+                v.weight / 100.0,
+                _breaker(v.breaker, v.version),
+            )  # fmt: skip
+        )
+    return tuple(out)
+
+
+def _rollout(manager: PluginManager, name: str) -> RolloutSample | None:
+    """The latest rollout's state and event counts (None before the first)."""
+    status = manager.rollout(name)
+    if status is None:
+        return None
+    kinds: dict[str, int] = {}
+    for event in status.events:
+        kinds[event.kind] = kinds.get(event.kind, 0) + 1
+    return RolloutSample(
+        status.state, tuple(sorted(kinds.items())), status.strategy, status.stable,
+        status.candidate,
+    )  # fmt: skip
 
 
 class SnapshotCollector:
@@ -257,12 +344,30 @@ class SnapshotCollector:
         plugin = ["plugin"]
         breaker_state = gauge(
             "breaker_state", "1 for the circuit breaker's current state, 0 for the others",
-            ["plugin", "state"],
+            ["plugin", "version", "state"],
         )  # fmt: skip
-        trips = counter("breaker_trips", "Times the circuit breaker opened", plugin)
+        trips = counter("breaker_trips", "Times the circuit breaker opened", pv)
         breaker_refused = counter(
             "breaker_refusals", "Frames the circuit breaker refused, by the state that refused",
-            ["plugin", "reason"],
+            ["plugin", "version", "reason"],
+        )  # fmt: skip
+        version_frames = counter(
+            "version_frames", "Frames of one of the versions loaded side by side, by outcome "
+            "(ok, error: its handler raised, refused)", pv + ["outcome"],
+        )  # fmt: skip
+        route_weight = gauge(
+            "route_weight", "The share of route keys a loaded version takes (0..1)", pv
+        )
+        rollout_state = gauge(
+            "rollout_state", "1 for the state of the plugin's latest rollout, 0 for the others",
+            ["plugin", "state"],
+        )  # fmt: skip
+        rollout_events = counter(
+            "rollout_events", "Events of the plugin's latest rollout, by kind", ["plugin", "kind"]
+        )
+        rollout_info = gauge(
+            "rollout_info", "1 for the plugin's latest rollout: its strategy and versions",
+            ["plugin", "strategy", "stable", "candidate"],
         )  # fmt: skip
         episodes = counter("recovery_episodes", "Times the recovery ladder started", plugin)
         recovered = counter(
@@ -284,15 +389,33 @@ class SnapshotCollector:
         )  # fmt: skip
         by_state: dict[str, int] = {}
         for p in snap.plugins:
-            b, r, h = p.breaker, p.recovery, p.health
-            if b is not None:
+            r, h = p.recovery, p.health
+            # With versions side by side each lane's breaker is its own series.
+            breakers = [v.breaker for v in p.versions] if p.versions else [p.breaker]
+            for b in breakers:
+                if b is None:
+                    continue
+                bl = [p.name, b.version]
                 for number, name in enumerate(_BREAKER_STATES):
-                    breaker_state.add_metric([p.name, name], 1.0 if b.state == number else 0.0)
-                trips.add_metric([p.name], b.trips)
+                    breaker_state.add_metric(bl + [name], 1.0 if b.state == number else 0.0)
+                trips.add_metric(bl, b.trips)
                 for reason, count in zip(
                     ("open", "forced_open", "half_open"), b.refused, strict=True
                 ):
-                    breaker_refused.add_metric([p.name, reason], count)
+                    breaker_refused.add_metric(bl + [reason], count)
+            for v in p.versions:
+                vl = [p.name, v.version]
+                version_frames.add_metric(vl + ["ok"], v.processed - v.errors)
+                version_frames.add_metric(vl + ["error"], v.errors)
+                version_frames.add_metric(vl + ["refused"], v.refused)
+                route_weight.add_metric(vl, v.weight)
+            if p.rollout is not None:
+                for state in _ROLLOUT_STATES:
+                    rollout_state.add_metric([p.name, state], float(p.rollout.state == state))
+                for kind, count in p.rollout.events:
+                    rollout_events.add_metric([p.name, kind], count)
+                ro = p.rollout
+                rollout_info.add_metric([p.name, ro.strategy, ro.stable, ro.candidate], 1.0)
             if r is not None:
                 episodes.add_metric([p.name], r.episodes)
                 recovered.add_metric([p.name], r.recoveries)
@@ -341,6 +464,7 @@ class SnapshotCollector:
         yield from (dispatched, refusals)
         yield from (breaker_state, trips, breaker_refused, episodes, recovered)
         yield from (attempts, successes, failures, step_timeouts, checks, check_failures)
+        yield from (version_frames, route_weight, rollout_state, rollout_events, rollout_info)
 
 
 def render(snapshot: HostSnapshot | PackedSnapshot, accept: str | None) -> tuple[bytes, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .operations import NAME_SCHEMA, OPERATIONS, Operation, Problem
+from .operations import OPERATIONS, PATH_SCHEMAS, Operation, Problem
 
 __all__ = ("PROBLEM_TYPE", "openapi_document", "problem_statuses")
 
@@ -26,7 +26,7 @@ _REASONS = {
     400: "The request does not match the operation (query, path or body)",
     401: "No bearer token, or a wrong one",
     403: "The caller may not use the admin API from where it is",
-    404: "No such plugin (or installed package)",
+    404: "No such plugin (or installed package, or version)",
     409: "The plugin is not in a state that allows this",
     413: "The request body is over its cap",
     415: "The body is not application/json",
@@ -49,8 +49,9 @@ def openapi_document(
     """The OpenAPI 3.1 document of ``OPERATIONS``.
 
     ``examples``: ``name`` (a plugin of this host, for every ``{name}`` parameter; one
-    operation's own as ``"OPERATION_ID.name"``) and ``installPlugin`` (a request body) -
-    shown to readers and used by conformance tools.
+    operation's own as ``"OPERATION_ID.name"``; ``version`` and ``action`` likewise) and
+    request bodies by operation id (``installPlugin``...) - shown to readers and used by
+    conformance tools.
     """
     from .. import __version__
 
@@ -100,7 +101,7 @@ def _operation(
     parameters = []
     for name in re.findall(r"{(\w+)}", op.path):
         parameter: dict[str, Any] = {
-            "name": name, "in": "path", "required": True, "schema": dict(NAME_SCHEMA),
+            "name": name, "in": "path", "required": True, "schema": dict(PATH_SCHEMAS[name]),
         }  # fmt: skip
         example = examples.get(f"{op.operation_id}.{name}", examples.get(name))
         if example is not None:

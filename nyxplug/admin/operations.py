@@ -4,8 +4,8 @@
 ``/openapi.json`` - so the document cannot drift from what is served. An operation names
 its path, method, query and body types (msgspec ``Struct``\\ s, which also validate), its
 success type and status, the problems it may answer, and whether it changes the host
-(mutating calls are written to the audit log with their caller). The next capabilities
-(versions, rollouts) add rows here.
+(mutating calls are written to the audit log with their caller). Versions side by side
+and rollouts (issue 19) are rows here too, over the manager's runtime versions API.
 
 Handlers run on the host's event loop and call the ``PluginManager``'s own methods, so an
 admin call moves a plugin exactly as ``nyxplug enable`` or ``reload`` would; they never
@@ -26,12 +26,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from .._breaker import BreakerState, BreakerStats
+from .._errors import NyxplugError
 from .._recovery import RecoveryStats
 from .._stats import DispatchStats, PluginStats
 from ..isolation.process import IsolationStats
 from ..plugins.catalog import PluginStatus
 from ..plugins.reload import ReloadResult, ReloadStats
+from ..plugins.rollout import RolloutConfig
+from ..plugins.versions import RolloutStatus, VersionStatus, rollout_config
 from ..source.layout import NAME_PATTERN
+from ..source.rollout import RolloutSettings
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginManager
@@ -39,15 +43,37 @@ if TYPE_CHECKING:
 
 __all__ = (
     "OPERATIONS",
+    "PATH_SCHEMAS",
+    "ROLLOUT_ACTIONS",
     "AdminHost",
     "Call",
     "Operation",
     "PluginList",
     "Problem",
+    "RolloutOptions",
+    "RolloutOptionsError",
+    "check_rollout_action",
+    "check_rollout_start",
+    "rollout_config_for",
+    "rollout_settings",
 )
 
 #: Plugin names as manifests allow them (``nyxplug.source.layout.NAME_PATTERN``).
 NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
+#: A plugin's version as manifests spell it: semantic versioning 2.0.0's own pattern.
+VERSION_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+#: What an operator may do to a rollout (``PluginManager.rollout_action``).
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "rollback", "abort")
+#: The schema of each path parameter, by name (the document's and the checks').
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "name": NAME_SCHEMA,
+    "version": {"type": "string", "pattern": VERSION_PATTERN},
+    "action": {"type": "string", "enum": list(ROLLOUT_ACTIONS)},
+}
 
 StateName = Literal[
     "discovered", "validated", "loading", "active", "draining", "unloaded", "failed", "disabled"
@@ -183,6 +209,118 @@ class BreakerChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class AuditEntries(msgspec.Struct, kw_only=True):
     entries: list[dict[str, Any]]
+
+
+class VersionList(msgspec.Struct, kw_only=True):
+    name: str
+    #: Every version of the plugin the host found, loaded or not, sorted.
+    versions: list[VersionStatus]
+
+
+class LoadVersion(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: A version the host found (``GET .../versions``), loaded beside the running one.
+    version: Annotated[str, msgspec.Meta(pattern=VERSION_PATTERN)]
+
+
+class VersionUnloaded(msgspec.Struct, kw_only=True):
+    name: str
+    version: str
+    #: That version's counters when it stopped (its queue drained).
+    stats: PluginStats
+
+
+class RolloutView(msgspec.Struct, kw_only=True):
+    name: str
+    #: The latest rollout, running or ended; None before the first.
+    rollout: RolloutStatus | None
+
+
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0.0, le=1e9)]
+#: A whole number >= 1 that JSON may spell ``5`` or ``5.0`` (JSON Schema's integers are
+#: both; msgspec's ``int`` takes only the first).
+Count = Annotated[float, msgspec.Meta(ge=1, le=1e9, multiple_of=1)]
+
+
+class RolloutOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What a rollout start may change of the plugin's rollout configuration (its
+    manifest's ``[rollout]``, else the host's ``[defaults.rollout]``, else the defaults);
+    a field left out keeps that value. Rates are fractions (0.01 = 1 %)."""
+
+    #: ``canary`` raises the candidate's share step by step; ``blue_green`` switches all
+    #: traffic at once; ``split`` holds ``weight`` % for ``hold`` seconds, never promoting
+    #: by itself. Left out: the plugin's own.
+    strategy: Literal["canary", "blue_green", "split"] | None = None
+    #: The candidate's shares in percent, rising (canary).
+    steps: list[Percent] | None = None
+    #: The share of a split, in percent, and how long it holds (seconds).
+    weight: Percent | None = None
+    hold: Seconds | None = None
+    interval: Seconds | None = None
+    iterations: Count | None = None
+    min_frames: Count | None = None
+    max_error_rate: Fraction | None = None
+    max_error_rate_over_stable: Fraction | None = None
+    threshold: Count | None = None
+    auto_promote: bool | None = None
+    deadline: Seconds | None = None
+    rollback_window: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
+
+    def given(self) -> bool:
+        """Whether anything was given (else the plugin's own configuration applies)."""
+        return any(getattr(self, f) is not None for f in RolloutOptions.__struct_fields__)
+
+
+class RolloutStart(RolloutOptions, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    #: The candidate: a version the host found (loaded first if it is not).
+    version: Annotated[str, msgspec.Meta(pattern=VERSION_PATTERN)]
+
+
+class RolloutOptionsError(NyxplugError, ValueError):
+    """Rollout options that are each well-formed but do not make a rollout together
+    (steps that do not rise, a split without ``hold``...): 422 from the admin API."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.problem} - in the rollout options"
+
+
+#: The options that are keys of a ``[rollout]`` table as they are (a split's ``weight``
+#: is its only step).
+_KEYS = (
+    "strategy", "steps", "hold", "interval", "iterations", "min_frames", "max_error_rate",
+    "max_error_rate_over_stable", "threshold", "auto_promote", "deadline", "rollback_window",
+)  # fmt: skip
+
+
+def rollout_settings(base: RolloutSettings | None, options: RolloutOptions) -> RolloutSettings:
+    """``base`` (the plugin's ``[rollout]``, else the host's ``[defaults.rollout]``) with
+    ``options`` applied, checked as a ``[rollout]`` table is.
+
+    Naming another strategy drops the keys only the old one takes (a split's ``hold``, a
+    blue-green's ``mirror``, steps a blue-green ignores). Raises ``RolloutOptionsError``
+    naming the option that does not fit (a split without ``hold``...).
+    """
+    table: dict[str, Any] = msgspec.to_builtins(base) if base is not None else {}
+    given = {key: getattr(options, key) for key in _KEYS if getattr(options, key) is not None}
+    for key in ("iterations", "min_frames", "threshold"):
+        if key in given:
+            given[key] = int(given[key])
+    if options.weight is not None:
+        given["steps"] = [options.weight]
+    strategy = given.get("strategy", table.get("strategy", "canary"))
+    if strategy != table.get("strategy", "canary"):
+        for key in ("hold", "mirror", "steps", "auto_promote"):
+            table.pop(key, None)
+    table.update(given)
+    try:
+        return msgspec.convert(table, RolloutSettings)
+    except msgspec.ValidationError as exc:
+        raise RolloutOptionsError(str(exc)) from None
 
 
 # -- query strings ----------------------------------------------------------------------
@@ -459,6 +597,97 @@ async def audit_entries(host: AdminHost, call: Call) -> AuditEntries:
     return AuditEntries(entries=entries[-q.limit :])
 
 
+async def list_versions(host: AdminHost, call: Call) -> VersionList:
+    """What is on disk now: a release may have landed since the last scan."""
+    name = _name(call)
+    host.manager.discover()
+    return VersionList(name=name, versions=host.manager.versions(name))
+
+
+async def load_version(host: AdminHost, call: Call) -> VersionStatus:
+    body: LoadVersion = call.body
+    host.manager.discover()
+    return await host.manager.load_version(_name(call), body.version, caller=call.caller)
+
+
+async def unload_version(host: AdminHost, call: Call) -> VersionUnloaded:
+    name, version = _name(call), call.params["version"]
+    stats = await host.manager.unload_version(name, version, drain=True, caller=call.caller)
+    return VersionUnloaded(name=name, version=version, stats=stats)
+
+
+async def get_rollout(host: AdminHost, call: Call) -> RolloutView:
+    name = _name(call)
+    return RolloutView(name=name, rollout=host.manager.rollout(name))
+
+
+async def start_rollout(host: AdminHost, call: Call) -> RolloutStatus:
+    """The plugin's own rollout configuration, with what the body gives applied."""
+    manager, name, body = host.manager, _name(call), call.body
+    assert isinstance(body, RolloutStart)
+    manager.discover()
+    check_rollout_start(manager, name)
+    config = rollout_config_for(manager, name, body) if body.given() else None
+    return await manager.start_rollout(name, body.version, config, caller=call.caller)
+
+
+async def rollout_action(host: AdminHost, call: Call) -> RolloutStatus:
+    action = call.params["action"]
+    if action not in ROLLOUT_ACTIONS:
+        raise ValueError(
+            f"Expected a rollout action in {', '.join(ROLLOUT_ACTIONS)}, got {action!r} - for "
+            f"plugin {_name(call)!r}"
+        )
+    check_rollout_action(host.manager, _name(call), action)
+    return host.manager.rollout_action(_name(call), action, caller=call.caller)
+
+
+def check_rollout_start(manager: PluginManager, name: str) -> None:
+    """``PluginStateError`` in the operator's terms while a rollout of the plugin runs
+    (the controller's own refusal knows the plugin by id only)."""
+    from ..plugins.errors import PluginStateError
+    from ..plugins.rollout import TERMINAL, RolloutState
+
+    status = manager.rollout(name)
+    if status is not None and RolloutState(status.state) not in TERMINAL:
+        what = f"{status.strategy.replace('_', '-')} {status.stable} -> {status.candidate}"
+        raise PluginStateError(
+            name, f"{status.state} in a rollout ({what})", "start a rollout of",
+            f"abort it (`nyxplug rollout abort {name}`, POST /api/v1/plugins/{name}/rollout/"
+            "abort) or promote it first",
+        )  # fmt: skip
+
+
+def check_rollout_action(manager: PluginManager, name: str, action: str) -> None:
+    """``PluginStateError`` in the operator's terms when there is no rollout to act on
+    (none yet, or the latest ended), before the controller's own refusal (which knows
+    the plugin by id only)."""
+    from ..plugins.errors import PluginStateError
+    from ..plugins.rollout import TERMINAL, RolloutState
+
+    status = manager.rollout(name)
+    again = f"`nyxplug rollout start {name} VERSION` (POST /api/v1/plugins/{name}/rollout)"
+    if status is None:
+        raise PluginStateError(
+            name, "without one", f"{action} the rollout of", f"start one first: {again}"
+        )
+    if RolloutState(status.state) in TERMINAL:
+        raise PluginStateError(
+            name, f"{status.state} (its rollout of {status.candidate} ended)",
+            f"{action} the rollout of", f"start a new one: {again}",
+        )  # fmt: skip
+
+
+def rollout_config_for(manager: PluginManager, name: str, options: RolloutOptions) -> RolloutConfig:
+    """The plugin's rollout configuration (its manifest's ``[rollout]``, else the host's
+    ``[defaults.rollout]``) with ``options`` applied."""
+    manifest = manager.manifest(name)
+    base = manifest.rollout if manifest is not None else None
+    if base is None:
+        base = manager.config.defaults.rollout
+    return rollout_config(rollout_settings(base, options))
+
+
 def _after(stamp: object, since: float) -> bool:
     try:
         return dt.datetime.fromisoformat(str(stamp)).timestamp() >= since
@@ -602,6 +831,74 @@ OPERATIONS: tuple[Operation, ...] = (
         mutating=True,
         tags=("breakers",),
         summary="Reset (closed), force open, disable or set metrics-only its circuit breaker",
+    ),
+    Operation(
+        method="GET",
+        path="/api/v1/plugins/{name}/versions",
+        operation_id="listVersions",
+        handler=list_versions,
+        response=VersionList,
+        problems=(404,),
+        tags=("versions",),
+        summary="Every version of it the host found: role, weight, counters, breaker, health",
+    ),
+    Operation(
+        method="POST",
+        path="/api/v1/plugins/{name}/versions",
+        operation_id="loadVersion",
+        handler=load_version,
+        response=VersionStatus,
+        status=201,
+        body=LoadVersion,
+        problems=(404, 409, 422),
+        mutating=True,
+        tags=("versions",),
+        summary="Load a found version beside the running one (no traffic until a rollout)",
+    ),
+    Operation(
+        method="DELETE",
+        path="/api/v1/plugins/{name}/versions/{version}",
+        operation_id="unloadVersion",
+        handler=unload_version,
+        response=VersionUnloaded,
+        problems=(404, 409),
+        mutating=True,
+        tags=("versions",),
+        summary="Drain and unload a loaded version no route uses (never the stable one)",
+    ),
+    Operation(
+        method="GET",
+        path="/api/v1/plugins/{name}/rollout",
+        operation_id="getRollout",
+        handler=get_rollout,
+        response=RolloutView,
+        problems=(404,),
+        tags=("rollouts",),
+        summary="Its latest rollout (running or ended): state, weight, versions, events",
+    ),
+    Operation(
+        method="POST",
+        path="/api/v1/plugins/{name}/rollout",
+        operation_id="startRollout",
+        handler=start_rollout,
+        response=RolloutStatus,
+        status=201,
+        body=RolloutStart,
+        problems=(404, 409, 422),
+        mutating=True,
+        tags=("rollouts",),
+        summary="Start moving its traffic to a candidate version (canary, blue-green, split)",
+    ),
+    Operation(
+        method="POST",
+        path="/api/v1/plugins/{name}/rollout/{action}",
+        operation_id="rolloutAction",
+        handler=rollout_action,
+        response=RolloutStatus,
+        problems=(404, 409),
+        mutating=True,
+        tags=("rollouts",),
+        summary="Pause, resume, promote, roll back or abort its rollout",
     ),
     Operation(
         method="GET",

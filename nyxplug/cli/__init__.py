@@ -5,7 +5,8 @@
 ``verify``, ``install`` and ``uninstall`` in ``nyxplug.cli.packages``; ``trust`` and
 ``audit`` in ``nyxplug.cli.trust``; ``reload`` (and the watching host of ``run --watch``)
 in ``nyxplug.cli.reload``; ``isolation`` in ``nyxplug.cli.isolation``; ``serve`` in
-``nyxplug.cli.serve``; ``top`` (a live view through the admin API) in ``nyxplug.cli.top``.
+``nyxplug.cli.serve``; ``top`` (a live view through the admin API) in ``nyxplug.cli.top``;
+``breaker`` in ``nyxplug.cli.breaker``; ``versions`` and ``rollout`` in ``nyxplug.cli.rollout``.
 The host options
 they share, and how a problem is reported, are ``nyxplug.cli._host``'s.
 """
@@ -17,7 +18,19 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _host, isolation, keys, packages, plugins, reload, serve, top, trust
+from . import (
+    _host,
+    breaker,
+    isolation,
+    keys,
+    packages,
+    plugins,
+    reload,
+    rollout,
+    serve,
+    top,
+    trust,
+)
 
 __all__ = ("main",)
 
@@ -71,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_commands(commands, host)
     reload.add_commands(commands, host)
     serve.add_commands(commands, host)
+    breaker.add_commands(commands, host)
+    rollout.add_commands(commands, host)
     # Listed in the order they are used: a publisher's keygen, package, sign; a host's
     # verify and install.
     keys.add_keygen(commands)
@@ -143,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload.run(args)
     if args.command in serve.COMMANDS:
         return serve.run(args)
+    if args.command in breaker.COMMANDS:
+        return breaker.run(args)
+    if args.command in rollout.COMMANDS:
+        return rollout.run(args)
     if args.command in top.COMMANDS:
         return top.run(args)
     if args.command in keys.COMMANDS:

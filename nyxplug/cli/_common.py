@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..plugins import PluginStatus
 
-__all__ = ("Problem", "quoted", "relative_path", "status_line")
+__all__ = ("OPERATOR_STATES", "ROLLOUT_VERBS", "Problem", "quoted", "relative_path", "status_line")
+
+#: The breaker states an operator may set, as the command line spells them.
+OPERATOR_STATES = ("closed", "forced-open", "disabled", "metrics-only")
+#: What ``nyxplug rollout`` may ask: start one, show it, or act on it.
+ROLLOUT_VERBS = ("start", "status", "pause", "resume", "promote", "rollback", "abort")
 
 
 class Problem(Exception):

@@ -1,15 +1,18 @@
 """The control socket of a running host: ``<state_dir>/control.sock``.
 
-``nyxplug run --watch`` serves it; ``nyxplug reload``, ``list``, ``info``, ``enable``,
-``disable`` and ``send`` ask it.
+``nyxplug run --watch`` and ``nyxplug serve`` serve it; ``nyxplug reload``, ``list``,
+``info``, ``enable``, ``disable``, ``send``, ``breaker``, ``versions`` and ``rollout``
+ask it.
 The protocol is one JSON request line answered by one JSON reply line (msgspec
 Structs, tagged by ``op`` and ``reply``), several per connection if the client
 likes. A request is at most :data:`MAX_REQUEST` bytes; anything that does not
 decode is answered with an ``error`` reply and the host carries on.
 
-Only the host's user may connect (the socket is created mode 0600). A socket file
-left by a host that died is found (connecting is refused) and replaced; one that
-answers means another host owns the state dir, and the new one refuses to start.
+Only the host's user may connect (the socket is created mode 0600). The host reads who
+connected from the socket itself (``SO_PEERCRED``), so a change an operator makes is
+written to the audit log with a caller no client can forge: ``local:USER (uid N, pid N)``.
+A socket file left by a host that died is found (connecting is refused) and replaced; one
+that answers means another host owns the state dir, and the new one refuses to start.
 """
 
 from __future__ import annotations
@@ -28,15 +31,22 @@ from typing import Any
 
 import msgspec
 
+from .._breaker import BreakerConfig, BreakerState, BreakerStats
+from .._recovery import RecoveryStats
 from .._stats import PluginStats
-from ..plugins import PluginStatus, ReloadResult
-from ._common import Problem
+from ..admin.operations import RolloutOptions
+from ..plugins import PluginStatus, ReloadResult, RolloutStatus, VersionStatus
+from ._common import OPERATOR_STATES, ROLLOUT_VERBS, Problem
 
 __all__ = (
     "LOCK_FILE",
     "MAX_REPLY",
     "MAX_REQUEST",
+    "OPERATOR_STATES",
     "SOCKET_FILE",
+    "ROLLOUT_VERBS",
+    "BreakerReply",
+    "BreakerRequest",
     "ControlServer",
     "DisableRequest",
     "EnableRequest",
@@ -48,11 +58,16 @@ __all__ = (
     "ReloadRequest",
     "Reply",
     "Request",
+    "RolloutReply",
+    "RolloutRequest",
     "SendRequest",
     "Sent",
     "Status",
     "StatusRequest",
     "Toggled",
+    "VersionsReply",
+    "VersionsRequest",
+    "peer_caller",
     "request",
     "socket_path",
 )
@@ -114,7 +129,39 @@ class SendRequest(_Request, tag="send", frozen=True):
     flags: int = 0
 
 
-Request = ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest
+class BreakerRequest(_Request, tag="breaker", frozen=True):
+    """``{"op": "breaker", "name": ..., "state": null}``: show the plugin's circuit
+    breaker; with ``state`` (one of :data:`OPERATOR_STATES`) set it first - audited with
+    the caller the host reads from the socket."""
+
+    name: str
+    state: str | None = None
+
+
+class VersionsRequest(_Request, tag="versions", frozen=True):
+    """``{"op": "versions", "name": ...}``: every version of the plugin the host found;
+    with ``load`` or ``unload`` (a version) load it beside the running one, or drain and
+    unload it, first."""
+
+    name: str
+    load: str | None = None
+    unload: str | None = None
+
+
+class RolloutRequest(_Request, tag="rollout", frozen=True):
+    """``{"op": "rollout", "name": ..., "verb": "status"}``; ``start`` takes the candidate
+    ``version`` and ``options`` (None: the plugin's own rollout configuration)."""
+
+    name: str
+    verb: str
+    version: str | None = None
+    options: RolloutOptions | None = None
+
+
+Request = (
+    ReloadRequest | StatusRequest | DisableRequest | EnableRequest | SendRequest
+    | BreakerRequest | VersionsRequest | RolloutRequest
+)  # fmt: skip
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply"):
@@ -145,8 +192,9 @@ class Status(_Reply, tag="status", frozen=True):
 class Failure(_Reply, tag="error", frozen=True):
     """The request did not succeed; ``message`` is the whole story in one line.
 
-    ``error`` is ``bad-request``, ``not-found``, ``state``, ``reload-failed`` or
-    ``internal``; ``step``, ``reason``, ``running`` (the version that keeps serving)
+    ``error`` is ``bad-request``, ``not-found``, ``state`` (the plugin, a version or the
+    rollout does not allow it now), ``reload-failed``, ``load-failed``, ``refused`` (a
+    sent frame) or ``internal``; ``step``, ``reason``, ``running`` (the version that keeps serving)
     and ``transient`` are a failed reload's.
     """
 
@@ -189,7 +237,45 @@ class Sent(_Reply, tag="sent", frozen=True):
     answer: bytes | None = None
 
 
-Reply = Reloaded | Status | Toggled | Sent | Failure
+class BreakerReply(_Reply, tag="breaker", frozen=True):
+    """The plugin's circuit breaker now (after the change, if one was asked for).
+
+    ``breaker`` is None when the plugin runs without one; ``config`` is the breaker's
+    configuration (the manifest's ``[breaker]``, else the host's ``[defaults.breaker]``,
+    else the default one an operator's change gives it); ``changed_by`` the caller the
+    change was audited with (None when nothing was set).
+    """
+
+    name: str
+    version: str | None
+    plugin_id: int
+    breaker: BreakerStats | None
+    config: BreakerConfig | None = None
+    recovery: RecoveryStats | None = None
+    changed_by: str | None = None
+    #: The other loaded versions (side by side), each with its own breaker.
+    others: list[VersionStatus] = []
+
+
+class VersionsReply(_Reply, tag="versions", frozen=True):
+    """Every version the host found of the plugin (after a load or unload, if asked):
+    role, weight, counters, breaker, health. ``changed`` names what was loaded or
+    unloaded, ``stats`` an unloaded version's last counters."""
+
+    name: str
+    versions: list[VersionStatus]
+    changed: str | None = None
+    stats: PluginStats | None = None
+
+
+class RolloutReply(_Reply, tag="rollout", frozen=True):
+    """The plugin's latest rollout (None before the first), after what was asked."""
+
+    name: str
+    rollout: RolloutStatus | None
+
+
+Reply = Reloaded | Status | Toggled | Sent | BreakerReply | VersionsReply | RolloutReply | Failure
 
 _request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 _reply_decoder: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
@@ -216,7 +302,9 @@ class NoHost(Problem):
     """Nothing answers on the control socket: no host is running with this state dir."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(f"no running host at {path} - start one with `nyxplug run --watch`")
+        super().__init__(
+            f"no running host at {path} - start one with `nyxplug run --watch` or `nyxplug serve`"
+        )
         self.path = path
 
 
@@ -431,6 +519,7 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
+        caller = peer_caller(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -441,7 +530,7 @@ class ControlServer:
                     break
                 if not line:
                     break
-                reply = await self.answer(line)
+                reply = await self.answer(line, caller=caller)
                 writer.write(_encoder.encode(reply) + b"\n")
                 await writer.drain()
         except ConnectionError:
@@ -450,8 +539,11 @@ class ControlServer:
             self._connections.pop(task, None)
             writer.close()
 
-    async def answer(self, line: bytes) -> Reply:
-        """The reply to one request line; never raises (a bad request is a ``Failure``)."""
+    async def answer(self, line: bytes, *, caller: str | None = None) -> Reply:
+        """The reply to one request line; never raises (a bad request is a ``Failure``).
+
+        ``caller`` is who sent it (``peer_caller``), for the audit log.
+        """
         try:
             req = _request_decoder.decode(line)
         except msgspec.DecodeError as exc:
@@ -467,6 +559,12 @@ class ControlServer:
                 return await self._toggle(req)
             if isinstance(req, SendRequest):
                 return await self._send(req)
+            if isinstance(req, BreakerRequest):
+                return self._breaker(req, caller)
+            if isinstance(req, VersionsRequest):
+                return await self._versions(req, caller)
+            if isinstance(req, RolloutRequest):
+                return await self._rollout(req, caller)
             return await self._reload(req)
         except Exception as exc:  # a bug must not take the host down: say it, keep serving
             logger.exception("Control request %r failed", req)
@@ -595,6 +693,132 @@ class ControlServer:
             stats=manager.stats(req.name) or before,
         )
 
+    def _breaker(self, req: BreakerRequest, caller: str | None) -> Reply:
+        """Show (and with ``state``, first set) the plugin's circuit breaker."""
+        from ..plugins import PluginNotFound, PluginStateError
+
+        manager, name = self.manager, req.name
+        if req.state is not None and req.state not in OPERATOR_STATES:
+            return Failure(
+                error="bad-request", name=name,
+                message=f"Expected a breaker state in {', '.join(OPERATOR_STATES)}, got "
+                f"{req.state!r} - for plugin {name!r}",
+            )  # fmt: skip
+        try:
+            status = manager.status(name)
+        except PluginNotFound as exc:
+            return Failure(error="not-found", message=str(exc), name=name)
+        if status.state != "active" or status.id is None:
+            what = "set" if req.state is not None else "show"
+            return Failure(
+                error="state", name=name,
+                message=f"Cannot {what} the circuit breaker of plugin {name!r}: it is "
+                f"{status.state}, not active, and a breaker exists only while the plugin "
+                f"runs - start it (`nyxplug enable {name}`, or see `nyxplug info {name}` "
+                "for why it is not running) and try again",
+            )  # fmt: skip
+        changed_by = None
+        if req.state is not None:
+            state = BreakerState[req.state.upper().replace("-", "_")]
+            changed_by = caller or "local"
+            try:
+                manager.set_breaker_state(name, state, caller=changed_by)
+            except PluginStateError as exc:  # it stopped between the two calls
+                return Failure(error="state", message=str(exc), name=name)
+        stats = manager.breaker(name)
+        others = [v for v in manager.versions(name) if v.loaded and v.role != "stable"]
+        return BreakerReply(
+            name=name, version=status.version, plugin_id=status.id, breaker=stats,
+            config=self._breaker_config(name) if stats is not None else None,
+            recovery=manager.status(name).recovery, changed_by=changed_by, others=others,
+        )  # fmt: skip
+
+    async def _versions(self, req: VersionsRequest, caller: str | None) -> Reply:
+        """List the versions; load or unload one first (shielded, as a reload is)."""
+        manager, name = self.manager, req.name
+        changed, stats = None, None
+        manager.discover()  # a release may have landed since the last scan
+        if req.load is not None or req.unload is not None:
+            if req.load is not None and req.unload is not None:
+                return Failure(
+                    error="bad-request", name=name,
+                    message=f"Expected `load` or `unload`, got both - for plugin {name!r}",
+                )  # fmt: skip
+            if req.load is not None:
+                changed = req.load
+                work = manager.load_version(name, req.load, caller=caller or "local")
+            else:
+                changed = req.unload
+                work = manager.unload_version(
+                    name, req.unload, drain=True, caller=caller or "local"
+                )
+            task = asyncio.ensure_future(work)
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            try:
+                done = await asyncio.shield(task)
+            except Exception as exc:
+                return _runtime_failure(exc, name)
+            if req.unload is not None:
+                stats = done
+        try:
+            versions = manager.versions(name)
+        except Exception as exc:
+            return _runtime_failure(exc, name)
+        return VersionsReply(name=name, versions=versions, changed=changed, stats=stats)
+
+    async def _rollout(self, req: RolloutRequest, caller: str | None) -> Reply:
+        """Start, show or act on the plugin's rollout (audited with ``caller``)."""
+        from ..admin.operations import (
+            check_rollout_action,
+            check_rollout_start,
+            rollout_config_for,
+        )
+
+        manager, name = self.manager, req.name
+        who = caller or "local"
+        if req.verb not in ROLLOUT_VERBS:
+            return Failure(
+                error="bad-request", name=name,
+                message=f"Expected a rollout verb in {', '.join(ROLLOUT_VERBS)}, got "
+                f"{req.verb!r} - for plugin {name!r}",
+            )  # fmt: skip
+        try:
+            if req.verb == "status":
+                return RolloutReply(name=name, rollout=manager.rollout(name))
+            if req.verb != "start":
+                check_rollout_action(manager, name, req.verb)
+                return RolloutReply(
+                    name=name, rollout=manager.rollout_action(name, req.verb, caller=who)
+                )
+            if req.version is None:
+                return Failure(
+                    error="bad-request", name=name,
+                    message=f"Expected the candidate `version` to start a rollout of {name!r}, "
+                    "got none",
+                )  # fmt: skip
+            manager.discover()  # a release may have landed since the last scan
+            check_rollout_start(manager, name)
+            options = req.options
+            config = None
+            if options is not None and options.given():
+                config = rollout_config_for(manager, name, options)
+            task = asyncio.ensure_future(
+                manager.start_rollout(name, req.version, config, caller=who)
+            )
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            return RolloutReply(name=name, rollout=await asyncio.shield(task))
+        except Exception as exc:
+            return _runtime_failure(exc, name)
+
+    def _breaker_config(self, name: str) -> BreakerConfig:
+        manifest = self.manager.manifest(name)
+        config: BreakerConfig | None = manifest.breaker if manifest is not None else None
+        if config is None:
+            config = self.manager.config.defaults.breaker
+        return config if config is not None else BreakerConfig()
+
     def _reload_done(self, req: ReloadRequest, task: asyncio.Task[Any]) -> None:
         self._reloads.discard(task)
         from ..plugins import PluginLoadError
@@ -608,6 +832,51 @@ class ControlServer:
                 self.on_outcome(req, outcome)
             except Exception:
                 logger.exception("Reporting the reload of %r failed", req.name)
+
+
+def _runtime_failure(exc: Exception, name: str) -> Failure:
+    """The ``Failure`` for a typed error of the versions and rollouts API (else re-raised:
+    a bug is answered as ``internal`` by ``answer``)."""
+    from .._errors import NyxplugError, VersionError
+    from ..plugins import PluginLoadError, PluginNotFound, PluginStateError, RolloutStateError
+
+    if isinstance(exc, PluginNotFound | LookupError):
+        return Failure(error="not-found", message=str(exc), name=name)
+    if isinstance(exc, PluginStateError | RolloutStateError | VersionError):
+        return Failure(error="state", message=str(exc), name=name)
+    if isinstance(exc, PluginLoadError):
+        return Failure(
+            error="load-failed", message=str(exc), name=exc.name, step=exc.step, reason=exc.reason
+        )
+    if isinstance(exc, ValueError | TypeError):
+        return Failure(error="bad-request", message=str(exc), name=name)
+    if isinstance(exc, NyxplugError):  # the runtime refused: a version in use, one too many
+        return Failure(error="state", message=str(exc), name=name)
+    raise exc
+
+
+def peer_caller(sock: socket.socket | None) -> str:
+    """Who is at the other end of a Unix socket: ``local:USER (uid N, pid N)``.
+
+    Read from the kernel (``SO_PEERCRED``), not from the request, so the audit log's
+    caller cannot be forged by a client; ``local`` where the platform has no such option.
+    """
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or peercred is None:
+        return "local"
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, peercred, 12)
+    except OSError:
+        return "local"
+    import pwd
+    import struct
+
+    pid, uid, _gid = struct.unpack("3i", raw)
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return f"local:{user} (uid {uid}, pid {pid})"
 
 
 def _too_long() -> Failure:

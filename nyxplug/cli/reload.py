@@ -207,6 +207,12 @@ def describe(outcome: object, name: str | None = None) -> str:
     from ..plugins import PluginLoadError, PluginStatus, ReloadFailed, ReloadResult
 
     if isinstance(outcome, ReloadResult):
+        if outcome.outcome == "rollout":  # [rollout] on_new_version: a rollout, not a swap
+            return (
+                f"rolling out {outcome.name} {outcome.from_version or '-'} -> "
+                f"{outcome.to_version or '-'} instead of a reload ([rollout] on_new_version) - "
+                f"`nyxplug rollout status {outcome.name}` follows it"
+            )
         if outcome.outcome != "swapped":
             return f"{outcome.name} {outcome.to_version or '-'} {outcome.outcome}: same code"
         pause = f"pause {outcome.pause * 1000:.2f} ms" if outcome.pause is not None else "swapped"

@@ -7,7 +7,9 @@ It starts the plugins of the host configuration (as ``nyxplug run``), then liste
 acknowledgements, replies, GOAWAY; docs/session-protocol.md), or ``nyx``, SPEC 8's interop
 listener (``nyxplug._serve.FrameService``: one framed Nyx ``PluginFrame`` per message).
 SIGTERM or SIGINT drains: stop accepting, handle and answer what was read (GOAWAY for
-sessions), unload the plugins, exit 0.
+sessions), unload the plugins, exit 0. Like ``nyxplug run --watch`` it answers the control
+socket of its state dir (``nyxplug.cli.control``: ``nyxplug breaker``, ``versions``,
+``rollout``, ``reload``, ``list``...), and refuses to start while another host holds it.
 
 Security (``nyxplug.serving.security``), for both codecs: ``--tls-cert``/``--tls-key`` serve
 TLS 1.3 on every listener; ``--tls-client-ca`` requires client certificates that CA signed
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from ..plugins import PluginManager
     from ..serving.security import AccessList
     from ._host import Commands
+    from .control import ControlServer
 
 __all__ = ("COMMANDS", "add_commands", "parse_address", "run")
 
@@ -424,6 +427,39 @@ async def _serve_async(
     args: argparse.Namespace,
     admin: tuple[AdminAddress, bytes, ssl.SSLContext | None] | None = None,
 ) -> int:
+    from .control import ControlServer, HostRunning, socket_path
+
+    control = None
+    if manager.state_dir is not None:
+        control = ControlServer(manager, socket_path(manager.state_dir))
+        try:  # before any plugin loads: a second host must not run on_load twice
+            control.claim()
+        except HostRunning:
+            raise
+        except Problem as problem:  # the socket is an extra here: serve frames without it
+            print(
+                f"nyxplug serve: no control socket ({problem}) - nyxplug breaker, versions, "
+                "rollout, reload and list will not reach this host",
+                file=sys.stderr,
+            )
+            control = None
+    try:
+        return await _serve_claimed(manager, address, unix, where, security, args, admin, control)
+    finally:
+        if control is not None:
+            await control.aclose()
+
+
+async def _serve_claimed(
+    manager: PluginManager,
+    address: tuple[str, int] | None,
+    unix: str | None,
+    where: str,
+    security: _Security,
+    args: argparse.Namespace,
+    admin: tuple[AdminAddress, bytes, ssl.SSLContext | None] | None,
+    control: ControlServer | None,
+) -> int:
     from .._serve import FrameService
     from ..serving import SessionService
 
@@ -451,6 +487,11 @@ async def _serve_async(
     try:
         for line in security.lines():
             print(line)
+        if control is not None:
+            from ._common import relative_path
+
+            await control.start()
+            print(f"control socket {relative_path(control.path)}")
         if admin is not None:
             from ..admin import AdminServer, build_app
 
@@ -485,6 +526,8 @@ async def _serve_async(
             server.close()
         if admin_server is not None:
             await admin_server.aclose()
+        if control is not None:  # no control request may act on plugins being unloaded
+            await control.aclose()
         await manager.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -3,8 +3,9 @@
 Every ``--interval`` seconds it reads ``/api/v1/plugins`` (states) and ``/metrics``
 (counters) of the host ``nyxplug serve --admin`` started, and redraws one row per
 plugin in place: state, frames/s since the last refresh, queue depth and high-water
-mark, handler errors, refusals by reason, reloads, isolation restarts and the circuit
-breaker (its state, or ``repairing: STEP`` while the recovery ladder runs one). ``q`` or
+mark, handler errors, refusals by reason, reloads, isolation restarts, the circuit
+breaker (its state, or ``repairing: STEP`` while the recovery ladder runs one) and the
+latest rollout (``canary 1.1.0 10%`` while one runs, then how it ended; ``-`` for none). ``q`` or
 Ctrl-C quits and gives the terminal back as it was. ``--once`` prints one table (two
 samples ``--interval`` apart) instead, for scripts and logs.
 """
@@ -40,7 +41,7 @@ def add_commands(commands: Any) -> None:
         help="live view of a running host's plugins (through nyxplug serve --admin)",
         description="Show a running host's plugins, refreshed in place: state, frames/s, "
         "queue depth and high-water mark, errors, refusals by reason, reloads, isolation "
-        "restarts, circuit breaker. q or Ctrl-C quits.",
+        "restarts, circuit breaker, rollout. q or Ctrl-C quits.",
     )
     top.add_argument(
         "--admin", metavar="ADDRESS", required=True,
@@ -113,6 +114,25 @@ class Row:
     restarts: float = 0.0
     #: The breaker's state ("-" without one), or "repairing: STEP" during a recovery step.
     breaker: str = "-"
+    #: The latest rollout's state, strategy and candidate ("" without one).
+    rollout_state: str = ""
+    strategy: str = ""
+    candidate: str = ""
+    #: Each loaded version's share of the route keys (0..1), when several are loaded.
+    weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rollout(self) -> str:
+        """``canary 1.1.0 10%`` while a rollout runs, else how the latest ended, or ``-``."""
+        if not self.rollout_state:
+            return "-"
+        if self.rollout_state in ("progressing", "paused", "awaiting_promotion"):
+            share = self.weights.get(self.candidate, 0.0) * 100
+            what = self.strategy.replace("_", "-")
+            if self.rollout_state != "progressing":
+                what = "paused" if self.rollout_state == "paused" else "awaiting"
+            return f"{what} {self.candidate} {share:g}%"
+        return self.rollout_state.replace("_", "-")
 
 
 def sample(client: Client) -> dict[str, Row]:
@@ -151,7 +171,15 @@ def sample(client: Client) -> dict[str, Row]:
             elif name == "nyxplug_isolation_restarts_total":
                 row.restarts = s.value
             elif name == "nyxplug_breaker_state" and s.value == 1:
-                row.breaker = s.labels["state"]
+                # Several versions side by side: the row shows the catalog version's.
+                if s.labels.get("version") in (None, row.version) or row.breaker == "-":
+                    row.breaker = s.labels["state"]
+            elif name == "nyxplug_rollout_state" and s.value == 1:
+                row.rollout_state = s.labels["state"]
+            elif name == "nyxplug_rollout_info":
+                row.strategy, row.candidate = s.labels["strategy"], s.labels["candidate"]
+            elif name == "nyxplug_route_weight":
+                row.weights[s.labels["version"]] = s.value
     for name, step in repairing.items():
         rows[name].breaker = f"repairing: {step}"
     return rows
@@ -159,7 +187,7 @@ def sample(client: Client) -> dict[str, Row]:
 
 HEADER = (
     f"{'PLUGIN':<20} {'VERSION':<9} {'STATE':<9} {'FRAMES/S':>10} {'QUEUE':>6} {'HWM':>6} "
-    f"{'ERRORS':>7} {'RELOADS':>7} {'RESTARTS':>8}  {'BREAKER':<21} REFUSED"
+    f"{'ERRORS':>7} {'RELOADS':>7} {'RESTARTS':>8}  {'BREAKER':<21} {'ROLLOUT':<20} REFUSED"
 )
 
 
@@ -176,7 +204,7 @@ def table(before: dict[str, Row], after: dict[str, Row], seconds: float) -> list
         lines.append(
             f"{name[:20]:<20} {row.version[:9]:<9} {row.state[:9]:<9} {rate:>10,.0f} "
             f"{row.depth:>6.0f} {row.high:>6.0f} {row.errors:>7.0f} {row.reloads:>7.0f} "
-            f"{row.restarts:>8.0f}  {row.breaker[:21]:<21} {refused or '-'}"
+            f"{row.restarts:>8.0f}  {row.breaker[:21]:<21} {row.rollout[:20]:<20} {refused or '-'}"
         )
     return lines
 
