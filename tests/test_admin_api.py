@@ -209,7 +209,9 @@ async def asgi_call(
     token: bytes | None,
     body: Any = None,
 ) -> tuple[int, dict[str, Any]]:
-    """One call straight into the ASGI app, from ``client`` (no socket can fake that)."""
+    """One call straight into the ASGI app, from ``client`` (no socket can fake that);
+    ``path`` may end in ``?query``."""
+    path, _, query = path.partition("?")
     headers = [(b"host", b"admin")]
     if token is not None:
         headers.append((b"authorization", b"Bearer " + token))
@@ -218,7 +220,7 @@ async def asgi_call(
         headers.append((b"content-type", b"application/json"))
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
         "root_path": "", "headers": headers, "client": client, "server": ("127.0.0.1", 80),
     }  # fmt: skip
     sent: list[dict[str, Any]] = []
@@ -346,7 +348,8 @@ async def test_an_operator_forces_a_breaker_open_and_resets_it(tmp_path: Path) -
         async with asyncio.timeout(10):
             status, view = await asgi_call(app, "GET", path, client=loopback, token=host.token)
             assert status == 200
-            assert view == {"name": "echo", "state": None, "breaker": None, "recovery": None}
+            assert view == {"name": "echo", "version": "1.0.0", "state": None, "breaker": None,
+                            "recovery": None}  # fmt: skip
             status, view = await asgi_call(
                 app, "POST", path, client=loopback, token=host.token,
                 body={"state": "forced_open"},
@@ -441,6 +444,25 @@ async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any)
             assert (rollout["state"], rollout["weight"]) == ("progressing", 20.0)
             status, rollout = await ask("POST", "/rollout/pause")
             assert (status, rollout["state"]) == (200, "paused")
+            # The candidate's own breaker, by its version: forced open, the stable's untouched.
+            forced = {"state": "forced_open"}
+            status, view = await ask("POST", "/breaker?version=1.1.0", forced)
+            assert status == 200, view
+            assert (view["version"], view["state"], view["recovery"]) == (
+                "1.1.0", "forced_open", None
+            )  # fmt: skip
+            status, view = await ask("GET", "/breaker?version=1.1.0")
+            assert (status, view["state"]) == (200, "forced_open")
+            status, view = await ask("GET", "/breaker")
+            assert (status, view["version"], view["state"]) == (200, "1.0.0", None)
+            status, problem = await ask("POST", "/breaker?version=9.9.9", forced)
+            assert (status, problem["error"]) == (404, "VersionNotFound")
+            assert problem["detail"].startswith(
+                "Expected a loaded version of plugin 'echo', got '9.9.9' - loaded: 1.0.0 "
+                "(stable), 1.1.0 (candidate); found: 1.0.0, 1.1.0"
+            )
+            status, view = await ask("POST", "/breaker?version=1.1.0", {"state": "closed"})
+            assert (status, view["state"]) == (200, "closed")
             status, problem = await ask("POST", "/rollout", start)
             assert (status, problem["error"]) == (409, "PluginStateError")
             assert problem["detail"].startswith(
@@ -470,11 +492,15 @@ async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any)
                             ("unloaded", "1.1.0", "127.0.0.1:5000")]  # fmt: skip
     done = [e["operation"] for e in entries if e["event"] == "admin" and e["decision"] == "done"]
     assert done == ["loadVersion", "unloadVersion", "startRollout", "rolloutAction",
-                    "rolloutAction"]  # fmt: skip
+                    "setBreaker", "setBreaker", "rolloutAction"]  # fmt: skip
+    breakers = [(e["state"], e.get("version"), e["caller"]) for e in entries
+                if e["event"] == "breaker" and e["decision"] == "set"]  # fmt: skip
+    assert breakers == [("forced_open", "1.1.0", "127.0.0.1:5000"),
+                        ("closed", "1.1.0", "127.0.0.1:5000")]  # fmt: skip
     failed = [(e["operation"], e["status"]) for e in entries
               if e["event"] == "admin" and e["decision"] == "failed"]  # fmt: skip
     assert failed == [
         ("unloadVersion", 409), ("unloadVersion", 404), ("rolloutAction", 409),
-        ("startRollout", 422), ("startRollout", 409), ("rolloutAction", 400),
-        ("rolloutAction", 409),
+        ("startRollout", 422), ("setBreaker", 404), ("startRollout", 409),
+        ("rolloutAction", 400), ("rolloutAction", 409),
     ]  # fmt: skip

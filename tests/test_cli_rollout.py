@@ -127,6 +127,32 @@ def test_versions_and_a_rollout_driven_from_the_shell(
         "version 1.1.0 (candidate): closed, 0 calls, 0 failures, 0 trips, 0 refused"
     )
     cli(capsys, "breaker", "counter", "--set", "closed", *s)
+    # The candidate's own breaker, by its version.
+    code, out, err = cli(capsys, "breaker", "counter", "--version", "1.1.0", "--set",
+                         "forced-open", *s)  # fmt: skip
+    assert (code, err) == (0, ""), err
+    lines = out.splitlines()
+    assert lines[0] == f"counter 1.1.0 (candidate, id 7): forced-open (set by {me})"
+    assert lines[1].startswith("  count window of 10: 0 calls")
+    assert "  recovery: - (the ladder repairs the stable version; a rollout judges this one)" in (
+        lines
+    )
+    assert lines[-1] == ("version 1.0.0 (stable): closed, 0 calls, 0 failures, 0 trips, 0 "
+                         "refused")  # fmt: skip
+    rows = table(cli(capsys, "versions", "counter", *s)[1])
+    assert (rows["1.0.0"][4], rows["1.1.0"][4]) == ("closed", "forced-open")
+    cli(capsys, "breaker", "counter", "--version", "1.1.0", "--set", "closed", *s)
+    code, out, err = cli(capsys, "breaker", "counter", "--version", "9.9.9", *s)
+    assert (code, out) == (1, "")
+    assert err == (
+        "nyxplug breaker: Expected a loaded version of plugin 'counter', got '9.9.9' - loaded: "
+        "1.0.0 (stable), 1.1.0 (candidate); found: 1.0.0, 1.1.0 (`nyxplug versions counter` "
+        "lists them)\n"
+    )
+    sets = [(e["state"], e.get("version")) for e in audit(state, "breaker")
+            if e["decision"] == "set"]  # fmt: skip
+    assert sets == [("forced_open", "1.0.0"), ("closed", "1.0.0"), ("forced_open", "1.1.0"),
+                    ("closed", "1.1.0")]  # fmt: skip
 
     # A second start while one runs is refused with the fix.
     code, out, err = cli(capsys, "rollout", "start", "counter", "1.1.0", *s)

@@ -23,7 +23,7 @@ from isolation_helpers import FAST
 from nyx_helpers import DATA
 from plugin_helpers import RECORDER, manifest_text
 
-from nyxplug import CircuitOpen, PluginHeader
+from nyxplug import BreakerState, CircuitOpen, PluginHeader
 from nyxplug._stats import PluginStats
 from nyxplug.config import ConfigError, DefaultsSection, HostConfig, RuntimeSection, load_config
 from nyxplug.plugins import (
@@ -261,6 +261,50 @@ async def test_load_and_unload_a_version_beside_the_stable_one(impl: Any, tmp_pa
             await manager.unload_version("geo", "1.0.0")
         lines = [(e["decision"], e["version"], e.get("caller")) for e in audit(manager, "version")]
         assert lines == [("loaded", "1.0.0", "ops"), ("unloaded", "1.0.0", "ops")]
+
+
+async def test_the_breaker_of_a_loaded_version_is_set_by_its_version(
+    impl: Any, tmp_path: Path
+) -> None:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        write_version(tmp_path, "geo", version)
+    async with manager_for(impl, tmp_path) as manager:
+        await manager.load_version("geo", "2.0.0")
+        assert manager.breaker("geo", version="2.0.0") is None  # none configured
+        with pytest.raises(VersionStateError, match=r"^Cannot show the circuit breaker of"):
+            manager.breaker("geo", version="1.0.0")  # found, not loaded
+        # A version beside the stable one gets the default breaker, then the state.
+        stats = manager.set_breaker_state("geo", BreakerState.FORCED_OPEN, version="2.0.0",
+                                          caller="ops")  # fmt: skip
+        assert stats.state is BreakerState.FORCED_OPEN
+        assert manager.breaker("geo", version="2.0.0") == stats
+        assert manager.breaker("geo") is None  # the stable one's is untouched
+        by_version = {v.version: v.breaker for v in manager.versions("geo")}
+        assert by_version["2.0.0"] is not None
+        assert by_version["2.0.0"].state is BreakerState.FORCED_OPEN
+        # The stable version by its version string is the stable lane.
+        manager.set_breaker_state("geo", BreakerState.METRICS_ONLY, version="3.0.0", caller="ops")
+        stable = manager.breaker("geo")
+        assert stable is not None and stable.state is BreakerState.METRICS_ONLY
+        assert manager.breaker("geo", version="3.0.0") == stable
+        with pytest.raises(VersionStateError) as not_loaded:
+            manager.set_breaker_state("geo", BreakerState.CLOSED, version="1.0.0")
+        assert str(not_loaded.value) == (
+            "Cannot set the circuit breaker of version 1.0.0 of plugin 'geo': it is not loaded "
+            "(loaded: 2.0.0 (loaded), 3.0.0 (stable)) - load it first: `nyxplug versions geo "
+            "--load 1.0.0` (load_version)"
+        )
+        with pytest.raises(VersionNotFound) as unknown:
+            manager.set_breaker_state("geo", BreakerState.CLOSED, version="9.0.0")
+        assert str(unknown.value) == (
+            "Expected a loaded version of plugin 'geo', got '9.0.0' - loaded: 2.0.0 (loaded), "
+            "3.0.0 (stable); found: 1.0.0, 2.0.0, 3.0.0 (`nyxplug versions geo` lists them)"
+        )
+        with pytest.raises(VersionNotFound):
+            manager.breaker("geo", version="9.0.0")
+        lines = [(e["state"], e.get("version"), e["caller"])
+                 for e in audit(manager, "breaker") if e["decision"] == "set"]  # fmt: skip
+        assert lines == [("forced_open", "2.0.0", "ops"), ("metrics_only", "3.0.0", "ops")]
 
 
 async def test_at_most_max_versions_are_loaded(impl: Any, tmp_path: Path) -> None:
@@ -696,7 +740,8 @@ def plugin_doc(rollout: str) -> str:
          "Expected one of `canary`, got `reload` - at `rollout.on_new_version`"),
         ("weight = 5", "Unknown key `weight`, expected one of `strategy`, `steps`, "
          "`iterations`, `interval`, `min_frames`, `max_error_rate`, `max_error_rate_over_stable`"
-         ", `max_slow_rate`, `max_slow_rate_over_stable`, `threshold`, `inconclusive_limit`, `auto_promote`, `deadline`, `rollback_window`, "
+         ", `max_slow_rate`, `max_slow_rate_over_stable`, `threshold`, `inconclusive_limit`, "
+         "`auto_promote`, `deadline`, `rollback_window`, "
          "`hold`, `mirror`, `on_new_version` - at `rollout.weight`"),
     ],
 )  # fmt: skip

@@ -192,11 +192,15 @@ OperatorState = Literal["closed", "forced_open", "disabled", "metrics_only"]
 
 class BreakerView(msgspec.Struct, kw_only=True):
     name: str
+    #: The version whose breaker this is (the stable one unless ``?version=`` named
+    #: another loaded one); None when the plugin is not loaded.
+    version: str | None = None
     #: The breaker's state by name (``breaker.state`` is its number); None without one.
     state: BreakerStateName | None
     #: None when the plugin is not loaded or has no breaker (``[breaker]``).
     breaker: BreakerStats | None
-    #: The recovery ladder's steps and counts; None without ``[recovery]``.
+    #: The recovery ladder's steps and counts; None without ``[recovery]`` (and for a
+    #: version beside the stable one: the ladder repairs the stable version).
     recovery: RecoveryStats | None = None
 
 
@@ -349,6 +353,11 @@ class ReloadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allow_downgrade: bool = False
 
 
+class BreakerQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: A loaded version of the plugin (``GET .../versions``); left out: the stable one.
+    version: Annotated[str, msgspec.Meta(pattern=VERSION_PATTERN)] | Unset = UNSET
+
+
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Entries at or after this Unix time, in seconds (``date -d '1 hour ago' +%s``).
     since: float | Unset = UNSET
@@ -441,25 +450,30 @@ async def plugin_stats(host: AdminHost, call: Call) -> PluginStatsView:
     )  # fmt: skip
 
 
-def _breaker_view(host: AdminHost, name: str, stats: BreakerStats | None) -> BreakerView:
+def _breaker_view(
+    host: AdminHost, name: str, version: str | None, stats: BreakerStats | None
+) -> BreakerView:
     status = host.manager.status(name)
     state: Any = stats.state.name.lower() if stats is not None else None
-    return BreakerView(name=name, state=state, breaker=stats, recovery=status.recovery)
+    if version is None or version == status.version:  # the stable one: its ladder too
+        return BreakerView(name=name, version=status.version, state=state, breaker=stats,
+                           recovery=status.recovery)  # fmt: skip
+    return BreakerView(name=name, version=version, state=state, breaker=stats)
 
 
 async def get_breaker(host: AdminHost, call: Call) -> BreakerView:
-    name = _name(call)
-    return _breaker_view(host, name, host.manager.breaker(name))
+    name, version = _name(call), _given(call.query.version)
+    return _breaker_view(host, name, version, host.manager.breaker(name, version=version))
 
 
 async def set_breaker(host: AdminHost, call: Call) -> BreakerView:
     """An operator's transition; the manager writes it to the audit log with the caller."""
-    name, body = _name(call), call.body
+    name, body, version = _name(call), call.body, _given(call.query.version)
     assert isinstance(body, BreakerChange)
     stats = host.manager.set_breaker_state(
-        name, BreakerState[body.state.upper()], caller=call.caller
+        name, BreakerState[body.state.upper()], version=version, caller=call.caller
     )
-    return _breaker_view(host, name, stats)
+    return _breaker_view(host, name, version, stats)
 
 
 async def host_stats(host: AdminHost, call: Call) -> HostStats:
@@ -816,9 +830,11 @@ OPERATIONS: tuple[Operation, ...] = (
         operation_id="getBreaker",
         handler=get_breaker,
         response=BreakerView,
-        problems=(404,),
+        query=BreakerQuery,
+        problems=(404, 409),
         tags=("breakers",),
-        summary="Its circuit breaker (state, window, refusals) and its recovery ladder",
+        summary="Its circuit breaker (state, window, refusals) and its recovery ladder; "
+        "?version= a loaded version's",
     ),
     Operation(
         method="POST",
@@ -826,11 +842,13 @@ OPERATIONS: tuple[Operation, ...] = (
         operation_id="setBreaker",
         handler=set_breaker,
         response=BreakerView,
+        query=BreakerQuery,
         body=BreakerChange,
         problems=(404, 409),
         mutating=True,
         tags=("breakers",),
-        summary="Reset (closed), force open, disable or set metrics-only its circuit breaker",
+        summary="Reset (closed), force open, disable or set metrics-only its circuit breaker "
+        "(?version= a loaded version's)",
     ),
     Operation(
         method="GET",

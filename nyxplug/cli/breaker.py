@@ -1,4 +1,4 @@
-"""``nyxplug breaker NAME [--set STATE]``: a running host's circuit breaker, by hand.
+"""``nyxplug breaker NAME [--version V] [--set STATE]``: a running host's circuit breaker.
 
 It asks the control socket of the host running with this state dir (``nyxplug run
 --watch`` or ``nyxplug serve``): the breaker's state, its window (calls, failures, slow
@@ -6,7 +6,9 @@ calls, the rates), trips, refusals by reason, the retry-after and the recovery l
 step. ``--set`` is an operator's transition - ``closed`` resets it, ``forced-open``
 refuses every frame, ``disabled`` admits all and records nothing, ``metrics-only``
 records but never trips - written to the host's audit log with the caller (the local
-user the host reads from the socket). Exit status 0 when shown (and set), 1 otherwise.
+user the host reads from the socket). ``--version`` picks a version loaded beside the
+stable one (a candidate to force off, say). Exit status 0 when shown (and set), 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
     )
     breaker.add_argument("name", metavar="NAME", help="the plugin's name")
     breaker.add_argument(
+        "--version",
+        metavar="VERSION",
+        help="the breaker of this loaded version (a candidate beside the stable one; "
+        "`nyxplug versions NAME` lists them), not the stable version's",
+    )
+    breaker.add_argument(
         "--set",
         dest="state",
         choices=OPERATOR_STATES,
@@ -61,12 +69,13 @@ def _breaker(args: argparse.Namespace) -> int:
 
     path = socket_path(_host.host_config(args).runtime.state_dir)
     try:
-        reply = request(path, BreakerRequest(name=args.name, state=args.state), timeout=_TIMEOUT)
+        message = BreakerRequest(name=args.name, state=args.state, version=args.version)
+        reply = request(path, message, timeout=_TIMEOUT)
     except NoHost as exc:
         what = "set" if args.state else "show"
+        of = f"{args.name} {args.version}" if args.version else args.name
         raise Problem(
-            f"cannot {what} the circuit breaker of {args.name}: {exc} (breakers live in a "
-            "running host)"
+            f"cannot {what} the circuit breaker of {of}: {exc} (breakers live in a running host)"
         ) from None
     if isinstance(reply, Failure):
         raise Problem(reply.message)
@@ -96,13 +105,16 @@ def _lane(version: VersionStatus) -> str:
 
 
 def _stable(reply: BreakerReply) -> list[str]:
-    who = f"{reply.name} {reply.version or '-'} (id {reply.plugin_id})"
+    stable = reply.role == "stable"
+    role = "" if stable else f"{reply.role}, "
+    who = f"{reply.name} {reply.version or '-'} ({role}id {reply.plugin_id})"
     b = reply.breaker
     if b is None:
+        also = "" if stable else f" --version {reply.version}"
         return [
             f"{who}: no circuit breaker - its manifest has no [breaker] and the host no "
-            f"[defaults.breaker]; `nyxplug breaker {reply.name} --set closed` gives it the "
-            "default one"
+            f"[defaults.breaker]; `nyxplug breaker {reply.name}{also} --set closed` gives it "
+            "the default one"
         ]
     state = b.state.name.lower().replace("_", "-")
     lines = [f"{who}: {state}" + (f" (set by {reply.changed_by})" if reply.changed_by else "")]
@@ -130,7 +142,10 @@ def _stable(reply: BreakerReply) -> list[str]:
     if b.state.name == "HALF_OPEN":
         lines.append(f"  probes: {b.probes_admitted} admitted, {b.probes_recorded} recorded")
     r = reply.recovery
-    if r is None:
+    if not stable:
+        lines.append("  recovery: - (the ladder repairs the stable version; a rollout judges "
+                     "this one)")  # fmt: skip
+    elif r is None:
         lines.append("  recovery: none ([recovery] not configured)")
     else:
         now = f"repairing: {r.repairing}" if r.repairing else "idle"

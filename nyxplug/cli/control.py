@@ -132,10 +132,12 @@ class SendRequest(_Request, tag="send", frozen=True):
 class BreakerRequest(_Request, tag="breaker", frozen=True):
     """``{"op": "breaker", "name": ..., "state": null}``: show the plugin's circuit
     breaker; with ``state`` (one of :data:`OPERATOR_STATES`) set it first - audited with
-    the caller the host reads from the socket."""
+    the caller the host reads from the socket. ``version``: that loaded version's breaker
+    (None: the stable one's)."""
 
     name: str
     state: str | None = None
+    version: str | None = None
 
 
 class VersionsRequest(_Request, tag="versions", frozen=True):
@@ -243,7 +245,8 @@ class BreakerReply(_Reply, tag="breaker", frozen=True):
     ``breaker`` is None when the plugin runs without one; ``config`` is the breaker's
     configuration (the manifest's ``[breaker]``, else the host's ``[defaults.breaker]``,
     else the default one an operator's change gives it); ``changed_by`` the caller the
-    change was audited with (None when nothing was set).
+    change was audited with (None when nothing was set). ``version`` is the version whose
+    breaker this is and ``role`` its role (``stable``, ``candidate``...).
     """
 
     name: str
@@ -255,6 +258,7 @@ class BreakerReply(_Reply, tag="breaker", frozen=True):
     changed_by: str | None = None
     #: The other loaded versions (side by side), each with its own breaker.
     others: list[VersionStatus] = []
+    role: str = "stable"
 
 
 class VersionsReply(_Reply, tag="versions", frozen=True):
@@ -695,7 +699,7 @@ class ControlServer:
 
     def _breaker(self, req: BreakerRequest, caller: str | None) -> Reply:
         """Show (and with ``state``, first set) the plugin's circuit breaker."""
-        from ..plugins import PluginNotFound, PluginStateError
+        from ..plugins import PluginNotFound
 
         manager, name = self.manager, req.name
         if req.state is not None and req.state not in OPERATOR_STATES:
@@ -718,19 +722,25 @@ class ControlServer:
                 "for why it is not running) and try again",
             )  # fmt: skip
         changed_by = None
-        if req.state is not None:
-            state = BreakerState[req.state.upper().replace("-", "_")]
-            changed_by = caller or "local"
-            try:
-                manager.set_breaker_state(name, state, caller=changed_by)
-            except PluginStateError as exc:  # it stopped between the two calls
-                return Failure(error="state", message=str(exc), name=name)
-        stats = manager.breaker(name)
-        others = [v for v in manager.versions(name) if v.loaded and v.role != "stable"]
+        version = req.version
+        try:
+            if req.state is not None:
+                state = BreakerState[req.state.upper().replace("-", "_")]
+                changed_by = caller or "local"
+                manager.set_breaker_state(name, state, version=version, caller=changed_by)
+            stats = manager.breaker(name, version=version)
+            loaded = [v for v in manager.versions(name) if v.loaded]
+        except Exception as exc:  # it stopped between the calls; a version not loaded
+            return _runtime_failure(exc, name)
+        shown = version if version is not None else status.version
+        this = next((v for v in loaded if v.version == shown), None)
+        stable = this is None or this.role == "stable"
         return BreakerReply(
-            name=name, version=status.version, plugin_id=status.id, breaker=stats,
-            config=self._breaker_config(name) if stats is not None else None,
-            recovery=manager.status(name).recovery, changed_by=changed_by, others=others,
+            name=name, version=shown, plugin_id=status.id, breaker=stats,
+            config=self._breaker_config(name, version) if stats is not None else None,
+            recovery=manager.status(name).recovery if stable else None,
+            changed_by=changed_by, others=[v for v in loaded if v.version != shown],
+            role=this.role if this is not None else "stable",
         )  # fmt: skip
 
     async def _versions(self, req: VersionsRequest, caller: str | None) -> Reply:
@@ -812,8 +822,8 @@ class ControlServer:
         except Exception as exc:
             return _runtime_failure(exc, name)
 
-    def _breaker_config(self, name: str) -> BreakerConfig:
-        manifest = self.manager.manifest(name)
+    def _breaker_config(self, name: str, version: str | None = None) -> BreakerConfig:
+        manifest = self.manager.manifest(name, version=version)
         config: BreakerConfig | None = manifest.breaker if manifest is not None else None
         if config is None:
             config = self.manager.config.defaults.breaker

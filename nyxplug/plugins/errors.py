@@ -122,33 +122,58 @@ class HandlerTimeout(NyxplugError, TimeoutError):
 
 
 class RolloutStateError(NyxplugError, RuntimeError):
-    """A rollout controller was asked for something its state does not allow."""
+    """A rollout was asked for something its state does not allow.
 
-    def __init__(self, plugin_id: int, action: str, state: str, fix: str) -> None:
-        super().__init__(plugin_id, action, state, fix)
+    Raised by a bare ``RolloutController`` (``name`` None: the plugin is known by id and
+    the fix is the code's) and by ``PluginManager``, which gives the plugin's ``name``,
+    ``why`` in the operator's terms (the versions, the state) and the fix as the manager
+    and the command line spell it.
+    """
+
+    def __init__(
+        self, plugin_id: int, action: str, state: str, fix: str, name: str | None = None,
+        why: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(plugin_id, action, state, fix, name, why)
         self.plugin_id = plugin_id
         self.action = action
         self.state = state
         self.fix = fix
+        self.name = name
+        self.why = why
 
     def __str__(self) -> str:
-        return (
-            f"Expected a rollout that allows {self.action}(), got one {self.state} - for "
-            f"plugin {self.plugin_id}; {self.fix}"
-        )
+        if self.name is None:
+            return (
+                f"Expected a rollout that allows {self.action}(), got one {self.state} - for "
+                f"plugin {self.plugin_id}; {self.fix}"
+            )
+        what = "start a rollout of" if self.action == "start" else f"{self.action} the rollout of"
+        why = self.why if self.why is not None else f"it is {self.state}"
+        return f"Cannot {what} plugin {self.name!r} while {why} - {self.fix}"
 
 
 class VersionNotFound(NyxplugError, LookupError):
     """The plugin has no version of that name among the ones discovery found."""
 
-    def __init__(self, name: str, version: str, found: tuple[str, ...]) -> None:
-        super().__init__(name, version, found)
+    def __init__(
+        self, name: str, version: str, found: tuple[str, ...], loaded: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(name, version, found, loaded)
         self.name = name
         self.version = version
         self.found = found
+        #: The loaded versions (``"1.0.0 (stable)"``...) when the operation needs one.
+        self.loaded = loaded
 
     def __str__(self) -> str:
         have = ", ".join(self.found) if self.found else "none"
+        if self.loaded:
+            return (
+                f"Expected a loaded version of plugin {self.name!r}, got {self.version!r} - "
+                f"loaded: {', '.join(self.loaded)}; found: {have} (`nyxplug versions "
+                f"{self.name}` lists them)"
+            )
         return (
             f"Expected a version of plugin {self.name!r} that discovery found, got "
             f"{self.version!r} - found: {have}; put its folder under a plugin directory (or "

@@ -338,9 +338,20 @@ class PluginManager:
             raise PluginNotFound(name, tuple(sorted(self._records)))
         return record
 
-    def manifest(self, name: str) -> Manifest | None:
-        """The plugin's decoded manifest (None when it could not be read)."""
-        return self._record(name).manifest
+    def manifest(self, name: str, *, version: str | None = None) -> Manifest | None:
+        """The plugin's decoded manifest (None when it could not be read): the stable
+        version's, or that of ``version`` (loaded beside it, or found)."""
+        record = self._record(name)
+        m = record.manifest
+        if version is None or (m is not None and version == str(m.version)):
+            return m
+        lane = record.lanes.get(version)
+        if lane is not None:
+            return lane.manifest
+        found = record.found.get(version)
+        if found is None:
+            raise self._version_not_found(record, version)
+        return found.manifest
 
     def instance(self, name: str) -> Any:
         """The running plugin object (None unless the plugin is active)."""
@@ -884,34 +895,86 @@ class PluginManager:
 
     # -- the circuit breaker, for operators ------------------------------------------------
 
-    def breaker(self, name: str) -> BreakerStats | None:
-        """The plugin's circuit breaker now (None when it is not loaded or has none)."""
+    def breaker(self, name: str, *, version: str | None = None) -> BreakerStats | None:
+        """The circuit breaker of the plugin's stable version now, or of ``version`` (a
+        version loaded beside it); None when the plugin is not loaded or that version has
+        no breaker. A version of a running plugin that is not loaded raises
+        ``VersionStateError``, one discovery did not find ``VersionNotFound``."""
         record = self._record(name)
         m = record.manifest
         if m is None or not self.dispatcher.is_loaded(m.id):
+            if version is not None and version not in record.found:
+                raise self._version_not_found(record, version)
             return None
-        stats: BreakerStats | None = self.dispatcher.breaker_stats(m.id)
+        lane = None
+        if version is not None:
+            lane = self._lane_of(record, version, "show the circuit breaker of")
+            lane = None if lane == record.lane else lane
+        stats: BreakerStats | None = self.dispatcher.breaker_stats(m.id, version=lane)
         return stats
 
     def set_breaker_state(
-        self, name: str, state: BreakerState, *, caller: str | None = None
+        self,
+        name: str,
+        state: BreakerState,
+        *,
+        version: str | None = None,
+        caller: str | None = None,
     ) -> BreakerStats:
         """An operator's transition of the plugin's breaker (``CLOSED`` resets it,
         ``FORCED_OPEN``, ``DISABLED``, ``METRICS_ONLY``), written to the audit log with
-        ``caller``. A running plugin without a breaker is given the default one first,
-        so traffic can be forced off any plugin."""
+        ``caller``. ``version`` picks a version loaded beside the stable one (a canary to
+        force off, say); None is the stable one. A running version without a breaker is
+        given the default one first, so traffic can be forced off any of them."""
         record = self._record(name)
-        manifest = self._active(record, f"set its circuit breaker to {state.name}")
+        change = "set the circuit breaker of"
+        where = "" if version is None else f" version {version} of"
+        manifest = self._active(record, change + where)
+        lane = None if version is None else self._lane_of(record, version, change)
         d = self.dispatcher
-        if d.breaker_stats(manifest.id) is None:
-            d.set_breaker(manifest.id, BreakerConfig())
-            self._watch_breaker(record, manifest.id)
-        d.set_breaker_state(manifest.id, state)
-        self._audit("breaker", "set", record, state=state.name.lower(), caller=caller)
+        on = None if lane == record.lane else lane  # the dispatcher's None: the stable lane
+        if d.breaker_stats(manifest.id, version=on) is None:
+            d.set_breaker(manifest.id, BreakerConfig(), version=on)
+            if on is None:
+                self._watch_breaker(record, manifest.id)
+        d.set_breaker_state(manifest.id, state, version=on)
+        fields: dict[str, Any] = {"state": state.name.lower(), "caller": caller}
+        if version is not None:
+            fields["version"] = version
+        self._audit("breaker", "set", record, **fields)
         self._flush_breaker_lines()  # its transition, next to the action (we are on the loop)
-        stats: BreakerStats | None = d.breaker_stats(manifest.id)
+        stats: BreakerStats | None = d.breaker_stats(manifest.id, version=on)
         assert stats is not None
         return stats
+
+    def _loaded_versions(self, record: PluginRecord) -> tuple[str, ...]:
+        """``("1.0.0 (stable)", "1.1.0 (candidate)", ...)``: what an operator can name."""
+        if record.state is not PluginState.ACTIVE:
+            return ()
+        return tuple(f"{v.version} ({v.role})" for v in self.versions(record.name) if v.loaded)
+
+    def _version_not_found(self, record: PluginRecord, version: str) -> VersionNotFound:
+        found = tuple(sorted(record.found, key=parse_version))
+        return VersionNotFound(record.name, version, found, self._loaded_versions(record))
+
+    def _lane_of(self, record: PluginRecord, version: str, operation: str) -> str:
+        """The dispatcher lane that runs ``version`` of the (active) plugin: the stable
+        one's lane, or a loaded version's. ``VersionStateError`` for a version found but
+        not loaded, ``VersionNotFound`` (naming the loaded ones) for any other."""
+        m = record.manifest
+        if m is not None and version == str(m.version):
+            return record.lane
+        lane = record.lanes.get(version)
+        if lane is not None:
+            return lane.lane
+        if version in record.found:
+            loaded = ", ".join(self._loaded_versions(record)) or "none"
+            raise VersionStateError(
+                record.name, version, operation, f"it is not loaded (loaded: {loaded})",
+                f"load it first: `nyxplug versions {record.name} --load {version}` "
+                f"(load_version)",
+            )  # fmt: skip
+        raise self._version_not_found(record, version)
 
     def _context(self, name: str, manifest: Manifest, guard: SandboxGuard | None) -> PluginContext:
         return PluginContext(
