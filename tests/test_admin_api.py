@@ -430,7 +430,12 @@ async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any)
             status, view = await ask("GET", "/rollout")
             assert (status, view) == (200, {"name": "echo", "rollout": None})
             status, problem = await ask("POST", "/rollout/pause")
-            assert (status, problem["error"]) == (409, "PluginStateError")
+            assert (status, problem["error"]) == (409, "RolloutStateError")
+            assert problem["detail"] == (
+                "Cannot pause the rollout of plugin 'echo': it has none - start one first: "
+                "`nyxplug rollout start echo VERSION` (start_rollout); `nyxplug versions echo` "
+                "lists the versions"
+            )
             bad = {"version": "1.1.0", "strategy": "split", "weight": 20.0}
             status, problem = await ask("POST", "/rollout", bad)
             assert (status, problem["error"]) == (422, "RolloutOptionsError")
@@ -464,17 +469,21 @@ async def test_versions_and_a_rollout_through_the_api(tmp_path: Path, impl: Any)
             status, view = await ask("POST", "/breaker?version=1.1.0", {"state": "closed"})
             assert (status, view["state"]) == (200, "closed")
             status, problem = await ask("POST", "/rollout", start)
-            assert (status, problem["error"]) == (409, "PluginStateError")
+            assert (status, problem["error"]) == (409, "RolloutStateError")
             assert problem["detail"].startswith(
-                "Cannot start a rollout of plugin 'echo' while it is paused in a rollout "
-                "(canary 1.0.0 -> 1.1.0) - abort it"
+                "Cannot start a rollout of plugin 'echo': its canary rollout 1.0.0 -> 1.1.0 is "
+                "paused - abort it first: `nyxplug rollout abort echo`"
             )
             status, problem = await ask("POST", "/rollout/explode")
             assert status == 400 and problem["detail"].startswith("Expected a rollout action")
             status, rollout = await ask("POST", "/rollout/abort")
             assert (status, rollout["state"]) == (200, "aborted")
             status, problem = await ask("POST", "/rollout/resume")
-            assert status == 409 and "aborted (its rollout of 1.1.0 ended)" in problem["detail"]
+            assert (status, problem["detail"]) == (409, (
+                "Cannot resume the rollout of plugin 'echo': its canary rollout 1.0.0 -> 1.1.0 "
+                "has ended (aborted) - start a new one (from step 0): `nyxplug rollout start "
+                "echo 1.1.0` (start_rollout('echo', '1.1.0'))"
+            ))  # fmt: skip
             status, view = await ask("GET", "/rollout")
             kinds = [e["kind"] for e in view["rollout"]["events"]]
             assert kinds == ["started", "paused", "aborted"]

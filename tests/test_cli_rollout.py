@@ -158,9 +158,9 @@ def test_versions_and_a_rollout_driven_from_the_shell(
     code, out, err = cli(capsys, "rollout", "start", "counter", "1.1.0", *s)
     assert (code, out) == (1, "")
     assert err == (
-        "nyxplug rollout: Cannot start a rollout of plugin 'counter' while it is progressing in "
-        "a rollout (canary 1.0.0 -> 1.1.0) - abort it (`nyxplug rollout abort counter`, POST "
-        "/api/v1/plugins/counter/rollout/abort) or promote it first\n"
+        "nyxplug rollout: Cannot start a rollout of plugin 'counter': its canary rollout 1.0.0 "
+        "-> 1.1.0 is progressing - abort it first: `nyxplug rollout abort counter` "
+        "(rollout_action('counter', 'abort')), or promote it: `nyxplug rollout promote counter`\n"
     )
 
     for verb, state_now in (("pause", "paused"), ("resume", "progressing"),
@@ -181,9 +181,9 @@ def test_versions_and_a_rollout_driven_from_the_shell(
     code, out, err = cli(capsys, "rollout", "abort", "counter", *s)
     assert (code, out) == (1, "")
     assert err == (
-        "nyxplug rollout: Cannot abort the rollout of plugin 'counter' while it is rolled_back "
-        "(its rollout of 1.1.0 ended) - start a new one: `nyxplug rollout start counter "
-        "VERSION` (POST /api/v1/plugins/counter/rollout)\n"
+        "nyxplug rollout: Cannot abort the rollout of plugin 'counter': its canary rollout "
+        "1.0.0 -> 1.1.0 has ended (rolled_back) - start a new one (from step 0): `nyxplug "
+        "rollout start counter 1.1.0` (start_rollout('counter', '1.1.0'))\n"
     )
     # Every operator's step is in the audit log with the caller the host read.
     callers = {(e["decision"], e.get("caller")) for e in audit(state, "rollout")}
@@ -232,9 +232,9 @@ def test_rollout_errors_name_the_plugin_version_and_fix(
     code, out, err = cli(capsys, "rollout", "pause", "counter", *s)
     assert (code, out) == (1, "")
     assert err == (
-        "nyxplug rollout: Cannot pause the rollout of plugin 'counter' while it is without one "
-        "- start one first: `nyxplug rollout start counter VERSION` (POST "
-        "/api/v1/plugins/counter/rollout)\n"
+        "nyxplug rollout: Cannot pause the rollout of plugin 'counter': it has none - start one "
+        "first: `nyxplug rollout start counter VERSION` (start_rollout); `nyxplug versions "
+        "counter` lists the versions\n"
     )
     write_version(tmp_path / "plugins", "1.1.0")
     code, out, err = cli(capsys, "rollout", "start", "counter", "1.1.0", "--strategy", "split",

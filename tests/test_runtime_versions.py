@@ -511,7 +511,11 @@ async def test_a_bad_candidate_is_rolled_back_by_its_checks(impl: Any, tmp_path:
         assert not (tmp_path / ".state" / "versions.json").exists()  # nothing was promoted
         # A rolled-back version can be unloaded, and a new rollout started.
         await manager.unload_version("geo", "2.0.0")
-        with pytest.raises(RolloutStateError, match=r"got one rolled_back"):
+        with pytest.raises(RolloutStateError, match=re.escape(
+            "Cannot promote the rollout of plugin 'geo': its canary rollout 1.0.0 -> 2.0.0 has "
+            "ended (rolled_back) - start a new one (from step 0): `nyxplug rollout start geo "
+            "2.0.0` (start_rollout('geo', '2.0.0'))"
+        )):  # fmt: skip
             manager.rollout_action("geo", "promote")
 
 
@@ -520,12 +524,21 @@ async def test_operator_actions_and_refusals(impl: Any, tmp_path: Path) -> None:
     clock = Clock()
     async with manager_for(impl, tmp_path, clock) as manager:
         await new_version_appears(manager, tmp_path)
-        with pytest.raises(RolloutStateError, match=r"plugin 'geo' has no rollout"):
+        with pytest.raises(RolloutStateError) as none:
             manager.rollout_action("geo", "pause")
+        assert str(none.value) == (
+            "Cannot pause the rollout of plugin 'geo': it has none - start one first: `nyxplug "
+            "rollout start geo VERSION` (start_rollout); `nyxplug versions geo` lists the versions"
+        )
         assert manager.rollout("geo") is None
         await manager.start_rollout("geo", "2.0.0", CANARY)
-        with pytest.raises(RolloutStateError, match=r"abort'\) or 'promote' it first"):
+        with pytest.raises(RolloutStateError) as running:
             await manager.start_rollout("geo", "2.0.0", CANARY)
+        assert str(running.value) == (
+            "Cannot start a rollout of plugin 'geo': its canary rollout 1.0.0 -> 2.0.0 is "
+            "progressing - abort it first: `nyxplug rollout abort geo` (rollout_action('geo', "
+            "'abort')), or promote it: `nyxplug rollout promote geo`"
+        )
         with pytest.raises(VersionStateError, match=r"the rollout in progress uses it"):
             await manager.unload_version("geo", "2.0.0")
         with pytest.raises(ValueError, match=r"got 'explode' - for plugin 'geo'"):
@@ -534,6 +547,12 @@ async def test_operator_actions_and_refusals(impl: Any, tmp_path: Path) -> None:
         assert manager.rollout_action("geo", "resume", caller="bob").state == "progressing"
         status = manager.rollout_action("geo", "promote", caller="bob")
         assert status.state == "promoted"
+        with pytest.raises(RolloutStateError, match=re.escape(
+            "its canary rollout 1.0.0 -> 2.0.0 is promoted - wait until its rollback window "
+            "ends (1.0.0 is kept warm until then), or roll it back: `nyxplug rollout rollback "
+            "geo`"
+        )):  # fmt: skip
+            await manager.start_rollout("geo", "1.0.0", CANARY)
         with pytest.raises(VersionStateError, match=r"keeps it warm for an instant rollback"):
             await manager.unload_version("geo", "1.0.0")
         status = manager.rollout_action("geo", "rollback", caller="bob")
@@ -546,6 +565,28 @@ async def test_operator_actions_and_refusals(impl: Any, tmp_path: Path) -> None:
             ("started", None), ("paused", "bob"), ("resumed", "bob"), ("promoted", "bob"),
             ("rolled_back", "bob"),
         ]  # fmt: skip
+
+
+async def test_checking_slow_calls_needs_a_candidate_breaker(impl: Any, tmp_path: Path) -> None:
+    """The refusal names the version and the fixes an operator has; the one the command
+    gives works."""
+    write_version(tmp_path, "geo", "1.0.0")
+    async with manager_for(impl, tmp_path, Clock()) as manager:
+        await new_version_appears(manager, tmp_path)
+        slow = RolloutConfig.canary(steps=(10.0,), interval=60.0, max_slow_rate=0.1)
+        with pytest.raises(RolloutStateError) as refused:
+            await manager.start_rollout("geo", "2.0.0", slow)
+        assert str(refused.value) == (
+            "Cannot start a rollout of plugin 'geo': version 2.0.0 has no circuit breaker to "
+            "time the slow calls max_slow_rate checks - give it one: a [breaker] (with "
+            "slow_call_duration) in its manifest or the host's [defaults.breaker], or the "
+            "default one now: `nyxplug breaker geo --version 2.0.0 --set closed` "
+            "(set_breaker_state(..., version='2.0.0')); or leave max_slow_rate unset"
+        )
+        assert manager.rollout("geo") is None
+        manager.set_breaker_state("geo", BreakerState.CLOSED, version="2.0.0")
+        status = await manager.start_rollout("geo", "2.0.0", slow)
+        assert (status.state, status.candidate) == ("progressing", "2.0.0")
 
 
 async def test_a_promotion_is_remembered_across_a_restart(impl: Any, tmp_path: Path) -> None:

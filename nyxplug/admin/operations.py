@@ -52,8 +52,6 @@ __all__ = (
     "Problem",
     "RolloutOptions",
     "RolloutOptionsError",
-    "check_rollout_action",
-    "check_rollout_start",
     "rollout_config_for",
     "rollout_settings",
 )
@@ -640,56 +638,13 @@ async def start_rollout(host: AdminHost, call: Call) -> RolloutStatus:
     manager, name, body = host.manager, _name(call), call.body
     assert isinstance(body, RolloutStart)
     manager.discover()
-    check_rollout_start(manager, name)
     config = rollout_config_for(manager, name, body) if body.given() else None
     return await manager.start_rollout(name, body.version, config, caller=call.caller)
 
 
 async def rollout_action(host: AdminHost, call: Call) -> RolloutStatus:
-    action = call.params["action"]
-    if action not in ROLLOUT_ACTIONS:
-        raise ValueError(
-            f"Expected a rollout action in {', '.join(ROLLOUT_ACTIONS)}, got {action!r} - for "
-            f"plugin {_name(call)!r}"
-        )
-    check_rollout_action(host.manager, _name(call), action)
-    return host.manager.rollout_action(_name(call), action, caller=call.caller)
-
-
-def check_rollout_start(manager: PluginManager, name: str) -> None:
-    """``PluginStateError`` in the operator's terms while a rollout of the plugin runs
-    (the controller's own refusal knows the plugin by id only)."""
-    from ..plugins.errors import PluginStateError
-    from ..plugins.rollout import TERMINAL, RolloutState
-
-    status = manager.rollout(name)
-    if status is not None and RolloutState(status.state) not in TERMINAL:
-        what = f"{status.strategy.replace('_', '-')} {status.stable} -> {status.candidate}"
-        raise PluginStateError(
-            name, f"{status.state} in a rollout ({what})", "start a rollout of",
-            f"abort it (`nyxplug rollout abort {name}`, POST /api/v1/plugins/{name}/rollout/"
-            "abort) or promote it first",
-        )  # fmt: skip
-
-
-def check_rollout_action(manager: PluginManager, name: str, action: str) -> None:
-    """``PluginStateError`` in the operator's terms when there is no rollout to act on
-    (none yet, or the latest ended), before the controller's own refusal (which knows
-    the plugin by id only)."""
-    from ..plugins.errors import PluginStateError
-    from ..plugins.rollout import TERMINAL, RolloutState
-
-    status = manager.rollout(name)
-    again = f"`nyxplug rollout start {name} VERSION` (POST /api/v1/plugins/{name}/rollout)"
-    if status is None:
-        raise PluginStateError(
-            name, "without one", f"{action} the rollout of", f"start one first: {again}"
-        )
-    if RolloutState(status.state) in TERMINAL:
-        raise PluginStateError(
-            name, f"{status.state} (its rollout of {status.candidate} ended)",
-            f"{action} the rollout of", f"start a new one: {again}",
-        )  # fmt: skip
+    """The manager checks the action and the rollout's state (one source of the words)."""
+    return host.manager.rollout_action(_name(call), call.params["action"], caller=call.caller)
 
 
 def rollout_config_for(manager: PluginManager, name: str, options: RolloutOptions) -> RolloutConfig:

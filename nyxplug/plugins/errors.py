@@ -150,7 +150,7 @@ class RolloutStateError(NyxplugError, RuntimeError):
             )
         what = "start a rollout of" if self.action == "start" else f"{self.action} the rollout of"
         why = self.why if self.why is not None else f"it is {self.state}"
-        return f"Cannot {what} plugin {self.name!r} while {why} - {self.fix}"
+        return f"Cannot {what} plugin {self.name!r}: {why} - {self.fix}"
 
 
 class VersionNotFound(NyxplugError, LookupError):

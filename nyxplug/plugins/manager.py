@@ -1468,16 +1468,26 @@ class PluginManager:
                 )  # fmt: skip
             current = self.rollouts.get(manifest.id)
             if current is not None and current.state not in TERMINAL:
-                raise RolloutStateError(
-                    manifest.id, "start", f"{current.state.value} (plugin {name!r})",
-                    f"rollout_action({name!r}, 'abort') or 'promote' it first",
-                )  # fmt: skip
+                raise self._rollout_refusal(record, "start", current)
             lane = record.lanes.get(version)
             if lane is None:
                 lane = await self._load_lane(record, version, caller)
             assert lane.manifest is not None
             if config is None:
                 config = self._rollout_config_of(record, lane.manifest)
+            d = self.dispatcher
+            if config.max_slow_rate is not None and (
+                d.breaker_stats(manifest.id, version=lane.lane) is None
+            ):
+                raise RolloutStateError(
+                    manifest.id, "start", "not started",
+                    f"give it one: a [breaker] (with slow_call_duration) in its manifest or the "
+                    f"host's [defaults.breaker], or the default one now: `nyxplug breaker {name} "
+                    f"--version {version} --set closed` (set_breaker_state(..., version="
+                    f"{version!r})); or leave max_slow_rate unset",
+                    name, f"version {version} has no circuit breaker to time the slow calls "
+                    "max_slow_rate checks",
+                )  # fmt: skip
             before = self._rollout_info.get(manifest.id)
             self._rollout_info[manifest.id] = _RolloutInfo(
                 str(manifest.version), version, strategy_of(config), time.time(), caller,
@@ -1485,11 +1495,16 @@ class PluginManager:
             )  # fmt: skip
             try:
                 self.rollouts.start(manifest.id, record.lane, lane.lane, config)
-            except BaseException:
+            except BaseException as exc:
                 if before is None:
                     del self._rollout_info[manifest.id]
                 else:
                     self._rollout_info[manifest.id] = before
+                if isinstance(exc, RolloutStateError):  # the controller's words, by plugin id
+                    raise RolloutStateError(
+                        manifest.id, "start", exc.state, f"fix it and start again: {exc.fix}",
+                        name, f"version {version} cannot be rolled out: {exc.state}",
+                    ) from exc  # fmt: skip
                 raise
             self._rollout_info[manifest.id].caller = None
             self._wake_rollouts()
@@ -1527,14 +1542,64 @@ class PluginManager:
             )
         controller = self.rollouts.get(record.manifest.id) if record.manifest else None
         if controller is None:
-            raise RolloutStateError(
-                record.manifest.id if record.manifest else -1, action,
-                f"none (plugin {name!r} has no rollout)", "start_rollout() first",
-            )  # fmt: skip
-        self._act(record, controller, action, caller)
+            raise self._rollout_refusal(record, action, None)
+        try:
+            self._act(record, controller, action, caller)
+        except RolloutStateError as exc:  # it had ended (maybe just now, by its clock)
+            raise self._rollout_refusal(record, action, controller) from exc
         status = self.rollout(name)
         assert status is not None
         return status
+
+    def _rollout_refusal(
+        self, record: PluginRecord, action: str, controller: RolloutController | None
+    ) -> RolloutStateError:
+        """``RolloutStateError`` in the operator's terms: the plugin's name, its rollout's
+        versions and state, and the fix as the manager and ``nyxplug rollout`` spell it
+        (the controller's own refusals know the plugin by id and name code-level fixes)."""
+        name = record.name
+        pid = record.manifest.id if record.manifest is not None else -1
+        if controller is None:
+            return RolloutStateError(
+                pid, action, "none",
+                f"start one first: `nyxplug rollout start {name} VERSION` (start_rollout); "
+                f"`nyxplug versions {name}` lists the versions",
+                name, "it has none",
+            )  # fmt: skip
+        state = controller.state
+        info = self._rollout_info.get(pid)
+        stable, candidate = (
+            (info.stable, info.candidate) if info is not None
+            else (controller.stable, controller.candidate)
+        )  # fmt: skip
+        strategy = f"{info.strategy.replace('_', '-')} " if info is not None else ""
+        rollout = f"its {strategy}rollout {stable} -> {candidate}"
+        again = f"`nyxplug rollout start {name} {candidate}` (start_rollout({name!r}, "
+        again += f"{candidate!r}))"
+        if state is RolloutState.SUCCEEDED:
+            return RolloutStateError(
+                pid, action, state.value,
+                f"{candidate} is the stable version now; to move on, start a new rollout: "
+                f"`nyxplug rollout start {name} VERSION` (start_rollout)",
+                name, f"{rollout} has ended (succeeded)",
+            )  # fmt: skip
+        if state in TERMINAL:
+            return RolloutStateError(
+                pid, action, state.value, f"start a new one (from step 0): {again}", name,
+                f"{rollout} has ended ({state.value})",
+            )  # fmt: skip
+        if state is RolloutState.PROMOTED:
+            fix = (
+                f"wait until its rollback window ends ({stable} is kept warm until then), or "
+                f"roll it back: `nyxplug rollout rollback {name}` (rollout_action({name!r}, "
+                "'rollback'))"
+            )
+        else:
+            fix = (
+                f"abort it first: `nyxplug rollout abort {name}` (rollout_action({name!r}, "
+                f"'abort')), or promote it: `nyxplug rollout promote {name}`"
+            )
+        return RolloutStateError(pid, action, state.value, fix, name, f"{rollout} is {state.value}")
 
     def _act(
         self, record: PluginRecord, controller: RolloutController, action: str, caller: str | None
