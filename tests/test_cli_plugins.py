@@ -353,6 +353,14 @@ def test_a_folder_of_a_newer_version_runs_beside_the_installed_package(
     assert (code, err) == (0, "")
     assert f"greeter 0.7.0 (id {default_plugin_id('greeter')}): active\n" in out
     assert "warning" not in out
+    # validate says the folder is another version, not that the package hides it.
+    assert cli(capsys, "validate", "plugins/greeter") == (
+        0,
+        f"OK greeter 0.7.0 (id {default_plugin_id('greeter')})\nnote: plugin greeter: this "
+        "folder is version 0.7.0; version 0.5.0 is installed - both are versions of greeter "
+        "(`nyxplug versions greeter`)\n",
+        "",
+    )
 
 
 @pytest.mark.parametrize("name", ["Echo", "1st", "has space", "a" * 65, "", "_x", "é", "a.b"])

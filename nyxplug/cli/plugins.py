@@ -417,13 +417,24 @@ def _validate(args: argparse.Namespace) -> int:
         raise Problem(f"Plugin {status.name!r}: {problem}")
     print(f"OK {status.name} {status.version} (id {status.id})")
     installed = _installed_version(config.package_store_path / status.name)
-    if installed is not None:  # this host would run the package, not the folder just checked
+    mine_version = str(status.version)
+    if installed == mine_version or installed == _UNREADABLE:
+        # This host would run the package, not the folder just checked.
         text = shadow_message(
             status.name, str(config.package_store_path / status.name), installed, str(folder),
-            str(status.version),
+            mine_version,
         )  # fmt: skip
         print(f"warning: {text}")
+    elif installed is not None:  # discovery keeps both, as versions of one plugin
+        print(
+            f"note: plugin {status.name}: this folder is version {mine_version}; version "
+            f"{installed} is installed - both are versions of {status.name} (`nyxplug "
+            f"versions {status.name}`)"
+        )
     return 0
+
+
+_UNREADABLE = "unreadable manifest"
 
 
 def _installed_version(package: Path) -> str | None:
@@ -436,7 +447,7 @@ def _installed_version(package: Path) -> str | None:
     try:
         return str(load_manifest(package).version)
     except ManifestError:
-        return "unreadable manifest"
+        return _UNREADABLE
 
 
 # -- list, info -------------------------------------------------------------------------
