@@ -148,7 +148,8 @@ class RolloutStateError(NyxplugError, RuntimeError):
                 f"Expected a rollout that allows {self.action}(), got one {self.state} - for "
                 f"plugin {self.plugin_id}; {self.fix}"
             )
-        what = "start a rollout of" if self.action == "start" else f"{self.action} the rollout of"
+        verb = "roll back" if self.action == "rollback" else self.action
+        what = "start a rollout of" if verb == "start" else f"{verb} the rollout of"
         why = self.why if self.why is not None else f"it is {self.state}"
         return f"Cannot {what} plugin {self.name!r}: {why} - {self.fix}"
 

@@ -718,7 +718,12 @@ class PluginManager:
 
     def _active(self, record: PluginRecord, step: str) -> Manifest:
         if record.state is not PluginState.ACTIVE or record.manifest is None:
-            raise PluginStateError(record.name, str(record.state), step, "it is not active")
+            name = record.name
+            raise PluginStateError(
+                name, str(record.state), step,
+                f"it must be active; `nyxplug info {name}` says why it is not (`nyxplug "
+                f"enable {name}` loads a disabled one)",
+            )  # fmt: skip
         return record.manifest
 
     async def _restart_step(self, record: PluginRecord) -> None:
@@ -1217,7 +1222,8 @@ class PluginManager:
         if version == str(stable.version) or version in record.lanes:
             raise VersionStateError(
                 name, version, "load", "it is loaded already",
-                "use it as it is (versions() lists it), or unload_version it first",
+                f"use it as it is (`nyxplug versions {name}` lists it), or unload it first "
+                f"(`nyxplug versions {name} --unload {version}`, unload_version)",
             )  # fmt: skip
         source = record.found.get(version)
         if source is None:
@@ -1226,7 +1232,8 @@ class PluginManager:
         if 1 + len(record.lanes) >= limit:
             raise VersionStateError(
                 name, version, "load", f"{limit} versions are loaded already (runtime."
-                "max_versions)", "unload_version() one that no rollout uses first",
+                "max_versions)", f"unload one that no rollout uses first (`nyxplug versions "
+                f"{name} --unload VERSION`, unload_version)",
             )  # fmt: skip
 
         def check(manifest: Manifest) -> None:
@@ -1290,8 +1297,9 @@ class PluginManager:
             if version == str(manifest.version):
                 raise VersionStateError(
                     name, version, "unload", "it is the stable version",
-                    "make another version stable first (start_rollout, then promote), or "
-                    "unload the plugin",
+                    f"make another version stable first (`nyxplug rollout start {name} "
+                    f"VERSION`, then `nyxplug rollout promote {name}`), or unload the plugin "
+                    f"(`nyxplug disable {name}`)",
                 )  # fmt: skip
             lane = record.lanes.get(version)
             if lane is None:
@@ -1303,13 +1311,16 @@ class PluginManager:
             if controller is not None and controller.state not in TERMINAL and lane.lane in (
                 controller.candidate, controller.stable,
             ):  # fmt: skip
-                why = ("the rollout keeps it warm for an instant rollback"
-                       if controller.state is RolloutState.PROMOTED
-                       else "the rollout in progress uses it")  # fmt: skip
-                raise VersionStateError(
-                    name, version, "unload", why,
-                    f"rollout_action({name!r}, 'abort') or wait until the rollout ends",
-                )  # fmt: skip
+                if controller.state is RolloutState.PROMOTED:
+                    why = "the rollout keeps it warm for an instant rollback"
+                    fix = "wait until the rollback window ends: it is unloaded then by itself"
+                else:
+                    why = "the rollout in progress uses it"
+                    fix = (
+                        f"abort the rollout first (`nyxplug rollout abort {name}`, "
+                        f"rollout_action({name!r}, 'abort')), or wait until it ends"
+                    )
+                raise VersionStateError(name, version, "unload", why, fix)
             route = self.dispatcher.route_info(manifest.id)
             if route is not None and (
                 route.shadow == lane.lane or any(r.version == lane.lane for r in route.rules)
@@ -1464,7 +1475,7 @@ class PluginManager:
             if version == str(manifest.version):
                 raise VersionStateError(
                     name, version, "roll out", "it is the stable version already",
-                    "name another version (versions() lists them)",
+                    f"name another version (`nyxplug versions {name}` lists them)",
                 )  # fmt: skip
             current = self.rollouts.get(manifest.id)
             if current is not None and current.state not in TERMINAL:
