@@ -696,7 +696,8 @@ def plugin_doc(rollout: str) -> str:
          "Expected one of `canary`, got `reload` - at `rollout.on_new_version`"),
         ("weight = 5", "Unknown key `weight`, expected one of `strategy`, `steps`, "
          "`iterations`, `interval`, `min_frames`, `max_error_rate`, `max_error_rate_over_stable`"
-         ", `max_slow_rate`, `max_slow_rate_over_stable`, `threshold`, `inconclusive_limit`, `auto_promote`, `deadline`, `rollback_window`, "
+         ", `max_slow_rate`, `max_slow_rate_over_stable`, `threshold`, `inconclusive_limit`, "
+         "`auto_promote`, `deadline`, `rollback_window`, "
          "`hold`, `mirror`, `on_new_version` - at `rollout.weight`"),
     ],
 )  # fmt: skip
