@@ -404,7 +404,7 @@ async def test_slow_call_checks_need_a_breaker_on_the_candidate(impl: Any) -> No
     ctl.tick()
     assert ctl.events[1].kind == "check_passed", ctl.events
     routed = d.route_info(7).routed["v2"]
-    assert ctl.events[1].detail.endswith(f"; slow candidate 0/{routed}")  # base: no breaker
+    assert ctl.events[1].detail.endswith(f"; slow: candidate 0/{routed}")  # base: no breaker
     await d.aclose()
 
 
@@ -457,6 +457,7 @@ async def test_a_candidate_breaker_that_tripped_in_the_interval_fails_the_check(
     assert d.breaker_stats(7, version="v2").state is BreakerState.HALF_OPEN
     assert ctl.state is RolloutState.ROLLED_BACK
     assert ctl.events[1].detail.startswith(
-        "1/1 candidate breaker tripped in the interval (now half_open); candidate 5/5 "
+        "1 of 1 to roll back: candidate breaker tripped in the interval (now half_open); "
+        "failed: candidate 5/5, "
     ), ctl.events[1]
     await d.aclose()

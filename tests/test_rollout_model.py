@@ -178,7 +178,7 @@ class Reference:
             for lane in ("v2", "base")
         )
         self.snapshot = now
-        summary = f"candidate {ce}/{cf} stable {se}/{sf}"
+        summary = f"failed: candidate {ce}/{cf}, stable {se}/{sf}"
         c = self.c
         why = ""
         if cf < c.min_frames:
@@ -191,13 +191,20 @@ class Reference:
             verdict = "pass"
         if verdict == "fail":
             self.failed += 1
-            self.emit(at, "check_failed", f"{self.failed}/{c.threshold} {why}; {summary}")
+            self.emit(
+                at, "check_failed", f"{self.failed} of {c.threshold} to roll back: {why}; {summary}"
+            )
             if self.failed >= c.threshold:
                 self.end(at, "rolled_back", "rolled_back", "failed checks")
         elif verdict == "inconclusive":
             self.inconclusive += 1
             limit = c.inconclusive_limit
-            self.emit(at, "inconclusive", f"{self.inconclusive}/{limit} {why}; {summary}")
+            count = (
+                f"{self.inconclusive} of {limit} to pause"
+                if self.state == "progressing"
+                else f"{self.inconclusive} in a row"
+            )
+            self.emit(at, "inconclusive", f"{count}: {why}; {summary}")
             if self.inconclusive >= limit and self.state == "progressing":
                 self.enter(at, "paused", "paused", "inconclusive checks")
         else:

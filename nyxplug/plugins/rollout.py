@@ -397,7 +397,9 @@ class RolloutController:
         cand, stable = self._window(counts, self.candidate), self._window(counts, self.stable)
         self._base = counts
         cfg = self.config
-        summary = f"candidate {cand.errors}/{cand.frames} stable {stable.errors}/{stable.frames}"
+        summary = (
+            f"failed: candidate {cand.errors}/{cand.frames}, stable {stable.errors}/{stable.frames}"
+        )
         breaker = self.dispatcher.breaker_stats(self.plugin_id, version=self.candidate)
         if cfg.max_slow_rate is not None:
             summary += self._slow_summary(breaker)
@@ -447,14 +449,16 @@ class RolloutController:
         ):
             if stats is not None:
                 parts.append(f"{role} {stats.slow_calls}/{stats.calls}")
-        return f"; slow {' '.join(parts)}" if parts else "; slow unmeasured"
+        return f"; slow: {', '.join(parts)}" if parts else "; slow: unmeasured"
 
     def _judge(self, now: float) -> None:
         verdict, detail = self._verdict()
         if verdict == "fail":
             self.failed_checks += 1
             self._emit(
-                now, "check_failed", f"{self.failed_checks}/{self.config.threshold} {detail}"
+                now,
+                "check_failed",
+                f"{self.failed_checks} of {self.config.threshold} to roll back: {detail}",
             )
             if self.failed_checks >= self.config.threshold:
                 self._end(now, RolloutState.ROLLED_BACK, "rolled_back", "failed checks")
@@ -462,7 +466,11 @@ class RolloutController:
         if verdict == "inconclusive":
             self.inconclusive += 1
             limit = self.config.inconclusive_limit
-            self._emit(now, "inconclusive", f"{self.inconclusive}/{limit} {detail}")
+            if self.state is RolloutState.PROGRESSING:
+                count = f"{self.inconclusive} of {limit} to pause"
+            else:
+                count = f"{self.inconclusive} in a row"
+            self._emit(now, "inconclusive", f"{count}: {detail}")
             if self.inconclusive >= limit and self.state is RolloutState.PROGRESSING:
                 self._set(now, RolloutState.PAUSED, "paused", "inconclusive checks")
             return
