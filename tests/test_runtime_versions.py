@@ -307,6 +307,33 @@ async def test_the_breaker_of_a_loaded_version_is_set_by_its_version(
         assert lines == [("forced_open", "2.0.0", "ops"), ("metrics_only", "3.0.0", "ops")]
 
 
+async def test_a_candidate_taken_out_by_its_breaker_is_neither_rolled_out_nor_promoted(
+    impl: Any, tmp_path: Path
+) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        write_version(tmp_path, "geo", version)
+    async with manager_for(impl, tmp_path) as manager:
+        await manager.load_version("geo", "1.0.0")
+        manager.set_breaker_state("geo", BreakerState.FORCED_OPEN, version="1.0.0")
+        with pytest.raises(RolloutStateError) as refused:
+            await manager.start_rollout("geo", "1.0.0")
+        assert str(refused.value) == (
+            "Cannot start a rollout of plugin 'geo': version 1.0.0's circuit breaker is forced "
+            "open (an operator forced it open): as the stable version it would refuse every "
+            "frame - close it first: `nyxplug breaker geo --version 1.0.0 --set closed`"
+        )
+        assert manager.rollout("geo") is None
+        manager.set_breaker_state("geo", BreakerState.CLOSED, version="1.0.0")
+        await manager.start_rollout("geo", "1.0.0")
+        manager.set_breaker_state("geo", BreakerState.FORCED_OPEN, version="1.0.0")
+        with pytest.raises(RolloutStateError, match=r"^Cannot promote the rollout of plugin "
+                           r"'geo': version 1.0.0's circuit breaker is forced open"):  # fmt: skip
+            manager.rollout_action("geo", "promote")
+        status = manager.rollout("geo")
+        assert status is not None and status.state == "progressing"
+        assert manager.rollout_action("geo", "abort").state == "aborted"
+
+
 async def test_at_most_max_versions_are_loaded(impl: Any, tmp_path: Path) -> None:
     for version in ("1.0.0", "1.1.0", "1.2.0"):
         write_version(tmp_path, "geo", version)

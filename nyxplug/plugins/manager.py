@@ -1484,6 +1484,7 @@ class PluginManager:
             if lane is None:
                 lane = await self._load_lane(record, version, caller)
             assert lane.manifest is not None
+            self._refuse_taken_out(record, "start", version, lane.lane)
             if config is None:
                 config = self._rollout_config_of(record, lane.manifest)
             d = self.dispatcher
@@ -1554,6 +1555,9 @@ class PluginManager:
         controller = self.rollouts.get(record.manifest.id) if record.manifest else None
         if controller is None:
             raise self._rollout_refusal(record, action, None)
+        info = self._rollout_info.get(record.manifest.id) if record.manifest else None
+        if action == "promote" and info is not None and controller.state not in TERMINAL:
+            self._refuse_taken_out(record, "promote", info.candidate, controller.candidate)
         try:
             self._act(record, controller, action, caller)
         except RolloutStateError as exc:  # it had ended (maybe just now, by its clock)
@@ -1561,6 +1565,30 @@ class PluginManager:
         status = self.rollout(name)
         assert status is not None
         return status
+
+    def _refuse_taken_out(self, record: PluginRecord, action: str, version: str, lane: str) -> None:
+        """A candidate whose breaker refuses every frame (forced open by an operator, or
+        open after failing) is not rolled out or promoted: as the stable version it would
+        refuse all of the plugin's traffic."""
+        assert record.manifest is not None
+        stats = self.dispatcher.breaker_stats(record.manifest.id, version=lane)
+        if stats is None or stats.state not in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
+            return
+        name = record.name
+        if stats.state is BreakerState.FORCED_OPEN:
+            why = "an operator forced it open"
+            fix = f"close it first: `nyxplug breaker {name} --version {version} --set closed`"
+        else:
+            why = "it tripped on failures"
+            fix = (
+                f"find why (`nyxplug breaker {name} --version {version}`), then close it: "
+                f"`nyxplug breaker {name} --version {version} --set closed`"
+            )
+        raise RolloutStateError(
+            record.manifest.id, action, stats.state.name.lower(), fix, name,
+            f"version {version}'s circuit breaker is {stats.state.name.lower().replace('_', ' ')}"
+            f" ({why}): as the stable version it would refuse every frame",
+        )  # fmt: skip
 
     def _rollout_refusal(
         self, record: PluginRecord, action: str, controller: RolloutController | None
