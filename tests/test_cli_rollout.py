@@ -298,6 +298,8 @@ def test_options_apply_over_the_plugins_rollout_table() -> None:
     with pytest.raises(ValueError, match=r"^Expected `hold`.* - in the rollout options$"):
         rollout_settings(None, options(strategy="split", weight=20.0))
     assert not options().given() and options(interval=5.0).given()
+    slow = rollout_config(rollout_settings(base, options(max_slow_rate=0.05)))
+    assert (slow.max_slow_rate, slow.min_frames) == (0.05, 50)
 
 
 def test_a_reload_that_started_a_rollout_says_so() -> None:

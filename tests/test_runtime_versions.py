@@ -480,9 +480,12 @@ async def test_every_frame_is_accounted_for_while_rollouts_promote_and_roll_back
         await manager.tick_rollouts()
         assert manager.rollout("geo").state == "rolled_back"  # type: ignore[union-attr]
         await manager.start_rollout("geo", "2.0.0", CANARY)
-        sent += await senders(
-            manager, 2000, start=2000, midway=lambda: manager.rollout_action("geo", "promote")
-        )
+
+        def close_and_promote() -> None:  # a tripped candidate is not promoted as it is
+            manager.set_breaker_state("geo", BreakerState.CLOSED, version="2.0.0")
+            manager.rollout_action("geo", "promote")
+
+        sent += await senders(manager, 2000, start=2000, midway=close_and_promote)
         assert manager.status("geo").version == "2.0.0"
         sent += await senders(
             manager, 2000, start=4000, midway=lambda: manager.rollout_action("geo", "rollback")
@@ -792,8 +795,8 @@ def plugin_doc(rollout: str) -> str:
          "got 5.0 - at `rollout.max_error_rate`"),
         ("threshold = 0", "Expected `threshold` to be an integer >= 1, got 0 - at "
          "`rollout.threshold`"),
-        ("interval = 0", "Expected `interval` to be a finite number of seconds > 0, got 0.0 - "
-         "at `rollout.interval`"),
+        ("interval = 0", "Expected `interval` to be a finite number of seconds >= 0.001, got "
+         "0.0 - at `rollout.interval`"),
         ("interval = 60\ndeadline = 30", "Expected `deadline` >= `interval` (60 s), got 30.0 - "
          "a state must outlast one check - at `rollout.deadline`"),
         ('strategy = "split"\nsteps = [10]', 'Expected `hold` (seconds) with strategy = '

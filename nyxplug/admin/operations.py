@@ -264,6 +264,8 @@ class RolloutOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, o
     min_frames: Count | None = None
     max_error_rate: Fraction | None = None
     max_error_rate_over_stable: Fraction | None = None
+    max_slow_rate: Fraction | None = None
+    max_slow_rate_over_stable: Fraction | None = None
     threshold: Count | None = None
     auto_promote: bool | None = None
     deadline: Seconds | None = None
@@ -295,7 +297,8 @@ class RolloutOptionsError(NyxplugError, ValueError):
 #: is its only step).
 _KEYS = (
     "strategy", "steps", "hold", "interval", "iterations", "min_frames", "max_error_rate",
-    "max_error_rate_over_stable", "threshold", "auto_promote", "deadline", "rollback_window",
+    "max_error_rate_over_stable", "max_slow_rate", "max_slow_rate_over_stable", "threshold",
+    "auto_promote", "deadline", "rollback_window",
 )  # fmt: skip
 
 

@@ -108,6 +108,19 @@ def add_commands(commands: _host.Commands, host: argparse.ArgumentParser) -> Non
         metavar="R",
         help="how far above the stable version's rate it may be (fraction)",
     )
+    options.add_argument(
+        "--max-slow-rate",
+        type=float,
+        metavar="R",
+        help="the candidate's highest share of slow calls, as its circuit breaker times them "
+        "(fraction; the candidate needs a breaker)",
+    )
+    options.add_argument(
+        "--max-slow-rate-over-stable",
+        type=float,
+        metavar="R",
+        help="how far above the stable version's slow-call rate it may be (fraction)",
+    )
     options.add_argument("--threshold", type=int, metavar="N",
                          help="failed checks that roll it back")  # fmt: skip
     options.add_argument(
@@ -234,6 +247,8 @@ def _options(args: argparse.Namespace) -> RolloutOptions | None:
             "min_frames",
             "max_error_rate",
             "max_error_rate_over_stable",
+            "max_slow_rate",
+            "max_slow_rate_over_stable",
             "threshold",
             "deadline",
             "rollback_window",

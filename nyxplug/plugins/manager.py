@@ -1567,12 +1567,16 @@ class PluginManager:
         return status
 
     def _refuse_taken_out(self, record: PluginRecord, action: str, version: str, lane: str) -> None:
-        """A candidate whose breaker refuses every frame (forced open by an operator, or
-        open after failing) is not rolled out or promoted: as the stable version it would
-        refuse all of the plugin's traffic."""
+        """A candidate an operator forced open is not rolled out, and one whose breaker
+        refuses every frame (forced open, or open after failing) is not promoted: as the
+        stable version it would refuse all of the plugin's traffic. (A rollout may start on
+        a candidate that tripped: its checks fail while the breaker is open.)"""
         assert record.manifest is not None
         stats = self.dispatcher.breaker_stats(record.manifest.id, version=lane)
-        if stats is None or stats.state not in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
+        refused: tuple[BreakerState, ...] = (BreakerState.FORCED_OPEN,)
+        if action == "promote":
+            refused = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+        if stats is None or stats.state not in refused:
             return
         name = record.name
         if stats.state is BreakerState.FORCED_OPEN:

@@ -87,7 +87,7 @@ class RolloutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
                 raise _Invalid("steps", f"Expected `steps` rising, got {list(self.steps)}")
         for key in ("iterations", "min_frames", "threshold", "inconclusive_limit"):
             _count(key, getattr(self, key))
-        _seconds("interval", self.interval, strict=True)
+        _seconds("interval", self.interval, low=0.001)  # a check a millisecond at most
         _seconds("rollback_window", self.rollback_window)
         _seconds("deadline", self.deadline, strict=True)
         _seconds("hold", self.hold, strict=True)
