@@ -21,15 +21,23 @@ with the twin, so messages are identical by construction.
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_Check
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_Check,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.long cimport (
     PyLong_AsLongLongAndOverflow,
     PyLong_AsUnsignedLongLongMask,
+    PyLong_Check,
     PyLong_FromUnsignedLong,
 )
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.memoryview cimport PyMemoryView_Check
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.limits cimport LLONG_MAX
@@ -162,6 +170,47 @@ cdef extern from *:
     #endif
     """
     double nyx_monotonic() nogil
+
+# A route key's 64 bits (see ``_routing``) without a call for the common keys: an exact
+# int that fits one machine word (its value mod 2**64), an exact bytes object, or an
+# exact str of ASCII characters (its UTF-8 is its data). 0: take the general path.
+cdef extern from *:
+    """
+    static inline uint64_t nyx_fnv1a64(const unsigned char* p, Py_ssize_t n) {
+        uint64_t h = 0xCBF29CE484222325ULL;
+        for (Py_ssize_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ULL;
+        return h;
+    }
+    static inline int nyx_fast_key_bits(PyObject* key, uint64_t* out) {
+        if (PyLong_CheckExact(key)) {
+    #if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_LIMITED_API)
+            if (PyUnstable_Long_IsCompact((PyLongObject*)key)) {
+                *out = (uint64_t)(int64_t)PyUnstable_Long_CompactValue((PyLongObject*)key);
+                return 1;
+            }
+    #elif !defined(Py_LIMITED_API)
+            Py_ssize_t size = Py_SIZE(key);
+            if (size == 1) { *out = (uint64_t)((PyLongObject*)key)->ob_digit[0]; return 1; }
+            if (size == 0) { *out = 0; return 1; }
+            if (size == -1) { *out = (uint64_t)0 - (uint64_t)((PyLongObject*)key)->ob_digit[0]; return 1; }
+    #endif
+            return 0;
+        }
+        if (PyBytes_CheckExact(key)) {
+            *out = nyx_fnv1a64((const unsigned char*)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+            return 1;
+        }
+    #if !defined(Py_LIMITED_API)
+        if (PyUnicode_CheckExact(key) && PyUnicode_IS_COMPACT_ASCII(key)) {
+            *out = nyx_fnv1a64((const unsigned char*)PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key));
+            return 1;
+        }
+    #endif
+        return 0;
+    }
+    """
+    uint64_t nyx_fnv1a64(const unsigned char* p, Py_ssize_t n) noexcept
+    bint nyx_fast_key_bits(object key, uint64_t* out) noexcept
 
 # C mirrors of values in _constants.py, for the hot path; _C_MIRRORS below shows them
 # to Python under the names they mirror.
@@ -918,12 +967,10 @@ cdef inline uint64_t _splitmix64(uint64_t x) noexcept:
     return z ^ (z >> 31)
 
 
-cdef inline uint64_t _fnv1a64(const unsigned char* p, Py_ssize_t n) noexcept:
-    cdef uint64_t h = <uint64_t>0xCBF29CE484222325ULL
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * <uint64_t>0x100000001B3ULL
-    return h
+cdef inline bint _is_key(object key) noexcept:
+    """Whether ``key`` is of a route key's type (``_routing.check_key`` says what is)."""
+    return (PyLong_Check(key) or PyUnicode_Check(key) or PyBytes_Check(key)
+            or PyByteArray_Check(key) or PyMemoryView_Check(key))
 
 
 cdef int _key_bits(object key, uint64_t* out) except -1:
@@ -934,19 +981,19 @@ cdef int _key_bits(object key, uint64_t* out) except -1:
     if isinstance(key, int):
         out[0] = PyLong_AsUnsignedLongLongMask(key)
     elif type(key) is bytes:
-        out[0] = _fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        out[0] = nyx_fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
     elif isinstance(key, str):
         try:
             text = PyUnicode_AsUTF8AndSize(key, &size)
         except UnicodeEncodeError:  # lone surrogates: as _routing encodes them
             key = (<str>key).encode("utf-8", "surrogatepass")
-            out[0] = _fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key),
-                              PyBytes_GET_SIZE(key))
+            out[0] = nyx_fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key),
+                                 PyBytes_GET_SIZE(key))
             return 0
-        out[0] = _fnv1a64(<const unsigned char*>text, size)
+        out[0] = nyx_fnv1a64(<const unsigned char*>text, size)
     elif isinstance(key, (bytearray, memoryview)):
         key = bytes(key)
-        out[0] = _fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        out[0] = nyx_fnv1a64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
     else:
         check_key(key)
     return 0
@@ -955,7 +1002,8 @@ cdef int _key_bits(object key, uint64_t* out) except -1:
 def route_point(key, salt=0):
     """The key's 53-bit point on a route, as ``nyxplug._routing`` specifies it."""
     cdef uint64_t bits
-    _key_bits(key, &bits)
+    if not nyx_fast_key_bits(key, &bits):
+        _key_bits(key, &bits)
     cdef uint64_t mixed = _splitmix64(bits ^ <uint64_t>(salt & 0xFFFFFFFFFFFFFFFF))
     return mixed >> 11
 
@@ -1555,8 +1603,10 @@ cdef class Dispatcher:
         # ``mirror`` is borrowed (the route and ``_lanes`` hold the lane): an owned local
         # would cost the frames of every plugin without a route a reference count.
         cdef PyObject* mirror = NULL
-        if rt.route is not None or key is not None:
+        if rt.route is not None:
             rt = self._route(rt, key, hdr, code, &mirror)
+        elif key is not None and not _is_key(key):
+            check_key(key)  # raises TypeError
         entry = rt.entry
         if not entry.alive:
             found = PyDict_GetItemWithError(self._registry._entries, plugin_id)
@@ -1606,40 +1656,38 @@ cdef class Dispatcher:
 
     cdef _Runtime _route(self, _Runtime rt, object key, PluginHeader hdr, long code,
                          PyObject** mirror):
-        """Step 5b out of line: the lane of a routed frame (and the shadow lane to copy it
-        to, borrowed), or ``rt`` itself after checking a key's type when there is no route."""
+        """Step 5b out of line, for a plugin with a route: the lane of the frame with route
+        key ``key`` (see ``_routing``), counted, and the shadow lane to copy it to
+        (borrowed). Common keys are hashed in C without a call (``nyx_fast_key_bits``)."""
         cdef _Route route = rt.route
-        if route is None:
-            if not isinstance(key, (int, str, bytes, bytearray, memoryview)):
-                check_key(key)
-            return rt
-        cdef _Runtime lane = self._pick(rt, key, hdr, code)
+        cdef uint64_t bits
+        cdef _Runtime lane = rt
+        if key is None:
+            bits = route.counter
+            route.counter += 1
+        elif not nyx_fast_key_bits(key, &bits):
+            _key_bits(key, &bits)
+        if route.rules is not None:
+            found = self._match_rule(route, key is not None, bits, hdr, code)
+            if found is not None:
+                lane = <_Runtime>found
+        elif (_splitmix64(bits ^ route.salt) >> 11) < route.threshold:
+            lane = route.candidate  # a threshold above 0 means a candidate is set
+        lane.routed += 1
         if route.shadow is not None and route.shadow is not lane:
             mirror[0] = <PyObject*>route.shadow
         return lane
 
-    cdef _Runtime _pick(self, _Runtime rt, object key, PluginHeader hdr, long code):
-        """The lane of a frame with route key ``key`` (see ``_routing``); counts it."""
-        cdef _Route route = rt.route
-        cdef uint64_t bits
-        cdef _Runtime lane
-        if key is None:
-            bits = route.counter
-            route.counter += 1
-        else:
-            _key_bits(key, &bits)
-        if route.rules is not None:
-            keyed = None if key is None else bits
-            for rule, lane_obj in route.rules:
-                if rule.matches(hdr.flags, hdr.data, code, keyed):
-                    lane = <_Runtime>lane_obj
-                    lane.routed += 1
-                    return lane
-        if (route.candidate is not None
-                and (_splitmix64(bits ^ route.salt) >> 11) < route.threshold):
-            rt = route.candidate
-        rt.routed += 1
-        return rt
+    cdef object _match_rule(self, _Route route, bint keyed, uint64_t bits, PluginHeader hdr,
+                            long code):
+        """The lane the first matching A/B rule names, else the weight's lane."""
+        key_bits = bits if keyed else None
+        for rule, lane in route.rules:
+            if rule.matches(hdr.flags, hdr.data, code, key_bits):
+                return lane
+        if (_splitmix64(bits ^ route.salt) >> 11) < route.threshold:
+            return route.candidate
+        return None
 
     cdef int _refused_by_breaker(self, _Runtime rt, object frame_type) except -1:
         """Ask the breaker to admit one frame; on refusal keep the error for ``_error``."""
