@@ -1722,25 +1722,25 @@ cdef class Dispatcher:
                          PyObject** mirror):
         """Step 5b out of line, for a plugin with a route: the lane of the frame with route
         key ``key`` (see ``_routing``), counted, and the shadow lane to copy it to
-        (borrowed). Common keys are hashed in C without a call (``nyx_fast_key_bits``)."""
-        cdef _Route route = rt.route
+        (borrowed). Common keys are hashed in C without a call (``nyx_fast_key_bits``);
+        the route and lanes are read through ``rt`` (borrowed: no reference counts)."""
         cdef uint64_t bits
-        cdef _Runtime lane = rt
+        cdef PyObject* lane = <PyObject*>rt
         if key is None:
-            bits = route.counter
-            route.counter += 1
+            bits = rt.route.counter
+            rt.route.counter += 1
         elif not nyx_fast_key_bits(key, &bits):
             _key_bits(key, &bits)
-        if route.rules is not None:
-            found = self._match_rule(route, key is not None, bits, hdr, code)
+        if rt.route.rules is not None:
+            found = self._match_rule(rt.route, key is not None, bits, hdr, code)
             if found is not None:
-                lane = <_Runtime>found
-        elif (_splitmix64(bits ^ route.salt) >> 11) < route.threshold:
-            lane = route.candidate  # a threshold above 0 means a candidate is set
-        lane.routed += 1
-        if route.shadow is not None and route.shadow is not lane:
-            mirror[0] = <PyObject*>route.shadow
-        return lane
+                lane = <PyObject*>found
+        elif (_splitmix64(bits ^ rt.route.salt) >> 11) < rt.route.threshold:
+            lane = <PyObject*>rt.route.candidate  # a threshold above 0: a candidate is set
+        (<_Runtime>lane).routed += 1
+        if rt.route.shadow is not None and <PyObject*>rt.route.shadow != lane:
+            mirror[0] = <PyObject*>rt.route.shadow
+        return <_Runtime>lane
 
     cdef object _match_rule(self, _Route route, bint keyed, uint64_t bits, PluginHeader hdr,
                             long code):
