@@ -148,6 +148,8 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 _MASK64 = (1 << 64) - 1
 #: Keys a route remembers the lane of (``_Route.memo``) before it forgets them all.
 _MEMO_LIMIT = 1 << 16
+#: The key types it remembers (hashable, and never equal to a key of another lane).
+_MEMO_TYPES = frozenset((int, str, bytes))
 
 
 class _Ready:
@@ -698,9 +700,9 @@ class _Route:
         self.shadow = shadow  # gets a copy of every frame routed elsewhere
         # The lane of each int, str or bytes key seen lately: a key's lane is fixed while
         # this record routes, and a session sends many frames, so a repeated key skips
-        # the 64-bit hash (about 0.4 us in Python ints). None with A/B rules (they look
-        # at the frame too). Emptied when it holds _MEMO_LIMIT keys.
-        self.memo: dict[int | str | bytes, _Runtime] | None = None if rules else {}
+        # the 64-bit hash (about 0.4 us in Python ints). Stays empty with A/B rules (they
+        # look at the frame too). Emptied when it holds _MEMO_LIMIT keys.
+        self.memo: dict[int | str | bytes, _Runtime] = {}
 
 
 def _observe(task: asyncio.Task[Any]) -> None:
@@ -1058,8 +1060,18 @@ class Dispatcher:
             return self._fail(frame_type, status, plugin_id)
         # 5b. route: during a rollout the key picks the version's lane; else one compare
         mirror = None
-        if rt.route is not None:
-            rt, mirror = self._route(rt, key, header, code)
+        route = rt.route
+        if route is not None:
+            # a key seen lately: its lane is remembered (see _Route.memo); 1.0 == 1, but
+            # only an int, str or bytes is looked up
+            lane = route.memo.get(key) if type(key) in _MEMO_TYPES else None
+            if lane is None:
+                lane = self._route(rt, route, key, header, code)
+            lane.routed += 1
+            shadow = route.shadow
+            if shadow is not None and shadow is not lane:
+                mirror = shadow
+            rt = lane
         elif key is not None and type(key) is not int:
             check_key(key)  # raises TypeError
         entry = rt.entry
@@ -1112,41 +1124,28 @@ class Dispatcher:
             self._wake_worker(lane)
 
     def _route(
-        self, rt: _Runtime, key: Any, header: PluginHeader, code: int
-    ) -> tuple[_Runtime, _Runtime | None]:
-        """Step 5b out of line, for a plugin with a route: the lane of the frame with route
-        key ``key`` (see ``_routing``), counted, and the shadow lane to copy it to."""
-        route = rt.route
-        assert route is not None
-        memo = route.memo
-        kind = type(key)
-        if memo is not None and (kind is int or kind is str or kind is bytes):
-            lane = memo.get(key)  # the type check first: 1.0 == 1, but is no route key
-            if lane is None:
-                if len(memo) >= _MEMO_LIMIT:
-                    memo.clear()
-                bits = key & _MASK64 if kind is int else key_bits(key)
-                lane = memo[key] = self._weighed(rt, route, bits)
+        self, rt: _Runtime, route: _Route, key: Any, header: PluginHeader, code: int
+    ) -> _Runtime:
+        """Step 5b out of line, for a key the route does not remember: the lane of the
+        frame with route key ``key`` (see ``_routing``); the caller counts it."""
+        if key is None:
+            bits = route.counter
+            route.counter += 1
         else:
-            if key is None:
-                bits = route.counter
-                route.counter += 1
-            else:
-                bits = key_bits(key)  # TypeError unless a route key
-            lane = None
-            if route.rules is not None:
-                keyed = None if key is None else bits
-                for rule, rule_lane in route.rules:
-                    if rule.matches(header._flags, header._data, code, keyed):
-                        lane = rule_lane
-                        break
-            if lane is None:
-                lane = self._weighed(rt, route, bits)
-        lane.routed += 1
-        shadow = route.shadow
-        if shadow is not None and shadow is not lane:
-            return lane, shadow
-        return lane, None
+            bits = key & _MASK64 if type(key) is int else key_bits(key)  # TypeError if no key
+        if route.rules is not None:
+            keyed = None if key is None else bits
+            for rule, lane in route.rules:
+                if rule.matches(header._flags, header._data, code, keyed):
+                    return lane
+            return self._weighed(rt, route, bits)
+        lane = self._weighed(rt, route, bits)
+        if type(key) in _MEMO_TYPES:
+            memo = route.memo
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[key] = lane
+        return lane
 
     @staticmethod
     def _weighed(rt: _Runtime, route: _Route, bits: int) -> _Runtime:

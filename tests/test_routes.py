@@ -395,3 +395,81 @@ async def test_shadow_copies_never_hold_up_the_frame_and_are_counted(impl: Any) 
     await d.wait_idle()
     assert lanes.handled["dark"][-1] == b"only" and lanes.handled["base"][-1] == b"only"
     await d.aclose()
+
+
+async def test_repeated_keys_route_alike_and_only_route_keys_are_remembered(impl: Any) -> None:
+    """A key's lane is remembered per route (the pure twin's memo; the compiled one
+    hashes in C): repeats go where ``route_point`` says, a new route forgets, and a
+    value equal to a remembered key but of no route key type (1.0 == 1) is refused."""
+    d, lanes = await two_lanes(impl, weight=30)
+    salt = routing.route_salt(7, "v2")
+    header = impl.PluginHeader(7)
+    keys: list[int | str | bytes] = [*range(300), *(f"s{i}" for i in range(300))]
+    keys += [str(i).encode() for i in range(300)]
+    for _round in range(3):
+        for key in keys:
+            d.dispatch_nowait(DATA, header, b"", key=key)
+    with pytest.raises(TypeError, match=r"^Expected `key` to be an int, str or bytes-like, got"):
+        d.dispatch_nowait(DATA, header, b"", key=1.0)
+    d.dispatch_nowait(DATA, header, b"", key=True)  # a bool is an int key: 1's lane
+    d.dispatch_nowait(DATA, header, b"", key=bytearray(b"7"))  # hashes as b"7"
+    expect = [routing.route_point(k, salt) < routing.weight_threshold(30) for k in [*keys, 1, b"7"]]
+    routed = d.route_info(7).routed
+    assert routed["v2"] == 3 * sum(expect[:-2]) + sum(expect[-2:])
+    d.set_route(7, stable="base", candidate="v2", weight=60)  # a new record: keys move
+    for key in keys:
+        d.dispatch_nowait(DATA, header, b"", key=key)
+    moved = d.route_info(7).routed["v2"] - routed["v2"]
+    assert moved == sum(routing.route_point(k, salt) < routing.weight_threshold(60) for k in keys)
+    await d.wait_idle()
+    await d.aclose()
+    assert lanes.handled  # the lanes ran
+
+
+async def test_the_pure_memo_forgets_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nyxplug import _dispatch_py
+
+    monkeypatch.setattr(_dispatch_py, "_MEMO_LIMIT", 16)
+    d, _lanes = await two_lanes(_dispatch_py, weight=50)
+    salt = routing.route_salt(7, "v2")
+    header = _dispatch_py.PluginHeader(7)
+    for key in range(100):
+        d.dispatch_nowait(DATA, header, b"", key=key % 40)
+    route = d._runtimes[7].route
+    assert 0 < len(route.memo) <= 16
+    expect = sum(
+        routing.route_point(k % 40, salt) < routing.weight_threshold(50) for k in range(100)
+    )
+    assert d.route_info(7).routed["v2"] == expect
+    await d.wait_idle()
+    await d.aclose()
+
+
+async def test_send_arguments_any_way_they_may_be_passed(impl: Any) -> None:
+    """The compiled senders parse the usual calls themselves (see nyx_install_sender):
+    every other way of passing the same arguments, and every wrong one, behaves alike."""
+    d, lanes = await two_lanes(impl, weight=50)
+    header = impl.PluginHeader(7)
+    name = "".join(["k", "ey"])  # not the interned "key" object
+    for send in (d.dispatch_nowait, d.try_dispatch):
+        send(DATA, header)
+        send(DATA, header, b"p")
+        send(DATA, header, key=3)
+        send(DATA, header, b"p", key=3)
+        send(DATA, header, **{name: 3})
+        send(frame_type=DATA, header=header, payload=b"p", key=3)
+        send(DATA, header, payload=b"p", key=3)
+        send(DATA, header, key=3, payload=b"p")
+        for bad in ((DATA,), (DATA, header, b"", 3), ()):
+            with pytest.raises(TypeError):
+                send(*bad)
+        with pytest.raises(TypeError):
+            send(DATA, header, kee=3)
+        with pytest.raises(TypeError):
+            send(DATA, header, b"", payload=b"")
+    await d.dispatch(DATA, header, key=3)
+    await d.dispatch(DATA, header, b"p", **{name: 3})
+    await d.wait_idle()
+    assert sum(d.route_info(7).routed.values()) == 2 * 8 + 2
+    await d.aclose()
+    assert lanes.handled
