@@ -1722,21 +1722,38 @@ cdef class Dispatcher:
                          PyObject** mirror):
         """Step 5b out of line, for a plugin with a route: the lane of the frame with route
         key ``key`` (see ``_routing``), counted, and the shadow lane to copy it to
-        (borrowed). Common keys are hashed in C without a call (``nyx_fast_key_bits``);
-        the route and lanes are read through ``rt`` (borrowed: no reference counts)."""
+        (borrowed). A keyless frame or a common key (``nyx_fast_key_bits``) on a route
+        without A/B rules is decided here without a call; the route and lanes are read
+        through ``rt`` (borrowed: no reference counts); the rest goes to ``_route_slow``."""
         cdef uint64_t bits
         cdef PyObject* lane = <PyObject*>rt
         if key is None:
             bits = rt.route.counter
             rt.route.counter += 1
         elif not nyx_fast_key_bits(key, &bits):
+            return self._route_slow(rt, key, hdr, code, mirror, False, 0)
+        if rt.route.rules is not None:
+            return self._route_slow(rt, key, hdr, code, mirror, True, bits)
+        if (_splitmix64(bits ^ rt.route.salt) >> 11) < rt.route.threshold:
+            lane = <PyObject*>rt.route.candidate  # a threshold above 0: a candidate is set
+        (<_Runtime>lane).routed += 1
+        if rt.route.shadow is not None and <PyObject*>rt.route.shadow != lane:
+            mirror[0] = <PyObject*>rt.route.shadow
+        return <_Runtime>lane
+
+    cdef _Runtime _route_slow(self, _Runtime rt, object key, PluginHeader hdr, long code,
+                              PyObject** mirror, bint hashed, uint64_t bits):
+        """``_route`` for another key type or a route with A/B rules; ``hashed``: the
+        key's ``bits`` are known."""
+        cdef PyObject* lane = <PyObject*>rt
+        if not hashed:
             _key_bits(key, &bits)
         if rt.route.rules is not None:
             found = self._match_rule(rt.route, key is not None, bits, hdr, code)
             if found is not None:
                 lane = <PyObject*>found
         elif (_splitmix64(bits ^ rt.route.salt) >> 11) < rt.route.threshold:
-            lane = <PyObject*>rt.route.candidate  # a threshold above 0: a candidate is set
+            lane = <PyObject*>rt.route.candidate
         (<_Runtime>lane).routed += 1
         if rt.route.shadow is not None and <PyObject*>rt.route.shadow != lane:
             mirror[0] = <PyObject*>rt.route.shadow

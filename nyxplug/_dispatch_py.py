@@ -1138,27 +1138,21 @@ class Dispatcher:
             for rule, lane in route.rules:
                 if rule.matches(header._flags, header._data, code, keyed):
                     return lane
-            return self._weighed(rt, route, bits)
-        lane = self._weighed(rt, route, bits)
-        if type(key) in _MEMO_TYPES:
-            memo = route.memo
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[key] = lane
-        return lane
-
-    @staticmethod
-    def _weighed(rt: _Runtime, route: _Route, bits: int) -> _Runtime:
-        """The candidate if the key's point is below the threshold, else ``rt``."""
         # splitmix64(bits ^ salt) >> 11, inline (see _routing.splitmix64); a threshold
         # above 0 means a candidate is set
         z = ((bits ^ route.salt) + 0x9E3779B97F4A7C15) & _MASK64
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        lane = rt
         if ((z ^ (z >> 31)) >> 11) < route.threshold:
             assert route.candidate is not None
-            return route.candidate
-        return rt
+            lane = route.candidate
+        if route.rules is None and type(key) in _MEMO_TYPES:
+            memo = route.memo
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[key] = lane
+        return lane
 
     def _refused_by_breaker(self, rt: _Runtime, frame_type: Any) -> bool:
         """Ask the breaker to admit one frame; on refusal keep the error for ``_error``."""

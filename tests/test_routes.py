@@ -473,3 +473,20 @@ async def test_send_arguments_any_way_they_may_be_passed(impl: Any) -> None:
     assert sum(d.route_info(7).routed.values()) == 2 * 8 + 2
     await d.aclose()
     assert lanes.handled
+
+
+async def test_ab_rules_match_every_key_type(impl: Any) -> None:
+    """A rule's key set matches a key whatever its type (int, str, bytes-like, bool),
+    on the compiled twin's fast and general paths alike."""
+    d, lanes = await two_lanes(impl, weight=0)
+    rule = MatchRule("v2", keys=[1, "s", b"b"])
+    d.set_route(7, stable="base", candidate="v2", weight=0, rules=[rule])
+    header = impl.PluginHeader(7)
+    keys: list[Any] = [1, True, "s", b"s", b"b", bytearray(b"b"), memoryview(b"b"), 2, None]
+    for i, key in enumerate(keys):
+        d.dispatch_nowait(DATA, header, str(i).encode(), key=key)
+    await d.wait_idle()
+    # "s" and b"s" hash alike (a str key hashes its UTF-8)
+    assert lanes.handled["v2"] == [str(i).encode() for i in range(7)]
+    assert lanes.handled["base"] == [b"7", b"8"]
+    await d.aclose()
