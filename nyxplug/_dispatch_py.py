@@ -147,9 +147,11 @@ _CIRCUIT_OPEN = DispatchStatus.CIRCUIT_OPEN
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _MASK64 = (1 << 64) - 1
 #: Keys a route remembers the lane of (``_Route.memo``) before it forgets them all.
-_MEMO_LIMIT = 1 << 16
+_MEMO_LIMIT = 1 << 12
 #: The key types it remembers (hashable, and never equal to a key of another lane).
 _MEMO_TYPES = frozenset((int, str, bytes))
+#: The memo of a route whose keys rarely repeat (never written: see _Route.memo).
+_NO_MEMO: dict[Any, Any] = {}
 
 
 class _Ready:
@@ -678,7 +680,7 @@ class _Route:
 
     __slots__ = (
         "candidate", "threshold", "salt", "counter", "weight", "rules", "rule_info", "shadow",
-        "memo",
+        "memo", "memo_mark",
     )  # fmt: skip
 
     def __init__(
@@ -701,8 +703,12 @@ class _Route:
         # The lane of each int, str or bytes key seen lately: a key's lane is fixed while
         # this record routes, and a session sends many frames, so a repeated key skips
         # the 64-bit hash (about 0.4 us in Python ints). Stays empty with A/B rules (they
-        # look at the frame too). Emptied when it holds _MEMO_LIMIT keys.
+        # look at the frame too). Emptied when it holds _MEMO_LIMIT keys - or, when fewer
+        # than half of the frames since it was last emptied found their key in it (keys
+        # that rarely repeat: remembering costs more than it saves), replaced by _NO_MEMO
+        # for good. ``memo_mark``: the frames routed (both lanes) when it was last emptied.
         self.memo: dict[int | str | bytes, _Runtime] = {}
+        self.memo_mark = -1
 
 
 def _observe(task: asyncio.Task[Any]) -> None:
@@ -1147,10 +1153,16 @@ class Dispatcher:
         if ((z ^ (z >> 31)) >> 11) < route.threshold:
             assert route.candidate is not None
             lane = route.candidate
-        if route.rules is None and type(key) in _MEMO_TYPES:
-            memo = route.memo
-            if len(memo) >= _MEMO_LIMIT:
+        memo = route.memo
+        if route.rules is None and memo is not _NO_MEMO and type(key) in _MEMO_TYPES:
+            if len(memo) >= _MEMO_LIMIT or route.memo_mark < 0:
+                candidate = route.candidate
+                routed = rt.routed + (candidate.routed if candidate is not None else 0)
+                if 0 <= route.memo_mark and routed - route.memo_mark < 2 * _MEMO_LIMIT:
+                    route.memo = _NO_MEMO
+                    return lane
                 memo.clear()
+                route.memo_mark = routed
             memo[key] = lane
         return lane
 

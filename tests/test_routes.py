@@ -427,20 +427,32 @@ async def test_repeated_keys_route_alike_and_only_route_keys_are_remembered(impl
 
 
 async def test_the_pure_memo_forgets_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pure twin's memo holds a bounded number of keys: emptied when full while keys
+    repeat, given up for the record when they mostly do not; routing never changes."""
     from nyxplug import _dispatch_py
 
     monkeypatch.setattr(_dispatch_py, "_MEMO_LIMIT", 16)
     d, _lanes = await two_lanes(_dispatch_py, weight=50)
     salt = routing.route_salt(7, "v2")
     header = _dispatch_py.PluginHeader(7)
-    for key in range(100):
-        d.dispatch_nowait(DATA, header, b"", key=key % 40)
     route = d._runtimes[7].route
-    assert 0 < len(route.memo) <= 16
-    expect = sum(
-        routing.route_point(k % 40, salt) < routing.weight_threshold(50) for k in range(100)
-    )
-    assert d.route_info(7).routed["v2"] == expect
+    sessions = [k % 10 for k in range(100)]  # 10 keys, each 10 times
+    grouped = [1000 + k // 4 for k in range(80)]  # 20 new keys, 4 frames each
+    fresh = list(range(5000, 5040))  # 40 keys never repeated
+    sent: list[int] = []
+    for phase, keys in enumerate((sessions, grouped, fresh)):
+        for key in keys:
+            d.dispatch_nowait(DATA, header, b"", key=key)
+        sent += keys
+        if phase == 0:
+            assert sorted(route.memo) == list(range(10))
+        elif phase == 1:
+            assert 0 < len(route.memo) <= 16 and route.memo is not _dispatch_py._NO_MEMO
+        else:
+            assert route.memo is _dispatch_py._NO_MEMO
+        threshold = routing.weight_threshold(50)
+        expect = sum(routing.route_point(k, salt) < threshold for k in sent)
+        assert d.route_info(7).routed["v2"] == expect
     await d.wait_idle()
     await d.aclose()
 
