@@ -481,8 +481,9 @@ async def test_send_arguments_any_way_they_may_be_passed(impl: Any) -> None:
             send(DATA, header, b"", payload=b"")
     await d.dispatch(DATA, header, key=3)
     await d.dispatch(DATA, header, b"p", **{name: 3})
+    type(d).dispatch_nowait(d, DATA, header, key=3)  # through the class
     await d.wait_idle()
-    assert sum(d.route_info(7).routed.values()) == 2 * 8 + 2
+    assert sum(d.route_info(7).routed.values()) == 2 * 8 + 3
     await d.aclose()
     assert lanes.handled
 
