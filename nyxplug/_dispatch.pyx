@@ -13,7 +13,10 @@ class by class and method by method. What differs is only how:
 * per-frame objects (``PluginHeader``, ``PluginMessage``) are final, free-listed and
   not tracked by the GC, so a burst of frames never triggers a collection;
 * "queue full" is a status code internally; an exception is built only when one
-  must be raised.
+  must be raised;
+* ``dispatch_nowait``, ``try_dispatch`` and ``dispatch`` parse their usual calls in C
+  (``nyx_install_sender``) and a route key is hashed without a call
+  (``nyx_fast_key_bits``), where the twin remembers a key's lane (``_Route.memo``).
 
 Errors, stats records, constants, handler resolution and argument checks are shared
 with the twin, so messages are identical by construction.
