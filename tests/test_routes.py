@@ -395,3 +395,111 @@ async def test_shadow_copies_never_hold_up_the_frame_and_are_counted(impl: Any) 
     await d.wait_idle()
     assert lanes.handled["dark"][-1] == b"only" and lanes.handled["base"][-1] == b"only"
     await d.aclose()
+
+
+async def test_repeated_keys_route_alike_and_only_route_keys_are_remembered(impl: Any) -> None:
+    """A key's lane is remembered per route (the pure twin's memo; the compiled one
+    hashes in C): repeats go where ``route_point`` says, a new route forgets, and a
+    value equal to a remembered key but of no route key type (1.0 == 1) is refused."""
+    d, lanes = await two_lanes(impl, weight=30)
+    salt = routing.route_salt(7, "v2")
+    header = impl.PluginHeader(7)
+    keys: list[int | str | bytes] = [*range(300), *(f"s{i}" for i in range(300))]
+    keys += [str(i).encode() for i in range(300)]
+    for _round in range(3):
+        for key in keys:
+            d.dispatch_nowait(DATA, header, b"", key=key)
+    with pytest.raises(TypeError, match=r"^Expected `key` to be an int, str or bytes-like, got"):
+        d.dispatch_nowait(DATA, header, b"", key=1.0)
+    d.dispatch_nowait(DATA, header, b"", key=True)  # a bool is an int key: 1's lane
+    d.dispatch_nowait(DATA, header, b"", key=bytearray(b"7"))  # hashes as b"7"
+    expect = [routing.route_point(k, salt) < routing.weight_threshold(30) for k in [*keys, 1, b"7"]]
+    routed = d.route_info(7).routed
+    assert routed["v2"] == 3 * sum(expect[:-2]) + sum(expect[-2:])
+    d.set_route(7, stable="base", candidate="v2", weight=60)  # a new record: keys move
+    for key in keys:
+        d.dispatch_nowait(DATA, header, b"", key=key)
+    moved = d.route_info(7).routed["v2"] - routed["v2"]
+    assert moved == sum(routing.route_point(k, salt) < routing.weight_threshold(60) for k in keys)
+    await d.wait_idle()
+    await d.aclose()
+    assert lanes.handled  # the lanes ran
+
+
+async def test_the_pure_memo_forgets_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pure twin's memo holds a bounded number of keys: emptied when full while keys
+    repeat, given up for the record when they mostly do not; routing never changes."""
+    from nyxplug import _dispatch_py
+
+    monkeypatch.setattr(_dispatch_py, "_MEMO_LIMIT", 16)
+    d, _lanes = await two_lanes(_dispatch_py, weight=50)
+    salt = routing.route_salt(7, "v2")
+    header = _dispatch_py.PluginHeader(7)
+    route = d._runtimes[7].route
+    sessions = [k % 10 for k in range(100)]  # 10 keys, each 10 times
+    grouped = [1000 + k // 4 for k in range(80)]  # 20 new keys, 4 frames each
+    fresh = list(range(5000, 5040))  # 40 keys never repeated
+    sent: list[int] = []
+    for phase, keys in enumerate((sessions, grouped, fresh)):
+        for key in keys:
+            d.dispatch_nowait(DATA, header, b"", key=key)
+        sent += keys
+        if phase == 0:
+            assert sorted(route.memo) == list(range(10))
+        elif phase == 1:
+            assert 0 < len(route.memo) <= 16 and route.memo is not _dispatch_py._NO_MEMO
+        else:
+            assert route.memo is _dispatch_py._NO_MEMO
+        threshold = routing.weight_threshold(50)
+        expect = sum(routing.route_point(k, salt) < threshold for k in sent)
+        assert d.route_info(7).routed["v2"] == expect
+    await d.wait_idle()
+    await d.aclose()
+
+
+async def test_send_arguments_any_way_they_may_be_passed(impl: Any) -> None:
+    """The compiled senders parse the usual calls themselves (see nyx_install_sender):
+    every other way of passing the same arguments, and every wrong one, behaves alike."""
+    d, lanes = await two_lanes(impl, weight=50)
+    header = impl.PluginHeader(7)
+    name = "".join(["k", "ey"])  # not the interned "key" object
+    for send in (d.dispatch_nowait, d.try_dispatch):
+        send(DATA, header)
+        send(DATA, header, b"p")
+        send(DATA, header, key=3)
+        send(DATA, header, b"p", key=3)
+        send(DATA, header, **{name: 3})
+        send(frame_type=DATA, header=header, payload=b"p", key=3)
+        send(DATA, header, payload=b"p", key=3)
+        send(DATA, header, key=3, payload=b"p")
+        for bad in ((DATA,), (DATA, header, b"", 3), ()):
+            with pytest.raises(TypeError):
+                send(*bad)
+        with pytest.raises(TypeError):
+            send(DATA, header, kee=3)
+        with pytest.raises(TypeError):
+            send(DATA, header, b"", payload=b"")
+    await d.dispatch(DATA, header, key=3)
+    await d.dispatch(DATA, header, b"p", **{name: 3})
+    type(d).dispatch_nowait(d, DATA, header, key=3)  # through the class
+    await d.wait_idle()
+    assert sum(d.route_info(7).routed.values()) == 2 * 8 + 3
+    await d.aclose()
+    assert lanes.handled
+
+
+async def test_ab_rules_match_every_key_type(impl: Any) -> None:
+    """A rule's key set matches a key whatever its type (int, str, bytes-like, bool),
+    on the compiled twin's fast and general paths alike."""
+    d, lanes = await two_lanes(impl, weight=0)
+    rule = MatchRule("v2", keys=[1, "s", b"b"])
+    d.set_route(7, stable="base", candidate="v2", weight=0, rules=[rule])
+    header = impl.PluginHeader(7)
+    keys: list[Any] = [1, True, "s", b"s", b"b", bytearray(b"b"), memoryview(b"b"), 2, None]
+    for i, key in enumerate(keys):
+        d.dispatch_nowait(DATA, header, str(i).encode(), key=key)
+    await d.wait_idle()
+    # "s" and b"s" hash alike (a str key hashes its UTF-8)
+    assert lanes.handled["v2"] == [str(i).encode() for i in range(7)]
+    assert lanes.handled["base"] == [b"7", b"8"]
+    await d.aclose()
