@@ -264,6 +264,7 @@ cdef extern from *:
         if (slot < 0 || slot > 2 || !PyObject_TypeCheck(descr, &PyMethodDescr_Type)) return 0;
         PyMethodDef* def = ((PyMethodDescrObject*)descr)->d_method;
         if (def->ml_flags != (METH_FASTCALL | METH_KEYWORDS)) return 0;
+        if (def->ml_meth == (PyCFunction)(void(*)(void))fast[slot]) return 1;  /* again */
         if (nyx_key_name == NULL) {
             Py_INCREF(key_name); nyx_key_name = key_name;
             Py_INCREF(no_payload); nyx_no_payload = no_payload;
