@@ -247,7 +247,11 @@ class Dispatcher:
         self, plugin_id: int, step: str | None, *, recovered: bool = False
     ) -> None: ...
     def watch_breaker(
-        self, plugin_id: int, callback: Callable[[BreakerState], object] | None
+        self,
+        plugin_id: int,
+        callback: Callable[[BreakerState], object] | None,
+        *,
+        version: str | None = None,
     ) -> None: ...
     def breaker_stats(
         self, plugin_id: int, *, version: str | None = None

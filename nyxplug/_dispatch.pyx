@@ -2381,11 +2381,13 @@ cdef class Dispatcher:
         rt.breaker.repair(step, rt.enqueued(), recovered)
         rt.sync()
 
-    def watch_breaker(self, plugin_id, callback):
-        """Call ``callback(state)`` on every transition of the plugin's breaker (None
-        stops); it is kept when ``set_breaker`` replaces the breaker. It runs inside
-        whatever made the transition - a dispatch, the worker - so it must only note
-        the event (set an ``asyncio.Event``), never block or raise.
+    def watch_breaker(self, plugin_id, callback, *, version=None):
+        """Call ``callback(state)`` on every transition of the breaker of the plugin's
+        ``version`` (default the stable one; None stops); it is kept when ``set_breaker``
+        replaces that lane's breaker. Each lane has its own watcher, so a candidate's
+        transitions never reach the stable lane's. It runs inside whatever made the
+        transition - a dispatch, the worker - so it must only note the event (set an
+        ``asyncio.Event``), never block or raise.
         """
         if nyx_thread_id() != self._owner:
             self._refuse_thread("watch_breaker")
@@ -2393,7 +2395,7 @@ cdef class Dispatcher:
             raise TypeError(
                 f"Expected `callback` to be callable or None, got {type(callback).__name__}"
             )
-        cdef _Runtime rt = self._breaker_runtime(plugin_id, None)
+        cdef _Runtime rt = self._breaker_runtime(plugin_id, version)
         rt.breaker.on_change = callback
 
     def breaker_stats(self, plugin_id, *, version=None):

@@ -1777,12 +1777,18 @@ class Dispatcher:
         rt.gate, rt.epoch = breaker.gate, breaker.epoch
 
     def watch_breaker(
-        self, plugin_id: int, callback: Callable[[BreakerState], object] | None
+        self,
+        plugin_id: int,
+        callback: Callable[[BreakerState], object] | None,
+        *,
+        version: str | None = None,
     ) -> None:
-        """Call ``callback(state)`` on every transition of the plugin's breaker (None
-        stops); it is kept when ``set_breaker`` replaces the breaker. It runs inside
-        whatever made the transition - a dispatch, the worker - so it must only note
-        the event (set an ``asyncio.Event``), never block or raise.
+        """Call ``callback(state)`` on every transition of the breaker of the plugin's
+        ``version`` (default the stable one; None stops); it is kept when ``set_breaker``
+        replaces that lane's breaker. Each lane has its own watcher, so a candidate's
+        transitions never reach the stable lane's. It runs inside whatever made the
+        transition - a dispatch, the worker - so it must only note the event (set an
+        ``asyncio.Event``), never block or raise.
         """
         if threading.get_ident() != self._owner:
             raise self._wrong_thread("watch_breaker")
@@ -1790,7 +1796,7 @@ class Dispatcher:
             raise TypeError(
                 f"Expected `callback` to be callable or None, got {type(callback).__name__}"
             )
-        self._breaker(plugin_id).on_change = callback
+        self._breaker(plugin_id, version).on_change = callback
 
     def breaker_stats(self, plugin_id: int, *, version: str | None = None) -> BreakerStats | None:
         """A snapshot of the plugin's breaker, or None if it has none (or is not loaded).

@@ -846,21 +846,28 @@ class PluginManager:
         """The manifest's ``[breaker]``, else the host's ``[defaults.breaker]``."""
         return manifest.breaker if manifest.breaker is not None else self.config.defaults.breaker
 
-    def _watch_breaker(self, record: PluginRecord, plugin_id: int) -> None:
-        """Audit every transition of the plugin's breaker (and tell its recovery ladder).
+    def _watch_breaker(
+        self, record: PluginRecord, plugin_id: int, lane: str | None = None
+    ) -> None:
+        """Audit every transition of the breaker of the plugin's ``lane`` (a dispatcher
+        lane; None is the stable version's), and tell the recovery ladder of those of
+        the stable lane only: a candidate tripping is the rollout's to judge.
 
         The dispatcher has one watcher per breaker and calls it inside the dispatch or
         worker batch that made the transition, so the callback only appends to a deque;
-        a task writes the lines (file I/O is kept off the frame path).
+        a task writes the lines (file I/O is kept off the frame path). Each line names
+        the version on that lane when it is written.
         """
-        if self.audit is None and record.recovery is None:
+        if lane is None:
+            lane = record.lane  # after a promotion the new stable lane is watched instead
+        on = None if lane == record.lane else lane  # the dispatcher's None: the stable lane
+        ladder = record.recovery if on is None else None
+        if self.audit is None and ladder is None:
             return
-        ladder = record.recovery
         lines, noted = self._breaker_lines, self._breaker_noted
         audited = self.audit is not None  # else nothing would drain the lines
-        stats = self.dispatcher.breaker_stats(plugin_id)
+        stats = self.dispatcher.breaker_stats(plugin_id, version=on)
         last = [stats.state.name.lower() if stats is not None else "closed"]
-        lane = record.lane  # after a promotion the new stable lane is watched instead
 
         def changed(state: BreakerState) -> None:
             if ladder is not None and record.lane == lane:
@@ -871,7 +878,7 @@ class PluginManager:
                 last[0] = name
                 noted.set()
 
-        self.dispatcher.watch_breaker(plugin_id, changed)
+        self.dispatcher.watch_breaker(plugin_id, changed, version=on)
         if self.audit is not None and self._breaker_writer is None:
             self._breaker_writer = asyncio.get_running_loop().create_task(
                 self._write_breaker_lines(), name="nyxplug-breaker-audit"
@@ -940,8 +947,7 @@ class PluginManager:
         on = None if lane == record.lane else lane  # the dispatcher's None: the stable lane
         if d.breaker_stats(manifest.id, version=on) is None:
             d.set_breaker(manifest.id, BreakerConfig(), version=on)
-            if on is None:
-                self._watch_breaker(record, manifest.id)
+            self._watch_breaker(record, manifest.id, lane)
         d.set_breaker_state(manifest.id, state, version=on)
         fields: dict[str, Any] = {"state": state.name.lower(), "caller": caller}
         if version is not None:
@@ -1282,6 +1288,8 @@ class PluginManager:
             verified=staged.verified, health=None, lane=version,
         )  # fmt: skip
         record.lanes[version] = lane
+        if breaker is not None:
+            self._watch_breaker(record, stable.id, lane.lane)  # audited as the stable one's
         lane.health = self._start_health(record, manifest, staged.instance, version)
         self._audit("version", "loaded", record, version=version, caller=caller)
         return lane
