@@ -31,6 +31,7 @@ from nyxplug import (
     CircuitOpen,
     DispatchStatus,
     PluginNotLoaded,
+    VersionError,
 )
 
 OK = DispatchStatus.OK
@@ -656,6 +657,42 @@ async def test_a_failed_repair_leaves_it_open_on_its_own_clock(impl: Any) -> Non
     stats = d.breaker_stats(7)
     # Its open time is over: the next frame (here the read) takes it half-open.
     assert (stats.state, stats.repairing, stats.forced_by) == (BreakerState.HALF_OPEN, None, None)
+    await d.aclose()
+
+
+async def test_each_version_lane_has_its_own_breaker_watcher(impl: Any) -> None:
+    """A candidate's breaker trips, half-opens and closes: its lane's watcher sees each
+    transition, the stable lane's none (and the other way round)."""
+    d, clock, outcomes = await with_breaker(impl, **BASE)
+    await d.load_version(7, "v2", outcomes)
+    d.set_breaker(7, BreakerConfig(**BASE), clock=clock, random=lambda: 0.5, version="v2")
+    d.set_route(7, stable="base", candidate="v2", weight=100)  # every frame to v2
+    stable: list[BreakerState] = []
+    candidate: list[BreakerState] = []
+    d.watch_breaker(7, stable.append)
+    d.watch_breaker(7, candidate.append, version="v2")
+    await send(d, impl, [b"fail"] * 5)
+    assert candidate == [BreakerState.OPEN]
+    clock.advance(BASE["open_wait"])
+    assert d.breaker_stats(7, version="v2").state is BreakerState.HALF_OPEN
+    await send(d, impl, [b"ok"] * 3)  # the probes
+    assert candidate == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert d.breaker_stats(7).calls == 0  # the stable lane took no frame
+    # A new config for the lane keeps its watcher; "base" names the stable lane too.
+    d.set_breaker(7, BreakerConfig(**{**BASE, "window_size": 20}), version="v2")
+    d.set_breaker_state(7, BreakerState.FORCED_OPEN, version="v2")
+    assert candidate[-1] is BreakerState.FORCED_OPEN
+    d.set_breaker_state(7, BreakerState.METRICS_ONLY, version="base")
+    assert stable == [BreakerState.METRICS_ONLY]
+    assert len(candidate) == 4
+    d.watch_breaker(7, None, version="v2")
+    d.set_breaker_state(7, BreakerState.CLOSED, version="v2")
+    assert len(candidate) == 4
+    with pytest.raises(VersionError, match=r"^Expected a loaded version, got none by that name"):
+        d.watch_breaker(7, candidate.append, version="v9")
+    d.set_breaker(7, None, version="v2")
+    with pytest.raises(BreakerNotSet):
+        d.watch_breaker(7, candidate.append, version="v2")
     await d.aclose()
 
 
