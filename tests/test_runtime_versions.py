@@ -687,6 +687,51 @@ async def test_the_ladder_rolls_back_to_the_previous_good_version(
         assert lines == [("2.0.0", "closed", "open")]  # the failing version's lane, by name
 
 
+async def test_a_candidate_breaker_is_audited_by_its_version_and_not_told_to_the_ladder(
+    impl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing candidate under a canary trips its own breaker: the audit log has its
+    transitions, named by the candidate's version; the stable version's recovery ladder
+    hears only of the stable lane's breaker."""
+    ladder = {"steps": ["rollback", "quarantine"], "step_timeout": 5.0}
+    write_version(tmp_path, "geo", "1.0.0", breaker=BREAKER, recovery=ladder)
+    clock = Clock()
+    async with manager_for(impl, tmp_path, clock) as manager:
+        write_version(tmp_path, "geo", "2.0.0", FAILING, breaker=BREAKER)
+        manager.discover()
+        recovery = manager._record("geo").recovery
+        assert recovery is not None
+        told: list[BreakerState] = []
+        heard = recovery.breaker_changed
+
+        def spy(state: BreakerState) -> None:
+            told.append(state)
+            heard(state)
+
+        monkeypatch.setattr(recovery, "breaker_changed", spy)
+        await manager.start_rollout("geo", "2.0.0", CANARY)
+        await send(manager, 400)  # ~10% to 2.0.0, which fails them all: its breaker trips
+        candidate = manager.breaker("geo", version="2.0.0")
+        assert candidate is not None and candidate.state is BreakerState.OPEN
+        assert manager.breaker("geo").state is BreakerState.CLOSED  # type: ignore[union-attr]
+        manager.flush_breaker_audit()
+        lines = [(e["version"], e["previous"], e["decision"]) for e in audit(manager, "breaker")]
+        assert lines == [("2.0.0", "closed", "open")]
+        assert told == []  # the rollout judges a candidate, not the stable one's ladder
+        manager.set_breaker_state("geo", BreakerState.CLOSED, version="2.0.0", caller="ops")
+        manager.set_breaker_state("geo", BreakerState.METRICS_ONLY, caller="ops")
+        lines = [
+            (e["version"], e.get("previous"), e["decision"]) for e in audit(manager, "breaker")
+        ]
+        assert lines == [
+            ("2.0.0", "closed", "open"),
+            ("2.0.0", None, "set"), ("2.0.0", "open", "closed"),
+            ("1.0.0", None, "set"), ("1.0.0", "closed", "metrics_only"),
+        ]  # fmt: skip
+        assert told == [BreakerState.METRICS_ONLY]  # the stable lane's, and only it
+        assert audit(manager, "recovery") == []
+
+
 async def test_the_ladder_rolls_back_a_promoted_rollout(impl: Any, tmp_path: Path) -> None:
     ladder = {"steps": ["rollback"], "step_timeout": 5.0}
     write_version(tmp_path, "geo", "1.0.0", breaker=BREAKER, recovery=ladder)

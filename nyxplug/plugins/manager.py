@@ -846,9 +846,7 @@ class PluginManager:
         """The manifest's ``[breaker]``, else the host's ``[defaults.breaker]``."""
         return manifest.breaker if manifest.breaker is not None else self.config.defaults.breaker
 
-    def _watch_breaker(
-        self, record: PluginRecord, plugin_id: int, lane: str | None = None
-    ) -> None:
+    def _watch_breaker(self, record: PluginRecord, plugin_id: int, lane: str | None = None) -> None:
         """Audit every transition of the breaker of the plugin's ``lane`` (a dispatcher
         lane; None is the stable version's), and tell the recovery ladder of those of
         the stable lane only: a candidate tripping is the rollout's to judge.
