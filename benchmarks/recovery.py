@@ -21,10 +21,8 @@ Both dispatcher twins; uvloop on the host side when installed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
-import json
 import logging
 import os
 import signal
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import isolation
+from benchmarks._timings import timings_main
 from nyxplug import BreakerState, CircuitOpen, FrameType, PluginHeader
 from nyxplug.config import HostConfig
 from nyxplug.isolation import IsolationOptions
@@ -175,25 +174,7 @@ async def run_all(rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.recovery")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--rounds", type=int, default=50)
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    results = runner(run_all(args.rounds))
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {args.rounds} rounds")
-    for name, values in results.items():
-        shown = ", ".join(f"{key} {value:,.1f}" for key, value in values.items())
-        print(f"{name:<50} {shown}")
-    return 0
+    return timings_main("python -m benchmarks.recovery", run_all, argv, width=50, digits=1)
 
 
 if __name__ == "__main__":

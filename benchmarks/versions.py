@@ -18,12 +18,8 @@ Both dispatcher twins; uvloop when installed.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import importlib
-import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._timings import timings_main
 from nyxplug.plugins import PluginManager, RolloutConfig
 
 PLUGIN_ID = 79
@@ -106,25 +103,7 @@ async def run_all(rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.versions")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--rounds", type=int, default=50)
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    results = runner(run_all(args.rounds))
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {args.rounds} rounds")
-    for name, values in results.items():
-        shown = ", ".join(f"{key} {value:,.2f}" for key, value in values.items())
-        print(f"{name:<36} {shown}")
-    return 0
+    return timings_main("python -m benchmarks.versions", run_all, argv, width=36, digits=2)
 
 
 if __name__ == "__main__":
