@@ -16,7 +16,8 @@ class by class and method by method. What differs is only how:
   must be raised;
 * ``dispatch_nowait``, ``try_dispatch`` and ``dispatch`` parse their usual calls in C
   (``nyx_install_sender``) and a route key is hashed without a call
-  (``nyx_fast_key_bits``), where the twin remembers a key's lane (``_Route.memo``).
+  (``nyx_fast_key_bits``), where the twin remembers a key's lane (``_Route.memo``);
+  keyless frames are spread inline in both.
 
 Errors, stats records, constants, handler resolution and argument checks are shared
 with the twin, so messages are identical by construction.
@@ -1027,6 +1028,14 @@ cdef class PluginRegistry:
 cdef class _Runtime
 
 
+#: ``_routing.POINT_RANGE``: 2**53, one past the largest point.
+cdef extern from *:
+    """
+    #define NYX_POINT_RANGE (((uint64_t)1) << 53)
+    """
+    const uint64_t NYX_POINT_RANGE
+
+
 cdef inline uint64_t _splitmix64(uint64_t x) noexcept:
     """SplitMix64's output for state ``x`` (see ``_routing``)."""
     cdef uint64_t z = x + <uint64_t>0x9E3779B97F4A7C15ULL
@@ -1079,12 +1088,15 @@ def route_point(key, salt=0):
 @cython.final
 cdef class _Route:
     """Where a plugin's frames go during a rollout (see ``_routing``): the stable lane
-    holds this record; ``candidate`` takes the keys whose point is below ``threshold``."""
+    holds this record; ``candidate`` takes the keys whose point is below ``threshold``
+    and the keyless frames ``acc`` carries over ``POINT_RANGE``."""
 
     cdef _Runtime candidate
     cdef uint64_t threshold
     cdef uint64_t salt
-    cdef uint64_t counter  # the key of the next keyless frame
+    # keyless frames' error diffusion: 0 <= acc < POINT_RANGE (set_route may carry it
+    # over from the route this one replaces)
+    cdef uint64_t acc
     cdef object weight
     cdef list rules  # A/B rules with their lanes (None: none, and no cost)
     cdef tuple rule_info
@@ -1095,7 +1107,7 @@ cdef class _Route:
         self.weight = weight
         self.threshold = weight_threshold(weight) if candidate is not None else 0
         self.salt = salt & 0xFFFFFFFFFFFFFFFF
-        self.counter = 0
+        self.acc = 0
         self.rules = rules or None
         self.rule_info = tuple(rule for rule, _lane in rules)
         self.shadow = shadow
@@ -1729,21 +1741,26 @@ cdef class Dispatcher:
                                  PyObject** mirror) except NULL:
         """Step 5b for a plugin with a route: the lane of the frame with route key ``key``
         (see ``_routing``), counted, borrowed (the route and ``_lanes`` hold the lanes),
-        and the shadow lane to copy it to (borrowed). A keyless frame or a common key
-        (``nyx_fast_key_bits``) on a route without A/B rules is decided here, inline,
-        without a call (about 20 machine instructions fewer per routed frame than out of
-        line); the route is read through ``rt`` (no reference counts); the rest goes to
-        ``_route_slow``."""
-        cdef uint64_t bits
+        and the shadow lane to copy it to (borrowed). A keyless frame (error diffusion)
+        or a common key (``nyx_fast_key_bits``) on a route without A/B rules is decided
+        here, inline, without a call (about 20 machine instructions fewer per routed
+        frame than out of line); the route is read through ``rt`` (no reference counts);
+        the rest goes to ``_route_slow``."""
+        cdef uint64_t bits, acc
         cdef PyObject* lane = <PyObject*>rt
         if key is None:
-            bits = rt.route.counter
-            rt.route.counter += 1
+            if rt.route.rules is not None:
+                return self._route_slow(rt, key, hdr, code, mirror, True, 0)
+            acc = rt.route.acc + rt.route.threshold  # below 2**54: no overflow
+            if acc >= NYX_POINT_RANGE:
+                acc -= NYX_POINT_RANGE
+                lane = <PyObject*>rt.route.candidate  # a threshold above 0: a candidate is set
+            rt.route.acc = acc
         elif not nyx_fast_key_bits(key, &bits):
             return self._route_slow(rt, key, hdr, code, mirror, False, 0)
-        if rt.route.rules is not None:
+        elif rt.route.rules is not None:
             return self._route_slow(rt, key, hdr, code, mirror, True, bits)
-        if (_splitmix64(bits ^ rt.route.salt) >> 11) < rt.route.threshold:
+        elif (_splitmix64(bits ^ rt.route.salt) >> 11) < rt.route.threshold:
             lane = <PyObject*>rt.route.candidate  # a threshold above 0: a candidate is set
         (<_Runtime>lane).routed += 1
         if rt.route.shadow is not None and <PyObject*>rt.route.shadow != lane:
@@ -1753,14 +1770,23 @@ cdef class Dispatcher:
     cdef PyObject* _route_slow(self, _Runtime rt, object key, PluginHeader hdr, long code,
                                PyObject** mirror, bint hashed, uint64_t bits) except NULL:
         """``_route`` for another key type or a route with A/B rules; ``hashed``: the
-        key's ``bits`` are known. The lane is borrowed, as ``_route``'s."""
+        key's ``bits`` are known (a keyless frame has none). The lane is borrowed, as
+        ``_route``'s."""
         cdef PyObject* lane = <PyObject*>rt
+        cdef uint64_t acc
+        found = None
         if not hashed:
             _key_bits(key, &bits)
         if rt.route.rules is not None:
             found = self._match_rule(rt.route, key is not None, bits, hdr, code)
-            if found is not None:
-                lane = <PyObject*>found
+        if found is not None:
+            lane = <PyObject*>found
+        elif key is None:  # error diffusion, as in _route
+            acc = rt.route.acc + rt.route.threshold
+            if acc >= NYX_POINT_RANGE:
+                acc -= NYX_POINT_RANGE
+                lane = <PyObject*>rt.route.candidate
+            rt.route.acc = acc
         elif (_splitmix64(bits ^ rt.route.salt) >> 11) < rt.route.threshold:
             lane = <PyObject*>rt.route.candidate
         (<_Runtime>lane).routed += 1
@@ -1770,13 +1796,11 @@ cdef class Dispatcher:
 
     cdef object _match_rule(self, _Route route, bint keyed, uint64_t bits, PluginHeader hdr,
                             long code):
-        """The lane the first matching A/B rule names, else the weight's lane."""
+        """The lane the first matching A/B rule names, else None (the weight decides)."""
         key_bits = bits if keyed else None
         for rule, lane in route.rules:
             if rule.matches(hdr.flags, hdr.data, code, key_bits):
                 return lane
-        if (_splitmix64(bits ^ route.salt) >> 11) < route.threshold:
-            return route.candidate
         return None
 
     cdef int _refused_by_breaker(self, _Runtime rt, object frame_type) except -1:
@@ -2510,7 +2534,8 @@ cdef class Dispatcher:
         every frame routed elsewhere (mirroring; only for idempotent plugins): a full
         queue drops the copy, never holds up the frame; its results are its own.
 
-        Raising the weight only moves keys to the candidate. Nothing in flight moves:
+        Raising the weight only moves keys to the candidate; keyless frames go on with
+        the route's accumulator when stable and candidate stay. Nothing in flight moves:
         frames already queued drain on their lane. ``candidate=None`` ends the rollout
         (``stable`` takes everything and routing costs one compare again); naming
         another ``stable`` is a promotion or a rollback. ``salt`` picks the cohort
@@ -2543,6 +2568,8 @@ cdef class Dispatcher:
             elif isinstance(salt, bool) or not isinstance(salt, int):
                 raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
             route = _Route(lane, weight, salt, pairs, mirror)
+            if new_stable is home and home.route is not None and home.route.candidate is lane:
+                route.acc = home.route.acc  # the keyless spread goes on (see _routing)
         else:
             weight_threshold(weight)
             if pairs or mirror is not None:

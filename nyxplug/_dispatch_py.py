@@ -90,6 +90,7 @@ from ._replies import (
 from ._routing import (
     BASE_VERSION,
     MAX_VERSIONS,
+    POINT_RANGE,
     MatchRule,
     RouteInfo,
     check_key,
@@ -676,10 +677,11 @@ class _Runtime:
 
 class _Route:
     """Where a plugin's frames go during a rollout (see ``_routing``): the stable lane
-    holds this record; ``candidate`` takes the keys whose point is below ``threshold``."""
+    holds this record; ``candidate`` takes the keys whose point is below ``threshold``
+    and the keyless frames ``acc`` carries over ``POINT_RANGE``."""
 
     __slots__ = (
-        "candidate", "threshold", "salt", "counter", "weight", "rules", "rule_info", "shadow",
+        "candidate", "threshold", "salt", "acc", "weight", "rules", "rule_info", "shadow",
         "memo", "memo_mark",
     )  # fmt: skip
 
@@ -695,7 +697,9 @@ class _Route:
         self.weight = weight
         self.threshold = weight_threshold(weight) if candidate is not None else 0
         self.salt = salt & 0xFFFFFFFFFFFFFFFF
-        self.counter = 0  # the key of the next keyless frame
+        # keyless frames' error diffusion: 0 <= acc < POINT_RANGE (set_route may carry
+        # it over from the route this one replaces)
+        self.acc = 0
         # A/B rules with their lanes (None: none, and no cost)
         self.rules = rules or None
         self.rule_info = tuple(rule for rule, _lane in rules)
@@ -1068,10 +1072,24 @@ class Dispatcher:
         mirror = None
         route = rt.route
         if route is not None:
-            # a key seen lately: its lane is remembered (see _Route.memo); 1.0 == 1, but
-            # only an int, str or bytes is looked up
-            lane = route.memo.get(key) if type(key) in _MEMO_TYPES else None
-            if lane is None:
+            if key is not None:
+                # a key seen lately: its lane is remembered (see _Route.memo); 1.0 == 1,
+                # but only an int, str or bytes is looked up
+                lane = route.memo.get(key) if type(key) in _MEMO_TYPES else None
+                if lane is None:
+                    lane = self._route(rt, route, key, header, code)
+            elif route.rules is None:
+                # a keyless frame: error diffusion, inline (see _routing); a threshold
+                # above 0 means a candidate is set
+                acc = route.acc + route.threshold
+                if acc < POINT_RANGE:
+                    route.acc = acc
+                    lane = rt
+                else:
+                    route.acc = acc - POINT_RANGE
+                    lane = route.candidate
+                    assert lane is not None
+            else:
                 lane = self._route(rt, route, key, header, code)
             lane.routed += 1
             shadow = route.shadow
@@ -1132,18 +1150,25 @@ class Dispatcher:
     def _route(
         self, rt: _Runtime, route: _Route, key: Any, header: PluginHeader, code: int
     ) -> _Runtime:
-        """Step 5b out of line, for a key the route does not remember: the lane of the
-        frame with route key ``key`` (see ``_routing``); the caller counts it."""
+        """Step 5b out of line, for a key the route does not remember or a keyless frame
+        on a route with A/B rules: the lane of the frame with route key ``key`` (see
+        ``_routing``); the caller counts it."""
         if key is None:
-            bits = route.counter
-            route.counter += 1
+            bits = None
         else:
             bits = key & _MASK64 if type(key) is int else key_bits(key)  # TypeError if no key
         if route.rules is not None:
-            keyed = None if key is None else bits
             for rule, lane in route.rules:
-                if rule.matches(header._flags, header._data, code, keyed):
+                if rule.matches(header._flags, header._data, code, bits):
                     return lane
+        if bits is None:  # a keyless frame: error diffusion (as in _prepare)
+            acc = route.acc + route.threshold
+            if acc < POINT_RANGE:
+                route.acc = acc
+                return rt
+            route.acc = acc - POINT_RANGE
+            assert route.candidate is not None
+            return route.candidate
         # splitmix64(bits ^ salt) >> 11, inline (see _routing.splitmix64); a threshold
         # above 0 means a candidate is set
         z = ((bits ^ route.salt) + 0x9E3779B97F4A7C15) & _MASK64
@@ -1934,7 +1959,8 @@ class Dispatcher:
         every frame routed elsewhere (mirroring; only for idempotent plugins): a full
         queue drops the copy, never holds up the frame; its results are its own.
 
-        Raising the weight only moves keys to the candidate. Nothing in flight moves:
+        Raising the weight only moves keys to the candidate; keyless frames go on with
+        the route's accumulator when stable and candidate stay. Nothing in flight moves:
         frames already queued drain on their lane. ``candidate=None`` ends the rollout
         (``stable`` takes everything and routing costs one compare again); naming
         another ``stable`` is a promotion or a rollback. ``salt`` picks the cohort
@@ -1969,6 +1995,8 @@ class Dispatcher:
             elif isinstance(salt, bool) or not isinstance(salt, int):
                 raise TypeError(f"Expected `salt` to be an int, got {type(salt).__name__}")
             route = _Route(lane, weight, salt, pairs, mirror)
+            if new_stable is home and home.route is not None and home.route.candidate is lane:
+                route.acc = home.route.acc  # the keyless spread goes on (see _routing)
         else:
             weight_threshold(weight)
             if pairs or mirror is not None:

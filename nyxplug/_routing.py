@@ -17,9 +17,24 @@ process and host; raising the weight only moves keys from stable to candidate (t
 threshold grows), never back. ``tests/data/route_vectors.json`` holds the test vectors
 both twins are checked against. The compiled twin computes the same in C.
 
-Keyless frames (``key=None``) are spread: the route's own counter ``0, 1, 2, ...`` is the
-key, so the split holds and is reproducible, but one session's frames may cross lanes -
-give a key to keep a session on one version.
+Keyless frames (``key=None``) are not hashed: they are spread by error diffusion, an
+accumulator ``acc`` on the route (0 when a route is set) that each keyless frame moves::
+
+    acc += threshold
+    lane = candidate, acc -= 2**53   if acc >= 2**53
+         = stable                    otherwise
+
+So of ``n`` keyless frames the weight decides at one threshold the candidate takes
+exactly ``(acc0 + n * threshold) // 2**53`` (``acc0``: the accumulator before them, 0 for
+a new route), evenly spaced (weight 50: every second frame; 10: one in ten, from the 11th
+frame on, as ten thresholds fall 2 short of 2**53; 33.3: every third, 999 in 3000): the
+same sequence in every process and both twins, and no hash to pay. ``set_route`` with
+the same stable and candidate (a weight change; or new rules, salt or shadow) keeps
+``acc``: the new threshold applies from the next keyless frame, and no share is lost or
+doubled at the change; a new candidate or stable starts at 0. A/B rules are tried first,
+as for keyed frames (a keyless frame never matches a key set); a frame a rule takes
+leaves ``acc`` as it is. One session's keyless frames cross lanes - give a key to keep a
+session on one version.
 """
 
 from __future__ import annotations
