@@ -2,7 +2,8 @@
 
 The route hash is checked against published constants (SplitMix64's first outputs,
 FNV-1a's vectors) and the checked-in vectors of ``tests/data/route_vectors.json``; the
-dispatcher's choices are checked against ``route_point`` key by key.
+dispatcher's choices are checked against ``route_point`` key by key, and keyless frames'
+against the error diffusion of ``_routing`` (``diffuse`` below), frame by frame.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 from breaker_helpers import FakeClock
-from conftest import ROOT, TESTS
+from conftest import ROOT, TESTS, available_impls, loop_factory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nyx_helpers import DATA, info
 
 from nyxplug import BreakerConfig, BreakerState, CircuitOpen, PluginNotLoaded, VersionError
@@ -24,6 +27,18 @@ from nyxplug import _routing as routing
 from nyxplug._routing import MatchRule
 
 VECTORS = json.loads((TESTS / "data" / "route_vectors.json").read_text("utf-8"))["vectors"]
+
+
+def diffuse(threshold: int, frames: int, acc: int = 0) -> tuple[list[bool], int]:
+    """The spec's keyless rule, naively: whether each of ``frames`` keyless frames goes
+    to the candidate, and the accumulator after them."""
+    lanes = []
+    for _ in range(frames):
+        acc += threshold
+        lanes.append(acc >= routing.POINT_RANGE)
+        if lanes[-1]:
+            acc -= routing.POINT_RANGE
+    return lanes, acc
 
 
 def vector_key(vector: dict[str, Any]) -> int | str | bytes:
@@ -92,7 +107,7 @@ def test_routing_identical_across_processes_and_hash_seeds() -> None:
             await d.load_version(7, "v2", lambda m: seen.append(m.payload), capacity=30000)
             d.set_route(7, stable="base", candidate="v2", weight=25)
             for i in range(10000):
-                key = f"session-{i}" if i % 2 else i.to_bytes(4, "big")
+                key = f"session-{i}" if i % 2 else i.to_bytes(4, "big") if i % 3 else None
                 d.dispatch_nowait(0x52, nyxplug.PluginHeader(7), str(i).encode(), key=key)
             await d.wait_idle()
             await d.aclose()
@@ -235,11 +250,147 @@ async def test_keyless_frames_spread_deterministically(impl: Any) -> None:
     for i in range(5000):
         d.dispatch_nowait(DATA, header, str(i).encode())
     await d.wait_idle()
-    salt = routing.route_salt(7, "v2")
     threshold = routing.weight_threshold(20)
-    expect = [str(i).encode() for i in range(5000) if routing.route_point(i, salt) < threshold]
+    to_v2, _acc = diffuse(threshold, 5000)
+    expect = [str(i).encode() for i in range(5000) if to_v2[i]]
     assert lanes.handled["v2"] == expect
+    # the exact share: five thresholds of 20 % fall 2 short of 2**53
+    assert len(expect) == 5000 * threshold // routing.POINT_RANGE == 999
     await d.aclose()
+
+
+def lane_of(d: Any, send: Any, *args: Any, **kwargs: Any) -> str:
+    """The version plugin 7's route sent one frame to (``send(*args, **kwargs)``)."""
+    before = d.route_info(7).routed
+    send(*args, **kwargs)
+    after = d.route_info(7).routed
+    (lane,) = (name for name, count in after.items() if count != before[name])
+    return lane
+
+
+# weight -> the 0-based indices of the first 40 keyless frames that go to the candidate
+KEYLESS_SEQUENCES = {
+    0: [],
+    10: [10, 20, 30],  # ten thresholds of 10 % are 2**53 - 2: the 11th frame is the first
+    33.3: [3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39],
+    50: list(range(1, 40, 2)),
+    100: list(range(40)),
+}
+
+
+@pytest.mark.parametrize("weight", list(KEYLESS_SEQUENCES))
+async def test_keyless_sequence_is_exact_and_the_same_on_both_twins(
+    weight: float, loop_kind: str
+) -> None:
+    """Each twin sends 40 keyless frames; both give the sequence the integer rule gives."""
+    del loop_kind  # run on each loop
+    lanes, _acc = diffuse(routing.weight_threshold(weight), 40)
+    expect = [i for i, to_v2 in enumerate(lanes) if to_v2]
+    assert expect == KEYLESS_SEQUENCES[weight]
+    for mod in available_impls():
+        d, _lanes = await two_lanes(mod, weight=weight)
+        send, header = d.dispatch_nowait, mod.PluginHeader(7)
+        seen = [lane_of(d, send, DATA, header, str(i).encode()) for i in range(40)]
+        assert [i for i, lane in enumerate(seen) if lane == "v2"] == expect, mod.__name__
+        await d.aclose()
+
+
+async def test_a_weight_change_keeps_the_keyless_accumulator(impl: Any) -> None:
+    """``set_route`` with the same stable and candidate carries the accumulator over;
+    a new candidate starts at 0; frames an A/B rule takes, and keyed frames, leave it."""
+    d, lanes = await two_lanes(impl, weight=30)
+    await d.load_version(7, "v3", lanes.handler("v3"))
+    send, header, ruled = d.dispatch_nowait, impl.PluginHeader(7), impl.PluginHeader(7, 0, b"r:")
+
+    def keyless(count: int, candidate: str, weight: float, acc: int = 0) -> int:
+        expect, acc = diffuse(routing.weight_threshold(weight), count, acc)
+        seen = [lane_of(d, send, DATA, header) for _ in range(count)]
+        assert seen == [candidate if to_candidate else "base" for to_candidate in expect]
+        return acc
+
+    acc = keyless(7, "v2", 30)
+    assert acc != 0
+    d.set_route(
+        7, stable="base", candidate="v2", weight=70, rules=[MatchRule("v3", data_prefix=b"r:")]
+    )
+    for key in range(5):
+        assert lane_of(d, send, DATA, ruled) == "v3"  # the rule takes it: acc stays
+        send(DATA, header, b"", key=key)  # keyed: acc stays
+    keyless(9, "v2", 70, acc)  # from acc, at the new weight
+    d.set_route(7, stable="base", candidate="v3", weight=70)  # a new candidate: acc is 0
+    keyless(9, "v3", 70)
+    d.set_route(7, stable="v2", candidate="v3", weight=70)  # a new stable: 0 again
+    expect, _acc = diffuse(routing.weight_threshold(70), 9)
+    seen = [lane_of(d, send, DATA, header) for _ in range(9)]
+    assert seen == ["v3" if to_candidate else "v2" for to_candidate in expect]
+    await d.wait_idle()
+    await d.aclose()
+
+
+#: One step of ``test_keyless_twins_agree``: keyless frames (some taken by an A/B rule),
+#: keyed frames, a weight change, or a new candidate.
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("keyless"), st.integers(1, 40), st.booleans()),
+        st.tuples(st.just("keyed"), st.integers(0, 2**64 - 1), st.just(False)),
+        st.tuples(
+            st.just("weight"),
+            st.one_of(st.sampled_from([0, 1, 10, 33.3, 50, 99.9, 100]), st.floats(0, 100)),
+            st.booleans(),
+        ),
+        st.tuples(st.just("candidate"), st.sampled_from(["v2", "v3"]), st.floats(0, 100)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=STEPS)
+def test_keyless_twins_agree(steps: list[tuple[str, Any, Any]]) -> None:
+    """Random weights, weight changes, new candidates, A/B rules and keyed frames in
+    between: both twins send every keyless frame where the naive rule does."""
+    runs = []
+    for mod in available_impls():
+        loop = loop_factory("asyncio")()
+        try:
+            runs.append(loop.run_until_complete(keyless_run(mod, steps)))
+        finally:
+            loop.close()
+    for seen, expect in runs:
+        assert seen == expect
+    assert runs[0][0] == runs[-1][0]
+
+
+async def keyless_run(mod: Any, steps: list[tuple[str, Any, Any]]) -> tuple[list[str], list[str]]:
+    """The lanes the frames of ``steps`` went to on ``mod``, and where the rule says."""
+    d, lanes = await two_lanes(mod, weight=10)
+    await d.load_version(7, "v3", lanes.handler("v3"), capacity=100_000)
+    send, header, ruled = d.dispatch_nowait, mod.PluginHeader(7), mod.PluginHeader(7, 0, b"r:")
+    candidate, weight, rules, acc = "v2", 10.0, False, 0
+    seen: list[str] = []
+    expect: list[str] = []
+    for kind, value, flag in steps:
+        if kind == "keyless":
+            for i in range(value):
+                if rules and flag and i % 2:  # taken by the rule: the accumulator stays
+                    seen.append(lane_of(d, send, DATA, ruled))
+                    expect.append("v3")
+                    continue
+                seen.append(lane_of(d, send, DATA, header))
+                to_candidate, acc = diffuse(routing.weight_threshold(weight), 1, acc)
+                expect.append(candidate if to_candidate[0] else "base")
+        elif kind == "keyed":
+            send(DATA, header, b"", key=value)
+        else:
+            if kind == "candidate":
+                acc = 0 if value != candidate else acc
+                candidate, weight = value, flag
+            else:
+                weight, rules = value, flag
+            rule = [MatchRule("v3", data_prefix=b"r:")] if rules else []
+            d.set_route(7, stable="base", candidate=candidate, weight=weight, rules=rule)
+    await d.aclose()
+    return seen, expect
 
 
 async def test_version_limits_and_errors(impl: Any) -> None:
@@ -303,9 +454,8 @@ async def test_batches_are_routed_like_keyless_frames(impl: Any) -> None:
     result = d.try_dispatch_many(frames)
     assert result.dispatched == 3000
     await d.wait_idle()
-    salt = routing.route_salt(7, "v2")
-    threshold = routing.weight_threshold(20)
-    expect = [str(i).encode() for i in range(3000) if routing.route_point(i, salt) < threshold]
+    to_v2, _acc = diffuse(routing.weight_threshold(20), 3000)
+    expect = [str(i).encode() for i in range(3000) if to_v2[i]]
     assert lanes.handled["v2"] == expect
     assert len(lanes.handled["base"]) == 3000 - len(expect)
     await d.aclose()
