@@ -1,11 +1,12 @@
 """The rollout controller under a hypothesis state machine: a real ``Dispatcher`` (both
 twins, on both loops) with a ``RolloutController`` on a fake clock, and a naive reference
-model of the controller and the router, take the same steps - dispatch keyed frames to
-seeded failing versions, let the workers run, advance the clock, tick, an operator's
+model of the controller and the router, take the same steps - dispatch keyed and keyless
+frames to seeded failing versions, let the workers run, advance the clock, tick, an operator's
 action - and must agree on every state, weight, event and counter.
 
 The reference keeps every lane's outcomes as plain lists, routes each key with the
-specified hash formula (``route_point`` against ``weight / 100 * 2**53``) and re-reads
+specified hash formula (``route_point`` against ``weight / 100 * 2**53``), each keyless
+frame with the specified error diffusion (an accumulator the weight steps keep) and re-reads
 the state machine from ``RolloutController``'s documentation; the invariants are the
 issue's: terminal states never change, the candidate's weight only rises while the
 rollout moves, every frame is accounted for per version, operator actions are accepted
@@ -41,6 +42,7 @@ from nyxplug.plugins.rollout import RolloutConfig, RolloutController, RolloutSta
 
 CAPACITY = 100_000  # no backpressure here: test_resilience_stress.py has it
 KEYS = 500  # route keys are drawn from 0..KEYS-1, so sessions repeat
+KEYLESS = 0.25  # the share of frames sent without a key
 ACTIONS = ("pause", "resume", "promote", "rollback", "abort")
 #: Operator actions are rarer than traffic (None: none), so runs get past a few checks;
 #: pause and resume come most often, as they do not end the rollout.
@@ -81,7 +83,7 @@ class Twin:
         self.weights: list[float] = [self.d.route_info(7).weight]
         self.ended: tuple[RolloutState, int] | None = None
 
-    def dispatch(self, frames: list[tuple[int, bytes]]) -> None:
+    def dispatch(self, frames: list[tuple[int | None, bytes]]) -> None:
         for key, payload in frames:
             self.d.dispatch_nowait(DATA, self.header, payload, key=key)
         self.note_route()
@@ -111,8 +113,10 @@ class Reference:
         self.next_check = t0 + config.interval
         assert config.deadline is not None
         self.deadline = t0 + config.deadline
-        # the router: (stable, candidate or None, weight)
+        # the router: (stable, candidate or None, weight), and the keyless frames'
+        # accumulator (kept while stable and candidate stay)
         self.route: tuple[str, str | None, float] = ("base", "v2", config.steps[0])
+        self.acc = 0
         self.queued: dict[str, list[bool]] = {"base": [], "v2": []}  # failed?
         self.done: dict[str, list[bool]] = {"base": [], "v2": []}
         self.routed = {"base": 0, "v2": 0}
@@ -123,13 +127,19 @@ class Reference:
 
     # -- the router and the lanes ----------------------------------------------------
 
-    def dispatch(self, frames: list[tuple[int, bytes]]) -> None:
+    def dispatch(self, frames: list[tuple[int | None, bytes]]) -> None:
         stable, candidate, weight = self.route
+        threshold = round(weight / 100 * 2**53)
         for key, payload in frames:
             lane = stable
             if candidate is not None:
                 assert self.c.salt is not None
-                if route_point(key, self.c.salt) < round(weight / 100 * 2**53):
+                if key is None:
+                    self.acc += threshold
+                    if self.acc >= 2**53:
+                        self.acc -= 2**53
+                        lane = candidate
+                elif route_point(key, self.c.salt) < threshold:
                     lane = candidate
                 self.routed[lane] += 1
             self.queued[lane].append((b"s" if lane == "base" else b"c") in payload)
@@ -164,11 +174,11 @@ class Reference:
         self.emit(at, kind, detail)
 
     def promote(self, at: float, why: str) -> None:
-        self.route = ("v2", None, 0.0)
+        self.route, self.acc = ("v2", None, 0.0), 0
         self.enter(at, "promoted", "promoted", f"{why}; base kept warm")
 
     def end(self, at: float, state: str, kind: str, why: str) -> None:
-        self.route = ("base", None, 0.0)
+        self.route, self.acc = ("base", None, 0.0), 0
         self.enter(at, state, kind, why)
 
     def judge(self, at: float) -> None:
@@ -218,7 +228,7 @@ class Reference:
             self.passes = 0
             if self.step + 1 < len(c.steps):
                 self.step += 1
-                self.route = ("base", "v2", c.steps[self.step])
+                self.route = ("base", "v2", c.steps[self.step])  # acc goes on
                 self.enter(at, "progressing", "step", f"step {self.step + 1}")
             elif c.auto_promote:
                 self.promote(at, "checks passed")
@@ -299,14 +309,16 @@ class RolloutMachine(RuleBasedStateMachine):
     def dispatch(
         self, count: int, seed: int, candidate_fails: float, stable_fails: float, pump: bool
     ) -> None:
-        """Keyed frames; a seeded draw decides which version each frame would fail on."""
+        """Keyed and keyless frames; a seeded draw decides which version each frame would
+        fail on."""
         assert self.ref is not None
         rng = random.Random(seed)
-        frames = []
+        frames: list[tuple[int | None, bytes]] = []
         for _ in range(count):
             payload = b"s" if rng.random() < stable_fails else b""
             payload += b"c" if rng.random() < candidate_fails else b""
-            frames.append((rng.randrange(KEYS), payload))
+            key = None if rng.random() < KEYLESS else rng.randrange(KEYS)
+            frames.append((key, payload))
         self.ref.dispatch(frames)
         for _name, twin in self.twins:
             twin.dispatch(frames)
