@@ -7,8 +7,8 @@ targets, compiled (the pure twin within 10 %):
   1000 ready headers (the fastest chunk of each, ns per frame): no rollout and no key
   (the baseline), no rollout with ``key=`` given (it is only type-checked), an active
   keyed rollout at 10 % (hash + compare + the lane's counter; the same 1000 keys every
-  chunk, as sessions send), the same rollout with keyless frames (the route's counter
-  is the key), and with keys never seen before (the pure twin remembers a key's lane,
+  chunk, as sessions send), the same rollout with keyless frames (spread by the route's
+  accumulator, no hash), and with keys never seen before (the pure twin remembers a key's lane,
   so this is its cost without that). Target: keyed rollout <= +10 ns.
 * **before / after, no rollout** - ``dispatch_nowait`` of a plugin without a rollout in
   this tree and in another tree (``--before DIR``: e.g. ``git archive main`` extracted
