@@ -8,6 +8,7 @@ failure. The interpreters run in parallel threads; each test waits for its own.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -22,12 +23,23 @@ _POOL = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1))
 _RUNS: dict[str, Future[subprocess.CompletedProcess[str]]] = {}
 
 
+#: Errors of starting a process (not of the import under test) seen on a loaded 2-core VM
+#: with several suites running: EFAULT from the fork/exec, EAGAIN/ENOMEM from the kernel.
+_SPAWN_ERRNOS = frozenset({errno.EFAULT, errno.EAGAIN, errno.ENOMEM})
+
+
 def _import_alone(module: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-I", "-W", "error", "-c", f"import {module}"],
-        cwd=PACKAGE.parent, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
+    for attempt in range(3):
+        try:
+            return subprocess.run(
+                [sys.executable, "-I", "-W", "error", "-c", f"import {module}"],
+                cwd=PACKAGE.parent, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=60, check=False,
+            )  # fmt: skip
+        except OSError as exc:  # the interpreter did not start: try again, twice at most
+            if exc.errno not in _SPAWN_ERRNOS or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _started(module: str) -> Future[subprocess.CompletedProcess[str]]:
