@@ -247,6 +247,12 @@ async def test_the_ledger_holds_through_the_ladder_under_load(impl: Any, tmp_pat
 # -- timeouts, exhausted steps and the quarantine end -----------------------------------
 
 
+async def hangs() -> object:
+    """A recovery step that never ends: the ladder's step timeout cuts it."""
+    await asyncio.Event().wait()  # never set
+    return None
+
+
 async def test_each_step_is_bounded_counted_and_the_ladder_ends_in_quarantine(
     impl: Any, tmp_path: Path
 ) -> None:
@@ -259,10 +265,6 @@ async def test_each_step_is_bounded_counted_and_the_ladder_ends_in_quarantine(
         manager.instance("breakable").broken = True
         ladder = manager._record("breakable").recovery
         assert ladder is not None
-
-        async def hangs() -> object:
-            await asyncio.Event().wait()  # never set: the step's timeout ends it
-            return None
 
         async def fails() -> object:
             raise OSError("the package store is gone")
@@ -308,10 +310,6 @@ async def test_every_rung_is_cut_at_its_timeout_and_counted(impl: Any, tmp_path:
         manager.instance("breakable").broken = True
         ladder = manager._record("breakable").recovery
         assert ladder is not None
-
-        async def hangs() -> object:
-            await asyncio.Event().wait()
-            return None
 
         for step in ("restart", "reset", "reload", "rollback", "degrade"):
             ladder._actions[step] = hangs  # every rung available, every one hangs
